@@ -1,0 +1,109 @@
+// The FLOPs model of a LLaVA-style model (DESIGN.md §5): the one implementation used by the
+// worker's counter (GFLOPs/sample), by the search (budget repair) and by the report.
+//
+// Conventions:
+//  - FLOPs = 2 × multiply-adds. Only matrix products are counted (linears, patch embedding,
+//    attention scores and weighted sums); norms, activations, softmax, RoPE and embedding lookups
+//    are O(T·d) and are ignored.
+//  - Per sample, T = expanded image tokens + prompt tokens + answer tokens, without padding.
+//    Linear terms use the mean of T over the sample set, attention terms the mean of T².
+//  - Vision tower: only the layers that run (up to the feature layer), full (non-causal)
+//    attention over patches + CLS: QKᵀ and AV are each S²·d multiply-adds → 4·S²·d FLOPs.
+//  - Decoder attention is causal: "≈ 2·T²·d" FLOPs with d = heads × head_dim of that layer (half
+//    of the full 4·T²·d). Unstructured/N:M pruning does not change it; structured pruning shrinks
+//    d, which the per-layer dims express.
+//  - lm_head is counted at the answer positions only (that is all scoring computes).
+//  - F(π) multiplies each prunable linear's dense FLOPs by its kept fraction (kept multiply-adds
+//    for unstructured / N:M). Structured policies are expressed by the shrunk dims themselves.
+//
+// Torch-free; all functions are pure and thread-safe.
+#ifndef PRUNESVC_COMMON_FLOPS_H_
+#define PRUNESVC_COMMON_FLOPS_H_
+
+#include <array>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace prunesvc {
+
+// Index of a decoder linear inside a layer; the order is the canonical one used everywhere a
+// per-linear quantity is stored per layer.
+enum class DecoderLinear { kQ = 0, kK, kV, kO, kGate, kUp, kDown };
+inline constexpr int kNumDecoderLinears = 7;
+// Vision encoder linears per layer: q, k, v, out, fc1, fc2.
+enum class VisionLinear { kQ = 0, kK, kV, kOut, kFc1, kFc2 };
+inline constexpr int kNumVisionLinears = 6;
+
+struct VisionFlopsDims {
+  int width = 0;       // hidden size D
+  int mlp_width = 0;   // intermediate size
+  int layers_run = 0;  // encoder layers actually executed (up to the feature layer)
+  int tokens = 0;      // sequence length inside the tower: patches + CLS
+  int patch_size = 0;
+  int channels = 3;
+};
+
+struct DecoderLayerFlopsDims {
+  int hidden = 0;     // model width (input of q/k/v/gate/up, output of o/down)
+  int q_width = 0;    // heads × head_dim of this layer (input of o_proj)
+  int kv_width = 0;   // kv_heads × head_dim of this layer
+  int mlp_width = 0;  // intermediate size of this layer
+};
+
+struct FlopsModelDims {
+  VisionFlopsDims vision;
+  int images_per_sample = 1;
+  int image_tokens = 0;  // projected tokens per image (= image_seq_length)
+  int projector_in = 0;
+  int projector_hidden = 0;
+  int projector_out = 0;
+  std::vector<DecoderLayerFlopsDims> decoder;
+  int vocab = 0;
+};
+
+// Averages over a sample set (see the header comment for what T counts).
+struct TokenStats {
+  double mean_tokens = 0;
+  double mean_tokens_sq = 0;
+  double mean_answer_tokens = 0;
+};
+
+// Dense per-sample FLOPs, broken down by part.
+struct FlopsBreakdown {
+  double vision_patch_embed = 0;
+  std::vector<std::array<double, kNumVisionLinears>> vision_linear;  // per layer run
+  double vision_attention = 0;                                       // all layers run
+  double projector = 0;
+  std::vector<std::array<double, kNumDecoderLinears>> decoder_linear;  // per decoder layer
+  std::vector<double> decoder_attention;                               // per decoder layer
+  double lm_head = 0;
+
+  double VisionTotal() const;
+  double DecoderLinearTotal() const;
+  double DecoderAttentionTotal() const;
+  double Total() const;
+};
+
+// Kept fraction (0..1) of each prunable linear's multiply-adds. An empty vector means "all dense"
+// for that part; otherwise it must have one entry per layer.
+struct KeptFractions {
+  std::vector<std::array<double, kNumDecoderLinears>> decoder;
+  std::vector<std::array<double, kNumVisionLinears>> vision;
+};
+
+// Validates `dims` / `stats` (non-negative, consistent) and computes the dense breakdown.
+absl::StatusOr<FlopsBreakdown> ComputeDenseFlops(const FlopsModelDims& dims,
+                                                 const TokenStats& stats);
+
+// F(π): the dense breakdown with each linear scaled by its kept fraction.
+absl::StatusOr<double> PolicyFlops(const FlopsBreakdown& dense, const KeptFractions& keep);
+
+// The part that pruning the decoder linears cannot remove (vision, projector, attention,
+// lm_head, and the vision linears unless `prune_vision`) as a fraction of dense FLOPs: the lower
+// bound of reachable budgets when every prunable linear is removed entirely.
+double UnprunableFraction(const FlopsBreakdown& dense, bool prune_vision);
+
+}  // namespace prunesvc
+
+#endif  // PRUNESVC_COMMON_FLOPS_H_
