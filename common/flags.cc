@@ -16,12 +16,8 @@ std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
   bool passthrough = false;
   for (int i = 0; i < argc; ++i) {
     std::string arg = argv[i];
+    if (i > 0 && !passthrough && arg == "--") passthrough = true;
     if (i == 0 || passthrough || arg.size() < 3 || arg[0] != '-') {
-      out.push_back(std::move(arg));
-      continue;
-    }
-    if (arg == "--") {
-      passthrough = true;
       out.push_back(std::move(arg));
       continue;
     }
