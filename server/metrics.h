@@ -1,0 +1,47 @@
+// Scheduler metrics (DESIGN.md §9): a prometheus-cpp registry with the scheduler's counters, a
+// scrape-time collector for workers by state, and the process collector. Served by
+// prometheus-cpp's pull Exposer (fine here: the scheduler never loads libtorch, DESIGN.md §3).
+// Counter/gauge handles are thread-safe; labels stay low-cardinality (no job or worker ids).
+#ifndef PRUNESVC_SERVER_METRICS_H_
+#define PRUNESVC_SERVER_METRICS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/process_metrics.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/worker_table.h"
+
+namespace prunesvc::server {
+
+struct SchedulerMetrics {
+  SchedulerMetrics();
+
+  std::shared_ptr<prometheus::Registry> registry;
+  prometheus::Counter* worker_registrations;
+  prometheus::Counter* local_worker_restarts;
+};
+
+// prunesvc_workers{state="idle|busy|lost|draining"}, computed when scraped.
+class WorkersCollector : public prometheus::Collectable {
+ public:
+  explicit WorkersCollector(WorkerTable* table) : table_(table) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  WorkerTable* const table_;
+};
+
+// Starts the exposer on `bind_address` ("0.0.0.0:9464"; port 0 picks a free one) serving all
+// collectables at /metrics. Returns an error instead of throwing when the port is taken.
+absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartExposer(
+    const std::string& bind_address,
+    const std::vector<std::shared_ptr<prometheus::Collectable>>& collectables);
+
+}  // namespace prunesvc::server
+
+#endif  // PRUNESVC_SERVER_METRICS_H_

@@ -1,0 +1,139 @@
+#include "server/scheduler.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "common/logging.h"
+
+namespace prunesvc::server {
+namespace {
+
+absl::StatusOr<int> LockStateDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--state-dir ", dir, ": cannot create: ", ec.message()));
+  }
+  std::string lock_path = dir + "/LOCK";
+  int fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--state-dir ", dir, ": cannot open LOCK: ", strerror(errno)));
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--state-dir ", dir, " is in use by another prune-scheduler (", lock_path, " is locked)"));
+  }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOptions& options) {
+  if (options.state_dir.empty()) {
+    return absl::InvalidArgumentError("--state-dir is required (jobs and blobs live there)");
+  }
+  if (options.local_workers < 0 || options.local_workers > 64) {
+    return absl::InvalidArgumentError("--local-workers must be in [0, 64]");
+  }
+  std::unique_ptr<Scheduler> s(new Scheduler);
+  s->options_ = options;
+  ASSIGN_OR_RETURN(s->lock_fd_, LockStateDir(options.state_dir));
+
+  s->metrics_ = std::make_unique<SchedulerMetrics>();
+  s->table_ = std::make_unique<WorkerTable>(options.workers, RealClock::Get());
+  s->registry_service_ = std::make_unique<RegistryService>(s->table_.get(), s->metrics_.get());
+  s->pruning_service_ = std::make_unique<PruningServiceImpl>(s->table_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
+                           grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->registry_service_.get());
+  builder.RegisterService(s->pruning_service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":",
+                                               options.port, " (port in use? try --port=0)"));
+  }
+  spdlog::info("scheduler listening address={}:{}", options.host, s->port_);
+
+  if (options.metrics_port >= 0) {
+    ASSIGN_OR_RETURN(
+        s->exposer_,
+        StartExposer(absl::StrCat(options.host, ":", options.metrics_port),
+                     {s->metrics_->registry, std::make_shared<WorkersCollector>(s->table_.get()),
+                      std::make_shared<ProcessCollector>()}));
+    std::vector<int> ports = s->exposer_->GetListeningPorts();
+    s->metrics_port_ = ports.empty() ? options.metrics_port : ports.front();
+    spdlog::info("metrics on http://{}:{}/metrics", options.host, s->metrics_port_);
+  }
+
+  if (options.local_workers > 0) {
+    std::string binary = options.worker_binary.empty()
+                             ? SelfExecutableDir() + "/prune-worker"
+                             : options.worker_binary;
+    int threads = options.worker_threads;
+    if (threads <= 0) {
+      threads = std::max(1u, std::thread::hardware_concurrency() /
+                                 static_cast<unsigned>(options.local_workers));
+    }
+    LocalWorkersOptions lw;
+    lw.count = options.local_workers;
+    const int port = s->port_;
+    const std::string log_level = options.log_level;
+    lw.argv_for_slot = [binary, port, threads, log_level](int slot) {
+      return std::vector<std::string>{
+          binary,
+          "--host=127.0.0.1",
+          "--port=0",
+          absl::StrCat("--scheduler=127.0.0.1:", port),
+          "--device=cpu",
+          absl::StrCat("--threads=", threads),
+          "--metrics-port=0",
+          absl::StrCat("--log-level=", log_level),
+          absl::StrCat("--worker-name=local-", slot)};
+    };
+    SchedulerMetrics* metrics = s->metrics_.get();
+    lw.on_restart = [metrics](int) { metrics->local_worker_restarts->Increment(); };
+    s->local_workers_ = std::make_unique<LocalWorkers>(lw, &s->launcher_, RealClock::Get());
+    RETURN_IF_ERROR(s->local_workers_->Start());
+  }
+  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  return s;
+}
+
+void Scheduler::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  spdlog::info("scheduler shutting down");
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+  if (local_workers_) local_workers_->Stop();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
+  exposer_.reset();
+}
+
+Scheduler::~Scheduler() {
+  Shutdown();
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+}  // namespace prunesvc::server

@@ -1,0 +1,62 @@
+// prune-scheduler: the control plane. See DESIGN.md §1 and `prune-scheduler --help`.
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "common/flags.h"
+#include "common/logging.h"
+#include "common/server_util.h"
+#include "nlohmann/json.hpp"
+#include "server/scheduler.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
+ABSL_FLAG(int, port, 50051, "gRPC port for PruningService and WorkerRegistry; 0 = a free port.");
+ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port; 0 = a free port; -1 = off.");
+ABSL_FLAG(std::string, state_dir, "./var/scheduler",
+          "Directory for the job store and blobs (created; locked against a second scheduler).");
+ABSL_FLAG(int, local_workers, 0,
+          "Spawn this many prune-worker processes on loopback (restarted if they exit).");
+ABSL_FLAG(std::string, worker_binary, "",
+          "prune-worker executable for --local-workers (default: next to this binary).");
+ABSL_FLAG(int, worker_threads, 0, "Threads per local worker; 0 = cores / --local-workers.");
+ABSL_FLAG(std::string, ready_file, "",
+          "When set, write {\"port\":..,\"metrics_port\":..,\"pid\":..} here once serving.");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+
+int main(int argc, char** argv) {
+  prunesvc::BlockShutdownSignals();
+  prunesvc::ParseFlags(argc, argv,
+                       "prune-scheduler: the prunesvc control plane (jobs, search, dispatch).\n"
+                       "Usage: prune-scheduler --state-dir=DIR [--port=50051] "
+                       "[--local-workers=N]");
+  prunesvc::InitLogging("scheduler", absl::GetFlag(FLAGS_log_level));
+
+  prunesvc::server::SchedulerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.local_workers = absl::GetFlag(FLAGS_local_workers);
+  options.worker_binary = absl::GetFlag(FLAGS_worker_binary);
+  options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.log_level = absl::GetFlag(FLAGS_log_level);
+
+  auto scheduler = prunesvc::server::Scheduler::Create(options);
+  if (!scheduler.ok()) {
+    spdlog::critical("cannot start: {}", scheduler.status().message());
+    return 2;
+  }
+  const std::string ready = absl::GetFlag(FLAGS_ready_file);
+  if (!ready.empty()) {
+    nlohmann::json j = {{"port", (*scheduler)->port()},
+                        {"metrics_port", (*scheduler)->metrics_port()},
+                        {"pid", getpid()}};
+    if (auto s = prunesvc::WriteFileAtomically(ready, j.dump() + "\n"); !s.ok()) {
+      spdlog::critical("{}", s.message());
+      return 2;
+    }
+  }
+  int sig = prunesvc::WaitForShutdownSignal();
+  spdlog::info("received signal {}", sig);
+  (*scheduler)->Shutdown();
+  return 0;
+}
