@@ -1,0 +1,99 @@
+#include "worker/registrar.h"
+
+#include <algorithm>
+#include <string>
+
+#include "common/logging.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace prunesvc::worker {
+namespace {
+constexpr absl::Duration kCallDeadline = absl::Seconds(3);
+}  // namespace
+
+Registrar::Registrar(std::string scheduler_address, prune::v1::WorkerInfo info)
+    : scheduler_address_(std::move(scheduler_address)), info_(std::move(info)) {
+  stub_ = prune::v1::WorkerRegistry::NewStub(
+      grpc::CreateChannel(scheduler_address_, grpc::InsecureChannelCredentials()));
+}
+
+Registrar::~Registrar() { Stop(); }
+
+void Registrar::Start() { thread_ = std::thread([this] { Loop(); }); }
+
+void Registrar::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string Registrar::worker_id() const {
+  absl::MutexLock lock(&mu_);
+  return worker_id_;
+}
+
+bool Registrar::RegisterOnce() {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(kCallDeadline));
+  prune::v1::RegisterWorkerRequest req;
+  *req.mutable_info() = info_;
+  prune::v1::RegisterWorkerResponse resp;
+  grpc::Status s = stub_->RegisterWorker(&ctx, req, &resp);
+  if (!s.ok()) {
+    spdlog::warn("register with scheduler={} failed code={} error=\"{}\"", scheduler_address_,
+                 static_cast<int>(s.error_code()), s.error_message());
+    return false;
+  }
+  absl::MutexLock lock(&mu_);
+  worker_id_ = resp.worker_id();
+  interval_ = absl::Milliseconds(std::max(100, resp.heartbeat_interval_ms()));
+  spdlog::info("registered worker_id={} scheduler={} heartbeat_ms={}", worker_id_,
+               scheduler_address_, resp.heartbeat_interval_ms());
+  return true;
+}
+
+void Registrar::Loop() {
+  absl::Duration backoff = absl::Milliseconds(200);
+  bool registered = false;
+  while (true) {
+    absl::Duration wait;
+    if (!registered) {
+      registered = RegisterOnce();
+      wait = registered ? absl::ZeroDuration() : backoff;
+      if (!registered) backoff = std::min(backoff * 2, absl::Seconds(5));
+    } else {
+      std::string id;
+      {
+        absl::MutexLock lock(&mu_);
+        id = worker_id_;
+        wait = interval_;
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(kCallDeadline));
+      prune::v1::HeartbeatRequest req;
+      req.set_worker_id(id);
+      req.set_state(prune::v1::WORKER_IDLE);
+      prune::v1::HeartbeatResponse resp;
+      grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+      if (s.ok() && resp.reregister()) {
+        spdlog::warn("scheduler does not know worker_id={}; re-registering", id);
+        registered = false;
+        backoff = absl::Milliseconds(200);
+        continue;
+      }
+      if (!s.ok()) {
+        spdlog::warn("heartbeat failed worker_id={} code={} error=\"{}\"", id,
+                     static_cast<int>(s.error_code()), s.error_message());
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait)) return;
+  }
+}
+
+}  // namespace prunesvc::worker

@@ -1,0 +1,67 @@
+// prune-worker: the data plane, one process per accelerator. See `prune-worker --help`.
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "common/flags.h"
+#include "common/logging.h"
+#include "common/server_util.h"
+#include "nlohmann/json.hpp"
+#include "worker/worker_server.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
+ABSL_FLAG(int, port, 50061, "gRPC port for PruningWorker; 0 = a free port.");
+ABSL_FLAG(std::string, advertise_host, "",
+          "Host the scheduler should dial (default: --host, or 127.0.0.1 for 0.0.0.0).");
+ABSL_FLAG(std::string, scheduler, "",
+          "Scheduler host:port to register and heartbeat with; empty = standalone.");
+ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N.");
+ABSL_FLAG(int, threads, 0, "libtorch intra-op threads; 0 = number of cores.");
+ABSL_FLAG(int, metrics_port, 0,
+          "Prometheus /metrics port; 0 = a free port (reported at registration); -1 = off.");
+ABSL_FLAG(std::string, worker_name, "", "Name shown in logs.");
+ABSL_FLAG(std::string, ready_file, "",
+          "When set, write {\"port\":..,\"metrics_port\":..,\"pid\":..} here once serving.");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+
+int main(int argc, char** argv) {
+  prunesvc::BlockShutdownSignals();
+  prunesvc::ParseFlags(argc, argv,
+                       "prune-worker: runs prunesvc's expensive steps on one device.\n"
+                       "Usage: prune-worker --scheduler=HOST:PORT [--device=cpu|cuda:N] "
+                       "[--port=50061]");
+  std::string name = absl::GetFlag(FLAGS_worker_name);
+  prunesvc::InitLogging(name.empty() ? "worker" : "worker/" + name,
+                        absl::GetFlag(FLAGS_log_level));
+
+  prunesvc::worker::WorkerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.advertise_host = absl::GetFlag(FLAGS_advertise_host);
+  options.scheduler = absl::GetFlag(FLAGS_scheduler);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.name = name;
+
+  auto worker = prunesvc::worker::WorkerServer::Create(options);
+  if (!worker.ok()) {
+    spdlog::critical("cannot start: {}", worker.status().message());
+    return 2;
+  }
+  const std::string ready = absl::GetFlag(FLAGS_ready_file);
+  if (!ready.empty()) {
+    nlohmann::json j = {{"port", (*worker)->port()},
+                        {"metrics_port", (*worker)->metrics_port()},
+                        {"pid", getpid()}};
+    if (auto s = prunesvc::WriteFileAtomically(ready, j.dump() + "\n"); !s.ok()) {
+      spdlog::critical("{}", s.message());
+      return 2;
+    }
+  }
+  int sig = prunesvc::WaitForShutdownSignal();
+  spdlog::info("received signal {}", sig);
+  (*worker)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,80 @@
+#include "worker/worker_server.h"
+
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/process_metrics.h"
+#include "common/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace prunesvc::worker {
+
+absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerOptions& options) {
+  std::unique_ptr<WorkerServer> w(new WorkerServer);
+  w->options_ = options;
+  ASSIGN_OR_RETURN(w->device_, OpenDevice(options.device, options.threads));
+
+  w->service_ = std::make_unique<PruningWorkerService>();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
+                           grpc::InsecureServerCredentials(), &w->port_);
+  builder.RegisterService(w->service_.get());
+  w->server_ = builder.BuildAndStart();
+  if (w->server_ == nullptr || w->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":",
+                                               options.port, " (port in use? try --port=0)"));
+  }
+
+  w->registry_ = std::make_shared<prometheus::Registry>();
+  if (options.metrics_port >= 0) {
+    ASSIGN_OR_RETURN(w->metrics_,
+                     MetricsHttpServer::Start(options.host, options.metrics_port,
+                                              {w->registry_, std::make_shared<ProcessCollector>()}));
+  }
+  spdlog::info("worker listening address={}:{} device={} threads={} metrics_port={}",
+               options.host, w->port_, w->device_.spec.ToString(), w->device_.threads,
+               w->metrics_port());
+
+  if (!options.scheduler.empty()) {
+    std::string host = options.advertise_host;
+    if (host.empty()) host = options.host == "0.0.0.0" ? "127.0.0.1" : options.host;
+    prune::v1::WorkerInfo info;
+    info.set_address(absl::StrCat(host, ":", w->port_));
+    info.set_device(w->device_.spec.ToString());
+    info.set_device_name(w->device_.name);
+    info.set_device_memory_bytes(w->device_.memory_bytes);
+    info.set_threads(w->device_.threads);
+    info.set_metrics_port(w->metrics_port());
+    info.set_version(PRUNESVC_VERSION);
+    info.set_pid(getpid());
+    char hostname[256] = {0};
+    gethostname(hostname, sizeof(hostname) - 1);
+    info.set_hostname(hostname);
+    w->registrar_ = std::make_unique<Registrar>(options.scheduler, info);
+    w->registrar_->Start();
+  }
+  w->server_->GetHealthCheckService()->SetServingStatus(true);
+  return w;
+}
+
+void WorkerServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+  if (registrar_) registrar_->Stop();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
+  metrics_.reset();
+}
+
+WorkerServer::~WorkerServer() { Shutdown(); }
+
+}  // namespace prunesvc::worker

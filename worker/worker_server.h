@@ -1,0 +1,57 @@
+// The prune-worker process: PruningWorker gRPC server (+ health, reflection), /metrics over
+// cpp-httplib, and registration/heartbeats with the scheduler. main() parses flags, then
+// Create → wait for a signal → Shutdown.
+#ifndef PRUNESVC_WORKER_WORKER_SERVER_H_
+#define PRUNESVC_WORKER_WORKER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "prometheus/registry.h"
+#include "worker/device.h"
+#include "worker/metrics_http.h"
+#include "worker/registrar.h"
+#include "worker/worker_service.h"
+
+namespace prunesvc::worker {
+
+struct WorkerOptions {
+  std::string host = "0.0.0.0";
+  int port = 50061;             // 0 = a free port
+  std::string advertise_host;   // address given to the scheduler; default: host, or 127.0.0.1
+  std::string scheduler;        // host:port; empty = standalone (no registration)
+  std::string device = "cpu";
+  int threads = 0;
+  int metrics_port = 0;         // 0 = a free port; -1 = off
+  std::string name;             // free-form, shown in logs
+};
+
+class WorkerServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<WorkerServer>> Create(const WorkerOptions& options);
+  ~WorkerServer();
+
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_ ? metrics_->port() : -1; }
+  const DeviceInfo& device() const { return device_; }
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+ private:
+  WorkerServer() = default;
+
+  WorkerOptions options_;
+  DeviceInfo device_;
+  int port_ = 0;
+  std::unique_ptr<PruningWorkerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<MetricsHttpServer> metrics_;
+  std::unique_ptr<Registrar> registrar_;
+  bool shut_down_ = false;
+};
+
+}  // namespace prunesvc::worker
+
+#endif  // PRUNESVC_WORKER_WORKER_SERVER_H_
