@@ -176,13 +176,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   };
 
   if (config) {
-    if (auto it = config->find("legacy");
-        it != config->end() && it->is_boolean() && !it->get<bool>()) {
-      return absl::UnimplementedError(
-          absl::StrCat(config_file,
-                       ": \"legacy\": false tokenization is not supported (llava-1.5 uses the "
-                       "legacy LlamaTokenizer rule)"));
-    }
+    // `legacy` is deliberately ignored: llava-hf's processors use the fast tokenizer, whose
+    // tokenizer.json prepends "▁" to every text segment — the rule DESIGN.md §4's test vector
+    // shows (`<image>` then 29871 13) — whatever the slow tokenizer's `legacy` flag says.
     if (auto it = config->find("added_tokens_decoder"); it != config->end() && !it->is_null()) {
       if (!it->is_object()) {
         return absl::InvalidArgumentError(

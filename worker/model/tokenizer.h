@@ -1,6 +1,7 @@
 // LLaVA-1.5 tokenizer: a sentencepiece `tokenizer.model` plus the added tokens llava-hf keeps
 // outside sentencepiece (`<image>` 32000, `<pad>` 32001), and the prompt templates of DESIGN.md
-// §4. Encoding reproduces HF's slow LlamaTokenizer with legacy=True (llava-1.5's setting):
+// §4. Encoding reproduces HF's slow LlamaTokenizer with legacy=True, which is also what llava-hf's
+// fast tokenizer (tokenizer.json) does:
 //   - the text is split on added/special token strings (leftmost, longest match), as HF's
 //     PreTrainedTokenizer.tokenize does with its trie;
 //   - each non-empty text segment is encoded by sentencepiece on its own, so every segment gets
@@ -10,7 +11,8 @@
 //   - whitespace next to an added token is stripped only when that token's tokenizer_config.json
 //     entry says lstrip/rstrip (llava-hf: false);
 //   - BOS first when add_bos_token (default true), EOS last when add_eos_token (default false).
-// legacy=false tokenizers (no dummy prefix after special tokens) are rejected at Load.
+// tokenizer_config.json's `legacy` flag is ignored: llava-hf runs the fast tokenizer, whose
+// tokenizer.json applies the per-segment dummy prefix above (DESIGN.md §4's test vector).
 // Torch-free. Thread-safety: immutable after Load; all methods are const and thread-safe.
 #ifndef PRUNESVC_WORKER_MODEL_TOKENIZER_H_
 #define PRUNESVC_WORKER_MODEL_TOKENIZER_H_
@@ -50,7 +52,7 @@ class Tokenizer {
  public:
   // Reads MODEL_DIR/tokenizer.model (required) and MODEL_DIR/added_tokens.json and/or
   // MODEL_DIR/tokenizer_config.json (`added_tokens_decoder`, `bos_token`, `eos_token`,
-  // `unk_token`, `pad_token`, `add_bos_token`, `add_eos_token`, `padding_side`, `legacy`).
+  // `unk_token`, `pad_token`, `add_bos_token`, `add_eos_token`, `padding_side`).
   // Errors name the file: missing/corrupt model, malformed JSON, an added id that collides with a
   // different sentencepiece piece, added ids above the sentencepiece range that are not
   // consecutive, one content with two ids, special tokens not in the vocabulary, no `<image>`.
