@@ -71,6 +71,7 @@ struct SampleLimits {
 absl::StatusOr<SampleSet> LoadSampleSet(const std::string& path, const SampleLimits& limits = {});
 
 // Parses and validates samples.jsonl content (no images attached). `file` names it in errors.
+// A file with no samples (only blank lines) is an error.
 // Exposed for the scheduler's upload validation and for fuzzing.
 absl::StatusOr<std::vector<Sample>> ParseSamplesJsonl(std::string_view content,
                                                       const std::string& file, size_t max_samples);
