@@ -368,6 +368,11 @@ absl::StatusOr<RgbImage> DecodeImage(absl::Span<const uint8_t> bytes, std::strin
   if (bytes.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(source_name, ": image data is empty"));
   }
+  if (options.max_width < 1 || options.max_height < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(source_name, ": DecodeOptions limits ",
+                                                   options.max_width, "x", options.max_height,
+                                                   " must be positive"));
+  }
   try {
     static constexpr uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPngSignature, 8) == 0) {

@@ -405,6 +405,34 @@ TEST(ImageMalformed, TruncatedCorruptAndOversizeJpeg) {
   fs::remove_all(dir, ec);
 }
 
+TEST(ImageMalformed, RandomByteFlipsGiveImageOrError) {
+  // A deterministic mini-fuzz (image_fuzz.cc is the real one): corrupted files either decode to
+  // a consistent image or give an error naming the source — never a crash.
+  char tmpl[] = "/tmp/prunesvc_flip_test_XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const auto jpg = SmallJpeg(tmpl);
+  std::error_code ec;
+  fs::remove_all(tmpl, ec);
+  ASSERT_FALSE(jpg.empty());
+  std::mt19937 gen(99);
+  int errors = 0;
+  for (const auto& original : {SmallPng(), jpg}) {
+    for (int iter = 0; iter < 300; ++iter) {
+      auto bytes = original;
+      const int flips = 1 + static_cast<int>(gen() % 4);
+      for (int f = 0; f < flips; ++f) bytes[gen() % bytes.size()] = gen() & 0xff;
+      auto im = DecodeImage(bytes, "flipped");
+      if (im.ok()) {
+        EXPECT_TRUE(im->Valid());
+      } else {
+        ++errors;
+        EXPECT_THAT(im.status().message(), HasSubstr("flipped"));
+      }
+    }
+  }
+  EXPECT_GT(errors, 0);
+}
+
 TEST(ImageMalformed, MissingFile) {
   auto s = ReadImageFile("/nonexistent/dir/x.png").status();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
