@@ -77,11 +77,13 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   spdlog::info("scheduler listening address={}:{}", options.host, s->port_);
 
   if (options.metrics_port >= 0) {
-    ASSIGN_OR_RETURN(
-        s->exposer_,
-        StartExposer(absl::StrCat(options.host, ":", options.metrics_port),
-                     {s->metrics_->registry, std::make_shared<WorkersCollector>(s->table_.get()),
-                      std::make_shared<ProcessCollector>()}));
+    // The exposer holds weak pointers: the scheduler owns the collectables.
+    s->collectables_ = {s->metrics_->registry,
+                        std::make_shared<WorkersCollector>(s->table_.get()),
+                        std::make_shared<ProcessCollector>()};
+    ASSIGN_OR_RETURN(s->exposer_, StartExposer(absl::StrCat(options.host, ":",
+                                                            options.metrics_port),
+                                               s->collectables_));
     std::vector<int> ports = s->exposer_->GetListeningPorts();
     s->metrics_port_ = ports.empty() ? options.metrics_port : ports.front();
     spdlog::info("metrics on http://{}:{}/metrics", options.host, s->metrics_port_);
@@ -117,7 +119,11 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     s->local_workers_ = std::make_unique<LocalWorkers>(lw, &s->launcher_, RealClock::Get());
     RETURN_IF_ERROR(s->local_workers_->Start());
   }
-  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  // Per-service statuses must be set explicitly; SetServingStatus(bool) then flips them all.
+  auto* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus(prune::v1::PruningService::service_full_name(), true);
+  health->SetServingStatus(prune::v1::WorkerRegistry::service_full_name(), true);
+  health->SetServingStatus(true);
   return s;
 }
 

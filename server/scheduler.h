@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/subprocess.h"
@@ -52,6 +53,7 @@ class Scheduler {
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<PruningServiceImpl> pruning_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   PosixProcessLauncher launcher_;
   std::unique_ptr<LocalWorkers> local_workers_;

@@ -62,6 +62,9 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
     w->registrar_ = std::make_unique<Registrar>(options.scheduler, info);
     w->registrar_->Start();
   }
+  // Per-service statuses must be set explicitly; SetServingStatus(bool) then flips them all.
+  w->server_->GetHealthCheckService()->SetServingStatus(
+      prune::v1::PruningWorker::service_full_name(), true);
   w->server_->GetHealthCheckService()->SetServingStatus(true);
   return w;
 }

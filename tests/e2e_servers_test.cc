@@ -1,0 +1,171 @@
+// End-to-end: the real prune-scheduler and prune-worker binaries on loopback. Health, worker
+// registration, /metrics on both, --local-workers respawn after SIGKILL, clean SIGTERM
+// shutdown (no orphaned workers), state-dir locking, prunectl's exit codes.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "gtest/gtest.h"
+#include "tests/process_harness.h"
+
+namespace prunesvc::testing {
+namespace {
+
+using client::Client;
+using client::ServingStatus;
+
+struct Scheduler {
+  TestProcess process;
+  int port;
+  int metrics_port;
+  std::string dir;
+};
+
+Scheduler StartScheduler(int local_workers, const std::string& dir) {
+  std::string ready = dir + "/scheduler.ready";
+  auto p = TestProcess::Start(
+      {BinDir() + "/prune-scheduler", "--host=127.0.0.1", "--port=0", "--metrics-port=0",
+       "--state-dir=" + dir + "/state", absl::StrCat("--local-workers=", local_workers),
+       "--worker-threads=1", "--ready-file=" + ready},
+      dir + "/scheduler.log");
+  EXPECT_TRUE(p.ok()) << p.status();
+  auto j = WaitForReadyFile(ready, absl::Seconds(30));
+  EXPECT_TRUE(j.ok()) << j.status() << "\n" << p->Log();
+  int port = j.ok() ? (*j)["port"].get<int>() : 0;
+  int mport = j.ok() ? (*j)["metrics_port"].get<int>() : 0;
+  return Scheduler{std::move(*p), port, mport, dir};
+}
+
+std::vector<prune::v1::WorkerInfo> IdleWorkers(Client& c) {
+  std::vector<prune::v1::WorkerInfo> idle;
+  auto workers = c.ListWorkers();
+  if (!workers.ok()) return idle;
+  for (const auto& w : *workers) {
+    if (w.state() == prune::v1::WORKER_IDLE) idle.push_back(w);
+  }
+  return idle;
+}
+
+TEST(E2eServersTest, LocalWorkerRegistersServesHealthAndMetrics) {
+  Scheduler s = StartScheduler(1, MakeTempDir("e2e-"));
+  Client sched(absl::StrCat("127.0.0.1:", s.port));
+  EXPECT_EQ(*sched.Health(), ServingStatus::kServing);
+  EXPECT_EQ(*sched.Health("prune.v1.PruningService"), ServingStatus::kServing);
+
+  ASSERT_TRUE(WaitUntil([&] { return IdleWorkers(sched).size() == 1; }, absl::Seconds(20)))
+      << s.process.Log();
+  prune::v1::WorkerInfo w = IdleWorkers(sched)[0];
+  EXPECT_EQ(w.device(), "cpu");
+  EXPECT_EQ(w.threads(), 1);
+  EXPECT_GT(w.pid(), 0);
+  EXPECT_GT(w.metrics_port(), 0);
+
+  Client worker(w.address());
+  EXPECT_EQ(*worker.Health(), ServingStatus::kServing);
+  EXPECT_EQ(*worker.Health("prune.v1.PruningWorker"), ServingStatus::kServing);
+
+  std::string sched_metrics = HttpGet(s.metrics_port, "/metrics");
+  EXPECT_NE(sched_metrics.find("prunesvc_workers{state=\"idle\"} 1"), std::string::npos)
+      << sched_metrics;
+  EXPECT_NE(sched_metrics.find("process_resident_memory_bytes"), std::string::npos);
+  std::string worker_metrics = HttpGet(w.metrics_port(), "/metrics");
+  EXPECT_NE(worker_metrics.find("process_open_fds"), std::string::npos) << worker_metrics;
+
+  // SIGTERM stops the scheduler and its children; nothing is left behind.
+  auto status = s.process.StopWith(SIGTERM);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
+  EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(w.pid()); }, absl::Seconds(10)));
+}
+
+TEST(E2eServersTest, KilledLocalWorkerIsRespawned) {
+  Scheduler s = StartScheduler(1, MakeTempDir("e2e-"));
+  Client sched(absl::StrCat("127.0.0.1:", s.port));
+  ASSERT_TRUE(WaitUntil([&] { return IdleWorkers(sched).size() == 1; }, absl::Seconds(20)));
+  pid_t first = IdleWorkers(sched)[0].pid();
+  ASSERT_EQ(kill(first, SIGKILL), 0);
+
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto idle = IdleWorkers(sched);
+        return idle.size() == 1 && idle[0].pid() != first;
+      },
+      absl::Seconds(30)))
+      << s.process.Log();
+  Client worker(IdleWorkers(sched)[0].address());
+  EXPECT_EQ(*worker.Health(), ServingStatus::kServing);
+  EXPECT_NE(HttpGet(s.metrics_port, "/metrics").find("prunesvc_local_worker_restarts_total 1"),
+            std::string::npos);
+  EXPECT_NE(s.process.Log().find("killed by signal 9"), std::string::npos);
+}
+
+TEST(E2eServersTest, StandaloneWorkerJoinsAndStateDirIsExclusive) {
+  std::string dir = MakeTempDir("e2e-");
+  Scheduler s = StartScheduler(0, dir);
+  Client sched(absl::StrCat("127.0.0.1:", s.port));
+  EXPECT_TRUE(sched.ListWorkers()->empty());
+
+  auto w = TestProcess::Start({BinDir() + "/prune-worker", "--host=127.0.0.1", "--port=0",
+                               "--metrics-port=-1", "--threads=1",
+                               absl::StrCat("--scheduler=127.0.0.1:", s.port)},
+                              dir + "/worker.log");
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(WaitUntil([&] { return IdleWorkers(sched).size() == 1; }, absl::Seconds(20)))
+      << w->Log();
+  EXPECT_EQ(IdleWorkers(sched)[0].pid(), w->pid());
+
+  // The worker goes away: the scheduler marks it LOST once heartbeats stop.
+  ASSERT_TRUE(w->StopWith(SIGKILL).ok());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto all = sched.ListWorkers();
+        return all.ok() && all->size() == 1 && (*all)[0].state() == prune::v1::WORKER_LOST;
+      },
+      absl::Seconds(20)));
+
+  // A second scheduler on the same state dir refuses to start and says why.
+  auto second = TestProcess::Start({BinDir() + "/prune-scheduler", "--port=0",
+                                    "--metrics-port=-1", "--state-dir=" + dir + "/state"},
+                                   dir + "/second.log");
+  ASSERT_TRUE(second.ok());
+  auto status = second->Wait(absl::Seconds(20));
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(WEXITSTATUS(*status), 2);
+  EXPECT_NE(second->Log().find("in use by another prune-scheduler"), std::string::npos)
+      << second->Log();
+}
+
+TEST(E2eServersTest, PrunectlHealthExitCodes) {
+  std::string dir = MakeTempDir("e2e-");
+  Scheduler s = StartScheduler(0, dir);
+  auto up = TestProcess::Start(
+      {BinDir() + "/prunectl", "health", absl::StrCat("--addr=127.0.0.1:", s.port)},
+      dir + "/up.out");
+  ASSERT_TRUE(up.ok());
+  auto rc = up->Wait(absl::Seconds(20));
+  ASSERT_TRUE(rc.ok());
+  EXPECT_EQ(WEXITSTATUS(*rc), 0);
+  EXPECT_EQ(up->Log(), "SERVING\n");
+
+  ASSERT_TRUE(s.process.StopWith(SIGTERM).ok());
+  auto down = TestProcess::Start({BinDir() + "/prunectl", "health", "--timeout=1",
+                                  absl::StrCat("--addr=127.0.0.1:", s.port)},
+                                 dir + "/down.out");
+  ASSERT_TRUE(down.ok());
+  rc = down->Wait(absl::Seconds(20));
+  ASSERT_TRUE(rc.ok());
+  EXPECT_EQ(WEXITSTATUS(*rc), 1);
+  EXPECT_NE(down->Log().find("NOT_SERVING"), std::string::npos);
+
+  auto bad = TestProcess::Start({BinDir() + "/prunectl", "frobnicate"}, dir + "/bad.out");
+  rc = bad->Wait(absl::Seconds(20));
+  EXPECT_EQ(WEXITSTATUS(*rc), 2);
+  EXPECT_NE(bad->Log().find("unknown command"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace prunesvc::testing
