@@ -114,6 +114,22 @@ ScoreSummary Summarize(absl::Span<const SampleScore> scores) {
   return s;
 }
 
+TokenStats ComputeTokenStats(const LlavaModel& model, absl::Span<const ScoringSample> samples) {
+  TokenStats st;
+  if (samples.empty()) return st;
+  for (const ScoringSample& s : samples) {
+    const double t = double(model.ExpandedLength(s.token_ids));
+    st.mean_tokens += t;
+    st.mean_tokens_sq += t * t;
+    st.mean_answer_tokens += s.answer_end - s.answer_begin;
+  }
+  const double n = samples.size();
+  st.mean_tokens /= n;
+  st.mean_tokens_sq /= n;
+  st.mean_answer_tokens /= n;
+  return st;
+}
+
 absl::StatusOr<std::vector<int>> GreedyGenerate(const LlavaModel& model,
                                                 const std::vector<int>& prompt_ids,
                                                 const at::Tensor& image_features,

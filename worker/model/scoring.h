@@ -65,6 +65,10 @@ struct ScoreSummary {
 };
 ScoreSummary Summarize(absl::Span<const SampleScore> scores);
 
+// FLOPs-model statistics of a sample set (DESIGN.md §5): T = expanded image tokens + prompt +
+// answer tokens of each sample, averaged (and T² averaged); answer tokens averaged.
+TokenStats ComputeTokenStats(const LlavaModel& model, absl::Span<const ScoringSample> samples);
+
 struct GenerateOptions {
   int max_new_tokens = 32;
   std::optional<int> eos_token_id;  // stop after emitting it (it is included in the output)

@@ -104,6 +104,16 @@ TEST(ScoringTest, LossAndLetterScoresFollowTheDefinitions) {
       EXPECT_EQ(r.correct, r.predicted_option == s.correct_option);
     }
   }
+  // Token statistics for the FLOPs model: by hand from the lengths (9 image slots per image).
+  double t1 = 0, t2 = 0, ans = 0;
+  for (const auto& s : samples) {
+    const double t = s.token_ids.size() - 1 + c.config.image_seq_length;
+    t1 += t / 12, t2 += t * t / 12, ans += double(s.answer_end - s.answer_begin) / 12;
+  }
+  const TokenStats st = ComputeTokenStats(*c.model, samples);
+  EXPECT_DOUBLE_EQ(st.mean_tokens, t1);
+  EXPECT_DOUBLE_EQ(st.mean_tokens_sq, t2);
+  EXPECT_DOUBLE_EQ(st.mean_answer_tokens, ans);
   const ScoreSummary sum = Summarize(*scores);
   EXPECT_EQ(sum.num_samples, 12);
   EXPECT_EQ(sum.num_multiple_choice, 8);
@@ -167,6 +177,50 @@ TEST(GenerationTest, CachedLogitsMatchFullForward) {
   ASSERT_TRUE(full.ok());
   EXPECT_LE((*step - (*full)[0][0]).abs().max().item<double>(), 1e-5);
   EXPECT_EQ(cache.length, c.model->ExpandedLength(s.ids));
+}
+
+}  // namespace
+}  // namespace prunesvc::model
+
+namespace prunesvc::model {
+namespace {
+
+// Projector training needs gradients from the answer loss back to the projector weights.
+TEST(ForwardGradTest, GradientsReachTheProjector) {
+  testing::ReferenceCase c;
+  ASSERT_NO_FATAL_FAILURE(testing::LoadCase("old_fp32_mha", &c));
+  const auto& s = c.samples[1];
+  auto vision = c.model->VisionFeatures(s.pixels);
+  ASSERT_TRUE(vision.ok());
+  Linear& l2 = c.model->projector_linear_2();
+  l2.weight.set_requires_grad(true);
+  auto feats = c.model->Project(*vision);
+  ASSERT_TRUE(feats.ok());
+  ASSERT_TRUE(feats->requires_grad());
+  const int n = s.ids.size();
+  SequenceInput in{s.ids, *feats, {n - 2}};
+  ForwardOptions opts;
+  opts.enable_grad = true;
+  auto logits = c.model->Forward({&in, 1}, opts);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  at::Tensor loss = -at::log_softmax((*logits)[0], -1)[0][s.ids[n - 1]];
+  loss.backward();
+  ASSERT_TRUE(l2.weight.grad().defined());
+  EXPECT_GT(l2.weight.grad().abs().sum().item<double>(), 0);
+  // Finite-difference check on one weight entry.
+  const double eps = 1e-2;
+  const double g = l2.weight.grad()[3][5].item<double>();
+  l2.weight.set_requires_grad(false);
+  auto loss_at = [&](double delta) {
+    at::Tensor saved = l2.weight.clone();
+    l2.weight[3][5].add_(delta);
+    auto f = c.model->Project(*vision);
+    SequenceInput i2{s.ids, *f, {n - 2}};
+    auto lg = c.model->Forward({&i2, 1});
+    l2.weight.copy_(saved);
+    return -at::log_softmax((*lg)[0].to(at::kDouble), -1)[0][s.ids[n - 1]].item<double>();
+  };
+  EXPECT_NEAR((loss_at(eps) - loss_at(-eps)) / (2 * eps), g, 1e-3 + 1e-2 * std::abs(g));
 }
 
 }  // namespace
