@@ -628,6 +628,11 @@ absl::StatusOr<std::vector<int64_t>> CheckSequence(const SequenceInput& s, const
     }
     expanded[i] = pos - 1;
   }
+  if (s.image_features.defined() && s.image_features.numel() > 0 && s.image_features.dim() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat("sample ", index,
+                                                   ": image features must be 3-D, got ",
+                                                   ShapeString(s.image_features.sizes())));
+  }
   const int64_t have =
       s.image_features.defined() && s.image_features.numel() > 0 ? s.image_features.size(0) : 0;
   if (have != images) {

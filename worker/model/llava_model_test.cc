@@ -144,7 +144,10 @@ TEST(LlavaModelTest, BadInputsAreErrors) {
   EXPECT_THAT(c.model->Forward({&bad_id, 1}).status().message(), HasSubstr("5000"));
   SequenceInput wrong_feats{s.ids, feats->narrow(1, 0, 3), {0}};
   EXPECT_THAT(c.model->Forward({&wrong_feats, 1}).status().message(), HasSubstr("[images, 16"));
+  SequenceInput scalar_feats{s.ids, at::ones({}), {0}};
+  EXPECT_THAT(c.model->Forward({&scalar_feats, 1}).status().message(), HasSubstr("3-D"));
   EXPECT_FALSE(c.model->ComputeImageFeatures(at::zeros({1, 3, 15, 16})).ok());
+  EXPECT_FALSE(c.model->Project(at::zeros({2, 5})).ok());
   EXPECT_FALSE(c.model->ComputeImageFeatures(at::Tensor()).ok());
 }
 
