@@ -158,6 +158,30 @@ absl::StatusOr<Linear> TakeLinear(TensorSpec& spec, const std::string& prefix, i
 
 }  // namespace
 
+absl::StatusOr<at::Tensor> StackPixels(absl::Span<const PixelValues> images, at::Device device) {
+  if (images.empty()) return absl::InvalidArgumentError("StackPixels: no images");
+  const PixelValues& f = images[0];
+  const int64_t C = f.channels, H = f.height, W = f.width;
+  for (size_t i = 0; i < images.size(); ++i) {
+    const PixelValues& p = images[i];
+    if (p.channels != C || p.height != H || p.width != W || C <= 0 || H <= 0 || W <= 0 ||
+        int64_t(p.data.size()) != C * H * W) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "StackPixels: image ", i, " is ", p.channels, "x", p.height, "x", p.width, " with ",
+          p.data.size(), " values; expected ", C, "x", H, "x", W, " like image 0"));
+    }
+  }
+  return Guarded("stacking pixels", [&]() -> absl::StatusOr<at::Tensor> {
+    at::Tensor out = at::empty({int64_t(images.size()), C, H, W}, at::kFloat);
+    float* dst = out.data_ptr<float>();
+    for (const PixelValues& p : images) {
+      std::copy(p.data.begin(), p.data.end(), dst);
+      dst += p.data.size();
+    }
+    return out.to(device);
+  });
+}
+
 LlavaModel::LlavaModel(const LlavaConfig& config, at::Device device)
     : config_(config), device_(device) {}
 

@@ -34,6 +34,7 @@
 #include "absl/types/span.h"
 #include "common/flops.h"
 #include "worker/model/config.h"
+#include "worker/model/preprocess.h"
 
 namespace prunesvc::model {
 
@@ -96,6 +97,11 @@ struct KvCache {
   std::vector<at::Tensor> keys, values;  // per layer [1, kv_heads, length, head_dim]
   int64_t length = 0;                    // expanded positions already processed
 };
+
+// Stacks preprocessed images (CHW float) into a pixel batch [N, C, H, W] on `device`. All images
+// must have the same shape and data.size() == C·H·W.
+absl::StatusOr<at::Tensor> StackPixels(absl::Span<const PixelValues> images,
+                                       at::Device device = at::kCPU);
 
 class LlavaModel {
  public:

@@ -195,6 +195,21 @@ TEST(LlavaModelTest, WeightsCanBeSwappedAndObserved) {
   EXPECT_EQ(c.model->MutableWeight("no.such.weight"), nullptr);
 }
 
+TEST(LlavaModelTest, StackPixels) {
+  PixelValues a{2, 1, 2, {1, 2, 3, 4}}, b{2, 1, 2, {5, 6, 7, 8}};
+  std::vector<PixelValues> imgs = {a, b};
+  auto t = StackPixels(imgs);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->sizes(), at::IntArrayRef({2, 2, 1, 2}));
+  EXPECT_EQ((*t)[1][0][0][1].item<float>(), 6);
+  EXPECT_EQ((*t)[0][1][0][0].item<float>(), 3);
+  imgs[1].data.pop_back();
+  EXPECT_THAT(StackPixels(imgs).status().message(), HasSubstr("image 1"));
+  imgs[1] = PixelValues{2, 2, 1, {5, 6, 7, 8}};
+  EXPECT_FALSE(StackPixels(imgs).ok());
+  EXPECT_FALSE(StackPixels({}).ok());
+}
+
 TEST(LlavaModelTest, FlopsDimsFollowTheWeights) {
   ReferenceCase c;
   ASSERT_NO_FATAL_FAILURE(LoadCase("new_fp16_gqa", &c));
