@@ -48,8 +48,8 @@ std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& us
   ptrs.reserve(normalized.size() + 1);
   for (auto& s : normalized) ptrs.push_back(s.data());
   ptrs.push_back(nullptr);
-  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(normalized.size()),
-                                                          ptrs.data());
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(normalized.size()), ptrs.data());
   return std::vector<std::string>(positional.begin(), positional.end());
 }
 

@@ -15,9 +15,9 @@ std::vector<std::string> Normalize(std::vector<std::string> args) {
 }
 
 TEST(FlagsTest, RewritesHyphensInNamesOnly) {
-  EXPECT_EQ(Normalize({"prog", "--flops-budget=0.5", "--metrics-port", "9-9", "-a-b"}),
-            (std::vector<std::string>{"prog", "--flops_budget=0.5", "--metrics_port", "9-9",
-                                      "-a_b"}));
+  EXPECT_EQ(
+      Normalize({"prog", "--flops-budget=0.5", "--metrics-port", "9-9", "-a-b"}),
+      (std::vector<std::string>{"prog", "--flops_budget=0.5", "--metrics_port", "9-9", "-a_b"}));
 }
 
 TEST(FlagsTest, KeepsValuesWithHyphensAndPassthrough) {

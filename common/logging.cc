@@ -8,8 +8,8 @@
 namespace prunesvc {
 
 void InitLogging(const std::string& component, const std::string& level) {
-  auto logger = std::make_shared<spdlog::logger>(
-      component, std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  auto logger = std::make_shared<spdlog::logger>(component,
+                                                 std::make_shared<spdlog::sinks::stderr_sink_mt>());
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %L %n pid=%P %v");
   spdlog::level::level_enum lvl = spdlog::level::from_str(level);
   bool bad = lvl == spdlog::level::off && level != "off";

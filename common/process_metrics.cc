@@ -57,8 +57,7 @@ std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
   std::string stat((std::istreambuf_iterator<char>(stat_in)), std::istreambuf_iterator<char>());
   size_t close = stat.rfind(')');
   if (close != std::string::npos) {
-    std::vector<std::string> f =
-        absl::StrSplit(stat.substr(close + 2), ' ', absl::SkipEmpty());
+    std::vector<std::string> f = absl::StrSplit(stat.substr(close + 2), ' ', absl::SkipEmpty());
     // Fields after comm start at index 0 = state (field 3 in proc(5)).
     auto field = [&](int proc5_index) -> double {
       size_t i = static_cast<size_t>(proc5_index - 3);
@@ -67,11 +66,13 @@ std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
       return 0;
     };
     double cpu = (field(14) + field(15)) / ticks;
-    out.push_back(Gauge("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-                        cpu, prometheus::MetricType::Counter));
-    out.push_back(Gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", field(23)));
-    out.push_back(Gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
-                        field(24) * page));
+    out.push_back(Gauge("process_cpu_seconds_total",
+                        "Total user and system CPU time spent in seconds.", cpu,
+                        prometheus::MetricType::Counter));
+    out.push_back(
+        Gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", field(23)));
+    out.push_back(
+        Gauge("process_resident_memory_bytes", "Resident memory size in bytes.", field(24) * page));
     out.push_back(Gauge("process_start_time_seconds",
                         "Start time of the process since unix epoch in seconds.",
                         BootTimeSeconds() + field(22) / ticks));

@@ -24,8 +24,7 @@ class ProcessCollector : public prometheus::Collectable {
 };
 
 // Renders a set of collectables in the Prometheus text format (what /metrics returns).
-std::string RenderMetrics(
-    const std::vector<const prometheus::Collectable*>& collectables);
+std::string RenderMetrics(const std::vector<const prometheus::Collectable*>& collectables);
 
 }  // namespace prunesvc
 

@@ -12,10 +12,10 @@
 #define PRUNESVC_CONCAT_(a, b) PRUNESVC_CONCAT_INNER_(a, b)
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing function if not OK.
-#define RETURN_IF_ERROR(expr)                                       \
-  do {                                                              \
-    ::absl::Status prunesvc_status_ = (expr);                       \
-    if (!prunesvc_status_.ok()) return prunesvc_status_;            \
+#define RETURN_IF_ERROR(expr)                            \
+  do {                                                   \
+    ::absl::Status prunesvc_status_ = (expr);            \
+    if (!prunesvc_status_.ok()) return prunesvc_status_; \
   } while (false)
 
 // `ASSIGN_OR_RETURN(lhs, expr)`: evaluates `expr` (an absl::StatusOr<T>); on error returns its

@@ -24,8 +24,7 @@ std::string ExitInfo::ToString() const {
 absl::StatusOr<pid_t> PosixProcessLauncher::Spawn(const std::vector<std::string>& argv) {
   if (argv.empty()) return absl::InvalidArgumentError("Spawn: empty argv");
   if (access(argv[0].c_str(), X_OK) != 0) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot execute ", argv[0], ": ", strerror(errno)));
+    return absl::NotFoundError(absl::StrCat("cannot execute ", argv[0], ": ", strerror(errno)));
   }
   // Everything the child touches is prepared before fork: after fork in a threaded process only
   // async-signal-safe calls are allowed.

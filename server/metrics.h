@@ -37,7 +37,8 @@ class WorkersCollector : public prometheus::Collectable {
 };
 
 // Starts the exposer on `bind_address` ("0.0.0.0:9464"; port 0 picks a free one) serving all
-// collectables at /metrics. The exposer keeps only weak pointers: the caller owns them. Returns an error instead of throwing when the port is taken.
+// collectables at /metrics. The exposer keeps only weak pointers: the caller owns them. Returns an
+// error instead of throwing when the port is taken.
 absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartExposer(
     const std::string& bind_address,
     const std::vector<std::shared_ptr<prometheus::Collectable>>& collectables);

@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "common/logging.h"
 
 namespace prunesvc::server {
 namespace {
@@ -71,48 +71,45 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   builder.RegisterService(s->pruning_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":",
-                                               options.port, " (port in use? try --port=0)"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,
+                                               " (port in use? try --port=0)"));
   }
   spdlog::info("scheduler listening address={}:{}", options.host, s->port_);
 
   if (options.metrics_port >= 0) {
     // The exposer holds weak pointers: the scheduler owns the collectables.
-    s->collectables_ = {s->metrics_->registry,
-                        std::make_shared<WorkersCollector>(s->table_.get()),
+    s->collectables_ = {s->metrics_->registry, std::make_shared<WorkersCollector>(s->table_.get()),
                         std::make_shared<ProcessCollector>()};
-    ASSIGN_OR_RETURN(s->exposer_, StartExposer(absl::StrCat(options.host, ":",
-                                                            options.metrics_port),
-                                               s->collectables_));
+    ASSIGN_OR_RETURN(
+        s->exposer_,
+        StartExposer(absl::StrCat(options.host, ":", options.metrics_port), s->collectables_));
     std::vector<int> ports = s->exposer_->GetListeningPorts();
     s->metrics_port_ = ports.empty() ? options.metrics_port : ports.front();
     spdlog::info("metrics on http://{}:{}/metrics", options.host, s->metrics_port_);
   }
 
   if (options.local_workers > 0) {
-    std::string binary = options.worker_binary.empty()
-                             ? SelfExecutableDir() + "/prune-worker"
-                             : options.worker_binary;
+    std::string binary = options.worker_binary.empty() ? SelfExecutableDir() + "/prune-worker"
+                                                       : options.worker_binary;
     int threads = options.worker_threads;
     if (threads <= 0) {
-      threads = std::max(1u, std::thread::hardware_concurrency() /
-                                 static_cast<unsigned>(options.local_workers));
+      threads = std::max(
+          1u, std::thread::hardware_concurrency() / static_cast<unsigned>(options.local_workers));
     }
     LocalWorkersOptions lw;
     lw.count = options.local_workers;
     const int port = s->port_;
     const std::string log_level = options.log_level;
     lw.argv_for_slot = [binary, port, threads, log_level](int slot) {
-      return std::vector<std::string>{
-          binary,
-          "--host=127.0.0.1",
-          "--port=0",
-          absl::StrCat("--scheduler=127.0.0.1:", port),
-          "--device=cpu",
-          absl::StrCat("--threads=", threads),
-          "--metrics-port=0",
-          absl::StrCat("--log-level=", log_level),
-          absl::StrCat("--worker-name=local-", slot)};
+      return std::vector<std::string>{binary,
+                                      "--host=127.0.0.1",
+                                      "--port=0",
+                                      absl::StrCat("--scheduler=127.0.0.1:", port),
+                                      "--device=cpu",
+                                      absl::StrCat("--threads=", threads),
+                                      "--metrics-port=0",
+                                      absl::StrCat("--log-level=", log_level),
+                                      absl::StrCat("--worker-name=local-", slot)};
     };
     SchedulerMetrics* metrics = s->metrics_.get();
     lw.on_restart = [metrics](int) { metrics->local_worker_restarts->Increment(); };

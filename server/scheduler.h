@@ -21,12 +21,12 @@ namespace prunesvc::server {
 
 struct SchedulerOptions {
   std::string host = "0.0.0.0";
-  int port = 50051;            // 0 = pick a free port
-  int metrics_port = 9464;     // 0 = pick a free port; -1 = no metrics
-  std::string state_dir;       // required; created if missing; locked against a second scheduler
+  int port = 50051;         // 0 = pick a free port
+  int metrics_port = 9464;  // 0 = pick a free port; -1 = no metrics
+  std::string state_dir;    // required; created if missing; locked against a second scheduler
   int local_workers = 0;
-  std::string worker_binary;   // default: prune-worker next to this executable
-  int worker_threads = 0;      // per local worker; 0 = cores / local_workers
+  std::string worker_binary;  // default: prune-worker next to this executable
+  int worker_threads = 0;     // per local worker; 0 = cores / local_workers
   std::string log_level = "info";
   WorkerTableOptions workers;
 };

@@ -86,8 +86,7 @@ grpc::ServerWriteReactor<prune::v1::JobEvent>* PruningServiceImpl::WatchJob(
 
 grpc::ServerReadReactor<prune::v1::UploadDatasetRequest>* PruningServiceImpl::UploadDataset(
     grpc::CallbackServerContext*, prune::v1::UploadDatasetResponse*) {
-  return new FinishedReadReactor<prune::v1::UploadDatasetRequest>(
-      NotImplemented("UploadDataset"));
+  return new FinishedReadReactor<prune::v1::UploadDatasetRequest>(NotImplemented("UploadDataset"));
 }
 
 grpc::ServerWriteReactor<prune::v1::FetchArtifactResponse>* PruningServiceImpl::FetchArtifact(

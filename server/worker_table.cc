@@ -23,8 +23,8 @@ WorkerTable::WorkerTable(WorkerTableOptions options, const Clock* clock)
 
 absl::StatusOr<std::string> WorkerTable::Register(const prune::v1::WorkerInfo& info) {
   if (!ValidAddress(info.address())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "RegisterWorker: info.address must be host:port, got '", info.address(), "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("RegisterWorker: info.address must be host:port, got '", info.address(), "'"));
   }
   if (info.device().empty()) {
     return absl::InvalidArgumentError("RegisterWorker: info.device is empty (cpu or cuda:N)");

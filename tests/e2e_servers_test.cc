@@ -109,10 +109,10 @@ TEST(E2eServersTest, StandaloneWorkerJoinsAndStateDirIsExclusive) {
   Client sched(absl::StrCat("127.0.0.1:", s.port));
   EXPECT_TRUE(sched.ListWorkers()->empty());
 
-  auto w = TestProcess::Start({BinDir() + "/prune-worker", "--host=127.0.0.1", "--port=0",
-                               "--metrics-port=-1", "--threads=1",
-                               absl::StrCat("--scheduler=127.0.0.1:", s.port)},
-                              dir + "/worker.log");
+  auto w = TestProcess::Start(
+      {BinDir() + "/prune-worker", "--host=127.0.0.1", "--port=0", "--metrics-port=-1",
+       "--threads=1", absl::StrCat("--scheduler=127.0.0.1:", s.port)},
+      dir + "/worker.log");
   ASSERT_TRUE(w.ok());
   ASSERT_TRUE(WaitUntil([&] { return IdleWorkers(sched).size() == 1; }, absl::Seconds(20)))
       << w->Log();
@@ -128,8 +128,8 @@ TEST(E2eServersTest, StandaloneWorkerJoinsAndStateDirIsExclusive) {
       absl::Seconds(20)));
 
   // A second scheduler on the same state dir refuses to start and says why.
-  auto second = TestProcess::Start({BinDir() + "/prune-scheduler", "--port=0",
-                                    "--metrics-port=-1", "--state-dir=" + dir + "/state"},
+  auto second = TestProcess::Start({BinDir() + "/prune-scheduler", "--port=0", "--metrics-port=-1",
+                                    "--state-dir=" + dir + "/state"},
                                    dir + "/second.log");
   ASSERT_TRUE(second.ok());
   auto status = second->Wait(absl::Seconds(20));
@@ -152,9 +152,9 @@ TEST(E2eServersTest, PrunectlHealthExitCodes) {
   EXPECT_EQ(up->Log(), "SERVING\n");
 
   ASSERT_TRUE(s.process.StopWith(SIGTERM).ok());
-  auto down = TestProcess::Start({BinDir() + "/prunectl", "health", "--timeout=1",
-                                  absl::StrCat("--addr=127.0.0.1:", s.port)},
-                                 dir + "/down.out");
+  auto down = TestProcess::Start(
+      {BinDir() + "/prunectl", "health", "--timeout=1", absl::StrCat("--addr=127.0.0.1:", s.port)},
+      dir + "/down.out");
   ASSERT_TRUE(down.ok());
   rc = down->Wait(absl::Seconds(20));
   ASSERT_TRUE(rc.ok());

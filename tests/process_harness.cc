@@ -98,8 +98,7 @@ std::string TestProcess::Log() const {
   return ss.str();
 }
 
-absl::StatusOr<nlohmann::json> WaitForReadyFile(const std::string& path,
-                                                absl::Duration timeout) {
+absl::StatusOr<nlohmann::json> WaitForReadyFile(const std::string& path, absl::Duration timeout) {
   nlohmann::json j;
   bool ok = WaitUntil(
       [&] {

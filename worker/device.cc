@@ -14,9 +14,7 @@
 
 namespace prunesvc::worker {
 
-std::string DeviceSpec::ToString() const {
-  return cuda ? absl::StrCat("cuda:", index) : "cpu";
-}
+std::string DeviceSpec::ToString() const { return cuda ? absl::StrCat("cuda:", index) : "cpu"; }
 
 absl::StatusOr<DeviceSpec> ParseDeviceSpec(const std::string& text) {
   DeviceSpec spec;
@@ -25,8 +23,8 @@ absl::StatusOr<DeviceSpec> ParseDeviceSpec(const std::string& text) {
   if (absl::ConsumePrefix(&rest, "cuda")) {
     spec.cuda = true;
     if (rest.empty()) return spec;
-    if (absl::ConsumePrefix(&rest, ":") && absl::SimpleAtoi(rest, &spec.index) &&
-        spec.index >= 0 && spec.index < 1024) {
+    if (absl::ConsumePrefix(&rest, ":") && absl::SimpleAtoi(rest, &spec.index) && spec.index >= 0 &&
+        spec.index < 1024) {
       return spec;
     }
   }
@@ -42,7 +40,8 @@ std::string CpuModelName() {
   while (std::getline(in, line)) {
     if (line.rfind("model name", 0) == 0) {
       size_t colon = line.find(':');
-      if (colon != std::string::npos) return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+      if (colon != std::string::npos)
+        return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
     }
   }
   return "cpu";

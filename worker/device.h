@@ -22,9 +22,9 @@ absl::StatusOr<DeviceSpec> ParseDeviceSpec(const std::string& text);
 
 struct DeviceInfo {
   DeviceSpec spec;
-  std::string name;            // CPU model or GPU name
-  int64_t memory_bytes = 0;    // host RAM for cpu
-  int threads = 0;             // intra-op threads in effect
+  std::string name;          // CPU model or GPU name
+  int64_t memory_bytes = 0;  // host RAM for cpu
+  int threads = 0;           // intra-op threads in effect
 };
 
 // Checks availability (CUDA compiled in and the index present) and sets torch's thread count

@@ -32,8 +32,7 @@ TEST(DeviceTest, CudaOnCpuOnlyBuildIsAClearError) {
   auto info = OpenDevice("cuda:0", 1);
   ASSERT_FALSE(info.ok());
   EXPECT_EQ(info.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(info.status().message().find("CPU-only libtorch"), std::string::npos)
-      << info.status();
+  EXPECT_NE(info.status().message().find("CPU-only libtorch"), std::string::npos) << info.status();
 }
 
 }  // namespace

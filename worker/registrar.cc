@@ -21,7 +21,9 @@ Registrar::Registrar(std::string scheduler_address, prune::v1::WorkerInfo info)
 
 Registrar::~Registrar() { Stop(); }
 
-void Registrar::Start() { thread_ = std::thread([this] { Loop(); }); }
+void Registrar::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 void Registrar::Stop() {
   {

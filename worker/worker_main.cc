@@ -32,8 +32,7 @@ int main(int argc, char** argv) {
                        "Usage: prune-worker --scheduler=HOST:PORT [--device=cpu|cuda:N] "
                        "[--port=50061]");
   std::string name = absl::GetFlag(FLAGS_worker_name);
-  prunesvc::InitLogging(name.empty() ? "worker" : "worker/" + name,
-                        absl::GetFlag(FLAGS_log_level));
+  prunesvc::InitLogging(name.empty() ? "worker" : "worker/" + name, absl::GetFlag(FLAGS_log_level));
 
   prunesvc::worker::WorkerOptions options;
   options.host = absl::GetFlag(FLAGS_host);

@@ -30,19 +30,18 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   builder.RegisterService(w->service_.get());
   w->server_ = builder.BuildAndStart();
   if (w->server_ == nullptr || w->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":",
-                                               options.port, " (port in use? try --port=0)"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,
+                                               " (port in use? try --port=0)"));
   }
 
   w->registry_ = std::make_shared<prometheus::Registry>();
   if (options.metrics_port >= 0) {
-    ASSIGN_OR_RETURN(w->metrics_,
-                     MetricsHttpServer::Start(options.host, options.metrics_port,
-                                              {w->registry_, std::make_shared<ProcessCollector>()}));
+    ASSIGN_OR_RETURN(w->metrics_, MetricsHttpServer::Start(
+                                      options.host, options.metrics_port,
+                                      {w->registry_, std::make_shared<ProcessCollector>()}));
   }
-  spdlog::info("worker listening address={}:{} device={} threads={} metrics_port={}",
-               options.host, w->port_, w->device_.spec.ToString(), w->device_.threads,
-               w->metrics_port());
+  spdlog::info("worker listening address={}:{} device={} threads={} metrics_port={}", options.host,
+               w->port_, w->device_.spec.ToString(), w->device_.threads, w->metrics_port());
 
   if (!options.scheduler.empty()) {
     std::string host = options.advertise_host;

@@ -19,13 +19,13 @@ namespace prunesvc::worker {
 
 struct WorkerOptions {
   std::string host = "0.0.0.0";
-  int port = 50061;             // 0 = a free port
-  std::string advertise_host;   // address given to the scheduler; default: host, or 127.0.0.1
-  std::string scheduler;        // host:port; empty = standalone (no registration)
+  int port = 50061;            // 0 = a free port
+  std::string advertise_host;  // address given to the scheduler; default: host, or 127.0.0.1
+  std::string scheduler;       // host:port; empty = standalone (no registration)
   std::string device = "cpu";
   int threads = 0;
-  int metrics_port = 0;         // 0 = a free port; -1 = off
-  std::string name;             // free-form, shown in logs
+  int metrics_port = 0;  // 0 = a free port; -1 = off
+  std::string name;      // free-form, shown in logs
 };
 
 class WorkerServer {
