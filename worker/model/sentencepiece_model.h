@@ -3,6 +3,9 @@
 // absl::string_view class (Debian builds abseil with ABSL_OPTION_USE_STD_STRING_VIEW 0), so the
 // sentencepiece header is included only in sentencepiece_model.cc and this interface uses std
 // types alone. Internal to prunesvc_model_tokenizer; use Tokenizer instead.
+// libsentencepiece itself is reached only through the libprunesvc_spm.so module (dlopen with
+// RTLD_DEEPBIND), because its embedded protobuf clashes with libtorch's (sentencepiece_shim.cc);
+// a missing module makes FromSerialized fail with an error naming where it looked.
 // Thread-safety: const methods are safe to call concurrently (sentencepiece's are).
 #ifndef PRUNESVC_WORKER_MODEL_SENTENCEPIECE_MODEL_H_
 #define PRUNESVC_WORKER_MODEL_SENTENCEPIECE_MODEL_H_
