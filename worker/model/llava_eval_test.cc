@@ -58,11 +58,14 @@ struct RunResult {
   std::string out, err;
 };
 
+bool work_dir_made = false;
+
 // The fixture: a temp dir with model/ and samples/, made once per test binary.
 const std::string& WorkDir() {
   static const std::string* dir = [] {
     std::string tmpl = (fs::temp_directory_path() / "llava_eval_XXXXXX").string();
     if (mkdtemp(tmpl.data()) == nullptr) return new std::string();
+    work_dir_made = true;
     const std::string base = Python() + " " + Fixture() + " ";
     if (std::system((base + "model " + tmpl + "/model >&2").c_str()) != 0 ||
         std::system((base + "samples " + tmpl + "/samples " + std::to_string(kNumSamples) + " >&2")
@@ -73,6 +76,19 @@ const std::string& WorkDir() {
   }();
   return *dir;
 }
+
+// Removes the fixture directory when the test binary ends.
+class CleanupEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (work_dir_made) {
+      std::error_code ec;
+      fs::remove_all(WorkDir(), ec);
+    }
+  }
+};
+const ::testing::Environment* const kCleanup =
+    ::testing::AddGlobalTestEnvironment(new CleanupEnvironment);
 
 class LlavaEvalTest : public ::testing::Test {
  protected:
