@@ -42,7 +42,7 @@ std::string Prng::StateHex() const {
   return absl::StrFormat("%016x%016x%016x%016x", s_[0], s_[1], s_[2], s_[3]);
 }
 
-absl::StatusOr<Prng> Prng::FromStateHex(std::string_view hex) {
+absl::StatusOr<Prng> Prng::FromStateHex(absl::string_view hex) {
   if (hex.size() != 64) {
     return absl::InvalidArgumentError(
         absl::StrCat("PRNG state must be 64 hex digits, got ", hex.size(), " characters"));

@@ -37,7 +37,7 @@ class Prng {
   // The state as 64 lowercase hex digits (four words, most significant nibble first) — JSON
   // numbers cannot carry 64-bit integers safely through every reader.
   std::string StateHex() const;
-  static absl::StatusOr<Prng> FromStateHex(std::string_view hex);
+  static absl::StatusOr<Prng> FromStateHex(absl::string_view hex);
 
   // The next raw 64-bit output of xoshiro256**.
   uint64_t Next();

@@ -1,0 +1,414 @@
+#include "common/policy.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+
+namespace prunesvc::search {
+namespace {
+
+constexpr std::array<const char*, kNumDecoderLinears> kLinearPaths = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+
+int64_t LinearParams(const DecoderLayerFlopsDims& d, DecoderLinear linear) {
+  const int64_t h = d.hidden;
+  switch (linear) {
+    case DecoderLinear::kQ:
+    case DecoderLinear::kO:
+      return h * d.q_width;
+    case DecoderLinear::kK:
+    case DecoderLinear::kV:
+      return h * d.kv_width;
+    case DecoderLinear::kGate:
+    case DecoderLinear::kUp:
+    case DecoderLinear::kDown:
+      return h * d.mlp_width;
+  }
+  return 0;
+}
+
+int64_t FixedPoint(double ratio) { return std::llround(ratio * kRatioFixedPointScale); }
+
+absl::Status CheckBudgetValue(double budget) {
+  if (!std::isfinite(budget) || !(budget > 0) || budget > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FLOPs budget must be a number in (0, 1], got ", budget));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view name) {
+  if (name == "layer") return UnitKind::kLayer;
+  if (name == "linear") return UnitKind::kLinear;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown pruning unit \"", name, "\" (expected layer or linear)"));
+}
+
+absl::string_view UnitKindName(UnitKind kind) {
+  return kind == UnitKind::kLayer ? "layer" : "linear";
+}
+
+std::vector<double> DefaultRatioChoices() { return {0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8}; }
+
+absl::Status ValidateRatioChoices(const std::vector<double>& ratios) {
+  if (ratios.empty()) return absl::InvalidArgumentError("ratio choices must not be empty");
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    const double r = ratios[i];
+    if (!std::isfinite(r) || r < 0 || r >= 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ratio choice ", i, " is ", r, "; ratios must be within [0, 1)"));
+    }
+    if (i > 0 && !(FixedPoint(ratios[i - 1]) < FixedPoint(r))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ratio choices must be strictly increasing and differ by at least 1e-6; choice ", i, " (",
+          r, ") follows ", ratios[i - 1]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<double>> ParseRatioChoices(absl::string_view list) {
+  std::vector<double> ratios;
+  int field = 0;
+  for (absl::string_view part : absl::StrSplit(list, ',')) {
+    const absl::string_view trimmed = absl::StripAsciiWhitespace(part);
+    double r;
+    if (trimmed.empty() || !absl::SimpleAtod(trimmed, &r)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ratio choices: item ", field, " (\"", part, "\") is not a number"));
+    }
+    ratios.push_back(r);
+    ++field;
+  }
+  RETURN_IF_ERROR(ValidateRatioChoices(ratios));
+  return ratios;
+}
+
+absl::StatusOr<PruningUnits> PruningUnits::Build(const FlopsModelDims& dims,
+                                                 const FlopsBreakdown& dense, UnitKind kind) {
+  const size_t layers = dims.decoder.size();
+  if (layers == 0) return absl::InvalidArgumentError("pruning units: the model has no decoder");
+  if (dense.decoder_linear.size() != layers) {
+    return absl::InvalidArgumentError(absl::StrCat("pruning units: the FLOPs breakdown has ",
+                                                   dense.decoder_linear.size(),
+                                                   " decoder layers, the model dims ", layers));
+  }
+  PruningUnits u;
+  u.kind = kind;
+  auto add = [&](std::string name, std::vector<UnitMember> members) {
+    double flops = 0;
+    int64_t params = 0;
+    for (const UnitMember& m : members) {
+      flops += dense.decoder_linear[m.layer][static_cast<int>(m.linear)];
+      params += LinearParams(dims.decoder[m.layer], m.linear);
+    }
+    u.names.push_back(std::move(name));
+    u.members.push_back(std::move(members));
+    u.dense_flops.push_back(flops);
+    u.params.push_back(params);
+  };
+  for (size_t l = 0; l < layers; ++l) {
+    if (kind == UnitKind::kLayer) {
+      std::vector<UnitMember> members;
+      for (int i = 0; i < kNumDecoderLinears; ++i) {
+        members.push_back({static_cast<int>(l), static_cast<DecoderLinear>(i)});
+      }
+      add(absl::StrCat("layers.", l), std::move(members));
+    } else {
+      for (int i = 0; i < kNumDecoderLinears; ++i) {
+        add(absl::StrCat("layers.", l, ".", kLinearPaths[i]),
+            {{static_cast<int>(l), static_cast<DecoderLinear>(i)}});
+      }
+    }
+  }
+  double total = 0;
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (!(u.dense_flops[i] > 0) || !std::isfinite(u.dense_flops[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("pruning unit ", u.names[i], " has no FLOPs (", u.dense_flops[i],
+                       "); are the token statistics or the layer dims zero?"));
+    }
+    total += u.dense_flops[i];
+  }
+  for (double f : u.dense_flops) u.flops_share.push_back(f / total);
+  return u;
+}
+
+uint64_t Fnv1a64(absl::string_view data) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : data) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+std::string CanonicalPolicyEncoding(std::span<const double> unit_ratios) {
+  std::string out;
+  out.reserve(4 + 8 * unit_ratios.size());
+  const uint32_t n = static_cast<uint32_t>(unit_ratios.size());
+  for (int b = 0; b < 4; ++b) out.push_back(static_cast<char>((n >> (8 * b)) & 0xff));
+  for (double r : unit_ratios) {
+    const uint64_t v = static_cast<uint64_t>(FixedPoint(r));
+    for (int b = 0; b < 8; ++b) out.push_back(static_cast<char>((v >> (8 * b)) & 0xff));
+  }
+  return out;
+}
+
+std::string PolicyHashOfRatios(std::span<const double> unit_ratios) {
+  return absl::StrFormat("%016x", Fnv1a64(CanonicalPolicyEncoding(unit_ratios)));
+}
+
+PolicySpace::PolicySpace(FlopsBreakdown dense, PruningUnits units, std::vector<double> ratios)
+    : dense_(std::move(dense)), units_(std::move(units)), ratios_(std::move(ratios)) {
+  dense_flops_ = FlopsUnchecked(std::vector<double>(units_.size(), 0.0));
+  min_flops_ = FlopsUnchecked(std::vector<double>(units_.size(), ratios_.back()));
+}
+
+absl::StatusOr<PolicySpace> PolicySpace::Create(FlopsBreakdown dense, PruningUnits units,
+                                                std::vector<double> ratio_choices) {
+  RETURN_IF_ERROR(ValidateRatioChoices(ratio_choices));
+  const size_t n = units.size();
+  if (n == 0) return absl::InvalidArgumentError("policy space: no pruning units");
+  if (units.members.size() != n || units.dense_flops.size() != n || units.params.size() != n ||
+      units.flops_share.size() != n) {
+    return absl::InvalidArgumentError("policy space: pruning unit fields differ in length");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    for (const UnitMember& m : units.members[i]) {
+      const int linear = static_cast<int>(m.linear);
+      if (m.layer < 0 || static_cast<size_t>(m.layer) >= dense.decoder_linear.size() ||
+          linear < 0 || linear >= kNumDecoderLinears) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "policy space: unit ", units.names[i], " names layer ", m.layer, " linear ", linear,
+            ", outside the model's ", dense.decoder_linear.size(), " decoder layers"));
+      }
+    }
+  }
+  PolicySpace space(std::move(dense), std::move(units), std::move(ratio_choices));
+  if (!(space.dense_flops_ > 0) || !std::isfinite(space.dense_flops_)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy space: dense FLOPs are ", space.dense_flops_));
+  }
+  return space;
+}
+
+absl::Status PolicySpace::Validate(const Policy& policy) const {
+  if (policy.size() != units_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy has ", policy.size(), " units, the model has ", units_.size()));
+  }
+  for (size_t i = 0; i < policy.size(); ++i) {
+    if (policy[i] < 0 || policy[i] >= num_choices()) {
+      return absl::InvalidArgumentError(absl::StrCat("policy unit ", i, " (", units_.names[i],
+                                                     ") has ratio index ", policy[i],
+                                                     ", outside [0, ", num_choices(), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<double>> PolicySpace::UnitRatios(const Policy& policy) const {
+  RETURN_IF_ERROR(Validate(policy));
+  std::vector<double> r(policy.size());
+  for (size_t i = 0; i < policy.size(); ++i) r[i] = ratios_[policy[i]];
+  return r;
+}
+
+absl::StatusOr<std::string> PolicySpace::Hash(const Policy& policy) const {
+  ASSIGN_OR_RETURN(std::vector<double> r, UnitRatios(policy));
+  return PolicyHashOfRatios(r);
+}
+
+absl::StatusOr<KeptFractions> PolicySpace::KeptFractionsOf(
+    std::span<const double> unit_ratios) const {
+  if (unit_ratios.size() != units_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("policy has ", unit_ratios.size(),
+                                                   " unit ratios, the model has ", units_.size()));
+  }
+  for (size_t i = 0; i < unit_ratios.size(); ++i) {
+    if (!(unit_ratios[i] >= 0 && unit_ratios[i] <= 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("unit ", units_.names[i], " has ratio ",
+                                                     unit_ratios[i], ", outside [0, 1]"));
+    }
+  }
+  KeptFractions keep;
+  keep.decoder.assign(dense_.decoder_linear.size(), {1, 1, 1, 1, 1, 1, 1});
+  for (size_t u = 0; u < units_.size(); ++u) {
+    for (const UnitMember& m : units_.members[u]) {
+      keep.decoder[m.layer][static_cast<int>(m.linear)] = 1.0 - unit_ratios[u];
+    }
+  }
+  return keep;
+}
+
+double PolicySpace::FlopsUnchecked(std::span<const double> unit_ratios) const {
+  KeptFractions keep;
+  keep.decoder.assign(dense_.decoder_linear.size(), {1, 1, 1, 1, 1, 1, 1});
+  for (size_t u = 0; u < units_.size(); ++u) {
+    for (const UnitMember& m : units_.members[u]) {
+      keep.decoder[m.layer][static_cast<int>(m.linear)] = 1.0 - unit_ratios[u];
+    }
+  }
+  // Shapes and ranges were checked by the callers, so PolicyFlops cannot fail here.
+  absl::StatusOr<double> f = PolicyFlops(dense_, keep);
+  return f.ok() ? *f : std::numeric_limits<double>::infinity();
+}
+
+double PolicySpace::FlopsOfIndices(const Policy& policy) const {
+  std::vector<double> r(policy.size());
+  for (size_t i = 0; i < policy.size(); ++i) r[i] = ratios_[policy[i]];
+  return FlopsUnchecked(r);
+}
+
+absl::StatusOr<double> PolicySpace::Flops(const Policy& policy) const {
+  ASSIGN_OR_RETURN(std::vector<double> r, UnitRatios(policy));
+  return FlopsUnchecked(r);
+}
+
+absl::StatusOr<double> PolicySpace::FlopsRatio(const Policy& policy) const {
+  ASSIGN_OR_RETURN(double f, Flops(policy));
+  return f / dense_flops_;
+}
+
+absl::StatusOr<double> PolicySpace::FlopsOfRatios(std::span<const double> unit_ratios) const {
+  ASSIGN_OR_RETURN(KeptFractions keep, KeptFractionsOf(unit_ratios));
+  return PolicyFlops(dense_, keep);
+}
+
+absl::Status PolicySpace::CheckBudget(double budget) const {
+  RETURN_IF_ERROR(CheckBudgetValue(budget));
+  if (min_flops_ > budget * dense_flops_) {
+    const double min_ratio = MinReachableRatio();
+    // Rounded up at 4 decimals so the suggested budget is itself reachable.
+    const double suggestion = std::ceil(min_ratio * 1e4) / 1e4;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "FLOPs budget %g is unreachable: with every unit at the largest ratio %g the model still "
+        "costs %.6f of its dense FLOPs (the vision tower, projector, attention and lm_head are not "
+        "pruned); the smallest reachable budget is %.4f",
+        budget, max_ratio(), min_ratio, suggestion));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Policy> PolicySpace::RepairToBudget(Policy policy, double budget, Prng& prng) const {
+  RETURN_IF_ERROR(Validate(policy));
+  RETURN_IF_ERROR(CheckBudget(budget));
+  const int top = num_choices() - 1;
+  const double limit = budget * dense_flops_;
+  const size_t n = policy.size();
+  std::vector<double> weights(n);
+  double f = FlopsOfIndices(policy);
+  while (f > limit) {
+    bool any = false;
+    for (size_t u = 0; u < n; ++u) {
+      weights[u] = policy[u] < top ? units_.dense_flops[u] : 0.0;
+      any = any || policy[u] < top;
+    }
+    // CheckBudget guarantees the all-max policy fits, so some unit is always below the top here.
+    if (!any) return absl::InternalError("budget repair: no unit left to raise");
+    const size_t u = prng.WeightedIndex(weights);
+    ++policy[u];
+    f = FlopsOfIndices(policy);
+  }
+  const double low = (budget - kRepairSlack) * dense_flops_;
+  std::vector<bool> fits(n, true);
+  while (f < low) {
+    bool any = false;
+    for (size_t u = 0; u < n; ++u) {
+      const bool eligible = policy[u] > 0 && fits[u];
+      weights[u] = eligible ? units_.dense_flops[u] : 0.0;
+      any = any || eligible;
+    }
+    if (!any) break;
+    const size_t u = prng.WeightedIndex(weights);
+    --policy[u];
+    const double lowered = FlopsOfIndices(policy);
+    if (lowered <= limit) {
+      f = lowered;
+    } else {
+      ++policy[u];
+      fits[u] = false;
+    }
+  }
+  return policy;
+}
+
+absl::StatusOr<Policy> PolicySpace::UniformPolicyForBudget(double budget) const {
+  RETURN_IF_ERROR(CheckBudget(budget));
+  const double limit = budget * dense_flops_;
+  for (int k = 0; k < num_choices(); ++k) {
+    Policy p(units_.size(), k);
+    if (FlopsOfIndices(p) <= limit) return p;
+  }
+  return absl::InternalError("uniform policy: no ratio meets a budget CheckBudget accepted");
+}
+
+absl::StatusOr<Policy> PolicySpace::RandomFeasiblePolicy(double budget, Prng& prng) const {
+  RETURN_IF_ERROR(CheckBudget(budget));
+  Policy p(units_.size());
+  for (int& i : p) i = static_cast<int>(prng.UniformInt(num_choices()));
+  return RepairToBudget(std::move(p), budget, prng);
+}
+
+absl::StatusOr<double> PolicySpace::UniformContinuousRatio(double budget) const {
+  ASSIGN_OR_RETURN(std::vector<double> r,
+                   ShiftToBudget(std::vector<double>(units_.size(), 0.0), budget));
+  return r[0];
+}
+
+absl::StatusOr<std::vector<double>> PolicySpace::ShiftToBudget(std::span<const double> preferences,
+                                                               double budget) const {
+  if (preferences.size() != units_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("ratio preferences: ", preferences.size(),
+                                                   " values for ", units_.size(), " units"));
+  }
+  for (size_t i = 0; i < preferences.size(); ++i) {
+    if (!std::isfinite(preferences[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ratio preference of unit ", units_.names[i], " is ", preferences[i]));
+    }
+  }
+  RETURN_IF_ERROR(CheckBudget(budget));
+  const double rmax = max_ratio();
+  std::vector<double> r(preferences.size());
+  auto at = [&](double t) {
+    for (size_t i = 0; i < r.size(); ++i) r[i] = std::clamp(preferences[i] + t, 0.0, rmax);
+    return FlopsUnchecked(r);
+  };
+  const double limit = budget * dense_flops_;
+  const auto [pmin, pmax] = std::minmax_element(preferences.begin(), preferences.end());
+  // At lo every ratio clamps to 0, at hi every ratio clamps to rmax (F = min_flops_ ≤ limit).
+  double lo = -*pmax;
+  double hi = rmax - *pmin;
+  if (at(lo) <= limit) {
+    at(lo);
+    return r;
+  }
+  // Invariant: F(lo) > limit ≥ F(hi). 2000 halvings reach adjacent doubles from any start.
+  for (int it = 0; it < 2000; ++it) {
+    const double mid = lo + (hi - lo) / 2;
+    if (mid <= lo || mid >= hi) break;
+    if (at(mid) > limit) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  at(hi);
+  return r;
+}
+
+}  // namespace prunesvc::search

@@ -1,0 +1,372 @@
+#include "common/policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/search_test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace prunesvc::search {
+namespace {
+
+using ::testing::HasSubstr;
+
+PolicySpace MakeSpace(int layers, UnitKind kind,
+                      std::vector<double> ratios = DefaultRatioChoices()) {
+  const FlopsModelDims dims = testing_util::SyntheticDims(layers);
+  auto dense = ComputeDenseFlops(dims, testing_util::SyntheticStats());
+  EXPECT_TRUE(dense.ok()) << dense.status();
+  auto units = PruningUnits::Build(dims, *dense, kind);
+  EXPECT_TRUE(units.ok()) << units.status();
+  auto space = PolicySpace::Create(*dense, *units, std::move(ratios));
+  EXPECT_TRUE(space.ok()) << space.status();
+  return *std::move(space);
+}
+
+// F by the closed form F_dense − Σ_u r_u · dense_flops_u: independent of PolicyFlops' plumbing
+// (which linear belongs to which unit, kept fractions).
+double ClosedFormFlops(const PolicySpace& s, const std::vector<double>& r) {
+  double f = s.dense().Total();
+  for (size_t u = 0; u < r.size(); ++u) f -= r[u] * s.units().dense_flops[u];
+  return f;
+}
+
+// The largest FLOPs one step of one unit moves, as a fraction of dense FLOPs.
+double MaxStepFraction(const PolicySpace& s) {
+  double step = 0;
+  for (int k = 1; k < s.num_choices(); ++k) {
+    step = std::max(step, s.ratio_choices()[k] - s.ratio_choices()[k - 1]);
+  }
+  double unit = 0;
+  for (double f : s.units().dense_flops) unit = std::max(unit, f);
+  return step * unit / s.dense_flops();
+}
+
+TEST(PruningUnitsTest, LayerAndLinearUnits) {
+  const FlopsModelDims dims = testing_util::SyntheticDims(3);
+  auto dense = ComputeDenseFlops(dims, testing_util::SyntheticStats());
+  ASSERT_TRUE(dense.ok());
+  auto layer = PruningUnits::Build(dims, *dense, UnitKind::kLayer);
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  EXPECT_THAT(layer->names, testing::ElementsAre("layers.0", "layers.1", "layers.2"));
+  // Layer 1: hidden 64, q 48, kv 24, mlp 160 → q,o 3072 each, k,v 1536 each, mlp 3 × 10240.
+  EXPECT_EQ(layer->params[1], 2 * 3072 + 2 * 1536 + 3 * 10240);
+  double sum = 0, share = 0;
+  for (size_t i = 0; i < layer->size(); ++i) {
+    sum += layer->dense_flops[i];
+    share += layer->flops_share[i];
+  }
+  EXPECT_DOUBLE_EQ(sum, dense->DecoderLinearTotal());
+  EXPECT_DOUBLE_EQ(share, 1.0);
+  // Per-layer FLOPs = 2·T·params (T = 40) since every decoder linear runs on every token.
+  EXPECT_DOUBLE_EQ(layer->dense_flops[1], 2.0 * 40 * layer->params[1]);
+
+  auto linear = PruningUnits::Build(dims, *dense, UnitKind::kLinear);
+  ASSERT_TRUE(linear.ok());
+  ASSERT_EQ(linear->size(), 21u);
+  EXPECT_EQ(linear->names[7], "layers.1.self_attn.q_proj");
+  EXPECT_EQ(linear->names[13], "layers.1.mlp.down_proj");
+  EXPECT_EQ(linear->params[8], 1536);  // layers.1 k_proj
+  EXPECT_EQ(linear->members[13][0].layer, 1);
+  EXPECT_EQ(linear->members[13][0].linear, DecoderLinear::kDown);
+}
+
+TEST(PruningUnitsTest, RejectsMismatchAndZeroFlops) {
+  const FlopsModelDims dims = testing_util::SyntheticDims(3);
+  auto dense = ComputeDenseFlops(dims, testing_util::SyntheticStats());
+  ASSERT_TRUE(dense.ok());
+  FlopsModelDims fewer = testing_util::SyntheticDims(2);
+  EXPECT_THAT(PruningUnits::Build(fewer, *dense, UnitKind::kLayer).status().message(),
+              HasSubstr("3 decoder layers"));
+  auto zero = ComputeDenseFlops(dims, {});
+  ASSERT_TRUE(zero.ok());
+  EXPECT_THAT(PruningUnits::Build(dims, *zero, UnitKind::kLayer).status().message(),
+              HasSubstr("layers.0 has no FLOPs"));
+  EXPECT_FALSE(ParseUnitKind("block").ok());
+  EXPECT_EQ(*ParseUnitKind("linear"), UnitKind::kLinear);
+}
+
+TEST(RatioChoicesTest, ValidatesAndParses) {
+  EXPECT_TRUE(ValidateRatioChoices(DefaultRatioChoices()).ok());
+  EXPECT_FALSE(ValidateRatioChoices({}).ok());
+  EXPECT_FALSE(ValidateRatioChoices({0.1, 0.1}).ok());
+  EXPECT_FALSE(ValidateRatioChoices({0.2, 0.1}).ok());
+  EXPECT_FALSE(ValidateRatioChoices({0.0, 1.0}).ok());
+  EXPECT_FALSE(ValidateRatioChoices({-0.1, 0.5}).ok());
+  EXPECT_FALSE(ValidateRatioChoices({0.0, std::nan("")}).ok());
+  // Distinct doubles that share a fixed-point code would share a hash.
+  EXPECT_FALSE(ValidateRatioChoices({0.5, 0.5000001}).ok());
+  auto parsed = ParseRatioChoices(" 0, 0.25 ,0.5");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_THAT(*parsed, testing::ElementsAre(0.0, 0.25, 0.5));
+  EXPECT_THAT(ParseRatioChoices("0,,0.5").status().message(), HasSubstr("item 1"));
+  EXPECT_THAT(ParseRatioChoices("0,x").status().message(), HasSubstr("item 1"));
+  EXPECT_FALSE(ParseRatioChoices("").ok());
+  EXPECT_FALSE(ParseRatioChoices("0.5,0.4").ok());
+}
+
+TEST(PolicySpaceTest, FlopsMatchClosedForm) {
+  for (UnitKind kind : {UnitKind::kLayer, UnitKind::kLinear}) {
+    const PolicySpace s = MakeSpace(5, kind);
+    EXPECT_DOUBLE_EQ(s.dense_flops(), s.dense().Total());
+    Prng prng(1);
+    for (int trial = 0; trial < 200; ++trial) {
+      Policy p(s.num_units());
+      for (int& i : p) i = static_cast<int>(prng.UniformInt(s.num_choices()));
+      auto ratios = s.UnitRatios(p);
+      ASSERT_TRUE(ratios.ok());
+      auto f = s.Flops(p);
+      ASSERT_TRUE(f.ok());
+      EXPECT_NEAR(*f, ClosedFormFlops(s, *ratios), 1e-12 * s.dense_flops());
+      EXPECT_DOUBLE_EQ(*s.FlopsRatio(p), *f / s.dense_flops());
+    }
+    EXPECT_EQ(*s.Flops(Policy(s.num_units(), 0)), s.dense_flops());
+  }
+}
+
+TEST(PolicySpaceTest, RejectsInvalidPolicies) {
+  const PolicySpace s = MakeSpace(3, UnitKind::kLayer);
+  EXPECT_THAT(s.Flops({0, 0}).status().message(), HasSubstr("2 units, the model has 3"));
+  EXPECT_THAT(s.Flops({0, 9, 0}).status().message(), HasSubstr("layers.1"));
+  EXPECT_FALSE(s.Flops({0, -1, 0}).ok());
+  EXPECT_FALSE(s.FlopsOfRatios(std::vector<double>{0, 1.5, 0}).ok());
+  Prng prng(1);
+  EXPECT_FALSE(s.RepairToBudget({0, 0}, 0.8, prng).ok());
+}
+
+TEST(PolicySpaceTest, CheckBudget) {
+  const PolicySpace s = MakeSpace(4, UnitKind::kLayer);
+  const double min_ratio = s.MinReachableRatio();
+  ASSERT_GT(min_ratio, 0.2);  // vision, projector, attention and lm_head stay
+  ASSERT_LT(min_ratio, 0.9);
+  EXPECT_NEAR(min_ratio, ClosedFormFlops(s, std::vector<double>(4, 0.8)) / s.dense_flops(), 1e-12);
+  for (double bad : std::vector<double>{0.0, -0.5, 1.01, std::nan(""), INFINITY}) {
+    EXPECT_EQ(s.CheckBudget(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  const absl::Status st = s.CheckBudget(min_ratio - 0.01);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  const std::string rounded = absl::StrFormat("%.4f", std::ceil(min_ratio * 1e4) / 1e4);
+  EXPECT_THAT(st.message(), HasSubstr("smallest reachable budget is " + rounded));
+  EXPECT_THAT(st.message(), HasSubstr(absl::StrFormat("%.6f", min_ratio)));
+  // The suggested value is itself accepted.
+  EXPECT_TRUE(s.CheckBudget(std::stod(rounded)).ok());
+  EXPECT_TRUE(s.CheckBudget(1.0).ok());
+  Prng prng(1);
+  EXPECT_EQ(s.RepairToBudget(Policy(4, 0), min_ratio - 0.01, prng).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.UniformPolicyForBudget(min_ratio - 0.01).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// Property test: thousands of random policies and budgets on fine-grained spaces (every unit
+// step ≤ 2 % of dense FLOPs, so DESIGN.md's band is reachable) — repair never exceeds the budget
+// and ends within kRepairSlack of it; repairing again changes nothing and draws nothing.
+TEST(RepairTest, NeverExceedsAndEndsWithinSlack) {
+  int trials = 0;
+  for (UnitKind kind : {UnitKind::kLayer, UnitKind::kLinear}) {
+    const PolicySpace s = MakeSpace(8, kind);
+    ASSERT_LE(MaxStepFraction(s), kRepairSlack);
+    Prng gen(kind == UnitKind::kLayer ? 100 : 200);
+    Prng prng(7);
+    for (int trial = 0; trial < 2500; ++trial, ++trials) {
+      const double b = s.MinReachableRatio() + gen.UniformDouble() * (1 - s.MinReachableRatio());
+      Policy p(s.num_units());
+      for (int& i : p) i = static_cast<int>(gen.UniformInt(s.num_choices()));
+      auto r = s.RepairToBudget(p, b, prng);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_TRUE(s.Validate(*r).ok());
+      const double f = *s.Flops(*r);
+      ASSERT_LE(f, b * s.dense_flops()) << "trial " << trial << " b " << b;
+      ASSERT_GE(f, (b - kRepairSlack) * s.dense_flops()) << "trial " << trial << " b " << b;
+      const Prng before = prng;
+      auto again = s.RepairToBudget(*r, b, prng);
+      ASSERT_TRUE(again.ok());
+      EXPECT_EQ(*again, *r);
+      EXPECT_EQ(prng, before);
+    }
+  }
+  EXPECT_EQ(trials, 5000);
+}
+
+// Coarse space (2 layers: one step moves more than 2 %): the band may be out of reach, but repair
+// still never exceeds the budget, and when it stops below the band it is because no single
+// lowering step fits — exactly DESIGN.md's stopping rule.
+TEST(RepairTest, CoarseSpaceStopsOnlyWhenNoStepFits) {
+  const PolicySpace s = MakeSpace(2, UnitKind::kLayer);
+  ASSERT_GT(MaxStepFraction(s), kRepairSlack);
+  Prng gen(5), prng(6);
+  int below_band = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const double b = s.MinReachableRatio() + gen.UniformDouble() * (1 - s.MinReachableRatio());
+    Policy p = {static_cast<int>(gen.UniformInt(9)), static_cast<int>(gen.UniformInt(9))};
+    auto r = s.RepairToBudget(p, b, prng);
+    ASSERT_TRUE(r.ok());
+    const double f = *s.Flops(*r);
+    ASSERT_LE(f, b * s.dense_flops());
+    if (f < (b - kRepairSlack) * s.dense_flops()) {
+      ++below_band;
+      for (int u = 0; u < 2; ++u) {
+        if ((*r)[u] == 0) continue;
+        Policy lowered = *r;
+        --lowered[u];
+        EXPECT_GT(*s.Flops(lowered), b * s.dense_flops()) << "unit " << u << " would fit";
+      }
+    }
+  }
+  EXPECT_GT(below_band, 0);  // the coarse case really occurs
+}
+
+// "Random unit (FLOPs-weighted)": from the dense policy with a budget a hair below 1, repair
+// raises exactly one unit, chosen with probability ∝ its dense FLOPs. Chi-square over 20,000
+// repairs with 7 dof (99.9th percentile 24.32).
+TEST(RepairTest, RaisedUnitIsFlopsWeighted) {
+  const PolicySpace s = MakeSpace(8, UnitKind::kLayer);
+  Prng prng(31);
+  std::vector<int> counts(8, 0);
+  const int draws = 20000;
+  for (int i = 0; i < draws; ++i) {
+    auto r = s.RepairToBudget(Policy(8, 0), 1 - 1e-9, prng);
+    ASSERT_TRUE(r.ok());
+    int raised = -1, total = 0;
+    for (int u = 0; u < 8; ++u) {
+      total += (*r)[u];
+      if ((*r)[u] == 1) raised = u;
+    }
+    ASSERT_EQ(total, 1);
+    ++counts[raised];
+  }
+  double chi = 0;
+  for (int u = 0; u < 8; ++u) {
+    const double e = s.units().flops_share[u] * draws;
+    chi += (counts[u] - e) * (counts[u] - e) / e;
+  }
+  EXPECT_LT(chi, 24.32);
+  // The layers really differ in FLOPs, so this is not the uniform distribution in disguise.
+  const auto& share = s.units().flops_share;
+  EXPECT_GT(*std::max_element(share.begin(), share.end()),
+            1.3 * *std::min_element(share.begin(), share.end()));
+}
+
+TEST(RepairTest, SameSeedSameResult) {
+  const PolicySpace s = MakeSpace(6, UnitKind::kLinear);
+  Prng a(77), b(77);
+  for (int i = 0; i < 50; ++i) {
+    auto pa = s.RandomFeasiblePolicy(0.6, a);
+    auto pb = s.RandomFeasiblePolicy(0.6, b);
+    ASSERT_TRUE(pa.ok() && pb.ok());
+    EXPECT_EQ(*pa, *pb);
+  }
+}
+
+TEST(PolicySpaceTest, UniformPolicyForBudget) {
+  const PolicySpace s = MakeSpace(4, UnitKind::kLayer);
+  EXPECT_EQ(*s.UniformPolicyForBudget(1.0), Policy(4, 0));
+  for (double b : {0.95, 0.8, 0.7, 0.6, s.MinReachableRatio() + 1e-9}) {
+    auto p = s.UniformPolicyForBudget(b);
+    ASSERT_TRUE(p.ok()) << p.status();
+    const int k = (*p)[0];
+    EXPECT_EQ(*p, Policy(4, k));
+    EXPECT_LE(*s.Flops(*p), b * s.dense_flops());
+    if (k > 0) EXPECT_GT(*s.Flops(Policy(4, k - 1)), b * s.dense_flops());
+  }
+}
+
+TEST(ContinuousTest, UniformRatioMeetsBudgetExactly) {
+  for (UnitKind kind : {UnitKind::kLayer, UnitKind::kLinear}) {
+    const PolicySpace s = MakeSpace(6, kind);
+    double prunable = 0;
+    for (double f : s.units().dense_flops) prunable += f;
+    EXPECT_EQ(*s.UniformContinuousRatio(1.0), 0.0);
+    for (double b : {0.99, 0.9, 0.75, 0.6, s.MinReachableRatio() + 1e-6}) {
+      auto r = s.UniformContinuousRatio(b);
+      ASSERT_TRUE(r.ok()) << r.status();
+      // Closed form: F(r) = F_dense − r·P = b·F_dense.
+      const double closed = (1 - b) * s.dense_flops() / prunable;
+      EXPECT_NEAR(*r, closed, 1e-9 * closed) << b;
+      auto f = s.FlopsOfRatios(std::vector<double>(s.num_units(), *r));
+      ASSERT_TRUE(f.ok());
+      EXPECT_LE(*f, b * s.dense_flops());
+      EXPECT_NEAR(*f / s.dense_flops(), b, 1e-9 * b);
+    }
+    EXPECT_EQ(s.UniformContinuousRatio(s.MinReachableRatio() - 0.01).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+TEST(ContinuousTest, ShiftToBudgetKeepsDeviations) {
+  const PolicySpace s = MakeSpace(8, UnitKind::kLayer);
+  Prng gen(9);
+  for (int trial = 0; trial < 100; ++trial) {
+    std::vector<double> pref(8);
+    for (double& p : pref) p = gen.UniformDouble() * 0.6 - 0.1;  // some clamp at 0
+    const double b = s.MinReachableRatio() + gen.UniformDouble() * (1 - s.MinReachableRatio());
+    auto r = s.ShiftToBudget(pref, b);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const double f = *s.FlopsOfRatios(*r);
+    EXPECT_LE(f, b * s.dense_flops());
+    // Either the budget is met to 1e-9, or nothing is pruned and the dense model meets it.
+    const bool dense = std::all_of(r->begin(), r->end(), [](double x) { return x == 0; });
+    if (!dense) EXPECT_NEAR(f / s.dense_flops(), b, 1e-9 * b);
+    // One common shift where no clamp binds.
+    double shift = NAN;
+    for (int u = 0; u < 8; ++u) {
+      ASSERT_GE((*r)[u], 0.0);
+      ASSERT_LE((*r)[u], s.max_ratio());
+      if ((*r)[u] > 0 && (*r)[u] < s.max_ratio()) {
+        if (std::isnan(shift)) shift = (*r)[u] - pref[u];
+        EXPECT_NEAR((*r)[u] - pref[u], shift, 1e-12);
+      }
+    }
+  }
+  EXPECT_FALSE(s.ShiftToBudget(std::vector<double>(7, 0.0), 0.7).ok());
+  EXPECT_FALSE(s.ShiftToBudget(std::vector<double>{0, 0, 0, 0, 0, 0, 0, NAN}, 0.7).ok());
+}
+
+// Must match HASH_CASES in search_test_ref.py.
+const std::vector<std::vector<double>> kHashCases = {
+    {},
+    {0.0},
+    {0.1, 0.2, 0.3},
+    {0.8, 0.0, 0.5, 0.5, 0.1, 0.7, 0.3},
+    {0.123456789, 0.5},
+    {0.0000005, 0.0000025, 0.3000005},
+};
+
+TEST(PolicyHashTest, MatchesIndependentPythonFnv) {
+  const std::vector<std::string> expected = testing_util::RunReference("hash");
+  ASSERT_FALSE(expected.empty()) << "search_test_ref.py hash failed";
+  std::vector<std::string> got = {absl::StrFormat("fnv_empty %016x", Fnv1a64("")),
+                                  absl::StrFormat("fnv_a %016x", Fnv1a64("a"))};
+  for (const auto& ratios : kHashCases) {
+    got.push_back(absl::StrCat("policy ", ratios.size(), " ", PolicyHashOfRatios(ratios)));
+  }
+  EXPECT_THAT(got, testing::ElementsAreArray(expected));
+  // Published FNV-1a 64 test vector, independent of the script.
+  EXPECT_EQ(Fnv1a64("a"), 0xaf63dc4c8601ec8cULL);
+}
+
+TEST(PolicyHashTest, DistinctOverASmallSpaceAndIndexFree) {
+  const PolicySpace s = MakeSpace(4, UnitKind::kLayer);
+  std::set<std::string> seen;
+  for (int code = 0; code < 6561; ++code) {
+    Policy p(4);
+    for (int u = 0, c = code; u < 4; ++u, c /= 9) p[u] = c % 9;
+    auto h = s.Hash(p);
+    ASSERT_TRUE(h.ok());
+    ASSERT_EQ(h->size(), 16u);
+    seen.insert(*h);
+  }
+  EXPECT_EQ(seen.size(), 6561u);
+  // The hash encodes ratio values, not indices: the same ratios under another R hash alike.
+  const PolicySpace t = MakeSpace(4, UnitKind::kLayer, {0.0, 0.5, 0.8});
+  EXPECT_EQ(*t.Hash({1, 2, 0, 1}), *s.Hash({5, 8, 0, 5}));
+}
+
+}  // namespace
+}  // namespace prunesvc::search
