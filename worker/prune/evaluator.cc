@@ -1,0 +1,353 @@
+#include "worker/prune/evaluator.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+#include "worker/prune/torch_guard.h"
+
+namespace prunesvc::prune {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// Row-parallel raw-pointer kernels of the CPU path: zero order[r, lo:hi) of every row, or copy
+// the dense values back there. Rows are disjoint, so threads never write the same element.
+template <typename Idx>
+void ZeroColumns(float* w, const Idx* order, int64_t out, int64_t in, int64_t lo, int64_t hi) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, hi - lo));
+  at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = w + r * in;
+      const Idx* o = order + r * in;
+      for (int64_t t = lo; t < hi; ++t) row[o[t]] = 0.0f;
+    }
+  });
+}
+template <typename Idx>
+void RestoreColumns(float* w, const float* dense, const Idx* order, int64_t out, int64_t in,
+                    int64_t lo, int64_t hi) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, hi - lo));
+  at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = w + r * in;
+      const float* d = dense + r * in;
+      const Idx* o = order + r * in;
+      for (int64_t t = lo; t < hi; ++t) row[o[t]] = d[o[t]];
+    }
+  });
+}
+
+absl::Status CheckShape(const at::Tensor& have, const at::Tensor& want, const char* what) {
+  if (have.defined() != want.defined()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("projector ", what, ": ", want.defined() ? "missing" : "unexpected"));
+  }
+  if (have.defined() && have.sizes() != want.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat("projector ", what, ": shape mismatch"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<EvalSample>> ToEvalSamples(
+    absl::Span<const model::PreparedSample> samples) {
+  std::vector<EvalSample> out;
+  out.reserve(samples.size());
+  for (const model::PreparedSample& p : samples) {
+    EvalSample e;
+    e.scoring = p.scoring;
+    e.scoring.image_features = at::Tensor();
+    ASSIGN_OR_RETURN(e.pixels, model::StackPixels({&p.pixels, 1}));
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+absl::StatusOr<ProjectorWeights> CopyProjector(model::LlavaModel& model) {
+  return internal::TorchGuarded("copying the projector", [&]() -> absl::StatusOr<ProjectorWeights> {
+    auto copy = [](const at::Tensor& t) { return t.defined() ? t.detach().clone() : at::Tensor(); };
+    ProjectorWeights p;
+    p.linear_1_weight = copy(model.projector_linear_1().weight);
+    p.linear_1_bias = copy(model.projector_linear_1().bias);
+    p.linear_2_weight = copy(model.projector_linear_2().weight);
+    p.linear_2_bias = copy(model.projector_linear_2().bias);
+    return p;
+  });
+}
+
+absl::Status LoadProjector(const ProjectorWeights& weights, model::LlavaModel& model) {
+  model::Linear& l1 = model.projector_linear_1();
+  model::Linear& l2 = model.projector_linear_2();
+  RETURN_IF_ERROR(CheckShape(weights.linear_1_weight, l1.weight, "linear_1.weight"));
+  RETURN_IF_ERROR(CheckShape(weights.linear_1_bias, l1.bias, "linear_1.bias"));
+  RETURN_IF_ERROR(CheckShape(weights.linear_2_weight, l2.weight, "linear_2.weight"));
+  RETURN_IF_ERROR(CheckShape(weights.linear_2_bias, l2.bias, "linear_2.bias"));
+  return internal::TorchGuarded("loading the projector", [&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    l1.weight.copy_(weights.linear_1_weight);
+    if (l1.bias.defined()) l1.bias.copy_(weights.linear_1_bias);
+    l2.weight.copy_(weights.linear_2_weight);
+    if (l2.bias.defined()) l2.bias.copy_(weights.linear_2_bias);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
+    model::LlavaModel* model, std::vector<EvalSample> samples, const EvaluatorOptions& options) {
+  if (model == nullptr) return absl::InvalidArgumentError("evaluator: null model");
+  if (samples.empty()) return absl::InvalidArgumentError("evaluator: no samples");
+  if (options.batch_size < 1 || options.calibration_batch_size < 1) {
+    return absl::InvalidArgumentError("evaluator: batch sizes must be at least 1");
+  }
+  auto ev = std::unique_ptr<CandidateEvaluator>(new CandidateEvaluator(model, options));
+  RETURN_IF_ERROR(ev->Init(std::move(samples)));
+  return ev;
+}
+
+CandidateEvaluator::~CandidateEvaluator() {
+  if (bank_ != nullptr) {
+    absl::Status s = RestoreDense();
+    if (!s.ok()) spdlog::warn("evaluator: restoring the dense weights failed: {}", s.ToString());
+  }
+}
+
+absl::Status CandidateEvaluator::Init(std::vector<EvalSample> samples) {
+  linears_ = model_->DecoderLinears();
+  const int n = num_linears();
+  if (options_.unit_of_linear.empty()) {
+    for (const model::NamedLinear& l : linears_) unit_of_linear_.push_back(l.layer);
+  } else {
+    if (int(options_.unit_of_linear.size()) != n) {
+      return absl::InvalidArgumentError(absl::StrCat("evaluator: unit_of_linear has ",
+                                                     options_.unit_of_linear.size(),
+                                                     " entries for ", n, " decoder linears"));
+    }
+    unit_of_linear_ = options_.unit_of_linear;
+  }
+  for (int u : unit_of_linear_) {
+    if (u < 0 || u >= n) {
+      return absl::InvalidArgumentError(absl::StrCat("evaluator: unit index ", u, " out of range"));
+    }
+    num_units_ = std::max(num_units_, u + 1);
+  }
+  unit_params_.assign(num_units_, 0.0);
+  for (int i = 0; i < n; ++i) {
+    unit_params_[unit_of_linear_[i]] += double(linears_[i].linear->weight.numel());
+  }
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const model::ScoringSample& s = samples[i].scoring;
+    if (!(0 < s.answer_begin && s.answer_begin < s.answer_end &&
+          s.answer_end <= int(s.token_ids.size()))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("evaluator: sample ", i, ": answer range [", s.answer_begin, ", ",
+                       s.answer_end, ") is not inside its ", s.token_ids.size(), " tokens"));
+    }
+  }
+  RETURN_IF_ERROR(internal::TorchGuarded("evaluator setup", [&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    for (int i = 0; i < n; ++i) {
+      at::Tensor& w = linears_[i].linear->weight;
+      if (w.scalar_type() != at::kFloat) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("evaluator: ", linears_[i].name, " is not float32"));
+      }
+      // The raw-pointer path needs row-major weights; a one-time O(1)-per-step swap.
+      if (!w.is_contiguous()) w = w.contiguous();
+      dense_.push_back(w.detach().clone());
+    }
+    applied_k_.assign(n, 0);
+    // The vision tower output never changes (only the projector is trained): computed once.
+    vision_features_.resize(samples.size());
+    const int bs = options_.calibration_batch_size;
+    for (size_t start = 0; start < samples.size(); start += bs) {
+      const size_t end = std::min(samples.size(), start + size_t(bs));
+      std::vector<at::Tensor> pix;
+      std::vector<int64_t> counts;
+      for (size_t i = start; i < end; ++i) {
+        const at::Tensor& p = samples[i].pixels;
+        const int64_t c = p.defined() ? p.size(0) : 0;
+        counts.push_back(c);
+        if (c > 0) pix.push_back(p.to(model_->device(), at::kFloat));
+      }
+      if (pix.empty()) continue;
+      ASSIGN_OR_RETURN(at::Tensor feats, model_->VisionFeatures(at::cat(pix, 0)));
+      int64_t off = 0;
+      for (size_t i = start; i < end; ++i) {
+        const int64_t c = counts[i - start];
+        if (c > 0) vision_features_[i] = feats.narrow(0, off, c).clone();
+        off += c;
+      }
+    }
+    return absl::OkStatus();
+  }));
+  samples_.reserve(samples.size());
+  for (EvalSample& s : samples) samples_.push_back(std::move(s.scoring));
+  ASSIGN_OR_RETURN(projector_, CopyProjector(*model_));
+  projector_version_ = 0;
+  return RebuildForProjector();
+}
+
+absl::Status CandidateEvaluator::SetProjector(int version, const ProjectorWeights& weights) {
+  RETURN_IF_ERROR(RestoreDense());
+  RETURN_IF_ERROR(LoadProjector(weights, *model_));
+  ProjectorWeights copy;
+  RETURN_IF_ERROR(internal::TorchGuarded("copying the projector", [&]() -> absl::Status {
+    auto c = [](const at::Tensor& t) { return t.defined() ? t.detach().clone() : at::Tensor(); };
+    copy = {c(weights.linear_1_weight), c(weights.linear_1_bias), c(weights.linear_2_weight),
+            c(weights.linear_2_bias)};
+    return absl::OkStatus();
+  }));
+  projector_ = std::move(copy);
+  projector_version_ = version;
+  return RebuildForProjector();
+}
+
+absl::Status CandidateEvaluator::RebuildForProjector() {
+  // Image features of this version, from the cached vision features.
+  RETURN_IF_ERROR(internal::TorchGuarded("projecting image features", [&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    const int bs = options_.calibration_batch_size;
+    for (size_t start = 0; start < samples_.size(); start += bs) {
+      const size_t end = std::min(samples_.size(), start + size_t(bs));
+      std::vector<at::Tensor> vis;
+      for (size_t i = start; i < end; ++i) {
+        if (vision_features_[i].defined()) vis.push_back(vision_features_[i]);
+      }
+      if (vis.empty()) continue;
+      ASSIGN_OR_RETURN(at::Tensor proj, model_->Project(at::cat(vis, 0)));
+      int64_t off = 0;
+      for (size_t i = start; i < end; ++i) {
+        if (!vision_features_[i].defined()) continue;
+        const int64_t c = vision_features_[i].size(0);
+        samples_[i].image_features = proj.narrow(0, off, c).clone();
+        off += c;
+      }
+    }
+    return absl::OkStatus();
+  }));
+  const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(calibration_, Calibrate(*model_, samples_,
+                                           {.batch_size = options_.calibration_batch_size,
+                                            .collect_gram = options_.collect_gram}));
+  ASSIGN_OR_RETURN(bank_, MaskBank::Build(dense_, options_.method, &calibration_));
+  spdlog::debug("evaluator: projector v{}: calibration + {} bank in {:.2f} s ({:.1f} MB)",
+                projector_version_, MaskMethodName(options_.method), Seconds(t0),
+                bank_->MemoryBytes() / 1e6);
+  return absl::OkStatus();
+}
+
+absl::Status CandidateEvaluator::ValidateRatios(absl::Span<const double> ratios) const {
+  if (int(ratios.size()) != num_linears()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", num_linears(), " per-linear ratios, got ", ratios.size()));
+  }
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    if (!(ratios[i] >= 0 && ratios[i] <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ratio of ", linears_[i].name, " is ", ratios[i], ", outside [0, 1]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void CandidateEvaluator::MoveMask(int i, int64_t k) {
+  const int64_t from = applied_k_[i];
+  if (k == from) return;
+  at::Tensor& w = linears_[i].linear->weight;
+  const at::Tensor& order = bank_->order(i);
+  const int64_t out = w.size(0), in = w.size(1);
+  const int64_t lo = std::min(from, k), hi = std::max(from, k);
+  const bool prune = k > from;
+  if (w.is_cpu() && !options_.generic_mask_path) {
+    float* wp = w.data_ptr<float>();
+    if (order.scalar_type() == at::kShort) {
+      const int16_t* o = order.data_ptr<int16_t>();
+      prune ? ZeroColumns(wp, o, out, in, lo, hi)
+            : RestoreColumns(wp, dense_[i].data_ptr<float>(), o, out, in, lo, hi);
+    } else {
+      const int32_t* o = order.data_ptr<int32_t>();
+      prune ? ZeroColumns(wp, o, out, in, lo, hi)
+            : RestoreColumns(wp, dense_[i].data_ptr<float>(), o, out, in, lo, hi);
+    }
+  } else {
+    at::NoGradGuard no_grad;
+    at::Tensor idx = order.narrow(1, lo, hi - lo).to(at::kLong).to(w.device());
+    if (prune) {
+      w.scatter_(1, idx, 0.0);
+    } else {
+      w.scatter_(1, idx, dense_[i].gather(1, idx));
+    }
+  }
+  applied_k_[i] = k;
+  timing_.linears_changed += 1;
+  timing_.weights_written += out * (hi - lo);
+}
+
+absl::Status CandidateEvaluator::ApplyRatios(absl::Span<const double> linear_ratios) {
+  RETURN_IF_ERROR(ValidateRatios(linear_ratios));
+  const auto t0 = Clock::now();
+  timing_ = EvalTiming{};
+  RETURN_IF_ERROR(internal::TorchGuarded("applying masks", [&]() -> absl::Status {
+    for (int i = 0; i < num_linears(); ++i) {
+      MoveMask(i, PrunedPerRow(linear_ratios[i], bank_->in_features(i)));
+    }
+    return absl::OkStatus();
+  }));
+  timing_.apply_seconds = Seconds(t0);
+  return absl::OkStatus();
+}
+
+absl::Status CandidateEvaluator::RestoreDense() {
+  return ApplyRatios(std::vector<double>(num_linears(), 0.0));
+}
+
+absl::StatusOr<double> CandidateEvaluator::Omega(absl::Span<const double> linear_ratios) const {
+  RETURN_IF_ERROR(ValidateRatios(linear_ratios));
+  std::vector<double> kept(num_units_, 0.0), dense(num_units_, 0.0);
+  for (int i = 0; i < num_linears(); ++i) {
+    const int64_t k = PrunedPerRow(linear_ratios[i], bank_->in_features(i));
+    const double d = bank_->DenseSquaredMass(i);
+    kept[unit_of_linear_[i]] += d - bank_->PrunedSquaredMass(i, k);
+    dense[unit_of_linear_[i]] += d;
+  }
+  double num = 0, den = 0;
+  for (int u = 0; u < num_units_; ++u) {
+    // Prefix sums can leave a tiny negative kept mass when everything is pruned.
+    const double omega_u = dense[u] > 0 ? std::sqrt(std::max(0.0, kept[u]) / dense[u]) : 1.0;
+    num += unit_params_[u] * omega_u;
+    den += unit_params_[u];
+  }
+  return den > 0 ? num / den : 1.0;
+}
+
+absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(
+    absl::Span<const double> linear_ratios) {
+  RETURN_IF_ERROR(ApplyRatios(linear_ratios));
+  const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(std::vector<model::SampleScore> scores,
+                   model::ScoreSamples(*model_, samples_, {.batch_size = options_.batch_size}));
+  timing_.forward_seconds = Seconds(t0);
+  const model::ScoreSummary sum = model::Summarize(scores);
+  CandidateResult r;
+  r.loss = sum.mean_loss;
+  r.accuracy = sum.accuracy;
+  r.num_samples = sum.num_samples;
+  r.num_multiple_choice = sum.num_multiple_choice;
+  r.sample_losses.reserve(scores.size());
+  for (const model::SampleScore& s : scores) r.sample_losses.push_back(s.loss);
+  ASSIGN_OR_RETURN(r.omega, Omega(linear_ratios));
+  return r;
+}
+
+}  // namespace prunesvc::prune

@@ -1,0 +1,173 @@
+// Search-time candidate evaluation (DESIGN.md §5): apply a per-linear UNSTRUCTURED ratio vector
+// by swapping weights, run one batched forward over the search samples, return the mean answer
+// loss L̂, the accuracy and the capacity term Ω(π).
+//
+// How it stays cheap:
+//  - The dense weights are copied once; the model's own Linear::weight tensors are then edited in
+//    place (no allocation per evaluation on the CPU path), and only linears whose pruned count k
+//    changed since the previous evaluation are touched. Because bank masks are nested, moving a
+//    linear from k₀ to k₁ writes only the |k₁ − k₀| columns per row between them (zeroes when
+//    k grows, dense values copied back when it shrinks).
+//  - The vision tower output is computed once at Create; the projected image features (what the
+//    decoder sees) are cached per projector version, as are the calibration statistics and the
+//    mask bank (rebuilt by SetProjector, which needs the dense weights and restores them first).
+//  - Ω(π) needs no pass over the weights: the bank keeps per-linear prefix sums of the pruned
+//    squared weights, so Ω is O(#linears).
+//
+// Ω(π) = Σ_u P_u·ω_u / Σ_u P_u, ω_u = sqrt(Σ_{i∈u} kept ‖Ŵ_i‖²_F / Σ_{i∈u} ‖W_i‖²_F), P_u = the
+// unit's weight count (ω_u = 1 for an all-zero unit). Units: by default one per decoder layer.
+//
+// Memory beyond the model: one dense copy of every decoder linear (fp32), the mask bank
+// (mask_bank.h), the vision features of the samples and one version of projected features.
+//
+// Non-CPU devices use a generic torch path (index slices copied to the device, scatter/gather)
+// that allocates temporaries per changed linear; the CPU path writes through raw pointers with
+// at::parallel_for.
+//
+// Thread-safety: not thread-safe; the evaluator owns the model's decoder weights and projector
+// while it lives (nothing else may run the model concurrently). The destructor restores the dense
+// decoder weights (the projector stays at the current version).
+#ifndef PRUNESVC_WORKER_PRUNE_EVALUATOR_H_
+#define PRUNESVC_WORKER_PRUNE_EVALUATOR_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "worker/model/llava_bundle.h"
+#include "worker/model/llava_model.h"
+#include "worker/model/scoring.h"
+#include "worker/prune/calibration.h"
+#include "worker/prune/mask_bank.h"
+
+namespace prunesvc::prune {
+
+// A search sample: what the scorer needs plus its preprocessed image(s).
+struct EvalSample {
+  model::ScoringSample scoring;  // image_features are ignored (computed per projector version)
+  at::Tensor pixels;             // [num_images, C, S, S] float, undefined when no image
+};
+
+// PreparedSample (llava_bundle.h) → EvalSample (pixels stacked as [1, C, S, S]).
+absl::StatusOr<std::vector<EvalSample>> ToEvalSamples(
+    absl::Span<const model::PreparedSample> samples);
+
+// The projector's parameters. Biases are undefined when the projector has none.
+struct ProjectorWeights {
+  at::Tensor linear_1_weight, linear_1_bias, linear_2_weight, linear_2_bias;
+};
+// Deep copies of the model's current projector.
+absl::StatusOr<ProjectorWeights> CopyProjector(model::LlavaModel& model);
+// Copies `weights` into the model's projector tensors in place (shapes must match).
+absl::Status LoadProjector(const ProjectorWeights& weights, model::LlavaModel& model);
+
+struct EvaluatorOptions {
+  MaskMethod method = MaskMethod::kWanda;
+  int batch_size = 16;             // samples per scoring forward
+  int calibration_batch_size = 8;  // samples per calibration / vision / projector forward
+  bool collect_gram = false;       // keep XᵀX in the calibration stats (SPARSEGPT, later)
+  // Unit of each decoder linear for Ω (DecoderLinears() order); empty = one unit per layer.
+  std::vector<int> unit_of_linear;
+  // Use the device-generic torch path on the CPU too (tests compare both paths).
+  bool generic_mask_path = false;
+};
+
+struct CandidateResult {
+  double loss = 0;      // L̂: mean over samples of the mean answer-token CE (nats)
+  double accuracy = 0;  // over the multiple-choice samples (0 when none)
+  double omega = 0;     // Ω(π)
+  int num_samples = 0;
+  int num_multiple_choice = 0;
+  std::vector<double> sample_losses;
+};
+
+// Where the time of the last ApplyRatios / Evaluate went.
+struct EvalTiming {
+  double apply_seconds = 0;
+  double forward_seconds = 0;
+  int linears_changed = 0;
+  int64_t weights_written = 0;
+};
+
+class CandidateEvaluator {
+ public:
+  // Takes over `model` (not owned; must outlive the evaluator), whose current weights are the
+  // dense model and whose current projector becomes version 0. Computes the vision features of
+  // `samples`, then the version-0 image features, calibration and mask bank.
+  // Errors: null model, no samples, invalid options/samples, forward failures.
+  static absl::StatusOr<std::unique_ptr<CandidateEvaluator>> Create(
+      model::LlavaModel* model, std::vector<EvalSample> samples, const EvaluatorOptions& options);
+  ~CandidateEvaluator();
+
+  CandidateEvaluator(const CandidateEvaluator&) = delete;
+  CandidateEvaluator& operator=(const CandidateEvaluator&) = delete;
+
+  // Installs projector `version` with `weights`: restores the dense decoder weights, loads the
+  // projector, recomputes the image features, recalibrates and rebuilds the mask bank.
+  absl::Status SetProjector(int version, const ProjectorWeights& weights);
+  int projector_version() const { return projector_version_; }
+  // The projector of the current version (deep copy held by the evaluator).
+  const ProjectorWeights& projector() const { return projector_; }
+
+  // Writes W ⊙ mask(ratio_i) into every decoder linear i whose pruned count changed.
+  // `linear_ratios` has one entry per decoder linear, each in [0, 1].
+  absl::Status ApplyRatios(absl::Span<const double> linear_ratios);
+  // ApplyRatios + one batched forward over the samples + Ω.
+  absl::StatusOr<CandidateResult> Evaluate(absl::Span<const double> linear_ratios);
+  // Back to the dense weights (all k = 0).
+  absl::Status RestoreDense();
+
+  // Ω(π) of a per-linear ratio vector (no weights touched).
+  absl::StatusOr<double> Omega(absl::Span<const double> linear_ratios) const;
+
+  model::LlavaModel& model() { return *model_; }
+  const MaskBank& bank() const { return *bank_; }
+  const CalibrationStats& calibration() const { return calibration_; }
+  const std::vector<model::NamedLinear>& linears() const { return linears_; }
+  int num_linears() const { return int(linears_.size()); }
+  int num_units() const { return num_units_; }
+  const std::vector<int>& unit_of_linear() const { return unit_of_linear_; }
+  // The samples with the current version's image features.
+  const std::vector<model::ScoringSample>& scoring_samples() const { return samples_; }
+  // Per sample, the vision tower output [num_images, S, vision hidden] (undefined: no image).
+  const std::vector<at::Tensor>& vision_features() const { return vision_features_; }
+  const at::Tensor& dense_weight(int i) const { return dense_[i]; }
+  // Pruned weights per row currently applied to linear i.
+  int64_t applied_pruned_per_row(int i) const { return applied_k_[i]; }
+  const EvaluatorOptions& options() const { return options_; }
+  const EvalTiming& last_timing() const { return timing_; }
+
+ private:
+  CandidateEvaluator(model::LlavaModel* model, const EvaluatorOptions& options)
+      : model_(model), options_(options) {}
+  absl::Status Init(std::vector<EvalSample> samples);
+  absl::Status RebuildForProjector();
+  absl::Status ValidateRatios(absl::Span<const double> ratios) const;
+  // Moves linear i's mask from k = applied_k_[i] to `k`.
+  void MoveMask(int i, int64_t k);
+
+  model::LlavaModel* const model_;
+  const EvaluatorOptions options_;
+  std::vector<model::NamedLinear> linears_;
+  std::vector<at::Tensor> dense_;   // per linear, the dense weight (own copy)
+  std::vector<int64_t> applied_k_;  // per linear, pruned weights per row now in the model
+  std::vector<int> unit_of_linear_;
+  int num_units_ = 0;
+  std::vector<double> unit_params_;  // P_u
+  std::vector<at::Tensor> vision_features_;
+  std::vector<model::ScoringSample> samples_;
+  int projector_version_ = 0;
+  ProjectorWeights projector_;
+  CalibrationStats calibration_;
+  std::unique_ptr<MaskBank> bank_;
+  EvalTiming timing_;
+};
+
+}  // namespace prunesvc::prune
+
+#endif  // PRUNESVC_WORKER_PRUNE_EVALUATOR_H_

@@ -1,0 +1,329 @@
+#include "worker/prune/evaluator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/prune/calibration.h"
+#include "worker/prune/random_llava.h"
+
+namespace prunesvc::prune {
+namespace {
+
+using ::prunesvc::prune::testing::RandomEvalSamples;
+using ::prunesvc::prune::testing::RandomLlavaConfig;
+using ::prunesvc::prune::testing::RandomLlavaTensors;
+using ::testing::HasSubstr;
+
+struct Problem {
+  model::LlavaConfig config;
+  std::map<std::string, at::Tensor> tensors;
+  std::unique_ptr<model::LlavaModel> model;
+  std::vector<EvalSample> samples;
+};
+
+Problem MakeProblem(int num_samples = 12, uint64_t seed = 1) {
+  Problem p;
+  p.config = RandomLlavaConfig();
+  p.tensors = RandomLlavaTensors(p.config, seed);
+  auto m = model::LlavaModel::CreateFromTensors(p.config, p.tensors);
+  EXPECT_TRUE(m.ok()) << m.status();
+  p.model = std::move(*m);
+  p.samples = RandomEvalSamples(p.config, num_samples, seed + 100);
+  return p;
+}
+
+std::vector<model::ScoringSample> WithFeatures(const model::LlavaModel& m,
+                                               const std::vector<EvalSample>& samples) {
+  std::vector<model::ScoringSample> out;
+  for (const EvalSample& e : samples) {
+    model::ScoringSample s = e.scoring;
+    s.image_features = *m.ComputeImageFeatures(e.pixels);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<double> RandomRatios(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<double> r(n);
+  for (double& x : r) x = 0.1 * double(rng() % 9);  // {0, .1, …, .8}
+  return r;
+}
+
+// Brute-force keep-mask of one linear: sort each row's (score, column) pairs and drop the first
+// floor(r·in) — independent of MaskBank.
+at::Tensor BruteForceKeep(const at::Tensor& w, const at::Tensor& norms, MaskMethod method,
+                          double ratio) {
+  const int64_t out = w.size(0), in = w.size(1);
+  at::Tensor keep = at::ones({out, in}, at::kBool);
+  const int64_t k = int64_t(std::floor(ratio * in + 1e-9));
+  for (int64_t r = 0; r < out; ++r) {
+    std::vector<std::pair<double, int64_t>> row;
+    for (int64_t c = 0; c < in; ++c) {
+      double s = std::fabs(double(w[r][c].item<float>()));
+      if (method == MaskMethod::kWanda) s *= std::sqrt(norms[c].item<double>());
+      row.push_back({s, c});
+    }
+    std::sort(row.begin(), row.end());
+    for (int64_t t = 0; t < k; ++t) keep[r][row[t].second] = false;
+  }
+  return keep;
+}
+
+TEST(CalibrationTest, BatchSizeInvarianceAndGram) {
+  Problem p = MakeProblem(10);
+  const auto samples = WithFeatures(*p.model, p.samples);
+  auto one = Calibrate(*p.model, samples, {.batch_size = 1, .collect_gram = true});
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->linears.size(), 3u * 7);
+  int64_t rows = 0;
+  for (const auto& s : samples) rows += p.model->ExpandedLength(s.token_ids) - 1;
+  EXPECT_EQ(one->num_rows, rows);
+  // Shared inputs: q/k/v and gate/up point to the same statistics.
+  EXPECT_EQ(one->linears[0], one->linears[1]);
+  EXPECT_EQ(one->linears[0], one->linears[2]);
+  EXPECT_NE(one->linears[0], one->linears[3]);
+  EXPECT_EQ(one->linears[4], one->linears[5]);
+  for (int bs : {3, 10}) {
+    auto many = Calibrate(*p.model, samples, {.batch_size = bs});
+    ASSERT_TRUE(many.ok()) << many.status();
+    // The forward itself is batch-invariant only to float32 rounding (left padding changes the
+    // GEMM shapes); squaring doubles that relative error. Measured against each linear's largest
+    // column norm, and per element.
+    double max_rel = 0, max_elem_rel = 0;
+    for (size_t i = 0; i < one->linears.size(); ++i) {
+      const at::Tensor a = one->linears[i]->col_sq_norms, b = many->linears[i]->col_sq_norms;
+      EXPECT_EQ(many->linears[i]->rows, rows);
+      EXPECT_FALSE(many->linears[i]->gram.defined());
+      max_rel = std::max(max_rel, ((a - b).abs().max() / a.abs().max()).item<double>());
+      max_elem_rel =
+          std::max(max_elem_rel, ((a - b).abs() / a.abs().clamp_min(1e-30)).max().item<double>());
+    }
+    std::printf("[calibration] batch %d vs 1: max |Δ|/max‖X_j‖² = %.3g, per element %.3g\n", bs,
+                max_rel, max_elem_rel);
+    EXPECT_LE(max_rel, 1e-6);
+    EXPECT_LE(max_elem_rel, 5e-6);
+  }
+  // diag(XᵀX) = ‖X_j‖².
+  for (const auto& st : one->linears) {
+    EXPECT_LE((st->gram.diagonal() - st->col_sq_norms).abs().max().item<double>(),
+              1e-12 * st->col_sq_norms.abs().max().item<double>());
+  }
+  EXPECT_FALSE(Calibrate(*p.model, samples, {.batch_size = 0}).ok());
+}
+
+// Layer 0's attention input is RMSNorm(embeddings) (norm weight 1): its column norms can be
+// computed without running the model.
+TEST(CalibrationTest, FirstLayerNormsFromEmbeddings) {
+  Problem p = MakeProblem(6);
+  const auto samples = WithFeatures(*p.model, p.samples);
+  auto st = Calibrate(*p.model, samples, {.batch_size = 4});
+  ASSERT_TRUE(st.ok());
+  const at::Tensor embed = p.tensors["language_model.model.embed_tokens.weight"].to(at::kDouble);
+  at::Tensor want = at::zeros({p.config.text.hidden_size}, at::kDouble);
+  for (const auto& s : samples) {
+    for (int t = 0; t < s.answer_end - 1; ++t) {
+      const int id = s.token_ids[t];
+      at::Tensor rows = id == p.config.image_token_index ? s.image_features[0].to(at::kDouble)
+                                                         : embed[id].unsqueeze(0);
+      rows = rows * (rows.square().mean(-1, true) + p.config.text.rms_norm_eps).rsqrt();
+      want += rows.square().sum(0);
+    }
+  }
+  const at::Tensor have = st->linears[0]->col_sq_norms;
+  const double rel = ((have - want).abs() / want).max().item<double>();
+  std::printf("[calibration] layer-0 norms vs brute force: max rel |Δ| = %.3g\n", rel);
+  EXPECT_LE(rel, 1e-5);  // float32 RMSNorm in the model vs float64 here
+}
+
+class EvaluatorTest : public ::testing::TestWithParam<MaskMethod> {};
+
+// Evaluate(π) equals a model built from scratch with the masked weights zeroed by brute force.
+TEST_P(EvaluatorTest, EqualsFromScratchMaskedModel) {
+  Problem p = MakeProblem(12);
+  auto ev =
+      CandidateEvaluator::Create(p.model.get(), p.samples, {.method = GetParam(), .batch_size = 5});
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  const int n = (*ev)->num_linears();
+  ASSERT_EQ(n, 21);
+  for (uint64_t seed : {1, 2}) {
+    const std::vector<double> ratios = RandomRatios(n, seed);
+    auto got = (*ev)->Evaluate(ratios);
+    ASSERT_TRUE(got.ok()) << got.status();
+    // From scratch: fresh model, brute-force masks.
+    auto fresh = model::LlavaModel::CreateFromTensors(p.config, p.tensors);
+    ASSERT_TRUE(fresh.ok());
+    std::vector<model::NamedLinear> lins = (*fresh)->DecoderLinears();
+    for (int i = 0; i < n; ++i) {
+      at::Tensor keep =
+          BruteForceKeep(lins[i].linear->weight, (*ev)->calibration().linears[i]->col_sq_norms,
+                         GetParam(), ratios[i]);
+      lins[i].linear->weight.mul_(keep);
+      // The evaluator's weights are exactly these.
+      ASSERT_TRUE(at::equal(lins[i].linear->weight, (*ev)->linears()[i].linear->weight)) << i;
+    }
+    auto ref = model::ScoreSamples(**fresh, WithFeatures(**fresh, p.samples), {.batch_size = 12});
+    ASSERT_TRUE(ref.ok());
+    const model::ScoreSummary sum = model::Summarize(*ref);
+    double max_delta = std::fabs(sum.mean_loss - got->loss);
+    for (size_t s = 0; s < ref->size(); ++s) {
+      max_delta = std::max(max_delta, std::fabs((*ref)[s].loss - got->sample_losses[s]));
+    }
+    std::printf("[evaluate %s] vs from-scratch masked model: max |Δloss| = %.3g, acc %.3f\n",
+                std::string(MaskMethodName(GetParam())).c_str(), max_delta, got->accuracy);
+    EXPECT_LE(max_delta, 1e-6);
+    EXPECT_EQ(sum.accuracy, got->accuracy);
+    EXPECT_EQ(got->num_samples, 12);
+    EXPECT_EQ(got->num_multiple_choice, 8);
+  }
+}
+
+// A, then B, then A again: identical results (incremental weight edits are exact), on both the
+// raw-pointer and the generic torch path, and RestoreDense gives back the dense weights bitwise.
+TEST_P(EvaluatorTest, ABAIsExactAndPathsAgree) {
+  Problem p = MakeProblem(8);
+  Problem q = MakeProblem(8);
+  auto fast = CandidateEvaluator::Create(p.model.get(), p.samples, {.method = GetParam()});
+  auto generic = CandidateEvaluator::Create(q.model.get(), q.samples,
+                                            {.method = GetParam(), .generic_mask_path = true});
+  ASSERT_TRUE(fast.ok() && generic.ok());
+  const int n = (*fast)->num_linears();
+  const std::vector<double> a = RandomRatios(n, 3), b = RandomRatios(n, 4);
+  auto a1 = (*fast)->Evaluate(a);
+  ASSERT_TRUE(a1.ok());
+  std::vector<at::Tensor> weights_a;
+  for (const auto& l : (*fast)->linears()) weights_a.push_back(l.linear->weight.clone());
+  auto b1 = (*fast)->Evaluate(b);
+  ASSERT_TRUE(b1.ok());
+  EXPECT_NE(a1->loss, b1->loss);
+  EXPECT_GT((*fast)->last_timing().linears_changed, 0);
+  auto a2 = (*fast)->Evaluate(a);
+  ASSERT_TRUE(a2.ok());
+  EXPECT_EQ(a1->loss, a2->loss);
+  EXPECT_EQ(a1->sample_losses, a2->sample_losses);
+  EXPECT_EQ(a1->omega, a2->omega);
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(at::equal(weights_a[i], (*fast)->linears()[i].linear->weight)) << i;
+  }
+  // Same ratios again: nothing is touched.
+  ASSERT_TRUE((*fast)->ApplyRatios(a).ok());
+  EXPECT_EQ((*fast)->last_timing().linears_changed, 0);
+  // The generic path reaches the same weights through B first.
+  ASSERT_TRUE((*generic)->Evaluate(b).ok());
+  auto ga = (*generic)->Evaluate(a);
+  ASSERT_TRUE(ga.ok());
+  EXPECT_EQ(ga->loss, a1->loss);
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(at::equal(weights_a[i], (*generic)->linears()[i].linear->weight)) << i;
+  }
+  ASSERT_TRUE((*fast)->RestoreDense().ok());
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(at::equal((*fast)->dense_weight(i), (*fast)->linears()[i].linear->weight));
+    EXPECT_EQ((*fast)->applied_pruned_per_row(i), 0);
+  }
+}
+
+// Ω from the bank's prefix sums equals Ω computed from the weights in the model.
+TEST_P(EvaluatorTest, OmegaEqualsBruteForce) {
+  for (bool per_linear : {false, true}) {
+    Problem p = MakeProblem(4);
+    EvaluatorOptions opt{.method = GetParam()};
+    if (per_linear) {
+      opt.unit_of_linear.resize(21);
+      std::iota(opt.unit_of_linear.begin(), opt.unit_of_linear.end(), 0);
+    }
+    auto ev = CandidateEvaluator::Create(p.model.get(), p.samples, opt);
+    ASSERT_TRUE(ev.ok());
+    EXPECT_EQ((*ev)->num_units(), per_linear ? 21 : 3);
+    for (uint64_t seed : {5, 6, 7}) {
+      std::vector<double> ratios = RandomRatios(21, seed);
+      if (seed == 7) std::fill(ratios.begin(), ratios.begin() + 7, 1.0);  // a unit fully pruned
+      auto r = (*ev)->Evaluate(ratios);
+      ASSERT_TRUE(r.ok());
+      std::vector<double> kept(21, 0), dense(21, 0), params(21, 0);
+      for (int i = 0; i < 21; ++i) {
+        const int u = (*ev)->unit_of_linear()[i];
+        kept[u] += (*ev)->linears()[i].linear->weight.to(at::kDouble).square().sum().item<double>();
+        dense[u] += (*ev)->dense_weight(i).to(at::kDouble).square().sum().item<double>();
+        params[u] += (*ev)->dense_weight(i).numel();
+      }
+      double num = 0, den = 0;
+      for (int u = 0; u < 21; ++u) {
+        if (params[u] == 0) continue;
+        num += params[u] * std::sqrt(kept[u] / dense[u]);
+        den += params[u];
+      }
+      std::printf("[omega] per_linear=%d Ω=%.6f brute force %.6f\n", per_linear, r->omega,
+                  num / den);
+      EXPECT_NEAR(r->omega, num / den, 1e-9);
+    }
+    auto dense_omega = (*ev)->Omega(std::vector<double>(21, 0.0));
+    ASSERT_TRUE(dense_omega.ok());
+    EXPECT_DOUBLE_EQ(*dense_omega, 1.0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, EvaluatorTest,
+                         ::testing::Values(MaskMethod::kMagnitude, MaskMethod::kWanda),
+                         [](const auto& info) { return std::string(MaskMethodName(info.param)); });
+
+TEST(EvaluatorErrorsTest, BadInputs) {
+  Problem p = MakeProblem(3);
+  EXPECT_FALSE(CandidateEvaluator::Create(nullptr, p.samples, {}).ok());
+  EXPECT_FALSE(CandidateEvaluator::Create(p.model.get(), {}, {}).ok());
+  EXPECT_FALSE(CandidateEvaluator::Create(p.model.get(), p.samples, {.batch_size = 0}).ok());
+  EvaluatorOptions bad_units;
+  bad_units.unit_of_linear = {0, 1};
+  EXPECT_THAT(CandidateEvaluator::Create(p.model.get(), p.samples, bad_units).status().message(),
+              HasSubstr("unit_of_linear"));
+  auto bad_samples = p.samples;
+  bad_samples[1].scoring.answer_end = 1000;
+  EXPECT_THAT(CandidateEvaluator::Create(p.model.get(), bad_samples, {}).status().message(),
+              HasSubstr("sample 1"));
+  auto ev = CandidateEvaluator::Create(p.model.get(), p.samples, {});
+  ASSERT_TRUE(ev.ok());
+  EXPECT_THAT((*ev)->Evaluate(std::vector<double>(20, 0.1)).status().message(),
+              HasSubstr("expected 21"));
+  std::vector<double> r(21, 0.1);
+  r[4] = 1.5;
+  EXPECT_THAT((*ev)->Evaluate(r).status().message(), HasSubstr("mlp.gate_proj"));
+  r[4] = NAN;
+  EXPECT_FALSE((*ev)->Evaluate(r).ok());
+}
+
+// A new projector version changes the image features, the calibration and the bank; the dense
+// weights are restored first, and version 0's results come back when it is reinstalled.
+TEST(EvaluatorProjectorTest, SetProjectorRebuilds) {
+  Problem p = MakeProblem(6);
+  auto ev = CandidateEvaluator::Create(p.model.get(), p.samples, {.method = MaskMethod::kWanda});
+  ASSERT_TRUE(ev.ok());
+  const std::vector<double> ratios = RandomRatios(21, 9);
+  auto v0 = (*ev)->Evaluate(ratios);
+  ASSERT_TRUE(v0.ok());
+  const ProjectorWeights theta0 = (*ev)->projector();
+  ProjectorWeights theta1 = theta0;
+  theta1.linear_2_weight = theta0.linear_2_weight * 1.5;
+  const at::Tensor norms0 = (*ev)->calibration().linears[0]->col_sq_norms.clone();
+  ASSERT_TRUE((*ev)->SetProjector(1, theta1).ok());
+  EXPECT_EQ((*ev)->projector_version(), 1);
+  EXPECT_FALSE(at::equal(norms0, (*ev)->calibration().linears[0]->col_sq_norms));
+  EXPECT_TRUE(at::equal(p.model->projector_linear_2().weight, theta1.linear_2_weight));
+  auto v1 = (*ev)->Evaluate(ratios);
+  ASSERT_TRUE(v1.ok());
+  EXPECT_NE(v0->loss, v1->loss);
+  ASSERT_TRUE((*ev)->SetProjector(0, theta0).ok());
+  auto back = (*ev)->Evaluate(ratios);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->sample_losses, v0->sample_losses);
+  ProjectorWeights wrong = theta0;
+  wrong.linear_1_weight = at::zeros({3, 3});
+  EXPECT_THAT((*ev)->SetProjector(2, wrong).message(), HasSubstr("linear_1.weight"));
+}
+
+}  // namespace
+}  // namespace prunesvc::prune

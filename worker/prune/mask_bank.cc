@@ -1,0 +1,135 @@
+#include "worker/prune/mask_bank.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/prune/torch_guard.h"
+
+namespace prunesvc::prune {
+
+std::string_view MaskMethodName(MaskMethod method) {
+  switch (method) {
+    case MaskMethod::kMagnitude:
+      return "MAGNITUDE";
+    case MaskMethod::kWanda:
+      return "WANDA";
+  }
+  return "UNKNOWN";
+}
+
+absl::StatusOr<MaskMethod> ParseMaskMethod(std::string_view name) {
+  if (name == "MAGNITUDE") return MaskMethod::kMagnitude;
+  if (name == "WANDA") return MaskMethod::kWanda;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown mask method '", std::string(name), "' (expected MAGNITUDE or WANDA)"));
+}
+
+int64_t PrunedPerRow(double ratio, int64_t in_features) {
+  if (!(ratio > 0)) return 0;  // also NaN
+  const double k = std::floor(ratio * double(in_features) + 1e-9);
+  if (k >= double(in_features)) return in_features;
+  return int64_t(k);
+}
+
+absl::StatusOr<at::Tensor> MaskScores(const at::Tensor& weight, MaskMethod method,
+                                      const at::Tensor& col_sq_norms) {
+  return internal::TorchGuarded("mask scores", [&]() -> absl::StatusOr<at::Tensor> {
+    if (!weight.defined() || weight.dim() != 2) {
+      return absl::InvalidArgumentError("mask scores: the weight must be a 2-D tensor");
+    }
+    at::Tensor w = weight.detach().to(at::kCPU, at::kDouble).abs();
+    if (method == MaskMethod::kMagnitude) return w;
+    if (!col_sq_norms.defined() || col_sq_norms.dim() != 1 ||
+        col_sq_norms.size(0) != weight.size(1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "WANDA scores need the input column norms of all ", weight.size(1), " columns"));
+    }
+    return w * col_sq_norms.to(at::kCPU, at::kDouble).sqrt().unsqueeze(0);
+  });
+}
+
+absl::StatusOr<std::unique_ptr<MaskBank>> MaskBank::Build(
+    absl::Span<const at::Tensor> dense_weights, MaskMethod method, const CalibrationStats* stats) {
+  if (method == MaskMethod::kWanda &&
+      (stats == nullptr || stats->linears.size() != dense_weights.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WANDA mask bank: calibration statistics for ", dense_weights.size(),
+                     " linears are required, got ", stats == nullptr ? 0 : stats->linears.size()));
+  }
+  auto bank = std::unique_ptr<MaskBank>(new MaskBank(method));
+  RETURN_IF_ERROR(internal::TorchGuarded("building the mask bank", [&]() -> absl::Status {
+    for (size_t i = 0; i < dense_weights.size(); ++i) {
+      const at::Tensor& w = dense_weights[i];
+      if (!w.defined() || w.dim() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat("mask bank: linear ", i, " is not 2-D"));
+      }
+      at::Tensor norms;
+      if (method == MaskMethod::kWanda) {
+        const LinearInputStats* st = stats->linears[i].get();
+        if (st == nullptr || st->in_features != w.size(1) || !st->col_sq_norms.defined()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("mask bank: linear ", i, " has ", w.size(1),
+                           " input columns but its calibration statistics do not match"));
+        }
+        norms = st->col_sq_norms;
+        if (!at::isfinite(norms).all().item<bool>() || (norms < 0).any().item<bool>()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "mask bank: linear ", i, " has non-finite or negative input column norms"));
+        }
+      }
+      if (!at::isfinite(w).all().item<bool>()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("mask bank: linear ", i, " has non-finite weights"));
+      }
+      ASSIGN_OR_RETURN(at::Tensor scores, MaskScores(w, method, norms));
+      LinearBank lb;
+      lb.out = w.size(0);
+      lb.in = w.size(1);
+      // Stable ascending sort: equal scores keep increasing column order (lower pruned first).
+      at::Tensor idx = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/1,
+                                            /*descending=*/false));
+      // Pruned-mass prefix: column t of the row-sorted squared weights, summed over rows.
+      at::Tensor sorted_sq = w.detach().to(at::kCPU, at::kDouble).gather(1, idx).square();
+      at::Tensor per_rank = sorted_sq.sum(0);  // [in]
+      lb.pruned_mass.assign(size_t(lb.in) + 1, 0.0);
+      const double* pr = per_rank.data_ptr<double>();
+      for (int64_t t = 0; t < lb.in; ++t) lb.pruned_mass[t + 1] = lb.pruned_mass[t] + pr[t];
+      const bool narrow = lb.in <= std::numeric_limits<int16_t>::max();
+      lb.order = idx.to(narrow ? at::kShort : at::kInt).contiguous();
+      bank->linears_.push_back(std::move(lb));
+    }
+    return absl::OkStatus();
+  }));
+  return bank;
+}
+
+absl::StatusOr<at::Tensor> MaskBank::KeepMask(int i, double ratio) const {
+  if (i < 0 || i >= num_linears()) {
+    return absl::OutOfRangeError(absl::StrCat("mask bank: no linear ", i));
+  }
+  if (!(ratio >= 0 && ratio <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("ratio ", ratio, " is outside [0, 1]"));
+  }
+  return internal::TorchGuarded("keep mask", [&]() -> absl::StatusOr<at::Tensor> {
+    const LinearBank& lb = linears_[i];
+    const int64_t k = PrunedPerRow(ratio, lb.in);
+    at::Tensor keep = at::ones({lb.out, lb.in}, at::TensorOptions(at::kBool));
+    if (k > 0) keep.scatter_(1, lb.order.narrow(1, 0, k).to(at::kLong), false);
+    return keep;
+  });
+}
+
+int64_t MaskBank::MemoryBytes() const {
+  int64_t bytes = 0;
+  for (const LinearBank& lb : linears_) {
+    bytes += lb.order.numel() * int64_t(lb.order.element_size());
+    bytes += int64_t(lb.pruned_mass.size() * sizeof(double));
+  }
+  return bytes;
+}
+
+}  // namespace prunesvc::prune
