@@ -1,0 +1,677 @@
+#include "common/evolution.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace prunesvc::search {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr char kStateFormat[] = "prunesvc.search_state.v1";
+// Attempts per missing population slot before giving up on crossover children, and again before
+// giving up on fresh random policies (the feasible space may be smaller than the population).
+constexpr int kAttemptsPerSlot = 20;
+
+// ---- JSON reading with errors that name the field ----
+
+absl::Status FieldError(const std::string& path, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("search state: ", path, ": ", what));
+}
+
+absl::StatusOr<const json*> Field(const json& obj, const std::string& path, const char* name) {
+  if (!obj.is_object()) return FieldError(path, "expected an object");
+  auto it = obj.find(name);
+  if (it == obj.end()) return FieldError(absl::StrCat(path, ".", name), "missing");
+  return &*it;
+}
+
+absl::StatusOr<int64_t> GetInt(const json& obj, const std::string& path, const char* name,
+                               int64_t lo, int64_t hi) {
+  ASSIGN_OR_RETURN(const json* v, Field(obj, path, name));
+  const std::string p = absl::StrCat(path, ".", name);
+  if (!v->is_number_integer()) return FieldError(p, "expected an integer");
+  int64_t x;
+  if (v->is_number_unsigned()) {
+    const uint64_t u = v->get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return FieldError(p, "out of range");
+    }
+    x = static_cast<int64_t>(u);
+  } else {
+    x = v->get<int64_t>();
+  }
+  if (x < lo || x > hi) return FieldError(p, absl::StrCat(x, " is outside [", lo, ", ", hi, "]"));
+  return x;
+}
+
+absl::StatusOr<double> AsDouble(const json& v, const std::string& path) {
+  if (!v.is_number()) return FieldError(path, "expected a number");
+  const double x = v.get<double>();
+  if (!std::isfinite(x)) return FieldError(path, "not finite");
+  return x;
+}
+
+absl::StatusOr<double> GetDouble(const json& obj, const std::string& path, const char* name) {
+  ASSIGN_OR_RETURN(const json* v, Field(obj, path, name));
+  return AsDouble(*v, absl::StrCat(path, ".", name));
+}
+
+absl::StatusOr<bool> GetBool(const json& obj, const std::string& path, const char* name) {
+  ASSIGN_OR_RETURN(const json* v, Field(obj, path, name));
+  if (!v->is_boolean()) return FieldError(absl::StrCat(path, ".", name), "expected a boolean");
+  return v->get<bool>();
+}
+
+absl::StatusOr<std::string> GetString(const json& obj, const std::string& path, const char* name) {
+  ASSIGN_OR_RETURN(const json* v, Field(obj, path, name));
+  if (!v->is_string()) return FieldError(absl::StrCat(path, ".", name), "expected a string");
+  return v->get<std::string>();
+}
+
+absl::StatusOr<const json*> GetArray(const json& obj, const std::string& path, const char* name) {
+  ASSIGN_OR_RETURN(const json* v, Field(obj, path, name));
+  if (!v->is_array()) return FieldError(absl::StrCat(path, ".", name), "expected an array");
+  return v;
+}
+
+absl::StatusOr<std::vector<Policy>> GetPolicies(const json& obj, const std::string& path,
+                                                const char* name) {
+  ASSIGN_OR_RETURN(const json* arr, GetArray(obj, path, name));
+  std::vector<Policy> out;
+  for (size_t i = 0; i < arr->size(); ++i) {
+    const std::string p = absl::StrCat(path, ".", name, "[", i, "]");
+    const json& row = (*arr)[i];
+    if (!row.is_array()) return FieldError(p, "expected an array of ratio indices");
+    Policy policy;
+    for (size_t k = 0; k < row.size(); ++k) {
+      if (!row[k].is_number_integer() || row[k].get<int64_t>() < 0 ||
+          row[k].get<int64_t>() > std::numeric_limits<int>::max()) {
+        return FieldError(absl::StrCat(p, "[", k, "]"), "expected a non-negative integer");
+      }
+      policy.push_back(static_cast<int>(row[k].get<int64_t>()));
+    }
+    out.push_back(std::move(policy));
+  }
+  return out;
+}
+
+bool IsHash(const std::string& h) {
+  return h.size() == 16 && std::all_of(h.begin(), h.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+json ConfigToJson(const SearchConfig& c) {
+  return json{{"strategy", std::string(StrategyName(c.strategy))},
+              {"budget", c.budget},
+              {"population", c.population},
+              {"generations", c.generations},
+              {"parents", c.parents},
+              {"mutation", c.mutation},
+              {"eta", c.eta.has_value() ? json(*c.eta) : json(nullptr)},
+              {"projector_every", c.projector_every},
+              {"num_samples", c.num_samples},
+              // A decimal string: 64-bit integers do not survive every JSON reader.
+              {"seed", std::to_string(c.seed)}};
+}
+
+absl::StatusOr<SearchConfig> ConfigFromJson(const json& j, const std::string& path) {
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  SearchConfig c;
+  ASSIGN_OR_RETURN(std::string strategy, GetString(j, path, "strategy"));
+  ASSIGN_OR_RETURN(c.strategy, ParseStrategy(strategy));
+  ASSIGN_OR_RETURN(c.budget, GetDouble(j, path, "budget"));
+  ASSIGN_OR_RETURN(c.population, GetInt(j, path, "population", 0, kMaxInt));
+  ASSIGN_OR_RETURN(c.generations, GetInt(j, path, "generations", 0, kMaxInt));
+  ASSIGN_OR_RETURN(c.parents, GetInt(j, path, "parents", 0, kMaxInt));
+  ASSIGN_OR_RETURN(c.mutation, GetDouble(j, path, "mutation"));
+  ASSIGN_OR_RETURN(const json* eta, Field(j, path, "eta"));
+  if (!eta->is_null()) {
+    ASSIGN_OR_RETURN(double e, AsDouble(*eta, path + ".eta"));
+    c.eta = e;
+  }
+  ASSIGN_OR_RETURN(c.projector_every, GetInt(j, path, "projector_every", 0, kMaxInt));
+  ASSIGN_OR_RETURN(c.num_samples, GetInt(j, path, "num_samples", 0, kMaxInt));
+  ASSIGN_OR_RETURN(std::string seed, GetString(j, path, "seed"));
+  if (seed.empty() || seed.size() > 20 ||
+      !std::all_of(seed.begin(), seed.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+    return FieldError(path + ".seed", "expected a decimal unsigned 64-bit integer");
+  }
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(seed.c_str(), &end, 10);
+  if (errno != 0 || end != seed.c_str() + seed.size()) {
+    return FieldError(path + ".seed", "expected a decimal unsigned 64-bit integer");
+  }
+  c.seed = v;
+  RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+// ---- the search ----
+
+std::string HashOf(const PolicySpace& space, const Policy& p) {
+  // Policies inside the driver were validated against the space.
+  absl::StatusOr<std::string> h = space.Hash(p);
+  return h.ok() ? *h : std::string();
+}
+
+double Fitness(const EvalResult& r, double eta, int n) {
+  return r.loss + eta * r.omega / std::sqrt(static_cast<double>(n));
+}
+
+// Population mean and standard deviation (÷ N), two-pass, in the given order.
+std::pair<double, double> MeanStd(const std::vector<double>& v) {
+  if (v.empty()) return {0, 0};
+  double mean = 0;
+  for (double x : v) mean += x;
+  mean /= v.size();
+  double ss = 0;
+  for (double x : v) ss += (x - mean) * (x - mean);
+  return {mean, std::sqrt(ss / v.size())};
+}
+
+absl::Status CheckResult(const EvalResult& r, const std::string& hash) {
+  if (!std::isfinite(r.loss) || !std::isfinite(r.accuracy) || !std::isfinite(r.omega)) {
+    return absl::InternalError(absl::StrCat("evaluator returned a non-finite result for policy ",
+                                            hash, ": loss ", r.loss, ", accuracy ", r.accuracy,
+                                            ", omega ", r.omega));
+  }
+  return absl::OkStatus();
+}
+
+// Evaluates the cache misses of `policies` under `version` in one batch.
+absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& evaluator,
+                   const std::vector<Policy>& policies, int version, GenerationStats& stats) {
+  std::vector<Policy> misses;
+  std::vector<std::string> miss_hashes;
+  std::set<std::string> pending;
+  for (const Policy& p : policies) {
+    const std::string h = HashOf(space, p);
+    if (s.cache.count({h, version}) != 0) {
+      ++stats.cache_hits;
+    } else if (pending.insert(h).second) {
+      misses.push_back(p);
+      miss_hashes.push_back(h);
+    }
+  }
+  if (misses.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<EvalResult> results, evaluator.Evaluate(misses, version));
+  if (results.size() != misses.size()) {
+    return absl::InternalError(absl::StrCat("evaluator returned ", results.size(), " results for ",
+                                            misses.size(), " policies"));
+  }
+  for (size_t i = 0; i < results.size(); ++i) {
+    RETURN_IF_ERROR(CheckResult(results[i], miss_hashes[i]));
+  }
+  for (size_t i = 0; i < results.size(); ++i) s.cache[{miss_hashes[i], version}] = results[i];
+  stats.evaluations += static_cast<int>(misses.size());
+  s.total_evaluations += static_cast<int64_t>(misses.size());
+  return absl::OkStatus();
+}
+
+// Ranks policies already in the cache under `version`: fitness ascending, ties by hash.
+std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
+                               const std::vector<Policy>& policies, int version) {
+  std::vector<ScoredPolicy> out;
+  const double eta = s.eta.value_or(0.0);
+  for (const Policy& p : policies) {
+    ScoredPolicy sp;
+    sp.policy = p;
+    sp.hash = HashOf(space, p);
+    auto it = s.cache.find({sp.hash, version});
+    if (it == s.cache.end()) continue;  // callers score first
+    sp.result = it->second;
+    sp.fitness = Fitness(sp.result, eta, s.config.num_samples);
+    sp.flops_ratio = space.FlopsRatio(p).value_or(0.0);
+    out.push_back(std::move(sp));
+  }
+  std::stable_sort(out.begin(), out.end(), [](const ScoredPolicy& a, const ScoredPolicy& b) {
+    if (a.fitness != b.fitness) return a.fitness < b.fitness;
+    return a.hash < b.hash;
+  });
+  return out;
+}
+
+double AutoEta(const std::vector<ScoredPolicy>& scored, int n) {
+  std::vector<double> losses, omegas;
+  for (const ScoredPolicy& sp : scored) {
+    losses.push_back(sp.result.loss);
+    omegas.push_back(sp.result.omega);
+  }
+  const double std_l = MeanStd(losses).second;
+  const auto [mean_o, std_o] = MeanStd(omegas);
+  // Identical Ω values leave a rounding residue in the two-pass std (~1e-17), which would give
+  // η ≈ 1e17; treat anything at rounding level as the std(Ω) = 0 case.
+  if (!(std_o > 1e-12 * std::max(1.0, std::abs(mean_o)))) return 0;
+  return std_l * std::sqrt(static_cast<double>(n)) / std_o;
+}
+
+// Adds random feasible policies until `pop` has `target` members or the attempts run out.
+// `taken` holds hashes that must not be repeated; it is updated.
+absl::Status FillRandom(const PolicySpace& space, const SearchConfig& c, Prng& prng, size_t target,
+                        std::set<std::string>& taken, std::vector<Policy>& pop) {
+  const int64_t bound =
+      kAttemptsPerSlot * static_cast<int64_t>(target - std::min(target, pop.size()));
+  for (int64_t attempt = 0; attempt < bound && pop.size() < target; ++attempt) {
+    ASSIGN_OR_RETURN(Policy p, space.RandomFeasiblePolicy(c.budget, prng));
+    if (taken.insert(HashOf(space, p)).second) pop.push_back(std::move(p));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<Policy>> NextPopulation(const PolicySpace& space, const SearchState& s,
+                                                   const std::vector<ScoredPolicy>& ranked,
+                                                   Prng& prng) {
+  const SearchConfig& c = s.config;
+  const size_t target = static_cast<size_t>(c.population);
+  const size_t k = std::min(ranked.size(), static_cast<size_t>(c.parents));
+  std::vector<Policy> pop;
+  std::set<std::string> taken;
+  for (size_t i = 0; i < k; ++i) {
+    pop.push_back(ranked[i].policy);
+    taken.insert(ranked[i].hash);
+  }
+  if (c.strategy == Strategy::kRandomSearch) {
+    // Never re-propose a policy evaluated before.
+    for (const auto& [key, result] : s.cache) taken.insert(key.first);
+    RETURN_IF_ERROR(FillRandom(space, c, prng, target, taken, pop));
+    return pop;
+  }
+  const int choices = space.num_choices();
+  const int64_t bound = kAttemptsPerSlot * static_cast<int64_t>(target - std::min(target, k));
+  for (int64_t attempt = 0; attempt < bound && pop.size() < target && k > 0; ++attempt) {
+    const size_t a = static_cast<size_t>(prng.UniformInt(k));
+    size_t b = a;
+    if (k > 1) {
+      b = static_cast<size_t>(prng.UniformInt(k - 1));
+      if (b >= a) ++b;
+    }
+    const Policy& pa = ranked[a].policy;
+    const Policy& pb = ranked[b].policy;
+    Policy child(pa.size());
+    for (size_t u = 0; u < child.size(); ++u) {
+      child[u] = prng.Bernoulli(0.5) ? pa[u] : pb[u];
+      if (prng.Bernoulli(c.mutation) && choices > 1) {
+        const int v = static_cast<int>(prng.UniformInt(choices - 1));
+        child[u] = v >= child[u] ? v + 1 : v;
+      }
+    }
+    ASSIGN_OR_RETURN(child, space.RepairToBudget(std::move(child), c.budget, prng));
+    if (taken.insert(HashOf(space, child)).second) pop.push_back(std::move(child));
+  }
+  RETURN_IF_ERROR(FillRandom(space, c, prng, target, taken, pop));
+  return pop;
+}
+
+bool ProjectorDue(const SearchConfig& c, int generation) {
+  return c.strategy == Strategy::kEfficientLlava && c.projector_every > 0 && generation >= 1 &&
+         generation % c.projector_every == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<Strategy> ParseStrategy(absl::string_view name) {
+  if (name == "EFFICIENTLLAVA") return Strategy::kEfficientLlava;
+  if (name == "UNIFORM") return Strategy::kUniform;
+  if (name == "OWL") return Strategy::kOwl;
+  if (name == "RANDOM_SEARCH") return Strategy::kRandomSearch;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown strategy \"", name, "\" (expected EFFICIENTLLAVA, UNIFORM, OWL or RANDOM_SEARCH)"));
+}
+
+absl::string_view StrategyName(Strategy strategy) {
+  switch (strategy) {
+    case Strategy::kEfficientLlava:
+      return "EFFICIENTLLAVA";
+    case Strategy::kUniform:
+      return "UNIFORM";
+    case Strategy::kOwl:
+      return "OWL";
+    case Strategy::kRandomSearch:
+      return "RANDOM_SEARCH";
+  }
+  return "UNKNOWN";
+}
+
+absl::Status SearchConfig::Validate() const {
+  if (strategy != Strategy::kEfficientLlava && strategy != Strategy::kRandomSearch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "strategy ", StrategyName(strategy),
+        " does not search (it solves continuous ratios); use EFFICIENTLLAVA or RANDOM_SEARCH"));
+  }
+  if (population < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("population must be ≥ 2, got ", population));
+  }
+  if (parents < 1 || parents >= population) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parents must be in [1, population) = [1, ", population, "), got ", parents));
+  }
+  if (generations < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("generations must be ≥ 0, got ", generations));
+  }
+  if (!(mutation >= 0 && mutation <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("mutation must be in [0, 1], got ", mutation));
+  }
+  if (eta.has_value() && !(std::isfinite(*eta) && *eta >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("eta must be finite and ≥ 0, got ", *eta));
+  }
+  if (projector_every < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("projector_every must be ≥ 0, got ", projector_every));
+  }
+  if (num_samples < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("num_samples must be ≥ 1, got ", num_samples));
+  }
+  if (!(std::isfinite(budget) && budget > 0 && budget <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("budget must be in (0, 1], got ", budget));
+  }
+  return absl::OkStatus();
+}
+
+int64_t NominalEvaluations(const SearchConfig& c) {
+  return c.population + static_cast<int64_t>(c.generations) * (c.population - c.parents);
+}
+
+json GenerationStats::ToJson() const {
+  return json{{"generation", generation},
+              {"population_size", population_size},
+              {"best_fitness", best_fitness},
+              {"best_loss", best_loss},
+              {"best_accuracy", best_accuracy},
+              {"best_omega", best_omega},
+              {"best_flops_ratio", best_flops_ratio},
+              {"best_hash", best_hash},
+              {"mean_fitness", mean_fitness},
+              {"std_fitness", std_fitness},
+              {"evaluations", evaluations},
+              {"cache_hits", cache_hits},
+              {"eta", eta},
+              {"projector_version", projector_version},
+              {"projector_trained", projector_trained},
+              {"projector_loss_before", projector_loss_before},
+              {"projector_loss_after", projector_loss_after}};
+}
+
+absl::StatusOr<GenerationStats> GenerationStats::FromJson(const json& j) {
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  const std::string path = "history[]";
+  GenerationStats g;
+  ASSIGN_OR_RETURN(g.generation, GetInt(j, path, "generation", 0, kMaxInt));
+  ASSIGN_OR_RETURN(g.population_size, GetInt(j, path, "population_size", 0, kMaxInt));
+  ASSIGN_OR_RETURN(g.best_fitness, GetDouble(j, path, "best_fitness"));
+  ASSIGN_OR_RETURN(g.best_loss, GetDouble(j, path, "best_loss"));
+  ASSIGN_OR_RETURN(g.best_accuracy, GetDouble(j, path, "best_accuracy"));
+  ASSIGN_OR_RETURN(g.best_omega, GetDouble(j, path, "best_omega"));
+  ASSIGN_OR_RETURN(g.best_flops_ratio, GetDouble(j, path, "best_flops_ratio"));
+  ASSIGN_OR_RETURN(g.best_hash, GetString(j, path, "best_hash"));
+  ASSIGN_OR_RETURN(g.mean_fitness, GetDouble(j, path, "mean_fitness"));
+  ASSIGN_OR_RETURN(g.std_fitness, GetDouble(j, path, "std_fitness"));
+  ASSIGN_OR_RETURN(g.evaluations, GetInt(j, path, "evaluations", 0, kMaxInt));
+  ASSIGN_OR_RETURN(g.cache_hits, GetInt(j, path, "cache_hits", 0, kMaxInt));
+  ASSIGN_OR_RETURN(g.eta, GetDouble(j, path, "eta"));
+  ASSIGN_OR_RETURN(g.projector_version, GetInt(j, path, "projector_version", 0, kMaxInt));
+  ASSIGN_OR_RETURN(g.projector_trained, GetBool(j, path, "projector_trained"));
+  ASSIGN_OR_RETURN(g.projector_loss_before, GetDouble(j, path, "projector_loss_before"));
+  ASSIGN_OR_RETURN(g.projector_loss_after, GetDouble(j, path, "projector_loss_after"));
+  return g;
+}
+
+json SearchState::ToJson() const {
+  json cache_json = json::array();
+  for (const auto& [key, r] : cache) {
+    cache_json.push_back(json{{"hash", key.first},
+                              {"version", key.second},
+                              {"loss", r.loss},
+                              {"accuracy", r.accuracy},
+                              {"omega", r.omega}});
+  }
+  json history_json = json::array();
+  for (const GenerationStats& g : history) history_json.push_back(g.ToJson());
+  return json{{"format", kStateFormat},
+              {"config", ConfigToJson(config)},
+              {"unit_kind", std::string(UnitKindName(unit_kind))},
+              {"num_units", num_units},
+              {"ratio_choices", ratio_choices},
+              {"generation", generation},
+              {"done", done},
+              {"prng_state", prng_state},
+              {"projector_version", projector_version},
+              {"eta", eta.has_value() ? json(*eta) : json(nullptr)},
+              {"population", population},
+              {"ranked", ranked},
+              {"cache", std::move(cache_json)},
+              {"history", std::move(history_json)},
+              {"total_evaluations", total_evaluations}};
+}
+
+absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  const std::string root = "state";
+  SearchState s;
+  ASSIGN_OR_RETURN(std::string format, GetString(j, root, "format"));
+  if (format != kStateFormat) {
+    return FieldError("state.format", absl::StrCat("\"", format, "\" is not ", kStateFormat));
+  }
+  ASSIGN_OR_RETURN(const json* config, Field(j, root, "config"));
+  ASSIGN_OR_RETURN(s.config, ConfigFromJson(*config, "state.config"));
+  ASSIGN_OR_RETURN(std::string kind, GetString(j, root, "unit_kind"));
+  ASSIGN_OR_RETURN(s.unit_kind, ParseUnitKind(kind));
+  ASSIGN_OR_RETURN(s.num_units, GetInt(j, root, "num_units", 1, kMaxInt));
+  ASSIGN_OR_RETURN(const json* ratios, GetArray(j, root, "ratio_choices"));
+  for (size_t i = 0; i < ratios->size(); ++i) {
+    ASSIGN_OR_RETURN(double r,
+                     AsDouble((*ratios)[i], absl::StrCat("state.ratio_choices[", i, "]")));
+    s.ratio_choices.push_back(r);
+  }
+  RETURN_IF_ERROR(ValidateRatioChoices(s.ratio_choices));
+  ASSIGN_OR_RETURN(s.generation, GetInt(j, root, "generation", 0, s.config.generations));
+  ASSIGN_OR_RETURN(s.done, GetBool(j, root, "done"));
+  ASSIGN_OR_RETURN(s.prng_state, GetString(j, root, "prng_state"));
+  RETURN_IF_ERROR(Prng::FromStateHex(s.prng_state).status());
+  ASSIGN_OR_RETURN(s.projector_version, GetInt(j, root, "projector_version", 0, kMaxInt));
+  ASSIGN_OR_RETURN(const json* eta, Field(j, root, "eta"));
+  if (!eta->is_null()) {
+    ASSIGN_OR_RETURN(double e, AsDouble(*eta, "state.eta"));
+    if (e < 0) return FieldError("state.eta", "negative");
+    s.eta = e;
+  }
+  ASSIGN_OR_RETURN(s.population, GetPolicies(j, root, "population"));
+  ASSIGN_OR_RETURN(s.ranked, GetPolicies(j, root, "ranked"));
+  ASSIGN_OR_RETURN(const json* cache, GetArray(j, root, "cache"));
+  for (size_t i = 0; i < cache->size(); ++i) {
+    const std::string p = absl::StrCat("state.cache[", i, "]");
+    const json& e = (*cache)[i];
+    ASSIGN_OR_RETURN(std::string hash, GetString(e, p, "hash"));
+    if (!IsHash(hash)) return FieldError(p + ".hash", "expected 16 lowercase hex digits");
+    ASSIGN_OR_RETURN(int version, GetInt(e, p, "version", 0, kMaxInt));
+    EvalResult r;
+    ASSIGN_OR_RETURN(r.loss, GetDouble(e, p, "loss"));
+    ASSIGN_OR_RETURN(r.accuracy, GetDouble(e, p, "accuracy"));
+    ASSIGN_OR_RETURN(r.omega, GetDouble(e, p, "omega"));
+    if (!s.cache.emplace(std::make_pair(hash, version), r).second) {
+      return FieldError(p, "duplicate (hash, version)");
+    }
+  }
+  ASSIGN_OR_RETURN(const json* history, GetArray(j, root, "history"));
+  for (size_t i = 0; i < history->size(); ++i) {
+    absl::StatusOr<GenerationStats> g = GenerationStats::FromJson((*history)[i]);
+    if (!g.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(g.status().message(), " (state.history[", i, "])"));
+    }
+    s.history.push_back(*std::move(g));
+  }
+  ASSIGN_OR_RETURN(s.total_evaluations,
+                   GetInt(j, root, "total_evaluations", 0, std::numeric_limits<int64_t>::max()));
+  // Shape of the schedule: `generation` generations are recorded, plus the last one when done.
+  const size_t expected_history = s.done ? s.config.generations + 1 : s.generation;
+  if (s.history.size() != expected_history) {
+    return FieldError("state.history", absl::StrCat("has ", s.history.size(),
+                                                    " generations, expected ", expected_history));
+  }
+  if (s.done != s.population.empty()) {
+    return FieldError("state.population", s.done ? "must be empty once done"
+                                                 : "must not be empty before the search is done");
+  }
+  if (s.done && s.generation != s.config.generations) {
+    return FieldError("state.generation", "a finished search ends at the last generation");
+  }
+  if (!s.history.empty() && !s.eta.has_value()) {
+    return FieldError("state.eta", "must be set after the first generation");
+  }
+  if (s.history.empty() != s.ranked.empty()) {
+    return FieldError("state.ranked", "must be present exactly when a generation was scored");
+  }
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Create(
+    const PolicySpace* space, SearchConfig config) {
+  if (space == nullptr) return absl::InvalidArgumentError("search: no policy space");
+  RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(space->CheckBudget(config.budget));
+  SearchState s;
+  s.config = config;
+  s.unit_kind = space->units().kind;
+  s.num_units = space->num_units();
+  s.ratio_choices = space->ratio_choices();
+  Prng prng(config.seed);
+  std::set<std::string> taken;
+  if (config.strategy == Strategy::kEfficientLlava) {
+    ASSIGN_OR_RETURN(Policy uniform, space->UniformPolicyForBudget(config.budget));
+    taken.insert(HashOf(*space, uniform));
+    s.population.push_back(std::move(uniform));
+  }
+  RETURN_IF_ERROR(FillRandom(*space, config, prng, static_cast<size_t>(config.population), taken,
+                             s.population));
+  s.prng_state = prng.StateHex();
+  return std::unique_ptr<EvolutionarySearch>(new EvolutionarySearch(space, std::move(s)));
+}
+
+absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Resume(
+    const PolicySpace* space, SearchState state) {
+  if (space == nullptr) return absl::InvalidArgumentError("search: no policy space");
+  RETURN_IF_ERROR(state.config.Validate());
+  RETURN_IF_ERROR(space->CheckBudget(state.config.budget));
+  if (state.unit_kind != space->units().kind || state.num_units != space->num_units() ||
+      state.ratio_choices != space->ratio_choices()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("search state belongs to another search space: ", state.num_units, " ",
+                     UnitKindName(state.unit_kind), " units with ", state.ratio_choices.size(),
+                     " ratio choices, the model has ", space->num_units(), " ",
+                     UnitKindName(space->units().kind), " units with ", space->num_choices()));
+  }
+  RETURN_IF_ERROR(Prng::FromStateHex(state.prng_state).status());
+  std::set<std::string> seen;
+  for (const Policy& p : state.population) {
+    RETURN_IF_ERROR(space->Validate(p));
+    if (!seen.insert(HashOf(*space, p)).second) {
+      return absl::InvalidArgumentError("search state: the population repeats a policy");
+    }
+  }
+  for (const Policy& p : state.ranked) {
+    RETURN_IF_ERROR(space->Validate(p));
+    if (state.cache.count({HashOf(*space, p), state.projector_version}) == 0) {
+      return absl::InvalidArgumentError(
+          "search state: a ranked policy has no cached result under the current projector");
+    }
+  }
+  return std::unique_ptr<EvolutionarySearch>(new EvolutionarySearch(space, std::move(state)));
+}
+
+absl::Status EvolutionarySearch::Step(PolicyEvaluator& evaluator) {
+  if (state_.done) return absl::FailedPreconditionError("search: already done");
+  // Work on a copy so that a failing evaluator leaves the state as it was (retry-safe).
+  SearchState s = state_;
+  const SearchConfig& c = s.config;
+  GenerationStats stats;
+  stats.generation = s.generation;
+  RETURN_IF_ERROR(Score(*space_, s, evaluator, s.population, s.projector_version, stats));
+  if (!s.eta.has_value()) {
+    if (c.strategy == Strategy::kRandomSearch) {
+      s.eta = 0.0;
+    } else if (c.eta.has_value()) {
+      s.eta = *c.eta;
+    } else {
+      s.eta = AutoEta(Rank(*space_, s, s.population, s.projector_version), c.num_samples);
+    }
+  }
+  std::vector<ScoredPolicy> ranked = Rank(*space_, s, s.population, s.projector_version);
+  if (ProjectorDue(c, s.generation)) {
+    std::vector<Policy> top_k;
+    for (size_t i = 0; i < ranked.size() && i < static_cast<size_t>(c.parents); ++i) {
+      top_k.push_back(ranked[i].policy);
+    }
+    ASSIGN_OR_RETURN(ProjectorUpdate update, evaluator.TrainProjector(top_k, s.projector_version));
+    if (update.version <= s.projector_version) {
+      return absl::InternalError(absl::StrCat("projector training returned version ",
+                                              update.version, ", not newer than ",
+                                              s.projector_version));
+    }
+    if (!std::isfinite(update.loss_before) || !std::isfinite(update.loss_after)) {
+      return absl::InternalError("projector training returned a non-finite loss");
+    }
+    s.projector_version = update.version;
+    stats.projector_trained = true;
+    stats.projector_loss_before = update.loss_before;
+    stats.projector_loss_after = update.loss_after;
+    RETURN_IF_ERROR(Score(*space_, s, evaluator, s.population, s.projector_version, stats));
+    ranked = Rank(*space_, s, s.population, s.projector_version);
+  }
+  if (ranked.empty()) return absl::InternalError("search: empty population");
+  std::vector<double> fitness;
+  for (const ScoredPolicy& sp : ranked) fitness.push_back(sp.fitness);
+  const auto [mean, sd] = MeanStd(fitness);
+  const ScoredPolicy& best = ranked.front();
+  stats.population_size = static_cast<int>(ranked.size());
+  stats.best_fitness = best.fitness;
+  stats.best_loss = best.result.loss;
+  stats.best_accuracy = best.result.accuracy;
+  stats.best_omega = best.result.omega;
+  stats.best_flops_ratio = best.flops_ratio;
+  stats.best_hash = best.hash;
+  stats.mean_fitness = mean;
+  stats.std_fitness = sd;
+  stats.eta = *s.eta;
+  stats.projector_version = s.projector_version;
+  s.history.push_back(stats);
+  s.ranked.clear();
+  for (const ScoredPolicy& sp : ranked) s.ranked.push_back(sp.policy);
+  if (s.generation >= c.generations) {
+    s.done = true;
+    s.population.clear();
+  } else {
+    ASSIGN_OR_RETURN(Prng prng, Prng::FromStateHex(s.prng_state));
+    ASSIGN_OR_RETURN(s.population, NextPopulation(*space_, s, ranked, prng));
+    s.prng_state = prng.StateHex();
+    ++s.generation;
+  }
+  state_ = std::move(s);
+  return absl::OkStatus();
+}
+
+absl::Status EvolutionarySearch::Run(PolicyEvaluator& evaluator) {
+  while (!state_.done) RETURN_IF_ERROR(Step(evaluator));
+  return absl::OkStatus();
+}
+
+std::vector<ScoredPolicy> EvolutionarySearch::Ranking() const {
+  return Rank(*space_, state_, state_.ranked, state_.projector_version);
+}
+
+absl::StatusOr<ScoredPolicy> EvolutionarySearch::Best() const {
+  std::vector<ScoredPolicy> r = Ranking();
+  if (r.empty()) return absl::FailedPreconditionError("search: no generation scored yet");
+  return r.front();
+}
+
+}  // namespace prunesvc::search

@@ -1,0 +1,199 @@
+// The EfficientLLaVA evolutionary search and the RANDOM_SEARCH baseline (DESIGN.md §5), as a
+// torch-free step-wise driver: prune-local runs it in-process, the scheduler later drives it with
+// remote evaluation and checkpoints its state after every generation.
+//
+// One Step() = one generation g (0 = the initial population, then `generations` more):
+//  1. score the population under the current projector version: the cache misses, deduplicated,
+//     in population order, go to PolicyEvaluator::Evaluate in one batch;
+//  2. on the first population, resolve η (explicit, 0 for RANDOM_SEARCH, else auto:
+//     η = std(L)·√n / std(Ω) with population stds (÷ N) over the first population, so
+//     std(η·Ω/√n) = std(L); 0 when std(Ω) = 0, i.e. ≤ 1e-12·max(1, |mean Ω|), rounding level);
+//  3. rank by fitness J = L + η·Ω/√n ascending, ties by policy hash (lexicographic hex);
+//  4. EFFICIENTLLAVA, g ≥ 1 and g % projector_every == 0: train the projector on the top
+//     `parents` policies, then re-score and re-rank the population under the new version;
+//  5. record GenerationStats; unless g is the last generation, build the next population: the
+//     top `parents` survive (elitism), children fill the rest (below), everything deduplicated.
+// Children (EFFICIENTLLAVA), per child: parent a = UniformInt(k), parent b = another parent
+// (UniformInt(k − 1), skipping a; a itself when k = 1); then per unit in order: Bernoulli(0.5)
+// picks a's or b's index (uniform crossover), Bernoulli(mutation) decides a mutation, which
+// draws a *different* ratio index uniformly (UniformInt(|R| − 1), skipping the current one) — a
+// jump anywhere in R rather than ±1, so a unit can leave a poor region in one generation; the
+// repair pulls the child back into the budget band. Then RepairToBudget; a child whose hash is
+// already in the population is discarded. After 20 × (children needed) attempts, fresh random
+// feasible policies fill the remaining slots (same attempt bound); if the feasible space is too
+// small, the population shrinks rather than repeating a policy.
+// RANDOM_SEARCH uses the same schedule with η = 0, no projector training, random feasible
+// policies as the initial population and as "children", deduplicated against every policy
+// evaluated so far — so it evaluates exactly population + generations·(population − parents)
+// distinct policies when the space allows, the nominal count of the evolutionary search.
+//
+// Determinism: every random draw comes from the state's Prng in the order above; evaluation
+// results never steer the Prng except through the ranking. For a fixed seed and evaluator
+// results, the evaluated sequence and the final policy are identical, also across
+// ToJson()/FromJson() at any generation boundary. Step() is transactional: if the evaluator
+// fails, the state is unchanged and Step() may be retried.
+//
+// Thread-compatible: one driver per job; the PolicySpace must outlive it.
+#ifndef PRUNESVC_COMMON_EVOLUTION_H_
+#define PRUNESVC_COMMON_EVOLUTION_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/policy.h"
+#include "common/prng.h"
+#include "nlohmann/json.hpp"
+
+namespace prunesvc::search {
+
+// UNIFORM and OWL solve continuous ratios (PolicySpace::ShiftToBudget); only EFFICIENTLLAVA and
+// RANDOM_SEARCH run through EvolutionarySearch.
+enum class Strategy { kEfficientLlava, kUniform, kOwl, kRandomSearch };
+// "EFFICIENTLLAVA" | "UNIFORM" | "OWL" | "RANDOM_SEARCH".
+absl::StatusOr<Strategy> ParseStrategy(absl::string_view name);
+absl::string_view StrategyName(Strategy strategy);
+
+struct EvalResult {
+  double loss = 0;      // mean answer loss on the n search samples
+  double accuracy = 0;  // on the same samples
+  double omega = 0;     // Ω(π): parameter-weighted kept norm mass, in [0, 1]
+};
+
+struct ProjectorUpdate {
+  int version = 0;  // the new version; must be greater than the one trained from
+  double loss_before = 0;
+  double loss_after = 0;
+};
+
+class PolicyEvaluator {
+ public:
+  virtual ~PolicyEvaluator() = default;
+  // Evaluates a batch (the driver batches one generation's cache misses, all distinct). Returns
+  // one finite result per policy, in order. An error fails the Step.
+  virtual absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& policies,
+                                                           int projector_version) = 0;
+  // Projector training on the top-k (EFFICIENTLLAVA only); returns the new version.
+  virtual absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>& top_k,
+                                                         int from_version) = 0;
+};
+
+struct SearchConfig {
+  Strategy strategy = Strategy::kEfficientLlava;
+  double budget = 0.5;
+  int population = 32;
+  int generations = 12;       // after the initial population (generation 0)
+  int parents = 8;            // survivors per generation; also the projector's top-k
+  double mutation = 0.2;      // per unit
+  std::optional<double> eta;  // nullopt = auto
+  int projector_every = 4;    // 0 = never
+  int num_samples = 0;        // n of Ω/√n
+  uint64_t seed = 0;
+
+  // Ranges only (the budget is checked against the model by EvolutionarySearch::Create).
+  absl::Status Validate() const;
+};
+
+// population + generations·(population − parents): what RANDOM_SEARCH evaluates.
+int64_t NominalEvaluations(const SearchConfig& config);
+
+struct GenerationStats {
+  int generation = 0;
+  int population_size = 0;
+  double best_fitness = 0;
+  double best_loss = 0;
+  double best_accuracy = 0;
+  double best_omega = 0;
+  double best_flops_ratio = 0;
+  std::string best_hash;
+  double mean_fitness = 0;
+  double std_fitness = 0;  // population standard deviation (÷ N)
+  int evaluations = 0;     // policies sent to the evaluator in this generation (re-scoring too)
+  int cache_hits = 0;
+  double eta = 0;
+  int projector_version = 0;  // at the end of the generation
+  bool projector_trained = false;
+  double projector_loss_before = 0;
+  double projector_loss_after = 0;
+
+  nlohmann::json ToJson() const;
+  static absl::StatusOr<GenerationStats> FromJson(const nlohmann::json& j);
+  friend bool operator==(const GenerationStats&, const GenerationStats&) = default;
+};
+
+struct ScoredPolicy {
+  Policy policy;
+  std::string hash;
+  EvalResult result;
+  double fitness = 0;
+  double flops_ratio = 0;
+};
+
+// Everything needed to continue a search exactly where it stopped.
+struct SearchState {
+  SearchConfig config;
+  // The space it belongs to, checked on resume.
+  UnitKind unit_kind = UnitKind::kLayer;
+  int num_units = 0;
+  std::vector<double> ratio_choices;
+
+  int generation = 0;  // the generation the next Step() scores
+  bool done = false;
+  std::string prng_state;  // Prng::StateHex()
+  int projector_version = 0;
+  std::optional<double> eta;       // resolved on the first population
+  std::vector<Policy> population;  // to be scored by the next Step(); empty when done
+  std::vector<Policy> ranked;      // the last scored population, best first
+  // Evaluations by (policy hash, projector version).
+  std::map<std::pair<std::string, int>, EvalResult> cache;
+  std::vector<GenerationStats> history;
+  int64_t total_evaluations = 0;
+
+  nlohmann::json ToJson() const;
+  // Checks types and ranges of every field; errors name the field. Consistency with a
+  // PolicySpace is checked by EvolutionarySearch::Resume.
+  static absl::StatusOr<SearchState> FromJson(const nlohmann::json& j);
+};
+
+class EvolutionarySearch {
+ public:
+  // Validates the config and budget and builds the initial population (EFFICIENTLLAVA: the
+  // unrepaired uniform policy meeting the budget + repaired random feasible ones; RANDOM_SEARCH:
+  // random feasible ones only), deduplicated.
+  static absl::StatusOr<std::unique_ptr<EvolutionarySearch>> Create(const PolicySpace* space,
+                                                                    SearchConfig config);
+  // Continues from a checkpoint; the state must belong to `space`.
+  static absl::StatusOr<std::unique_ptr<EvolutionarySearch>> Resume(const PolicySpace* space,
+                                                                    SearchState state);
+
+  // Runs one generation (see the file comment). FAILED_PRECONDITION once done.
+  absl::Status Step(PolicyEvaluator& evaluator);
+  // Steps until done.
+  absl::Status Run(PolicyEvaluator& evaluator);
+
+  bool done() const { return state_.done; }
+  const SearchState& state() const { return state_; }
+  const std::vector<GenerationStats>& history() const { return state_.history; }
+  // The last scored population, ranked; empty before the first Step().
+  std::vector<ScoredPolicy> Ranking() const;
+  // Its best policy: the search's result once done.
+  absl::StatusOr<ScoredPolicy> Best() const;
+
+ private:
+  EvolutionarySearch(const PolicySpace* space, SearchState state)
+      : space_(space), state_(std::move(state)) {}
+
+  const PolicySpace* space_;
+  SearchState state_;
+};
+
+}  // namespace prunesvc::search
+
+#endif  // PRUNESVC_COMMON_EVOLUTION_H_

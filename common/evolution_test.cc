@@ -1,0 +1,586 @@
+#include "common/evolution.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/search_test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace prunesvc::search {
+namespace {
+
+using ::testing::HasSubstr;
+using json = nlohmann::json;
+
+PolicySpace MakeSpace(int layers, UnitKind kind = UnitKind::kLayer,
+                      std::vector<double> ratios = DefaultRatioChoices()) {
+  const FlopsModelDims dims = testing_util::SyntheticDims(layers);
+  auto dense = ComputeDenseFlops(dims, testing_util::SyntheticStats());
+  EXPECT_TRUE(dense.ok()) << dense.status();
+  auto units = PruningUnits::Build(dims, *dense, kind);
+  EXPECT_TRUE(units.ok()) << units.status();
+  auto space = PolicySpace::Create(*dense, *units, std::move(ratios));
+  EXPECT_TRUE(space.ok()) << space.status();
+  return *std::move(space);
+}
+
+// A cheap analytic stand-in for the worker: loss = 0.5 + Σ_u s_u(v)·r_u², accuracy = exp(−loss),
+// Ω = parameter-weighted kept norm mass with m_u(r) = √(1 − r^(1 + c_u)), c_u ∈ {1, 1.5, 2} (as
+// magnitude pruning keeps most of the norm at low ratios; not the kept fraction itself, which
+// in a band of equal FLOPs would be almost constant). The per-unit sensitivities s_u differ from
+// the units' FLOPs shares, so the best policy at a budget is non-uniform. Projector version v tilts
+// them (odd units ×(1 + 0.3v), even ÷(1 + 0.3v)) so re-scoring after training changes the ranking.
+// Every call is appended to a log: the observable sequence the determinism tests compare.
+class SyntheticEvaluator : public PolicyEvaluator {
+ public:
+  SyntheticEvaluator(const PolicySpace& space, std::vector<double> sensitivity)
+      : space_(space), sensitivity_(std::move(sensitivity)) {}
+
+  EvalResult Compute(const Policy& p, int version) const {
+    const std::vector<double> r = *space_.UnitRatios(p);
+    EvalResult e;
+    e.loss = 0.5;
+    double kept = 0, params = 0;
+    for (size_t u = 0; u < r.size(); ++u) {
+      const double tilt = 1 + 0.3 * version;
+      const double s = sensitivity_[u] * (u % 2 == 1 ? tilt : 1 / tilt);
+      e.loss += s * r[u] * r[u];
+      kept += space_.units().params[u] * std::sqrt(1 - std::pow(r[u], 2 + 0.5 * (u % 3)));
+      params += space_.units().params[u];
+    }
+    e.omega = kept / params;
+    e.accuracy = std::exp(-e.loss);
+    return e;
+  }
+
+  absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& policies,
+                                                   int version) override {
+    ++evaluate_calls;
+    if (evaluate_calls == fail_on_call) return absl::UnavailableError("injected failure");
+    std::vector<EvalResult> out;
+    std::vector<std::string> hashes;
+    for (const Policy& p : policies) {
+      const std::string h = *space_.Hash(p);
+      hashes.push_back(h);
+      // The driver must never send the same (policy, version) twice: that is the cache's job.
+      EXPECT_TRUE(evaluated.insert({h, version}).second) << h << " v" << version;
+      out.push_back(Compute(p, version));
+    }
+    log.push_back(absl::StrCat("E v", version, " ", absl::StrJoin(hashes, ",")));
+    if (nan_on_call == evaluate_calls) out[0].loss = std::nan("");
+    return out;
+  }
+
+  absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>& top_k,
+                                                 int from_version) override {
+    std::vector<std::string> hashes;
+    double before = 0, after = 0;
+    for (const Policy& p : top_k) {
+      hashes.push_back(*space_.Hash(p));
+      before += Compute(p, from_version).loss / top_k.size();
+      after += Compute(p, from_version + 1).loss / top_k.size();
+    }
+    log.push_back(absl::StrCat("T v", from_version, " ", absl::StrJoin(hashes, ",")));
+    train_top_k.push_back(top_k);
+    return ProjectorUpdate{from_version + version_step, before, after};
+  }
+
+  std::vector<std::string> log;
+  std::vector<std::vector<Policy>> train_top_k;
+  std::set<std::pair<std::string, int>> evaluated;
+  int evaluate_calls = 0;
+  int fail_on_call = -1;
+  int nan_on_call = -1;
+  int version_step = 1;
+
+ private:
+  const PolicySpace& space_;
+  std::vector<double> sensitivity_;
+};
+
+std::vector<double> Sensitivities(int n) {
+  std::vector<double> s;
+  for (int u = 0; u < n; ++u) s.push_back(0.2 + 1.8 * ((u * 7) % 5) / 4.0);
+  return s;
+}
+
+SearchConfig DefaultConfig(double budget) {
+  SearchConfig c;
+  c.budget = budget;
+  c.num_samples = 64;
+  c.seed = 1234;
+  return c;
+}
+
+double MidBudget(const PolicySpace& s) {
+  return s.MinReachableRatio() + 0.4 * (1 - s.MinReachableRatio());
+}
+
+struct RunResult {
+  std::vector<std::string> log;
+  Policy best;
+  std::vector<GenerationStats> history;
+  json final_state;
+};
+
+RunResult RunAll(const PolicySpace& space, const SearchConfig& config) {
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  EXPECT_TRUE(search.ok()) << search.status();
+  const absl::Status st = (*search)->Run(ev);
+  EXPECT_TRUE(st.ok()) << st;
+  return {ev.log, (*search)->Best()->policy, (*search)->history(), (*search)->state().ToJson()};
+}
+
+TEST(EvolutionTest, SameSeedTwiceGivesIdenticalSequence) {
+  const PolicySpace space = MakeSpace(8, UnitKind::kLinear);
+  const SearchConfig config = DefaultConfig(MidBudget(space));
+  const RunResult a = RunAll(space, config);
+  const RunResult b = RunAll(space, config);
+  ASSERT_FALSE(a.log.empty());
+  EXPECT_EQ(a.log, b.log);
+  EXPECT_EQ(a.best, b.best);
+  EXPECT_EQ(a.history, b.history);
+  EXPECT_EQ(a.final_state.dump(), b.final_state.dump());
+  ASSERT_EQ(a.history.size(), 13u);
+  // A different seed explores differently (the check above is not vacuous).
+  SearchConfig other = config;
+  other.seed = 99;
+  EXPECT_NE(RunAll(space, other).log, a.log);
+}
+
+// The scheduler checkpoints after each generation and may restart: resuming from the JSON
+// (through its text form) after generation k replays exactly the uninterrupted remainder,
+// including across projector updates (k = 4, 5, 8).
+TEST(EvolutionTest, ResumeFromJsonAfterAnyGenerationMatchesUninterrupted) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLayer);
+  const SearchConfig config = DefaultConfig(MidBudget(space));
+  const RunResult full = RunAll(space, config);
+  for (int k : {0, 1, 3, 4, 5, 8, 12}) {
+    SyntheticEvaluator first(space, Sensitivities(space.num_units()));
+    auto search = EvolutionarySearch::Create(&space, config);
+    ASSERT_TRUE(search.ok());
+    for (int g = 0; g < k; ++g) ASSERT_TRUE((*search)->Step(first).ok());
+    const std::string text = (*search)->state().ToJson().dump();
+    search->reset();  // the "restart"
+    auto state = SearchState::FromJson(json::parse(text));
+    ASSERT_TRUE(state.ok()) << state.status();
+    auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    SyntheticEvaluator second(space, Sensitivities(space.num_units()));
+    ASSERT_TRUE((*resumed)->Run(second).ok());
+    std::vector<std::string> joined = first.log;
+    joined.insert(joined.end(), second.log.begin(), second.log.end());
+    EXPECT_EQ(joined, full.log) << "resumed after generation " << k;
+    EXPECT_EQ((*resumed)->Best()->policy, full.best);
+    EXPECT_EQ((*resumed)->history(), full.history);
+    EXPECT_EQ((*resumed)->state().ToJson().dump(), full.final_state.dump());
+  }
+}
+
+TEST(EvolutionTest, FailedStepLeavesStateUnchangedAndRetryReplays) {
+  const PolicySpace space = MakeSpace(6);
+  const SearchConfig config = DefaultConfig(MidBudget(space));
+  const RunResult full = RunAll(space, config);
+  SyntheticEvaluator ev(space, Sensitivities(6));
+  ev.fail_on_call = 3;
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Step(ev).ok());
+  ASSERT_TRUE((*search)->Step(ev).ok());
+  const std::string before = (*search)->state().ToJson().dump();
+  const absl::Status st = (*search)->Step(ev);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*search)->state().ToJson().dump(), before);
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  EXPECT_EQ(ev.log, full.log);
+  EXPECT_EQ((*search)->Best()->policy, full.best);
+}
+
+TEST(EvolutionTest, PopulationsAreDeduplicatedAndFeasibleAndCached) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLinear);
+  const SearchConfig config = DefaultConfig(MidBudget(space));
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  // The initial population: the unrepaired uniform policy first, then distinct feasible ones.
+  const std::vector<Policy>& init = (*search)->state().population;
+  ASSERT_EQ(init.size(), 32u);
+  EXPECT_EQ(init[0], *space.UniformPolicyForBudget(config.budget));
+  while (!(*search)->done()) {
+    const std::vector<Policy> pop = (*search)->state().population;
+    std::set<std::string> hashes;
+    for (const Policy& p : pop) {
+      hashes.insert(*space.Hash(p));
+      EXPECT_LE(*space.Flops(p), config.budget * space.dense_flops());
+    }
+    EXPECT_EQ(hashes.size(), pop.size());
+    EXPECT_EQ(pop.size(), 32u);
+    ASSERT_TRUE((*search)->Step(ev).ok());
+  }
+  // Elites come from the cache: after generation 0, at most 24 new policies per generation
+  // (plus full re-scoring after each projector update).
+  int64_t total = 0;
+  for (const GenerationStats& g : (*search)->history()) {
+    total += g.evaluations;
+    if (g.generation > 0 && !g.projector_trained) {
+      EXPECT_LE(g.evaluations, 24);
+      EXPECT_GE(g.cache_hits, 8);
+    }
+    EXPECT_EQ(g.population_size, 32);
+  }
+  EXPECT_EQ(total, (*search)->state().total_evaluations);
+  EXPECT_EQ(static_cast<size_t>(total), ev.evaluated.size());
+}
+
+// A space with few feasible policies: dedupe shrinks the population rather than repeating, and
+// the bounded attempts terminate.
+TEST(EvolutionTest, TinySpaceShrinksPopulationInsteadOfRepeating) {
+  const PolicySpace space = MakeSpace(2, UnitKind::kLayer, {0.0, 0.4});
+  SearchConfig config = DefaultConfig(1.0);
+  config.population = 8;
+  config.parents = 2;
+  config.generations = 3;
+  SyntheticEvaluator ev(space, Sensitivities(2));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok()) << search.status();
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  for (const GenerationStats& g : (*search)->history()) {
+    EXPECT_GE(g.population_size, 1);
+    EXPECT_LE(g.population_size, 4);  // only 4 policies exist at all
+  }
+}
+
+TEST(EvolutionTest, AutoEtaByHandOnSmallPopulation) {
+  // A 4-policy population (generations 0) with hand-picked results.
+  const PolicySpace space = MakeSpace(4);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.population = 4;
+  config.parents = 2;
+  config.generations = 0;
+  config.num_samples = 16;
+  class Table : public PolicyEvaluator {
+   public:
+    absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& p, int) override {
+      const double loss[] = {1, 2, 3, 4};
+      const double omega[] = {0.5, 0.6, 0.7, 0.9};
+      std::vector<EvalResult> out;
+      for (size_t i = 0; i < p.size(); ++i) out.push_back({loss[i], 0.5, omega[i]});
+      return out;
+    }
+    absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>&, int) override {
+      return absl::InternalError("not expected");
+    }
+  } table;
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Run(table).ok());
+  // std(L) = √1.25 (population), Ω: mean 0.675, squared deviations .030625 .005625 .000625
+  // .050625 → var .021875; η = std(L)·√16 / std(Ω).
+  const double eta = std::sqrt(1.25) * 4 / std::sqrt(0.021875);
+  EXPECT_NEAR(*(*search)->state().eta, eta, 1e-12 * eta);
+  EXPECT_NEAR(eta, 30.2371578, 1e-6);
+  // Then std(η·Ω/√n) equals std(L), and J = L + η·Ω/4.
+  const std::vector<ScoredPolicy> ranked = (*search)->Ranking();
+  ASSERT_EQ(ranked.size(), 4u);
+  double mean = 0, ss = 0;
+  for (const ScoredPolicy& sp : ranked) mean += eta * sp.result.omega / 4 / 4;
+  for (const ScoredPolicy& sp : ranked) {
+    EXPECT_NEAR(sp.fitness, sp.result.loss + eta * sp.result.omega / 4, 1e-12);
+    ss += std::pow(eta * sp.result.omega / 4 - mean, 2);
+  }
+  EXPECT_NEAR(std::sqrt(ss / 4), std::sqrt(1.25), 1e-12);
+  // J: 1 + 3.7796 = 4.78, 2 + 4.5356 = 6.54, 3 + 5.29 = 8.29, 4 + 6.80 = 10.80: the order of L.
+  EXPECT_EQ(ranked[0].result.loss, 1);
+  EXPECT_EQ(ranked[3].result.loss, 4);
+  EXPECT_EQ((*search)->history()[0].eta, *(*search)->state().eta);
+}
+
+TEST(EvolutionTest, EtaIsZeroForConstantOmegaAndExplicitEtaOverrides) {
+  const PolicySpace space = MakeSpace(4);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.population = 6;
+  config.parents = 2;
+  config.generations = 0;
+  class ConstOmega : public PolicyEvaluator {
+   public:
+    absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& p, int) override {
+      std::vector<EvalResult> out;
+      for (size_t i = 0; i < p.size(); ++i) out.push_back({1.0 + i, 0.5, 0.7});
+      return out;
+    }
+    absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>&, int) override {
+      return absl::InternalError("not expected");
+    }
+  } ev;
+  auto a = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(a.ok() && (*a)->Run(ev).ok());
+  EXPECT_EQ(*(*a)->state().eta, 0.0);
+  config.eta = 2.5;
+  auto b = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(b.ok() && (*b)->Run(ev).ok());
+  EXPECT_EQ(*(*b)->state().eta, 2.5);
+  EXPECT_EQ((*b)->history()[0].eta, 2.5);
+  EXPECT_NEAR((*b)->Best()->fitness, 1.0 + 2.5 * 0.7 / 8, 1e-12);
+}
+
+// 4 units × 9 ratios = 6561 policies: enumerate them all. The search (single projector version,
+// so fitness is comparable) must beat the uniform policy clearly and land on or near the
+// brute-force optimum among the feasible policies.
+TEST(EvolutionTest, FindsNearBruteForceOptimumAndBeatsUniform) {
+  const PolicySpace space = MakeSpace(4);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.projector_every = 0;
+  SyntheticEvaluator ev(space, Sensitivities(4));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  const double eta = *(*search)->state().eta;
+  ASSERT_GT(eta, 0);
+  auto fitness = [&](const Policy& p) {
+    const EvalResult r = ev.Compute(p, 0);
+    return r.loss + eta * r.omega / std::sqrt(64.0);
+  };
+  // The search space is the set of repair's fixed points: F ≤ b·F_dense and either
+  // F ≥ (b − slack)·F_dense or no single lowering step fits (DESIGN.md §5's repair).
+  const double limit = config.budget * space.dense_flops();
+  auto fixed_point = [&](const Policy& p) {
+    const double f = *space.Flops(p);
+    if (f > limit) return false;
+    if (f >= (config.budget - kRepairSlack) * space.dense_flops()) return true;
+    for (int u = 0; u < 4; ++u) {
+      if (p[u] == 0) continue;
+      Policy q = p;
+      --q[u];
+      if (*space.Flops(q) <= limit) return false;
+    }
+    return true;
+  };
+  double best_bf = INFINITY;
+  std::vector<double> feasible;
+  for (int code = 0; code < 6561; ++code) {
+    Policy p(4);
+    for (int u = 0, c = code; u < 4; ++u, c /= 9) p[u] = c % 9;
+    if (!fixed_point(p)) continue;
+    feasible.push_back(fitness(p));
+    best_bf = std::min(best_bf, feasible.back());
+  }
+  std::sort(feasible.begin(), feasible.end());
+  const ScoredPolicy best = *(*search)->Best();
+  EXPECT_NEAR(best.fitness, fitness(best.policy), 1e-12);
+  const double uniform = fitness(*space.UniformPolicyForBudget(config.budget));
+  const size_t rank =
+      std::lower_bound(feasible.begin(), feasible.end(), best.fitness - 1e-12) - feasible.begin();
+  std::cout << "feasible " << feasible.size() << ", brute-force best J " << best_bf << ", search J "
+            << best.fitness << " (rank " << rank << "), uniform J " << uniform << ", evaluations "
+            << (*search)->state().total_evaluations << "\n";
+  // The optimum is non-uniform, and the search closes ≥ 95 % of the uniform→optimum gap.
+  EXPECT_LT(best_bf, uniform - 0.01);
+  EXPECT_LT(best.fitness, uniform);
+  EXPECT_LE(best.fitness - best_bf, 0.05 * (uniform - best_bf));
+  EXPECT_LE(rank, 3u);
+}
+
+TEST(EvolutionTest, ProjectorTrainingEveryKGenerationsOnTopKAndRescore) {
+  const PolicySpace space = MakeSpace(6);
+  const SearchConfig config = DefaultConfig(MidBudget(space));
+  SyntheticEvaluator ev(space, Sensitivities(6));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  std::vector<Policy> ranked_before;
+  while (!(*search)->done()) {
+    const int g = (*search)->state().generation;
+    const size_t trained = ev.train_top_k.size();
+    ASSERT_TRUE((*search)->Step(ev).ok());
+    const GenerationStats& st = (*search)->history().back();
+    const bool due = g > 0 && g % 4 == 0;
+    EXPECT_EQ(st.projector_trained, due) << g;
+    EXPECT_EQ(ev.train_top_k.size(), trained + (due ? 1 : 0));
+    EXPECT_EQ(st.projector_version, (g / 4));
+    if (due) {
+      // Top-k = the 8 best of this generation under the old version; all 32 re-scored under the
+      // new one (32 evaluations besides the generation's own misses).
+      EXPECT_EQ(ev.train_top_k.back().size(), 8u);
+      EXPECT_GE(st.evaluations, 32);
+      EXPECT_LT(st.projector_loss_after, 1e9);
+      // The ranking is under the new version.
+      for (const ScoredPolicy& sp : (*search)->Ranking()) {
+        EXPECT_EQ(sp.result.loss, ev.Compute(sp.policy, st.projector_version).loss);
+      }
+    }
+  }
+  EXPECT_EQ(ev.train_top_k.size(), 3u);  // generations 4, 8, 12
+}
+
+TEST(EvolutionTest, ProjectorVersionMustIncrease) {
+  const PolicySpace space = MakeSpace(4);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.projector_every = 1;
+  SyntheticEvaluator ev(space, Sensitivities(4));
+  ev.version_step = 0;
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Step(ev).ok());
+  EXPECT_THAT((*search)->Step(ev).message(), HasSubstr("not newer"));
+}
+
+TEST(EvolutionTest, NonFiniteResultIsAnError) {
+  const PolicySpace space = MakeSpace(4);
+  SyntheticEvaluator ev(space, Sensitivities(4));
+  ev.nan_on_call = 1;
+  auto search = EvolutionarySearch::Create(&space, DefaultConfig(MidBudget(space)));
+  ASSERT_TRUE(search.ok());
+  EXPECT_THAT((*search)->Step(ev).message(), HasSubstr("non-finite"));
+  EXPECT_EQ((*search)->state().generation, 0);
+}
+
+TEST(EvolutionTest, RandomSearchSameEvaluationCountNoEtaNoProjector) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.strategy = Strategy::kRandomSearch;
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  EXPECT_EQ((*search)->state().total_evaluations, NominalEvaluations(config));
+  EXPECT_EQ(NominalEvaluations(config), 32 + 12 * 24);
+  EXPECT_EQ(ev.evaluated.size(), static_cast<size_t>(NominalEvaluations(config)));
+  EXPECT_TRUE(ev.train_top_k.empty());
+  EXPECT_EQ(*(*search)->state().eta, 0.0);
+  // Its best is the best of everything it evaluated (elitism, η = 0 → J = L).
+  double best = INFINITY;
+  for (const auto& [key, r] : (*search)->state().cache) best = std::min(best, r.loss);
+  EXPECT_EQ((*search)->Best()->fitness, best);
+}
+
+TEST(EvolutionTest, EvolutionBeatsRandomSearchOnAverage) {
+  // Not a guarantee per seed, so compare over 5 seeds on a 48-unit space.
+  const PolicySpace space = MakeSpace(8, UnitKind::kLinear);
+  double evo = 0, rnd = 0;
+  for (uint64_t seed = 1; seed <= 5; ++seed) {
+    SearchConfig config = DefaultConfig(MidBudget(space));
+    config.projector_every = 0;
+    config.eta = 0.0;
+    config.seed = seed;
+    evo += RunAll(space, config).history.back().best_fitness;
+    config.strategy = Strategy::kRandomSearch;
+    rnd += RunAll(space, config).history.back().best_fitness;
+  }
+  std::cout << "mean best loss: evolution " << evo / 5 << ", random search " << rnd / 5 << "\n";
+  EXPECT_LT(evo, rnd);
+}
+
+TEST(EvolutionTest, ConfigValidation) {
+  const PolicySpace space = MakeSpace(4);
+  auto bad = [&](auto mutate) {
+    SearchConfig c = DefaultConfig(MidBudget(space));
+    mutate(c);
+    return EvolutionarySearch::Create(&space, c).status();
+  };
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.population = 1; }).ok());
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.parents = 32; }).ok());
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.parents = 0; }).ok());
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.generations = -1; }).ok());
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.mutation = 1.5; }).ok());
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.eta = -1.0; }).ok());
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.num_samples = 0; }).ok());
+  EXPECT_FALSE(bad([](SearchConfig& c) { c.projector_every = -2; }).ok());
+  EXPECT_THAT(bad([](SearchConfig& c) { c.strategy = Strategy::kUniform; }).message(),
+              HasSubstr("continuous"));
+  EXPECT_EQ(bad([&](SearchConfig& c) { c.budget = space.MinReachableRatio() / 2; }).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(EvolutionarySearch::Create(nullptr, DefaultConfig(0.5)).ok());
+  EXPECT_FALSE(ParseStrategy("GREEDY").ok());
+  EXPECT_EQ(*ParseStrategy("RANDOM_SEARCH"), Strategy::kRandomSearch);
+}
+
+// ---- malformed checkpoints ----
+
+json MidSearchState(const PolicySpace& space) {
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, DefaultConfig(MidBudget(space)));
+  EXPECT_TRUE(search.ok());
+  for (int g = 0; g < 2; ++g) EXPECT_TRUE((*search)->Step(ev).ok());
+  return (*search)->state().ToJson();
+}
+
+TEST(SearchStateTest, MalformedJsonNamesTheField) {
+  const PolicySpace space = MakeSpace(4);
+  const json good = MidSearchState(space);
+  ASSERT_TRUE(SearchState::FromJson(good).ok());
+  auto expect_error = [&](auto mutate, const std::string& needle) {
+    json j = good;
+    mutate(j);
+    auto s = SearchState::FromJson(j);
+    EXPECT_FALSE(s.ok()) << needle;
+    if (!s.ok()) EXPECT_THAT(std::string(s.status().message()), HasSubstr(needle));
+  };
+  expect_error([](json& j) { j = json::array(); }, "expected an object");
+  expect_error([](json& j) { j.erase("prng_state"); }, "state.prng_state: missing");
+  expect_error([](json& j) { j["format"] = "v0"; }, "state.format");
+  expect_error([](json& j) { j["config"]["population"] = "32"; }, "config.population");
+  expect_error([](json& j) { j["config"]["seed"] = 5; }, "config.seed");
+  expect_error([](json& j) { j["config"]["seed"] = "99999999999999999999"; }, "config.seed");
+  expect_error([](json& j) { j["config"]["strategy"] = "X"; }, "unknown strategy");
+  expect_error([](json& j) { j["prng_state"] = "zz"; }, "PRNG state");
+  expect_error([](json& j) { j["population"][0][0] = -1; }, "state.population[0][0]");
+  expect_error([](json& j) { j["population"][1] = 3; }, "state.population[1]");
+  expect_error([](json& j) { j["cache"][0]["hash"] = "XYZ"; }, "state.cache[0].hash");
+  expect_error([](json& j) { j["cache"][0]["loss"] = nullptr; }, "state.cache[0].loss");
+  expect_error([](json& j) { j["cache"].push_back(j["cache"][0]); }, "duplicate");
+  expect_error([](json& j) { j["generation"] = 13; }, "state.generation");
+  expect_error([](json& j) { j["generation"] = 1; }, "state.history");
+  expect_error([](json& j) { j["history"][0]["eta"] = "x"; }, "history");
+  expect_error([](json& j) { j["eta"] = nullptr; }, "state.eta");
+  expect_error([](json& j) { j["ratio_choices"] = json::array({0.5, 0.1}); }, "increasing");
+  expect_error([](json& j) { j["done"] = true; }, "state.");
+}
+
+TEST(SearchStateTest, ResumeRejectsAnotherSpaceOrBadPolicies) {
+  const PolicySpace space = MakeSpace(4);
+  const json good = MidSearchState(space);
+  const PolicySpace other = MakeSpace(5);
+  auto s = SearchState::FromJson(good);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(EvolutionarySearch::Resume(&other, *s).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  json j = good;
+  j["population"][0] = json::array({0, 0, 0, 99});
+  auto bad = SearchState::FromJson(j);
+  ASSERT_TRUE(bad.ok());  // shape-valid; the index is checked against the space
+  EXPECT_FALSE(EvolutionarySearch::Resume(&space, *bad).ok());
+  j = good;
+  j["population"][1] = j["population"][0];
+  EXPECT_THAT(EvolutionarySearch::Resume(&space, *SearchState::FromJson(j)).status().message(),
+              HasSubstr("repeats"));
+}
+
+// Random single-byte corruptions of a valid checkpoint: parsing either fails cleanly or yields a
+// state Resume accepts or rejects — never a crash or an exception.
+TEST(SearchStateTest, CorruptedTextNeverCrashes) {
+  const PolicySpace space = MakeSpace(4);
+  const std::string text = MidSearchState(space).dump();
+  Prng prng(4242);
+  int parsed = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::string t = text;
+    const size_t pos = prng.UniformInt(t.size());
+    t[pos] = "0123456789{}[],:\"ae-.x "[prng.UniformInt(23)];
+    json j = json::parse(t, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) continue;
+    ++parsed;
+    auto s = SearchState::FromJson(j);
+    if (s.ok()) (void)EvolutionarySearch::Resume(&space, *std::move(s));
+  }
+  EXPECT_GT(parsed, 100);
+}
+
+}  // namespace
+}  // namespace prunesvc::search
