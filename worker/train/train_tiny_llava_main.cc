@@ -1,0 +1,88 @@
+// train-tiny-llava: trains models/tiny-llava-shapes (DESIGN.md §4) from scratch on shapes-vqa on
+// the CPU. See worker/train/tiny_llava_trainer.h for the recipe and `train-tiny-llava --help`.
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "common/flags.h"
+#include "common/logging.h"
+#include "spdlog/spdlog.h"
+#include "worker/train/tiny_llava_trainer.h"
+
+ABSL_FLAG(std::string, out, "", "Output model directory (HF LLaVA layout). Required.");
+ABSL_FLAG(std::string, checkpoint_dir, "", "Directory for model + optimizer state; empty = none.");
+ABSL_FLAG(bool, resume, false, "Continue from --checkpoint_dir if it holds a state.");
+ABSL_FLAG(int, checkpoint_every, 200, "Save the training state every N steps.");
+ABSL_FLAG(uint64_t, seed, 1, "Initialisation seed.");
+ABSL_FLAG(uint64_t, data_seed, prunesvc::data::kShapesTrainSeed, "shapes-vqa training seed.");
+ABSL_FLAG(uint64_t, eval_seed, prunesvc::data::kShapesEvalSeed, "shapes-vqa held-out seed.");
+ABSL_FLAG(int, threads, 2, "libtorch intra-op threads; 0 = libtorch's default.");
+ABSL_FLAG(int, vision_steps, 800, "Phase 1 steps (vision tower on object slots).");
+ABSL_FLAG(int, vision_batch, 128, "Phase 1 batch size.");
+ABSL_FLAG(double, vision_lr, 2e-3, "Phase 1 peak learning rate.");
+ABSL_FLAG(int, steps, 3000, "Phase 2 steps (the whole model on multiple-choice answers).");
+ABSL_FLAG(int, batch, 64, "Phase 2 batch size.");
+ABSL_FLAG(int, warmup, 200, "Phase 2 linear warm-up steps.");
+ABSL_FLAG(double, lr, 1e-3, "Phase 2 peak learning rate (cosine decay after warm-up).");
+ABSL_FLAG(double, weight_decay, 0.05, "AdamW decoupled weight decay on matrices.");
+ABSL_FLAG(double, clip, 1.0, "Global gradient-norm clip.");
+ABSL_FLAG(double, aux_weight, 0.5, "Weight of the object-slot loss during phase 2.");
+ABSL_FLAG(int, eval_every, 250, "Held-out evaluation every N phase-2 steps.");
+ABSL_FLAG(int, eval_samples, 256, "Held-out samples per periodic evaluation.");
+ABSL_FLAG(int, final_eval_samples, 1000, "Held-out samples of the final evaluation.");
+ABSL_FLAG(int, vocab, 510, "sentencepiece vocabulary size (256 byte pieces included).");
+ABSL_FLAG(int, log_every, 10, "Progress line every N steps.");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+
+int main(int argc, char** argv) {
+  std::string command = "train-tiny-llava";
+  for (int i = 1; i < argc; ++i) absl::StrAppend(&command, " ", argv[i]);
+  prunesvc::ParseFlags(argc, argv,
+                       "train-tiny-llava: trains a tiny LLaVA-1.5-architecture model on "
+                       "shapes-vqa.\nUsage: train-tiny-llava --out=DIR [--checkpoint_dir=DIR "
+                       "--resume] [--steps=N ...]");
+  prunesvc::InitLogging("train", absl::GetFlag(FLAGS_log_level));
+  prunesvc::train::TrainOptions o;
+  o.out_dir = absl::GetFlag(FLAGS_out);
+  if (o.out_dir.empty()) {
+    spdlog::critical("--out is required");
+    return 2;
+  }
+  o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  o.init_seed = absl::GetFlag(FLAGS_seed);
+  o.data_seed = absl::GetFlag(FLAGS_data_seed);
+  o.eval_seed = absl::GetFlag(FLAGS_eval_seed);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.vision_steps = absl::GetFlag(FLAGS_vision_steps);
+  o.vision_batch = absl::GetFlag(FLAGS_vision_batch);
+  o.vision_lr = absl::GetFlag(FLAGS_vision_lr);
+  o.steps = absl::GetFlag(FLAGS_steps);
+  o.batch = absl::GetFlag(FLAGS_batch);
+  o.warmup = absl::GetFlag(FLAGS_warmup);
+  o.lr = absl::GetFlag(FLAGS_lr);
+  o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.clip_norm = absl::GetFlag(FLAGS_clip);
+  o.aux_weight = absl::GetFlag(FLAGS_aux_weight);
+  o.eval_every = absl::GetFlag(FLAGS_eval_every);
+  o.eval_samples = absl::GetFlag(FLAGS_eval_samples);
+  o.final_eval_samples = absl::GetFlag(FLAGS_final_eval_samples);
+  o.sizes.sp_vocab = absl::GetFlag(FLAGS_vocab);
+  o.log_every = absl::GetFlag(FLAGS_log_every);
+  o.command_line = command;
+  // The tokenizer lives with the training state when there is one, so a resumed run keeps ids.
+  const std::string tok_dir =
+      o.checkpoint_dir.empty() ? o.out_dir : o.checkpoint_dir + "/tokenizer";
+  auto trainer = prunesvc::train::TinyLlavaTrainer::Create(o, tok_dir);
+  if (!trainer.ok()) {
+    spdlog::critical("{}", trainer.status().ToString());
+    return 1;
+  }
+  auto result = (*trainer)->Run();
+  if (!result.ok()) {
+    spdlog::critical("{}", result.status().ToString());
+    return 1;
+  }
+  return 0;
+}
