@@ -1,0 +1,182 @@
+// A whole pruning job in one process (DESIGN.md §5): load + pre-flight, dense baseline,
+// calibration + mask bank, the strategy (EFFICIENTLLAVA search with projector training,
+// RANDOM_SEARCH, or UNIFORM continuous ratios), finalize, and the artifact (model/ in HF layout,
+// policy.json, report.json, MANIFEST.sha256, README.md). `prune-local` is a thin main over
+// RunLocalJob; the worker will call the same phases later, and a distributed run must reproduce
+// this one's policy sequence and final policy.
+//
+// Artifact atomicity: everything is written into `OUT.partial-<pid>/`, renamed to OUT as the very
+// last step. An existing non-empty OUT is refused before any work; a failed or cancelled job
+// removes its partial directory, so OUT is either absent (or the empty directory it was) or
+// complete.
+//
+// The budget is a hard limit on the ARTIFACT: a ratio r prunes floor(r·in) weights per row
+// (mask_bank.h), so a policy whose nominal FLOPs meet the budget can exceed it by up to one
+// weight per row per linear. Finalize therefore prunes one more weight per row in the linears
+// closest to their next whole weight until the realized FLOPs meet the budget (recorded in
+// policy.json as `pruned_per_row` and in the report as `rounding_adjustments`), and the report's
+// flops_ratio is recounted from the written weights' non-zeros; a count above the budget fails
+// the job (Internal) instead of writing a report that lies.
+//
+// Cancellation: ProgressSink::StopRequested() is polled at safe points (between phases and
+// between candidate evaluations); the job then returns CancelledError and removes its partial
+// directory. A running forward pass is not interrupted.
+//
+// Thread-safety: RunLocalJob sets libtorch's global intra-op thread count and uses the model
+// exclusively; run one job per process at a time. The sink is called from the calling thread.
+#ifndef PRUNESVC_WORKER_PRUNE_JOB_H_
+#define PRUNESVC_WORKER_PRUNE_JOB_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/evolution.h"
+#include "common/policy.h"
+#include "nlohmann/json.hpp"
+#include "worker/prune/mask_bank.h"
+
+namespace prunesvc::prune {
+
+// The final artifact's mask method. SPARSEGPT is the documented default (DESIGN.md §5) but
+// arrives with the next issue; until then it is refused and the default is the search's method.
+enum class FinalMaskMethod { kMagnitude, kWanda, kSparseGpt };
+// "MAGNITUDE" | "WANDA" | "SPARSEGPT".
+absl::StatusOr<FinalMaskMethod> ParseFinalMaskMethod(std::string_view name);
+std::string_view FinalMaskMethodName(FinalMaskMethod method);
+
+struct LocalJobSpec {
+  std::string model_dir;
+  std::string samples_path;       // search samples: directory or tar
+  std::string eval_samples_path;  // held-out set; "" = none (accuracy is then on the search set)
+  std::string out_dir;            // required unless dry-run
+  double flops_budget = 0;        // b ∈ (0, 1]: F(artifact) ≤ b·F(dense)
+
+  search::Strategy strategy = search::Strategy::kEfficientLlava;
+  MaskMethod mask_method = MaskMethod::kWanda;       // search masks
+  std::optional<FinalMaskMethod> final_mask_method;  // nullopt = mask_method
+  search::UnitKind unit = search::UnitKind::kLayer;
+  uint64_t seed = 0;
+  int generations = 12;
+  int population = 32;
+  int parents = 8;
+  double mutation = 0.2;
+  std::vector<double> ratio_choices = search::DefaultRatioChoices();
+  std::optional<double> eta;  // nullopt = auto
+  int projector_every = 4;    // 0 = never
+  int projector_steps = 50;
+  double projector_lr = 1e-4;
+  double projector_decay = 1e-3;  // μ of μ‖θ − θ₀‖²
+  int threads = 0;                // torch intra-op threads; 0 = number of cores
+
+  int batch_size = 16;      // samples per scoring forward
+  int eval_batch_size = 8;  // the reload check's batch (llava-eval's default, so they agree)
+  int latency_repeats = 5;  // timed forwards per model (median reported), after one warm-up
+  int latency_batch = 8;    // samples in the timed batch (capped by the search set)
+
+  // Field ranges and supported combinations (no files touched). Errors are InvalidArgument
+  // (or Unimplemented for SPARSEGPT) and name the flag.
+  absl::Status Validate(bool dry_run) const;
+};
+
+enum class JobPhase {
+  kLoad,
+  kBaseline,
+  kCalibration,
+  kSearch,
+  kFinalize,
+  kWrite,
+  kVerify,
+  kDone,
+};
+std::string_view JobPhaseName(JobPhase phase);
+
+struct JobProgress {
+  JobPhase phase = JobPhase::kLoad;
+  int generation = -1;      // last finished generation; -1 before the first
+  int generations = 0;      // generations scored in all (spec.generations + 1); 0 without a search
+  int64_t evaluations = 0;  // candidate evaluations so far
+  int64_t planned_evaluations = 0;  // the search's nominal count (re-scoring excluded)
+  std::optional<search::GenerationStats> latest;  // stats of the last finished generation
+  double elapsed_seconds = 0;
+  double eta_seconds = -1;  // estimated remaining seconds of the search; -1 = unknown
+};
+
+class ProgressSink {
+ public:
+  virtual ~ProgressSink() = default;
+  // A phase started, or a candidate evaluation finished.
+  virtual void OnProgress(const JobProgress& progress) {}
+  // A generation finished (progress.latest is set).
+  virtual void OnGeneration(const JobProgress& progress) {}
+  // Something the user should read (also recorded in report.json's `warnings`).
+  virtual void OnWarning(const std::string& message) {}
+  // Polled at safe points; true → the job stops with CancelledError.
+  virtual bool StopRequested() { return false; }
+};
+
+struct ModelMetrics {
+  std::optional<double> accuracy;  // nullopt when the set has no multiple-choice samples
+  double loss = 0;
+  int num_samples = 0;
+};
+
+struct JobResult {
+  std::string out_dir;
+  nlohmann::json report;  // what report.json holds
+  nlohmann::json policy;  // what policy.json holds
+  double flops_ratio = 0;
+  std::optional<double> accuracy;  // the reloaded artifact's, on accuracy_set
+  std::string accuracy_set;        // "eval" | "search"
+  ModelMetrics dense, pruned;      // on accuracy_set
+  double dense_latency_ms = 0, pruned_latency_ms = 0;
+  std::vector<std::string> unit_names;
+  std::vector<double> unit_ratios;
+  std::vector<std::string> warnings;
+};
+
+// Runs the job. Errors: InvalidArgument / NotFound / ResourceExhausted / DataLoss for bad
+// input, FailedPrecondition for an unreachable budget (the message names the smallest reachable
+// ratio) or an existing non-empty out_dir, Unimplemented for SPARSEGPT, Cancelled when the sink
+// asked to stop, Internal for failures of the computation (including a realized FLOPs ratio above
+// the budget).
+absl::StatusOr<JobResult> RunLocalJob(const LocalJobSpec& spec, ProgressSink* sink = nullptr);
+
+struct PreflightReport {
+  double min_reachable_ratio = 0;  // F(every unit at the largest ratio) / F(dense)
+  double dense_flops_per_sample = 0;
+  double prunable_fraction = 0;  // decoder linears' share of dense FLOPs
+  std::vector<std::string> unit_names;
+  std::vector<double> unit_flops_share;
+  int num_search_samples = 0;
+  int num_eval_samples = 0;  // 0 without an eval set
+  int64_t parameters = 0;
+  int64_t planned_evaluations = 0;
+  double forward_seconds_per_sample = 0;  // measured: one timed dense forward of a batch
+  double estimated_seconds = 0;
+  int64_t estimated_peak_bytes = 0;
+  bool budget_reachable = false;
+  std::vector<std::string> warnings;
+};
+
+// --dry-run: validates the spec, loads the model and sample sets, checks the budget, times one
+// forward and estimates the job's memory and time. Writes nothing. An unreachable budget is
+// reported (budget_reachable = false) rather than returned as an error, so the range can be
+// printed; everything else fails as RunLocalJob would.
+absl::StatusOr<PreflightReport> RunPreflight(const LocalJobSpec& spec);
+std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& report);
+
+// The human-readable end-of-job summary (dense vs pruned, FLOPs and latency ratios, policy).
+std::string JobSummaryTable(const JobResult& result);
+
+// Exit code of prune-local for a failed job: 2 for bad input, an unreachable budget, an existing
+// non-empty --out or an unsupported configuration; 130 for Cancelled (the main turns it into
+// 128 + the signal); 1 otherwise.
+int JobExitCode(const absl::Status& status);
+
+}  // namespace prunesvc::prune
+
+#endif  // PRUNESVC_WORKER_PRUNE_JOB_H_

@@ -1,0 +1,225 @@
+// prune-local: a whole pruning job in one process, no gRPC (DESIGN.md §5) — for debugging and as
+// the reference a distributed run must reproduce. The logic lives in worker/prune/job.h; this
+// main parses flags, draws progress on stderr and prints the summary table on stdout.
+// Exit codes: 0 ok; 2 unreachable budget, existing non-empty --out, bad flags or input, or an
+// unsupported configuration; 1 other failures; 130/143 after SIGINT/SIGTERM (the job stops at
+// the next safe point and removes its partial output directory).
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/flags.h"
+#include "common/logging.h"
+#include "worker/model/llava_eval.h"
+#include "worker/prune/job.h"
+
+ABSL_FLAG(std::string, model, "", "LLaVA model directory (HF layout)");
+ABSL_FLAG(std::string, samples, "", "search samples: directory or tar with samples.jsonl");
+ABSL_FLAG(std::string, eval_samples, "",
+          "held-out samples for the final accuracy (else the search set, with a warning)");
+ABSL_FLAG(double, flops_budget, -1, "FLOPs budget b in (0, 1]: F(pruned) <= b * F(dense)");
+ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA", "EFFICIENTLLAVA | UNIFORM | RANDOM_SEARCH");
+ABSL_FLAG(std::string, mask_method, "WANDA", "search masks: MAGNITUDE | WANDA");
+ABSL_FLAG(std::string, final_mask_method, "",
+          "artifact masks: MAGNITUDE | WANDA (SPARSEGPT: next issue); default = --mask-method");
+ABSL_FLAG(std::string, unit, "layer", "layer | linear");
+ABSL_FLAG(uint64_t, seed, 0, "search seed");
+ABSL_FLAG(int, generations, 12, "generations after the initial population");
+ABSL_FLAG(int, population, 32, "population size");
+ABSL_FLAG(int, parents, 8, "survivors per generation (also the projector's top-k)");
+ABSL_FLAG(double, mutation, 0.2, "mutation probability per unit");
+ABSL_FLAG(std::string, ratio_choices, "", "comma-separated ratios (default 0,0.1,...,0.8)");
+ABSL_FLAG(std::string, eta, "auto", "weight of the SRM term: auto or a number >= 0");
+ABSL_FLAG(int, projector_every, 4, "train the projector every N generations (0 = never)");
+ABSL_FLAG(int, projector_steps, 50, "Adam steps per projector training");
+ABSL_FLAG(double, projector_lr, 1e-4, "projector learning rate");
+ABSL_FLAG(double, projector_decay, 1e-3, "mu of the pull mu*|theta - theta0|^2");
+ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = number of cores)");
+ABSL_FLAG(int, batch, 16, "samples per forward pass during the search");
+ABSL_FLAG(bool, dry_run, false,
+          "pre-flight only: reachable budget range, units, FLOPs, memory and time estimates");
+ABSL_FLAG(std::string, out, "", "output directory (must not exist or be empty)");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+
+namespace {
+
+volatile std::sig_atomic_t g_signal = 0;
+
+void OnSignal(int sig) { g_signal = sig; }
+
+void InstallSignalHandlers() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// On a terminal: one line redrawn with \r (at most ~10×/s); otherwise one line per generation.
+class CliProgress : public prunesvc::prune::ProgressSink {
+ public:
+  CliProgress() : tty_(isatty(STDERR_FILENO) == 1) {}
+
+  void OnProgress(const prunesvc::prune::JobProgress& p) override {
+    if (!tty_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (p.phase == last_phase_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_phase_ = p.phase;
+    last_draw_ = now;
+    Draw(p);
+  }
+  void OnGeneration(const prunesvc::prune::JobProgress& p) override {
+    if (tty_) {
+      Draw(p);
+    } else {
+      std::fprintf(stderr, "%s\n", Line(p).c_str());
+      std::fflush(stderr);
+    }
+  }
+  void OnWarning(const std::string& message) override {
+    std::fprintf(stderr, "%sprune-local: warning: %s\n", tty_ ? "\r\033[K" : "", message.c_str());
+    std::fflush(stderr);
+  }
+  bool StopRequested() override { return g_signal != 0; }
+  void Finish() {
+    if (tty_) std::fputs("\n", stderr);
+  }
+
+ private:
+  static std::string Line(const prunesvc::prune::JobProgress& p) {
+    std::string s = absl::StrCat("[", std::string(prunesvc::prune::JobPhaseName(p.phase)), "]");
+    if (p.generations > 0) {
+      // Generation 0 is the initial population; N more follow (--generations N).
+      absl::StrAppend(&s, absl::StrFormat(" generation %d/%d  evaluations %d (nominal %d)",
+                                          std::max(p.generation, 0), p.generations - 1,
+                                          p.evaluations, p.planned_evaluations));
+    }
+    if (p.latest.has_value()) {
+      absl::StrAppend(&s,
+                      absl::StrFormat("  best J %.4f acc %.4f flops %.4f", p.latest->best_fitness,
+                                      p.latest->best_accuracy, p.latest->best_flops_ratio));
+    }
+    absl::StrAppend(&s, absl::StrFormat("  elapsed %.0fs", p.elapsed_seconds));
+    if (p.eta_seconds >= 0) absl::StrAppend(&s, absl::StrFormat("  ETA %.0fs", p.eta_seconds));
+    return s;
+  }
+  void Draw(const prunesvc::prune::JobProgress& p) {
+    std::fprintf(stderr, "\r\033[K%s", Line(p).c_str());
+    std::fflush(stderr);
+  }
+
+  const bool tty_;
+  prunesvc::prune::JobPhase last_phase_ = prunesvc::prune::JobPhase::kDone;
+  std::chrono::steady_clock::time_point last_draw_;
+};
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "prune-local: error: %s\n", prunesvc::model::OneLineError(status).c_str());
+  if (status.code() == absl::StatusCode::kCancelled) return 128 + (g_signal ? g_signal : SIGINT);
+  return prunesvc::prune::JobExitCode(status);
+}
+
+absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
+  namespace search = prunesvc::search;
+  prunesvc::prune::LocalJobSpec spec;
+  spec.model_dir = absl::GetFlag(FLAGS_model);
+  spec.samples_path = absl::GetFlag(FLAGS_samples);
+  spec.eval_samples_path = absl::GetFlag(FLAGS_eval_samples);
+  spec.out_dir = absl::GetFlag(FLAGS_out);
+  spec.flops_budget = absl::GetFlag(FLAGS_flops_budget);
+  if (spec.flops_budget == -1) return absl::InvalidArgumentError("--flops-budget is required");
+  auto strategy = search::ParseStrategy(absl::GetFlag(FLAGS_strategy));
+  if (!strategy.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--strategy: ", strategy.status().message()));
+  spec.strategy = *strategy;
+  auto mask = prunesvc::prune::ParseMaskMethod(absl::GetFlag(FLAGS_mask_method));
+  if (!mask.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--mask-method: ", mask.status().message()));
+  spec.mask_method = *mask;
+  if (!absl::GetFlag(FLAGS_final_mask_method).empty()) {
+    auto fm = prunesvc::prune::ParseFinalMaskMethod(absl::GetFlag(FLAGS_final_mask_method));
+    if (!fm.ok()) return fm.status();
+    spec.final_mask_method = *fm;
+  }
+  auto unit = search::ParseUnitKind(absl::GetFlag(FLAGS_unit));
+  if (!unit.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--unit: ", unit.status().message()));
+  spec.unit = *unit;
+  spec.seed = absl::GetFlag(FLAGS_seed);
+  spec.generations = absl::GetFlag(FLAGS_generations);
+  spec.population = absl::GetFlag(FLAGS_population);
+  spec.parents = absl::GetFlag(FLAGS_parents);
+  spec.mutation = absl::GetFlag(FLAGS_mutation);
+  if (!absl::GetFlag(FLAGS_ratio_choices).empty()) {
+    auto r = search::ParseRatioChoices(absl::GetFlag(FLAGS_ratio_choices));
+    if (!r.ok())
+      return absl::InvalidArgumentError(absl::StrCat("--ratio-choices: ", r.status().message()));
+    spec.ratio_choices = *r;
+  }
+  const std::string eta = absl::GetFlag(FLAGS_eta);
+  if (eta != "auto") {
+    double v = 0;
+    if (!absl::SimpleAtod(eta, &v) || !std::isfinite(v) || v < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--eta must be \"auto\" or a finite number ≥ 0, got \"", eta, "\""));
+    }
+    spec.eta = v;
+  }
+  spec.projector_every = absl::GetFlag(FLAGS_projector_every);
+  spec.projector_steps = absl::GetFlag(FLAGS_projector_steps);
+  spec.projector_lr = absl::GetFlag(FLAGS_projector_lr);
+  spec.projector_decay = absl::GetFlag(FLAGS_projector_decay);
+  spec.threads = absl::GetFlag(FLAGS_threads);
+  spec.batch_size = absl::GetFlag(FLAGS_batch);
+  return spec;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> positional = prunesvc::ParseFlags(
+      argc, argv,
+      "prune-local --model DIR --samples DIR|TAR [--eval-samples DIR|TAR] --flops-budget B "
+      "[--strategy EFFICIENTLLAVA|UNIFORM|RANDOM_SEARCH] [--mask-method MAGNITUDE|WANDA] "
+      "[--final-mask-method ...] [--unit layer|linear] [--seed N] [--generations N] "
+      "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
+      "[--projector-every N] [--projector-steps N] [--threads N] [--dry-run] --out DIR");
+  prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
+  if (positional.size() > 1) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument \"", positional[1], "\" (flags only)")));
+  }
+  InstallSignalHandlers();
+  auto spec = SpecFromFlags();
+  if (!spec.ok()) return Fail(spec.status());
+
+  if (absl::GetFlag(FLAGS_dry_run)) {
+    auto pre = prunesvc::prune::RunPreflight(*spec);
+    if (!pre.ok()) return Fail(pre.status());
+    std::fputs(prunesvc::prune::PreflightText(*spec, *pre).c_str(), stdout);
+    std::fflush(stdout);
+    if (!pre->budget_reachable) {
+      return Fail(absl::FailedPreconditionError(absl::StrFormat(
+          "--flops-budget %.4g is unreachable: the smallest reachable ratio is %.4f",
+          spec->flops_budget, pre->min_reachable_ratio)));
+    }
+    return 0;
+  }
+
+  CliProgress progress;
+  auto result = prunesvc::prune::RunLocalJob(*spec, &progress);
+  progress.Finish();
+  if (!result.ok()) return Fail(result.status());
+  std::fputs(prunesvc::prune::JobSummaryTable(*result).c_str(), stdout);
+  return std::fflush(stdout) == 0 ? 0 : 1;
+}
