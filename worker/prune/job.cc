@@ -265,9 +265,13 @@ absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   return l;
 }
 
-absl::Status BudgetError(const LocalJobSpec& spec, const absl::Status& s) {
-  return absl::Status(s.code(),
-                      absl::StrCat("--flops-budget ", spec.flops_budget, ": ", s.message()));
+absl::Status BudgetError(const LocalJobSpec& spec, const search::PolicySpace& space,
+                         const absl::Status& s) {
+  return absl::Status(
+      s.code(),
+      absl::StrFormat("--flops-budget %g is unreachable: the smallest reachable ratio is "
+                      "%.4f (%s)",
+                      spec.flops_budget, space.MinReachableRatio(), std::string(s.message())));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -567,7 +571,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   ctx.Phase(JobPhase::kLoad);
   ASSIGN_OR_RETURN(Loaded l, Load(spec));
   search::PolicySpace& space = *l.space;
-  if (absl::Status s = space.CheckBudget(spec.flops_budget); !s.ok()) return BudgetError(spec, s);
+  if (absl::Status s = space.CheckBudget(spec.flops_budget); !s.ok())
+    return BudgetError(spec, space, s);
   ASSIGN_OR_RETURN(auto partial, PartialDir::Create(spec.out_dir));
   model::LlavaModel& m = *l.bundle->model;
   const int num_layers = m.config().text.num_hidden_layers;

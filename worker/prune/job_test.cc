@@ -1,0 +1,510 @@
+// End-to-end tests of prune-local (RunLocalJob behind the real binary) on a small random LLaVA
+// model directory and sample sets written at test time by testdata/prune_local_fixture.py (which
+// reuses worker/model/testdata/llava_eval_fixture.py): determinism of the search, the artifact
+// (reload + llava-eval, non-zeros vs the policy, FLOPs ratio, manifest, dtype and name layout),
+// UNIFORM's budget, and the failure paths (unreachable budget, non-empty --out, bad flags,
+// SIGINT/SIGTERM during the search, --dry-run).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "worker/model/checkpoint.h"
+
+namespace prunesvc::prune {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string Env(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v ? v : fallback;
+}
+std::string BinDir() { return Env("PRUNESVC_BIN", PRUNESVC_BIN_DIR); }
+std::string Python() { return Env("PRUNESVC_PYTHON", "/usr/bin/python3"); }
+std::string Fixture() {
+  return Env("PRUNESVC_SOURCE", PRUNESVC_SOURCE_DIR) +
+         "/worker/prune/testdata/prune_local_fixture.py";
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+json ReadJson(const std::string& path) { return json::parse(ReadFile(path)); }
+
+// The safetensors header, read here without the project's reader.
+json SafetensorsHeader(const std::string& path) {
+  const std::string bytes = ReadFile(path);
+  if (bytes.size() < 8) return json();
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  return json::parse(bytes.substr(8, n));
+}
+
+bool dir_made = false;
+
+// model32 (F32, ≤ 4.51 names), model16 (F16, ≥ 4.52 names), search (16 samples), eval (24).
+const std::string& WorkDir() {
+  static const std::string* dir = [] {
+    std::string tmpl = (fs::temp_directory_path() / "prune_local_XXXXXX").string();
+    if (mkdtemp(tmpl.data()) == nullptr) return new std::string();
+    dir_made = true;
+    const std::string base = Python() + " " + Fixture() + " ";
+    for (const std::string& args :
+         {"model " + tmpl + "/model32", "model " + tmpl + "/model16 F16 new",
+          "samples " + tmpl + "/search 16", "samples " + tmpl + "/eval 24"}) {
+      if (std::system((base + args + " >&2").c_str()) != 0) return new std::string();
+    }
+    return new std::string(tmpl);
+  }();
+  return *dir;
+}
+
+class Cleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (dir_made && !WorkDir().empty()) {
+      std::error_code ec;
+      fs::remove_all(WorkDir(), ec);
+    }
+  }
+};
+const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+
+struct RunResult {
+  int code = -1;  // exit code, or 128 + signal
+  std::string out, err;
+};
+
+pid_t Spawn(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int fo = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int fe = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fo, 1);
+    dup2(fe, 2);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int Wait(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+RunResult RunBin(const std::string& binary, const std::vector<std::string>& flags) {
+  std::vector<std::string> args = {BinDir() + "/" + binary};
+  args.insert(args.end(), flags.begin(), flags.end());
+  static int counter = 0;
+  const std::string base = absl::StrCat(WorkDir(), "/run", counter++);
+  RunResult r;
+  r.code = Wait(Spawn(args, base + ".out", base + ".err"));
+  r.out = ReadFile(base + ".out");
+  r.err = ReadFile(base + ".err");
+  return r;
+}
+
+// A short but real search: 14 units (unit = linear), projector training at generations 2 and 4.
+std::vector<std::string> SearchFlags(const std::string& out, int seed) {
+  const std::string& w = WorkDir();
+  return {"--model=" + w + "/model32",
+          "--samples=" + w + "/search",
+          "--eval-samples=" + w + "/eval",
+          "--flops-budget=0.5",
+          "--unit=linear",
+          absl::StrCat("--seed=", seed),
+          "--population=8",
+          "--parents=3",
+          "--generations=4",
+          "--projector-every=2",
+          "--projector-steps=4",
+          "--threads=1",
+          "--out=" + out};
+}
+
+// The main run, shared by several tests.
+const RunResult& MainRun() {
+  static const RunResult* r =
+      new RunResult(RunBin("prune-local", SearchFlags(WorkDir() + "/main", 7)));
+  return *r;
+}
+
+TEST(PruneLocalTest, FixtureExists) { ASSERT_FALSE(WorkDir().empty()); }
+
+TEST(PruneLocalTest, SameSeedGivesSameSearchAndPolicy) {
+  ASSERT_FALSE(WorkDir().empty());
+  const RunResult& a = MainRun();
+  ASSERT_EQ(a.code, 0) << a.err;
+  const RunResult b = RunBin("prune-local", SearchFlags(WorkDir() + "/again", 7));
+  ASSERT_EQ(b.code, 0) << b.err;
+  const RunResult c = RunBin("prune-local", SearchFlags(WorkDir() + "/seed8", 8));
+  ASSERT_EQ(c.code, 0) << c.err;
+  const json ra = ReadJson(WorkDir() + "/main/report.json");
+  const json rb = ReadJson(WorkDir() + "/again/report.json");
+  const json rc = ReadJson(WorkDir() + "/seed8/report.json");
+  ASSERT_GE(ra["history"].size(), 5u);
+  EXPECT_GT(ra["evaluated"].size(), 8u);
+  EXPECT_EQ(ra["history"], rb["history"]);
+  EXPECT_EQ(ra["evaluated"], rb["evaluated"]);
+  EXPECT_EQ(ra["policy"], rb["policy"]);
+  EXPECT_EQ(ReadFile(WorkDir() + "/main/policy.json"), ReadFile(WorkDir() + "/again/policy.json"));
+  // The same bytes of weights, too.
+  EXPECT_EQ(ReadFile(WorkDir() + "/main/model/model.safetensors"),
+            ReadFile(WorkDir() + "/again/model/model.safetensors"));
+  // Another seed explores another sequence (so the comparison above can fail).
+  EXPECT_NE(ra["evaluated"], rc["evaluated"]);
+  // Projector training happened (generations 2 and 4) and is recorded.
+  EXPECT_EQ(ra["projector"]["version"], 2);
+  EXPECT_EQ(ra["eta"]["mode"], "auto");
+  std::printf("[determinism] %zu evaluations, final policy %s\n", ra["evaluated"].size(),
+              ra["policy"]["hash"].get<std::string>().c_str());
+}
+
+TEST(PruneLocalTest, LlavaEvalOnArtifactReproducesReportAccuracy) {
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const json report = ReadJson(WorkDir() + "/main/report.json");
+  EXPECT_EQ(report["accuracy_set"], "eval");
+  const RunResult e =
+      RunBin("llava-eval", {"--model=" + WorkDir() + "/main/model",
+                            "--samples=" + WorkDir() + "/eval", "--json", "--threads=1"});
+  ASSERT_EQ(e.code, 0) << e.err;
+  const json ev = json::parse(e.out);
+  ASSERT_TRUE(ev["accuracy"].is_number());
+  EXPECT_EQ(ev["accuracy"].get<double>(), report["accuracy"].get<double>());
+  EXPECT_EQ(ev["mean_loss"].get<double>(), report["pruned"]["loss"].get<double>());
+  EXPECT_EQ(ev["samples_sha256"], report["provenance"]["eval_dataset_sha256"]);
+  // The dense side was measured on the same set.
+  EXPECT_EQ(report["dense"]["num_samples"], 24);
+  EXPECT_EQ(report["pruned"]["num_samples"], 24);
+  std::printf("[reload] accuracy %.4f (dense %.4f), loss %.4f (dense %.4f)\n",
+              report["accuracy"].get<double>(), report["dense"]["accuracy"].get<double>(),
+              report["pruned"]["loss"].get<double>(), report["dense"]["loss"].get<double>());
+}
+
+// The written weights: every decoder linear holds exactly out·(in − pruned_per_row) non-zeros
+// (per policy.json), the FLOPs ratio meets the budget, and everything else is the input's
+// (the projector is the trained one).
+TEST(PruneLocalTest, ArtifactNonZerosMatchPolicyAndBudget) {
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const json report = ReadJson(WorkDir() + "/main/report.json");
+  const json policy = ReadJson(WorkDir() + "/main/policy.json");
+  EXPECT_EQ(report["policy"], policy);
+  EXPECT_LE(report["flops_ratio"].get<double>(), 0.5);
+  EXPECT_GE(report["flops_ratio"].get<double>(), 0.5 - 0.05);
+  auto out = model::LoadCheckpoint(WorkDir() + "/main/model");
+  ASSERT_TRUE(out.ok()) << out.status();
+  auto in = model::LoadCheckpoint(WorkDir() + "/model32");
+  ASSERT_TRUE(in.ok()) << in.status();
+  std::set<std::string> linears;
+  int64_t nonzero = 0;
+  ASSERT_EQ(policy["units"].size(), 14u);
+  for (const json& unit : policy["units"]) {
+    for (const json& lin : unit["linears"]) {
+      const std::string name = lin["name"];
+      const at::Tensor& w = out->tensors.at(name);
+      const int64_t k = lin["pruned_per_row"], o = lin["out_features"], i = lin["in_features"];
+      const int64_t nnz = at::count_nonzero(w).item<int64_t>();
+      EXPECT_EQ(nnz, o * (i - k)) << name;
+      // Each row keeps exactly in − k weights: the per-row ratio holds.
+      EXPECT_TRUE(
+          at::equal(at::count_nonzero(w, at::IntArrayRef{1}), at::full({o}, i - k, at::kLong)))
+          << name;
+      // Kept weights are the input's values.
+      const at::Tensor& d = in->tensors.at(name);
+      EXPECT_TRUE(at::equal(w, d * (w != 0))) << name;
+      nonzero += nnz;
+      linears.insert(name);
+    }
+  }
+  EXPECT_EQ(linears.size(), 14u);
+  EXPECT_EQ(report["pruned"]["decoder_linear_nonzero"].get<int64_t>(), nonzero);
+  ASSERT_EQ(in->tensors.size(), out->tensors.size());
+  int changed_projector = 0;
+  for (const auto& [name, t] : in->tensors) {
+    if (linears.count(name)) continue;
+    ASSERT_TRUE(out->tensors.count(name)) << name;
+    if (absl::StartsWith(name, "multi_modal_projector.")) {
+      changed_projector += at::equal(t, out->tensors.at(name)) ? 0 : 1;
+    } else {
+      EXPECT_TRUE(at::equal(t, out->tensors.at(name))) << name;
+    }
+  }
+  EXPECT_GT(changed_projector, 0);  // the latest (trained) projector was written
+  // The unused last vision layer (feature layer −2) is carried over from the input.
+  EXPECT_TRUE(out->tensors.count("vision_tower.vision_model.encoder.layers.2.mlp.fc1.weight"));
+}
+
+TEST(PruneLocalTest, ManifestVerifiesWithSha256sum) {
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const std::string dir = WorkDir() + "/main";
+  const std::string cmd = "cd '" + dir + "' && sha256sum --strict --quiet -c MANIFEST.sha256";
+  EXPECT_EQ(std::system(cmd.c_str()), 0);
+  // It covers every file but itself.
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) files += e.is_regular_file();
+  const std::string manifest = ReadFile(dir + "/MANIFEST.sha256");
+  EXPECT_EQ(std::count(manifest.begin(), manifest.end(), '\n'), files - 1);
+  for (const char* f : {"report.json", "policy.json", "README.md", "model/model.safetensors",
+                        "model/config.json", "model/tokenizer.model"}) {
+    EXPECT_TRUE(absl::StrContains(manifest, absl::StrCat("  ", f, "\n"))) << f;
+  }
+  // And it detects a change.
+  const std::string copy = WorkDir() + "/manifest_copy";
+  fs::copy(dir, copy, fs::copy_options::recursive);
+  { std::ofstream(copy + "/report.json", std::ios::app) << " "; }
+  EXPECT_NE(
+      std::system(
+          ("cd '" + copy + "' && sha256sum --quiet -c MANIFEST.sha256 >/dev/null 2>&1").c_str()),
+      0);
+}
+
+TEST(PruneLocalTest, ReportHasProvenanceAndModelCard) {
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const json r = ReadJson(WorkDir() + "/main/report.json");
+  for (const char* k : {"model_sha256", "dataset_sha256", "eval_dataset_sha256", "seed", "threads",
+                        "libraries", "cpu", "started_at", "finished_at", "wall_seconds"}) {
+    EXPECT_TRUE(r["provenance"].contains(k)) << k;
+  }
+  EXPECT_EQ(r["provenance"]["model_sha256"].get<std::string>().size(), 64u);
+  EXPECT_EQ(r["provenance"]["libraries"]["libtorch"], "1.13.0");
+  for (const char* side : {"dense", "pruned"}) {
+    for (const char* k : {"accuracy", "loss", "flops", "params", "latency_ms"}) {
+      EXPECT_TRUE(r[side].contains(k)) << side << "." << k;
+    }
+  }
+  EXPECT_LT(r["pruned"]["params"].get<int64_t>(), r["dense"]["params"].get<int64_t>());
+  EXPECT_EQ(r["history"].size(), 5u);
+  EXPECT_EQ(r["final_mask_method"], "WANDA");
+  EXPECT_TRUE(absl::StrContains(r["final_mask_method_source"].get<std::string>(), "default"));
+  const std::string card = ReadFile(WorkDir() + "/main/README.md");
+  EXPECT_TRUE(absl::StrContains(card, "neither smaller on disk nor faster")) << card;
+  // The summary table on stdout.
+  EXPECT_TRUE(absl::StrContains(MainRun().out, "FLOPs ratio")) << MainRun().out;
+  EXPECT_TRUE(absl::StrContains(MainRun().out, "latency ratio")) << MainRun().out;
+  EXPECT_TRUE(absl::StrContains(MainRun().out, "layers.1.mlp.down_proj")) << MainRun().out;
+}
+
+// fp16 weights under transformers ≥ 4.52 names in → the same out; config and tokenizer files
+// copied byte for byte. UNIFORM meets the budget within 0.02 and never above.
+TEST(PruneLocalTest, UniformKeepsDtypeAndLayoutAndMeetsBudget) {
+  ASSERT_FALSE(WorkDir().empty());
+  for (double budget : {0.6, 0.45}) {
+    const std::string out = absl::StrCat(WorkDir(), "/uniform", int(budget * 100));
+    const RunResult r = RunBin(
+        "prune-local", {"--model=" + WorkDir() + "/model16", "--samples=" + WorkDir() + "/search",
+                        absl::StrCat("--flops-budget=", budget), "--strategy=UNIFORM",
+                        "--threads=1", "--out=" + out});
+    ASSERT_EQ(r.code, 0) << r.err;
+    // Without an eval set the CLI warns that search-set accuracy overstates held-out accuracy.
+    EXPECT_TRUE(absl::StrContains(r.err, "overstates")) << r.err;
+    const json report = ReadJson(out + "/report.json");
+    EXPECT_EQ(report["accuracy_set"], "search");
+    const double f = report["flops_ratio"];
+    EXPECT_LE(f, budget);
+    EXPECT_GE(f, budget - 0.02);
+    const double u = report["uniform_ratio"];
+    for (const json& unit : report["policy"]["units"]) EXPECT_EQ(unit["ratio"].get<double>(), u);
+    bool warned = false;
+    for (const json& w : report["warnings"]) {
+      warned |= absl::StrContains(w.get<std::string>(), "overstates");
+    }
+    EXPECT_TRUE(warned);
+    // The continuous ratio meets the budget exactly on paper; floor(r·in) pruned weights per
+    // row keep a little more, so some linears prune one more weight per row (recorded).
+    ASSERT_FALSE(report["rounding_adjustments"].empty());
+    for (const json& a : report["rounding_adjustments"]) {
+      EXPECT_EQ(a["pruned_per_row"].get<int>(), a["floor_pruned_per_row"].get<int>() + 1);
+    }
+    EXPECT_EQ(report["history"].size(), 0u);
+    EXPECT_FALSE(report["projector"]["trained"].get<bool>());
+    const json header = SafetensorsHeader(out + "/model/model.safetensors");
+    ASSERT_TRUE(header.is_object());
+    int tensors = 0;
+    for (const auto& [name, info] : header.items()) {
+      if (name == "__metadata__") continue;
+      ++tensors;
+      EXPECT_EQ(info["dtype"], "F16") << name;
+      EXPECT_FALSE(absl::StartsWith(name, "language_model.")) << name;
+    }
+    EXPECT_GT(tensors, 20);
+    EXPECT_TRUE(header.contains("model.language_model.layers.0.self_attn.q_proj.weight"));
+    EXPECT_TRUE(header.contains("lm_head.weight"));
+    for (const char* f : {"config.json", "tokenizer.model", "tokenizer_config.json",
+                          "added_tokens.json", "preprocessor_config.json"}) {
+      EXPECT_EQ(ReadFile(out + "/model/" + f), ReadFile(WorkDir() + "/model16/" + f)) << f;
+    }
+    EXPECT_TRUE(absl::StrContains(ReadFile(out + "/model/config.json"), "prunesvc_fixture_note"));
+    // The artifact is the same size as the input: unstructured zeros save no disk.
+    const double in_size = fs::file_size(WorkDir() + "/model16/model.safetensors");
+    EXPECT_NEAR(double(fs::file_size(out + "/model/model.safetensors")), in_size, 1024);
+    // Reload: llava-eval on the search set reproduces the report.
+    const RunResult e =
+        RunBin("llava-eval", {"--model=" + out + "/model", "--samples=" + WorkDir() + "/search",
+                              "--json", "--threads=1"});
+    ASSERT_EQ(e.code, 0) << e.err;
+    EXPECT_EQ(json::parse(e.out)["accuracy"], report["accuracy"]);
+    std::printf("[uniform] budget %.2f: ratio %.6f, flops_ratio %.6f\n", budget, u, f);
+  }
+}
+
+TEST(PruneLocalTest, UnreachableBudgetExits2NamingTheSmallestRatio) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::string out = WorkDir() + "/unreachable";
+  const RunResult r = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      "--flops-budget=0.2", "--threads=1", "--out=" + out});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "smallest reachable ratio")) << r.err;
+  // The dry run prints the same lower bound.
+  const RunResult d = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      "--flops-budget=0.5", "--threads=1", "--dry-run"});
+  ASSERT_EQ(d.code, 0) << d.err;
+  const size_t at = d.out.find("reachable budget   [");
+  ASSERT_NE(at, std::string::npos) << d.out;
+  const std::string lower = d.out.substr(at + 20, 6);
+  EXPECT_TRUE(absl::StrContains(r.err, lower)) << lower << " vs " << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& e : fs::directory_iterator(WorkDir())) {
+    EXPECT_FALSE(absl::StrContains(e.path().filename().string(), "unreachable.partial"));
+  }
+}
+
+TEST(PruneLocalTest, NonEmptyOutExits2AndIsUntouched) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::string out = WorkDir() + "/occupied";
+  fs::create_directories(out);
+  { std::ofstream(out + "/keep.txt") << "mine"; }
+  const RunResult r = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      "--flops-budget=0.5", "--strategy=UNIFORM", "--threads=1", "--out=" + out});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "not empty")) << r.err;
+  EXPECT_EQ(ReadFile(out + "/keep.txt"), "mine");
+  EXPECT_EQ(std::distance(fs::directory_iterator(out), fs::directory_iterator()), 1);
+  // An existing EMPTY directory is fine: it becomes the artifact.
+  const std::string empty = WorkDir() + "/empty_out";
+  fs::create_directories(empty);
+  const RunResult ok = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      "--flops-budget=0.5", "--strategy=UNIFORM", "--threads=1", "--out=" + empty});
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_TRUE(fs::exists(empty + "/report.json"));
+}
+
+TEST(PruneLocalTest, BadFlagsExit2) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::vector<std::string> base = {"--model=" + WorkDir() + "/model32",
+                                         "--samples=" + WorkDir() + "/search", "--threads=1",
+                                         "--out=" + WorkDir() + "/never"};
+  struct Case {
+    std::vector<std::string> flags;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--flops-budget=0.5", "--strategy=FOO"}, "--strategy"},
+      {{"--flops-budget=0.5", "--final-mask-method=SPARSEGPT"}, "not yet implemented"},
+      {{"--flops-budget=0.5", "--strategy=OWL"}, "not implemented yet"},
+      {{"--flops-budget=0.5", "--mask-method=SPARSEGPT"}, "--mask-method"},
+      {{"--flops-budget=1.5"}, "--flops-budget"},
+      {{}, "--flops-budget is required"},
+      {{"--flops-budget=0.5", "--eta=-1"}, "--eta"},
+      {{"--flops-budget=0.5", "--ratio-choices=0.5,0.2"}, "--ratio-choices"},
+      {{"--flops-budget=0.5", "--parents=40"}, "parents"},
+      {{"--flops-budget=0.5", "--unit=head"}, "--unit"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> flags = base;
+    flags.insert(flags.end(), c.flags.begin(), c.flags.end());
+    const RunResult r = RunBin("prune-local", flags);
+    EXPECT_EQ(r.code, 2) << c.message << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, c.message)) << c.message << ": " << r.err;
+  }
+  // Bad input files: a missing samples directory.
+  const RunResult missing = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/nope",
+                      "--flops-budget=0.5", "--out=" + WorkDir() + "/never"});
+  EXPECT_EQ(missing.code, 2) << missing.err;
+  EXPECT_FALSE(fs::exists(WorkDir() + "/never"));
+}
+
+// SIGTERM / SIGINT during the search: exit 128 + signal, no OUT and no partial directory.
+TEST(PruneLocalTest, SignalDuringSearchLeavesNothing) {
+  ASSERT_FALSE(WorkDir().empty());
+  for (int sig : {SIGTERM, SIGINT}) {
+    const std::string parent = absl::StrCat(WorkDir(), "/signal", sig);
+    fs::create_directories(parent);
+    std::vector<std::string> args = {BinDir() + "/prune-local"};
+    for (std::string f : SearchFlags(parent + "/out", 3)) {
+      if (absl::StartsWith(f, "--generations=")) f = "--generations=100000";
+      args.push_back(f);
+    }
+    const std::string err = parent + ".err";
+    const pid_t pid = Spawn(args, parent + ".out", err);
+    // Wait until generation 1 finished (the search is running), then signal.
+    bool searching = false;
+    for (int i = 0; i < 1200 && !searching; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      searching = absl::StrContains(ReadFile(err), "generation 1/100000");
+    }
+    ASSERT_TRUE(searching) << ReadFile(err);
+    EXPECT_TRUE(fs::exists(absl::StrCat(parent, "/out.partial-", pid)));
+    kill(pid, sig);
+    EXPECT_EQ(Wait(pid), 128 + sig) << ReadFile(err);
+    EXPECT_EQ(std::distance(fs::directory_iterator(parent), fs::directory_iterator()), 0)
+        << "left behind in " << parent;
+  }
+}
+
+TEST(PruneLocalTest, DryRunPrintsRangeAndWritesNothing) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::string out = WorkDir() + "/dry";
+  const RunResult r = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      "--eval-samples=" + WorkDir() + "/eval", "--flops-budget=0.5",
+                      "--unit=linear", "--threads=1", "--dry-run", "--out=" + out});
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* s :
+       {"reachable budget", "dense FLOPs/sample", "estimated time", "estimated memory",
+        "layers.0.self_attn.q_proj", "layers.1.mlp.down_proj", "eval samples       24"}) {
+    EXPECT_TRUE(absl::StrContains(r.out, s)) << s << " in\n" << r.out;
+  }
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& e : fs::directory_iterator(WorkDir())) {
+    EXPECT_FALSE(absl::StrContains(e.path().filename().string(), "dry.partial"));
+  }
+}
+
+}  // namespace
+}  // namespace prunesvc::prune
