@@ -378,6 +378,44 @@ TEST(PruneLocalTest, UniformKeepsDtypeAndLayoutAndMeetsBudget) {
   }
 }
 
+// RANDOM_SEARCH (η = 0, no projector training) with WANDA search masks and MAGNITUDE final
+// masks: every row of every decoder linear keeps its largest-magnitude weights.
+TEST(PruneLocalTest, RandomSearchWithMagnitudeFinalMasks) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::string out = WorkDir() + "/random";
+  std::vector<std::string> flags = SearchFlags(out, 11);
+  flags.push_back("--strategy=RANDOM_SEARCH");
+  flags.push_back("--final-mask-method=MAGNITUDE");
+  const RunResult r = RunBin("prune-local", flags);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json report = ReadJson(out + "/report.json");
+  EXPECT_EQ(report["strategy"], "RANDOM_SEARCH");
+  EXPECT_EQ(report["eta"]["value"].get<double>(), 0.0);
+  EXPECT_EQ(report["final_mask_method"], "MAGNITUDE");
+  EXPECT_EQ(report["final_mask_method_source"], "explicit");
+  EXPECT_FALSE(report["projector"]["trained"].get<bool>());
+  EXPECT_LE(report["flops_ratio"].get<double>(), 0.5);
+  auto ckpt = model::LoadCheckpoint(out + "/model");
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  auto in = model::LoadCheckpoint(WorkDir() + "/model32");
+  ASSERT_TRUE(in.ok()) << in.status();
+  int checked = 0;
+  for (const json& unit : report["policy"]["units"]) {
+    for (const json& lin : unit["linears"]) {
+      if (lin["pruned_per_row"].get<int>() == 0) continue;
+      const std::string name = lin["name"];
+      const at::Tensor& w = ckpt->tensors.at(name);
+      const at::Tensor d = in->tensors.at(name).abs();
+      // Per row: the input's magnitudes at the pruned positions are ≤ the smallest kept one.
+      const at::Tensor kept_min = at::where(w != 0, d, at::full_like(d, 1e30)).amin(1);
+      const at::Tensor dropped_max = at::where(w == 0, d, at::zeros_like(d)).amax(1);
+      EXPECT_TRUE(at::all(dropped_max <= kept_min).item<bool>()) << name;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0);
+}
+
 TEST(PruneLocalTest, UnreachableBudgetExits2NamingTheSmallestRatio) {
   ASSERT_FALSE(WorkDir().empty());
   const std::string out = WorkDir() + "/unreachable";
