@@ -329,7 +329,10 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
     linear("multi_modal_projector.linear_2", H, H, true);
     const int64_t V = config.text.vocab_size;
     const std::string tp = kText;
-    w[tp + "embed_tokens.weight"] = normal({V, H}, 0.02);
+    // Unit-scale token embeddings, like the projected image rows and the sub-layer outputs (the
+    // linears are initialised for unit-scale outputs): with LLaMA's 0.02 the first attention
+    // output swamps token identity in the residual stream.
+    w[tp + "embed_tokens.weight"] = normal({V, H}, 1.0);
     const double tres = 1.0 / std::sqrt(2.0 * s.text_layers);
     for (int l = 0; l < s.text_layers; ++l) {
       const std::string p = absl::StrCat(tp, "layers.", l, ".");
@@ -434,10 +437,26 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
     int64_t index = base + i;
     if (options_.train_pool > 0) index %= options_.train_pool;
     ASSIGN_OR_RETURN(auto sample, data::GenerateSample(shapes_train_, options_.data_seed, index));
+    // Pointer curriculum: some early samples ask for the option holding a given answer text,
+    // which teaches "find the matching option line, answer with its letter" without vision.
+    const double pointer = PointerFraction(step);
+    const bool is_pointer =
+        pointer > 0 &&
+        double(data::Mix64(uint64_t(index) ^ 0x9e3779b97f4a7c15ull) % 100000) < pointer * 100000;
+    if (is_pointer) {
+      sample.question = "Which option is " + sample.options[sample.answer_index] + "?";
+    }
     ASSIGN_OR_RETURN(auto ex, MakeExample(sample));
+    if (is_pointer) ex.type = "pointer";
     out.push_back(std::move(ex));
   }
   return out;
+}
+
+double TinyLlavaTrainer::PointerFraction(int64_t step) const {
+  const int64_t s = step - options_.vision_steps;
+  if (s < 0 || s >= options_.pointer_steps || options_.pointer_steps <= 0) return 0;
+  return options_.pointer_fraction * (1.0 - double(s) / double(options_.pointer_steps));
 }
 
 namespace {

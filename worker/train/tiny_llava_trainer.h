@@ -103,6 +103,10 @@ struct TrainOptions {
   double clip_norm = 1.0;
   double aux_weight = 0.5;
   int train_pool = 0;  // > 0: reuse samples 0..train_pool-1 (tests)
+  // Pointer curriculum: this fraction of phase-2 samples (decaying linearly to 0 over
+  // `pointer_steps`) replace their question by "Which option is <correct option text>?".
+  double pointer_fraction = 0;
+  int pointer_steps = 0;
 
   // Evaluation during training (held-out split of the eval seed).
   uint64_t eval_seed = data::kShapesEvalSeed;
@@ -176,6 +180,7 @@ class TinyLlavaTrainer {
   int64_t step() const { return step_; }
   int total_steps() const { return options_.vision_steps + options_.steps; }
   double LearningRate(int64_t step) const;
+  double PointerFraction(int64_t step) const;
   model::LlavaModel& model() { return *model_; }
   const model::Tokenizer& tokenizer() const { return *tokenizer_; }
   const std::vector<int>& letter_ids() const { return letter_ids_; }

@@ -27,6 +27,9 @@ ABSL_FLAG(double, lr, 1e-3, "Phase 2 peak learning rate (cosine decay after warm
 ABSL_FLAG(double, weight_decay, 0.05, "AdamW decoupled weight decay on matrices.");
 ABSL_FLAG(double, clip, 1.0, "Global gradient-norm clip.");
 ABSL_FLAG(double, aux_weight, 0.5, "Weight of the object-slot loss during phase 2.");
+ABSL_FLAG(double, pointer_fraction, 0.0,
+          "Fraction of early phase-2 samples asking \"Which option is <answer>?\" (curriculum).");
+ABSL_FLAG(int, pointer_steps, 0, "Phase-2 steps over which the pointer fraction decays to 0.");
 ABSL_FLAG(int, eval_every, 250, "Held-out evaluation every N phase-2 steps.");
 ABSL_FLAG(int, eval_samples, 256, "Held-out samples per periodic evaluation.");
 ABSL_FLAG(int, final_eval_samples, 1000, "Held-out samples of the final evaluation.");
@@ -65,6 +68,8 @@ int main(int argc, char** argv) {
   o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.clip_norm = absl::GetFlag(FLAGS_clip);
   o.aux_weight = absl::GetFlag(FLAGS_aux_weight);
+  o.pointer_fraction = absl::GetFlag(FLAGS_pointer_fraction);
+  o.pointer_steps = absl::GetFlag(FLAGS_pointer_steps);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
   o.eval_samples = absl::GetFlag(FLAGS_eval_samples);
   o.final_eval_samples = absl::GetFlag(FLAGS_final_eval_samples);
