@@ -30,6 +30,11 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   return absl::OkStatus();
 }
 
+absl::Status WriteReadyFile(const std::string& path, int port, int metrics_port) {
+  nlohmann::json j = {{"port", port}, {"metrics_port", metrics_port}, {"pid", getpid()}};
+  return WriteFileAtomically(path, j.dump() + "\n");
+}
+
 namespace {
 sigset_t ShutdownSignals() {
   sigset_t set;

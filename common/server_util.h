@@ -14,6 +14,9 @@ namespace prunesvc {
 // Writes `content` to `path` via a temporary file + rename, so readers never see half a file.
 absl::Status WriteFileAtomically(const std::string& path, const std::string& content);
 
+// Writes the --ready-file JSON {"port", "metrics_port", "pid"} atomically.
+absl::Status WriteReadyFile(const std::string& path, int port, int metrics_port);
+
 // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (call first thing in main, before
 // any thread starts, so every thread inherits the mask).
 void BlockShutdownSignals();

@@ -5,7 +5,6 @@
 #include "common/flags.h"
 #include "common/logging.h"
 #include "common/server_util.h"
-#include "nlohmann/json.hpp"
 #include "server/scheduler.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
@@ -47,10 +46,9 @@ int main(int argc, char** argv) {
   }
   const std::string ready = absl::GetFlag(FLAGS_ready_file);
   if (!ready.empty()) {
-    nlohmann::json j = {{"port", (*scheduler)->port()},
-                        {"metrics_port", (*scheduler)->metrics_port()},
-                        {"pid", getpid()}};
-    if (auto s = prunesvc::WriteFileAtomically(ready, j.dump() + "\n"); !s.ok()) {
+    if (auto s =
+            prunesvc::WriteReadyFile(ready, (*scheduler)->port(), (*scheduler)->metrics_port());
+        !s.ok()) {
       spdlog::critical("{}", s.message());
       return 2;
     }

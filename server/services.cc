@@ -8,21 +8,11 @@
 #include "common/logging.h"
 
 namespace prunesvc::server {
-namespace {
-
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Status& status) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(status);
-  return reactor;
-}
-
-}  // namespace
-
 grpc::ServerUnaryReactor* RegistryService::RegisterWorker(
     grpc::CallbackServerContext* ctx, const prune::v1::RegisterWorkerRequest* req,
     prune::v1::RegisterWorkerResponse* resp) {
   absl::StatusOr<std::string> id = table_->Register(req->info());
-  if (!id.ok()) return Done(ctx, ToGrpcStatus(id.status()));
+  if (!id.ok()) return FinishUnary(ctx, ToGrpcStatus(id.status()));
   metrics_->worker_registrations->Increment();
   spdlog::info("worker registered worker_id={} address={} device={} pid={} metrics_port={}", *id,
                req->info().address(), req->info().device(), req->info().pid(),
@@ -30,7 +20,7 @@ grpc::ServerUnaryReactor* RegistryService::RegisterWorker(
   resp->set_worker_id(*id);
   resp->set_heartbeat_interval_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(table_->options().heartbeat_interval)));
-  return Done(ctx, grpc::Status::OK);
+  return FinishUnary(ctx, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* RegistryService::Heartbeat(grpc::CallbackServerContext* ctx,
@@ -40,9 +30,9 @@ grpc::ServerUnaryReactor* RegistryService::Heartbeat(grpc::CallbackServerContext
   absl::Status s = table_->Heartbeat(req->worker_id(), req->state(), models);
   if (absl::IsNotFound(s)) {
     resp->set_reregister(true);
-    return Done(ctx, grpc::Status::OK);
+    return FinishUnary(ctx, grpc::Status::OK);
   }
-  return Done(ctx, ToGrpcStatus(s));
+  return FinishUnary(ctx, ToGrpcStatus(s));
 }
 
 grpc::ServerWriteReactor<prune::v1::FetchBlobResponse>* RegistryService::FetchBlob(
@@ -58,25 +48,25 @@ grpc::ServerReadReactor<prune::v1::PutBlobRequest>* RegistryService::PutBlob(
 grpc::ServerUnaryReactor* PruningServiceImpl::SubmitJob(grpc::CallbackServerContext* ctx,
                                                         const prune::v1::SubmitJobRequest*,
                                                         prune::v1::SubmitJobResponse*) {
-  return Done(ctx, NotImplemented("SubmitJob"));
+  return FinishUnary(ctx, NotImplemented("SubmitJob"));
 }
 
 grpc::ServerUnaryReactor* PruningServiceImpl::GetJob(grpc::CallbackServerContext* ctx,
                                                      const prune::v1::GetJobRequest*,
                                                      prune::v1::Job*) {
-  return Done(ctx, NotImplemented("GetJob"));
+  return FinishUnary(ctx, NotImplemented("GetJob"));
 }
 
 grpc::ServerUnaryReactor* PruningServiceImpl::ListJobs(grpc::CallbackServerContext* ctx,
                                                        const prune::v1::ListJobsRequest*,
                                                        prune::v1::ListJobsResponse*) {
-  return Done(ctx, NotImplemented("ListJobs"));
+  return FinishUnary(ctx, NotImplemented("ListJobs"));
 }
 
 grpc::ServerUnaryReactor* PruningServiceImpl::CancelJob(grpc::CallbackServerContext* ctx,
                                                         const prune::v1::CancelJobRequest*,
                                                         prune::v1::Job*) {
-  return Done(ctx, NotImplemented("CancelJob"));
+  return FinishUnary(ctx, NotImplemented("CancelJob"));
 }
 
 grpc::ServerWriteReactor<prune::v1::JobEvent>* PruningServiceImpl::WatchJob(
@@ -99,7 +89,7 @@ grpc::ServerUnaryReactor* PruningServiceImpl::ListWorkers(grpc::CallbackServerCo
                                                           const prune::v1::ListWorkersRequest*,
                                                           prune::v1::ListWorkersResponse* resp) {
   for (auto& w : table_->List()) *resp->add_workers() = std::move(w);
-  return Done(ctx, grpc::Status::OK);
+  return FinishUnary(ctx, grpc::Status::OK);
 }
 
 }  // namespace prunesvc::server

@@ -7,7 +7,6 @@
 #include "common/flags.h"
 #include "common/logging.h"
 #include "common/server_util.h"
-#include "nlohmann/json.hpp"
 #include "worker/worker_server.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
@@ -51,10 +50,8 @@ int main(int argc, char** argv) {
   }
   const std::string ready = absl::GetFlag(FLAGS_ready_file);
   if (!ready.empty()) {
-    nlohmann::json j = {{"port", (*worker)->port()},
-                        {"metrics_port", (*worker)->metrics_port()},
-                        {"pid", getpid()}};
-    if (auto s = prunesvc::WriteFileAtomically(ready, j.dump() + "\n"); !s.ok()) {
+    if (auto s = prunesvc::WriteReadyFile(ready, (*worker)->port(), (*worker)->metrics_port());
+        !s.ok()) {
       spdlog::critical("{}", s.message());
       return 2;
     }

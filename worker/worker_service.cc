@@ -3,20 +3,10 @@
 #include "common/callback_util.h"
 
 namespace prunesvc::worker {
-namespace {
-
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Status& status) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(status);
-  return reactor;
-}
-
-}  // namespace
-
 grpc::ServerUnaryReactor* PruningWorkerService::Prepare(grpc::CallbackServerContext* ctx,
                                                         const prune::v1::PrepareRequest*,
                                                         prune::v1::PrepareResponse*) {
-  return Done(ctx, NotImplemented("Prepare"));
+  return FinishUnary(ctx, NotImplemented("Prepare"));
 }
 
 grpc::ServerWriteReactor<prune::v1::EvaluatePoliciesResponse>*
@@ -29,13 +19,13 @@ PruningWorkerService::EvaluatePolicies(grpc::CallbackServerContext*,
 grpc::ServerUnaryReactor* PruningWorkerService::TrainProjector(
     grpc::CallbackServerContext* ctx, const prune::v1::TrainProjectorRequest*,
     prune::v1::TrainProjectorResponse*) {
-  return Done(ctx, NotImplemented("TrainProjector"));
+  return FinishUnary(ctx, NotImplemented("TrainProjector"));
 }
 
 grpc::ServerUnaryReactor* PruningWorkerService::Finalize(grpc::CallbackServerContext* ctx,
                                                          const prune::v1::FinalizeRequest*,
                                                          prune::v1::FinalizeResponse*) {
-  return Done(ctx, NotImplemented("Finalize"));
+  return FinishUnary(ctx, NotImplemented("Finalize"));
 }
 
 }  // namespace prunesvc::worker
