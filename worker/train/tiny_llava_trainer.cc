@@ -394,13 +394,14 @@ double TinyLlavaTrainer::LearningRate(int64_t step) const {
   return schedule(step - options_.vision_steps, options_.steps, options_.warmup, options_.lr);
 }
 
-absl::StatusOr<TrainExample> TinyLlavaTrainer::MakeExample(const data::ShapesSample& s) const {
+absl::StatusOr<TrainExample> TinyLlavaTrainer::MakeExample(const data::ShapesSample& s,
+                                                           bool open_answer) const {
   TrainExample ex;
-  const std::string prompt = model::MultipleChoicePrompt(s.question, s.options);
-  ASSIGN_OR_RETURN(
-      auto enc,
-      tokenizer_->EncodeForScoring(
-          prompt, model::AnswerText(std::string(1, model::OptionLetter(s.answer_index))), s.id));
+  const std::string prompt = open_answer ? model::OpenAnswerPrompt(s.question)
+                                         : model::MultipleChoicePrompt(s.question, s.options);
+  const std::string answer =
+      open_answer ? s.options[s.answer_index] : std::string(1, model::OptionLetter(s.answer_index));
+  ASSIGN_OR_RETURN(auto enc, tokenizer_->EncodeForScoring(prompt, model::AnswerText(answer), s.id));
   ex.token_ids = std::move(enc.ids);
   ex.answer_begin = enc.answer_begin;
   ex.answer_end = enc.answer_end;
@@ -446,8 +447,15 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
     if (is_pointer) {
       sample.question = "Which option is " + sample.options[sample.answer_index] + "?";
     }
-    ASSIGN_OR_RETURN(auto ex, MakeExample(sample));
+    // Open-answer auxiliary samples: the same question answered with the option text, which
+    // supervises "image + question → attribute" directly, apart from the letter pointer.
+    const bool is_open = !is_pointer && step >= options_.vision_steps &&
+                         options_.open_fraction > 0 &&
+                         double(data::Mix64(uint64_t(index) ^ 0x7f4a7c159e3779b9ull) % 100000) <
+                             options_.open_fraction * 100000;
+    ASSIGN_OR_RETURN(auto ex, MakeExample(sample, is_open));
     if (is_pointer) ex.type = "pointer";
+    if (is_open) ex.type = "open";
     out.push_back(std::move(ex));
   }
   return out;
@@ -835,10 +843,14 @@ absl::StatusOr<EvalResult> TinyLlavaTrainer::Run() {
     if (step_ % options_.log_every == 0 || step_ == total || phase_end) {
       const double dt = std::chrono::duration<double>(t1 - t_last).count();
       const double rate = samples_since / std::max(dt, 1e-9);
+      // ETA at the current rate; during phase 1 it covers phase 1 only (phase 2's per-sample
+      // cost is ~20x higher and not measured yet).
       const double step_time = dt / std::max(running_n, 1);
-      spdlog::info("step {}/{} [{}] loss {:.4f} lr {:.2e} {:.1f} samples/s ETA {:.0f} s", step_,
+      const int64_t phase_end_step = vision ? options_.vision_steps : total;
+      spdlog::info("step {}/{} [{}] loss {:.4f} lr {:.2e} {:.1f} samples/s {} ETA {:.0f} s", step_,
                    total, vision ? "vision" : "full", running / std::max(running_n, 1),
-                   LearningRate(step_ - 1), rate, step_time * double(total - step_));
+                   LearningRate(step_ - 1), rate, vision ? "phase-1" : "run",
+                   step_time * double(phase_end_step - step_));
       running = 0;
       running_n = 0;
       samples_since = 0;

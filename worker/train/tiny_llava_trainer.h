@@ -107,6 +107,9 @@ struct TrainOptions {
   // `pointer_steps`) replace their question by "Which option is <correct option text>?".
   double pointer_fraction = 0;
   int pointer_steps = 0;
+  // This fraction of phase-2 samples use the open-answer template with the option text as the
+  // answer (loss over all its tokens).
+  double open_fraction = 0;
 
   // Evaluation during training (held-out split of the eval seed).
   uint64_t eval_seed = data::kShapesEvalSeed;
@@ -173,7 +176,9 @@ class TinyLlavaTrainer {
   absl::Status SaveCheckpoint(const std::string& dir);
 
   // Sample `index` of the training stream as an example.
-  absl::StatusOr<TrainExample> MakeExample(const data::ShapesSample& sample) const;
+  // `open_answer`: the open-answer template with the correct option's text as the answer.
+  absl::StatusOr<TrainExample> MakeExample(const data::ShapesSample& sample,
+                                           bool open_answer = false) const;
   // The vision features [N, patches, D] through the trainer's differentiable CLIP forward.
   at::Tensor TrainableVisionFeatures(const at::Tensor& pixels) const;
 

@@ -30,6 +30,9 @@ ABSL_FLAG(double, aux_weight, 0.5, "Weight of the object-slot loss during phase 
 ABSL_FLAG(double, pointer_fraction, 0.0,
           "Fraction of early phase-2 samples asking \"Which option is <answer>?\" (curriculum).");
 ABSL_FLAG(int, pointer_steps, 0, "Phase-2 steps over which the pointer fraction decays to 0.");
+ABSL_FLAG(
+    double, open_fraction, 0.0,
+    "Fraction of phase-2 samples asked with the open-answer template (answer = option text).");
 ABSL_FLAG(int, eval_every, 250, "Held-out evaluation every N phase-2 steps.");
 ABSL_FLAG(int, eval_samples, 256, "Held-out samples per periodic evaluation.");
 ABSL_FLAG(int, final_eval_samples, 1000, "Held-out samples of the final evaluation.");
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
   o.aux_weight = absl::GetFlag(FLAGS_aux_weight);
   o.pointer_fraction = absl::GetFlag(FLAGS_pointer_fraction);
   o.pointer_steps = absl::GetFlag(FLAGS_pointer_steps);
+  o.open_fraction = absl::GetFlag(FLAGS_open_fraction);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
   o.eval_samples = absl::GetFlag(FLAGS_eval_samples);
   o.final_eval_samples = absl::GetFlag(FLAGS_final_eval_samples);
