@@ -61,6 +61,18 @@ double ScaledSum(const std::vector<std::array<double, N>>& dense,
 
 }  // namespace
 
+int64_t PrunedPerRow(double ratio, int64_t in_features) {
+  if (!(ratio > 0)) return 0;  // also NaN
+  const double k = std::floor(ratio * double(in_features) + 1e-9);
+  if (k >= double(in_features)) return in_features;
+  return int64_t(k);
+}
+
+double KeptFraction(double ratio, int64_t in_features) {
+  if (in_features <= 0) return 1.0;
+  return double(in_features - PrunedPerRow(ratio, in_features)) / double(in_features);
+}
+
 double FlopsBreakdown::VisionTotal() const {
   return vision_patch_embed + SumArrays(vision_linear) + vision_attention;
 }
@@ -134,6 +146,7 @@ absl::StatusOr<FlopsBreakdown> ComputeDenseFlops(const FlopsModelDims& dims,
   const double T = stats.mean_tokens;
   f.decoder_linear.resize(dims.decoder.size());
   f.decoder_attention.resize(dims.decoder.size());
+  f.decoder_linear_in.resize(dims.decoder.size());
   for (size_t l = 0; l < dims.decoder.size(); ++l) {
     const DecoderLayerFlopsDims& d = dims.decoder[l];
     auto& a = f.decoder_linear[l];
@@ -145,6 +158,8 @@ absl::StatusOr<FlopsBreakdown> ComputeDenseFlops(const FlopsModelDims& dims,
     a[int(DecoderLinear::kGate)] = 2.0 * T * h * d.mlp_width;
     a[int(DecoderLinear::kUp)] = 2.0 * T * h * d.mlp_width;
     a[int(DecoderLinear::kDown)] = 2.0 * T * double(d.mlp_width) * h;
+    f.decoder_linear_in[l] = {d.hidden, d.hidden, d.hidden,   d.q_width,
+                              d.hidden, d.hidden, d.mlp_width};
     // Causal: half of the full 2·T²·d multiply-adds, i.e. 2·T²·d FLOPs (DESIGN.md §5).
     f.decoder_attention[l] = 2.0 * stats.mean_tokens_sq * d.q_width;
   }

@@ -15,12 +15,17 @@
 //  - lm_head is counted at the answer positions only (that is all scoring computes).
 //  - F(π) multiplies each prunable linear's dense FLOPs by its kept fraction (kept multiply-adds
 //    for unstructured / N:M). Structured policies are expressed by the shrunk dims themselves.
+//  - An UNSTRUCTURED ratio r prunes whole weights: PrunedPerRow(r, in) of each output row, so the
+//    kept fraction is KeptFraction(r, in) = (in − PrunedPerRow(r, in)) / in, not 1 − r. Every
+//    FLOPs count of a ratio policy (the search, the budget, the written artifact) goes through
+//    KeptFraction so that they all count exactly the weights the masks keep.
 //
 // Torch-free; all functions are pure and thread-safe.
 #ifndef PRUNESVC_COMMON_FLOPS_H_
 #define PRUNESVC_COMMON_FLOPS_H_
 
 #include <array>
+#include <cstdint>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -76,7 +81,11 @@ struct FlopsBreakdown {
   double vision_attention = 0;                                       // all layers run
   double projector = 0;
   std::vector<std::array<double, kNumDecoderLinears>> decoder_linear;  // per decoder layer
-  std::vector<double> decoder_attention;                               // per decoder layer
+  // Input width (in_features, the length of a weight row) of each decoder linear, per layer:
+  // q/k/v/gate/up read `hidden`, o reads `q_width`, down reads `mlp_width`. A ratio's kept
+  // fraction depends on it (KeptFraction), so it travels with the FLOPs it scales.
+  std::vector<std::array<int64_t, kNumDecoderLinears>> decoder_linear_in;
+  std::vector<double> decoder_attention;  // per decoder layer
   double lm_head = 0;
 
   double VisionTotal() const;
@@ -91,6 +100,20 @@ struct KeptFractions {
   std::vector<std::array<double, kNumDecoderLinears>> decoder;
   std::vector<std::array<double, kNumVisionLinears>> vision;
 };
+
+// Whole weights an UNSTRUCTURED ratio prunes per output row of a linear with `in_features`
+// inputs: floor(ratio·in + 1e-9), clamped to [0, in]; 0 for ratio ≤ 0 or NaN. The 1e-9 absorbs
+// decimal ratios' binary error (0.29·100 = 28.999…96 → 29); Wanda's int(in·r) would give 28 there
+// and agrees everywhere else. `ratio` must be in [0, 1] (callers validate). The mask bank
+// (worker/prune/mask_bank.h) prunes exactly this many weights of every row.
+int64_t PrunedPerRow(double ratio, int64_t in_features);
+
+// The fraction of a linear's weights (and multiply-adds) a ratio keeps:
+// (in − PrunedPerRow(ratio, in)) / in, computed as one correctly rounded division so it equals
+// bit for bit non-zeros / numel of the masked weight (out·(in − k) / (out·in) is the same
+// rational number). 1 when in_features ≤ 0 (a linear without weights has nothing to prune and no
+// FLOPs to scale). A non-increasing step function of the ratio, ≥ 1 − ratio − 1e-9/in.
+double KeptFraction(double ratio, int64_t in_features);
 
 // Validates `dims` / `stats` (non-negative, consistent) and computes the dense breakdown.
 absl::StatusOr<FlopsBreakdown> ComputeDenseFlops(const FlopsModelDims& dims,

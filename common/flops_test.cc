@@ -1,5 +1,6 @@
 #include "common/flops.h"
 
+#include <cmath>
 #include <cstdint>
 
 #include "gmock/gmock.h"
@@ -42,6 +43,10 @@ TEST(FlopsTest, HandCountedTinyModel) {
   ASSERT_EQ(f->decoder_linear.size(), 2u);
   EXPECT_THAT(f->decoder_linear[0], testing::ElementsAre(1280, 640, 640, 1280, 1920, 1920, 1920));
   EXPECT_THAT(f->decoder_linear[1], testing::ElementsAre(640, 320, 320, 640, 960, 960, 960));
+  // Input widths: q/k/v/gate/up read hidden (8), o reads q_width, down reads mlp_width.
+  ASSERT_EQ(f->decoder_linear_in.size(), 2u);
+  EXPECT_THAT(f->decoder_linear_in[0], testing::ElementsAre(8, 8, 8, 8, 8, 8, 12));
+  EXPECT_THAT(f->decoder_linear_in[1], testing::ElementsAre(8, 8, 8, 4, 8, 8, 6));
   // Causal attention 2·T²·d: 2·100·8 and 2·100·4.
   EXPECT_THAT(f->decoder_attention, testing::ElementsAre(1600, 800));
   EXPECT_DOUBLE_EQ(f->lm_head, 160);  // 1 answer token × 8 × 10 × 2
@@ -100,6 +105,41 @@ TEST(FlopsTest, PolicyScalesOnlyPrunedLinears) {
   EXPECT_DOUBLE_EQ(*PolicyFlops(*f, vision), 21280 - 2560);
   EXPECT_DOUBLE_EQ(UnprunableFraction(*f, false), (21280.0 - 14400) / 21280);
   EXPECT_DOUBLE_EQ(UnprunableFraction(*f, true), (21280.0 - 14400 - 2560) / 21280);
+}
+
+TEST(PrunedPerRowTest, FloorWithDecimalGuard) {
+  EXPECT_EQ(PrunedPerRow(0, 37), 0);
+  EXPECT_EQ(PrunedPerRow(1, 37), 37);
+  EXPECT_EQ(PrunedPerRow(0.5, 37), 18);    // floor, not round
+  EXPECT_EQ(PrunedPerRow(0.99, 37), 36);   // 36.63 → 36
+  EXPECT_EQ(PrunedPerRow(0.29, 100), 29);  // 28.999999999999996 in binary
+  EXPECT_EQ(PrunedPerRow(0.7, 10), 7);
+  EXPECT_EQ(PrunedPerRow(0.1, 4096), 409);
+  for (int k = 0; k <= 96; ++k) EXPECT_EQ(PrunedPerRow(double(k) / 96, 96), k) << k;
+  EXPECT_EQ(PrunedPerRow(std::nan(""), 37), 0);
+  EXPECT_EQ(PrunedPerRow(-0.5, 37), 0);
+}
+
+// The kept fraction is what a mask at that ratio keeps, which for in = 48 is well above 1 − r
+// (the gap the FLOPs model used to ignore).
+TEST(KeptFractionTest, CountsWholePrunedWeights) {
+  EXPECT_EQ(KeptFraction(0, 48), 1.0);
+  EXPECT_EQ(KeptFraction(1, 48), 0.0);
+  EXPECT_EQ(KeptFraction(0.5, 37), 19.0 / 37);
+  EXPECT_EQ(KeptFraction(0.3, 48), 34.0 / 48);  // 14.4 → 14 pruned, not 0.7
+  EXPECT_GT(KeptFraction(0.3, 48) - 0.7, 0.008);
+  EXPECT_EQ(KeptFraction(0.29, 100), 0.71);
+  EXPECT_EQ(KeptFraction(0.5, 0), 1.0);  // no weights: nothing to prune
+  // Bit-equal to non-zeros / numel of an out × in masked weight: one rounding of the same ratio.
+  for (int64_t in : {7, 48, 96, 4096, 11008}) {
+    for (double r : {0.1, 0.2, 0.3, 1.0 / 3, 0.45, 0.7, 0.8}) {
+      const int64_t out = 4096, k = PrunedPerRow(r, in);
+      EXPECT_EQ(KeptFraction(r, in), double(out * (in - k)) / double(out * in)) << in << " " << r;
+      // A non-increasing step function, never below 1 − r − 1e-9/in.
+      EXPECT_GE(KeptFraction(r, in), 1 - r - 1e-9 / double(in));
+      EXPECT_GE(KeptFraction(r, in), KeptFraction(r + 1e-3, in));
+    }
+  }
 }
 
 TEST(FlopsTest, RejectsBadInput) {

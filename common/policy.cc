@@ -182,6 +182,12 @@ absl::StatusOr<PolicySpace> PolicySpace::Create(FlopsBreakdown dense, PruningUni
   RETURN_IF_ERROR(ValidateRatioChoices(ratio_choices));
   const size_t n = units.size();
   if (n == 0) return absl::InvalidArgumentError("policy space: no pruning units");
+  if (dense.decoder_linear_in.size() != dense.decoder_linear.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy space: the FLOPs breakdown has input widths for ",
+                     dense.decoder_linear_in.size(), " decoder layers and FLOPs for ",
+                     dense.decoder_linear.size(), " (build it with ComputeDenseFlops)"));
+  }
   if (units.members.size() != n || units.dense_flops.size() != n || units.params.size() != n ||
       units.flops_share.size() != n) {
     return absl::InvalidArgumentError("policy space: pruning unit fields differ in length");
@@ -244,26 +250,24 @@ absl::StatusOr<KeptFractions> PolicySpace::KeptFractionsOf(
                                                      unit_ratios[i], ", outside [0, 1]"));
     }
   }
+  return KeptFractionsUnchecked(unit_ratios);
+}
+
+KeptFractions PolicySpace::KeptFractionsUnchecked(std::span<const double> unit_ratios) const {
   KeptFractions keep;
   keep.decoder.assign(dense_.decoder_linear.size(), {1, 1, 1, 1, 1, 1, 1});
   for (size_t u = 0; u < units_.size(); ++u) {
     for (const UnitMember& m : units_.members[u]) {
-      keep.decoder[m.layer][static_cast<int>(m.linear)] = 1.0 - unit_ratios[u];
+      const int i = static_cast<int>(m.linear);
+      keep.decoder[m.layer][i] = KeptFraction(unit_ratios[u], dense_.decoder_linear_in[m.layer][i]);
     }
   }
   return keep;
 }
 
 double PolicySpace::FlopsUnchecked(std::span<const double> unit_ratios) const {
-  KeptFractions keep;
-  keep.decoder.assign(dense_.decoder_linear.size(), {1, 1, 1, 1, 1, 1, 1});
-  for (size_t u = 0; u < units_.size(); ++u) {
-    for (const UnitMember& m : units_.members[u]) {
-      keep.decoder[m.layer][static_cast<int>(m.linear)] = 1.0 - unit_ratios[u];
-    }
-  }
   // Shapes and ranges were checked by the callers, so PolicyFlops cannot fail here.
-  absl::StatusOr<double> f = PolicyFlops(dense_, keep);
+  absl::StatusOr<double> f = PolicyFlops(dense_, KeptFractionsUnchecked(unit_ratios));
   return f.ok() ? *f : std::numeric_limits<double>::infinity();
 }
 
@@ -393,11 +397,15 @@ absl::StatusOr<std::vector<double>> PolicySpace::ShiftToBudget(std::span<const d
   // At lo every ratio clamps to 0, at hi every ratio clamps to rmax (F = min_flops_ ≤ limit).
   double lo = -*pmax;
   double hi = rmax - *pmin;
+  // rmax − pmin can round down so that pmin + hi < rmax; step up until every ratio clamps.
+  while (*pmin + hi < rmax) hi = std::nextafter(hi, std::numeric_limits<double>::infinity());
   if (at(lo) <= limit) {
     at(lo);
     return r;
   }
-  // Invariant: F(lo) > limit ≥ F(hi). 2000 halvings reach adjacent doubles from any start.
+  // Invariant: F(lo) > limit ≥ F(hi). F is monotone (a step function of t, not continuous), so
+  // this brackets the smallest t that meets the budget; 2000 halvings reach adjacent doubles from
+  // any start, and hi — never lo — is returned.
   for (int it = 0; it < 2000; ++it) {
     const double mid = lo + (hi - lo) / 2;
     if (mid <= lo || mid >= hi) break;
@@ -407,7 +415,11 @@ absl::StatusOr<std::vector<double>> PolicySpace::ShiftToBudget(std::span<const d
       hi = mid;
     }
   }
-  at(hi);
+  // Never above the budget: the invariant guarantees it; checked because the caller writes it.
+  if (at(hi) > limit) {
+    return absl::InternalError(
+        absl::StrCat("shift to budget ", budget, ": the bracket's upper end exceeds the budget"));
+  }
   return r;
 }
 

@@ -6,8 +6,11 @@
 // share the ratio) or a single decoder linear. Discrete policies (the evolutionary and random
 // searches) are indices into the sorted ratio choices R; continuous ones (UNIFORM, OWL) are the
 // ratio values themselves. F(π) is the per-sample FLOPs of flops.h's PolicyFlops with each linear
-// of a unit kept at fraction 1 − ratio (unstructured and N:M count kept multiply-adds). The vision
-// tower and projector are not units (prune_vision is not supported here yet).
+// of a unit kept at fraction KeptFraction(ratio, in_features) — the whole weights the UNSTRUCTURED
+// masks keep (PrunedPerRow per row), not 1 − ratio — so the search, the budget pre-flight, repair
+// and the continuous solvers all score exactly what finalize writes. F is therefore a
+// non-increasing STEP function of each ratio, with steps where ratio·in crosses an integer. The
+// vision tower and projector are not units (prune_vision is not supported here yet).
 //
 // Budget convention: π meets budget b ∈ (0, 1] iff F(π) ≤ b · F(dense), where F(dense) is the same
 // PolicyFlops call with every kept fraction 1, so the all-dense policy meets b = 1 exactly.
@@ -116,7 +119,8 @@ class PolicySpace {
   absl::StatusOr<double> FlopsRatio(const Policy& policy) const;
   // The same for continuous per-unit ratios (each within [0, 1]).
   absl::StatusOr<double> FlopsOfRatios(std::span<const double> unit_ratios) const;
-  // Kept fractions for flops.h / the worker's counter: each linear of unit u keeps 1 − ratio[u].
+  // Kept fractions for flops.h / the worker's counter: each linear of unit u keeps
+  // KeptFraction(ratio[u], its in_features).
   absl::StatusOr<KeptFractions> KeptFractionsOf(std::span<const double> unit_ratios) const;
 
   // F(every unit at the largest ratio) / F(dense): the smallest reachable budget.
@@ -137,9 +141,10 @@ class PolicySpace {
   // FLOPs) for eligible units and 0 for the others: a unit's chance is proportional to the FLOPs
   // one step of it moves. Each pick draws exactly once.
   // Result: F ≤ b·F_dense always. It is ≥ (b − kRepairSlack)·F_dense unless every unit is at the
-  // smallest ratio or no single step fits (impossible when R contains 0 and every unit step
-  // (Δratio · unit FLOPs) is ≤ kRepairSlack·F_dense). A policy already in the band is returned
-  // unchanged without drawing.
+  // smallest ratio or no single step fits (impossible when R contains 0 and every unit step —
+  // the FLOPs of the whole weights per row it prunes, Σ linear FLOPs · Δk/in, which can exceed
+  // Δratio · unit FLOPs by up to one weight per row — is ≤ kRepairSlack·F_dense). A policy already
+  // in the band is returned unchanged without drawing.
   absl::StatusOr<Policy> RepairToBudget(Policy policy, double budget, Prng& prng) const;
 
   // The discrete uniform policy meeting the budget: every unit at the smallest common index k
@@ -149,21 +154,28 @@ class PolicySpace {
   // Each unit an independent UniformInt(num_choices()) draw, in unit order; then repaired.
   absl::StatusOr<Policy> RandomFeasiblePolicy(double budget, Prng& prng) const;
 
-  // UNIFORM strategy: the continuous ratio r ∈ [0, max_ratio()] for every unit with
-  // F = b·F_dense (to rounding; never above it). b = 1 gives 0.
+  // UNIFORM strategy: the smallest common continuous ratio r ∈ [0, max_ratio()] with
+  // F(r, …, r) ≤ b·F_dense (never above). F is a step function of r, so there is no closed form
+  // and F(r) is in general below b·F_dense by less than the step at r; r lies on a step (to
+  // adjacent doubles: F at the next smaller double exceeds the budget) unless r = 0. b = 1 gives 0.
+  // Found by ShiftToBudget's bisection with every preference 0.
   absl::StatusOr<double> UniformContinuousRatio(double budget) const;
 
   // OWL (and UNIFORM): per-unit ratios r_u(t) = clamp(preference_u + t, 0, max_ratio()) with the
-  // shift t chosen so F = b·F_dense (to rounding, never above). F(t) is continuous and
-  // non-increasing, so t is found by bisection down to adjacent doubles, keeping the side that
-  // meets the budget. When the dense model already meets it, the least-pruned solution (all
-  // clamped at 0) is returned. An additive shift keeps OWL's deviations between units intact
-  // wherever no clamp binds.
+  // smallest shift t that meets the budget, F(t) ≤ b·F_dense (never above). F(t) is a
+  // non-increasing step function (whole pruned weights), so t is found by bisection down to
+  // adjacent doubles, keeping the side that meets the budget: F at the next smaller t exceeds
+  // it, and F(t) is below b·F_dense by less than the step at t. When the dense model already
+  // meets it, the least-pruned solution (all clamped at 0) is returned. An additive shift keeps
+  // OWL's deviations between units intact wherever no clamp binds.
   absl::StatusOr<std::vector<double>> ShiftToBudget(std::span<const double> preferences,
                                                     double budget) const;
 
  private:
   PolicySpace(FlopsBreakdown dense, PruningUnits units, std::vector<double> ratios);
+  // The one mapping from unit ratios to kept fractions (KeptFraction per member linear, 1 for
+  // linears in no unit); callers validated shapes and ranges.
+  KeptFractions KeptFractionsUnchecked(std::span<const double> unit_ratios) const;
   // Unchecked F of per-unit ratios (callers validated shapes and ranges).
   double FlopsUnchecked(std::span<const double> unit_ratios) const;
   double FlopsOfIndices(const Policy& policy) const;

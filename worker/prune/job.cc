@@ -402,58 +402,16 @@ class TrackingEvaluator : public search::PolicyEvaluator {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Finalize: per-linear pruned counts meeting the budget on the realized weights.
+// Finalize: the policy's per-linear ratios as whole pruned weights per row.
 
 struct LinearPlan {
   std::string name;  // canonical weight name
   int layer = 0;
   DecoderLinear kind = DecoderLinear::kQ;
   int64_t out = 0, in = 0;
-  double ratio = 0;       // the policy's ratio
-  int64_t k = 0;          // pruned weights per row in the artifact
-  bool adjusted = false;  // k > floor(ratio·in)
+  double ratio = 0;  // the policy's ratio
+  int64_t k = 0;     // pruned weights per row: PrunedPerRow(ratio, in), what the mask prunes
 };
-
-absl::StatusOr<double> RealizedFlopsRatio(const search::PolicySpace& space,
-                                          const std::vector<LinearPlan>& plan, int num_layers) {
-  KeptFractions keep;
-  keep.decoder.assign(num_layers, {});
-  for (auto& row : keep.decoder) row.fill(1.0);
-  for (const LinearPlan& p : plan) {
-    keep.decoder[p.layer][int(p.kind)] = double(p.in - p.k) / double(p.in);
-  }
-  ASSIGN_OR_RETURN(double f, PolicyFlops(space.dense(), keep));
-  return f / space.dense_flops();
-}
-
-// k = floor(r·in) per linear (the bank's rounding); then, while the realized FLOPs exceed the
-// budget, one more pruned weight per row in the linear with the largest remaining rounding
-// deficit r·in − k (ties: canonical order). Ceil everywhere meets any budget the nominal policy
-// meets, so this stops after at most one step per linear in that case.
-absl::Status PlanToBudget(const search::PolicySpace& space, double budget, int num_layers,
-                          std::vector<LinearPlan>& plan) {
-  for (LinearPlan& p : plan) p.k = PrunedPerRow(p.ratio, p.in);
-  ASSIGN_OR_RETURN(double ratio, RealizedFlopsRatio(space, plan, num_layers));
-  int64_t guard = 0;
-  for (const LinearPlan& p : plan) guard += p.in;
-  while (ratio > budget) {
-    int best = -1;
-    double best_deficit = 0;
-    for (size_t i = 0; i < plan.size(); ++i) {
-      if (plan[i].k >= plan[i].in) continue;
-      const double deficit = plan[i].ratio * double(plan[i].in) - double(plan[i].k);
-      if (best < 0 || deficit > best_deficit) best = int(i), best_deficit = deficit;
-    }
-    if (best < 0 || --guard < 0) {
-      return absl::InternalError(absl::StrCat("cannot meet the FLOPs budget ", budget,
-                                              " with whole pruned weights (realized ", ratio, ")"));
-    }
-    ++plan[best].k;
-    plan[best].adjusted = true;
-    ASSIGN_OR_RETURN(ratio, RealizedFlopsRatio(space, plan, num_layers));
-  }
-  return absl::OkStatus();
-}
 
 // The tensor as the artifact's dtype will store it (so in-process numbers match the reload).
 at::Tensor RoundToDType(const at::Tensor& t, model::DType dtype) {
@@ -713,9 +671,11 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     p.out = evaluator->bank().out_features(i);
     p.in = evaluator->bank().in_features(i);
     p.ratio = linear_ratios[i];
+    // The search's FLOPs model counts exactly these whole weights (common/flops.h KeptFraction),
+    // so the policy that met the budget there meets it here without any adjustment.
+    p.k = PrunedPerRow(p.ratio, p.in);
     plan.push_back(p);
   }
-  RETURN_IF_ERROR(PlanToBudget(space, spec.flops_budget, num_layers, plan));
   std::unique_ptr<MaskBank> final_bank;
   const MaskBank* bank = &evaluator->bank();
   if (final_method != spec.mask_method) {
@@ -729,12 +689,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   }
   std::vector<at::Tensor> masks;
   for (size_t i = 0; i < plan.size(); ++i) {
-    const double r = double(plan[i].k) / double(plan[i].in);
-    if (PrunedPerRow(r, plan[i].in) != plan[i].k) {
-      return absl::InternalError(absl::StrCat("ratio for ", plan[i].k, "/", plan[i].in,
-                                              " does not round back (", plan[i].name, ")"));
-    }
-    ASSIGN_OR_RETURN(at::Tensor mask, bank->KeepMask(int(i), r));
+    ASSIGN_OR_RETURN(at::Tensor mask, bank->KeepMask(int(i), plan[i].ratio));
     masks.push_back(std::move(mask));
   }
   const int projector_version = evaluator->projector_version();
@@ -843,8 +798,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
                         {"out_features", plan[i].out},
                         {"in_features", plan[i].in},
                         {"pruned_per_row", plan[i].k},
-                        {"ratio_realized", double(plan[i].k) / double(plan[i].in)},
-                        {"rounding_adjusted", plan[i].adjusted}});
+                        {"ratio_realized", double(plan[i].k) / double(plan[i].in)}});
       }
       units.push_back({{"name", space.units().names[u]},
                        {"ratio", unit_ratios[u]},
@@ -897,12 +851,16 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     pruned_params = dense_params - (linear_weights - linear_nonzero);
     ASSIGN_OR_RETURN(double f, PolicyFlops(space.dense(), keep));
     flops_ratio = f / space.dense_flops();
-  }
-  if (!(flops_ratio <= spec.flops_budget)) {
-    return absl::InternalError(absl::StrFormat(
-        "the written artifact's FLOPs ratio %.6f exceeds the budget %.6f (counted from its "
-        "non-zero weights); refusing to finish",
-        flops_ratio, spec.flops_budget));
+    // The budget convention of common/policy.h (F ≤ b·F_dense), so this check and the search's
+    // agree to the last bit. The search counts the masks' whole weights, so this only fires on a
+    // bug (a mask or the FLOPs model out of step); it must stay loud rather than write a report
+    // that lies.
+    if (!(f <= spec.flops_budget * space.dense_flops())) {
+      return absl::InternalError(absl::StrFormat(
+          "the written artifact's FLOPs ratio %.6f exceeds the budget %.6f (counted from its "
+          "non-zero weights); refusing to finish",
+          flops_ratio, spec.flops_budget));
+    }
   }
   RETURN_IF_ERROR(ctx.CheckStop());
   model::EvalOptions eo;
@@ -932,15 +890,6 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
 
   // --- report.json ---
   ASSIGN_OR_RETURN(auto model_hash, ModelSha256(spec.model_dir));
-  json rounding = json::array();
-  for (const LinearPlan& p : plan) {
-    if (p.adjusted) {
-      rounding.push_back({{"name", model::LayoutWeightName(p.name, layout)},
-                          {"ratio", p.ratio},
-                          {"pruned_per_row", p.k},
-                          {"floor_pruned_per_row", PrunedPerRow(p.ratio, p.in)}});
-    }
-  }
   json report;
   report["format"] = "prunesvc.report.v1";
   report["flops_ratio"] = flops_ratio;
@@ -975,7 +924,6 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["pruned"] = std::move(pruned_j);
   report["latency_ratio"] = dense_latency > 0 ? pruned_latency / dense_latency : 0.0;
   report["policy"] = policy;
-  report["rounding_adjustments"] = std::move(rounding);
   report["uniform_ratio"] = uniform_ratio ? json(*uniform_ratio) : json(nullptr);
   report["search"] = {{"unit", std::string(search::UnitKindName(spec.unit))},
                       {"mask_method", std::string(MaskMethodName(spec.mask_method))},

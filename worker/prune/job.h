@@ -10,11 +10,10 @@
 // removes its partial directory, so OUT is either absent (or the empty directory it was) or
 // complete.
 //
-// The budget is a hard limit on the ARTIFACT: a ratio r prunes floor(r·in) weights per row
-// (mask_bank.h), so a policy whose nominal FLOPs meet the budget can exceed it by up to one
-// weight per row per linear. Finalize therefore prunes one more weight per row in the linears
-// closest to their next whole weight until the realized FLOPs meet the budget (recorded in
-// policy.json as `pruned_per_row` and in the report as `rounding_adjustments`), and the report's
+// The budget is a hard limit on the ARTIFACT: a ratio r prunes PrunedPerRow(r, in) =
+// floor(r·in + 1e-9) whole weights per row (common/flops.h), and the search's FLOPs model counts
+// exactly those (KeptFraction), so the policy the search (or UNIFORM's solver) found within the
+// budget is written as is, with its per-linear `pruned_per_row` in policy.json. The report's
 // flops_ratio is recounted from the written weights' non-zeros; a count above the budget fails
 // the job (Internal) instead of writing a report that lies.
 //

@@ -25,9 +25,14 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/flops.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/model/checkpoint.h"
+#include "worker/model/llava_bundle.h"
+#include "worker/model/samples.h"
+#include "worker/model/scoring.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -62,6 +67,38 @@ json SafetensorsHeader(const std::string& path) {
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);
   return json::parse(bytes.substr(8, n));
+}
+
+// F(artifact) / F(dense), counted here from the written weights' real non-zeros: the FLOPs model
+// (common/flops.h) on the artifact's own dims and the samples' token statistics, each decoder
+// linear kept at non-zeros / numel of its loaded weight. Does not read report.json or
+// policy.json.
+absl::StatusOr<double> ArtifactFlopsRatio(const std::string& model_dir,
+                                          const std::string& samples_path) {
+  ASSIGN_OR_RETURN(auto bundle, model::LoadLlavaBundle(model_dir));
+  ASSIGN_OR_RETURN(model::SampleSet set, model::LoadSampleSet(samples_path));
+  std::vector<model::ScoringSample> scoring;
+  for (const model::Sample& sample : set.samples) {
+    ASSIGN_OR_RETURN(model::PreparedSample p, model::PrepareSample(*bundle, sample));
+    scoring.push_back(p.scoring);
+  }
+  model::LlavaModel& m = *bundle->model;
+  ASSIGN_OR_RETURN(FlopsBreakdown dense,
+                   ComputeDenseFlops(m.FlopsDims(), model::ComputeTokenStats(m, scoring)));
+  KeptFractions keep;
+  keep.decoder.assign(dense.decoder_linear.size(), {1, 1, 1, 1, 1, 1, 1});
+  int counted = 0;
+  for (const model::NamedLinear& nl : m.DecoderLinears()) {
+    const at::Tensor& w = nl.linear->weight;
+    keep.decoder.at(nl.layer)[int(nl.kind)] =
+        double(at::count_nonzero(w).item<int64_t>()) / double(w.numel());
+    ++counted;
+  }
+  if (counted != 7 * int(dense.decoder_linear.size())) {
+    return absl::InternalError(absl::StrCat("counted ", counted, " decoder linears"));
+  }
+  ASSIGN_OR_RETURN(double pruned, PolicyFlops(dense, keep));
+  return pruned / dense.Total();
 }
 
 bool dir_made = false;
@@ -222,6 +259,12 @@ TEST(PruneLocalTest, ArtifactNonZerosMatchPolicyAndBudget) {
   EXPECT_EQ(report["policy"], policy);
   EXPECT_LE(report["flops_ratio"].get<double>(), 0.5);
   EXPECT_GE(report["flops_ratio"].get<double>(), 0.5 - 0.05);
+  // The search scored exactly what was written: the policy's FLOPs (the search's model) equal
+  // the FLOPs counted from the artifact's non-zeros.
+  auto counted = ArtifactFlopsRatio(WorkDir() + "/main/model", WorkDir() + "/search");
+  ASSERT_TRUE(counted.ok()) << counted.status();
+  EXPECT_NEAR(*counted, report["flops_ratio"].get<double>(), 1e-12);
+  EXPECT_NEAR(*counted, policy["flops_ratio_nominal"].get<double>(), 1e-12);
   auto out = model::LoadCheckpoint(WorkDir() + "/main/model");
   ASSERT_TRUE(out.ok()) << out.status();
   auto in = model::LoadCheckpoint(WorkDir() + "/model32");
@@ -236,6 +279,7 @@ TEST(PruneLocalTest, ArtifactNonZerosMatchPolicyAndBudget) {
       const int64_t k = lin["pruned_per_row"], o = lin["out_features"], i = lin["in_features"];
       const int64_t nnz = at::count_nonzero(w).item<int64_t>();
       EXPECT_EQ(nnz, o * (i - k)) << name;
+      EXPECT_EQ(k, PrunedPerRow(unit["ratio"].get<double>(), i)) << name;  // no adjustment
       // Each row keeps exactly in − k weights: the per-row ratio holds.
       EXPECT_TRUE(
           at::equal(at::count_nonzero(w, at::IntArrayRef{1}), at::full({o}, i - k, at::kLong)))
@@ -316,7 +360,8 @@ TEST(PruneLocalTest, ReportHasProvenanceAndModelCard) {
 }
 
 // fp16 weights under transformers ≥ 4.52 names in → the same out; config and tokenizer files
-// copied byte for byte. UNIFORM meets the budget within 0.02 and never above.
+// copied byte for byte. UNIFORM meets the budget within 0.02 and never above, counted from the
+// artifact's real non-zeros, and the written FLOPs are exactly the ones its solver computed.
 TEST(PruneLocalTest, UniformKeepsDtypeAndLayoutAndMeetsBudget) {
   ASSERT_FALSE(WorkDir().empty());
   for (double budget : {0.6, 0.45}) {
@@ -330,9 +375,13 @@ TEST(PruneLocalTest, UniformKeepsDtypeAndLayoutAndMeetsBudget) {
     EXPECT_TRUE(absl::StrContains(r.err, "overstates")) << r.err;
     const json report = ReadJson(out + "/report.json");
     EXPECT_EQ(report["accuracy_set"], "search");
-    const double f = report["flops_ratio"];
+    auto counted = ArtifactFlopsRatio(out + "/model", WorkDir() + "/search");
+    ASSERT_TRUE(counted.ok()) << counted.status();
+    const double f = *counted;
     EXPECT_LE(f, budget);
     EXPECT_GE(f, budget - 0.02);
+    EXPECT_NEAR(f, report["flops_ratio"].get<double>(), 1e-12);
+    EXPECT_NEAR(f, report["policy"]["flops_ratio_nominal"].get<double>(), 1e-12);
     const double u = report["uniform_ratio"];
     for (const json& unit : report["policy"]["units"]) EXPECT_EQ(unit["ratio"].get<double>(), u);
     bool warned = false;
@@ -340,11 +389,16 @@ TEST(PruneLocalTest, UniformKeepsDtypeAndLayoutAndMeetsBudget) {
       warned |= absl::StrContains(w.get<std::string>(), "overstates");
     }
     EXPECT_TRUE(warned);
-    // The continuous ratio meets the budget exactly on paper; floor(r·in) pruned weights per
-    // row keep a little more, so some linears prune one more weight per row (recorded).
-    ASSERT_FALSE(report["rounding_adjustments"].empty());
-    for (const json& a : report["rounding_adjustments"]) {
-      EXPECT_EQ(a["pruned_per_row"].get<int>(), a["floor_pruned_per_row"].get<int>() + 1);
+    // Every linear prunes exactly PrunedPerRow(u, in) weights per row: no after-the-fact
+    // adjustment exists any more.
+    EXPECT_FALSE(report.contains("rounding_adjustments"));
+    for (const json& unit : report["policy"]["units"]) {
+      for (const json& lin : unit["linears"]) {
+        EXPECT_EQ(lin["pruned_per_row"].get<int64_t>(),
+                  PrunedPerRow(u, lin["in_features"].get<int64_t>()))
+            << lin["name"];
+        EXPECT_FALSE(lin.contains("rounding_adjusted")) << lin["name"];
+      }
     }
     EXPECT_EQ(report["history"].size(), 0u);
     EXPECT_FALSE(report["projector"]["trained"].get<bool>());

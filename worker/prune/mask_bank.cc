@@ -28,13 +28,6 @@ absl::StatusOr<MaskMethod> ParseMaskMethod(std::string_view name) {
       absl::StrCat("unknown mask method '", std::string(name), "' (expected MAGNITUDE or WANDA)"));
 }
 
-int64_t PrunedPerRow(double ratio, int64_t in_features) {
-  if (!(ratio > 0)) return 0;  // also NaN
-  const double k = std::floor(ratio * double(in_features) + 1e-9);
-  if (k >= double(in_features)) return in_features;
-  return int64_t(k);
-}
-
 absl::StatusOr<at::Tensor> MaskScores(const at::Tensor& weight, MaskMethod method,
                                       const at::Tensor& col_sq_norms) {
   return internal::TorchGuarded("mask scores", [&]() -> absl::StatusOr<at::Tensor> {

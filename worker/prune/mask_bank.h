@@ -8,8 +8,8 @@
 //    MAGNITUDE too (Wanda's magnitude baseline thresholds the whole matrix instead), so every row
 //    of every linear holds exactly the same ratio.
 //  - Ratio r ∈ [0, 1] prunes k = PrunedPerRow(r, in) = floor(r·in + 1e-9) lowest-scoring weights
-//    of each row. The 1e-9 absorbs decimal ratios' binary error (0.29·100 = 28.999…96 → 29);
-//    Wanda's int(in·r) would give 28 there and agrees everywhere else.
+//    of each row (common/flops.h, where the FLOPs model's KeptFraction uses the same count, so
+//    the search's FLOPs are exactly those of these masks).
 //  - Ties are broken by column index: among equal scores the lower column is pruned first (a
 //    stable ascending sort, as Wanda's torch.sort(stable=True)).
 //  - The bank is built from the dense weights and, for WANDA, the statistics of the current
@@ -33,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/flops.h"  // PrunedPerRow
 #include "worker/prune/calibration.h"
 
 namespace prunesvc::prune {
@@ -43,9 +44,6 @@ enum class MaskMethod { kMagnitude, kWanda };
 std::string_view MaskMethodName(MaskMethod method);
 // "MAGNITUDE" / "WANDA" (case-sensitive, as in the API) → method; anything else InvalidArgument.
 absl::StatusOr<MaskMethod> ParseMaskMethod(std::string_view name);
-
-// floor(ratio·in + 1e-9), clamped to [0, in]. `ratio` must be in [0, 1] (callers validate).
-int64_t PrunedPerRow(double ratio, int64_t in_features);
 
 // The scores of one linear, float64 [out, in] on the CPU. `weight` [out, in] (any float dtype,
 // any device); `col_sq_norms` float64 [in] (WANDA only; ignored for MAGNITUDE).

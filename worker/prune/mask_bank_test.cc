@@ -45,17 +45,6 @@ CalibrationStats StatsFor(const std::vector<at::Tensor>& norms) {
   return st;
 }
 
-TEST(PrunedPerRowTest, FloorWithDecimalGuard) {
-  EXPECT_EQ(PrunedPerRow(0, 37), 0);
-  EXPECT_EQ(PrunedPerRow(1, 37), 37);
-  EXPECT_EQ(PrunedPerRow(0.5, 37), 18);    // floor, not round
-  EXPECT_EQ(PrunedPerRow(0.99, 37), 36);   // 36.63 → 36
-  EXPECT_EQ(PrunedPerRow(0.29, 100), 29);  // 28.999999999999996 in binary
-  EXPECT_EQ(PrunedPerRow(0.7, 10), 7);
-  EXPECT_EQ(PrunedPerRow(0.1, 4096), 409);
-  for (int k = 0; k <= 96; ++k) EXPECT_EQ(PrunedPerRow(double(k) / 96, 96), k) << k;
-}
-
 TEST(MaskMethodTest, Names) {
   EXPECT_EQ(*ParseMaskMethod("WANDA"), MaskMethod::kWanda);
   EXPECT_EQ(*ParseMaskMethod("MAGNITUDE"), MaskMethod::kMagnitude);
