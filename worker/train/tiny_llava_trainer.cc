@@ -295,9 +295,14 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
     auto normal = [](std::vector<int64_t> shape, double std) {
       return at::randn(shape, at::kFloat) * std;
     };
+    // Fan-in scaling (unit-scale outputs; residual branches × 1/√(2L)), or — for the text side
+    // when text_init_std > 0 — HF LLaMA's plain N(0, initializer_range) for every matrix.
+    bool text_side = false;
+    const double text_std = options_.text_init_std;
     auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias,
                       double scale = 1.0) {
-      w[name + ".weight"] = normal({out, in}, scale / std::sqrt(double(in)));
+      w[name + ".weight"] =
+          normal({out, in}, text_side && text_std > 0 ? text_std : scale / std::sqrt(double(in)));
       if (bias) w[name + ".bias"] = at::zeros({out}, at::kFloat);
     };
     const int64_t D = s.vision_width, Mv = s.vision_mlp, P = config.vision.num_patches();
@@ -325,6 +330,7 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
     w[vp + "post_layernorm.weight"] = at::ones({D});
     w[vp + "post_layernorm.bias"] = at::zeros({D});
     const int64_t H = s.text_width, I = s.text_mlp, hd = H / s.text_heads;
+    text_side = true;
     linear("multi_modal_projector.linear_1", H, D, true);
     linear("multi_modal_projector.linear_2", H, H, true);
     const int64_t V = config.text.vocab_size;
@@ -332,7 +338,7 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
     // Unit-scale token embeddings, like the projected image rows and the sub-layer outputs (the
     // linears are initialised for unit-scale outputs): with LLaMA's 0.02 the first attention
     // output swamps token identity in the residual stream.
-    w[tp + "embed_tokens.weight"] = normal({V, H}, 1.0);
+    w[tp + "embed_tokens.weight"] = normal({V, H}, text_std > 0 ? text_std : 1.0);
     const double tres = 1.0 / std::sqrt(2.0 * s.text_layers);
     for (int l = 0; l < s.text_layers; ++l) {
       const std::string p = absl::StrCat(tp, "layers.", l, ".");
@@ -347,7 +353,7 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
       w[p + "post_attention_layernorm.weight"] = at::ones({H});
     }
     w[tp + "norm.weight"] = at::ones({H});
-    w[kLmHead] = normal({V, H}, 1.0 / std::sqrt(double(H)));
+    w[kLmHead] = normal({V, H}, text_std > 0 ? text_std : 1.0 / std::sqrt(double(H)));
     // Aux head (phase 1), never written to the model directory.
     w[std::string(kAux) + "weight"] = normal({kAuxOutputs, D}, 1.0 / std::sqrt(double(D)));
     w[std::string(kAux) + "bias"] = at::zeros({kAuxOutputs});
@@ -453,7 +459,32 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
                          options_.open_fraction > 0 &&
                          double(data::Mix64(uint64_t(index) ^ 0x7f4a7c159e3779b9ull) % 100000) <
                              options_.open_fraction * 100000;
+    const double binding = options_.binding_fraction * CurriculumDecay(step);
+    const bool is_binding =
+        !is_open && binding > 0 &&
+        double(data::Mix64(uint64_t(index) ^ 0x2545f4914f6cdd1dull) % 100000) < binding * 100000;
+    if (is_binding) {
+      for (size_t k = 0; k < sample.options.size(); ++k) {
+        sample.options[k] += std::string(" ") + model::OptionLetter(int(k));
+      }
+    }
     ASSIGN_OR_RETURN(auto ex, MakeExample(sample, is_open));
+    if (is_binding) {
+      // The repeated letters are the only "▁A".."▁Z" tokens before the answer.
+      const int n = int(sample.options.size());
+      for (int p = 1; p < ex.answer_begin; ++p) {
+        if (std::find(letter_ids_.begin(), letter_ids_.begin() + n, ex.token_ids[p]) !=
+            letter_ids_.begin() + n) {
+          ex.extra_targets.push_back(p);
+        }
+      }
+      if (ex.extra_targets.size() != size_t(n)) {
+        return absl::InternalError(absl::StrCat("binding sample ", sample.id, ": found ",
+                                                ex.extra_targets.size(), " repeated letters, not ",
+                                                n));
+      }
+      ex.type = "binding";
+    }
     if (is_pointer) ex.type = "pointer";
     if (is_open) ex.type = "open";
     out.push_back(std::move(ex));
@@ -461,10 +492,14 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
   return out;
 }
 
-double TinyLlavaTrainer::PointerFraction(int64_t step) const {
+double TinyLlavaTrainer::CurriculumDecay(int64_t step) const {
   const int64_t s = step - options_.vision_steps;
   if (s < 0 || s >= options_.pointer_steps || options_.pointer_steps <= 0) return 0;
-  return options_.pointer_fraction * (1.0 - double(s) / double(options_.pointer_steps));
+  return 1.0 - double(s) / double(options_.pointer_steps);
+}
+
+double TinyLlavaTrainer::PointerFraction(int64_t step) const {
+  return options_.pointer_fraction * CurriculumDecay(step);
 }
 
 namespace {
@@ -544,6 +579,10 @@ at::Tensor TinyLlavaTrainer::AnswerLossTensor(const at::Tensor& image_features,
   for (size_t i = 0; i < batch.size(); ++i) {
     inputs[i].token_ids = batch[i].token_ids;
     inputs[i].image_features = image_features.narrow(0, int64_t(i), 1);
+    for (int p : batch[i].extra_targets) {
+      inputs[i].logit_positions.push_back(p - 1);
+      targets.push_back(batch[i].token_ids[p]);
+    }
     for (int p = batch[i].answer_begin; p < batch[i].answer_end; ++p) {
       inputs[i].logit_positions.push_back(p - 1);
       targets.push_back(batch[i].token_ids[p]);

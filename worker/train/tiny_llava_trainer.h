@@ -86,6 +86,9 @@ struct TrainOptions {
   TinyLlavaSizes sizes;
   uint64_t data_seed = data::kShapesTrainSeed;
   uint64_t init_seed = 1;
+  // > 0: projector, embeddings, decoder and lm_head drawn from N(0, text_init_std) as HF's
+  // LLaMA initializer_range does; 0: fan-in scaling with unit-scale embeddings.
+  double text_init_std = 0;
   int tokenizer_corpus = 4000;  // training samples whose texts train the tokenizer
 
   // Phase 1: vision slots.
@@ -110,6 +113,11 @@ struct TrainOptions {
   // This fraction of phase-2 samples use the open-answer template with the option text as the
   // answer (loss over all its tokens).
   double open_fraction = 0;
+  // Binding curriculum: this fraction of phase-2 samples (decaying like the pointer fraction over
+  // `pointer_steps`) repeat each option's letter after its text ("B. red B") and are also trained
+  // to predict those letters, a dense signal for the head that binds an option's text to its
+  // letter (the multiple-choice answer reads the letter from the matching option's text).
+  double binding_fraction = 0;
 
   // Evaluation during training (held-out split of the eval seed).
   uint64_t eval_seed = data::kShapesEvalSeed;
@@ -143,6 +151,8 @@ struct EvalResult {
 struct TrainExample {
   std::vector<int> token_ids;
   int answer_begin = 0, answer_end = 0;
+  // Further positions (< answer_begin) whose tokens are also predicted (binding curriculum).
+  std::vector<int> extra_targets;
   std::vector<float> pixels;  // CHW
   std::string type;
   int correct_option = 0;
@@ -185,6 +195,8 @@ class TinyLlavaTrainer {
   int64_t step() const { return step_; }
   int total_steps() const { return options_.vision_steps + options_.steps; }
   double LearningRate(int64_t step) const;
+  // 1 → 0 linearly over the first `pointer_steps` phase-2 steps; 0 outside.
+  double CurriculumDecay(int64_t step) const;
   double PointerFraction(int64_t step) const;
   model::LlavaModel& model() { return *model_; }
   const model::Tokenizer& tokenizer() const { return *tokenizer_; }

@@ -33,6 +33,12 @@ ABSL_FLAG(int, pointer_steps, 0, "Phase-2 steps over which the pointer fraction 
 ABSL_FLAG(
     double, open_fraction, 0.0,
     "Fraction of phase-2 samples asked with the open-answer template (answer = option text).");
+ABSL_FLAG(double, text_init_std, 0.0,
+          "> 0: N(0, std) init of projector/embeddings/decoder/lm_head (HF initializer_range); "
+          "0: fan-in scaling.");
+ABSL_FLAG(double, binding_fraction, 0.0,
+          "Fraction of early phase-2 samples with each option's letter repeated after its text "
+          "and predicted (decays like --pointer_fraction over --pointer_steps).");
 ABSL_FLAG(int, eval_every, 250, "Held-out evaluation every N phase-2 steps.");
 ABSL_FLAG(int, eval_samples, 256, "Held-out samples per periodic evaluation.");
 ABSL_FLAG(int, final_eval_samples, 1000, "Held-out samples of the final evaluation.");
@@ -74,6 +80,8 @@ int main(int argc, char** argv) {
   o.pointer_fraction = absl::GetFlag(FLAGS_pointer_fraction);
   o.pointer_steps = absl::GetFlag(FLAGS_pointer_steps);
   o.open_fraction = absl::GetFlag(FLAGS_open_fraction);
+  o.text_init_std = absl::GetFlag(FLAGS_text_init_std);
+  o.binding_fraction = absl::GetFlag(FLAGS_binding_fraction);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
   o.eval_samples = absl::GetFlag(FLAGS_eval_samples);
   o.final_eval_samples = absl::GetFlag(FLAGS_final_eval_samples);
