@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/model/checkpoint.h"
+#include "worker/model/torch_guard.h"
 
 namespace prunesvc::model {
 namespace {
@@ -22,18 +23,6 @@ namespace {
 constexpr char kVisionPrefix[] = "vision_tower.vision_model.";
 constexpr char kTextPrefix[] = "language_model.model.";
 constexpr char kLmHead[] = "language_model.lm_head.weight";
-
-// Runs `f` and converts any exception (libtorch raises c10::Error) into a Status naming `phase`.
-template <typename F>
-auto Guarded(const char* phase, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(phase, ": ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(phase, ": ", e.what()));
-  }
-}
 
 std::string ShapeString(at::IntArrayRef shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -171,7 +160,7 @@ absl::StatusOr<at::Tensor> StackPixels(absl::Span<const PixelValues> images, at:
           p.data.size(), " values; expected ", C, "x", H, "x", W, " like image 0"));
     }
   }
-  return Guarded("stacking pixels", [&]() -> absl::StatusOr<at::Tensor> {
+  return TorchGuarded("stacking pixels", [&]() -> absl::StatusOr<at::Tensor> {
     at::Tensor out = at::empty({int64_t(images.size()), C, H, W}, at::kFloat);
     float* dst = out.data_ptr<float>();
     for (const PixelValues& p : images) {
@@ -195,7 +184,7 @@ absl::StatusOr<std::unique_ptr<LlavaModel>> LlavaModel::CreateFromTensors(
     const LlavaConfig& config, const std::map<std::string, at::Tensor>& tensors,
     at::Device device) {
   std::unique_ptr<LlavaModel> model(new LlavaModel(config, device));
-  absl::Status status = Guarded("loading LLaVA weights", [&] { return model->Load(tensors); });
+  absl::Status status = TorchGuarded("loading LLaVA weights", [&] { return model->Load(tensors); });
   if (!status.ok()) return status;
   return model;
 }
@@ -483,7 +472,7 @@ absl::StatusOr<at::Tensor> LlavaModel::VisionFeatures(const at::Tensor& pixels) 
         "vision tower: pixels must be [N, ", vc.num_channels, ", ", vc.image_size, ", ",
         vc.image_size, "], got ", pixels.defined() ? ShapeString(pixels.sizes()) : "undefined"));
   }
-  return Guarded("vision tower", [&]() -> absl::StatusOr<at::Tensor> {
+  return TorchGuarded("vision tower", [&]() -> absl::StatusOr<at::Tensor> {
     at::NoGradGuard no_grad;  // the tower is never trained here
     return VisionFeaturesImpl(pixels);
   });
@@ -496,8 +485,8 @@ absl::StatusOr<at::Tensor> LlavaModel::Project(const at::Tensor& vision_features
         "projector: features must end in ", proj1_.weight.size(1), " channels, got ",
         vision_features.defined() ? ShapeString(vision_features.sizes()) : "undefined"));
   }
-  return Guarded("projector",
-                 [&]() -> absl::StatusOr<at::Tensor> { return ProjectImpl(vision_features); });
+  return TorchGuarded("projector",
+                      [&]() -> absl::StatusOr<at::Tensor> { return ProjectImpl(vision_features); });
 }
 
 absl::StatusOr<at::Tensor> LlavaModel::ComputeImageFeatures(const at::Tensor& pixels) const {
@@ -695,7 +684,7 @@ absl::StatusOr<std::vector<at::Tensor>> LlavaModel::Forward(absl::Span<const Seq
     max_len = std::max(max_len, e.back() + 1);
     expanded.push_back(std::move(e));
   }
-  return Guarded("decoder forward", [&]() -> absl::StatusOr<std::vector<at::Tensor>> {
+  return TorchGuarded("decoder forward", [&]() -> absl::StatusOr<std::vector<at::Tensor>> {
     std::optional<at::NoGradGuard> no_grad;
     if (!options.enable_grad) no_grad.emplace();
     const int64_t B = batch.size(), H = config_.text.hidden_size;
@@ -739,7 +728,7 @@ absl::StatusOr<at::Tensor> LlavaModel::ForwardWithCache(const SequenceInput& chu
                                                         KvCache* cache) const {
   if (cache == nullptr) return absl::InvalidArgumentError("ForwardWithCache: null cache");
   ASSIGN_OR_RETURN(auto expanded, CheckSequence(chunk, config_, config_.text.hidden_size, 0));
-  return Guarded("decoder forward (KV cache)", [&]() -> absl::StatusOr<at::Tensor> {
+  return TorchGuarded("decoder forward (KV cache)", [&]() -> absl::StatusOr<at::Tensor> {
     at::NoGradGuard no_grad;
     at::Tensor x = EmbedSequence(chunk).unsqueeze(0);
     const int64_t T = x.size(1), past = cache->length;

@@ -1,8 +1,9 @@
-// Internal helper of the pruning engine: runs a lambda that calls libtorch and turns any
-// exception into absl::InternalError naming the phase, so no exception escapes the library's
-// API (DESIGN.md §12). Header-only; thread-safe (stateless).
-#ifndef PRUNESVC_WORKER_PRUNE_TORCH_GUARD_H_
-#define PRUNESVC_WORKER_PRUNE_TORCH_GUARD_H_
+// The worker's boundary with libtorch: runs a lambda that calls libtorch and turns any exception
+// (c10::Error or std::exception) into absl::InternalError naming the phase, so no exception
+// escapes the model runtime's or the pruning engine's API (DESIGN.md §11). Header-only;
+// thread-safe (stateless).
+#ifndef PRUNESVC_WORKER_MODEL_TORCH_GUARD_H_
+#define PRUNESVC_WORKER_MODEL_TORCH_GUARD_H_
 
 #include <c10/util/Exception.h>
 
@@ -11,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-namespace prunesvc::prune::internal {
+namespace prunesvc::model {
 
 // `f` returns absl::Status or absl::StatusOr<T>.
 template <typename F>
@@ -25,6 +26,6 @@ auto TorchGuarded(const char* phase, F&& f) -> decltype(f()) {
   }
 }
 
-}  // namespace prunesvc::prune::internal
+}  // namespace prunesvc::model
 
-#endif  // PRUNESVC_WORKER_PRUNE_TORCH_GUARD_H_
+#endif  // PRUNESVC_WORKER_MODEL_TORCH_GUARD_H_

@@ -6,7 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "worker/prune/torch_guard.h"
+#include "worker/model/torch_guard.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -70,7 +70,7 @@ absl::StatusOr<CalibrationStats> Calibrate(const model::LlavaModel& model,
                        s.answer_end, ") is not inside its ", s.token_ids.size(), " tokens"));
     }
   }
-  return internal::TorchGuarded("calibration", [&]() -> absl::StatusOr<CalibrationStats> {
+  return model::TorchGuarded("calibration", [&]() -> absl::StatusOr<CalibrationStats> {
     std::vector<std::shared_ptr<LinearInputStats>> slots(size_t(layers) * kInputsPerLayer);
     const auto f64 = at::TensorOptions(at::kDouble);
     for (int l = 0; l < layers; ++l) {

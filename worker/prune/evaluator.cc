@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
-#include "worker/prune/torch_guard.h"
+#include "worker/model/torch_guard.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -75,7 +75,7 @@ absl::StatusOr<std::vector<EvalSample>> ToEvalSamples(
 }
 
 absl::StatusOr<ProjectorWeights> CopyProjector(model::LlavaModel& model) {
-  return internal::TorchGuarded("copying the projector", [&]() -> absl::StatusOr<ProjectorWeights> {
+  return model::TorchGuarded("copying the projector", [&]() -> absl::StatusOr<ProjectorWeights> {
     auto copy = [](const at::Tensor& t) { return t.defined() ? t.detach().clone() : at::Tensor(); };
     ProjectorWeights p;
     p.linear_1_weight = copy(model.projector_linear_1().weight);
@@ -93,7 +93,7 @@ absl::Status LoadProjector(const ProjectorWeights& weights, model::LlavaModel& m
   RETURN_IF_ERROR(CheckShape(weights.linear_1_bias, l1.bias, "linear_1.bias"));
   RETURN_IF_ERROR(CheckShape(weights.linear_2_weight, l2.weight, "linear_2.weight"));
   RETURN_IF_ERROR(CheckShape(weights.linear_2_bias, l2.bias, "linear_2.bias"));
-  return internal::TorchGuarded("loading the projector", [&]() -> absl::Status {
+  return model::TorchGuarded("loading the projector", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
     l1.weight.copy_(weights.linear_1_weight);
     if (l1.bias.defined()) l1.bias.copy_(weights.linear_1_bias);
@@ -154,7 +154,7 @@ absl::Status CandidateEvaluator::Init(std::vector<EvalSample> samples) {
                        s.answer_end, ") is not inside its ", s.token_ids.size(), " tokens"));
     }
   }
-  RETURN_IF_ERROR(internal::TorchGuarded("evaluator setup", [&]() -> absl::Status {
+  RETURN_IF_ERROR(model::TorchGuarded("evaluator setup", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
     for (int i = 0; i < n; ++i) {
       at::Tensor& w = linears_[i].linear->weight;
@@ -202,7 +202,7 @@ absl::Status CandidateEvaluator::SetProjector(int version, const ProjectorWeight
   RETURN_IF_ERROR(RestoreDense());
   RETURN_IF_ERROR(LoadProjector(weights, *model_));
   ProjectorWeights copy;
-  RETURN_IF_ERROR(internal::TorchGuarded("copying the projector", [&]() -> absl::Status {
+  RETURN_IF_ERROR(model::TorchGuarded("copying the projector", [&]() -> absl::Status {
     auto c = [](const at::Tensor& t) { return t.defined() ? t.detach().clone() : at::Tensor(); };
     copy = {c(weights.linear_1_weight), c(weights.linear_1_bias), c(weights.linear_2_weight),
             c(weights.linear_2_bias)};
@@ -215,7 +215,7 @@ absl::Status CandidateEvaluator::SetProjector(int version, const ProjectorWeight
 
 absl::Status CandidateEvaluator::RebuildForProjector() {
   // Image features of this version, from the cached vision features.
-  RETURN_IF_ERROR(internal::TorchGuarded("projecting image features", [&]() -> absl::Status {
+  RETURN_IF_ERROR(model::TorchGuarded("projecting image features", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
     const int bs = options_.calibration_batch_size;
     for (size_t start = 0; start < samples_.size(); start += bs) {
@@ -298,7 +298,7 @@ absl::Status CandidateEvaluator::ApplyRatios(absl::Span<const double> linear_rat
   RETURN_IF_ERROR(ValidateRatios(linear_ratios));
   const auto t0 = Clock::now();
   timing_ = EvalTiming{};
-  RETURN_IF_ERROR(internal::TorchGuarded("applying masks", [&]() -> absl::Status {
+  RETURN_IF_ERROR(model::TorchGuarded("applying masks", [&]() -> absl::Status {
     for (int i = 0; i < num_linears(); ++i) {
       MoveMask(i, PrunedPerRow(linear_ratios[i], bank_->in_features(i)));
     }

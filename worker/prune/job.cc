@@ -36,6 +36,7 @@
 #include "worker/model/llava_eval.h"
 #include "worker/model/samples.h"
 #include "worker/model/scoring.h"
+#include "worker/model/torch_guard.h"
 #include "worker/prune/evaluator.h"
 #include "worker/prune/local_policy_evaluator.h"
 #include "worker/prune/projector_training.h"
@@ -1156,23 +1157,11 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
 }
 
 absl::StatusOr<JobResult> RunLocalJob(const LocalJobSpec& spec, ProgressSink* sink) {
-  try {
-    return RunLocalJobImpl(spec, sink);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("pruning job: ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("pruning job: ", e.what()));
-  }
+  return model::TorchGuarded("pruning job", [&] { return RunLocalJobImpl(spec, sink); });
 }
 
 absl::StatusOr<PreflightReport> RunPreflight(const LocalJobSpec& spec) {
-  try {
-    return RunPreflightImpl(spec);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("pre-flight: ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("pre-flight: ", e.what()));
-  }
+  return model::TorchGuarded("pre-flight", [&] { return RunPreflightImpl(spec); });
 }
 
 std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {

@@ -7,7 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "worker/prune/torch_guard.h"
+#include "worker/model/torch_guard.h"
 
 namespace prunesvc::prune {
 
@@ -30,7 +30,7 @@ absl::StatusOr<MaskMethod> ParseMaskMethod(std::string_view name) {
 
 absl::StatusOr<at::Tensor> MaskScores(const at::Tensor& weight, MaskMethod method,
                                       const at::Tensor& col_sq_norms) {
-  return internal::TorchGuarded("mask scores", [&]() -> absl::StatusOr<at::Tensor> {
+  return model::TorchGuarded("mask scores", [&]() -> absl::StatusOr<at::Tensor> {
     if (!weight.defined() || weight.dim() != 2) {
       return absl::InvalidArgumentError("mask scores: the weight must be a 2-D tensor");
     }
@@ -54,7 +54,7 @@ absl::StatusOr<std::unique_ptr<MaskBank>> MaskBank::Build(
                      " linears are required, got ", stats == nullptr ? 0 : stats->linears.size()));
   }
   auto bank = std::unique_ptr<MaskBank>(new MaskBank(method));
-  RETURN_IF_ERROR(internal::TorchGuarded("building the mask bank", [&]() -> absl::Status {
+  RETURN_IF_ERROR(model::TorchGuarded("building the mask bank", [&]() -> absl::Status {
     for (size_t i = 0; i < dense_weights.size(); ++i) {
       const at::Tensor& w = dense_weights[i];
       if (!w.defined() || w.dim() != 2) {
@@ -107,7 +107,7 @@ absl::StatusOr<at::Tensor> MaskBank::KeepMask(int i, double ratio) const {
   if (!(ratio >= 0 && ratio <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("ratio ", ratio, " is outside [0, 1]"));
   }
-  return internal::TorchGuarded("keep mask", [&]() -> absl::StatusOr<at::Tensor> {
+  return model::TorchGuarded("keep mask", [&]() -> absl::StatusOr<at::Tensor> {
     const LinearBank& lb = linears_[i];
     const int64_t k = PrunedPerRow(ratio, lb.in);
     at::Tensor keep = at::ones({lb.out, lb.in}, at::TensorOptions(at::kBool));

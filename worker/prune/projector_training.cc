@@ -10,7 +10,7 @@
 #include "common/prng.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
-#include "worker/prune/torch_guard.h"
+#include "worker/model/torch_guard.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -112,7 +112,7 @@ absl::StatusOr<double> AnswerLoss(CandidateEvaluator& ev, const ProjectorWeights
   ASSIGN_OR_RETURN(ProjectorWeights saved, CopyProjector(m));
   RETURN_IF_ERROR(LoadProjector(projector, m));
   const size_t n = ev.scoring_samples().size();
-  auto result = internal::TorchGuarded("answer loss", [&]() -> absl::StatusOr<double> {
+  auto result = model::TorchGuarded("answer loss", [&]() -> absl::StatusOr<double> {
     at::NoGradGuard no_grad;
     double sum = 0;
     for (size_t start = 0; start < n; start += batch_size) {
@@ -146,7 +146,7 @@ absl::StatusOr<ProjectorTrainingResult> TrainProjector(
 
   std::vector<at::Tensor> params = ProjectorParams(m);
   const std::vector<at::Tensor> anchors = ProjectorParams(theta0);
-  auto status = internal::TorchGuarded("projector training", [&]() -> absl::Status {
+  auto status = model::TorchGuarded("projector training", [&]() -> absl::Status {
     for (at::Tensor& p : params) p.set_requires_grad(true);
     torch::optim::Adam adam(params, torch::optim::AdamOptions(options.learning_rate));
     Prng prng(options.seed);
