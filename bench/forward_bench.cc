@@ -21,6 +21,7 @@
 #include "common/flops.h"
 #include "worker/model/config.h"
 #include "worker/model/llava_model.h"
+#include "worker/model/random_llava.h"
 
 namespace {
 
@@ -44,75 +45,21 @@ double TimeIt(const std::function<void()>& f, double seconds) {
 }
 
 LlavaConfig SmallConfig() {
-  LlavaConfig c;
-  c.vision.hidden_size = 128;
-  c.vision.intermediate_size = 512;
-  c.vision.num_attention_heads = 4;
-  c.vision.num_hidden_layers = 4;
-  c.vision.patch_size = 8;
-  c.vision.image_size = 64;  // 64 patches
-  c.text.hidden_size = 256;
-  c.text.intermediate_size = 688;
-  c.text.num_attention_heads = 8;
-  c.text.num_key_value_heads = 8;
-  c.text.head_dim = 32;
-  c.text.num_hidden_layers = 6;
-  c.text.vocab_size = 1024;
-  c.image_token_index = 1000;
-  c.vision_feature_layer = -2;
-  c.image_seq_length = 64;
-  return c;
-}
-
-// Random weights under the canonical names (scaled 1/sqrt(fan_in) so activations stay sane).
-std::map<std::string, at::Tensor> RandomTensors(const LlavaConfig& c) {
-  std::map<std::string, at::Tensor> t;
-  const int64_t D = c.vision.hidden_size, M = c.vision.intermediate_size;
-  const int64_t H = c.text.hidden_size, I = c.text.intermediate_size, V = c.text.vocab_size;
-  const int64_t kv = int64_t(c.text.num_key_value_heads) * c.text.head_dim;
-  const int64_t q = int64_t(c.text.num_attention_heads) * c.text.head_dim;
-  auto lin = [&](const std::string& n, int64_t o, int64_t i, bool bias) {
-    t[n + ".weight"] = at::randn({o, i}) / std::sqrt(double(i));
-    if (bias) t[n + ".bias"] = at::zeros({o});
-  };
-  const std::string vp = "vision_tower.vision_model.";
-  const int64_t p = c.vision.patch_size;
-  t[vp + "embeddings.patch_embedding.weight"] = at::randn({D, 3, p, p}) / std::sqrt(3.0 * p * p);
-  t[vp + "embeddings.class_embedding"] = at::randn({D});
-  t[vp + "embeddings.position_embedding.weight"] = at::randn({c.vision.num_patches() + 1, D});
-  t[vp + "pre_layrnorm.weight"] = at::ones({D});
-  t[vp + "pre_layrnorm.bias"] = at::zeros({D});
-  for (int l = 0; l < c.vision.num_hidden_layers; ++l) {
-    const std::string pre = absl::StrCat(vp, "encoder.layers.", l, ".");
-    for (const char* n : {"q_proj", "k_proj", "v_proj", "out_proj"}) {
-      lin(pre + "self_attn." + n, D, D, true);
-    }
-    lin(pre + "mlp.fc1", M, D, true);
-    lin(pre + "mlp.fc2", D, M, true);
-    for (const char* n : {"layer_norm1", "layer_norm2"}) {
-      t[pre + n + ".weight"] = at::ones({D});
-      t[pre + n + ".bias"] = at::zeros({D});
-    }
-  }
-  lin("multi_modal_projector.linear_1", H, D, true);
-  lin("multi_modal_projector.linear_2", H, H, true);
-  const std::string tp = "language_model.model.";
-  t[tp + "embed_tokens.weight"] = at::randn({V, H});
-  for (int l = 0; l < c.text.num_hidden_layers; ++l) {
-    const std::string pre = absl::StrCat(tp, "layers.", l, ".");
-    lin(pre + "self_attn.q_proj", q, H, false);
-    lin(pre + "self_attn.k_proj", kv, H, false);
-    lin(pre + "self_attn.v_proj", kv, H, false);
-    lin(pre + "self_attn.o_proj", H, q, false);
-    lin(pre + "mlp.gate_proj", I, H, false);
-    lin(pre + "mlp.up_proj", I, H, false);
-    lin(pre + "mlp.down_proj", H, I, false);
-    t[pre + "input_layernorm.weight"] = at::ones({H});
-    t[pre + "post_attention_layernorm.weight"] = at::ones({H});
-  }
-  t[tp + "norm.weight"] = at::ones({H});
-  t["language_model.lm_head.weight"] = at::randn({V, H}) / std::sqrt(double(H));
-  return t;
+  prunesvc::model::testing::RandomLlavaSize size;
+  size.vision_hidden = 128;
+  size.vision_mlp = 512;
+  size.vision_heads = 4;
+  size.vision_layers = 4;
+  size.patch = 8;
+  size.image = 64;  // 64 patches
+  size.hidden = 256;
+  size.mlp = 688;
+  size.heads = 8;
+  size.kv_heads = 8;
+  size.head_dim = 32;
+  size.layers = 6;
+  size.vocab = 1024;
+  return prunesvc::model::testing::RandomLlavaConfig(size);
 }
 
 }  // namespace
@@ -142,7 +89,8 @@ int main(int argc, char** argv) {
   const double gemm_rate = 2.0 * n * n * n / gemm_s;
 
   const LlavaConfig config = SmallConfig();
-  auto model = LlavaModel::CreateFromTensors(config, RandomTensors(config));
+  auto model = LlavaModel::CreateFromTensors(
+      config, prunesvc::model::testing::RandomLlavaTensors(config, /*seed=*/0));
   if (!model.ok()) {
     std::fprintf(stderr, "forward-bench: %s\n", model.status().ToString().c_str());
     return 1;
