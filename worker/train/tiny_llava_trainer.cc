@@ -443,6 +443,19 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
   for (int i = 0; i < batch_size; ++i) {
     int64_t index = base + i;
     if (options_.train_pool > 0) index %= options_.train_pool;
+    // Type boost: the generator assigns types round-robin by index (colour, shape, count,
+    // position), so a boosted sample is taken from a disjoint index range (offset 2^40) at an
+    // index of the wanted type.
+    if (step >= options_.vision_steps && options_.train_pool == 0) {
+      const double u =
+          double(data::Mix64(uint64_t(index) ^ 0xd1b54a32d192ed03ull) % 100000) / 100000.0;
+      const int64_t boosted = (int64_t(1) << 40) + index;
+      if (u < options_.position_boost) {
+        index = boosted * 4 + int(data::QuestionType::kPosition);
+      } else if (u < options_.position_boost + options_.count_boost) {
+        index = boosted * 4 + int(data::QuestionType::kCount);
+      }
+    }
     ASSIGN_OR_RETURN(auto sample, data::GenerateSample(shapes_train_, options_.data_seed, index));
     // Pointer curriculum: some early samples ask for the option holding a given answer text,
     // which teaches "find the matching option line, answer with its letter" without vision.

@@ -118,6 +118,10 @@ struct TrainOptions {
   // to predict those letters, a dense signal for the head that binds an option's text to its
   // letter (the multiple-choice answer reads the letter from the matching option's text).
   double binding_fraction = 0;
+  // These fractions of phase-2 samples are replaced by position / count questions (the slow
+  // types), on top of their round-robin quarter.
+  double position_boost = 0;
+  double count_boost = 0;
 
   // Evaluation during training (held-out split of the eval seed).
   uint64_t eval_seed = data::kShapesEvalSeed;

@@ -39,6 +39,9 @@ ABSL_FLAG(double, text_init_std, 0.0,
 ABSL_FLAG(double, binding_fraction, 0.0,
           "Fraction of early phase-2 samples with each option's letter repeated after its text "
           "and predicted (decays like --pointer_fraction over --pointer_steps).");
+ABSL_FLAG(double, position_boost, 0.0,
+          "Fraction of phase-2 samples replaced by position questions.");
+ABSL_FLAG(double, count_boost, 0.0, "Fraction of phase-2 samples replaced by count questions.");
 ABSL_FLAG(int, eval_every, 250, "Held-out evaluation every N phase-2 steps.");
 ABSL_FLAG(int, eval_samples, 256, "Held-out samples per periodic evaluation.");
 ABSL_FLAG(int, final_eval_samples, 1000, "Held-out samples of the final evaluation.");
@@ -82,6 +85,8 @@ int main(int argc, char** argv) {
   o.open_fraction = absl::GetFlag(FLAGS_open_fraction);
   o.text_init_std = absl::GetFlag(FLAGS_text_init_std);
   o.binding_fraction = absl::GetFlag(FLAGS_binding_fraction);
+  o.position_boost = absl::GetFlag(FLAGS_position_boost);
+  o.count_boost = absl::GetFlag(FLAGS_count_boost);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
   o.eval_samples = absl::GetFlag(FLAGS_eval_samples);
   o.final_eval_samples = absl::GetFlag(FLAGS_final_eval_samples);
