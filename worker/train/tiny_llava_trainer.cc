@@ -883,6 +883,14 @@ absl::StatusOr<EvalResult> TinyLlavaTrainer::Run() {
     return j;
   };
   while (step_ < total) {
+    if (options_.stop_at > 0 && step_ >= options_.stop_at) {
+      // A staged run (models/README.md): stop here with the state saved; a later --resume
+      // with other options continues from exactly this step.
+      if (!options_.checkpoint_dir.empty())
+        RETURN_IF_ERROR(SaveCheckpoint(options_.checkpoint_dir));
+      spdlog::info("stopped at step {} (--stop_at)", step_);
+      return Evaluate(options_.eval_samples);
+    }
     const auto t0 = std::chrono::steady_clock::now();
     const bool vision = step_ < options_.vision_steps;
     ASSIGN_OR_RETURN(double loss, Step());

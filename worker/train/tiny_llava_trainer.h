@@ -133,6 +133,7 @@ struct TrainOptions {
   std::string checkpoint_dir;  // model + optimizer state; empty = none
   int checkpoint_every = 200;
   bool resume = false;
+  int64_t stop_at = 0;  // > 0: save the state and stop at this global step (staged runs)
   int threads = 2;
   int log_every = 10;
   std::string command_line;  // recorded in training.json
