@@ -472,6 +472,32 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
                          options_.open_fraction > 0 &&
                          double(data::Mix64(uint64_t(index) ^ 0x7f4a7c159e3779b9ull) % 100000) <
                              options_.open_fraction * 100000;
+    if (is_open && options_.where_fraction > 0 &&
+        double(data::Mix64(uint64_t(index) ^ 0x3c6ef372fe94f82bull) % 100000) <
+            options_.where_fraction * 100000) {
+      // "Where is the <colour> <shape>?" → "above|below left|right" (the object's centre
+      // against the canvas centre): one object lookup plus reading its coordinates, the
+      // stepping stone to relative-position questions. Only objects whose (colour, shape) pair
+      // is unique in the scene are named.
+      const auto& objects = sample.scene.objects;
+      std::vector<int> unique;
+      for (size_t a = 0; a < objects.size(); ++a) {
+        int same = 0;
+        for (const auto& b : objects) {
+          same += b.colour == objects[a].colour && b.shape == objects[a].shape ? 1 : 0;
+        }
+        if (same == 1) unique.push_back(int(a));
+      }
+      if (!unique.empty()) {
+        const auto& o = objects[unique[data::Mix64(uint64_t(index) + 17) % unique.size()]];
+        const int half = sample.scene.size / 2;
+        sample.question = "Where is the " + std::string(data::kPalette[o.colour].name) + " " +
+                          std::string(data::kShapeNames[int(o.shape)]) + "?";
+        sample.options = {
+            absl::StrCat(o.y < half ? "above" : "below", " ", o.x < half ? "left" : "right")};
+        sample.answer_index = 0;
+      }
+    }
     const double binding = options_.binding_fraction * CurriculumDecay(step);
     const bool is_binding =
         !is_open && binding > 0 &&

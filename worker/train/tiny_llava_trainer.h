@@ -113,6 +113,9 @@ struct TrainOptions {
   // This fraction of phase-2 samples use the open-answer template with the option text as the
   // answer (loss over all its tokens).
   double open_fraction = 0;
+  // This fraction of the open-answer samples ask "Where is the <colour> <shape>?" instead,
+  // answered "above|below left|right" (centre against the canvas centre).
+  double where_fraction = 0;
   // Binding curriculum: this fraction of phase-2 samples (decaying like the pointer fraction over
   // `pointer_steps`) repeat each option's letter after its text ("B. red B") and are also trained
   // to predict those letters, a dense signal for the head that binds an option's text to its

@@ -251,6 +251,7 @@ TEST(TrainerTest, CurriculumSamplesTrain) {
   o.pointer_fraction = 0.5;
   o.pointer_steps = 100;
   o.open_fraction = 0.3;
+  o.where_fraction = 0.5;
   o.position_boost = 0.3;
   o.count_boost = 0.2;
   auto t = TinyLlavaTrainer::Create(o, dir.str("tok"));
