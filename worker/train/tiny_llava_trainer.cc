@@ -266,6 +266,10 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
   ASSIGN_OR_RETURN(shapes_train_, data::ResolveOptions(so));
   so.split = data::Split::kEval;
   ASSIGN_OR_RETURN(shapes_eval_, data::ResolveOptions(so));
+  so.split = data::Split::kTrain;
+  so.min_objects = 2;
+  so.max_objects = 2;
+  ASSIGN_OR_RETURN(shapes_two_, data::ResolveOptions(so));
   tokenizer_dir_ = tokenizer_dir;
 
   // Tokenizer: trained from the training stream's first `tokenizer_corpus` texts, or reused when
@@ -456,7 +460,14 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
         index = boosted * 4 + int(data::QuestionType::kCount);
       }
     }
-    ASSIGN_OR_RETURN(auto sample, data::GenerateSample(shapes_train_, options_.data_seed, index));
+    // Two-object scenes for some position questions: no third object to rule out, so the
+    // relation can be learned before the conjunctive (colour and shape) lookup is.
+    const bool two = index % 4 == int(data::QuestionType::kPosition) &&
+                     step >= options_.vision_steps && options_.position_two_objects > 0 &&
+                     double(data::Mix64(uint64_t(index) ^ 0x94d049bb133111ebull) % 100000) <
+                         options_.position_two_objects * 100000;
+    ASSIGN_OR_RETURN(auto sample, data::GenerateSample(two ? shapes_two_ : shapes_train_,
+                                                       options_.data_seed, index));
     // Pointer curriculum: some early samples ask for the option holding a given answer text,
     // which teaches "find the matching option line, answer with its letter" without vision.
     const double pointer = PointerFraction(step);

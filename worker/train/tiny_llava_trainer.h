@@ -125,6 +125,8 @@ struct TrainOptions {
   // types), on top of their round-robin quarter.
   double position_boost = 0;
   double count_boost = 0;
+  // This fraction of phase-2 position questions come from two-object scenes.
+  double position_two_objects = 0;
 
   // Evaluation during training (held-out split of the eval seed).
   uint64_t eval_seed = data::kShapesEvalSeed;
@@ -224,7 +226,7 @@ class TinyLlavaTrainer {
   void AdamWUpdate(double lr, bool vision_phase);
 
   const TrainOptions options_;
-  data::ShapesOptions shapes_train_, shapes_eval_;
+  data::ShapesOptions shapes_train_, shapes_eval_, shapes_two_;
   model::ClipPreprocessConfig preprocess_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
   std::string tokenizer_dir_;

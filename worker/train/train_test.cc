@@ -253,6 +253,7 @@ TEST(TrainerTest, CurriculumSamplesTrain) {
   o.open_fraction = 0.3;
   o.where_fraction = 0.5;
   o.position_boost = 0.3;
+  o.position_two_objects = 0.5;
   o.count_boost = 0.2;
   auto t = TinyLlavaTrainer::Create(o, dir.str("tok"));
   ASSERT_TRUE(t.ok()) << t.status();

@@ -46,6 +46,8 @@ ABSL_FLAG(int64_t, stop_at, 0,
           "> 0: save the state to --checkpoint_dir and stop at this global step (staged runs).");
 ABSL_FLAG(double, where_fraction, 0.0,
           "Fraction of open-answer samples asking for one object's location on the canvas.");
+ABSL_FLAG(double, position_two_objects, 0.0,
+          "Fraction of phase-2 position questions drawn from two-object scenes.");
 ABSL_FLAG(int, eval_every, 250, "Held-out evaluation every N phase-2 steps.");
 ABSL_FLAG(int, eval_samples, 256, "Held-out samples per periodic evaluation.");
 ABSL_FLAG(int, final_eval_samples, 1000, "Held-out samples of the final evaluation.");
@@ -93,6 +95,7 @@ int main(int argc, char** argv) {
   o.count_boost = absl::GetFlag(FLAGS_count_boost);
   o.stop_at = absl::GetFlag(FLAGS_stop_at);
   o.where_fraction = absl::GetFlag(FLAGS_where_fraction);
+  o.position_two_objects = absl::GetFlag(FLAGS_position_two_objects);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
   o.eval_samples = absl::GetFlag(FLAGS_eval_samples);
   o.final_eval_samples = absl::GetFlag(FLAGS_final_eval_samples);
