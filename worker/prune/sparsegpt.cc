@@ -88,6 +88,9 @@ absl::StatusOr<SparseGptResult> SparseGptPrune(const at::Tensor& weight, const a
     const at::Tensor u = chol;  // upper: H⁻¹ = UᵀU
 
     const bool nm = options.nm_m > 0;
+    // The whole matrix prunes exactly what the per-row methods prune (out · PrunedPerRow), so the
+    // FLOPs model's KeptFraction counts SparseGPT's masks exactly too.
+    const int64_t total = nm ? 0 : rows * PrunedPerRow(options.ratio, cols);
     at::Tensor keep = at::ones({rows, cols}, at::TensorOptions(at::kBool));
     for (int64_t i1 = 0; i1 < cols; i1 += options.block_size) {
       const int64_t i2 = std::min(i1 + options.block_size, cols);
@@ -99,8 +102,9 @@ absl::StatusOr<SparseGptResult> SparseGptPrune(const at::Tensor& weight, const a
       const at::Tensor d1 = u1.diagonal();
       at::Tensor prune1 = at::zeros({rows, count}, at::TensorOptions(at::kBool));
       if (!nm) {
-        // One threshold for the whole block: the lowest scores across all rows.
-        const int64_t k = PrunedPerRow(options.ratio, rows * count);
+        // One threshold for the whole block: the lowest scores across all rows. The block's
+        // share of the matrix total (exact integers, so the shares sum to the total).
+        const int64_t k = total * i2 / cols - total * i1 / cols;
         if (k > 0) {
           const at::Tensor scores = (w1.square() / d1.square().unsqueeze(0)).flatten();
           const at::Tensor order =

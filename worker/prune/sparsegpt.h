@@ -10,11 +10,14 @@
 //  - U = the upper Cholesky factor of H⁻¹ (H⁻¹ itself via Cholesky). U_ii² is the inverse-Hessian
 //    diagonal of the sub-problem "columns i.. still free, columns before i fixed" — exactly the
 //    sequential OBS setting, which is why the scores and updates use U and not H⁻¹.
-//  - Columns are processed in blocks of `block_size` (128). UNSTRUCTURED: at the start of each
-//    block the mask prunes the k = PrunedPerRow(ratio, out·count) lowest scores w²/U_jj² across
-//    all rows of the block (stable order: ties go to the lower flat index, row-major), so the
-//    whole matrix's sparsity is Σ_blocks k / numel — the target up to one weight per block, but
-//    individual rows may be pruned more or less than the ratio (the adaptive mask of the paper).
+//  - Columns are processed in blocks of `block_size` (128). UNSTRUCTURED: the matrix prunes
+//    K = out·PrunedPerRow(ratio, in) weights in all — exactly the count of the per-row methods,
+//    so common/flops.h's KeptFraction is exact for these masks too — split over the blocks in
+//    proportion to their widths (block [i1, i2) gets ⌊K·i2/in⌋ − ⌊K·i1/in⌋, integers, so the
+//    shares sum to K; the reference's int(r·out·count) per block differs by at most one weight per
+//    block). At the start of each block the mask prunes the block's share of lowest scores
+//    w²/U_jj² across all rows (stable order: ties go to the lower flat index, row-major), so
+//    individual rows may lose more or fewer than the ratio (the paper's adaptive mask).
 //    N:M: at the start of each group of M columns (relative to the block, which M must divide),
 //    each row prunes its M − N lowest scores of the group (keeps exactly N of every M).
 //  - Within a block, column i: q = w_i with the mask applied, err = (w_i − q)/U_ii, and

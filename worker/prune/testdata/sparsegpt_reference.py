@@ -3,8 +3,8 @@
 Deliberately structured differently from the C++ (sparsegpt.cc): numpy, H⁻¹ by a plain inverse
 (not Cholesky), U from numpy's lower Cholesky factor transposed, and every column's error applied
 at once to all columns to its right (no lazy per-block batching). The mask is still chosen at the
-start of each block (UNSTRUCTURED: the k = floor(r·out·count + 1e-9) lowest w²/U_jj² of the block,
-stable order) or of each group of M (N:M: per row, the M − N lowest), from the weights as
+start of each block (UNSTRUCTURED: the block's share ⌊K·end/in⌋ − ⌊K·begin/in⌋ of
+K = out·floor(r·in + 1e-9) lowest w²/U_jj² of the block, stable order) or of each group of M (N:M: per row, the M − N lowest), from the weights as
 compensated so far. Float64 throughout.
 
 Usage: sparsegpt_reference.py DIR — reads DIR/case.json, DIR/weight.f64 [out, in] and
@@ -30,10 +30,11 @@ def main(d):
     h = h + 0.01 * np.mean(np.diag(h)) * np.eye(inp)
     u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper, H⁻¹ = UᵀU
     pruned = np.zeros((out, inp), dtype=bool)
+    total = out * math.floor(ratio * inp + 1e-9)  # out · PrunedPerRow(ratio, in)
     for b in range(0, inp, block):
         e = min(b + block, inp)
         if nm_m == 0:
-            k = math.floor(ratio * out * (e - b) + 1e-9)
+            k = total * e // inp - total * b // inp
             scores = (w[:, b:e] ** 2 / np.diag(u)[b:e][None, :] ** 2).reshape(-1)
             idx = np.argsort(scores, kind="stable")[:k]
             blk = np.zeros(out * (e - b), dtype=bool)
