@@ -40,6 +40,7 @@
 #include "worker/prune/evaluator.h"
 #include "worker/prune/local_policy_evaluator.h"
 #include "worker/prune/projector_training.h"
+#include "worker/prune/sparsegpt.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -525,6 +526,10 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       : spec.final_mask_method.has_value() && *spec.final_mask_method == FinalMaskMethod::kWanda
           ? MaskMethod::kWanda
           : spec.mask_method;
+  // SPARSEGPT replaces the weights (mask + OBS compensation) instead of masking them.
+  const bool sparsegpt = spec.final_mask_method == FinalMaskMethod::kSparseGpt;
+  const std::string final_method_name =
+      sparsegpt ? "SPARSEGPT" : std::string(MaskMethodName(final_method));
 
   // --- load + pre-flight ---
   ctx.Phase(JobPhase::kLoad);
@@ -574,6 +579,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   eopt.method = spec.mask_method;
   eopt.batch_size = spec.batch_size;
   eopt.unit_of_linear = unit_of_linear;
+  eopt.collect_gram = sparsegpt;  // SPARSEGPT's H = (2/N)·XᵀX at finalize
   ASSIGN_OR_RETURN(std::unique_ptr<CandidateEvaluator> evaluator,
                    CandidateEvaluator::Create(&m, std::move(eval_samples), eopt));
   ProjectorTrainingOptions topt;
@@ -689,7 +695,21 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     bank = final_bank.get();
   }
   std::vector<at::Tensor> masks;
+  // SPARSEGPT: the compensated weights, rounded to the artifact's dtype so the model measured
+  // here is the one written. Same count of pruned weights as the masks (out·k per linear).
+  std::vector<at::Tensor> sparsegpt_weights;
   for (size_t i = 0; i < plan.size(); ++i) {
+    if (sparsegpt) {
+      RETURN_IF_ERROR(ctx.CheckStop());
+      const LinearInputStats& stats = *evaluator->calibration().linears[i];
+      SparseGptOptions sopt;
+      sopt.ratio = plan[i].ratio;
+      ASSIGN_OR_RETURN(SparseGptResult pruned, SparseGptPrune(evaluator->dense_weight(int(i)),
+                                                              stats.gram, stats.rows, sopt));
+      sparsegpt_weights.push_back(RoundToDType(pruned.weight, l.bundle->source_dtype));
+      masks.push_back(std::move(pruned.keep));
+      continue;
+    }
     ASSIGN_OR_RETURN(at::Tensor mask, bank->KeepMask(int(i), plan[i].ratio));
     masks.push_back(std::move(mask));
   }
@@ -709,7 +729,11 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   std::vector<model::NamedLinear> linears = m.DecoderLinears();
   for (size_t i = 0; i < linears.size(); ++i) {
     at::Tensor& w = linears[i].linear->weight;
-    w.mul_(masks[i].to(w.device()));
+    if (sparsegpt) {
+      w.copy_(sparsegpt_weights[i].to(w.device(), w.scalar_type()));
+    } else {
+      w.mul_(masks[i].to(w.device()));
+    }
   }
   ASSIGN_OR_RETURN(double pruned_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
   RETURN_IF_ERROR(ctx.CheckStop());
@@ -764,7 +788,11 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       if (it == ckpt.tensors.end()) {
         return absl::InternalError(absl::StrCat("the checkpoint has no ", plan[i].name));
       }
-      it->second = it->second.mul(masks[i]);
+      it->second = sparsegpt ? sparsegpt_weights[i]
+                                   .to(at::kCPU, it->second.scalar_type())
+                                   .mul(masks[i])
+                                   .contiguous()
+                             : it->second.mul(masks[i]);
     }
     const std::pair<const char*, const at::Tensor*> proj[] = {
         {"multi_modal_projector.linear_1.weight", &projector.linear_1_weight},
@@ -787,6 +815,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
                                           sharded ? size_t(input_max_shard) : 0, layout, metadata));
   }
   masks.clear();
+  sparsegpt_weights.clear();
 
   // policy.json
   {
@@ -815,7 +844,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
               {"ratio_choices", spec.ratio_choices},
               {"hash", policy_hash},
               {"flops_ratio_nominal", nominal / space.dense_flops()},
-              {"final_mask_method", std::string(MaskMethodName(final_method))},
+              {"final_mask_method", final_method_name},
               {"units", std::move(units)}};
     RETURN_IF_ERROR(WriteTextFile(partial->path() + "/policy.json", policy.dump(1) + "\n"));
   }
@@ -899,7 +928,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["accuracy_set"] = result.accuracy_set;
   report["strategy"] = std::string(search::StrategyName(spec.strategy));
   report["granularity"] = "UNSTRUCTURED";
-  report["final_mask_method"] = std::string(MaskMethodName(final_method));
+  report["final_mask_method"] = final_method_name;
   report["final_mask_method_source"] =
       spec.final_mask_method.has_value()
           ? "explicit"
@@ -1113,11 +1142,6 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
     return absl::UnimplementedError(
         "--strategy OWL is not implemented yet (it arrives with the next issue); use "
         "EFFICIENTLLAVA, UNIFORM or RANDOM_SEARCH");
-  }
-  if (final_mask_method == FinalMaskMethod::kSparseGpt) {
-    return absl::UnimplementedError(
-        "--final-mask-method SPARSEGPT is not yet implemented (it arrives with the next issue); "
-        "use MAGNITUDE or WANDA");
   }
   RETURN_IF_ERROR(search::ValidateRatioChoices(ratio_choices));
   if (strategy != search::Strategy::kUniform) {

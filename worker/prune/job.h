@@ -40,8 +40,9 @@
 
 namespace prunesvc::prune {
 
-// The final artifact's mask method. SPARSEGPT is the documented default (DESIGN.md §5) but
-// arrives with the next issue; until then it is refused and the default is the search's method.
+// The final artifact's mask method. SPARSEGPT (worker/prune/sparsegpt.h: OBS mask + weight
+// compensation from the calibration Gram matrix) is the documented default (DESIGN.md §5); the
+// default is still the search's method until the lead switches it.
 enum class FinalMaskMethod { kMagnitude, kWanda, kSparseGpt };
 // "MAGNITUDE" | "WANDA" | "SPARSEGPT".
 absl::StatusOr<FinalMaskMethod> ParseFinalMaskMethod(std::string_view name);
@@ -77,7 +78,7 @@ struct LocalJobSpec {
   int latency_batch = 8;    // samples in the timed batch (capped by the search set)
 
   // Field ranges and supported combinations (no files touched). Errors are InvalidArgument
-  // (or Unimplemented for SPARSEGPT) and name the flag.
+  // (or Unimplemented for OWL) and name the flag.
   absl::Status Validate(bool dry_run) const;
 };
 
@@ -139,7 +140,7 @@ struct JobResult {
 
 // Runs the job. Errors: InvalidArgument / NotFound / ResourceExhausted / DataLoss for bad
 // input, FailedPrecondition for an unreachable budget (the message names the smallest reachable
-// ratio) or an existing non-empty out_dir, Unimplemented for SPARSEGPT, Cancelled when the sink
+// ratio) or an existing non-empty out_dir, Unimplemented for OWL, Cancelled when the sink
 // asked to stop, Internal for failures of the computation (including a realized FLOPs ratio above
 // the budget).
 absl::StatusOr<JobResult> RunLocalJob(const LocalJobSpec& spec, ProgressSink* sink = nullptr);

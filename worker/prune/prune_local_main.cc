@@ -31,7 +31,7 @@ ABSL_FLAG(double, flops_budget, -1, "FLOPs budget b in (0, 1]: F(pruned) <= b * 
 ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA", "EFFICIENTLLAVA | UNIFORM | RANDOM_SEARCH");
 ABSL_FLAG(std::string, mask_method, "WANDA", "search masks: MAGNITUDE | WANDA");
 ABSL_FLAG(std::string, final_mask_method, "",
-          "artifact masks: MAGNITUDE | WANDA (SPARSEGPT: next issue); default = --mask-method");
+          "artifact masks: MAGNITUDE | WANDA | SPARSEGPT; default = --mask-method");
 ABSL_FLAG(std::string, unit, "layer", "layer | linear");
 ABSL_FLAG(uint64_t, seed, 0, "search seed");
 ABSL_FLAG(int, generations, 12, "generations after the initial population");
