@@ -550,9 +550,10 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     ctx.Warn("--eta is ignored by RANDOM_SEARCH (η = 0 by definition)");
   }
   if (!spec.final_mask_method.has_value()) {
-    ctx.Warn(absl::StrCat("final mask method defaults to the search's (",
-                          std::string(MaskMethodName(spec.mask_method)),
-                          "); SPARSEGPT, the documented default, is not implemented yet"));
+    ctx.Warn(absl::StrCat(
+        "final mask method defaults to the search's (",
+        std::string(MaskMethodName(spec.mask_method)),
+        "); SPARSEGPT, the documented default, needs --final-mask-method SPARSEGPT for now"));
   }
   RETURN_IF_ERROR(ctx.CheckStop());
 
@@ -932,8 +933,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["final_mask_method_source"] =
       spec.final_mask_method.has_value()
           ? "explicit"
-          : "default: the search mask method (SPARSEGPT, the documented default, is not "
-            "implemented yet)";
+          : "default: the search mask method (SPARSEGPT, the documented default, is not yet "
+            "the default here; request it with --final-mask-method SPARSEGPT)";
   report["latency_batch"] = latency_n;
   report["latency_repeats"] = spec.latency_repeats;
   json dense_j = MetricsJson(result.dense);
