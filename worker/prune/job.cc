@@ -521,11 +521,9 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   const bool searching = spec.strategy == search::Strategy::kEfficientLlava ||
                          spec.strategy == search::Strategy::kRandomSearch;
   const MaskMethod final_method =
-      spec.final_mask_method.has_value() && *spec.final_mask_method == FinalMaskMethod::kMagnitude
-          ? MaskMethod::kMagnitude
-      : spec.final_mask_method.has_value() && *spec.final_mask_method == FinalMaskMethod::kWanda
-          ? MaskMethod::kWanda
-          : spec.mask_method;
+      spec.final_mask_method == FinalMaskMethod::kMagnitude ? MaskMethod::kMagnitude
+      : spec.final_mask_method == FinalMaskMethod::kWanda   ? MaskMethod::kWanda
+                                                            : spec.mask_method;
   // SPARSEGPT replaces the weights (mask + OBS compensation) instead of masking them.
   const bool sparsegpt = spec.final_mask_method == FinalMaskMethod::kSparseGpt;
   const std::string final_method_name =
@@ -548,12 +546,6 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   }
   if (spec.strategy == search::Strategy::kRandomSearch && spec.eta.has_value()) {
     ctx.Warn("--eta is ignored by RANDOM_SEARCH (η = 0 by definition)");
-  }
-  if (!spec.final_mask_method.has_value()) {
-    ctx.Warn(absl::StrCat(
-        "final mask method defaults to the search's (",
-        std::string(MaskMethodName(spec.mask_method)),
-        "); SPARSEGPT, the documented default, needs --final-mask-method SPARSEGPT for now"));
   }
   RETURN_IF_ERROR(ctx.CheckStop());
 
@@ -930,11 +922,6 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["strategy"] = std::string(search::StrategyName(spec.strategy));
   report["granularity"] = "UNSTRUCTURED";
   report["final_mask_method"] = final_method_name;
-  report["final_mask_method_source"] =
-      spec.final_mask_method.has_value()
-          ? "explicit"
-          : "default: the search mask method (SPARSEGPT, the documented default, is not yet "
-            "the default here; request it with --final-mask-method SPARSEGPT)";
   report["latency_batch"] = latency_n;
   report["latency_repeats"] = spec.latency_repeats;
   json dense_j = MetricsJson(result.dense);
@@ -1078,10 +1065,6 @@ absl::StatusOr<PreflightReport> RunPreflightImpl(const LocalJobSpec& spec_in) {
     r.warnings.push_back(
         "no --eval-samples: accuracy will be measured on the search samples and overstate "
         "held-out accuracy");
-  }
-  if (!spec.final_mask_method.has_value()) {
-    r.warnings.push_back(absl::StrCat("final mask method defaults to the search's (",
-                                      std::string(MaskMethodName(spec.mask_method)), ")"));
   }
   return r;
 }

@@ -56,8 +56,8 @@ struct LocalJobSpec {
   double flops_budget = 0;        // b ∈ (0, 1]: F(artifact) ≤ b·F(dense)
 
   search::Strategy strategy = search::Strategy::kEfficientLlava;
-  MaskMethod mask_method = MaskMethod::kWanda;       // search masks
-  std::optional<FinalMaskMethod> final_mask_method;  // nullopt = mask_method
+  MaskMethod mask_method = MaskMethod::kWanda;                      // search masks
+  FinalMaskMethod final_mask_method = FinalMaskMethod::kSparseGpt;  // DESIGN §5 default
   search::UnitKind unit = search::UnitKind::kLayer;
   uint64_t seed = 0;
   int generations = 12;

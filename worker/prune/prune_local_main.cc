@@ -30,8 +30,8 @@ ABSL_FLAG(std::string, eval_samples, "",
 ABSL_FLAG(double, flops_budget, -1, "FLOPs budget b in (0, 1]: F(pruned) <= b * F(dense)");
 ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA", "EFFICIENTLLAVA | UNIFORM | RANDOM_SEARCH");
 ABSL_FLAG(std::string, mask_method, "WANDA", "search masks: MAGNITUDE | WANDA");
-ABSL_FLAG(std::string, final_mask_method, "",
-          "artifact masks: MAGNITUDE | WANDA | SPARSEGPT; default = --mask-method");
+ABSL_FLAG(std::string, final_mask_method, "SPARSEGPT",
+          "artifact masks: SPARSEGPT (OBS with error compensation) | MAGNITUDE | WANDA");
 ABSL_FLAG(std::string, unit, "layer", "layer | linear");
 ABSL_FLAG(uint64_t, seed, 0, "search seed");
 ABSL_FLAG(int, generations, 12, "generations after the initial population");
@@ -146,7 +146,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   if (!mask.ok())
     return absl::InvalidArgumentError(absl::StrCat("--mask-method: ", mask.status().message()));
   spec.mask_method = *mask;
-  if (!absl::GetFlag(FLAGS_final_mask_method).empty()) {
+  {
     auto fm = prunesvc::prune::ParseFinalMaskMethod(absl::GetFlag(FLAGS_final_mask_method));
     if (!fm.ok()) return fm.status();
     spec.final_mask_method = *fm;
