@@ -124,6 +124,8 @@ TEST(TrainerTest, OverfitsAFixedBatchAndWritesALoadableModel) {
   auto after = (*t)->AnswerLoss(pool);
   ASSERT_TRUE(after.ok());
   EXPECT_LT(*after, 0.5 * *before) << "before " << *before << " after " << *after;
+  RecordProperty("loss_before", std::to_string(*before));
+  RecordProperty("loss_after", std::to_string(*after));
 
   // The written directory loads through the runtime's own loaders and scores like the
   // in-memory model.
@@ -181,6 +183,7 @@ TEST(TrainerTest, OverfitsAFixedBatchAndWritesALoadableModel) {
     }
   }
   EXPECT_LE(max_diff, 1e-5);
+  RecordProperty("reload_max_abs_diff", std::to_string(max_diff));
 }
 
 TEST(TrainerTest, TrainableVisionForwardMatchesTheRuntime) {
