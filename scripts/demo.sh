@@ -67,7 +67,7 @@ log "shapes-vqa: 64 search samples (split search) and 1,000 held-out samples (sp
 log "dense model on the held-out set"
 "$BIN/llava-eval" --model="$MODEL" --samples="$work/heldout" --json >"$work/dense.json"
 
-log "prune-local: EFFICIENTLLAVA, WANDA masks, FLOPs budget $BUDGET"
+log "prune-local: EFFICIENTLLAVA search (WANDA masks), SPARSEGPT final masks, FLOPs budget $BUDGET"
 "$BIN/prune-local" --model="$MODEL" --samples="$work/search" --eval-samples="$work/heldout" \
   --flops-budget="$BUDGET" --generations="$GENERATIONS" --seed=0 --out="$work/pruned"
 
