@@ -330,22 +330,6 @@ std::string EvalReportTable(const EvalReport& r) {
   return out;
 }
 
-int ExitCodeForStatus(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kOk:
-      return 0;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kFailedPrecondition:
-      return 2;
-    default:
-      return 1;
-  }
-}
-
 std::string OneLineError(const absl::Status& status) {
   return absl::StrReplaceAll(std::string(status.message()), {{"\r", " "}, {"\n", " "}});
 }

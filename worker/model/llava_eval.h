@@ -86,9 +86,6 @@ struct GenerateCliOptions {
 // the tokenizer cannot decode (embedding rows past its vocabulary) are skipped.
 absl::StatusOr<std::string> RunGenerate(const GenerateCliOptions& options);
 
-// Exit code for a failed run: 2 for bad input (InvalidArgument, NotFound, ResourceExhausted,
-// DataLoss, OutOfRange, FailedPrecondition), 1 otherwise.
-int ExitCodeForStatus(const absl::Status& status);
 // The status as one line (newlines replaced), for "llava-eval: error: ..." messages.
 std::string OneLineError(const absl::Status& status);
 

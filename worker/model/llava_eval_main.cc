@@ -10,6 +10,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
+#include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
 #include "worker/model/llava_eval.h"
@@ -83,7 +84,7 @@ int main(int argc, char** argv) {
   if (!report.ok()) {
     std::fprintf(stderr, "llava-eval: error: %s\n",
                  prunesvc::model::OneLineError(report.status()).c_str());
-    return prunesvc::model::ExitCodeForStatus(report.status());
+    return prunesvc::ExitCodeForStatus(report.status());
   }
   const std::string out = absl::GetFlag(FLAGS_json) ? prunesvc::model::EvalReportJson(*report)
                                                     : prunesvc::model::EvalReportTable(*report);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
 #include "worker/model/llava_eval.h"
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
   if (!text.ok()) {
     std::fprintf(stderr, "llava-generate: error: %s\n",
                  prunesvc::model::OneLineError(text.status()).c_str());
-    return prunesvc::model::ExitCodeForStatus(text.status());
+    return prunesvc::ExitCodeForStatus(text.status());
   }
   std::printf("%s\n", text->c_str());
   return std::fflush(stdout) == 0 ? 0 : 1;

@@ -1234,24 +1234,4 @@ std::string JobSummaryTable(const JobResult& r) {
   return out;
 }
 
-int JobExitCode(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kOk:
-      return 0;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kUnimplemented:
-      return 2;
-    case absl::StatusCode::kCancelled:
-      return 130;
-    default:
-      return 1;
-  }
-}
-
 }  // namespace prunesvc::prune

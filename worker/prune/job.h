@@ -172,11 +172,6 @@ std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& repor
 // The human-readable end-of-job summary (dense vs pruned, FLOPs and latency ratios, policy).
 std::string JobSummaryTable(const JobResult& result);
 
-// Exit code of prune-local for a failed job: 2 for bad input, an unreachable budget, an existing
-// non-empty --out or an unsupported configuration; 130 for Cancelled (the main turns it into
-// 128 + the signal); 1 otherwise.
-int JobExitCode(const absl::Status& status);
-
 }  // namespace prunesvc::prune
 
 #endif  // PRUNESVC_WORKER_PRUNE_JOB_H_

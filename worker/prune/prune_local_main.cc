@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
 #include "worker/model/llava_eval.h"
@@ -126,7 +127,7 @@ class CliProgress : public prunesvc::prune::ProgressSink {
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "prune-local: error: %s\n", prunesvc::model::OneLineError(status).c_str());
   if (status.code() == absl::StatusCode::kCancelled) return 128 + (g_signal ? g_signal : SIGINT);
-  return prunesvc::prune::JobExitCode(status);
+  return prunesvc::ExitCodeForStatus(status);
 }
 
 absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
