@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/model/checkpoint.h"
@@ -266,6 +267,8 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
   ASSIGN_OR_RETURN(shapes_train_, data::ResolveOptions(so));
   so.split = data::Split::kEval;
   ASSIGN_OR_RETURN(shapes_eval_, data::ResolveOptions(so));
+  so.split = options_.steer_split;
+  ASSIGN_OR_RETURN(shapes_steer_, data::ResolveOptions(so));
   so.split = data::Split::kTrain;
   so.min_objects = 2;
   so.max_objects = 2;
@@ -276,7 +279,21 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
   // resuming (so ids never change under a checkpoint).
   const bool have_tokenizer = fs::exists(tokenizer_dir + "/tokenizer.model") &&
                               fs::exists(tokenizer_dir + "/added_tokens.json");
-  if (!(options_.resume && have_tokenizer)) {
+  if (!options_.init_from.empty() && !(options_.resume && have_tokenizer)) {
+    // Fine-tuning keeps the ids the weights were trained with.
+    std::error_code ec;
+    fs::create_directories(tokenizer_dir, ec);
+    for (const char* f : {"tokenizer.model", "added_tokens.json", "tokenizer_config.json",
+                          "special_tokens_map.json"}) {
+      const fs::path from = fs::path(options_.init_from) / f, to = fs::path(tokenizer_dir) / f;
+      if (fs::exists(to) && fs::equivalent(from, to)) continue;
+      fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
+      if (ec) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--init_from: cannot copy ", from.string(), " to ", to.string(), ": ", ec.message()));
+      }
+    }
+  } else if (!(options_.resume && have_tokenizer)) {
     std::vector<std::string> corpus;
     for (int i = 0; i < options_.tokenizer_corpus; ++i) {
       ASSIGN_OR_RETURN(auto sample, data::GenerateSample(shapes_train_, options_.data_seed, i));
@@ -381,6 +398,7 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
       exp_avg_sq_[name] = at::zeros_like(t);
       param_steps_[name] = 0;
     }
+    if (!options_.init_from.empty()) RETURN_IF_ERROR(LoadInitWeights(options_.init_from));
     if (options_.resume && !options_.checkpoint_dir.empty() &&
         fs::exists(options_.checkpoint_dir + "/trainer_state.json")) {
       RETURN_IF_ERROR(LoadCheckpoint(options_.checkpoint_dir));
@@ -444,6 +462,7 @@ absl::StatusOr<std::vector<TrainExample>> TinyLlavaTrainer::Batch(int64_t step, 
   }
   std::vector<TrainExample> out;
   out.reserve(batch_size);
+  base += options_.data_offset;
   for (int i = 0; i < batch_size; ++i) {
     int64_t index = base + i;
     if (options_.train_pool > 0) index %= options_.train_pool;
@@ -727,7 +746,11 @@ absl::StatusOr<EvalResult> TinyLlavaTrainer::Evaluate(int count) {
     eval_cache_.clear();
     eval_types_.clear();
     for (int i = 0; i < count; ++i) {
-      ASSIGN_OR_RETURN(auto sample, data::GenerateSample(shapes_eval_, options_.eval_seed, i));
+      ASSIGN_OR_RETURN(auto sample,
+                       data::GenerateSample(shapes_steer_,
+                                            options_.steer_seed ? options_.steer_seed
+                                                                : options_.eval_seed,
+                                            i));
       ASSIGN_OR_RETURN(auto ex, MakeExample(sample));
       model::ScoringSample sc;
       sc.token_ids = ex.token_ids;
@@ -879,6 +902,35 @@ absl::Status TinyLlavaTrainer::LoadCheckpoint(const std::string& dir) {
   train_seconds_ = state.value("train_seconds", 0.0);
   if (state.contains("history")) history_ = state["history"].get<std::vector<nlohmann::json>>();
   spdlog::info("resumed from {} at step {}", dir, step_);
+  return absl::OkStatus();
+}
+
+absl::Status TinyLlavaTrainer::LoadInitWeights(const std::string& dir) {
+  ASSIGN_OR_RETURN(model::Checkpoint checkpoint, model::LoadCheckpoint(dir));
+  at::NoGradGuard no_grad;
+  int loaded = 0;
+  auto load = [&](const std::string& name, at::Tensor& dst) -> absl::Status {
+    auto it = checkpoint.tensors.find(name);
+    if (it == checkpoint.tensors.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": tensor \"", name, "\" is missing (--init_from)"));
+    }
+    const at::Tensor& t = it->second;
+    if (t.sizes() != dst.sizes()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": tensor \"", name, "\" has shape [", absl::StrJoin(t.sizes(), ","),
+                       "], this trainer's sizes want [", absl::StrJoin(dst.sizes(), ","), "]"));
+    }
+    dst.copy_(t);
+    ++loaded;
+    return absl::OkStatus();
+  };
+  for (auto& [name, p] : params_) {
+    if (name.rfind(kAux, 0) == 0) continue;  // the phase-1 head is not part of the model
+    RETURN_IF_ERROR(load(name, p));
+  }
+  for (auto& [name, t] : unused_) RETURN_IF_ERROR(load(name, t));
+  spdlog::info("initialised {} tensors from {}", loaded, dir);
   return absl::OkStatus();
 }
 

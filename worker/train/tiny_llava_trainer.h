@@ -128,8 +128,21 @@ struct TrainOptions {
   // This fraction of phase-2 position questions come from two-object scenes.
   double position_two_objects = 0;
 
-  // Evaluation during training (held-out split of the eval seed).
+  // Fine-tuning: an HF directory this trainer wrote (models/tiny-llava-shapes). Its weights
+  // replace the random initialisation and its tokenizer is reused (never retrained); the AdamW
+  // moments start at zero and the phase-1 head at its random init (run with aux_weight 0 and
+  // vision_steps 0). A --resume checkpoint, when present, still wins.
+  std::string init_from;
+  // Added to every training-stream index, so a fine-tuning stage sees samples the earlier
+  // stages never drew.
+  int64_t data_offset = 0;
+
+  // Evaluation: the final one on `final_eval_samples` of the held-out split of `eval_seed`; the
+  // periodic ones that steer a run on `steer_seed` (0 = eval_seed) of `steer_split` — the
+  // search split keeps the held-out set untouched by steering decisions.
   uint64_t eval_seed = data::kShapesEvalSeed;
+  uint64_t steer_seed = 0;
+  data::Split steer_split = data::Split::kEval;
   int eval_every = 250;
   int eval_samples = 256;
   int final_eval_samples = 1000;
@@ -219,6 +232,7 @@ class TinyLlavaTrainer {
   TinyLlavaTrainer(const TrainOptions& options) : options_(options) {}
   absl::Status Init(const std::string& tokenizer_dir);
   absl::Status LoadCheckpoint(const std::string& dir);
+  absl::Status LoadInitWeights(const std::string& dir);
   absl::StatusOr<std::vector<TrainExample>> Batch(int64_t step, int batch_size);
   at::Tensor AuxLoss(const at::Tensor& features, const std::vector<TrainExample>& batch) const;
   at::Tensor AnswerLossTensor(const at::Tensor& image_features,
@@ -226,7 +240,7 @@ class TinyLlavaTrainer {
   void AdamWUpdate(double lr, bool vision_phase);
 
   const TrainOptions options_;
-  data::ShapesOptions shapes_train_, shapes_eval_, shapes_two_;
+  data::ShapesOptions shapes_train_, shapes_eval_, shapes_steer_, shapes_two_;
   model::ClipPreprocessConfig preprocess_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
   std::string tokenizer_dir_;

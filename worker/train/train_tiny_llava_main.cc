@@ -16,6 +16,13 @@ ABSL_FLAG(int, checkpoint_every, 200, "Save the training state every N steps.");
 ABSL_FLAG(uint64_t, seed, 1, "Initialisation seed.");
 ABSL_FLAG(uint64_t, data_seed, prunesvc::data::kShapesTrainSeed, "shapes-vqa training seed.");
 ABSL_FLAG(uint64_t, eval_seed, prunesvc::data::kShapesEvalSeed, "shapes-vqa held-out seed.");
+ABSL_FLAG(uint64_t, steer_seed, 0,
+          "shapes-vqa seed of the periodic evaluations that steer a run; 0 = --eval_seed.");
+ABSL_FLAG(std::string, steer_split, "eval",
+          "Split of the periodic evaluations: eval|search (search keeps the held-out set clean).");
+ABSL_FLAG(std::string, init_from, "",
+          "Fine-tune: start from this model directory's weights and tokenizer (fresh optimizer).");
+ABSL_FLAG(int64_t, data_offset, 0, "Added to every training-stream sample index.");
 ABSL_FLAG(int, threads, 2, "libtorch intra-op threads; 0 = libtorch's default.");
 ABSL_FLAG(int, vision_steps, 800, "Phase 1 steps (vision tower on object slots).");
 ABSL_FLAG(int, vision_batch, 128, "Phase 1 batch size.");
@@ -75,6 +82,21 @@ int main(int argc, char** argv) {
   o.init_seed = absl::GetFlag(FLAGS_seed);
   o.data_seed = absl::GetFlag(FLAGS_data_seed);
   o.eval_seed = absl::GetFlag(FLAGS_eval_seed);
+  o.steer_seed = absl::GetFlag(FLAGS_steer_seed);
+  {
+    auto split = prunesvc::data::ParseSplit(absl::GetFlag(FLAGS_steer_split));
+    if (!split.ok()) {
+      spdlog::critical("--steer_split: {}", split.status().ToString());
+      return 2;
+    }
+    o.steer_split = *split;
+  }
+  o.init_from = absl::GetFlag(FLAGS_init_from);
+  o.data_offset = absl::GetFlag(FLAGS_data_offset);
+  if (o.data_offset < 0) {
+    spdlog::critical("--data_offset must be ≥ 0");
+    return 2;
+  }
   o.threads = absl::GetFlag(FLAGS_threads);
   o.vision_steps = absl::GetFlag(FLAGS_vision_steps);
   o.vision_batch = absl::GetFlag(FLAGS_vision_batch);
