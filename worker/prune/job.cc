@@ -18,6 +18,8 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -28,6 +30,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/flops.h"
+#include "common/rank_stats.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -379,6 +382,7 @@ class TrackingEvaluator : public search::PolicyEvaluator {
       out.push_back(r.at(0));
       ASSIGN_OR_RETURN(std::string hash, space_->Hash(p));
       evaluated_.push_back({{"hash", hash}, {"projector_version", projector_version}});
+      if (seen_.insert(hash).second) distinct_.push_back(p);
       ++ctx_->progress.evaluations;
       ctx_->progress.elapsed_seconds = SecondsSince(ctx_->start);
       if (ctx_->sink != nullptr) ctx_->sink->OnProgress(ctx_->progress);
@@ -395,12 +399,16 @@ class TrackingEvaluator : public search::PolicyEvaluator {
   // The evaluated sequence, in order. (A failed Step fails the job, so no partial batch is
   // ever left to roll back.)
   const json& evaluated() const { return evaluated_; }
+  // Every distinct policy evaluated, in first-evaluation order.
+  const std::vector<search::Policy>& distinct() const { return distinct_; }
 
  private:
   LocalPolicyEvaluator* const inner_;
   const search::PolicySpace* const space_;
   JobContext* const ctx_;
   json evaluated_ = json::array();
+  std::set<std::string> seen_;
+  std::vector<search::Policy> distinct_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -591,6 +599,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   json evaluated = json::array();
   json search_best = nullptr;
   json eta_json = nullptr;
+  json audit_json = nullptr;
   std::optional<double> uniform_ratio;
   if (searching) {
     search::SearchConfig config;
@@ -648,6 +657,57 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     if (local->latest_version() != evaluator->projector_version()) {
       RETURN_IF_ERROR(evaluator->SetProjector(local->latest_version(),
                                               *local->projector(local->latest_version())));
+    }
+    if (spec.audit > 0) {
+      // Each audited policy: search-set loss/accuracy/Ω under the final projector (so every
+      // fitness is comparable) and held-out metrics of the same masked model.
+      std::vector<search::Policy> audit;
+      for (size_t i : EvenlySpacedIndices(tracker.distinct().size(), size_t(spec.audit))) {
+        audit.push_back(tracker.distinct()[i]);
+      }
+      if (std::find(audit.begin(), audit.end(), best.policy) == audit.end()) {
+        audit.push_back(best.policy);
+      }
+      const int version = local->latest_version();
+      json rows = json::array();
+      std::vector<double> neg_fitness, neg_loss, held_acc;
+      spdlog::info("audit: {} policies on the search and eval sets", audit.size());
+      for (size_t i = 0; i < audit.size(); ++i) {
+        RETURN_IF_ERROR(ctx.CheckStop());
+        ASSIGN_OR_RETURN(std::vector<search::EvalResult> r, local->Evaluate({audit[i]}, version));
+        // The evaluator leaves the policy's weights in the model: score the eval set with them.
+        ASSIGN_OR_RETURN(ModelMetrics held, ScoreSampleSet(*l.bundle, l.eval_set, spec.batch_size));
+        const double fitness = r[0].loss + eta * r[0].omega / std::sqrt(double(n));
+        ASSIGN_OR_RETURN(std::string hash, space.Hash(audit[i]));
+        ASSIGN_OR_RETURN(double fr, space.FlopsRatio(audit[i]));
+        ASSIGN_OR_RETURN(std::vector<double> ratios, space.UnitRatios(audit[i]));
+        rows.push_back({{"hash", hash},
+                        {"chosen", audit[i] == best.policy},
+                        {"unit_ratios", ratios},
+                        {"flops_ratio", fr},
+                        {"search_loss", r[0].loss},
+                        {"search_accuracy", r[0].accuracy},
+                        {"omega", r[0].omega},
+                        {"fitness", fitness},
+                        {"heldout_loss", held.loss},
+                        {"heldout_accuracy", held.accuracy ? json(*held.accuracy) : json(nullptr)}});
+        neg_fitness.push_back(-fitness);
+        neg_loss.push_back(-r[0].loss);
+        held_acc.push_back(held.accuracy.value_or(0));
+        if ((i + 1) % 8 == 0 || i + 1 == audit.size()) {
+          spdlog::info("audit: {}/{} policies", i + 1, audit.size());
+        }
+      }
+      auto opt = [](std::optional<double> v) { return v ? json(*v) : json(nullptr); };
+      audit_json = {{"projector_version", version},
+                    {"eta", eta},
+                    {"num_samples", n},
+                    {"num_eval_samples", l.eval_set.samples.size()},
+                    {"distinct_policies_evaluated", tracker.distinct().size()},
+                    {"policies", std::move(rows)},
+                    {"spearman_neg_fitness_vs_heldout_accuracy", opt(SpearmanRho(neg_fitness, held_acc))},
+                    {"spearman_neg_search_loss_vs_heldout_accuracy",
+                     opt(SpearmanRho(neg_loss, held_acc))}};
     }
   } else {
     // UNIFORM: one continuous ratio meeting the budget; no search, no projector training.
@@ -961,6 +1021,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["eta"] = eta_json;
   report["history"] = history;
   report["evaluated"] = evaluated;
+  if (!audit_json.is_null()) report["audit"] = std::move(audit_json);
   report["projector"] = {{"trained", projector_version > 0}, {"version", projector_version}};
   report["warnings"] = ctx.warnings;
   report["provenance"] = {
@@ -1157,6 +1218,14 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
   }
   if (threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--threads must be ≥ 0, got ", threads));
+  }
+  if (audit < 0) return absl::InvalidArgumentError(absl::StrCat("--audit must be ≥ 0, got ", audit));
+  if (audit > 0 && eval_samples_path.empty()) {
+    return absl::InvalidArgumentError("--audit needs --eval-samples (it scores held-out data)");
+  }
+  if (audit > 0 && strategy == search::Strategy::kUniform) {
+    return absl::InvalidArgumentError("--audit needs a searching strategy (EFFICIENTLLAVA or "
+                                      "RANDOM_SEARCH): UNIFORM evaluates a single policy");
   }
   if (batch_size < 1 || eval_batch_size < 1 || latency_batch < 1 || latency_repeats < 1) {
     return absl::InvalidArgumentError("batch sizes and latency repeats must be ≥ 1");

@@ -72,6 +72,12 @@ struct LocalJobSpec {
   double projector_decay = 1e-3;  // μ of μ‖θ − θ₀‖²
   int threads = 0;                // torch intra-op threads; 0 = number of cores
 
+  // Audit (docs/RESULTS.md's ablations): after the search, up to `audit` of the distinct policies
+  // it evaluated (evenly spaced in evaluation order, plus the chosen one) are re-scored under the
+  // final projector on the search set and scored on the eval set; report.json gets
+  // `audit` {policies: [...], spearman_...}. 0 = off. Needs an eval set and a searching strategy.
+  int audit = 0;
+
   int batch_size = 16;      // samples per scoring forward
   int eval_batch_size = 8;  // the reload check's batch (llava-eval's default, so they agree)
   int latency_repeats = 5;  // timed forwards per model (median reported), after one warm-up

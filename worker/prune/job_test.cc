@@ -469,6 +469,81 @@ TEST(PruneLocalTest, RandomSearchWithMagnitudeFinalMasks) {
   EXPECT_GT(checked, 0);
 }
 
+// --audit: the search's evaluated policies re-scored on the search set and scored on the eval
+// set. The audit must not change the job (same policy and weights as the main run, same seed);
+// the chosen policy's held-out numbers equal the reloaded artifact's (final masks = search masks
+// here); the Spearman ρ in the report equals a brute-force recomputation from the rows.
+TEST(PruneLocalTest, AuditScoresEvaluatedPoliciesWithoutChangingTheJob) {
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const std::string out = WorkDir() + "/audit";
+  std::vector<std::string> flags = SearchFlags(out, 7);
+  flags.push_back("--audit=6");
+  const RunResult r = RunBin("prune-local", flags);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json report = ReadJson(out + "/report.json");
+  const json main_report = ReadJson(WorkDir() + "/main/report.json");
+  EXPECT_EQ(report["policy"], main_report["policy"]);
+  EXPECT_EQ(ReadFile(out + "/model/model.safetensors"),
+            ReadFile(WorkDir() + "/main/model/model.safetensors"));
+  ASSERT_TRUE(report.contains("audit")) << report.dump().substr(0, 500);
+  const json& audit = report["audit"];
+  const json& rows = audit["policies"];
+  ASSERT_GE(rows.size(), 6u);
+  ASSERT_LE(rows.size(), 7u);  // 6 evenly spaced + the chosen one when it was not among them
+  EXPECT_EQ(audit["num_eval_samples"], 24);
+  EXPECT_EQ(audit["projector_version"], report["projector"]["version"]);
+  int chosen = 0;
+  std::vector<double> neg_fitness, acc;
+  const double eta = report["eta"]["value"].get<double>();
+  for (const json& row : rows) {
+    const double loss = row["search_loss"], omega = row["omega"], fitness = row["fitness"];
+    EXPECT_NEAR(fitness, loss + eta * omega / std::sqrt(16.0), 1e-9);
+    EXPECT_LE(row["flops_ratio"].get<double>(), 0.5);
+    neg_fitness.push_back(-fitness);
+    acc.push_back(row["heldout_accuracy"].get<double>());
+    if (row["chosen"].get<bool>()) {
+      ++chosen;
+      EXPECT_EQ(row["hash"], report["policy"]["hash"]);
+      EXPECT_NEAR(loss, report["search"]["best"]["loss"].get<double>(), 1e-6);
+      // In-process masked model vs the reloaded artifact (fp32 both ways).
+      EXPECT_NEAR(row["heldout_loss"].get<double>(), report["pruned"]["loss"].get<double>(), 1e-5);
+      EXPECT_EQ(row["heldout_accuracy"].get<double>(), report["accuracy"].get<double>());
+    }
+  }
+  EXPECT_EQ(chosen, 1);
+  // Brute-force Spearman: rank = #smaller + (#equal + 1)/2, then Pearson of the ranks.
+  auto rank = [](const std::vector<double>& v) {
+    std::vector<double> r;
+    for (double a : v) {
+      double less = 0, equal = 0;
+      for (double b : v) {
+        if (b < a) less += 1;
+        if (b == a) equal += 1;
+      }
+      r.push_back(less + (equal + 1) / 2);
+    }
+    return r;
+  };
+  const std::vector<double> rx = rank(neg_fitness), ry = rank(acc);
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < rx.size(); ++i) mx += rx[i] / rx.size(), my += ry[i] / ry.size();
+  double sxy = 0, sxx = 0, syy = 0;
+  for (size_t i = 0; i < rx.size(); ++i) {
+    sxy += (rx[i] - mx) * (ry[i] - my);
+    sxx += (rx[i] - mx) * (rx[i] - mx);
+    syy += (ry[i] - my) * (ry[i] - my);
+  }
+  const json& rho = audit["spearman_neg_fitness_vs_heldout_accuracy"];
+  // (Rounding in the means leaves ~1e-30 for a constant side.)
+  if (sxx > 1e-9 && syy > 1e-9) {
+    ASSERT_TRUE(rho.is_number()) << audit.dump();
+    EXPECT_NEAR(rho.get<double>(), sxy / std::sqrt(sxx * syy), 1e-12);
+  } else {
+    EXPECT_TRUE(rho.is_null());
+  }
+  std::printf("[audit] %zu policies, rho(-J, held-out acc) %s\n", rows.size(), rho.dump().c_str());
+}
+
 // SPARSEGPT final masks (worker/prune/sparsegpt.h) under UNIFORM: every decoder linear prunes
 // exactly out·PrunedPerRow(u, in) weights (spread over its rows adaptively), the kept weights are
 // compensated (they differ from the input's), the budget holds on the artifact's real non-zeros,
@@ -580,6 +655,8 @@ TEST(PruneLocalTest, BadFlagsExit2) {
       {{"--flops-budget=0.5", "--ratio-choices=0.5,0.2"}, "--ratio-choices"},
       {{"--flops-budget=0.5", "--parents=40"}, "parents"},
       {{"--flops-budget=0.5", "--unit=head"}, "--unit"},
+      {{"--flops-budget=0.5", "--audit=3"}, "--audit needs --eval-samples"},
+      {{"--flops-budget=0.5", "--audit=-1"}, "--audit must be"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> flags = base;

@@ -46,6 +46,9 @@ ABSL_FLAG(int, projector_steps, 50, "Adam steps per projector training");
 ABSL_FLAG(double, projector_lr, 1e-4, "projector learning rate");
 ABSL_FLAG(double, projector_decay, 1e-3, "mu of the pull mu*|theta - theta0|^2");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = number of cores)");
+ABSL_FLAG(int, audit, 0,
+          "after the search, score up to N of its evaluated policies on --eval-samples too "
+          "(report.json audit: fitness vs held-out rank correlation); 0 = off");
 ABSL_FLAG(int, batch, 16, "samples per forward pass during the search");
 ABSL_FLAG(bool, dry_run, false,
           "pre-flight only: reachable budget range, units, FLOPs, memory and time estimates");
@@ -182,6 +185,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   spec.projector_decay = absl::GetFlag(FLAGS_projector_decay);
   spec.threads = absl::GetFlag(FLAGS_threads);
   spec.batch_size = absl::GetFlag(FLAGS_batch);
+  spec.audit = absl::GetFlag(FLAGS_audit);
   return spec;
 }
 
