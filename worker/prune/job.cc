@@ -346,6 +346,36 @@ absl::StatusOr<double> MedianLatencyMs(const model::LlavaModel& m,
   return n % 2 == 1 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
 }
 
+// MedianLatencyMs of two models on the same batch, their forwards alternated (a, b, a, b, …;
+// the first pair untimed) so that load changes on a shared machine hit both alike.
+absl::StatusOr<std::pair<double, double>> InterleavedLatencyMs(
+    const model::LlavaModel& a, const model::LlavaModel& b,
+    std::vector<model::PreparedSample> batch, int repeats) {
+  auto timed = [&](const model::LlavaModel& m) -> absl::StatusOr<double> {
+    const auto t0 = Clock::now();
+    RETURN_IF_ERROR(model::AttachImageFeatures(m, absl::MakeSpan(batch), int(batch.size())));
+    std::vector<model::ScoringSample> scoring;
+    for (const auto& p : batch) scoring.push_back(p.scoring);
+    RETURN_IF_ERROR(model::ScoreSamples(m, scoring, {.batch_size = int(batch.size())}).status());
+    return SecondsSince(t0) * 1e3;
+  };
+  std::vector<double> ta, tb;
+  for (int r = 0; r <= repeats; ++r) {
+    ASSIGN_OR_RETURN(double x, timed(a));
+    ASSIGN_OR_RETURN(double y, timed(b));
+    if (r > 0) {
+      ta.push_back(x);
+      tb.push_back(y);
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  return std::make_pair(median(ta), median(tb));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The search, with progress, cancellation and a record of every evaluated policy.
 
@@ -818,7 +848,10 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   projector.linear_2_bias = RoundToDType(projector.linear_2_bias, l.bundle->source_dtype);
   RETURN_IF_ERROR(LoadProjector(projector, m));
   RETURN_IF_ERROR(ctx.CheckStop());
-  ASSIGN_OR_RETURN(double dense_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
+  double dense_latency = 0, pruned_latency = 0;
+  if (!structured) {
+    ASSIGN_OR_RETURN(dense_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
+  }
   std::vector<model::NamedLinear> linears = m.DecoderLinears();
   for (size_t i = 0; i < masks.size(); ++i) {
     at::Tensor& w = linears[i].linear->weight;
@@ -829,13 +862,18 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     }
   }
   if (structured) {
-    // The physically shrunk model replaces the dense one (m dangles from here on).
+    // Both models exist here: time them interleaved, so load changes hit both alike. Then the
+    // physically shrunk model replaces the dense one (m dangles from here on).
     ASSIGN_OR_RETURN(std::unique_ptr<model::LlavaModel> shrunk, ShrinkModel(m, splan));
+    ASSIGN_OR_RETURN(const auto latencies,
+                     InterleavedLatencyMs(m, *shrunk, latency_batch, spec.latency_repeats));
+    dense_latency = latencies.first;
+    pruned_latency = latencies.second;
     linears.clear();
     l.bundle->model = std::move(shrunk);
+  } else {
+    ASSIGN_OR_RETURN(pruned_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
   }
-  ASSIGN_OR_RETURN(double pruned_latency,
-                   MedianLatencyMs(*l.bundle->model, latency_batch, spec.latency_repeats));
   RETURN_IF_ERROR(ctx.CheckStop());
   ASSIGN_OR_RETURN(ModelMetrics pruned_search,
                    ScoreSampleSet(*l.bundle, l.search_set, spec.batch_size));
