@@ -88,11 +88,11 @@ absl::Status CheckLayerHeads(const FlopsModelDims& dims,
   for (size_t l = 0; l < heads.size(); ++l) {
     const DecoderLayerHeads& h = heads[l];
     const DecoderLayerFlopsDims& d = dims.decoder[l];
-    const bool shape_ok = h.num_heads >= 0 && h.num_kv_heads >= 0 && h.head_dim > 0 &&
-                          (h.num_kv_heads == 0 ? h.num_heads == 0
-                                               : h.num_heads % h.num_kv_heads == 0) &&
-                          int64_t(h.num_heads) * h.head_dim == d.q_width &&
-                          int64_t(h.num_kv_heads) * h.head_dim == d.kv_width;
+    const bool shape_ok =
+        h.num_heads >= 0 && h.num_kv_heads >= 0 && h.head_dim > 0 &&
+        (h.num_kv_heads == 0 ? h.num_heads == 0 : h.num_heads % h.num_kv_heads == 0) &&
+        int64_t(h.num_heads) * h.head_dim == d.q_width &&
+        int64_t(h.num_kv_heads) * h.head_dim == d.kv_width;
     if (!shape_ok) {
       return absl::InvalidArgumentError(absl::StrCat(
           "structured FLOPs: decoder layer ", l, " has ", h.num_heads, " heads, ", h.num_kv_heads,

@@ -137,7 +137,8 @@ StructuredCut StructuredCutOf(double ratio, int64_t intermediate, int num_kv_hea
 
 // Checks `heads` against `dims` (one entry per decoder layer; q_width = num_heads·head_dim,
 // kv_width = num_kv_heads·head_dim, num_heads a multiple of num_kv_heads).
-absl::Status CheckLayerHeads(const FlopsModelDims& dims, const std::vector<DecoderLayerHeads>& heads);
+absl::Status CheckLayerHeads(const FlopsModelDims& dims,
+                             const std::vector<DecoderLayerHeads>& heads);
 
 // `dims` with every decoder layer l shrunk by StructuredCutOf(layer_ratios[l], …): mlp_width −
 // channels, q_width − kv_groups·(num_heads/num_kv_heads)·head_dim, kv_width − kv_groups·head_dim.

@@ -145,9 +145,9 @@ absl::Status CandidateEvaluator::Init(std::vector<EvalSample> samples) {
     // Ω and the masks work per layer: a layer's linears must share one unit.
     for (int i = 0; i < n; ++i) {
       if (unit_of_linear_[i] != unit_of_linear_[i - i % kNumDecoderLinears]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "evaluator: STRUCTURED needs one unit per decoder layer; ", linears_[i].name,
-            " is in another unit than its layer's q_proj"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("evaluator: STRUCTURED needs one unit per decoder layer; ",
+                         linears_[i].name, " is in another unit than its layer's q_proj"));
       }
     }
     heads_ = LayerHeadsOf(*model_);
@@ -253,8 +253,7 @@ absl::Status CandidateEvaluator::RebuildForProjector() {
                                            {.batch_size = options_.calibration_batch_size,
                                             .collect_gram = options_.collect_gram}));
   if (structured()) {
-    ASSIGN_OR_RETURN(sbank_,
-                     StructuredBank::Build(dense_, heads_, options_.method, &calibration_));
+    ASSIGN_OR_RETURN(sbank_, StructuredBank::Build(dense_, heads_, options_.method, &calibration_));
     spdlog::debug("evaluator: projector v{}: calibration + structured {} orders in {:.2f} s",
                   projector_version_, MaskMethodName(options_.method), Seconds(t0));
     return absl::OkStatus();
@@ -392,11 +391,11 @@ absl::StatusOr<std::vector<StructuredCut>> CandidateEvaluator::StructuredCuts(
     }
     for (int i : kMlp) {
       if (r[i] != r[int(DecoderLinear::kGate)]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "STRUCTURED: layer ", l, "'s MLP linears have different ratios (",
-            linears_[l * kNumDecoderLinears + i].name, " ", r[i], " vs gate_proj ",
-            r[int(DecoderLinear::kGate)], "); channels are removed from gate, up and down "
-            "together"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("STRUCTURED: layer ", l, "'s MLP linears have different ratios (",
+                         linears_[l * kNumDecoderLinears + i].name, " ", r[i], " vs gate_proj ",
+                         r[int(DecoderLinear::kGate)],
+                         "); channels are removed from gate, up and down together"));
       }
     }
     StructuredCut cut;

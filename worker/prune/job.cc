@@ -509,8 +509,7 @@ struct StructuredVerification {
 // Reloads the written checkpoint + config.json and counts its FLOPs from the shapes (the model's
 // own FlopsDims, the search samples' token statistics).
 absl::StatusOr<StructuredVerification> VerifyStructured(const std::string& model_out,
-                                                        const TokenStats& stats,
-                                                        model::DType dtype,
+                                                        const TokenStats& stats, model::DType dtype,
                                                         model::WeightLayout layout) {
   ASSIGN_OR_RETURN(model::Checkpoint written, model::LoadCheckpoint(model_out));
   if (written.source_dtype != dtype || written.layout != layout) {
@@ -547,13 +546,11 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
   absl::StrAppend(
       &out, "Pruned from `", spec.model_dir, "` with **", report["strategy"].get<std::string>(),
       "** (", report["search"]["mask_method"].get<std::string>(), " search masks, ",
-      report["final_mask_method"].get<std::string>(),
-      " final masks), ",
+      report["final_mask_method"].get<std::string>(), " final masks), ",
       structured ? "STRUCTURED pruning (whole MLP channels and attention KV groups removed) of "
                    "the LLaMA decoder"
                  : "UNSTRUCTURED sparsity in the LLaMA decoder's linear layers",
-      ", unit = ",
-      report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
+      ", unit = ", report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
       absl::StrFormat("%.4g", spec.flops_budget),
       ". The vision tower, the projector's shape, embeddings, norms and lm_head are not pruned; "
       "the projector ",
@@ -594,13 +591,13 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
         "ordinary dense kernels** on any hardware; the latency row above measures it.\n");
   } else {
     absl::StrAppend(
-      &out,
-      "\n## What unstructured pruning saves\n\nThe pruned weights are stored as zeros in dense "
-      "tensors of the original shapes and dtype. The FLOPs ratio counts the multiply-adds a "
-      "sparse kernel would execute. With ordinary dense kernels (what PyTorch, transformers and "
-      "this project run) the model is **neither smaller on disk nor faster**: the latency row "
-      "above shows it. The savings need sparse storage and sparse kernels; structured pruning "
-      "(a later option) saves both disk and latency on any hardware.\n");
+        &out,
+        "\n## What unstructured pruning saves\n\nThe pruned weights are stored as zeros in dense "
+        "tensors of the original shapes and dtype. The FLOPs ratio counts the multiply-adds a "
+        "sparse kernel would execute. With ordinary dense kernels (what PyTorch, transformers and "
+        "this project run) the model is **neither smaller on disk nor faster**: the latency row "
+        "above shows it. The savings need sparse storage and sparse kernels; structured pruning "
+        "(a later option) saves both disk and latency on any hardware.\n");
   }
   absl::StrAppend(&out, "\n## Policy\n\n| unit | ratio |\n|---|---|\n");
   for (const json& u : policy["units"]) {
@@ -644,10 +641,10 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   // STRUCTURED: the search's orders also cut the artifact; final_mask_method does not apply.
   const bool structured = spec.granularity == search::Granularity::kStructured;
   const MaskMethod final_method =
-      structured                                            ? spec.mask_method
+      structured                                              ? spec.mask_method
       : spec.final_mask_method == FinalMaskMethod::kMagnitude ? MaskMethod::kMagnitude
-      : spec.final_mask_method == FinalMaskMethod::kWanda   ? MaskMethod::kWanda
-                                                            : spec.mask_method;
+      : spec.final_mask_method == FinalMaskMethod::kWanda     ? MaskMethod::kWanda
+                                                              : spec.mask_method;
   // SPARSEGPT replaces the weights (mask + OBS compensation) instead of masking them.
   const bool sparsegpt = !structured && spec.final_mask_method == FinalMaskMethod::kSparseGpt;
   const std::string final_method_name =

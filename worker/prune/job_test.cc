@@ -678,32 +678,32 @@ TEST(PruneLocalTest, StructuredArtifactIsShrunkAndReloads) {
   EXPECT_LT(fs::file_size(out + "/model/model.safetensors"),
             fs::file_size(WorkDir() + "/model16/model.safetensors"));
   EXPECT_LT(report["pruned"]["params"].get<int64_t>(), report["dense"]["params"].get<int64_t>());
-  auto counted =
-      ShapeFlopsRatio(out + "/model", WorkDir() + "/model16", WorkDir() + "/search");
+  auto counted = ShapeFlopsRatio(out + "/model", WorkDir() + "/model16", WorkDir() + "/search");
   ASSERT_TRUE(counted.ok()) << counted.status();
   EXPECT_LE(*counted, 0.7);
   EXPECT_NEAR(*counted, report["flops_ratio"].get<double>(), 1e-12);
   EXPECT_EQ(report["flops_ratio"], policy["flops_ratio_nominal"]);
-  const RunResult e =
-      RunBin("llava-eval", {"--model=" + out + "/model", "--samples=" + WorkDir() + "/eval",
-                            "--json", "--threads=1"});
+  const RunResult e = RunBin(
+      "llava-eval",
+      {"--model=" + out + "/model", "--samples=" + WorkDir() + "/eval", "--json", "--threads=1"});
   ASSERT_EQ(e.code, 0) << e.err;
   const json ev = json::parse(e.out);
   EXPECT_EQ(ev["accuracy"], report["accuracy"]);
   EXPECT_EQ(ev["mean_loss"].get<double>(), report["pruned"]["loss"].get<double>());
   EXPECT_TRUE(absl::StrContains(ReadFile(out + "/README.md"), "structured pruning saves"));
-  std::printf("[structured] flops_ratio %.6f, sizes %s heads %s, accuracy %.4f (dense %.4f), "
-              "latency ratio %.3f\n",
-              *counted, tc["prunesvc_intermediate_sizes"].dump().c_str(),
-              tc["prunesvc_num_heads"].dump().c_str(), report["accuracy"].get<double>(),
-              report["dense"]["accuracy"].get<double>(), report["latency_ratio"].get<double>());
+  std::printf(
+      "[structured] flops_ratio %.6f, sizes %s heads %s, accuracy %.4f (dense %.4f), "
+      "latency ratio %.3f\n",
+      *counted, tc["prunesvc_intermediate_sizes"].dump().c_str(),
+      tc["prunesvc_num_heads"].dump().c_str(), report["accuracy"].get<double>(),
+      report["dense"]["accuracy"].get<double>(), report["latency_ratio"].get<double>());
 
   // The shrunk artifact as input: UNIFORM STRUCTURED again, from its per-layer sizes.
   const std::string again = WorkDir() + "/structured2";
   const RunResult r2 =
       RunBin("prune-local", {"--model=" + out + "/model", "--samples=" + WorkDir() + "/search",
-                             "--flops-budget=0.8", "--granularity=STRUCTURED",
-                             "--strategy=UNIFORM", "--threads=1", "--out=" + again});
+                             "--flops-budget=0.8", "--granularity=STRUCTURED", "--strategy=UNIFORM",
+                             "--threads=1", "--out=" + again});
   ASSERT_EQ(r2.code, 0) << r2.err;
   const json report2 = ReadJson(again + "/report.json");
   auto counted2 = ShapeFlopsRatio(again + "/model", out + "/model", WorkDir() + "/search");

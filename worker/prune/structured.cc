@@ -57,9 +57,9 @@ at::Tensor GroupRows(const std::vector<int64_t>& groups, int64_t width, at::Devi
 absl::Status CheckShape(const at::Tensor& t, const std::string& name,
                         const std::array<int64_t, 2>& want) {
   if (!t.defined() || t.sizes() != at::IntArrayRef(want)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "structured: ", name, " has shape ", t.defined() ? c10::str(t.sizes()) : "(none)",
-        ", expected ", c10::str(at::IntArrayRef(want))));
+    return absl::InvalidArgumentError(absl::StrCat("structured: ", name, " has shape ",
+                                                   t.defined() ? c10::str(t.sizes()) : "(none)",
+                                                   ", expected ", c10::str(at::IntArrayRef(want))));
   }
   return absl::OkStatus();
 }
@@ -105,12 +105,12 @@ absl::StatusOr<std::unique_ptr<StructuredBank>> StructuredBank::Build(
             "structured bank: layer ", l, " has ", h.num_heads, " heads and ", h.num_kv_heads,
             " kv heads of dim ", h.head_dim, " (heads must be a multiple of kv heads)"));
       }
-      const int64_t H = w[int(DecoderLinear::kQ)].defined() ? w[int(DecoderLinear::kQ)].size(-1)
-                                                             : 0;
-      const int64_t qw = int64_t(h.num_heads) * h.head_dim, kvw = int64_t(h.num_kv_heads) * h.head_dim;
-      const int64_t I = w[int(DecoderLinear::kGate)].defined()
-                            ? w[int(DecoderLinear::kGate)].size(0)
-                            : -1;
+      const int64_t H =
+          w[int(DecoderLinear::kQ)].defined() ? w[int(DecoderLinear::kQ)].size(-1) : 0;
+      const int64_t qw = int64_t(h.num_heads) * h.head_dim,
+                    kvw = int64_t(h.num_kv_heads) * h.head_dim;
+      const int64_t I =
+          w[int(DecoderLinear::kGate)].defined() ? w[int(DecoderLinear::kGate)].size(0) : -1;
       const std::pair<DecoderLinear, std::array<int64_t, 2>> shapes[] = {
           {DecoderLinear::kQ, {qw, H}},   {DecoderLinear::kK, {kvw, H}},
           {DecoderLinear::kV, {kvw, H}},  {DecoderLinear::kO, {H, qw}},
@@ -131,9 +131,9 @@ absl::StatusOr<std::unique_ptr<StructuredBank>> StructuredBank::Build(
         if (method != MaskMethod::kWanda) return std::vector<double>(in, 1.0);
         const auto& s = stats->linears[l * kNumDecoderLinears + int(kind)];
         if (s == nullptr || !s->col_sq_norms.defined() || s->col_sq_norms.numel() != in) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "structured bank: calibration statistics of ", LinearName(int(l), kind),
-              " do not have ", in, " input columns"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("structured bank: calibration statistics of ", LinearName(int(l), kind),
+                           " do not have ", in, " input columns"));
         }
         std::vector<double> v = ToVector(s->col_sq_norms);
         for (double x : v) {
@@ -198,8 +198,8 @@ absl::StatusOr<std::vector<StructuredLayerPlan>> PlanStructured(
     const StructuredBank& bank, const std::vector<double>& layer_ratios) {
   if (int(layer_ratios.size()) != bank.num_layers()) {
     return absl::InvalidArgumentError(absl::StrCat("structured plan: ", layer_ratios.size(),
-                                                    " layer ratios for ", bank.num_layers(),
-                                                    " decoder layers"));
+                                                   " layer ratios for ", bank.num_layers(),
+                                                   " decoder layers"));
   }
   std::vector<StructuredLayerPlan> plan;
   for (int l = 0; l < bank.num_layers(); ++l) {
@@ -242,7 +242,8 @@ absl::Status ShrinkDecoderTensors(const std::vector<StructuredLayerPlan>& plan,
       };
       const DecoderLayerHeads& h = p.heads;
       const int64_t group = h.num_kv_heads > 0 ? h.num_heads / h.num_kv_heads : 0;
-      const int64_t qw = int64_t(h.num_heads) * h.head_dim, kvw = int64_t(h.num_kv_heads) * h.head_dim;
+      const int64_t qw = int64_t(h.num_heads) * h.head_dim,
+                    kvw = int64_t(h.num_kv_heads) * h.head_dim;
       ASSIGN_OR_RETURN(at::Tensor * q, find(DecoderLinear::kQ, "weight"));
       const int64_t H = q->size(-1);
       const std::pair<DecoderLinear, std::array<int64_t, 2>> shapes[] = {
@@ -262,12 +263,11 @@ absl::Status ShrinkDecoderTensors(const std::vector<StructuredLayerPlan>& plan,
       const at::Tensor kv_rows = GroupRows(p.kept_groups, h.head_dim, dev);
       const at::Tensor channels = at::tensor(p.kept_channels, at::TensorOptions(at::kLong)).to(dev);
       // Outputs (rows, with their biases) of q/k/v/gate/up; inputs (columns) of o/down.
-      const std::pair<DecoderLinear, const at::Tensor*> rows[] = {
-          {DecoderLinear::kQ, &q_rows},
-          {DecoderLinear::kK, &kv_rows},
-          {DecoderLinear::kV, &kv_rows},
-          {DecoderLinear::kGate, &channels},
-          {DecoderLinear::kUp, &channels}};
+      const std::pair<DecoderLinear, const at::Tensor*> rows[] = {{DecoderLinear::kQ, &q_rows},
+                                                                  {DecoderLinear::kK, &kv_rows},
+                                                                  {DecoderLinear::kV, &kv_rows},
+                                                                  {DecoderLinear::kGate, &channels},
+                                                                  {DecoderLinear::kUp, &channels}};
       for (const auto& [kind, idx] : rows) {
         for (const char* what : {"weight", "bias"}) {
           ASSIGN_OR_RETURN(at::Tensor * t, find(kind, what));
@@ -275,9 +275,9 @@ absl::Status ShrinkDecoderTensors(const std::vector<StructuredLayerPlan>& plan,
           if (t->size(0) != (kind == DecoderLinear::kGate || kind == DecoderLinear::kUp
                                  ? p.intermediate
                                  : (kind == DecoderLinear::kQ ? qw : kvw))) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("structured: ", LinearName(l, kind), ".", what, " has ",
-                             t->size(0), " rows, inconsistent with the plan"));
+            return absl::InvalidArgumentError(absl::StrCat("structured: ", LinearName(l, kind), ".",
+                                                           what, " has ", t->size(0),
+                                                           " rows, inconsistent with the plan"));
           }
           *t = t->index_select(0, idx->to(t->device()));
         }
@@ -291,8 +291,8 @@ absl::Status ShrinkDecoderTensors(const std::vector<StructuredLayerPlan>& plan,
         if (bias != nullptr && t->size(1) == 0) {
           return absl::InvalidArgumentError(absl::StrCat(
               "structured: layer ", l, " would lose its whole ",
-              kind == DecoderLinear::kO ? "attention" : "MLP", " block, but ",
-              LinearName(l, kind), " has a bias (the runtime would drop it, the masked model "
+              kind == DecoderLinear::kO ? "attention" : "MLP", " block, but ", LinearName(l, kind),
+              " has a bias (the runtime would drop it, the masked model "
               "keeps it); use ratios below 1"));
         }
       }

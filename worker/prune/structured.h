@@ -58,8 +58,8 @@ std::vector<DecoderLayerHeads> LayerHeadsOf(const model::LlavaModel& model);
 
 // One decoder layer's removal orders.
 struct StructuredLayerOrder {
-  int64_t intermediate = 0;  // I: MLP channels of the dense layer
-  DecoderLayerHeads heads;   // G = heads.num_kv_heads KV groups
+  int64_t intermediate = 0;            // I: MLP channels of the dense layer
+  DecoderLayerHeads heads;             // G = heads.num_kv_heads KV groups
   std::vector<double> channel_scores;  // [I]
   std::vector<int64_t> channel_order;  // [I]: channels by increasing score
   std::vector<double> group_scores;    // [G]
@@ -106,10 +106,10 @@ class StructuredBank {
 struct StructuredLayerPlan {
   double ratio = 0;
   StructuredCut cut;
-  int64_t intermediate = 0;  // before
-  DecoderLayerHeads heads;   // before
-  std::vector<int64_t> kept_channels;  // ascending
-  std::vector<int64_t> kept_groups;    // ascending
+  int64_t intermediate = 0;               // before
+  DecoderLayerHeads heads;                // before
+  std::vector<int64_t> kept_channels;     // ascending
+  std::vector<int64_t> kept_groups;       // ascending
   std::vector<int64_t> removed_channels;  // in removal order
   std::vector<int64_t> removed_groups;    // in removal order
 

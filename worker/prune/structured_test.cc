@@ -88,13 +88,16 @@ TEST(StructuredBankTest, OrdersMatchBruteForceAndAreNested) {
       const int base = l * kNumDecoderLinears;
       const at::Tensor down = ev->dense_weight(base + int(DecoderLinear::kDown));
       const at::Tensor o = ev->dense_weight(base + int(DecoderLinear::kO));
-      const at::Tensor xd = ev->calibration().linears[base + int(DecoderLinear::kDown)]->col_sq_norms;
+      const at::Tensor xd =
+          ev->calibration().linears[base + int(DecoderLinear::kDown)]->col_sq_norms;
       const at::Tensor xo = ev->calibration().linears[base + int(DecoderLinear::kO)]->col_sq_norms;
       std::vector<double> ch(down.size(1)), gr(2, 0.0);
       for (int64_t j = 0; j < down.size(1); ++j) {
         double w2 = 0;
-        for (int64_t r = 0; r < down.size(0); ++r) w2 += std::pow(double(down[r][j].item<float>()), 2);
-        ch[j] = std::sqrt(w2) * (method == MaskMethod::kWanda ? std::sqrt(xd[j].item<double>()) : 1);
+        for (int64_t r = 0; r < down.size(0); ++r)
+          w2 += std::pow(double(down[r][j].item<float>()), 2);
+        ch[j] =
+            std::sqrt(w2) * (method == MaskMethod::kWanda ? std::sqrt(xd[j].item<double>()) : 1);
       }
       for (int64_t j = 0; j < o.size(1); ++j) {
         double w2 = 0;
@@ -202,9 +205,8 @@ TEST(StructuredTest, PolicyFlopsEqualBruteForceCountOnShrunkModel) {
     scoring.push_back(std::move(s));
   }
   const TokenStats stats = model::ComputeTokenStats(*p.model, scoring);
-  auto space = search::PolicySpace::CreateStructured(p.model->FlopsDims(), stats,
-                                                     LayerHeadsOf(*p.model),
-                                                     search::DefaultRatioChoices());
+  auto space = search::PolicySpace::CreateStructured(
+      p.model->FlopsDims(), stats, LayerHeadsOf(*p.model), search::DefaultRatioChoices());
   ASSERT_TRUE(space.ok()) << space.status();
   EXPECT_EQ(space->granularity(), search::Granularity::kStructured);
   auto dense = ComputeDenseFlops(p.model->FlopsDims(), stats);
@@ -273,7 +275,8 @@ TEST(StructuredTest, OmegaEqualsBruteForceAndRestoreIsExact) {
   ASSERT_TRUE(omega.ok());
   EXPECT_NEAR(*omega, num / den, 1e-9);
   // The removed rows/columns are zero, everything else dense.
-  const at::Tensor gate = ev->linears()[2 * kNumDecoderLinears + int(DecoderLinear::kGate)].linear->weight;
+  const at::Tensor gate =
+      ev->linears()[2 * kNumDecoderLinears + int(DecoderLinear::kGate)].linear->weight;
   EXPECT_EQ((gate.abs().sum(1) == 0).sum().item<int64_t>(), int64_t(std::floor(0.9 * 96 + 1e-9)));
   ASSERT_TRUE(ev->RestoreDense().ok());
   for (int i = 0; i < ev->num_linears(); ++i) {
@@ -335,11 +338,11 @@ TEST(StructuredTest, MalformedInputsGiveClearErrors) {
       HasSubstr("q_proj.weight has shape"));
   weights[4] = weights[4].clone();
   weights[4][0][0] = std::nanf("");
-  EXPECT_THAT(StructuredBank::Build(weights, LayerHeadsOf(ev->model()), MaskMethod::kMagnitude,
-                                    nullptr)
-                  .status()
-                  .message(),
-              HasSubstr("non-finite"));
+  EXPECT_THAT(
+      StructuredBank::Build(weights, LayerHeadsOf(ev->model()), MaskMethod::kMagnitude, nullptr)
+          .status()
+          .message(),
+      HasSubstr("non-finite"));
   // The FLOPs side.
   FlopsModelDims dims = ev->model().FlopsDims();
   heads = LayerHeadsOf(ev->model());
