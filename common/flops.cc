@@ -73,6 +73,63 @@ double KeptFraction(double ratio, int64_t in_features) {
   return double(in_features - PrunedPerRow(ratio, in_features)) / double(in_features);
 }
 
+StructuredCut StructuredCutOf(double ratio, int64_t intermediate, int num_kv_heads) {
+  return {.channels = PrunedPerRow(ratio, intermediate),
+          .kv_groups = int(PrunedPerRow(ratio, num_kv_heads))};
+}
+
+absl::Status CheckLayerHeads(const FlopsModelDims& dims,
+                             const std::vector<DecoderLayerHeads>& heads) {
+  if (heads.size() != dims.decoder.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("structured FLOPs: ", heads.size(),
+                                                   " head layouts for ", dims.decoder.size(),
+                                                   " decoder layers"));
+  }
+  for (size_t l = 0; l < heads.size(); ++l) {
+    const DecoderLayerHeads& h = heads[l];
+    const DecoderLayerFlopsDims& d = dims.decoder[l];
+    const bool shape_ok =
+        h.num_heads >= 0 && h.num_kv_heads >= 0 && h.head_dim > 0 &&
+        (h.num_kv_heads == 0 ? h.num_heads == 0 : h.num_heads % h.num_kv_heads == 0) &&
+        int64_t(h.num_heads) * h.head_dim == d.q_width &&
+        int64_t(h.num_kv_heads) * h.head_dim == d.kv_width;
+    if (!shape_ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "structured FLOPs: decoder layer ", l, " has ", h.num_heads, " heads, ", h.num_kv_heads,
+          " kv heads of dim ", h.head_dim, ", inconsistent with q_width ", d.q_width,
+          " / kv_width ", d.kv_width, " (heads must be a multiple of kv heads)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<FlopsModelDims> ShrinkDecoderDims(const FlopsModelDims& dims,
+                                                 const std::vector<DecoderLayerHeads>& heads,
+                                                 const std::vector<double>& layer_ratios) {
+  RETURN_IF_ERROR(CheckLayerHeads(dims, heads));
+  if (layer_ratios.size() != dims.decoder.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("structured FLOPs: ", layer_ratios.size(),
+                                                   " layer ratios for ", dims.decoder.size(),
+                                                   " decoder layers"));
+  }
+  FlopsModelDims out = dims;
+  for (size_t l = 0; l < dims.decoder.size(); ++l) {
+    const double r = layer_ratios[l];
+    if (!(r >= 0 && r <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("structured FLOPs: layer ", l, " ratio ", r, " is not in [0, 1]"));
+    }
+    const DecoderLayerHeads& h = heads[l];
+    DecoderLayerFlopsDims& d = out.decoder[l];
+    const StructuredCut cut = StructuredCutOf(r, d.mlp_width, h.num_kv_heads);
+    const int group = h.num_kv_heads > 0 ? h.num_heads / h.num_kv_heads : 0;
+    d.mlp_width -= int(cut.channels);
+    d.q_width -= cut.kv_groups * group * h.head_dim;
+    d.kv_width -= cut.kv_groups * h.head_dim;
+  }
+  return out;
+}
+
 double FlopsBreakdown::VisionTotal() const {
   return vision_patch_embed + SumArrays(vision_linear) + vision_attention;
 }

@@ -19,6 +19,12 @@
 //    kept fraction is KeptFraction(r, in) = (in − PrunedPerRow(r, in)) / in, not 1 − r. Every
 //    FLOPs count of a ratio policy (the search, the budget, the written artifact) goes through
 //    KeptFraction so that they all count exactly the weights the masks keep.
+//  - A STRUCTURED ratio r removes, in each decoder layer, PrunedPerRow(r, I) of its I MLP
+//    channels and PrunedPerRow(r, G) of its G KV groups (a KV group = one k/v head and the
+//    num_heads/G query heads that read it; GQA forces whole groups). Its FLOPs are those of the
+//    shrunk shapes (ShrinkDecoderDims → ComputeDenseFlops): q/k/v/o/gate/up/down narrower and
+//    the attention term 2·E[T²]·q_width smaller — no kept fractions involved. Ratios < 1 never
+//    remove a whole block (floor(r·n) < n).
 //
 // Torch-free; all functions are pure and thread-safe.
 #ifndef PRUNESVC_COMMON_FLOPS_H_
@@ -114,6 +120,33 @@ int64_t PrunedPerRow(double ratio, int64_t in_features);
 // rational number). 1 when in_features ≤ 0 (a linear without weights has nothing to prune and no
 // FLOPs to scale). A non-increasing step function of the ratio, ≥ 1 − ratio − 1e-9/in.
 double KeptFraction(double ratio, int64_t in_features);
+
+// The head layout of a decoder layer (what STRUCTURED pruning removes whole KV groups of).
+struct DecoderLayerHeads {
+  int num_heads = 0;     // query heads
+  int num_kv_heads = 0;  // = KV groups; num_heads must be a multiple (0 and 0: no attention)
+  int head_dim = 0;
+};
+
+// What a STRUCTURED ratio removes from one layer (see the header comment).
+struct StructuredCut {
+  int64_t channels = 0;  // MLP channels removed: PrunedPerRow(ratio, intermediate)
+  int kv_groups = 0;     // KV groups removed: PrunedPerRow(ratio, num_kv_heads)
+};
+StructuredCut StructuredCutOf(double ratio, int64_t intermediate, int num_kv_heads);
+
+// Checks `heads` against `dims` (one entry per decoder layer; q_width = num_heads·head_dim,
+// kv_width = num_kv_heads·head_dim, num_heads a multiple of num_kv_heads).
+absl::Status CheckLayerHeads(const FlopsModelDims& dims,
+                             const std::vector<DecoderLayerHeads>& heads);
+
+// `dims` with every decoder layer l shrunk by StructuredCutOf(layer_ratios[l], …): mlp_width −
+// channels, q_width − kv_groups·(num_heads/num_kv_heads)·head_dim, kv_width − kv_groups·head_dim.
+// The dims of the physically shrunk model, so ComputeDenseFlops of the result is F(π) exactly.
+// Ratios must be in [0, 1]; one per decoder layer.
+absl::StatusOr<FlopsModelDims> ShrinkDecoderDims(const FlopsModelDims& dims,
+                                                 const std::vector<DecoderLayerHeads>& heads,
+                                                 const std::vector<double>& layer_ratios);
 
 // Validates `dims` / `stats` (non-negative, consistent) and computes the dense breakdown.
 absl::StatusOr<FlopsBreakdown> ComputeDenseFlops(const FlopsModelDims& dims,

@@ -56,6 +56,17 @@ absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view name) {
       absl::StrCat("unknown pruning unit \"", name, "\" (expected layer or linear)"));
 }
 
+absl::StatusOr<Granularity> ParseGranularity(absl::string_view name) {
+  if (name == "UNSTRUCTURED") return Granularity::kUnstructured;
+  if (name == "STRUCTURED") return Granularity::kStructured;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown granularity \"", name, "\" (expected UNSTRUCTURED or STRUCTURED)"));
+}
+
+absl::string_view GranularityName(Granularity granularity) {
+  return granularity == Granularity::kStructured ? "STRUCTURED" : "UNSTRUCTURED";
+}
+
 absl::string_view UnitKindName(UnitKind kind) {
   return kind == UnitKind::kLayer ? "layer" : "linear";
 }
@@ -173,8 +184,43 @@ std::string PolicyHashOfRatios(std::span<const double> unit_ratios) {
 
 PolicySpace::PolicySpace(FlopsBreakdown dense, PruningUnits units, std::vector<double> ratios)
     : dense_(std::move(dense)), units_(std::move(units)), ratios_(std::move(ratios)) {
+  ComputeEnds();
+}
+
+void PolicySpace::ComputeEnds() {
   dense_flops_ = FlopsUnchecked(std::vector<double>(units_.size(), 0.0));
   min_flops_ = FlopsUnchecked(std::vector<double>(units_.size(), ratios_.back()));
+}
+
+absl::StatusOr<PolicySpace> PolicySpace::CreateStructured(FlopsModelDims dims, TokenStats stats,
+                                                          std::vector<DecoderLayerHeads> heads,
+                                                          std::vector<double> ratio_choices) {
+  RETURN_IF_ERROR(CheckLayerHeads(dims, heads));
+  ASSIGN_OR_RETURN(FlopsBreakdown dense, ComputeDenseFlops(dims, stats));
+  ASSIGN_OR_RETURN(PruningUnits units, PruningUnits::Build(dims, dense, UnitKind::kLayer));
+  ASSIGN_OR_RETURN(PolicySpace space,
+                   Create(std::move(dense), std::move(units), std::move(ratio_choices)));
+  space.structured_ = StructuredModel{std::move(dims), stats, std::move(heads)};
+  space.ComputeEnds();
+  if (!(space.dense_flops_ > 0) || !std::isfinite(space.dense_flops_)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy space: dense FLOPs are ", space.dense_flops_));
+  }
+  return space;
+}
+
+absl::StatusOr<FlopsModelDims> PolicySpace::StructuredDims(
+    std::span<const double> unit_ratios) const {
+  if (!structured_) {
+    return absl::FailedPreconditionError("StructuredDims: the policy space is UNSTRUCTURED");
+  }
+  if (unit_ratios.size() != units_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("policy has ", unit_ratios.size(),
+                                                   " unit ratios, the model has ", units_.size()));
+  }
+  // Units are the layers in order (CreateStructured builds them with UnitKind::kLayer).
+  return ShrinkDecoderDims(structured_->dims, structured_->heads,
+                           std::vector<double>(unit_ratios.begin(), unit_ratios.end()));
 }
 
 absl::StatusOr<PolicySpace> PolicySpace::Create(FlopsBreakdown dense, PruningUnits units,
@@ -240,6 +286,11 @@ absl::StatusOr<std::string> PolicySpace::Hash(const Policy& policy) const {
 
 absl::StatusOr<KeptFractions> PolicySpace::KeptFractionsOf(
     std::span<const double> unit_ratios) const {
+  if (structured_) {
+    return absl::FailedPreconditionError(
+        "kept fractions do not describe STRUCTURED policies (the attention term shrinks too); "
+        "use StructuredDims");
+  }
   if (unit_ratios.size() != units_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("policy has ", unit_ratios.size(),
                                                    " unit ratios, the model has ", units_.size()));
@@ -266,6 +317,13 @@ KeptFractions PolicySpace::KeptFractionsUnchecked(std::span<const double> unit_r
 }
 
 double PolicySpace::FlopsUnchecked(std::span<const double> unit_ratios) const {
+  if (structured_) {
+    // The FLOPs of the shrunk shapes; validated at creation, so this cannot fail either.
+    absl::StatusOr<FlopsModelDims> dims = StructuredDims(unit_ratios);
+    if (!dims.ok()) return std::numeric_limits<double>::infinity();
+    absl::StatusOr<FlopsBreakdown> f = ComputeDenseFlops(*dims, structured_->stats);
+    return f.ok() ? f->Total() : std::numeric_limits<double>::infinity();
+  }
   // Shapes and ranges were checked by the callers, so PolicyFlops cannot fail here.
   absl::StatusOr<double> f = PolicyFlops(dense_, KeptFractionsUnchecked(unit_ratios));
   return f.ok() ? *f : std::numeric_limits<double>::infinity();
@@ -288,6 +346,11 @@ absl::StatusOr<double> PolicySpace::FlopsRatio(const Policy& policy) const {
 }
 
 absl::StatusOr<double> PolicySpace::FlopsOfRatios(std::span<const double> unit_ratios) const {
+  if (structured_) {
+    ASSIGN_OR_RETURN(FlopsModelDims dims, StructuredDims(unit_ratios));
+    ASSIGN_OR_RETURN(FlopsBreakdown f, ComputeDenseFlops(dims, structured_->stats));
+    return f.Total();
+  }
   ASSIGN_OR_RETURN(KeptFractions keep, KeptFractionsOf(unit_ratios));
   return PolicyFlops(dense_, keep);
 }
@@ -300,9 +363,12 @@ absl::Status PolicySpace::CheckBudget(double budget) const {
     const double suggestion = std::ceil(min_ratio * 1e4) / 1e4;
     return absl::FailedPreconditionError(absl::StrFormat(
         "FLOPs budget %g is unreachable: with every unit at the largest ratio %g the model still "
-        "costs %.6f of its dense FLOPs (the vision tower, projector, attention and lm_head are not "
-        "pruned); the smallest reachable budget is %.4f",
-        budget, max_ratio(), min_ratio, suggestion));
+        "costs %.6f of its dense FLOPs (%s); the smallest reachable budget is %.4f",
+        budget, max_ratio(), min_ratio,
+        structured_ ? "STRUCTURED: the vision tower, projector and lm_head are not pruned, and a "
+                      "ratio below 1 keeps part of every layer's heads and channels"
+                    : "the vision tower, projector, attention and lm_head are not pruned",
+        suggestion));
   }
   return absl::OkStatus();
 }

@@ -12,6 +12,10 @@
 // non-increasing STEP function of each ratio, with steps where ratio·in crosses an integer. The
 // vision tower and projector are not units (prune_vision is not supported here yet).
 //
+// STRUCTURED policies (PolicySpace::CreateStructured): units are decoder layers and F(π) is the
+// FLOPs of the physically shrunk model (flops.h ShrinkDecoderDims → ComputeDenseFlops), so every
+// method below — budget check, repair, the uniform and continuous solvers — is exact for them too.
+//
 // Budget convention: π meets budget b ∈ (0, 1] iff F(π) ≤ b · F(dense), where F(dense) is the same
 // PolicyFlops call with every kept fraction 1, so the all-dense policy meets b = 1 exactly.
 //
@@ -21,6 +25,7 @@
 #define PRUNESVC_COMMON_POLICY_H_
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,6 +42,12 @@ enum class UnitKind { kLayer, kLinear };
 // "layer" | "linear" (the --unit flag).
 absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view name);
 absl::string_view UnitKindName(UnitKind kind);
+
+// What a ratio removes (DESIGN.md §5 "Granularities"). N:M is not implemented here.
+enum class Granularity { kUnstructured, kStructured };
+// "UNSTRUCTURED" | "STRUCTURED" (the --granularity flag; case-sensitive, as in the API).
+absl::StatusOr<Granularity> ParseGranularity(absl::string_view name);
+absl::string_view GranularityName(Granularity granularity);
 
 // A discrete policy: per unit, an index into the ratio choices.
 using Policy = std::vector<int>;
@@ -99,6 +110,21 @@ class PolicySpace {
   static absl::StatusOr<PolicySpace> Create(FlopsBreakdown dense, PruningUnits units,
                                             std::vector<double> ratio_choices);
 
+  // STRUCTURED: `dims` are the model's (per-layer) shapes, `stats` the samples' token statistics,
+  // `heads` each decoder layer's head layout; units are the decoder layers (UnitKind::kLayer;
+  // PruningUnits::Build over the dense breakdown). F(π) = ComputeDenseFlops(ShrinkDecoderDims(
+  // dims, heads, π), stats).Total(), and F(dense) the same with every ratio 0, i.e. exactly the
+  // count of the shrunk model's own FlopsDims().
+  static absl::StatusOr<PolicySpace> CreateStructured(FlopsModelDims dims, TokenStats stats,
+                                                      std::vector<DecoderLayerHeads> heads,
+                                                      std::vector<double> ratio_choices);
+
+  Granularity granularity() const {
+    return structured_ ? Granularity::kStructured : Granularity::kUnstructured;
+  }
+  // STRUCTURED only: the dims of the model shrunk by per-unit (= per-layer) ratios.
+  absl::StatusOr<FlopsModelDims> StructuredDims(std::span<const double> unit_ratios) const;
+
   const FlopsBreakdown& dense() const { return dense_; }
   const PruningUnits& units() const { return units_; }
   int num_units() const { return static_cast<int>(units_.size()); }
@@ -120,7 +146,8 @@ class PolicySpace {
   // The same for continuous per-unit ratios (each within [0, 1]).
   absl::StatusOr<double> FlopsOfRatios(std::span<const double> unit_ratios) const;
   // Kept fractions for flops.h / the worker's counter: each linear of unit u keeps
-  // KeptFraction(ratio[u], its in_features).
+  // KeptFraction(ratio[u], its in_features). UNSTRUCTURED only (FailedPrecondition for
+  // STRUCTURED, whose attention term shrinks too: use StructuredDims).
   absl::StatusOr<KeptFractions> KeptFractionsOf(std::span<const double> unit_ratios) const;
 
   // F(every unit at the largest ratio) / F(dense): the smallest reachable budget.
@@ -173,6 +200,8 @@ class PolicySpace {
 
  private:
   PolicySpace(FlopsBreakdown dense, PruningUnits units, std::vector<double> ratios);
+  // dense_flops_ and min_flops_ from FlopsUnchecked (after structured_ is set).
+  void ComputeEnds();
   // The one mapping from unit ratios to kept fractions (KeptFraction per member linear, 1 for
   // linears in no unit); callers validated shapes and ranges.
   KeptFractions KeptFractionsUnchecked(std::span<const double> unit_ratios) const;
@@ -180,8 +209,16 @@ class PolicySpace {
   double FlopsUnchecked(std::span<const double> unit_ratios) const;
   double FlopsOfIndices(const Policy& policy) const;
 
+  // STRUCTURED's FLOPs model (absent for UNSTRUCTURED).
+  struct StructuredModel {
+    FlopsModelDims dims;
+    TokenStats stats;
+    std::vector<DecoderLayerHeads> heads;
+  };
+
   FlopsBreakdown dense_;
   PruningUnits units_;
+  std::optional<StructuredModel> structured_;
   std::vector<double> ratios_;
   double dense_flops_ = 0;
   double min_flops_ = 0;

@@ -466,3 +466,77 @@ TEST(PolicyHashTest, DistinctOverASmallSpaceAndIndexFree) {
 
 }  // namespace
 }  // namespace prunesvc::search
+
+namespace prunesvc::search {
+namespace {
+
+TEST(GranularityTest, ParsesAndNames) {
+  EXPECT_EQ(*ParseGranularity("STRUCTURED"), Granularity::kStructured);
+  EXPECT_EQ(*ParseGranularity("UNSTRUCTURED"), Granularity::kUnstructured);
+  EXPECT_EQ(GranularityName(Granularity::kStructured), "STRUCTURED");
+  auto bad = ParseGranularity("structured");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), ::testing::HasSubstr("UNSTRUCTURED or STRUCTURED"));
+}
+
+// STRUCTURED F(π) counted by hand: each layer loses, per token, the multiply-adds of its removed
+// q/o columns (g·group·hd each, × hidden), k/v rows (g·hd each), MLP channels (3 × c × hidden) and
+// the attention term 2·E[T²]·g·group·hd, with g = floor(r·G), c = floor(r·I).
+TEST(StructuredPolicySpaceTest, FlopsCountTheShrunkShapes) {
+  const int layers = 5;
+  const FlopsModelDims dims = testing_util::SyntheticDims(layers);
+  const TokenStats stats = testing_util::SyntheticStats();
+  std::vector<DecoderLayerHeads> heads;
+  for (const DecoderLayerFlopsDims& d : dims.decoder) {
+    heads.push_back({.num_heads = d.q_width / 8, .num_kv_heads = d.kv_width / 8, .head_dim = 8});
+  }
+  auto space = PolicySpace::CreateStructured(dims, stats, heads, DefaultRatioChoices());
+  ASSERT_TRUE(space.ok()) << space.status();
+  EXPECT_EQ(space->num_units(), layers);
+  EXPECT_EQ(space->units().kind, UnitKind::kLayer);
+  auto dense = ComputeDenseFlops(dims, stats);
+  ASSERT_TRUE(dense.ok());
+  Prng prng(11);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<double> r(layers);
+    for (double& x : r) x = double(prng.UniformInt(1000)) / 1000.0;
+    double want = dense->Total();
+    for (int l = 0; l < layers; ++l) {
+      const DecoderLayerFlopsDims& d = dims.decoder[l];
+      const int G = heads[l].num_kv_heads, group = heads[l].num_heads / G;
+      const double g = std::floor(r[l] * G + 1e-9), c = std::floor(r[l] * d.mlp_width + 1e-9);
+      const double q_removed = g * group * 8, kv_removed = g * 8;
+      want -= 2.0 * stats.mean_tokens * d.hidden * (2 * q_removed + 2 * kv_removed + 3 * c);
+      want -= 2.0 * stats.mean_tokens_sq * q_removed;
+    }
+    auto got = space->FlopsOfRatios(r);
+    ASSERT_TRUE(got.ok());
+    EXPECT_NEAR(*got, want, 1e-9 * want) << trial;
+  }
+  // The all-max policy: the reachable floor; a budget below it names it.
+  const double floor_ratio = space->MinReachableRatio();
+  EXPECT_GT(floor_ratio, 0.0);
+  auto s = space->CheckBudget(floor_ratio * 0.99);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("STRUCTURED"));
+  // UNIFORM's solver: never above the budget, and the next smaller double would be.
+  auto u = space->UniformContinuousRatio(0.7);
+  ASSERT_TRUE(u.ok()) << u.status();
+  const double limit = 0.7 * space->dense_flops();
+  EXPECT_LE(*space->FlopsOfRatios(std::vector<double>(layers, *u)), limit);
+  EXPECT_GT(*space->FlopsOfRatios(std::vector<double>(layers, std::nextafter(*u, 0.0))), limit);
+  // Repair lands in budget.
+  for (int trial = 0; trial < 20; ++trial) {
+    auto p = space->RandomFeasiblePolicy(0.6, prng);
+    ASSERT_TRUE(p.ok());
+    EXPECT_LE(*space->Flops(*p), 0.6 * space->dense_flops());
+  }
+  EXPECT_EQ(space->KeptFractionsOf(std::vector<double>(layers, 0.1)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Inconsistent head layouts are refused.
+  heads[1].num_kv_heads = 5;
+  EXPECT_FALSE(PolicySpace::CreateStructured(dims, stats, heads, DefaultRatioChoices()).ok());
+}
+
+}  // namespace
+}  // namespace prunesvc::search

@@ -116,7 +116,7 @@ absl::StatusOr<std::unique_ptr<CandidateEvaluator>> CandidateEvaluator::Create(
 }
 
 CandidateEvaluator::~CandidateEvaluator() {
-  if (bank_ != nullptr) {
+  if (bank_ != nullptr || sbank_ != nullptr) {
     absl::Status s = RestoreDense();
     if (!s.ok()) spdlog::warn("evaluator: restoring the dense weights failed: {}", s.ToString());
   }
@@ -140,6 +140,18 @@ absl::Status CandidateEvaluator::Init(std::vector<EvalSample> samples) {
       return absl::InvalidArgumentError(absl::StrCat("evaluator: unit index ", u, " out of range"));
     }
     num_units_ = std::max(num_units_, u + 1);
+  }
+  if (structured()) {
+    // Ω and the masks work per layer: a layer's linears must share one unit.
+    for (int i = 0; i < n; ++i) {
+      if (unit_of_linear_[i] != unit_of_linear_[i - i % kNumDecoderLinears]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("evaluator: STRUCTURED needs one unit per decoder layer; ",
+                         linears_[i].name, " is in another unit than its layer's q_proj"));
+      }
+    }
+    heads_ = LayerHeadsOf(*model_);
+    applied_cut_.assign(heads_.size(), StructuredCut{});
   }
   unit_params_.assign(num_units_, 0.0);
   for (int i = 0; i < n; ++i) {
@@ -240,6 +252,12 @@ absl::Status CandidateEvaluator::RebuildForProjector() {
   ASSIGN_OR_RETURN(calibration_, Calibrate(*model_, samples_,
                                            {.batch_size = options_.calibration_batch_size,
                                             .collect_gram = options_.collect_gram}));
+  if (structured()) {
+    ASSIGN_OR_RETURN(sbank_, StructuredBank::Build(dense_, heads_, options_.method, &calibration_));
+    spdlog::debug("evaluator: projector v{}: calibration + structured {} orders in {:.2f} s",
+                  projector_version_, MaskMethodName(options_.method), Seconds(t0));
+    return absl::OkStatus();
+  }
   ASSIGN_OR_RETURN(bank_, MaskBank::Build(dense_, options_.method, &calibration_));
   spdlog::debug("evaluator: projector v{}: calibration + {} bank in {:.2f} s ({:.1f} MB)",
                 projector_version_, MaskMethodName(options_.method), Seconds(t0),
@@ -295,6 +313,7 @@ void CandidateEvaluator::MoveMask(int i, int64_t k) {
 }
 
 absl::Status CandidateEvaluator::ApplyRatios(absl::Span<const double> linear_ratios) {
+  if (structured()) return ApplyStructured(linear_ratios);
   RETURN_IF_ERROR(ValidateRatios(linear_ratios));
   const auto t0 = Clock::now();
   timing_ = EvalTiming{};
@@ -313,6 +332,7 @@ absl::Status CandidateEvaluator::RestoreDense() {
 }
 
 absl::StatusOr<double> CandidateEvaluator::Omega(absl::Span<const double> linear_ratios) const {
+  if (structured()) return StructuredOmega(linear_ratios);
   RETURN_IF_ERROR(ValidateRatios(linear_ratios));
   std::vector<double> kept(num_units_, 0.0), dense(num_units_, 0.0);
   for (int i = 0; i < num_linears(); ++i) {
@@ -348,6 +368,136 @@ absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(
   for (const model::SampleScore& s : scores) r.sample_losses.push_back(s.loss);
   ASSIGN_OR_RETURN(r.omega, Omega(linear_ratios));
   return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// STRUCTURED
+
+absl::StatusOr<std::vector<StructuredCut>> CandidateEvaluator::StructuredCuts(
+    absl::Span<const double> linear_ratios) const {
+  RETURN_IF_ERROR(ValidateRatios(linear_ratios));
+  std::vector<StructuredCut> cuts;
+  for (int l = 0; l < sbank_->num_layers(); ++l) {
+    const double* r = linear_ratios.data() + l * kNumDecoderLinears;
+    const int kAttn[] = {int(DecoderLinear::kK), int(DecoderLinear::kV), int(DecoderLinear::kO)};
+    const int kMlp[] = {int(DecoderLinear::kUp), int(DecoderLinear::kDown)};
+    for (int i : kAttn) {
+      if (r[i] != r[int(DecoderLinear::kQ)]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "STRUCTURED: layer ", l, "'s attention linears have different ratios (",
+            linears_[l * kNumDecoderLinears + i].name, " ", r[i], " vs q_proj ",
+            r[int(DecoderLinear::kQ)], "); heads are removed from q, k, v and o together"));
+      }
+    }
+    for (int i : kMlp) {
+      if (r[i] != r[int(DecoderLinear::kGate)]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("STRUCTURED: layer ", l, "'s MLP linears have different ratios (",
+                         linears_[l * kNumDecoderLinears + i].name, " ", r[i], " vs gate_proj ",
+                         r[int(DecoderLinear::kGate)],
+                         "); channels are removed from gate, up and down together"));
+      }
+    }
+    StructuredCut cut;
+    cut.kv_groups = sbank_->Cut(l, r[int(DecoderLinear::kQ)]).kv_groups;
+    cut.channels = sbank_->Cut(l, r[int(DecoderLinear::kGate)]).channels;
+    cuts.push_back(cut);
+  }
+  return cuts;
+}
+
+void CandidateEvaluator::MoveChannels(int layer, int64_t to) {
+  const int64_t from = applied_cut_[layer].channels;
+  if (to == from) return;
+  const int64_t lo = std::min(from, to), hi = std::max(from, to);
+  const std::vector<int64_t>& order = sbank_->layer(layer).channel_order;
+  at::NoGradGuard no_grad;
+  const int base = layer * kNumDecoderLinears;
+  at::Tensor idx =
+      at::tensor(std::vector<int64_t>(order.begin() + lo, order.begin() + hi), at::kLong);
+  const std::pair<int, int> parts[] = {{base + int(DecoderLinear::kGate), 0},
+                                       {base + int(DecoderLinear::kUp), 0},
+                                       {base + int(DecoderLinear::kDown), 1}};
+  for (const auto& [i, dim] : parts) {
+    at::Tensor& w = linears_[i].linear->weight;
+    const at::Tensor d_idx = idx.to(w.device());
+    if (to > from) {
+      w.index_fill_(dim, d_idx, 0.0);
+    } else {
+      w.index_copy_(dim, d_idx, dense_[i].index_select(dim, d_idx));
+    }
+    timing_.linears_changed += 1;
+    timing_.weights_written += (hi - lo) * w.size(1 - dim);
+  }
+  applied_cut_[layer].channels = to;
+}
+
+void CandidateEvaluator::MoveGroups(int layer, int to) {
+  const int from = applied_cut_[layer].kv_groups;
+  if (to == from) return;
+  const int lo = std::min(from, to), hi = std::max(from, to);
+  const std::vector<int64_t>& order = sbank_->layer(layer).group_order;
+  const DecoderLayerHeads& h = heads_[layer];
+  const int64_t kv_width = h.head_dim, q_width = int64_t(h.num_heads / h.num_kv_heads) * h.head_dim;
+  std::vector<int64_t> q_rows, kv_rows;
+  for (int t = lo; t < hi; ++t) {
+    for (int64_t j = 0; j < q_width; ++j) q_rows.push_back(order[t] * q_width + j);
+    for (int64_t j = 0; j < kv_width; ++j) kv_rows.push_back(order[t] * kv_width + j);
+  }
+  at::NoGradGuard no_grad;
+  const at::Tensor q_idx = at::tensor(q_rows, at::kLong), kv_idx = at::tensor(kv_rows, at::kLong);
+  const int base = layer * kNumDecoderLinears;
+  const std::tuple<int, int, const at::Tensor*> parts[] = {
+      {base + int(DecoderLinear::kQ), 0, &q_idx},
+      {base + int(DecoderLinear::kK), 0, &kv_idx},
+      {base + int(DecoderLinear::kV), 0, &kv_idx},
+      {base + int(DecoderLinear::kO), 1, &q_idx}};
+  for (const auto& [i, dim, idx] : parts) {
+    at::Tensor& w = linears_[i].linear->weight;
+    const at::Tensor d_idx = idx->to(w.device());
+    if (to > from) {
+      w.index_fill_(dim, d_idx, 0.0);
+    } else {
+      w.index_copy_(dim, d_idx, dense_[i].index_select(dim, d_idx));
+    }
+    timing_.linears_changed += 1;
+    timing_.weights_written += d_idx.numel() * w.size(1 - dim);
+  }
+  applied_cut_[layer].kv_groups = to;
+}
+
+absl::Status CandidateEvaluator::ApplyStructured(absl::Span<const double> linear_ratios) {
+  ASSIGN_OR_RETURN(std::vector<StructuredCut> cuts, StructuredCuts(linear_ratios));
+  const auto t0 = Clock::now();
+  timing_ = EvalTiming{};
+  RETURN_IF_ERROR(model::TorchGuarded("applying structured masks", [&]() -> absl::Status {
+    for (int l = 0; l < int(cuts.size()); ++l) {
+      MoveChannels(l, cuts[l].channels);
+      MoveGroups(l, cuts[l].kv_groups);
+    }
+    return absl::OkStatus();
+  }));
+  timing_.apply_seconds = Seconds(t0);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> CandidateEvaluator::StructuredOmega(
+    absl::Span<const double> linear_ratios) const {
+  ASSIGN_OR_RETURN(std::vector<StructuredCut> cuts, StructuredCuts(linear_ratios));
+  std::vector<double> kept(num_units_, 0.0), dense(num_units_, 0.0);
+  for (int l = 0; l < int(cuts.size()); ++l) {
+    const int u = unit_of_linear_[l * kNumDecoderLinears];
+    const double d = sbank_->layer(l).dense_mass;
+    kept[u] += d - sbank_->RemovedSquaredMass(l, cuts[l]);
+    dense[u] += d;
+  }
+  double num = 0, den = 0;
+  for (int u = 0; u < num_units_; ++u) {
+    const double omega_u = dense[u] > 0 ? std::sqrt(std::max(0.0, kept[u]) / dense[u]) : 1.0;
+    num += unit_params_[u] * omega_u;
+    den += unit_params_[u];
+  }
+  return den > 0 ? num / den : 1.0;
 }
 
 }  // namespace prunesvc::prune

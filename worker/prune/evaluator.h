@@ -24,6 +24,14 @@
 // that allocates temporaries per changed linear; the CPU path writes through raw pointers with
 // at::parallel_for.
 //
+// STRUCTURED (EvaluatorOptions::granularity): instead of the mask bank, a StructuredBank
+// (structured.h) of per-layer channel / KV-group orders is built per projector version, and a
+// layer's ratio zeroes its removed channels' gate/up rows and down_proj columns and its removed
+// groups' q/k/v rows and o_proj columns — the same function as the physically shrunk model, at
+// the dense model's cost (search-time only). Per-linear ratios must then agree within a layer's
+// attention (q, k, v, o) and within its MLP (gate, up, down); Ω counts the removed rows and
+// columns' squared mass (prefix sums over the orders, again no pass over the weights).
+//
 // Thread-safety: not thread-safe; the evaluator owns the model's decoder weights and projector
 // while it lives (nothing else may run the model concurrently). The destructor restores the dense
 // decoder weights (the projector stays at the current version).
@@ -39,11 +47,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/policy.h"
 #include "worker/model/llava_bundle.h"
 #include "worker/model/llava_model.h"
 #include "worker/model/scoring.h"
 #include "worker/prune/calibration.h"
 #include "worker/prune/mask_bank.h"
+#include "worker/prune/structured.h"
 
 namespace prunesvc::prune {
 
@@ -68,6 +78,8 @@ absl::Status LoadProjector(const ProjectorWeights& weights, model::LlavaModel& m
 
 struct EvaluatorOptions {
   MaskMethod method = MaskMethod::kWanda;
+  // UNSTRUCTURED: the mask bank. STRUCTURED: channel / KV-group orders scored with `method`.
+  search::Granularity granularity = search::Granularity::kUnstructured;
   int batch_size = 16;             // samples per scoring forward
   int calibration_batch_size = 8;  // samples per calibration / vision / projector forward
   bool collect_gram = false;       // keep XᵀX in the calibration stats (SPARSEGPT, later)
@@ -126,7 +138,13 @@ class CandidateEvaluator {
   absl::StatusOr<double> Omega(absl::Span<const double> linear_ratios) const;
 
   model::LlavaModel& model() { return *model_; }
+  bool structured() const { return options_.granularity == search::Granularity::kStructured; }
+  // UNSTRUCTURED only.
   const MaskBank& bank() const { return *bank_; }
+  // STRUCTURED only.
+  const StructuredBank& structured_bank() const { return *sbank_; }
+  // STRUCTURED: the cut now applied to layer l.
+  const StructuredCut& applied_cut(int l) const { return applied_cut_[l]; }
   const CalibrationStats& calibration() const { return calibration_; }
   const std::vector<model::NamedLinear>& linears() const { return linears_; }
   int num_linears() const { return int(linears_.size()); }
@@ -150,6 +168,13 @@ class CandidateEvaluator {
   absl::Status ValidateRatios(absl::Span<const double> ratios) const;
   // Moves linear i's mask from k = applied_k_[i] to `k`.
   void MoveMask(int i, int64_t k);
+  // STRUCTURED counterparts of ApplyRatios / Omega, and the moves of one layer's cut.
+  absl::Status ApplyStructured(absl::Span<const double> linear_ratios);
+  absl::StatusOr<double> StructuredOmega(absl::Span<const double> linear_ratios) const;
+  absl::StatusOr<std::vector<StructuredCut>> StructuredCuts(
+      absl::Span<const double> linear_ratios) const;
+  void MoveChannels(int layer, int64_t to);
+  void MoveGroups(int layer, int to);
 
   model::LlavaModel* const model_;
   const EvaluatorOptions options_;
@@ -165,6 +190,10 @@ class CandidateEvaluator {
   ProjectorWeights projector_;
   CalibrationStats calibration_;
   std::unique_ptr<MaskBank> bank_;
+  // STRUCTURED.
+  std::vector<DecoderLayerHeads> heads_;
+  std::unique_ptr<StructuredBank> sbank_;
+  std::vector<StructuredCut> applied_cut_;  // per layer
   EvalTiming timing_;
 };
 

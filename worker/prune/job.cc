@@ -44,6 +44,7 @@
 #include "worker/prune/local_policy_evaluator.h"
 #include "worker/prune/projector_training.h"
 #include "worker/prune/sparsegpt.h"
+#include "worker/prune/structured.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -219,6 +220,7 @@ struct Loaded {
   model::SampleSet eval_set;
   bool has_eval = false;
   FlopsBreakdown dense;
+  TokenStats token_stats;  // of the search samples
   std::unique_ptr<search::PolicySpace> space;
   int threads = 1;
 };
@@ -261,7 +263,16 @@ absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   std::vector<model::ScoringSample> scoring;
   for (const auto& p : l.search_prepared) scoring.push_back(p.scoring);
   const model::LlavaModel& m = *l.bundle->model;
-  ASSIGN_OR_RETURN(l.dense, ComputeDenseFlops(m.FlopsDims(), model::ComputeTokenStats(m, scoring)));
+  l.token_stats = model::ComputeTokenStats(m, scoring);
+  ASSIGN_OR_RETURN(l.dense, ComputeDenseFlops(m.FlopsDims(), l.token_stats));
+  if (spec.granularity == search::Granularity::kStructured) {
+    // F(π) = the FLOPs of the shrunk shapes (common/policy.h CreateStructured).
+    ASSIGN_OR_RETURN(search::PolicySpace space,
+                     search::PolicySpace::CreateStructured(m.FlopsDims(), l.token_stats,
+                                                           LayerHeadsOf(m), spec.ratio_choices));
+    l.space = std::make_unique<search::PolicySpace>(std::move(space));
+    return l;
+  }
   ASSIGN_OR_RETURN(search::PruningUnits units,
                    search::PruningUnits::Build(m.FlopsDims(), l.dense, spec.unit));
   ASSIGN_OR_RETURN(search::PolicySpace space,
@@ -336,6 +347,36 @@ absl::StatusOr<double> MedianLatencyMs(const model::LlavaModel& m,
   std::sort(times.begin(), times.end());
   const size_t n = times.size();
   return n % 2 == 1 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+}
+
+// MedianLatencyMs of two models on the same batch, their forwards alternated (a, b, a, b, …;
+// the first pair untimed) so that load changes on a shared machine hit both alike.
+absl::StatusOr<std::pair<double, double>> InterleavedLatencyMs(
+    const model::LlavaModel& a, const model::LlavaModel& b,
+    std::vector<model::PreparedSample> batch, int repeats) {
+  auto timed = [&](const model::LlavaModel& m) -> absl::StatusOr<double> {
+    const auto t0 = Clock::now();
+    RETURN_IF_ERROR(model::AttachImageFeatures(m, absl::MakeSpan(batch), int(batch.size())));
+    std::vector<model::ScoringSample> scoring;
+    for (const auto& p : batch) scoring.push_back(p.scoring);
+    RETURN_IF_ERROR(model::ScoreSamples(m, scoring, {.batch_size = int(batch.size())}).status());
+    return SecondsSince(t0) * 1e3;
+  };
+  std::vector<double> ta, tb;
+  for (int r = 0; r <= repeats; ++r) {
+    ASSIGN_OR_RETURN(double x, timed(a));
+    ASSIGN_OR_RETURN(double y, timed(b));
+    if (r > 0) {
+      ta.push_back(x);
+      tb.push_back(y);
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  return std::make_pair(median(ta), median(tb));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,6 +478,69 @@ at::Tensor RoundToDType(const at::Tensor& t, model::DType dtype) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// STRUCTURED finalize helpers (worker/prune/structured.h does the tensor work).
+
+json StructuredPolicyJson(const LocalJobSpec& spec, const search::PolicySpace& space,
+                          const std::vector<double>& unit_ratios,
+                          const std::vector<StructuredLayerPlan>& splan,
+                          const std::string& policy_hash, double nominal_flops) {
+  json units = json::array();
+  for (int u = 0; u < space.num_units(); ++u) {
+    json unit = StructuredLayerJson(splan.at(u));
+    unit["name"] = space.units().names[u];
+    unit["ratio"] = unit_ratios[u];
+    unit["flops_share"] = space.units().flops_share[u];
+    units.push_back(std::move(unit));
+  }
+  return {{"format", "prunesvc.policy.v1"},
+          {"granularity", "STRUCTURED"},
+          {"unit", std::string(search::UnitKindName(spec.unit))},
+          {"strategy", std::string(search::StrategyName(spec.strategy))},
+          {"budget", spec.flops_budget},
+          {"ratio_choices", spec.ratio_choices},
+          {"hash", policy_hash},
+          {"flops_ratio_nominal", nominal_flops / space.dense_flops()},
+          {"final_mask_method", std::string(MaskMethodName(spec.mask_method))},
+          {"structured_score",
+           spec.mask_method == MaskMethod::kWanda
+               ? "channel: |X_j|*|W_down[:,j]|; kv group: sqrt(sum_j |X_j|^2*|W_o[:,j]|^2)"
+               : "channel: |W_down[:,j]|; kv group: |W_o[:,group]|_F"},
+          {"rounding", "floor(ratio*n + 1e-9) of the n channels / kv groups of a layer"},
+          {"units", std::move(units)}};
+}
+
+struct StructuredVerification {
+  double flops = 0;  // F(written shapes) per sample
+  int64_t params = 0, linear_weights = 0, linear_nonzero = 0;
+};
+
+// Reloads the written checkpoint + config.json and counts its FLOPs from the shapes (the model's
+// own FlopsDims, the search samples' token statistics).
+absl::StatusOr<StructuredVerification> VerifyStructured(const std::string& model_out,
+                                                        const TokenStats& stats, model::DType dtype,
+                                                        model::WeightLayout layout) {
+  ASSIGN_OR_RETURN(model::Checkpoint written, model::LoadCheckpoint(model_out));
+  if (written.source_dtype != dtype || written.layout != layout) {
+    return absl::InternalError(absl::StrCat(
+        "the artifact's weights are ", std::string(model::DTypeName(written.source_dtype)), "/",
+        std::string(model::WeightLayoutName(written.layout)), ", the input's ",
+        std::string(model::DTypeName(dtype)), "/", std::string(model::WeightLayoutName(layout))));
+  }
+  ASSIGN_OR_RETURN(model::LlavaConfig config, model::LoadLlavaConfig(model_out));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::LlavaModel> shrunk,
+                   model::LlavaModel::CreateFromTensors(config, written.tensors));
+  ASSIGN_OR_RETURN(FlopsBreakdown f, ComputeDenseFlops(shrunk->FlopsDims(), stats));
+  StructuredVerification v;
+  v.flops = f.Total();
+  for (const auto& [name, t] : written.tensors) v.params += t.numel();
+  for (const model::NamedLinear& nl : shrunk->DecoderLinears()) {
+    v.linear_weights += nl.linear->weight.numel();
+    v.linear_nonzero += at::count_nonzero(nl.linear->weight).item<int64_t>();
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
 
 std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& policy) {
   auto num = [](const json& j) -> std::string {
@@ -444,14 +548,17 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
   };
   const json& d = report["dense"];
   const json& p = report["pruned"];
+  const bool structured = report["granularity"] == "STRUCTURED";
   std::string out;
   absl::StrAppend(&out, "# Pruned LLaVA model (prunesvc)\n\n");
   absl::StrAppend(
       &out, "Pruned from `", spec.model_dir, "` with **", report["strategy"].get<std::string>(),
       "** (", report["search"]["mask_method"].get<std::string>(), " search masks, ",
-      report["final_mask_method"].get<std::string>(),
-      " final masks), UNSTRUCTURED sparsity in the LLaMA decoder's linear layers, unit = ",
-      report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
+      report["final_mask_method"].get<std::string>(), " final masks), ",
+      structured ? "STRUCTURED pruning (whole MLP channels and attention KV groups removed) of "
+                   "the LLaMA decoder"
+                 : "UNSTRUCTURED sparsity in the LLaMA decoder's linear layers",
+      ", unit = ", report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
       absl::StrFormat("%.4g", spec.flops_budget),
       ". The vision tower, the projector's shape, embeddings, norms and lm_head are not pruned; "
       "the projector ",
@@ -473,22 +580,33 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
                                   report["latency_batch"].get<int>(), d["latency_ms"].get<double>(),
                                   p["latency_ms"].get<double>()));
   absl::StrAppend(&out, absl::StrFormat("\nFLOPs ratio F(pruned)/F(dense) = %.4f (budget %.4g), "
-                                        "counted from the non-zero weights of these files.\n",
-                                        report["flops_ratio"].get<double>(), spec.flops_budget));
+                                        "counted from the %s of these files.\n",
+                                        report["flops_ratio"].get<double>(), spec.flops_budget,
+                                        structured ? "tensor shapes" : "non-zero weights"));
   if (report["accuracy_set"] == "search") {
     absl::StrAppend(&out,
                     "\n**Accuracy was measured on the search samples**, which the search "
                     "optimised: it overstates held-out accuracy. Evaluate on held-out data "
                     "(`llava-eval --model model --samples HELD_OUT`).\n");
   }
-  absl::StrAppend(
-      &out,
-      "\n## What unstructured pruning saves\n\nThe pruned weights are stored as zeros in dense "
-      "tensors of the original shapes and dtype. The FLOPs ratio counts the multiply-adds a "
-      "sparse kernel would execute. With ordinary dense kernels (what PyTorch, transformers and "
-      "this project run) the model is **neither smaller on disk nor faster**: the latency row "
-      "above shows it. The savings need sparse storage and sparse kernels; structured pruning "
-      "(a later option) saves both disk and latency on any hardware.\n");
+  if (structured) {
+    absl::StrAppend(
+        &out,
+        "\n## What structured pruning saves\n\nThe removed channels and heads are gone from the "
+        "tensors: every decoder layer's sizes are in config.json (`text_config."
+        "prunesvc_intermediate_sizes`, `prunesvc_num_heads`; prunesvc's runtime reads them, "
+        "stock transformers does not), so the model is **smaller on disk and faster with "
+        "ordinary dense kernels** on any hardware; the latency row above measures it.\n");
+  } else {
+    absl::StrAppend(
+        &out,
+        "\n## What unstructured pruning saves\n\nThe pruned weights are stored as zeros in dense "
+        "tensors of the original shapes and dtype. The FLOPs ratio counts the multiply-adds a "
+        "sparse kernel would execute. With ordinary dense kernels (what PyTorch, transformers and "
+        "this project run) the model is **neither smaller on disk nor faster**: the latency row "
+        "above shows it. The savings need sparse storage and sparse kernels; structured pruning "
+        "(a later option) saves both disk and latency on any hardware.\n");
+  }
   absl::StrAppend(&out, "\n## Policy\n\n| unit | ratio |\n|---|---|\n");
   for (const json& u : policy["units"]) {
     absl::StrAppend(&out, "| ", u["name"].get<std::string>(), " | ",
@@ -528,12 +646,15 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   const std::string started_at = UtcNow();
   const bool searching = spec.strategy == search::Strategy::kEfficientLlava ||
                          spec.strategy == search::Strategy::kRandomSearch;
+  // STRUCTURED: the search's orders also cut the artifact; final_mask_method does not apply.
+  const bool structured = spec.granularity == search::Granularity::kStructured;
   const MaskMethod final_method =
-      spec.final_mask_method == FinalMaskMethod::kMagnitude ? MaskMethod::kMagnitude
-      : spec.final_mask_method == FinalMaskMethod::kWanda   ? MaskMethod::kWanda
-                                                            : spec.mask_method;
+      structured                                              ? spec.mask_method
+      : spec.final_mask_method == FinalMaskMethod::kMagnitude ? MaskMethod::kMagnitude
+      : spec.final_mask_method == FinalMaskMethod::kWanda     ? MaskMethod::kWanda
+                                                              : spec.mask_method;
   // SPARSEGPT replaces the weights (mask + OBS compensation) instead of masking them.
-  const bool sparsegpt = spec.final_mask_method == FinalMaskMethod::kSparseGpt;
+  const bool sparsegpt = !structured && spec.final_mask_method == FinalMaskMethod::kSparseGpt;
   const std::string final_method_name =
       sparsegpt ? "SPARSEGPT" : std::string(MaskMethodName(final_method));
 
@@ -578,6 +699,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   ASSIGN_OR_RETURN(std::vector<int> unit_of_linear, UnitOfLinear(space.units(), num_layers));
   EvaluatorOptions eopt;
   eopt.method = spec.mask_method;
+  eopt.granularity = spec.granularity;
   eopt.batch_size = spec.batch_size;
   eopt.unit_of_linear = unit_of_linear;
   eopt.collect_gram = sparsegpt;  // SPARSEGPT's H = (2/N)·XᵀX at finalize
@@ -720,9 +842,14 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
 
   // --- finalize ---
   ctx.Phase(JobPhase::kFinalize);
+  // STRUCTURED: each layer's cut from the current orders; `plan` (per-linear masks) stays empty.
+  std::vector<StructuredLayerPlan> splan;
+  if (structured) {
+    ASSIGN_OR_RETURN(splan, PlanStructured(evaluator->structured_bank(), unit_ratios));
+  }
   ASSIGN_OR_RETURN(std::vector<double> linear_ratios, local->LinearRatios(unit_ratios));
   std::vector<LinearPlan> plan;
-  for (int i = 0; i < evaluator->num_linears(); ++i) {
+  for (int i = 0; !structured && i < evaluator->num_linears(); ++i) {
     const model::NamedLinear& nl = evaluator->linears()[i];
     LinearPlan p;
     p.name = nl.name;
@@ -737,8 +864,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     plan.push_back(p);
   }
   std::unique_ptr<MaskBank> final_bank;
-  const MaskBank* bank = &evaluator->bank();
-  if (final_method != spec.mask_method) {
+  const MaskBank* bank = structured ? nullptr : &evaluator->bank();
+  if (!structured && final_method != spec.mask_method) {
     std::vector<at::Tensor> dense_weights;
     for (int i = 0; i < evaluator->num_linears(); ++i) {
       dense_weights.push_back(evaluator->dense_weight(i));
@@ -778,9 +905,12 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   projector.linear_2_bias = RoundToDType(projector.linear_2_bias, l.bundle->source_dtype);
   RETURN_IF_ERROR(LoadProjector(projector, m));
   RETURN_IF_ERROR(ctx.CheckStop());
-  ASSIGN_OR_RETURN(double dense_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
+  double dense_latency = 0, pruned_latency = 0;
+  if (!structured) {
+    ASSIGN_OR_RETURN(dense_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
+  }
   std::vector<model::NamedLinear> linears = m.DecoderLinears();
-  for (size_t i = 0; i < linears.size(); ++i) {
+  for (size_t i = 0; i < masks.size(); ++i) {
     at::Tensor& w = linears[i].linear->weight;
     if (sparsegpt) {
       w.copy_(sparsegpt_weights[i].to(w.device(), w.scalar_type()));
@@ -788,7 +918,19 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       w.mul_(masks[i].to(w.device()));
     }
   }
-  ASSIGN_OR_RETURN(double pruned_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
+  if (structured) {
+    // Both models exist here: time them interleaved, so load changes hit both alike. Then the
+    // physically shrunk model replaces the dense one (m dangles from here on).
+    ASSIGN_OR_RETURN(std::unique_ptr<model::LlavaModel> shrunk, ShrinkModel(m, splan));
+    ASSIGN_OR_RETURN(const auto latencies,
+                     InterleavedLatencyMs(m, *shrunk, latency_batch, spec.latency_repeats));
+    dense_latency = latencies.first;
+    pruned_latency = latencies.second;
+    linears.clear();
+    l.bundle->model = std::move(shrunk);
+  } else {
+    ASSIGN_OR_RETURN(pruned_latency, MedianLatencyMs(m, latency_batch, spec.latency_repeats));
+  }
   RETURN_IF_ERROR(ctx.CheckStop());
   ASSIGN_OR_RETURN(ModelMetrics pruned_search,
                    ScoreSampleSet(*l.bundle, l.search_set, spec.batch_size));
@@ -821,6 +963,10 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       copied.push_back(f.filename().string());
     }
   }
+  if (structured) {  // the per-layer sizes (the copy above is the input's config.json)
+    RETURN_IF_ERROR(WriteTextFile(model_out + "/config.json",
+                                  StructuredConfig(l.bundle->config, splan).raw.dump(2) + "\n"));
+  }
   int64_t input_max_shard = 0;
   std::vector<std::string> weight_files = WeightFiles(spec.model_dir);
   const bool sharded = std::find(weight_files.begin(), weight_files.end(), "model.safetensors") ==
@@ -834,8 +980,13 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   }
   std::string policy_hash;
   json policy;
+  int64_t input_params = 0;  // STRUCTURED: the input checkpoint's parameters
   {
     ASSIGN_OR_RETURN(model::Checkpoint ckpt, model::LoadCheckpoint(spec.model_dir));
+    if (structured) {
+      for (const auto& [name, t] : ckpt.tensors) input_params += t.numel();
+      RETURN_IF_ERROR(ShrinkDecoderTensors(splan, ckpt.tensors));
+    }
     for (size_t i = 0; i < plan.size(); ++i) {
       auto it = ckpt.tensors.find(plan[i].name);
       if (it == ckpt.tensors.end()) {
@@ -871,7 +1022,11 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   sparsegpt_weights.clear();
 
   // policy.json
-  {
+  if (structured) {
+    ASSIGN_OR_RETURN(double nominal, space.FlopsOfRatios(unit_ratios));
+    policy = StructuredPolicyJson(spec, space, unit_ratios, splan, policy_hash, nominal);
+    RETURN_IF_ERROR(WriteTextFile(partial->path() + "/policy.json", policy.dump(1) + "\n"));
+  } else {
     json units = json::array();
     for (int u = 0; u < space.num_units(); ++u) {
       json lins = json::array();
@@ -907,7 +1062,23 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   ctx.Phase(JobPhase::kVerify);
   int64_t dense_params = 0, pruned_params = 0, linear_weights = 0, linear_nonzero = 0;
   double flops_ratio = 0;
-  {
+  if (structured) {
+    ASSIGN_OR_RETURN(StructuredVerification v,
+                     VerifyStructured(model_out, l.token_stats, dtype, layout));
+    ASSIGN_OR_RETURN(double nominal, space.FlopsOfRatios(unit_ratios));
+    flops_ratio = v.flops / space.dense_flops();
+    dense_params = input_params;
+    pruned_params = v.params;
+    linear_weights = v.linear_weights;
+    linear_nonzero = v.linear_nonzero;
+    // Same dims, same statistics, same function: anything but equality is a bug.
+    if (v.flops != nominal || !(v.flops <= spec.flops_budget * space.dense_flops())) {
+      return absl::InternalError(absl::StrFormat(
+          "the written artifact's FLOPs ratio %.9f (counted from its shapes) differs from the "
+          "search's %.9f or exceeds the budget %.6f; refusing to finish",
+          flops_ratio, nominal / space.dense_flops(), spec.flops_budget));
+    }
+  } else {
     ASSIGN_OR_RETURN(model::Checkpoint written, model::LoadCheckpoint(model_out));
     if (written.source_dtype != dtype || written.layout != layout) {
       return absl::InternalError(absl::StrCat(
@@ -980,7 +1151,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["accuracy"] = result.accuracy ? json(*result.accuracy) : json(nullptr);
   report["accuracy_set"] = result.accuracy_set;
   report["strategy"] = std::string(search::StrategyName(spec.strategy));
-  report["granularity"] = "UNSTRUCTURED";
+  report["granularity"] = std::string(search::GranularityName(spec.granularity));
   report["final_mask_method"] = final_method_name;
   report["latency_batch"] = latency_n;
   report["latency_repeats"] = spec.latency_repeats;
@@ -1189,6 +1360,12 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
         "EFFICIENTLLAVA, UNIFORM or RANDOM_SEARCH");
   }
   RETURN_IF_ERROR(search::ValidateRatioChoices(ratio_choices));
+  if (granularity == search::Granularity::kStructured && unit != search::UnitKind::kLayer) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--unit ", search::UnitKindName(unit),
+        " is not supported with --granularity STRUCTURED (a layer's heads and channels share "
+        "its ratio); use --unit layer"));
+  }
   if (strategy != search::Strategy::kUniform) {
     search::SearchConfig c;
     c.strategy = strategy;
@@ -1258,8 +1435,9 @@ std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {
                       r.min_reachable_ratio, 100 * r.prunable_fraction, spec.ratio_choices.back()));
   absl::StrAppend(&out, absl::StrFormat("  budget             %.4g: %s\n", spec.flops_budget,
                                         r.budget_reachable ? "reachable" : "UNREACHABLE"));
-  absl::StrAppend(&out, absl::StrFormat("  strategy           %s, unit %s, %d units\n",
+  absl::StrAppend(&out, absl::StrFormat("  strategy           %s, %s, unit %s, %d units\n",
                                         search::StrategyName(spec.strategy),
+                                        search::GranularityName(spec.granularity),
                                         search::UnitKindName(spec.unit), r.unit_names.size()));
   for (size_t u = 0; u < r.unit_names.size(); ++u) {
     absl::StrAppend(&out, absl::StrFormat("    %-40s %.4f of prunable FLOPs\n", r.unit_names[u],

@@ -17,6 +17,15 @@
 // flops_ratio is recounted from the written weights' non-zeros; a count above the budget fails
 // the job (Internal) instead of writing a report that lies.
 //
+// STRUCTURED (LocalJobSpec::granularity, worker/prune/structured.h): units are layers; a layer's
+// ratio removes whole MLP channels and KV groups, scored with `mask_method` (WANDA or MAGNITUDE
+// structured scores) from the same nested orders in the search and at finalize —
+// `final_mask_method` does not apply (prune-local refuses it on the command line). The artifact's
+// decoder tensors are physically smaller, config.json gets text_config.prunesvc_intermediate_sizes
+// / prunesvc_num_heads, flops_ratio is counted from the written shapes (it must equal the
+// search's figure to the last bit), and the latency row compares the dense model with the shrunk
+// one.
+//
 // Cancellation: ProgressSink::StopRequested() is polled at safe points (between phases and
 // between candidate evaluations); the job then returns CancelledError and removes its partial
 // directory. A running forward pass is not interrupted.
@@ -59,6 +68,8 @@ struct LocalJobSpec {
   MaskMethod mask_method = MaskMethod::kWanda;                      // search masks
   FinalMaskMethod final_mask_method = FinalMaskMethod::kSparseGpt;  // DESIGN §5 default
   search::UnitKind unit = search::UnitKind::kLayer;
+  // STRUCTURED needs unit = layer and ignores final_mask_method (see the header comment).
+  search::Granularity granularity = search::Granularity::kUnstructured;
   uint64_t seed = 0;
   int generations = 12;
   int population = 32;

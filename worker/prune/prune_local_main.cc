@@ -31,9 +31,14 @@ ABSL_FLAG(std::string, eval_samples, "",
 ABSL_FLAG(double, flops_budget, -1, "FLOPs budget b in (0, 1]: F(pruned) <= b * F(dense)");
 ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA", "EFFICIENTLLAVA | UNIFORM | RANDOM_SEARCH");
 ABSL_FLAG(std::string, mask_method, "WANDA", "search masks: MAGNITUDE | WANDA");
-ABSL_FLAG(std::string, final_mask_method, "SPARSEGPT",
-          "artifact masks: SPARSEGPT (OBS with error compensation) | MAGNITUDE | WANDA");
+ABSL_FLAG(std::string, final_mask_method, "",
+          "artifact masks (UNSTRUCTURED): SPARSEGPT (OBS with error compensation; the default) | "
+          "MAGNITUDE | WANDA. Refused with --granularity STRUCTURED, whose artifact is cut by the "
+          "search's channel/head orders (--mask-method)");
 ABSL_FLAG(std::string, unit, "layer", "layer | linear");
+ABSL_FLAG(std::string, granularity, "UNSTRUCTURED",
+          "UNSTRUCTURED (weights zeroed in place) | STRUCTURED (MLP channels and attention heads "
+          "removed; the artifact is physically smaller; --unit layer only)");
 ABSL_FLAG(uint64_t, seed, 0, "search seed");
 ABSL_FLAG(int, generations, 12, "generations after the initial population");
 ABSL_FLAG(int, population, 32, "population size");
@@ -151,7 +156,19 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--mask-method: ", mask.status().message()));
   spec.mask_method = *mask;
   {
-    auto fm = prunesvc::prune::ParseFinalMaskMethod(absl::GetFlag(FLAGS_final_mask_method));
+    auto g = search::ParseGranularity(absl::GetFlag(FLAGS_granularity));
+    if (!g.ok())
+      return absl::InvalidArgumentError(absl::StrCat("--granularity: ", g.status().message()));
+    spec.granularity = *g;
+  }
+  if (const std::string fm_name = absl::GetFlag(FLAGS_final_mask_method); !fm_name.empty()) {
+    if (spec.granularity == search::Granularity::kStructured) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--final-mask-method ", fm_name,
+          " does not apply to --granularity STRUCTURED: whole channels and heads are removed by "
+          "the search's orders (scored with --mask-method); drop the flag"));
+    }
+    auto fm = prunesvc::prune::ParseFinalMaskMethod(fm_name);
     if (!fm.ok()) return fm.status();
     spec.final_mask_method = *fm;
   }
@@ -196,7 +213,8 @@ int main(int argc, char** argv) {
       argc, argv,
       "prune-local --model DIR --samples DIR|TAR [--eval-samples DIR|TAR] --flops-budget B "
       "[--strategy EFFICIENTLLAVA|UNIFORM|RANDOM_SEARCH] [--mask-method MAGNITUDE|WANDA] "
-      "[--final-mask-method ...] [--unit layer|linear] [--seed N] [--generations N] "
+      "[--final-mask-method ...] [--unit layer|linear] "
+      "[--granularity UNSTRUCTURED|STRUCTURED] [--seed N] [--generations N] "
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
       "[--projector-every N] [--projector-steps N] [--threads N] [--dry-run] --out DIR");
   prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
