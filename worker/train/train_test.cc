@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "worker/model/checkpoint.h"
 #include "worker/model/config.h"
@@ -241,6 +242,48 @@ TEST(TrainerTest, ResumeContinuesLikeAnUninterruptedRun) {
   auto broken = TinyLlavaTrainer::Create(o, dir.str("ckpt/tokenizer"));
   ASSERT_FALSE(broken.ok());
   EXPECT_NE(broken.status().message().find("trainer_state.json"), std::string::npos);
+}
+
+// --init_from: the weights and tokenizer of a saved model directory replace the random init
+// (another init seed, so a silent fallback to random weights would show), exactly.
+TEST(TrainerTest, InitFromStartsFromASavedModel) {
+  TempDir dir;
+  TrainOptions o = FastOptions();
+  o.batch = 4;
+  auto a = TinyLlavaTrainer::Create(o, dir.str("tok_a"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE((*a)->Step().ok());
+  ASSERT_TRUE((*a)->SaveModel(dir.str("a"), nlohmann::json::object()).ok());
+
+  TrainOptions f = o;
+  f.init_seed = 2;
+  f.init_from = dir.str("a");
+  f.data_offset = 1000;
+  auto b = TinyLlavaTrainer::Create(f, dir.str("tok_b"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  const auto ta = (*a)->model().NamedTensors(), tb = (*b)->model().NamedTensors();
+  ASSERT_EQ(ta.size(), tb.size());
+  for (const auto& [name, t] : ta) {
+    ASSERT_TRUE(tb.count(name)) << name;
+    EXPECT_TRUE(at::equal(t, tb.at(name))) << name;
+  }
+  std::ifstream ka(dir.str("a/tokenizer.model"), std::ios::binary),
+      kb(dir.str("tok_b/tokenizer.model"), std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(ka), {}),
+            std::string(std::istreambuf_iterator<char>(kb), {}));
+  std::vector<TrainExample> pool = PoolExamples(**a, 4);
+  EXPECT_EQ(*(*a)->AnswerLoss(pool), *(*b)->AnswerLoss(pool));
+  ASSERT_TRUE((*b)->Step().ok());  // and it trains from there
+
+  // Sizes that do not match the directory: an error naming the tensor, not a crash.
+  TrainOptions wrong = f;
+  wrong.sizes.text_mlp = 256;
+  auto c = TinyLlavaTrainer::Create(wrong, dir.str("tok_c"));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("has shape"), std::string::npos) << c.status();
+  TrainOptions missing = f;
+  missing.init_from = dir.str("nope");
+  EXPECT_FALSE(TinyLlavaTrainer::Create(missing, dir.str("tok_d")).ok());
 }
 
 TEST(TrainerTest, CurriculumSamplesTrain) {
