@@ -28,6 +28,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/flops.h"
+#include "common/nm_sparsity.h"
+#include "common/owl.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -39,6 +41,7 @@
 #include "worker/model/torch_guard.h"
 #include "worker/prune/evaluator.h"
 #include "worker/prune/local_policy_evaluator.h"
+#include "worker/prune/owl.h"
 #include "worker/prune/projector_training.h"
 #include "worker/prune/sparsegpt.h"
 
@@ -209,6 +212,21 @@ absl::Status CheckOutDir(const std::string& out) {
 // ---------------------------------------------------------------------------------------------
 // Loading and pre-flight.
 
+// ---------------------------------------------------------------------------------------------
+// N:M granularity (common/nm_sparsity.h): the policy space's choices are {dense, N:M}.
+
+bool IsNm(const LocalJobSpec& spec) { return spec.granularity == Granularity::kNM; }
+
+std::vector<double> EffectiveRatioChoices(const LocalJobSpec& spec) {
+  return IsNm(spec) ? NmRatioChoices(spec.nm) : spec.ratio_choices;
+}
+
+json NmJson(const LocalJobSpec& spec) {
+  return IsNm(spec) ? json(NmPatternName(spec.nm)) : json(nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+
 struct Loaded {
   std::unique_ptr<model::LlavaBundle> bundle;
   model::SampleSet search_set;
@@ -259,16 +277,26 @@ absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   for (const auto& p : l.search_prepared) scoring.push_back(p.scoring);
   const model::LlavaModel& m = *l.bundle->model;
   ASSIGN_OR_RETURN(l.dense, ComputeDenseFlops(m.FlopsDims(), model::ComputeTokenStats(m, scoring)));
+  if (IsNm(spec)) RETURN_IF_ERROR(CheckNmDivisible(l.dense, spec.nm));
   ASSIGN_OR_RETURN(search::PruningUnits units,
                    search::PruningUnits::Build(m.FlopsDims(), l.dense, spec.unit));
-  ASSIGN_OR_RETURN(search::PolicySpace space,
-                   search::PolicySpace::Create(l.dense, std::move(units), spec.ratio_choices));
+  ASSIGN_OR_RETURN(search::PolicySpace space, search::PolicySpace::Create(
+                                                  l.dense, std::move(units),
+                                                  EffectiveRatioChoices(spec)));
   l.space = std::make_unique<search::PolicySpace>(std::move(space));
   return l;
 }
 
 absl::Status BudgetError(const LocalJobSpec& spec, const search::PolicySpace& space,
                          const absl::Status& s) {
+  if (IsNm(spec) && s.code() == absl::StatusCode::kFailedPrecondition) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "--flops-budget %g is unreachable with --granularity N_M --nm %s: N:M alone cannot go "
+        "below every unit at %s, which costs %.4f of the dense FLOPs (the smallest reachable "
+        "ratio; use --flops-budget ≥ %.4f)",
+        spec.flops_budget, NmPatternName(spec.nm), NmPatternName(spec.nm),
+        space.MinReachableRatio(), std::ceil(space.MinReachableRatio() * 1e4) / 1e4));
+  }
   return absl::Status(
       s.code(),
       absl::StrFormat("--flops-budget %g is unreachable: the smallest reachable ratio is "
@@ -428,6 +456,49 @@ at::Tensor RoundToDType(const at::Tensor& t, model::DType dtype) {
   }
 }
 
+// N:M: every group of M consecutive columns of every row of the written weight holds at most N
+// non-zeros (exactly N unless a kept weight is itself zero). A violation is a bug: fail loudly.
+absl::Status CheckNmWritten(const LinearPlan& p, const at::Tensor& w, const NmPattern& nm) {
+  const at::Tensor per_group = (w != 0).reshape({p.out, p.in / nm.m, nm.m}).sum(2);
+  if (per_group.gt(nm.n).any().item<bool>()) {
+    return absl::InternalError(absl::StrCat("the written ", p.name, " is not ",
+                                            NmPatternName(nm), " sparse; refusing to finish"));
+  }
+  return absl::OkStatus();
+}
+
+// OWL (common/owl.h, worker/prune/owl.h): the dense model's outlier ratios per layer, then
+// UNSTRUCTURED continuous ratios shifted to the budget, or under N:M the most-outlier layers kept
+// dense while the budget allows. Returns report.json's "owl" object.
+absl::StatusOr<json> OwlStrategy(const LocalJobSpec& spec, const search::PolicySpace& space,
+                                 const CandidateEvaluator& evaluator,
+                                 std::vector<double>* unit_ratios) {
+  std::vector<at::Tensor> weights;
+  for (int i = 0; i < evaluator.num_linears(); ++i) weights.push_back(evaluator.dense_weight(i));
+  ASSIGN_OR_RETURN(std::vector<double> outliers,
+                   OwlOutlierRatios(weights, evaluator.calibration(), evaluator.unit_of_linear(),
+                                    space.num_units()));
+  ASSIGN_OR_RETURN(std::vector<double> deviations, search::OwlDeviations(outliers));
+  if (IsNm(spec)) {
+    ASSIGN_OR_RETURN(*unit_ratios, search::OwlNmRatios(space, outliers, spec.flops_budget));
+  } else {
+    ASSIGN_OR_RETURN(*unit_ratios, space.ShiftToBudget(deviations, spec.flops_budget));
+  }
+  double mean = 0;
+  for (double r : *unit_ratios) mean += r / double(unit_ratios->size());
+  return json{{"outlier_multiple", search::kOwlOutlierMultiple},
+              {"lambda", search::kOwlLambda},
+              {"units", space.units().names},
+              {"outlier_ratios", outliers},
+              {"deviations", deviations},
+              {"ratios", *unit_ratios},
+              {"mean_ratio", mean},
+              {"rule", IsNm(spec) ? "N:M: units made dense in decreasing outlier ratio while the "
+                                    "budget holds (stop at the first that does not fit)"
+                                  : "ratio = clamp(deviation + t, 0, max ratio), smallest t "
+                                    "meeting the budget"}};
+}
+
 // ---------------------------------------------------------------------------------------------
 
 std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& policy) {
@@ -442,7 +513,10 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
       &out, "Pruned from `", spec.model_dir, "` with **", report["strategy"].get<std::string>(),
       "** (", report["search"]["mask_method"].get<std::string>(), " search masks, ",
       report["final_mask_method"].get<std::string>(),
-      " final masks), UNSTRUCTURED sparsity in the LLaMA decoder's linear layers, unit = ",
+      " final masks), ",
+      spec.granularity == Granularity::kNM ? absl::StrCat(NmPatternName(spec.nm), " (N:M)")
+                                           : std::string("UNSTRUCTURED"),
+      " sparsity in the LLaMA decoder's linear layers, unit = ",
       report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
       absl::StrFormat("%.4g", spec.flops_budget),
       ". The vision tower, the projector's shape, embeddings, norms and lm_head are not pruned; "
@@ -481,6 +555,14 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
       "this project run) the model is **neither smaller on disk nor faster**: the latency row "
       "above shows it. The savings need sparse storage and sparse kernels; structured pruning "
       "(a later option) saves both disk and latency on any hardware.\n");
+  if (spec.granularity == Granularity::kNM) {
+    absl::StrAppend(&out, "\nN:M (", NmPatternName(spec.nm),
+                    "): every group of ", spec.nm.m,
+                    " consecutive input weights of a pruned row keeps ", spec.nm.n,
+                    ". Hardware with N:M sparse kernels (2:4 on NVIDIA Ampere and later sparse "
+                    "tensor cores) can execute it faster after conversion; the files here are "
+                    "still dense tensors.\n");
+  }
   absl::StrAppend(&out, "\n## Policy\n\n| unit | ratio |\n|---|---|\n");
   for (const json& u : policy["units"]) {
     absl::StrAppend(&out, "| ", u["name"].get<std::string>(), " | ",
@@ -573,6 +655,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   eopt.batch_size = spec.batch_size;
   eopt.unit_of_linear = unit_of_linear;
   eopt.collect_gram = sparsegpt;  // SPARSEGPT's H = (2/N)·XᵀX at finalize
+  if (IsNm(spec)) eopt.nm = spec.nm;  // the bank's orders become N:M orders
   ASSIGN_OR_RETURN(std::unique_ptr<CandidateEvaluator> evaluator,
                    CandidateEvaluator::Create(&m, std::move(eval_samples), eopt));
   ProjectorTrainingOptions topt;
@@ -591,6 +674,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   json evaluated = json::array();
   json search_best = nullptr;
   json eta_json = nullptr;
+  json owl_json = nullptr;
   std::optional<double> uniform_ratio;
   if (searching) {
     search::SearchConfig config;
@@ -649,9 +733,18 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       RETURN_IF_ERROR(evaluator->SetProjector(local->latest_version(),
                                               *local->projector(local->latest_version())));
     }
+  } else if (spec.strategy == search::Strategy::kOwl) {
+    // OWL: layerwise ratios from the dense model's outlier ratios; no search, no projector
+    // training.
+    ASSIGN_OR_RETURN(owl_json, OwlStrategy(spec, space, *evaluator, &unit_ratios));
+    eta_json = {{"value", nullptr}, {"mode", "unused (OWL has no fitness)"}};
   } else {
-    // UNIFORM: one continuous ratio meeting the budget; no search, no projector training.
-    ASSIGN_OR_RETURN(double r, space.UniformContinuousRatio(spec.flops_budget));
+    // UNIFORM: one continuous ratio meeting the budget (N:M: every unit N:M, the budget having
+    // passed the N:M floor); no search, no projector training.
+    double r = space.max_ratio();
+    if (!IsNm(spec)) {
+      ASSIGN_OR_RETURN(r, space.UniformContinuousRatio(spec.flops_budget));
+    }
     uniform_ratio = r;
     unit_ratios.assign(space.num_units(), r);
     eta_json = {{"value", nullptr}, {"mode", "unused (UNIFORM has no fitness)"}};
@@ -683,8 +776,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     for (int i = 0; i < evaluator->num_linears(); ++i) {
       dense_weights.push_back(evaluator->dense_weight(i));
     }
-    ASSIGN_OR_RETURN(final_bank,
-                     MaskBank::Build(dense_weights, final_method, &evaluator->calibration()));
+    ASSIGN_OR_RETURN(final_bank, MaskBank::Build(dense_weights, final_method,
+                                                 &evaluator->calibration(), eopt.nm));
     bank = final_bank.get();
   }
   std::vector<at::Tensor> masks;
@@ -697,6 +790,10 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       const LinearInputStats& stats = *evaluator->calibration().linears[i];
       SparseGptOptions sopt;
       sopt.ratio = plan[i].ratio;
+      if (IsNm(spec) && plan[i].k > 0) {  // N:M: keep N of every M (k = in·(M − N)/M)
+        sopt.nm_n = spec.nm.n;
+        sopt.nm_m = spec.nm.m;
+      }
       ASSIGN_OR_RETURN(SparseGptResult pruned, SparseGptPrune(evaluator->dense_weight(int(i)),
                                                               stats.gram, stats.rows, sopt));
       sparsegpt_weights.push_back(RoundToDType(pruned.weight, l.bundle->source_dtype));
@@ -830,11 +927,12 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     }
     ASSIGN_OR_RETURN(double nominal, space.FlopsOfRatios(unit_ratios));
     policy = {{"format", "prunesvc.policy.v1"},
-              {"granularity", "UNSTRUCTURED"},
+              {"granularity", std::string(GranularityName(spec.granularity))},
+              {"nm", NmJson(spec)},
               {"unit", std::string(search::UnitKindName(spec.unit))},
               {"strategy", std::string(search::StrategyName(spec.strategy))},
               {"budget", spec.flops_budget},
-              {"ratio_choices", spec.ratio_choices},
+              {"ratio_choices", space.ratio_choices()},
               {"hash", policy_hash},
               {"flops_ratio_nominal", nominal / space.dense_flops()},
               {"final_mask_method", final_method_name},
@@ -866,6 +964,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       }
       const int64_t nnz = at::count_nonzero(it->second).item<int64_t>();
       keep.decoder[p.layer][int(p.kind)] = double(nnz) / double(it->second.numel());
+      if (IsNm(spec) && p.k > 0) RETURN_IF_ERROR(CheckNmWritten(p, it->second, spec.nm));
       linear_weights += it->second.numel();
       linear_nonzero += nnz;
       linear_names.insert(p.name);
@@ -920,7 +1019,9 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["accuracy"] = result.accuracy ? json(*result.accuracy) : json(nullptr);
   report["accuracy_set"] = result.accuracy_set;
   report["strategy"] = std::string(search::StrategyName(spec.strategy));
-  report["granularity"] = "UNSTRUCTURED";
+  report["granularity"] = std::string(GranularityName(spec.granularity));
+  report["nm"] = NmJson(spec);
+  if (!owl_json.is_null()) report["owl"] = owl_json;
   report["final_mask_method"] = final_method_name;
   report["latency_batch"] = latency_n;
   report["latency_repeats"] = spec.latency_repeats;
@@ -950,7 +1051,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
                       {"population", spec.population},
                       {"parents", spec.parents},
                       {"mutation", spec.mutation},
-                      {"ratio_choices", spec.ratio_choices},
+                      {"ratio_choices", space.ratio_choices()},
                       {"projector_every", spec.projector_every},
                       {"projector_steps", spec.projector_steps},
                       {"projector_lr", spec.projector_lr},
@@ -1031,7 +1132,8 @@ absl::StatusOr<PreflightReport> RunPreflightImpl(const LocalJobSpec& spec_in) {
   config.population = spec.population;
   config.generations = spec.generations;
   config.parents = spec.parents;
-  const bool searching = spec.strategy != search::Strategy::kUniform;
+  const bool searching = spec.strategy == search::Strategy::kEfficientLlava ||
+                         spec.strategy == search::Strategy::kRandomSearch;
   int trainings = 0;
   if (spec.strategy == search::Strategy::kEfficientLlava && spec.projector_every > 0) {
     trainings = spec.generations / spec.projector_every;
@@ -1092,6 +1194,23 @@ std::string_view FinalMaskMethodName(FinalMaskMethod method) {
   return "UNKNOWN";
 }
 
+absl::StatusOr<Granularity> ParseGranularity(std::string_view name) {
+  if (name == "UNSTRUCTURED") return Granularity::kUnstructured;
+  if (name == "N_M") return Granularity::kNM;
+  return absl::InvalidArgumentError(absl::StrCat("--granularity: unknown granularity \"",
+                                                 std::string(name), "\" (UNSTRUCTURED or N_M)"));
+}
+
+std::string_view GranularityName(Granularity granularity) {
+  switch (granularity) {
+    case Granularity::kUnstructured:
+      return "UNSTRUCTURED";
+    case Granularity::kNM:
+      return "N_M";
+  }
+  return "UNKNOWN";
+}
+
 std::string_view JobPhaseName(JobPhase phase) {
   switch (phase) {
     case JobPhase::kLoad:
@@ -1122,13 +1241,22 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
     return absl::InvalidArgumentError(
         absl::StrCat("--flops-budget must be in (0, 1], got ", flops_budget));
   }
-  if (strategy == search::Strategy::kOwl) {
-    return absl::UnimplementedError(
-        "--strategy OWL is not implemented yet (it arrives with the next issue); use "
-        "EFFICIENTLLAVA, UNIFORM or RANDOM_SEARCH");
+  if (strategy == search::Strategy::kOwl && unit != search::UnitKind::kLayer) {
+    return absl::InvalidArgumentError(
+        "--strategy OWL needs --unit layer: OWL's outlier ratios and ratios are per decoder "
+        "layer (Yin et al. 2023)");
+  }
+  if (granularity == Granularity::kNM) {
+    if (absl::Status s = ParseNmPattern(NmPatternName(nm)).status(); !s.ok()) return s;
+    if (ratio_choices != search::DefaultRatioChoices()) {
+      return absl::InvalidArgumentError(
+          "--ratio-choices does not apply to --granularity N_M: its unit choices are {dense, "
+          "N:M}");
+    }
   }
   RETURN_IF_ERROR(search::ValidateRatioChoices(ratio_choices));
-  if (strategy != search::Strategy::kUniform) {
+  if (strategy == search::Strategy::kEfficientLlava ||
+      strategy == search::Strategy::kRandomSearch) {
     search::SearchConfig c;
     c.strategy = strategy;
     c.budget = flops_budget;
@@ -1186,7 +1314,14 @@ std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {
       &out,
       absl::StrFormat("  reachable budget   [%.4f, 1]  (prunable decoder linears: "
                       "%.1f%% of dense FLOPs; largest ratio %.2f)\n",
-                      r.min_reachable_ratio, 100 * r.prunable_fraction, spec.ratio_choices.back()));
+                      r.min_reachable_ratio, 100 * r.prunable_fraction,
+                      EffectiveRatioChoices(spec).back()));
+  if (IsNm(spec)) {
+    absl::StrAppend(&out, absl::StrFormat("  granularity        N_M %s: unit choices {dense, %s}; "
+                                          "every unit %s is the floor %.4f\n",
+                                          NmPatternName(spec.nm), NmPatternName(spec.nm),
+                                          NmPatternName(spec.nm), r.min_reachable_ratio));
+  }
   absl::StrAppend(&out, absl::StrFormat("  budget             %.4g: %s\n", spec.flops_budget,
                                         r.budget_reachable ? "reachable" : "UNREACHABLE"));
   absl::StrAppend(&out, absl::StrFormat("  strategy           %s, unit %s, %d units\n",

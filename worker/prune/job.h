@@ -1,6 +1,6 @@
 // A whole pruning job in one process (DESIGN.md §5): load + pre-flight, dense baseline,
 // calibration + mask bank, the strategy (EFFICIENTLLAVA search with projector training,
-// RANDOM_SEARCH, or UNIFORM continuous ratios), finalize, and the artifact (model/ in HF layout,
+// RANDOM_SEARCH, or UNIFORM / OWL continuous ratios), finalize, and the artifact (model/ in HF layout,
 // policy.json, report.json, MANIFEST.sha256, README.md). `prune-local` is a thin main over
 // RunLocalJob; the worker will call the same phases later, and a distributed run must reproduce
 // this one's policy sequence and final policy.
@@ -34,6 +34,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/evolution.h"
+#include "common/nm_sparsity.h"
 #include "common/policy.h"
 #include "nlohmann/json.hpp"
 #include "worker/prune/mask_bank.h"
@@ -48,6 +49,15 @@ enum class FinalMaskMethod { kMagnitude, kWanda, kSparseGpt };
 absl::StatusOr<FinalMaskMethod> ParseFinalMaskMethod(std::string_view name);
 std::string_view FinalMaskMethodName(FinalMaskMethod method);
 
+// Pruning granularity (DESIGN.md §5 "Granularities"): UNSTRUCTURED (a ratio per unit, whole
+// weights per row) or N_M (unit choices {dense, N:M}, common/nm_sparsity.h; 2:4 or 4:8). Under
+// N_M, UNIFORM = every unit N:M, and OWL keeps the units with the most outliers dense while the
+// budget allows (common/owl.h). (STRUCTURED is a further value, added separately.)
+enum class Granularity { kUnstructured, kNM };
+// "UNSTRUCTURED" | "N_M" (the --granularity flag).
+absl::StatusOr<Granularity> ParseGranularity(std::string_view name);
+std::string_view GranularityName(Granularity granularity);
+
 struct LocalJobSpec {
   std::string model_dir;
   std::string samples_path;       // search samples: directory or tar
@@ -59,6 +69,8 @@ struct LocalJobSpec {
   MaskMethod mask_method = MaskMethod::kWanda;                      // search masks
   FinalMaskMethod final_mask_method = FinalMaskMethod::kSparseGpt;  // DESIGN §5 default
   search::UnitKind unit = search::UnitKind::kLayer;
+  Granularity granularity = Granularity::kUnstructured;
+  NmPattern nm;  // N_M only: the pattern (2:4 or 4:8)
   uint64_t seed = 0;
   int generations = 12;
   int population = 32;
@@ -77,8 +89,8 @@ struct LocalJobSpec {
   int latency_repeats = 5;  // timed forwards per model (median reported), after one warm-up
   int latency_batch = 8;    // samples in the timed batch (capped by the search set)
 
-  // Field ranges and supported combinations (no files touched). Errors are InvalidArgument
-  // (or Unimplemented for OWL) and name the flag.
+  // Field ranges and supported combinations (no files touched). Errors are InvalidArgument and
+  // name the flag.
   absl::Status Validate(bool dry_run) const;
 };
 
@@ -140,7 +152,7 @@ struct JobResult {
 
 // Runs the job. Errors: InvalidArgument / NotFound / ResourceExhausted / DataLoss for bad
 // input, FailedPrecondition for an unreachable budget (the message names the smallest reachable
-// ratio) or an existing non-empty out_dir, Unimplemented for OWL, Cancelled when the sink
+// ratio) or an existing non-empty out_dir, Cancelled when the sink
 // asked to stop, Internal for failures of the computation (including a realized FLOPs ratio above
 // the budget).
 absl::StatusOr<JobResult> RunLocalJob(const LocalJobSpec& spec, ProgressSink* sink = nullptr);

@@ -29,11 +29,15 @@ ABSL_FLAG(std::string, samples, "", "search samples: directory or tar with sampl
 ABSL_FLAG(std::string, eval_samples, "",
           "held-out samples for the final accuracy (else the search set, with a warning)");
 ABSL_FLAG(double, flops_budget, -1, "FLOPs budget b in (0, 1]: F(pruned) <= b * F(dense)");
-ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA", "EFFICIENTLLAVA | UNIFORM | RANDOM_SEARCH");
+ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA",
+          "EFFICIENTLLAVA | UNIFORM | OWL | RANDOM_SEARCH");
 ABSL_FLAG(std::string, mask_method, "WANDA", "search masks: MAGNITUDE | WANDA");
 ABSL_FLAG(std::string, final_mask_method, "SPARSEGPT",
           "artifact masks: SPARSEGPT (OBS with error compensation) | MAGNITUDE | WANDA");
 ABSL_FLAG(std::string, unit, "layer", "layer | linear");
+ABSL_FLAG(std::string, granularity, "UNSTRUCTURED",
+          "UNSTRUCTURED | N_M (unit choices {dense, N:M}; see --nm)");
+ABSL_FLAG(std::string, nm, "", "N:M pattern with --granularity N_M: 2:4 (default) | 4:8");
 ABSL_FLAG(uint64_t, seed, 0, "search seed");
 ABSL_FLAG(int, generations, 12, "generations after the initial population");
 ABSL_FLAG(int, population, 32, "population size");
@@ -156,6 +160,20 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   if (!unit.ok())
     return absl::InvalidArgumentError(absl::StrCat("--unit: ", unit.status().message()));
   spec.unit = *unit;
+  {
+    auto g = prunesvc::prune::ParseGranularity(absl::GetFlag(FLAGS_granularity));
+    if (!g.ok()) return g.status();
+    spec.granularity = *g;
+    const std::string nm = absl::GetFlag(FLAGS_nm);
+    if (spec.granularity == prunesvc::prune::Granularity::kNM) {
+      auto p = prunesvc::ParseNmPattern(nm.empty() ? "2:4" : nm);
+      if (!p.ok()) return p.status();
+      spec.nm = *p;
+    } else if (!nm.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--nm ", nm, " is only valid with --granularity N_M"));
+    }
+  }
   spec.seed = absl::GetFlag(FLAGS_seed);
   spec.generations = absl::GetFlag(FLAGS_generations);
   spec.population = absl::GetFlag(FLAGS_population);
@@ -191,8 +209,9 @@ int main(int argc, char** argv) {
   const std::vector<std::string> positional = prunesvc::ParseFlags(
       argc, argv,
       "prune-local --model DIR --samples DIR|TAR [--eval-samples DIR|TAR] --flops-budget B "
-      "[--strategy EFFICIENTLLAVA|UNIFORM|RANDOM_SEARCH] [--mask-method MAGNITUDE|WANDA] "
-      "[--final-mask-method ...] [--unit layer|linear] [--seed N] [--generations N] "
+      "[--strategy EFFICIENTLLAVA|UNIFORM|OWL|RANDOM_SEARCH] [--mask-method MAGNITUDE|WANDA] "
+      "[--final-mask-method ...] [--unit layer|linear] [--granularity UNSTRUCTURED|N_M] "
+      "[--nm 2:4|4:8] [--seed N] [--generations N] "
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
       "[--projector-every N] [--projector-steps N] [--threads N] [--dry-run] --out DIR");
   prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
