@@ -17,8 +17,7 @@ constexpr std::array<const char*, kNumDecoderLinears> kLinearPaths = {
 absl::StatusOr<NmPattern> ParseNmPattern(absl::string_view text) {
   if (text == "2:4") return NmPattern{2, 4};
   if (text == "4:8") return NmPattern{4, 8};
-  return absl::InvalidArgumentError(
-      absl::StrCat("--nm must be 2:4 or 4:8, got \"", text, "\""));
+  return absl::InvalidArgumentError(absl::StrCat("--nm must be 2:4 or 4:8, got \"", text, "\""));
 }
 
 std::string NmPatternName(const NmPattern& p) { return absl::StrCat(p.n, ":", p.m); }

@@ -71,8 +71,7 @@ TEST(NmPatternTest, PreflightFloorIsEveryUnitNm) {
     ASSERT_TRUE(units.ok());
     auto space = search::PolicySpace::Create(*dense, *units, NmRatioChoices({2, 4}));
     ASSERT_TRUE(space.ok()) << space.status();
-    const double floor =
-        (dense->Total() - 0.5 * dense->DecoderLinearTotal()) / dense->Total();
+    const double floor = (dense->Total() - 0.5 * dense->DecoderLinearTotal()) / dense->Total();
     EXPECT_NEAR(space->MinReachableRatio(), floor, 1e-12);
     EXPECT_TRUE(space->CheckBudget(floor + 1e-9).ok());
     const absl::Status s = space->CheckBudget(floor - 0.01);

@@ -13,8 +13,8 @@ absl::StatusOr<std::vector<double>> OwlDeviations(std::span<const double> outlie
                                                   double lambda) {
   if (outlier_ratios.empty()) return absl::InvalidArgumentError("OWL: no outlier ratios");
   if (!std::isfinite(lambda) || lambda < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("OWL: lambda must be finite and ≥ 0, got ",
-                                                   lambda));
+    return absl::InvalidArgumentError(
+        absl::StrCat("OWL: lambda must be finite and ≥ 0, got ", lambda));
   }
   for (size_t i = 0; i < outlier_ratios.size(); ++i) {
     const double d = outlier_ratios[i];
@@ -35,12 +35,11 @@ absl::StatusOr<std::vector<double>> OwlDeviations(std::span<const double> outlie
 }
 
 absl::StatusOr<std::vector<double>> OwlRatios(const PolicySpace& space,
-                                              std::span<const double> outlier_ratios,
-                                              double budget, double lambda) {
+                                              std::span<const double> outlier_ratios, double budget,
+                                              double lambda) {
   if (outlier_ratios.size() != size_t(space.num_units())) {
-    return absl::InvalidArgumentError(absl::StrCat("OWL: ", outlier_ratios.size(),
-                                                   " outlier ratios for ", space.num_units(),
-                                                   " units"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "OWL: ", outlier_ratios.size(), " outlier ratios for ", space.num_units(), " units"));
   }
   ASSIGN_OR_RETURN(std::vector<double> dev, OwlDeviations(outlier_ratios, lambda));
   return space.ShiftToBudget(dev, budget);

@@ -45,8 +45,8 @@ absl::StatusOr<std::vector<double>> OwlDeviations(std::span<const double> outlie
 
 // UNSTRUCTURED OWL: ShiftToBudget(OwlDeviations(D, λ), budget).
 absl::StatusOr<std::vector<double>> OwlRatios(const PolicySpace& space,
-                                              std::span<const double> outlier_ratios,
-                                              double budget, double lambda = kOwlLambda);
+                                              std::span<const double> outlier_ratios, double budget,
+                                              double lambda = kOwlLambda);
 
 // N:M OWL over a space whose ratio choices are {0, N:M's ratio}: see the header comment. Each
 // returned ratio is 0 or space.max_ratio(); F ≤ budget·F_dense (CheckBudget's error otherwise).

@@ -65,7 +65,7 @@ TEST(OwlTest, DeviationsMatchTheReferenceCode) {
       lo = std::min(lo, (*dev)[i]);
       hi = std::max(hi, (*dev)[i]);
     }
-    EXPECT_NEAR(sum, 0, 1e-12);            // centred on the mean ratio
+    EXPECT_NEAR(sum, 0, 1e-12);                   // centred on the mean ratio
     EXPECT_NEAR(hi - lo, 2 * kOwlLambda, 1e-12);  // a window of width 2λ
     // More outliers → lower ratio (the paper's direction).
     for (size_t a = 0; a < d.size(); ++a) {

@@ -210,9 +210,6 @@ absl::Status CheckOutDir(const std::string& out) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loading and pre-flight.
-
-// ---------------------------------------------------------------------------------------------
 // N:M granularity (common/nm_sparsity.h): the policy space's choices are {dense, N:M}.
 
 bool IsNm(const LocalJobSpec& spec) { return spec.granularity == Granularity::kNM; }
@@ -226,6 +223,7 @@ json NmJson(const LocalJobSpec& spec) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Loading and pre-flight.
 
 struct Loaded {
   std::unique_ptr<model::LlavaBundle> bundle;

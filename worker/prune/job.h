@@ -1,6 +1,6 @@
 // A whole pruning job in one process (DESIGN.md §5): load + pre-flight, dense baseline,
 // calibration + mask bank, the strategy (EFFICIENTLLAVA search with projector training,
-// RANDOM_SEARCH, or UNIFORM / OWL continuous ratios), finalize, and the artifact (model/ in HF layout,
+// RANDOM_SEARCH, or UNIFORM continuous ratios), finalize, and the artifact (model/ in HF layout,
 // policy.json, report.json, MANIFEST.sha256, README.md). `prune-local` is a thin main over
 // RunLocalJob; the worker will call the same phases later, and a distributed run must reproduce
 // this one's policy sequence and final policy.
@@ -52,7 +52,8 @@ std::string_view FinalMaskMethodName(FinalMaskMethod method);
 // Pruning granularity (DESIGN.md §5 "Granularities"): UNSTRUCTURED (a ratio per unit, whole
 // weights per row) or N_M (unit choices {dense, N:M}, common/nm_sparsity.h; 2:4 or 4:8). Under
 // N_M, UNIFORM = every unit N:M, and OWL keeps the units with the most outliers dense while the
-// budget allows (common/owl.h). (STRUCTURED is a further value, added separately.)
+// budget allows (common/owl.h); OWL (UNSTRUCTURED) shifts per-layer outlier-weighted ratios to
+// the budget. (STRUCTURED is a further value, added separately.)
 enum class Granularity { kUnstructured, kNM };
 // "UNSTRUCTURED" | "N_M" (the --granularity flag).
 absl::StatusOr<Granularity> ParseGranularity(std::string_view name);

@@ -808,7 +808,8 @@ TEST(PruneLocalOwlTest, RatiosFollowOutliersAndMeetTheBudget) {
   EXPECT_EQ(owl["lambda"], 0.08);
   ASSERT_EQ(owl["outlier_ratios"].size(), 2u);
   const double d0 = owl["outlier_ratios"][0], d1 = owl["outlier_ratios"][1];
-  const double r0 = report["policy"]["units"][0]["ratio"], r1 = report["policy"]["units"][1]["ratio"];
+  const double r0 = report["policy"]["units"][0]["ratio"];
+  const double r1 = report["policy"]["units"][1]["ratio"];
   EXPECT_EQ(owl["ratios"], json({r0, r1}));
   ASSERT_NE(d0, d1);
   // Two layers: the deviations are ±λ, the one with more outliers 2λ below the other.

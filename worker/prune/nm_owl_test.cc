@@ -123,8 +123,8 @@ TEST(NmMasksTest, AllMethodsKeepExactlyNOfEveryM) {
     EXPECT_EQ(sgpt->weight.masked_select(sgpt->keep.logical_not()).abs().sum().item<float>(), 0.0f);
   }
   // in not a multiple of M: an error naming the linear.
-  auto bad = MaskBank::Build({w, TiedWeight(4, 36, 9)}, MaskMethod::kMagnitude, nullptr,
-                             NmPattern{4, 8});
+  auto bad =
+      MaskBank::Build({w, TiedWeight(4, 36, 9)}, MaskMethod::kMagnitude, nullptr, NmPattern{4, 8});
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(bad.status().message(), HasSubstr("linear 1 has 36 input columns"));
 }
@@ -140,7 +140,9 @@ TEST(NmMasksTest, SparseGptReconstructionBeatsWandaAndMagnitude) {
   const at::Tensor w = at::randn({out, in}, Gen(13), kF64);
   const at::Tensor norms = x.square().sum(0);
   const CalibrationStats stats = StatsFor({norms});
-  auto error = [&](const at::Tensor& w_hat) { return (w - w_hat).matmul(x.t()).norm().item<double>(); };
+  auto error = [&](const at::Tensor& w_hat) {
+    return (w - w_hat).matmul(x.t()).norm().item<double>();
+  };
   for (NmPattern nm : {NmPattern{2, 4}, NmPattern{4, 8}}) {
     auto sgpt = SparseGptPrune(w, x.t().matmul(x), n, {.nm_n = nm.n, .nm_m = nm.m});
     ASSERT_TRUE(sgpt.ok()) << sgpt.status();
@@ -184,7 +186,8 @@ RandomStats MakeRandomStats(int layers, uint64_t seed) {
     const at::Tensor down_in = at::rand({mlp}, Gen(seed + 100 * l + 3), kF64) + 0.5;
     const at::Tensor in_norms[7] = {attn_in, attn_in, attn_in, o_in, mlp_in, mlp_in, down_in};
     for (int i = 0; i < 7; ++i) {
-      const at::Tensor g = at::randn({shapes[i][0], shapes[i][1]}, Gen(seed + 100 * l + 10 + i), kF64);
+      const at::Tensor g =
+          at::randn({shapes[i][0], shapes[i][1]}, Gen(seed + 100 * l + 10 + i), kF64);
       s.weights.push_back(g * g.abs());  // heavier tails than a Gaussian
       s.norms.push_back(in_norms[i]);
       s.unit_of_linear.push_back(l);
@@ -244,12 +247,12 @@ TEST(OwlOutliersTest, MatchBruteForceAndPythonReference) {
     std::ofstream(dir + "/n" + std::to_string(i) + ".f64", std::ios::binary)
         .write(static_cast<const char*>(n.data_ptr()), n.numel() * 8);
   }
-  std::ofstream(dir + "/case.json") << nlohmann::json{{"linears", linears},
-                                                     {"layers", layers},
-                                                     {"multiple", search::kOwlOutlierMultiple},
-                                                     {"lambda", search::kOwlLambda},
-                                                     {"sparsity", s}}
-                                           .dump();
+  std::ofstream(dir + "/case.json") << nlohmann::json{
+      {"linears", linears},
+      {"layers", layers},
+      {"multiple", search::kOwlOutlierMultiple},
+      {"lambda", search::kOwlLambda},
+      {"sparsity", s}}.dump();
   const std::string cmd = python + " " + source + "/worker/prune/testdata/owl_reference.py " + dir;
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   std::ifstream f(dir + "/result.json");

@@ -15,9 +15,9 @@ absl::StatusOr<std::vector<double>> OwlOutlierRatios(absl::Span<const at::Tensor
                                                      int num_units, double multiple) {
   const size_t n = weights.size();
   if (stats.linears.size() != n || unit_of_linear.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "OWL outlier ratios: ", n, " weights, ", stats.linears.size(), " statistics and ",
-        unit_of_linear.size(), " unit indices (all must match)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("OWL outlier ratios: ", n, " weights, ", stats.linears.size(),
+                     " statistics and ", unit_of_linear.size(), " unit indices (all must match)"));
   }
   if (!(multiple > 0) || !std::isfinite(multiple)) {
     return absl::InvalidArgumentError(
@@ -26,14 +26,14 @@ absl::StatusOr<std::vector<double>> OwlOutlierRatios(absl::Span<const at::Tensor
   if (num_units < 1) return absl::InvalidArgumentError("OWL outlier ratios: no units");
   for (size_t i = 0; i < n; ++i) {
     if (unit_of_linear[i] < 0 || unit_of_linear[i] >= num_units) {
-      return absl::InvalidArgumentError(absl::StrCat("OWL outlier ratios: linear ", i,
-                                                     " has unit ", unit_of_linear[i]));
+      return absl::InvalidArgumentError(
+          absl::StrCat("OWL outlier ratios: linear ", i, " has unit ", unit_of_linear[i]));
     }
     const LinearInputStats* st = stats.linears[i].get();
     if (st == nullptr || !st->col_sq_norms.defined() || !weights[i].defined() ||
         weights[i].dim() != 2 || st->col_sq_norms.numel() != weights[i].size(1)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "OWL outlier ratios: linear ", i, " has no matching calibration statistics"));
+      return absl::InvalidArgumentError(absl::StrCat("OWL outlier ratios: linear ", i,
+                                                     " has no matching calibration statistics"));
     }
   }
   return model::TorchGuarded("OWL outlier ratios", [&]() -> absl::StatusOr<std::vector<double>> {
@@ -50,8 +50,8 @@ absl::StatusOr<std::vector<double>> OwlOutlierRatios(absl::Span<const at::Tensor
     }
     for (int u = 0; u < num_units; ++u) {
       if (count[u] == 0) {
-        return absl::InvalidArgumentError(absl::StrCat("OWL outlier ratios: unit ", u,
-                                                       " has no linears"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("OWL outlier ratios: unit ", u, " has no linears"));
       }
     }
     for (size_t i = 0; i < n; ++i) {

@@ -24,10 +24,11 @@ namespace prunesvc::prune {
 // `weights[i]` and `stats.linears[i]` belong to decoder linear i, `unit_of_linear[i]` its unit
 // in [0, num_units); every unit must have at least one linear. Errors: InvalidArgument on
 // mismatched sizes, missing or non-finite statistics, an empty unit, multiple ≤ 0.
-absl::StatusOr<std::vector<double>> OwlOutlierRatios(
-    absl::Span<const at::Tensor> weights, const CalibrationStats& stats,
-    absl::Span<const int> unit_of_linear, int num_units,
-    double multiple = search::kOwlOutlierMultiple);
+absl::StatusOr<std::vector<double>> OwlOutlierRatios(absl::Span<const at::Tensor> weights,
+                                                     const CalibrationStats& stats,
+                                                     absl::Span<const int> unit_of_linear,
+                                                     int num_units,
+                                                     double multiple = search::kOwlOutlierMultiple);
 
 }  // namespace prunesvc::prune
 
