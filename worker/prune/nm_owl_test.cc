@@ -18,7 +18,9 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/prune/mask_bank.h"
+#include "worker/prune/evaluator.h"
 #include "worker/prune/owl.h"
+#include "worker/prune/random_llava.h"
 #include "worker/prune/sparsegpt.h"
 
 namespace prunesvc::prune {
@@ -160,6 +162,50 @@ TEST(NmMasksTest, SparseGptReconstructionBeatsWandaAndMagnitude) {
                 e[int(MaskMethod::kMagnitude)]);
     EXPECT_LT(e_sgpt, e[int(MaskMethod::kWanda)]);
     EXPECT_LT(e_sgpt, e[int(MaskMethod::kMagnitude)]);
+  }
+}
+
+// (1b) Search time: a CandidateEvaluator built with an N:M bank applies, for ratio 1 − N/M, exactly
+// the brute-force N:M WANDA mask of the dense weight (from its own calibration norms), leaves
+// ratio-0 linears dense, and restores the dense weights.
+TEST(NmMasksTest, EvaluatorAppliesNmMasks) {
+  const model::LlavaConfig config = testing::RandomLlavaConfig();
+  auto m = model::LlavaModel::CreateFromTensors(config, testing::RandomLlavaTensors(config, 3));
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (NmPattern nm : {NmPattern{2, 4}, NmPattern{4, 8}}) {
+    EvaluatorOptions opt;
+    opt.method = MaskMethod::kWanda;
+    opt.nm = nm;
+    auto ev = CandidateEvaluator::Create(m->get(), testing::RandomEvalSamples(config, 6, 4), opt);
+    ASSERT_TRUE(ev.ok()) << ev.status();
+    const int n = (*ev)->num_linears();
+    std::vector<double> ratios(n);
+    for (int i = 0; i < n; ++i) ratios[i] = i % 3 == 1 ? 0.0 : NmPrunedRatio(nm);
+    auto result = (*ev)->Evaluate(ratios);
+    ASSERT_TRUE(result.ok()) << result.status();
+    for (int i = 0; i < n; ++i) {
+      const at::Tensor w = (*ev)->linears()[i].linear->weight.detach().to(at::kDouble);
+      const at::Tensor dense = (*ev)->dense_weight(i).to(at::kDouble);
+      if (ratios[i] == 0) {
+        EXPECT_TRUE(at::equal(w, dense)) << i;
+        continue;
+      }
+      auto scores = MaskScores(dense, MaskMethod::kWanda,
+                               (*ev)->calibration().linears[i]->col_sq_norms);
+      ASSERT_TRUE(scores.ok());
+      const auto keep = BruteForceNmKeep(*scores, nm.n, nm.m);
+      at::Tensor expected = dense.clone();
+      for (int64_t r = 0; r < dense.size(0); ++r) {
+        for (int64_t c = 0; c < dense.size(1); ++c) {
+          if (!keep[r][c]) expected[r][c] = 0.0;
+        }
+      }
+      EXPECT_TRUE(at::equal(w, expected)) << NmPatternName(nm) << " linear " << i;
+    }
+    ASSERT_TRUE((*ev)->RestoreDense().ok());
+    for (int i = 0; i < n; ++i) {
+      EXPECT_TRUE(at::equal((*ev)->linears()[i].linear->weight, (*ev)->dense_weight(i))) << i;
+    }
   }
 }
 
