@@ -59,12 +59,21 @@ absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view name) {
 absl::StatusOr<Granularity> ParseGranularity(absl::string_view name) {
   if (name == "UNSTRUCTURED") return Granularity::kUnstructured;
   if (name == "STRUCTURED") return Granularity::kStructured;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown granularity \"", name, "\" (expected UNSTRUCTURED or STRUCTURED)"));
+  if (name == "N_M") return Granularity::kNM;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown granularity \"", name, "\" (expected UNSTRUCTURED, STRUCTURED or N_M)"));
 }
 
 absl::string_view GranularityName(Granularity granularity) {
-  return granularity == Granularity::kStructured ? "STRUCTURED" : "UNSTRUCTURED";
+  switch (granularity) {
+    case Granularity::kStructured:
+      return "STRUCTURED";
+    case Granularity::kNM:
+      return "N_M";
+    case Granularity::kUnstructured:
+      break;
+  }
+  return "UNSTRUCTURED";
 }
 
 absl::string_view UnitKindName(UnitKind kind) {

@@ -43,9 +43,12 @@ enum class UnitKind { kLayer, kLinear };
 absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view name);
 absl::string_view UnitKindName(UnitKind kind);
 
-// What a ratio removes (DESIGN.md §5 "Granularities"). N:M is not implemented here.
-enum class Granularity { kUnstructured, kStructured };
-// "UNSTRUCTURED" | "STRUCTURED" (the --granularity flag; case-sensitive, as in the API).
+// What a ratio removes (DESIGN.md §5 "Granularities"): UNSTRUCTURED (whole weights per row),
+// STRUCTURED (MLP channels and KV groups; PolicySpace::CreateStructured), N_M (unit choices
+// {dense, N:M}: an ordinary UNSTRUCTURED space over the ratios {0, 1 − N/M},
+// common/nm_sparsity.h — so a PolicySpace itself is only ever UNSTRUCTURED or STRUCTURED).
+enum class Granularity { kUnstructured, kStructured, kNM };
+// "UNSTRUCTURED" | "STRUCTURED" | "N_M" (the --granularity flag; case-sensitive, as in the API).
 absl::StatusOr<Granularity> ParseGranularity(absl::string_view name);
 absl::string_view GranularityName(Granularity granularity);
 

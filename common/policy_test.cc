@@ -474,9 +474,12 @@ TEST(GranularityTest, ParsesAndNames) {
   EXPECT_EQ(*ParseGranularity("STRUCTURED"), Granularity::kStructured);
   EXPECT_EQ(*ParseGranularity("UNSTRUCTURED"), Granularity::kUnstructured);
   EXPECT_EQ(GranularityName(Granularity::kStructured), "STRUCTURED");
+  EXPECT_EQ(*ParseGranularity("N_M"), Granularity::kNM);
+  EXPECT_EQ(GranularityName(Granularity::kNM), "N_M");
+  EXPECT_EQ(GranularityName(Granularity::kUnstructured), "UNSTRUCTURED");
   auto bad = ParseGranularity("structured");
   ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(bad.status().message(), ::testing::HasSubstr("UNSTRUCTURED or STRUCTURED"));
+  EXPECT_THAT(bad.status().message(), ::testing::HasSubstr("UNSTRUCTURED, STRUCTURED or N_M"));
 }
 
 // STRUCTURED F(π) counted by hand: each layer loses, per token, the multiply-adds of its removed

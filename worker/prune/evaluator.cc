@@ -258,7 +258,7 @@ absl::Status CandidateEvaluator::RebuildForProjector() {
                   projector_version_, MaskMethodName(options_.method), Seconds(t0));
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(bank_, MaskBank::Build(dense_, options_.method, &calibration_));
+  ASSIGN_OR_RETURN(bank_, MaskBank::Build(dense_, options_.method, &calibration_, options_.nm));
   spdlog::debug("evaluator: projector v{}: calibration + {} bank in {:.2f} s ({:.1f} MB)",
                 projector_version_, MaskMethodName(options_.method), Seconds(t0),
                 bank_->MemoryBytes() / 1e6);

@@ -42,6 +42,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -87,6 +88,9 @@ struct EvaluatorOptions {
   std::vector<int> unit_of_linear;
   // Use the device-generic torch path on the CPU too (tests compare both paths).
   bool generic_mask_path = false;
+  // N:M granularity: the mask bank holds N:M orders (mask_bank.h), so the ratio 1 − N/M applies
+  // an N:M mask; unset = UNSTRUCTURED.
+  std::optional<NmPattern> nm;
 };
 
 struct CandidateResult {

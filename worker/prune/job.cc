@@ -31,6 +31,8 @@
 #include "absl/strings/str_join.h"
 #include "common/flops.h"
 #include "common/rank_stats.h"
+#include "common/nm_sparsity.h"
+#include "common/owl.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -42,6 +44,7 @@
 #include "worker/model/torch_guard.h"
 #include "worker/prune/evaluator.h"
 #include "worker/prune/local_policy_evaluator.h"
+#include "worker/prune/owl.h"
 #include "worker/prune/projector_training.h"
 #include "worker/prune/sparsegpt.h"
 #include "worker/prune/structured.h"
@@ -211,6 +214,19 @@ absl::Status CheckOutDir(const std::string& out) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// N:M granularity (common/nm_sparsity.h): the policy space's choices are {dense, N:M}.
+
+bool IsNm(const LocalJobSpec& spec) { return spec.granularity == search::Granularity::kNM; }
+
+std::vector<double> EffectiveRatioChoices(const LocalJobSpec& spec) {
+  return IsNm(spec) ? NmRatioChoices(spec.nm) : spec.ratio_choices;
+}
+
+json NmJson(const LocalJobSpec& spec) {
+  return IsNm(spec) ? json(NmPatternName(spec.nm)) : json(nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Loading and pre-flight.
 
 struct Loaded {
@@ -265,6 +281,7 @@ absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   const model::LlavaModel& m = *l.bundle->model;
   l.token_stats = model::ComputeTokenStats(m, scoring);
   ASSIGN_OR_RETURN(l.dense, ComputeDenseFlops(m.FlopsDims(), l.token_stats));
+  if (IsNm(spec)) RETURN_IF_ERROR(CheckNmDivisible(l.dense, spec.nm));
   if (spec.granularity == search::Granularity::kStructured) {
     // F(π) = the FLOPs of the shrunk shapes (common/policy.h CreateStructured).
     ASSIGN_OR_RETURN(search::PolicySpace space,
@@ -275,14 +292,23 @@ absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   }
   ASSIGN_OR_RETURN(search::PruningUnits units,
                    search::PruningUnits::Build(m.FlopsDims(), l.dense, spec.unit));
-  ASSIGN_OR_RETURN(search::PolicySpace space,
-                   search::PolicySpace::Create(l.dense, std::move(units), spec.ratio_choices));
+  ASSIGN_OR_RETURN(search::PolicySpace space, search::PolicySpace::Create(
+                                                  l.dense, std::move(units),
+                                                  EffectiveRatioChoices(spec)));
   l.space = std::make_unique<search::PolicySpace>(std::move(space));
   return l;
 }
 
 absl::Status BudgetError(const LocalJobSpec& spec, const search::PolicySpace& space,
                          const absl::Status& s) {
+  if (IsNm(spec) && s.code() == absl::StatusCode::kFailedPrecondition) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "--flops-budget %g is unreachable with --granularity N_M --nm %s: N:M alone cannot go "
+        "below every unit at %s, which costs %.4f of the dense FLOPs (the smallest reachable "
+        "ratio; use --flops-budget ≥ %.4f)",
+        spec.flops_budget, NmPatternName(spec.nm), NmPatternName(spec.nm),
+        space.MinReachableRatio(), std::ceil(space.MinReachableRatio() * 1e4) / 1e4));
+  }
   return absl::Status(
       s.code(),
       absl::StrFormat("--flops-budget %g is unreachable: the smallest reachable ratio is "
@@ -477,6 +503,49 @@ at::Tensor RoundToDType(const at::Tensor& t, model::DType dtype) {
   }
 }
 
+// N:M: every group of M consecutive columns of every row of the written weight holds at most N
+// non-zeros (exactly N unless a kept weight is itself zero). A violation is a bug: fail loudly.
+absl::Status CheckNmWritten(const LinearPlan& p, const at::Tensor& w, const NmPattern& nm) {
+  const at::Tensor per_group = (w != 0).reshape({p.out, p.in / nm.m, nm.m}).sum(2);
+  if (per_group.gt(nm.n).any().item<bool>()) {
+    return absl::InternalError(absl::StrCat("the written ", p.name, " is not ",
+                                            NmPatternName(nm), " sparse; refusing to finish"));
+  }
+  return absl::OkStatus();
+}
+
+// OWL (common/owl.h, worker/prune/owl.h): the dense model's outlier ratios per layer, then
+// UNSTRUCTURED continuous ratios shifted to the budget, or under N:M the most-outlier layers kept
+// dense while the budget allows. Returns report.json's "owl" object.
+absl::StatusOr<json> OwlStrategy(const LocalJobSpec& spec, const search::PolicySpace& space,
+                                 const CandidateEvaluator& evaluator,
+                                 std::vector<double>* unit_ratios) {
+  std::vector<at::Tensor> weights;
+  for (int i = 0; i < evaluator.num_linears(); ++i) weights.push_back(evaluator.dense_weight(i));
+  ASSIGN_OR_RETURN(std::vector<double> outliers,
+                   OwlOutlierRatios(weights, evaluator.calibration(), evaluator.unit_of_linear(),
+                                    space.num_units()));
+  ASSIGN_OR_RETURN(std::vector<double> deviations, search::OwlDeviations(outliers));
+  if (IsNm(spec)) {
+    ASSIGN_OR_RETURN(*unit_ratios, search::OwlNmRatios(space, outliers, spec.flops_budget));
+  } else {
+    ASSIGN_OR_RETURN(*unit_ratios, space.ShiftToBudget(deviations, spec.flops_budget));
+  }
+  double mean = 0;
+  for (double r : *unit_ratios) mean += r / double(unit_ratios->size());
+  return json{{"outlier_multiple", search::kOwlOutlierMultiple},
+              {"lambda", search::kOwlLambda},
+              {"units", space.units().names},
+              {"outlier_ratios", outliers},
+              {"deviations", deviations},
+              {"ratios", *unit_ratios},
+              {"mean_ratio", mean},
+              {"rule", IsNm(spec) ? "N:M: units made dense in decreasing outlier ratio while the "
+                                    "budget holds (stop at the first that does not fit)"
+                                  : "ratio = clamp(deviation + t, 0, max ratio), smallest t "
+                                    "meeting the budget"}};
+}
+
 // ---------------------------------------------------------------------------------------------
 // STRUCTURED finalize helpers (worker/prune/structured.h does the tensor work).
 
@@ -557,7 +626,9 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
       report["final_mask_method"].get<std::string>(), " final masks), ",
       structured ? "STRUCTURED pruning (whole MLP channels and attention KV groups removed) of "
                    "the LLaMA decoder"
-                 : "UNSTRUCTURED sparsity in the LLaMA decoder's linear layers",
+      : spec.granularity == search::Granularity::kNM
+          ? absl::StrCat(NmPatternName(spec.nm), " (N:M) sparsity in the LLaMA decoder's linear layers")
+          : std::string("UNSTRUCTURED sparsity in the LLaMA decoder's linear layers"),
       ", unit = ", report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
       absl::StrFormat("%.4g", spec.flops_budget),
       ". The vision tower, the projector's shape, embeddings, norms and lm_head are not pruned; "
@@ -605,7 +676,15 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
         "sparse kernel would execute. With ordinary dense kernels (what PyTorch, transformers and "
         "this project run) the model is **neither smaller on disk nor faster**: the latency row "
         "above shows it. The savings need sparse storage and sparse kernels; structured pruning "
-        "(a later option) saves both disk and latency on any hardware.\n");
+        "(--granularity STRUCTURED) saves both disk and latency on any hardware.\n");
+  }
+  if (spec.granularity == search::Granularity::kNM) {
+    absl::StrAppend(&out, "\nN:M (", NmPatternName(spec.nm),
+                    "): every group of ", spec.nm.m,
+                    " consecutive input weights of a pruned row keeps ", spec.nm.n,
+                    ". Hardware with N:M sparse kernels (2:4 on NVIDIA Ampere and later sparse "
+                    "tensor cores) can execute it faster after conversion; the files here are "
+                    "still dense tensors.\n");
   }
   absl::StrAppend(&out, "\n## Policy\n\n| unit | ratio |\n|---|---|\n");
   for (const json& u : policy["units"]) {
@@ -703,6 +782,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   eopt.batch_size = spec.batch_size;
   eopt.unit_of_linear = unit_of_linear;
   eopt.collect_gram = sparsegpt;  // SPARSEGPT's H = (2/N)·XᵀX at finalize
+  if (IsNm(spec)) eopt.nm = spec.nm;  // the bank's orders become N:M orders
   ASSIGN_OR_RETURN(std::unique_ptr<CandidateEvaluator> evaluator,
                    CandidateEvaluator::Create(&m, std::move(eval_samples), eopt));
   ProjectorTrainingOptions topt;
@@ -722,6 +802,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   json search_best = nullptr;
   json eta_json = nullptr;
   json audit_json = nullptr;
+  json owl_json = nullptr;
   std::optional<double> uniform_ratio;
   if (searching) {
     search::SearchConfig config;
@@ -831,9 +912,18 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
                     {"spearman_neg_search_loss_vs_heldout_accuracy",
                      opt(SpearmanRho(neg_loss, held_acc))}};
     }
+  } else if (spec.strategy == search::Strategy::kOwl) {
+    // OWL: layerwise ratios from the dense model's outlier ratios; no search, no projector
+    // training.
+    ASSIGN_OR_RETURN(owl_json, OwlStrategy(spec, space, *evaluator, &unit_ratios));
+    eta_json = {{"value", nullptr}, {"mode", "unused (OWL has no fitness)"}};
   } else {
-    // UNIFORM: one continuous ratio meeting the budget; no search, no projector training.
-    ASSIGN_OR_RETURN(double r, space.UniformContinuousRatio(spec.flops_budget));
+    // UNIFORM: one continuous ratio meeting the budget (N:M: every unit N:M, the budget having
+    // passed the N:M floor); no search, no projector training.
+    double r = space.max_ratio();
+    if (!IsNm(spec)) {
+      ASSIGN_OR_RETURN(r, space.UniformContinuousRatio(spec.flops_budget));
+    }
     uniform_ratio = r;
     unit_ratios.assign(space.num_units(), r);
     eta_json = {{"value", nullptr}, {"mode", "unused (UNIFORM has no fitness)"}};
@@ -870,8 +960,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     for (int i = 0; i < evaluator->num_linears(); ++i) {
       dense_weights.push_back(evaluator->dense_weight(i));
     }
-    ASSIGN_OR_RETURN(final_bank,
-                     MaskBank::Build(dense_weights, final_method, &evaluator->calibration()));
+    ASSIGN_OR_RETURN(final_bank, MaskBank::Build(dense_weights, final_method,
+                                                 &evaluator->calibration(), eopt.nm));
     bank = final_bank.get();
   }
   std::vector<at::Tensor> masks;
@@ -884,6 +974,10 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       const LinearInputStats& stats = *evaluator->calibration().linears[i];
       SparseGptOptions sopt;
       sopt.ratio = plan[i].ratio;
+      if (IsNm(spec) && plan[i].k > 0) {  // N:M: keep N of every M (k = in·(M − N)/M)
+        sopt.nm_n = spec.nm.n;
+        sopt.nm_m = spec.nm.m;
+      }
       ASSIGN_OR_RETURN(SparseGptResult pruned, SparseGptPrune(evaluator->dense_weight(int(i)),
                                                               stats.gram, stats.rows, sopt));
       sparsegpt_weights.push_back(RoundToDType(pruned.weight, l.bundle->source_dtype));
@@ -1045,11 +1139,12 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
     }
     ASSIGN_OR_RETURN(double nominal, space.FlopsOfRatios(unit_ratios));
     policy = {{"format", "prunesvc.policy.v1"},
-              {"granularity", "UNSTRUCTURED"},
+              {"granularity", std::string(search::GranularityName(spec.granularity))},
+              {"nm", NmJson(spec)},
               {"unit", std::string(search::UnitKindName(spec.unit))},
               {"strategy", std::string(search::StrategyName(spec.strategy))},
               {"budget", spec.flops_budget},
-              {"ratio_choices", spec.ratio_choices},
+              {"ratio_choices", space.ratio_choices()},
               {"hash", policy_hash},
               {"flops_ratio_nominal", nominal / space.dense_flops()},
               {"final_mask_method", final_method_name},
@@ -1097,6 +1192,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       }
       const int64_t nnz = at::count_nonzero(it->second).item<int64_t>();
       keep.decoder[p.layer][int(p.kind)] = double(nnz) / double(it->second.numel());
+      if (IsNm(spec) && p.k > 0) RETURN_IF_ERROR(CheckNmWritten(p, it->second, spec.nm));
       linear_weights += it->second.numel();
       linear_nonzero += nnz;
       linear_names.insert(p.name);
@@ -1152,6 +1248,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   report["accuracy_set"] = result.accuracy_set;
   report["strategy"] = std::string(search::StrategyName(spec.strategy));
   report["granularity"] = std::string(search::GranularityName(spec.granularity));
+  report["nm"] = NmJson(spec);
+  if (!owl_json.is_null()) report["owl"] = owl_json;
   report["final_mask_method"] = final_method_name;
   report["latency_batch"] = latency_n;
   report["latency_repeats"] = spec.latency_repeats;
@@ -1181,7 +1279,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
                       {"population", spec.population},
                       {"parents", spec.parents},
                       {"mutation", spec.mutation},
-                      {"ratio_choices", spec.ratio_choices},
+                      {"ratio_choices", space.ratio_choices()},
                       {"projector_every", spec.projector_every},
                       {"projector_steps", spec.projector_steps},
                       {"projector_lr", spec.projector_lr},
@@ -1263,7 +1361,8 @@ absl::StatusOr<PreflightReport> RunPreflightImpl(const LocalJobSpec& spec_in) {
   config.population = spec.population;
   config.generations = spec.generations;
   config.parents = spec.parents;
-  const bool searching = spec.strategy != search::Strategy::kUniform;
+  const bool searching = spec.strategy == search::Strategy::kEfficientLlava ||
+                         spec.strategy == search::Strategy::kRandomSearch;
   int trainings = 0;
   if (spec.strategy == search::Strategy::kEfficientLlava && spec.projector_every > 0) {
     trainings = spec.generations / spec.projector_every;
@@ -1354,10 +1453,18 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
     return absl::InvalidArgumentError(
         absl::StrCat("--flops-budget must be in (0, 1], got ", flops_budget));
   }
-  if (strategy == search::Strategy::kOwl) {
-    return absl::UnimplementedError(
-        "--strategy OWL is not implemented yet (it arrives with the next issue); use "
-        "EFFICIENTLLAVA, UNIFORM or RANDOM_SEARCH");
+  if (strategy == search::Strategy::kOwl && unit != search::UnitKind::kLayer) {
+    return absl::InvalidArgumentError(
+        "--strategy OWL needs --unit layer: OWL's outlier ratios and ratios are per decoder "
+        "layer (Yin et al. 2023)");
+  }
+  if (granularity == search::Granularity::kNM) {
+    if (absl::Status s = ParseNmPattern(NmPatternName(nm)).status(); !s.ok()) return s;
+    if (ratio_choices != search::DefaultRatioChoices()) {
+      return absl::InvalidArgumentError(
+          "--ratio-choices does not apply to --granularity N_M: its unit choices are {dense, "
+          "N:M}");
+    }
   }
   RETURN_IF_ERROR(search::ValidateRatioChoices(ratio_choices));
   if (granularity == search::Granularity::kStructured && unit != search::UnitKind::kLayer) {
@@ -1366,7 +1473,8 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
         " is not supported with --granularity STRUCTURED (a layer's heads and channels share "
         "its ratio); use --unit layer"));
   }
-  if (strategy != search::Strategy::kUniform) {
+  if (strategy == search::Strategy::kEfficientLlava ||
+      strategy == search::Strategy::kRandomSearch) {
     search::SearchConfig c;
     c.strategy = strategy;
     c.budget = flops_budget;
@@ -1432,7 +1540,14 @@ std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {
       &out,
       absl::StrFormat("  reachable budget   [%.4f, 1]  (prunable decoder linears: "
                       "%.1f%% of dense FLOPs; largest ratio %.2f)\n",
-                      r.min_reachable_ratio, 100 * r.prunable_fraction, spec.ratio_choices.back()));
+                      r.min_reachable_ratio, 100 * r.prunable_fraction,
+                      EffectiveRatioChoices(spec).back()));
+  if (IsNm(spec)) {
+    absl::StrAppend(&out, absl::StrFormat("  granularity        N_M %s: unit choices {dense, %s}; "
+                                          "every unit %s is the floor %.4f\n",
+                                          NmPatternName(spec.nm), NmPatternName(spec.nm),
+                                          NmPatternName(spec.nm), r.min_reachable_ratio));
+  }
   absl::StrAppend(&out, absl::StrFormat("  budget             %.4g: %s\n", spec.flops_budget,
                                         r.budget_reachable ? "reachable" : "UNREACHABLE"));
   absl::StrAppend(&out, absl::StrFormat("  strategy           %s, %s, unit %s, %d units\n",

@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/evolution.h"
+#include "common/nm_sparsity.h"
 #include "common/policy.h"
 #include "nlohmann/json.hpp"
 #include "worker/prune/mask_bank.h"
@@ -57,6 +58,10 @@ enum class FinalMaskMethod { kMagnitude, kWanda, kSparseGpt };
 absl::StatusOr<FinalMaskMethod> ParseFinalMaskMethod(std::string_view name);
 std::string_view FinalMaskMethodName(FinalMaskMethod method);
 
+// Granularity: search::Granularity (common/policy.h). Under N_M, UNIFORM = every unit N:M, and
+// OWL keeps the units with the most outliers dense while the budget allows (common/owl.h); OWL
+// (UNSTRUCTURED) shifts per-layer outlier-weighted ratios to the budget.
+
 struct LocalJobSpec {
   std::string model_dir;
   std::string samples_path;       // search samples: directory or tar
@@ -70,6 +75,7 @@ struct LocalJobSpec {
   search::UnitKind unit = search::UnitKind::kLayer;
   // STRUCTURED needs unit = layer and ignores final_mask_method (see the header comment).
   search::Granularity granularity = search::Granularity::kUnstructured;
+  NmPattern nm;  // N_M only: the pattern (2:4 or 4:8)
   uint64_t seed = 0;
   int generations = 12;
   int population = 32;
@@ -94,8 +100,8 @@ struct LocalJobSpec {
   int latency_repeats = 5;  // timed forwards per model (median reported), after one warm-up
   int latency_batch = 8;    // samples in the timed batch (capped by the search set)
 
-  // Field ranges and supported combinations (no files touched). Errors are InvalidArgument
-  // (or Unimplemented for OWL) and name the flag.
+  // Field ranges and supported combinations (no files touched). Errors are InvalidArgument and
+  // name the flag.
   absl::Status Validate(bool dry_run) const;
 };
 
@@ -157,7 +163,7 @@ struct JobResult {
 
 // Runs the job. Errors: InvalidArgument / NotFound / ResourceExhausted / DataLoss for bad
 // input, FailedPrecondition for an unreachable budget (the message names the smallest reachable
-// ratio) or an existing non-empty out_dir, Unimplemented for OWL, Cancelled when the sink
+// ratio) or an existing non-empty out_dir, Cancelled when the sink
 // asked to stop, Internal for failures of the computation (including a realized FLOPs ratio above
 // the budget).
 absl::StatusOr<JobResult> RunLocalJob(const LocalJobSpec& spec, ProgressSink* sink = nullptr);

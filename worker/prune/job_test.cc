@@ -25,6 +25,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/flops.h"
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
@@ -647,7 +648,12 @@ TEST(PruneLocalTest, BadFlagsExit2) {
   };
   const std::vector<Case> cases = {
       {{"--flops-budget=0.5", "--strategy=FOO"}, "--strategy"},
-      {{"--flops-budget=0.5", "--strategy=OWL"}, "not implemented yet"},
+      {{"--flops-budget=0.5", "--strategy=OWL", "--unit=linear"}, "--strategy OWL needs --unit"},
+      {{"--flops-budget=0.7", "--granularity=BLOCK"}, "--granularity"},
+      {{"--flops-budget=0.7", "--granularity=N_M", "--nm=3:4"}, "--nm must be 2:4 or 4:8"},
+      {{"--flops-budget=0.7", "--nm=2:4"}, "only valid with --granularity N_M"},
+      {{"--flops-budget=0.7", "--granularity=N_M", "--ratio-choices=0,0.5"},
+       "--ratio-choices does not apply"},
       {{"--flops-budget=0.5", "--mask-method=SPARSEGPT"}, "--mask-method"},
       {{"--flops-budget=1.5"}, "--flops-budget"},
       {{}, "--flops-budget is required"},
@@ -657,7 +663,6 @@ TEST(PruneLocalTest, BadFlagsExit2) {
       {{"--flops-budget=0.5", "--unit=head"}, "--unit"},
       {{"--flops-budget=0.5", "--audit=3"}, "--audit needs --eval-samples"},
       {{"--flops-budget=0.5", "--audit=-1"}, "--audit must be"},
-      {{"--flops-budget=0.5", "--granularity=N_M"}, "--granularity"},
       {{"--flops-budget=0.5", "--granularity=structured"}, "--granularity"},
       {{"--flops-budget=0.5", "--granularity=STRUCTURED", "--unit=linear"},
        "--unit linear is not supported with --granularity STRUCTURED"},
@@ -840,6 +845,202 @@ TEST(PruneLocalTest, DryRunPrintsRangeAndWritesNothing) {
   for (const auto& e : fs::directory_iterator(WorkDir())) {
     EXPECT_FALSE(absl::StrContains(e.path().filename().string(), "dry.partial"));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// N:M granularity and the OWL strategy.
+
+// Checks an N:M artifact against the input: every linear the policy prunes keeps exactly N of
+// every M consecutive weights of every row (so non-zeros = N/M of its weights), the others are
+// the input's; returns the number of pruned linears.
+int CheckNmArtifact(const std::string& out, const json& report, int n, int m) {
+  auto ckpt = model::LoadCheckpoint(out + "/model");
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  auto in = model::LoadCheckpoint(WorkDir() + "/model32");
+  EXPECT_TRUE(in.ok()) << in.status();
+  if (!ckpt.ok() || !in.ok()) return -1;
+  int pruned = 0;
+  for (const json& unit : report["policy"]["units"]) {
+    for (const json& lin : unit["linears"]) {
+      const std::string name = lin["name"];
+      const at::Tensor& w = ckpt->tensors.at(name);
+      const int64_t o = lin["out_features"], i = lin["in_features"], k = lin["pruned_per_row"];
+      if (unit["ratio"].get<double>() == 0) {
+        EXPECT_EQ(k, 0) << name;
+        EXPECT_TRUE(at::equal(w, in->tensors.at(name))) << name;
+        continue;
+      }
+      ++pruned;
+      EXPECT_EQ(k, i / m * (m - n)) << name;
+      const at::Tensor per_group = (w != 0).to(at::kLong).reshape({o, i / m, m}).sum(2);
+      EXPECT_TRUE((per_group == n).all().item<bool>()) << name;
+      EXPECT_EQ(at::count_nonzero(w).item<int64_t>() * m, o * i * n) << name;
+    }
+  }
+  return pruned;
+}
+
+// The smallest reachable budget the dry run prints.
+double DryRunFloor(const std::vector<std::string>& extra) {
+  std::vector<std::string> flags = {"--model=" + WorkDir() + "/model32",
+                                    "--samples=" + WorkDir() + "/search", "--flops-budget=1",
+                                    "--threads=1", "--dry-run"};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  const RunResult d = RunBin("prune-local", flags);
+  EXPECT_EQ(d.code, 0) << d.err;
+  const size_t at = d.out.find("reachable budget   [");
+  if (at == std::string::npos) return -1;
+  return std::stod(d.out.substr(at + 20, 6));
+}
+
+// The N:M floor: every unit N:M. The dry run names it; a budget below it exits 2 with that number
+// and the N:M explanation; at the floor, UNIFORM (every unit N:M) with SPARSEGPT final masks
+// writes an artifact whose every decoder linear is N:M and whose flops_ratio counts the real
+// non-zeros.
+TEST(PruneLocalNmTest, FloorAndUniformWithSparseGpt) {
+  ASSERT_FALSE(WorkDir().empty());
+  for (const char* nm : {"2:4", "4:8"}) {
+    const int n = nm[0] - '0', m = nm[2] - '0';
+    const double floor = DryRunFloor({"--granularity=N_M", std::string("--nm=") + nm});
+    ASSERT_GT(floor, 0.3);
+    ASSERT_LT(floor, 0.9);
+    const RunResult low = RunBin(
+        "prune-local",
+        {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+         absl::StrCat("--flops-budget=", floor - 0.01), "--granularity=N_M",
+         std::string("--nm=") + nm, "--strategy=UNIFORM", "--threads=1",
+         "--out=" + WorkDir() + "/nm_low"});
+    EXPECT_EQ(low.code, 2) << low.err;
+    EXPECT_TRUE(absl::StrContains(low.err, "N:M alone cannot go below")) << low.err;
+    EXPECT_TRUE(absl::StrContains(low.err, absl::StrFormat("%.4f", floor))) << low.err;
+    EXPECT_FALSE(fs::exists(WorkDir() + "/nm_low"));
+
+    const std::string out = absl::StrCat(WorkDir(), "/nm_uniform_", n, m);
+    const RunResult r = RunBin(
+        "prune-local",
+        {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+         absl::StrCat("--flops-budget=", floor), "--granularity=N_M", std::string("--nm=") + nm,
+         "--strategy=UNIFORM", "--threads=1", "--out=" + out});  // SPARSEGPT by default
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json report = ReadJson(out + "/report.json");
+    const json policy = ReadJson(out + "/policy.json");
+    EXPECT_EQ(report["granularity"], "N_M");
+    EXPECT_EQ(report["nm"], nm);
+    EXPECT_EQ(policy["granularity"], "N_M");
+    EXPECT_EQ(policy["nm"], nm);
+    EXPECT_EQ(report["final_mask_method"], "SPARSEGPT");
+    EXPECT_EQ(policy["ratio_choices"], json({0.0, 0.5}));
+    EXPECT_EQ(CheckNmArtifact(out, report, n, m), 14);
+    // Every decoder linear keeps N/M: the FLOPs counted from the non-zeros are the floor.
+    auto counted = ArtifactFlopsRatio(out + "/model", WorkDir() + "/search");
+    ASSERT_TRUE(counted.ok()) << counted.status();
+    EXPECT_NEAR(*counted, report["flops_ratio"].get<double>(), 1e-12);
+    EXPECT_NEAR(*counted, policy["flops_ratio_nominal"].get<double>(), 1e-12);
+    EXPECT_NEAR(*counted, floor, 1e-4);
+    EXPECT_EQ(report["pruned"]["decoder_linear_nonzero"].get<int64_t>() * m,
+              report["pruned"]["decoder_linear_weights"].get<int64_t>() * n);
+    const std::string cmd = "cd '" + out + "' && sha256sum --strict --quiet -c MANIFEST.sha256";
+    EXPECT_EQ(std::system(cmd.c_str()), 0);
+    EXPECT_TRUE(absl::StrContains(ReadFile(out + "/README.md"), absl::StrCat(nm, " (N:M)")));
+    std::printf("[n:m %s] floor %.4f, flops_ratio %.6f, accuracy %.4f (dense %.4f)\n", nm, floor,
+                *counted, report["accuracy"].get<double>(),
+                report["dense"]["accuracy"].get<double>());
+  }
+}
+
+// A short EFFICIENTLLAVA search over {dense, 2:4} per linear (WANDA search masks, MAGNITUDE final
+// masks) at a budget between the floor and 1: the artifact verifies (each linear dense or exactly
+// 2:4, flops_ratio from the real non-zeros within the budget) and llava-eval reproduces its
+// accuracy.
+TEST(PruneLocalNmTest, SearchOverDenseOrNmVerifies) {
+  ASSERT_FALSE(WorkDir().empty());
+  const double floor = DryRunFloor({"--granularity=N_M"});
+  const double budget = std::round((floor + 1) / 2 * 1000) / 1000;
+  const std::string out = WorkDir() + "/nm_search";
+  std::vector<std::string> flags = SearchFlags(out, 5);
+  for (std::string& f : flags) {
+    if (absl::StartsWith(f, "--flops-budget=")) f = absl::StrCat("--flops-budget=", budget);
+    if (absl::StartsWith(f, "--final-mask-method=")) f = "--final-mask-method=MAGNITUDE";
+  }
+  flags.push_back("--granularity=N_M");
+  const RunResult r = RunBin("prune-local", flags);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json report = ReadJson(out + "/report.json");
+  EXPECT_EQ(report["nm"], "2:4");
+  EXPECT_EQ(report["search"]["ratio_choices"], json({0.0, 0.5}));
+  const int pruned = CheckNmArtifact(out, report, 2, 4);
+  EXPECT_GT(pruned, 0);  // (the all-2:4 uniform policy in the first population may win)
+  auto counted = ArtifactFlopsRatio(out + "/model", WorkDir() + "/search");
+  ASSERT_TRUE(counted.ok()) << counted.status();
+  EXPECT_LE(*counted, budget);
+  EXPECT_NEAR(*counted, report["flops_ratio"].get<double>(), 1e-12);
+  for (const json& unit : report["policy"]["units"]) {
+    const double ratio = unit["ratio"];
+    EXPECT_TRUE(ratio == 0.0 || ratio == 0.5) << ratio;
+  }
+  const RunResult e = RunBin("llava-eval", {"--model=" + out + "/model",
+                                            "--samples=" + WorkDir() + "/eval", "--json",
+                                            "--threads=1"});
+  ASSERT_EQ(e.code, 0) << e.err;
+  EXPECT_EQ(json::parse(e.out)["accuracy"], report["accuracy"]);
+  std::printf("[n:m search] budget %.3f: %d of 14 linears 2:4, flops_ratio %.6f\n", budget, pruned,
+              *counted);
+}
+
+// OWL (UNSTRUCTURED): per-layer ratios from the outlier ratios recorded in report.json, meeting
+// the budget on the artifact's real non-zeros; the layer with more outliers gets the lower
+// ratio, and the ratios differ by OWL's deviations (no clamp binds at 0.5). Then OWL under N:M.
+TEST(PruneLocalOwlTest, RatiosFollowOutliersAndMeetTheBudget) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::string out = WorkDir() + "/owl";
+  const RunResult r = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      "--flops-budget=0.5", "--strategy=OWL", "--final-mask-method=WANDA",
+                      "--threads=1", "--out=" + out});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json report = ReadJson(out + "/report.json");
+  EXPECT_EQ(report["strategy"], "OWL");
+  ASSERT_TRUE(report.contains("owl")) << report.dump(1);
+  const json& owl = report["owl"];
+  EXPECT_EQ(owl["outlier_multiple"], 5.0);
+  EXPECT_EQ(owl["lambda"], 0.08);
+  ASSERT_EQ(owl["outlier_ratios"].size(), 2u);
+  const double d0 = owl["outlier_ratios"][0], d1 = owl["outlier_ratios"][1];
+  const double r0 = report["policy"]["units"][0]["ratio"];
+  const double r1 = report["policy"]["units"][1]["ratio"];
+  EXPECT_EQ(owl["ratios"], json({r0, r1}));
+  ASSERT_NE(d0, d1);
+  // Two layers: the deviations are ±λ, the one with more outliers 2λ below the other.
+  EXPECT_NEAR(d0 > d1 ? r1 - r0 : r0 - r1, 2 * 0.08, 1e-9);
+  auto counted = ArtifactFlopsRatio(out + "/model", WorkDir() + "/search");
+  ASSERT_TRUE(counted.ok()) << counted.status();
+  EXPECT_LE(*counted, 0.5);
+  EXPECT_GE(*counted, 0.5 - 0.02);
+  EXPECT_NEAR(*counted, report["flops_ratio"].get<double>(), 1e-12);
+  EXPECT_FALSE(report["projector"]["trained"].get<bool>());
+  EXPECT_EQ(report["history"].size(), 0u);
+  std::printf("[owl] outliers %.5f / %.5f -> ratios %.4f / %.4f, flops_ratio %.6f\n", d0, d1, r0,
+              r1, *counted);
+
+  // N:M: between the floor and 1 exactly one of the two layers can stay dense — the one with
+  // more outliers.
+  const double floor = DryRunFloor({"--granularity=N_M"});
+  const double budget = std::round((floor + 1) / 2 * 1000) / 1000;
+  const std::string nm_out = WorkDir() + "/owl_nm";
+  const RunResult n = RunBin(
+      "prune-local",
+      {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+       absl::StrCat("--flops-budget=", budget), "--strategy=OWL", "--granularity=N_M",
+       "--threads=1", "--out=" + nm_out});
+  ASSERT_EQ(n.code, 0) << n.err;
+  const json nm_report = ReadJson(nm_out + "/report.json");
+  const json& units = nm_report["policy"]["units"];
+  const double n0 = units[0]["ratio"], n1 = units[1]["ratio"];
+  EXPECT_EQ(nm_report["owl"]["outlier_ratios"], owl["outlier_ratios"]);
+  EXPECT_EQ(d0 > d1 ? n0 : n1, 0.0);
+  EXPECT_EQ(d0 > d1 ? n1 : n0, 0.5);
+  EXPECT_EQ(CheckNmArtifact(nm_out, nm_report, 2, 4), 7);
+  EXPECT_LE(nm_report["flops_ratio"].get<double>(), budget);
 }
 
 }  // namespace

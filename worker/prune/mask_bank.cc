@@ -45,15 +45,45 @@ absl::StatusOr<at::Tensor> MaskScores(const at::Tensor& weight, MaskMethod metho
   });
 }
 
+namespace {
+
+// The N:M order of one linear (see mask_bank.h): `scores` [out, in] float64, `order` the rows'
+// stable ascending score order. Returns the rows' columns, the M − N pruned of every group first.
+absl::StatusOr<at::Tensor> NmOrder(const at::Tensor& scores, const at::Tensor& order,
+                                   const NmPattern& nm) {
+  const int64_t out = scores.size(0), in = scores.size(1);
+  // Rank of every column within its group: a stable ascending sort of each group's scores.
+  const at::Tensor grouped = scores.reshape({out, in / nm.m, nm.m});
+  const at::Tensor within = std::get<1>(at::sort(grouped, /*stable=*/true, /*dim=*/2,
+                                                 /*descending=*/false));
+  at::Tensor rank = at::empty_like(within);
+  rank.scatter_(2, within, at::arange(nm.m, within.options()).expand_as(within));
+  // kept[r, j] = 1 when column j is among its group's N highest.
+  const at::Tensor kept = (rank.reshape({out, in}) >= nm.m - nm.n).to(at::kLong);
+  // Stable sort of the score order by the kept flag: pruned first, each part still by score
+  // (then column).
+  const at::Tensor flag = kept.gather(1, order);
+  const at::Tensor by_flag = std::get<1>(at::sort(flag, /*stable=*/true, /*dim=*/1,
+                                                  /*descending=*/false));
+  return order.gather(1, by_flag);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<MaskBank>> MaskBank::Build(
-    absl::Span<const at::Tensor> dense_weights, MaskMethod method, const CalibrationStats* stats) {
+    absl::Span<const at::Tensor> dense_weights, MaskMethod method, const CalibrationStats* stats,
+    std::optional<NmPattern> nm) {
   if (method == MaskMethod::kWanda &&
       (stats == nullptr || stats->linears.size() != dense_weights.size())) {
     return absl::InvalidArgumentError(
         absl::StrCat("WANDA mask bank: calibration statistics for ", dense_weights.size(),
                      " linears are required, got ", stats == nullptr ? 0 : stats->linears.size()));
   }
-  auto bank = std::unique_ptr<MaskBank>(new MaskBank(method));
+  if (nm.has_value() && !(nm->m > 0 && nm->n >= 0 && nm->n <= nm->m)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mask bank: invalid N:M pattern ", NmPatternName(*nm)));
+  }
+  auto bank = std::unique_ptr<MaskBank>(new MaskBank(method, nm));
   RETURN_IF_ERROR(model::TorchGuarded("building the mask bank", [&]() -> absl::Status {
     for (size_t i = 0; i < dense_weights.size(); ++i) {
       const at::Tensor& w = dense_weights[i];
@@ -85,6 +115,14 @@ absl::StatusOr<std::unique_ptr<MaskBank>> MaskBank::Build(
       // Stable ascending sort: equal scores keep increasing column order (lower pruned first).
       at::Tensor idx = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/1,
                                             /*descending=*/false));
+      if (nm.has_value()) {
+        if (w.size(1) % nm->m != 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("mask bank: linear ", i, " has ", w.size(1),
+                           " input columns, not a multiple of N:M's M = ", nm->m));
+        }
+        ASSIGN_OR_RETURN(idx, NmOrder(scores, idx, *nm));
+      }
       // Pruned-mass prefix: column t of the row-sorted squared weights, summed over rows.
       at::Tensor sorted_sq = w.detach().to(at::kCPU, at::kDouble).gather(1, idx).square();
       at::Tensor per_rank = sorted_sq.sum(0);  // [in]

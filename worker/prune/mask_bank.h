@@ -14,6 +14,13 @@
 //    stable ascending sort, as Wanda's torch.sort(stable=True)).
 //  - The bank is built from the dense weights and, for WANDA, the statistics of the current
 //    projector version; rebuild it after every projector update.
+//  - N:M banks (Build's `nm`, common/nm_sparsity.h): the same scores, but each row's order puts
+//    first the M − N lowest-scoring columns of every group of M consecutive columns (within a
+//    group, a stable ascending sort: among equal scores the lower column is pruned), those sorted
+//    by score (then column), then the N kept columns of every group sorted the same way. So the
+//    mask at PrunedPerRow(1 − N/M, in) = in·(M − N)/M — the policy space's only non-zero choice
+//    under N:M — keeps exactly N of every M, and the pruned-mass prefix (Ω) stays exact. Other
+//    ratios give nested masks that are not N:M; the N:M policy space never asks for them.
 //
 // Memory: the order is stored as int16 when in ≤ 32767 (every LLaMA/LLaVA-7B/13B linear), else
 // int32, plus in+1 doubles per linear for the pruned-mass prefix. A LLaMA-7B layer has
@@ -28,12 +35,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/flops.h"  // PrunedPerRow
+#include "common/nm_sparsity.h"
 #include "worker/prune/calibration.h"
 
 namespace prunesvc::prune {
@@ -54,15 +63,17 @@ class MaskBank {
  public:
   // `dense_weights[i]` is linear i's dense weight [out, in]; for WANDA `stats` must have one
   // entry per weight with matching in_features (it is not used for MAGNITUDE and may be null).
-  // Non-finite weights or statistics → InvalidArgument naming the linear.
-  static absl::StatusOr<std::unique_ptr<MaskBank>> Build(absl::Span<const at::Tensor> dense_weights,
-                                                         MaskMethod method,
-                                                         const CalibrationStats* stats);
+  // Non-finite weights or statistics → InvalidArgument naming the linear. With `nm` the orders
+  // are N:M orders (see the header comment); every in_features must then be a multiple of M.
+  static absl::StatusOr<std::unique_ptr<MaskBank>> Build(
+      absl::Span<const at::Tensor> dense_weights, MaskMethod method, const CalibrationStats* stats,
+      std::optional<NmPattern> nm = std::nullopt);
 
   MaskBank(const MaskBank&) = delete;
   MaskBank& operator=(const MaskBank&) = delete;
 
   MaskMethod method() const { return method_; }
+  const std::optional<NmPattern>& nm() const { return nm_; }
   int num_linears() const { return int(linears_.size()); }
   int64_t out_features(int i) const { return linears_[i].out; }
   int64_t in_features(int i) const { return linears_[i].in; }
@@ -84,9 +95,10 @@ class MaskBank {
     at::Tensor order;
     std::vector<double> pruned_mass;  // [in + 1]
   };
-  explicit MaskBank(MaskMethod method) : method_(method) {}
+  MaskBank(MaskMethod method, std::optional<NmPattern> nm) : method_(method), nm_(nm) {}
 
   const MaskMethod method_;
+  const std::optional<NmPattern> nm_;
   std::vector<LinearBank> linears_;
 };
 

@@ -29,7 +29,8 @@ ABSL_FLAG(std::string, samples, "", "search samples: directory or tar with sampl
 ABSL_FLAG(std::string, eval_samples, "",
           "held-out samples for the final accuracy (else the search set, with a warning)");
 ABSL_FLAG(double, flops_budget, -1, "FLOPs budget b in (0, 1]: F(pruned) <= b * F(dense)");
-ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA", "EFFICIENTLLAVA | UNIFORM | RANDOM_SEARCH");
+ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA",
+          "EFFICIENTLLAVA | UNIFORM | OWL | RANDOM_SEARCH");
 ABSL_FLAG(std::string, mask_method, "WANDA", "search masks: MAGNITUDE | WANDA");
 ABSL_FLAG(std::string, final_mask_method, "",
           "artifact masks (UNSTRUCTURED): SPARSEGPT (OBS with error compensation; the default) | "
@@ -38,7 +39,9 @@ ABSL_FLAG(std::string, final_mask_method, "",
 ABSL_FLAG(std::string, unit, "layer", "layer | linear");
 ABSL_FLAG(std::string, granularity, "UNSTRUCTURED",
           "UNSTRUCTURED (weights zeroed in place) | STRUCTURED (MLP channels and attention heads "
-          "removed; the artifact is physically smaller; --unit layer only)");
+          "removed; the artifact is physically smaller; --unit layer only) | N_M (unit choices "
+          "{dense, N:M}; see --nm)");
+ABSL_FLAG(std::string, nm, "", "N:M pattern with --granularity N_M: 2:4 (default) | 4:8");
 ABSL_FLAG(uint64_t, seed, 0, "search seed");
 ABSL_FLAG(int, generations, 12, "generations after the initial population");
 ABSL_FLAG(int, population, 32, "population size");
@@ -176,6 +179,17 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   if (!unit.ok())
     return absl::InvalidArgumentError(absl::StrCat("--unit: ", unit.status().message()));
   spec.unit = *unit;
+  {
+    const std::string nm = absl::GetFlag(FLAGS_nm);
+    if (spec.granularity == search::Granularity::kNM) {
+      auto p = prunesvc::ParseNmPattern(nm.empty() ? "2:4" : nm);
+      if (!p.ok()) return p.status();
+      spec.nm = *p;
+    } else if (!nm.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--nm ", nm, " is only valid with --granularity N_M"));
+    }
+  }
   spec.seed = absl::GetFlag(FLAGS_seed);
   spec.generations = absl::GetFlag(FLAGS_generations);
   spec.population = absl::GetFlag(FLAGS_population);
@@ -212,9 +226,9 @@ int main(int argc, char** argv) {
   const std::vector<std::string> positional = prunesvc::ParseFlags(
       argc, argv,
       "prune-local --model DIR --samples DIR|TAR [--eval-samples DIR|TAR] --flops-budget B "
-      "[--strategy EFFICIENTLLAVA|UNIFORM|RANDOM_SEARCH] [--mask-method MAGNITUDE|WANDA] "
+      "[--strategy EFFICIENTLLAVA|UNIFORM|OWL|RANDOM_SEARCH] [--mask-method MAGNITUDE|WANDA] "
       "[--final-mask-method ...] [--unit layer|linear] "
-      "[--granularity UNSTRUCTURED|STRUCTURED] [--seed N] [--generations N] "
+      "[--granularity UNSTRUCTURED|STRUCTURED|N_M] [--nm 2:4|4:8] [--seed N] [--generations N] "
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
       "[--projector-every N] [--projector-steps N] [--threads N] [--dry-run] --out DIR");
   prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
