@@ -56,14 +56,14 @@ def mean_sd(values):
     return m, sd, len(values)
 
 
-def fmt(values, scale=100.0, digits=1):
+def fmt(values, scale=100.0, digits=1, show_n=True):
     m, sd, n = mean_sd(values)
     if m is None:
         return "—"
     s = f"{m * scale:.{digits}f}"
     if sd is not None:
         s += f" ± {sd * scale:.{digits}f}"
-    if n < 3:
+    if show_n and n < 3:
         s += f" (n={n})"
     return s
 
@@ -233,9 +233,9 @@ def main():
                         continue
                     cells.append(fmt(accs))
                     fl.append(fmt([r.get("flops_ratio") for r in rs if "flops_ratio" in r],
-                                  1, 3))
+                                  1, 3, show_n=False))
                     lat.append(fmt([r.get("latency_ratio") for r in rs
-                                    if "latency_ratio" in r], 1, 2))
+                                    if "latency_ratio" in r], 1, 2, show_n=False))
                     m, sd, _ = mean_sd(accs)
                     series[st].append((b, m, sd))
                 lines.append(f"| {st} | " + " | ".join(cells) + " |")
