@@ -19,22 +19,12 @@ using ::prunesvc::prune::testing::RandomLlavaConfig;
 using ::prunesvc::prune::testing::RandomLlavaTensors;
 using ::testing::HasSubstr;
 
-struct Problem {
-  model::LlavaConfig config;
-  std::map<std::string, at::Tensor> tensors;
-  std::unique_ptr<model::LlavaModel> model;
-  std::vector<EvalSample> samples;
-};
+using Problem = ::prunesvc::prune::testing::RandomProblem;
 
 Problem MakeProblem(int num_samples = 12, uint64_t seed = 1) {
-  Problem p;
-  p.config = RandomLlavaConfig();
-  p.tensors = RandomLlavaTensors(p.config, seed);
-  auto m = model::LlavaModel::CreateFromTensors(p.config, p.tensors);
-  EXPECT_TRUE(m.ok()) << m.status();
-  p.model = std::move(*m);
-  p.samples = RandomEvalSamples(p.config, num_samples, seed + 100);
-  return p;
+  auto p = ::prunesvc::prune::testing::MakeRandomProblem({}, num_samples, seed);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return std::move(*p);
 }
 
 std::vector<model::ScoringSample> WithFeatures(const model::LlavaModel& m,

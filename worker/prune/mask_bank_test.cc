@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "worker/prune/random_llava.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -35,14 +36,7 @@ at::Tensor TiedNorms(int64_t in, uint64_t seed) {
 }
 
 CalibrationStats StatsFor(const std::vector<at::Tensor>& norms) {
-  CalibrationStats st;
-  for (const at::Tensor& n : norms) {
-    auto s = std::make_shared<LinearInputStats>();
-    s->in_features = n.size(0);
-    s->col_sq_norms = n;
-    st.linears.push_back(s);
-  }
-  return st;
+  return ::prunesvc::prune::testing::StatsFromNorms(norms);
 }
 
 TEST(MaskMethodTest, Names) {

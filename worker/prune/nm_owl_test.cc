@@ -29,7 +29,7 @@ namespace {
 using at::indexing::Slice;
 using ::testing::HasSubstr;
 
-at::Generator Gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+at::Generator Gen(uint64_t seed) { return ::prunesvc::prune::testing::SeededGenerator(seed); }
 const at::TensorOptions kF64 = at::TensorOptions(at::kDouble);
 
 // Values on a coarse grid (both signs) so ties inside groups are common.
@@ -38,14 +38,7 @@ at::Tensor TiedWeight(int64_t out, int64_t in, uint64_t seed) {
 }
 
 CalibrationStats StatsFor(const std::vector<at::Tensor>& norms) {
-  CalibrationStats st;
-  for (const at::Tensor& n : norms) {
-    auto s = std::make_shared<LinearInputStats>();
-    s->in_features = n.size(0);
-    s->col_sq_norms = n;
-    st.linears.push_back(s);
-  }
-  return st;
+  return ::prunesvc::prune::testing::StatsFromNorms(norms);
 }
 
 // Brute force: in each group of M columns, prune the M − N lowest scores; among equal scores the

@@ -1,5 +1,7 @@
-// Test and benchmark helper: random search samples built in memory for the pruning engine's tests
-// and eval-bench; the random models themselves come from worker/model/random_llava.h.
+// Test and benchmark helpers: random search samples and whole random problems (model + samples)
+// built in memory for the pruning engine's tests and eval-bench, plus small shared fixtures
+// (seeded generators, calibration statistics from given norms); the random models themselves come
+// from worker/model/random_llava.h.
 // Header-only; thread-compatible.
 #ifndef PRUNESVC_WORKER_PRUNE_RANDOM_LLAVA_H_
 #define PRUNESVC_WORKER_PRUNE_RANDOM_LLAVA_H_
@@ -14,9 +16,15 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+#include <utility>
+
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "worker/model/config.h"
 #include "worker/model/random_llava.h"
+#include "worker/model/llava_model.h"
+#include "worker/prune/calibration.h"
 #include "worker/prune/evaluator.h"
 
 namespace prunesvc::prune::testing {
@@ -59,6 +67,44 @@ inline std::vector<EvalSample> RandomEvalSamples(const model::LlavaConfig& c, in
     out.push_back(std::move(e));
   }
   return out;
+}
+
+// A seeded CPU generator for at::randn & co.
+inline at::Generator SeededGenerator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+// Calibration statistics holding only the given squared column norms (float64 [in] each), one
+// linear per entry — what MAGNITUDE/WANDA masks read.
+inline CalibrationStats StatsFromNorms(const std::vector<at::Tensor>& col_sq_norms) {
+  CalibrationStats stats;
+  for (const at::Tensor& n : col_sq_norms) {
+    auto s = std::make_shared<LinearInputStats>();
+    s->in_features = n.size(0);
+    s->col_sq_norms = n;
+    stats.linears.push_back(s);
+  }
+  return stats;
+}
+
+// A random model of `size` (weights from `seed`) and `num_samples` random search samples (seed +
+// 100), as the evaluator tests use them.
+struct RandomProblem {
+  model::LlavaConfig config;
+  std::map<std::string, at::Tensor> tensors;
+  std::unique_ptr<model::LlavaModel> model;
+  std::vector<EvalSample> samples;
+};
+inline absl::StatusOr<RandomProblem> MakeRandomProblem(const RandomLlavaSize& size,
+                                                       int num_samples, uint64_t seed) {
+  RandomProblem p;
+  p.config = RandomLlavaConfig(size);
+  p.tensors = RandomLlavaTensors(p.config, seed);
+  auto m = model::LlavaModel::CreateFromTensors(p.config, p.tensors);
+  if (!m.ok()) return m.status();
+  p.model = std::move(*m);
+  p.samples = RandomEvalSamples(p.config, num_samples, seed + 100);
+  return p;
 }
 
 }  // namespace prunesvc::prune::testing

@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "worker/prune/random_llava.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -23,7 +24,7 @@ namespace {
 using at::indexing::Slice;
 using ::testing::HasSubstr;
 
-at::Generator Gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+at::Generator Gen(uint64_t seed) { return ::prunesvc::prune::testing::SeededGenerator(seed); }
 
 const at::TensorOptions kF64 = at::TensorOptions(at::kDouble);
 

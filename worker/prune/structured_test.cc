@@ -27,27 +27,17 @@ using ::prunesvc::prune::testing::RandomLlavaSize;
 using ::prunesvc::prune::testing::RandomLlavaTensors;
 using ::testing::HasSubstr;
 
-struct Problem {
-  model::LlavaConfig config;
-  std::map<std::string, at::Tensor> tensors;
-  std::unique_ptr<model::LlavaModel> model;
-  std::vector<EvalSample> samples;
-};
+using Problem = ::prunesvc::prune::testing::RandomProblem;
 
 // 3 layers, 4 heads / 2 kv heads of dim 16, 96 MLP channels (RandomLlavaSize defaults); `heads`
 // and `kv` override the head layout.
 Problem MakeProblem(int num_samples = 10, uint64_t seed = 7, int heads = 4, int kv = 2) {
-  Problem p;
   RandomLlavaSize size;
   size.heads = heads;
   size.kv_heads = kv;
-  p.config = RandomLlavaConfig(size);
-  p.tensors = RandomLlavaTensors(p.config, seed);
-  auto m = model::LlavaModel::CreateFromTensors(p.config, p.tensors);
-  EXPECT_TRUE(m.ok()) << m.status();
-  p.model = std::move(*m);
-  p.samples = RandomEvalSamples(p.config, num_samples, seed + 100);
-  return p;
+  auto p = ::prunesvc::prune::testing::MakeRandomProblem(size, num_samples, seed);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return std::move(*p);
 }
 
 std::unique_ptr<CandidateEvaluator> StructuredEvaluator(Problem& p, MaskMethod method) {
