@@ -60,8 +60,8 @@ absl::StatusOr<Granularity> ParseGranularity(absl::string_view name) {
   if (name == "UNSTRUCTURED") return Granularity::kUnstructured;
   if (name == "STRUCTURED") return Granularity::kStructured;
   if (name == "N_M") return Granularity::kNM;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown granularity \"", name, "\" (expected UNSTRUCTURED, STRUCTURED or N_M)"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown granularity \"", name,
+                                                 "\" (expected UNSTRUCTURED, STRUCTURED or N_M)"));
 }
 
 absl::string_view GranularityName(Granularity granularity) {

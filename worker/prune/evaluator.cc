@@ -58,6 +58,20 @@ absl::Status CheckShape(const at::Tensor& have, const at::Tensor& want, const ch
   return absl::OkStatus();
 }
 
+// Ω from per-unit kept and dense squared masses: Σ_u P_u·ω_u / Σ_u P_u with ω_u = sqrt(kept/dense)
+// (1 for a unit with no mass). Prefix sums can leave a tiny negative kept mass when everything is
+// pruned; it counts as 0.
+double WeightedOmega(const std::vector<double>& kept, const std::vector<double>& dense,
+                     const std::vector<double>& unit_params) {
+  double num = 0, den = 0;
+  for (size_t u = 0; u < kept.size(); ++u) {
+    const double omega_u = dense[u] > 0 ? std::sqrt(std::max(0.0, kept[u]) / dense[u]) : 1.0;
+    num += unit_params[u] * omega_u;
+    den += unit_params[u];
+  }
+  return den > 0 ? num / den : 1.0;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<EvalSample>> ToEvalSamples(
@@ -341,14 +355,7 @@ absl::StatusOr<double> CandidateEvaluator::Omega(absl::Span<const double> linear
     kept[unit_of_linear_[i]] += d - bank_->PrunedSquaredMass(i, k);
     dense[unit_of_linear_[i]] += d;
   }
-  double num = 0, den = 0;
-  for (int u = 0; u < num_units_; ++u) {
-    // Prefix sums can leave a tiny negative kept mass when everything is pruned.
-    const double omega_u = dense[u] > 0 ? std::sqrt(std::max(0.0, kept[u]) / dense[u]) : 1.0;
-    num += unit_params_[u] * omega_u;
-    den += unit_params_[u];
-  }
-  return den > 0 ? num / den : 1.0;
+  return WeightedOmega(kept, dense, unit_params_);
 }
 
 absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(
@@ -491,13 +498,7 @@ absl::StatusOr<double> CandidateEvaluator::StructuredOmega(
     kept[u] += d - sbank_->RemovedSquaredMass(l, cuts[l]);
     dense[u] += d;
   }
-  double num = 0, den = 0;
-  for (int u = 0; u < num_units_; ++u) {
-    const double omega_u = dense[u] > 0 ? std::sqrt(std::max(0.0, kept[u]) / dense[u]) : 1.0;
-    num += unit_params_[u] * omega_u;
-    den += unit_params_[u];
-  }
-  return den > 0 ? num / den : 1.0;
+  return WeightedOmega(kept, dense, unit_params_);
 }
 
 }  // namespace prunesvc::prune

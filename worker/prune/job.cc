@@ -30,9 +30,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/flops.h"
-#include "common/rank_stats.h"
 #include "common/nm_sparsity.h"
 #include "common/owl.h"
+#include "common/rank_stats.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -292,9 +292,9 @@ absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   }
   ASSIGN_OR_RETURN(search::PruningUnits units,
                    search::PruningUnits::Build(m.FlopsDims(), l.dense, spec.unit));
-  ASSIGN_OR_RETURN(search::PolicySpace space, search::PolicySpace::Create(
-                                                  l.dense, std::move(units),
-                                                  EffectiveRatioChoices(spec)));
+  ASSIGN_OR_RETURN(
+      search::PolicySpace space,
+      search::PolicySpace::Create(l.dense, std::move(units), EffectiveRatioChoices(spec)));
   l.space = std::make_unique<search::PolicySpace>(std::move(space));
   return l;
 }
@@ -508,8 +508,8 @@ at::Tensor RoundToDType(const at::Tensor& t, model::DType dtype) {
 absl::Status CheckNmWritten(const LinearPlan& p, const at::Tensor& w, const NmPattern& nm) {
   const at::Tensor per_group = (w != 0).reshape({p.out, p.in / nm.m, nm.m}).sum(2);
   if (per_group.gt(nm.n).any().item<bool>()) {
-    return absl::InternalError(absl::StrCat("the written ", p.name, " is not ",
-                                            NmPatternName(nm), " sparse; refusing to finish"));
+    return absl::InternalError(absl::StrCat("the written ", p.name, " is not ", NmPatternName(nm),
+                                            " sparse; refusing to finish"));
   }
   return absl::OkStatus();
 }
@@ -583,10 +583,9 @@ struct StructuredVerification {
   int64_t params = 0, linear_weights = 0, linear_nonzero = 0;
 };
 
-// Reloads the written checkpoint + config.json and counts its FLOPs from the shapes (the model's
-// own FlopsDims, the search samples' token statistics).
-absl::StatusOr<StructuredVerification> VerifyStructured(const std::string& model_out,
-                                                        const TokenStats& stats, model::DType dtype,
+// Reloads the written weights and checks they kept the input's dtype and weight-name layout.
+absl::StatusOr<model::Checkpoint> LoadWrittenCheckpoint(const std::string& model_out,
+                                                        model::DType dtype,
                                                         model::WeightLayout layout) {
   ASSIGN_OR_RETURN(model::Checkpoint written, model::LoadCheckpoint(model_out));
   if (written.source_dtype != dtype || written.layout != layout) {
@@ -595,6 +594,15 @@ absl::StatusOr<StructuredVerification> VerifyStructured(const std::string& model
         std::string(model::WeightLayoutName(written.layout)), ", the input's ",
         std::string(model::DTypeName(dtype)), "/", std::string(model::WeightLayoutName(layout))));
   }
+  return written;
+}
+
+// Reloads the written checkpoint + config.json and counts its FLOPs from the shapes (the model's
+// own FlopsDims, the search samples' token statistics).
+absl::StatusOr<StructuredVerification> VerifyStructured(const std::string& model_out,
+                                                        const TokenStats& stats, model::DType dtype,
+                                                        model::WeightLayout layout) {
+  ASSIGN_OR_RETURN(model::Checkpoint written, LoadWrittenCheckpoint(model_out, dtype, layout));
   ASSIGN_OR_RETURN(model::LlavaConfig config, model::LoadLlavaConfig(model_out));
   ASSIGN_OR_RETURN(std::unique_ptr<model::LlavaModel> shrunk,
                    model::LlavaModel::CreateFromTensors(config, written.tensors));
@@ -627,7 +635,8 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
       structured ? "STRUCTURED pruning (whole MLP channels and attention KV groups removed) of "
                    "the LLaMA decoder"
       : spec.granularity == search::Granularity::kNM
-          ? absl::StrCat(NmPatternName(spec.nm), " (N:M) sparsity in the LLaMA decoder's linear layers")
+          ? absl::StrCat(NmPatternName(spec.nm),
+                         " (N:M) sparsity in the LLaMA decoder's linear layers")
           : std::string("UNSTRUCTURED sparsity in the LLaMA decoder's linear layers"),
       ", unit = ", report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
       absl::StrFormat("%.4g", spec.flops_budget),
@@ -679,8 +688,7 @@ std::string ModelCard(const LocalJobSpec& spec, const json& report, const json& 
         "(--granularity STRUCTURED) saves both disk and latency on any hardware.\n");
   }
   if (spec.granularity == search::Granularity::kNM) {
-    absl::StrAppend(&out, "\nN:M (", NmPatternName(spec.nm),
-                    "): every group of ", spec.nm.m,
+    absl::StrAppend(&out, "\nN:M (", NmPatternName(spec.nm), "): every group of ", spec.nm.m,
                     " consecutive input weights of a pruned row keeps ", spec.nm.n,
                     ". Hardware with N:M sparse kernels (2:4 on NVIDIA Ampere and later sparse "
                     "tensor cores) can execute it faster after conversion; the files here are "
@@ -781,7 +789,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   eopt.granularity = spec.granularity;
   eopt.batch_size = spec.batch_size;
   eopt.unit_of_linear = unit_of_linear;
-  eopt.collect_gram = sparsegpt;  // SPARSEGPT's H = (2/N)·XᵀX at finalize
+  eopt.collect_gram = sparsegpt;      // SPARSEGPT's H = (2/N)·XᵀX at finalize
   if (IsNm(spec)) eopt.nm = spec.nm;  // the bank's orders become N:M orders
   ASSIGN_OR_RETURN(std::unique_ptr<CandidateEvaluator> evaluator,
                    CandidateEvaluator::Create(&m, std::move(eval_samples), eopt));
@@ -884,16 +892,17 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
         ASSIGN_OR_RETURN(std::string hash, space.Hash(audit[i]));
         ASSIGN_OR_RETURN(double fr, space.FlopsRatio(audit[i]));
         ASSIGN_OR_RETURN(std::vector<double> ratios, space.UnitRatios(audit[i]));
-        rows.push_back({{"hash", hash},
-                        {"chosen", audit[i] == best.policy},
-                        {"unit_ratios", ratios},
-                        {"flops_ratio", fr},
-                        {"search_loss", r[0].loss},
-                        {"search_accuracy", r[0].accuracy},
-                        {"omega", r[0].omega},
-                        {"fitness", fitness},
-                        {"heldout_loss", held.loss},
-                        {"heldout_accuracy", held.accuracy ? json(*held.accuracy) : json(nullptr)}});
+        rows.push_back(
+            {{"hash", hash},
+             {"chosen", audit[i] == best.policy},
+             {"unit_ratios", ratios},
+             {"flops_ratio", fr},
+             {"search_loss", r[0].loss},
+             {"search_accuracy", r[0].accuracy},
+             {"omega", r[0].omega},
+             {"fitness", fitness},
+             {"heldout_loss", held.loss},
+             {"heldout_accuracy", held.accuracy ? json(*held.accuracy) : json(nullptr)}});
         neg_fitness.push_back(-fitness);
         neg_loss.push_back(-r[0].loss);
         held_acc.push_back(held.accuracy.value_or(0));
@@ -902,15 +911,15 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
         }
       }
       auto opt = [](std::optional<double> v) { return v ? json(*v) : json(nullptr); };
-      audit_json = {{"projector_version", version},
-                    {"eta", eta},
-                    {"num_samples", n},
-                    {"num_eval_samples", l.eval_set.samples.size()},
-                    {"distinct_policies_evaluated", tracker.distinct().size()},
-                    {"policies", std::move(rows)},
-                    {"spearman_neg_fitness_vs_heldout_accuracy", opt(SpearmanRho(neg_fitness, held_acc))},
-                    {"spearman_neg_search_loss_vs_heldout_accuracy",
-                     opt(SpearmanRho(neg_loss, held_acc))}};
+      audit_json = {
+          {"projector_version", version},
+          {"eta", eta},
+          {"num_samples", n},
+          {"num_eval_samples", l.eval_set.samples.size()},
+          {"distinct_policies_evaluated", tracker.distinct().size()},
+          {"policies", std::move(rows)},
+          {"spearman_neg_fitness_vs_heldout_accuracy", opt(SpearmanRho(neg_fitness, held_acc))},
+          {"spearman_neg_search_loss_vs_heldout_accuracy", opt(SpearmanRho(neg_loss, held_acc))}};
     }
   } else if (spec.strategy == search::Strategy::kOwl) {
     // OWL: layerwise ratios from the dense model's outlier ratios; no search, no projector
@@ -1174,13 +1183,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
           flops_ratio, nominal / space.dense_flops(), spec.flops_budget));
     }
   } else {
-    ASSIGN_OR_RETURN(model::Checkpoint written, model::LoadCheckpoint(model_out));
-    if (written.source_dtype != dtype || written.layout != layout) {
-      return absl::InternalError(absl::StrCat(
-          "the artifact's weights are ", std::string(model::DTypeName(written.source_dtype)), "/",
-          std::string(model::WeightLayoutName(written.layout)), ", the input's ",
-          std::string(model::DTypeName(dtype)), "/", std::string(model::WeightLayoutName(layout))));
-    }
+    ASSIGN_OR_RETURN(model::Checkpoint written, LoadWrittenCheckpoint(model_out, dtype, layout));
     KeptFractions keep;
     keep.decoder.assign(num_layers, {});
     for (auto& row : keep.decoder) row.fill(1.0);
@@ -1504,13 +1507,15 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
   if (threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--threads must be ≥ 0, got ", threads));
   }
-  if (audit < 0) return absl::InvalidArgumentError(absl::StrCat("--audit must be ≥ 0, got ", audit));
+  if (audit < 0)
+    return absl::InvalidArgumentError(absl::StrCat("--audit must be ≥ 0, got ", audit));
   if (audit > 0 && eval_samples_path.empty()) {
     return absl::InvalidArgumentError("--audit needs --eval-samples (it scores held-out data)");
   }
   if (audit > 0 && strategy == search::Strategy::kUniform) {
-    return absl::InvalidArgumentError("--audit needs a searching strategy (EFFICIENTLLAVA or "
-                                      "RANDOM_SEARCH): UNIFORM evaluates a single policy");
+    return absl::InvalidArgumentError(
+        "--audit needs a searching strategy (EFFICIENTLLAVA or "
+        "RANDOM_SEARCH): UNIFORM evaluates a single policy");
   }
   if (batch_size < 1 || eval_batch_size < 1 || latency_batch < 1 || latency_repeats < 1) {
     return absl::InvalidArgumentError("batch sizes and latency repeats must be ≥ 1");
@@ -1536,12 +1541,11 @@ std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {
                                         r.num_eval_samples == 0 ? " (none)" : ""));
   absl::StrAppend(&out, absl::StrFormat("  dense FLOPs/sample %.6g (%.4f GFLOPs)\n",
                                         r.dense_flops_per_sample, r.dense_flops_per_sample / 1e9));
-  absl::StrAppend(
-      &out,
-      absl::StrFormat("  reachable budget   [%.4f, 1]  (prunable decoder linears: "
-                      "%.1f%% of dense FLOPs; largest ratio %.2f)\n",
-                      r.min_reachable_ratio, 100 * r.prunable_fraction,
-                      EffectiveRatioChoices(spec).back()));
+  absl::StrAppend(&out,
+                  absl::StrFormat("  reachable budget   [%.4f, 1]  (prunable decoder linears: "
+                                  "%.1f%% of dense FLOPs; largest ratio %.2f)\n",
+                                  r.min_reachable_ratio, 100 * r.prunable_fraction,
+                                  EffectiveRatioChoices(spec).back()));
   if (IsNm(spec)) {
     absl::StrAppend(&out, absl::StrFormat("  granularity        N_M %s: unit choices {dense, %s}; "
                                           "every unit %s is the floor %.4f\n",

@@ -905,11 +905,10 @@ TEST(PruneLocalNmTest, FloorAndUniformWithSparseGpt) {
     ASSERT_GT(floor, 0.3);
     ASSERT_LT(floor, 0.9);
     const RunResult low = RunBin(
-        "prune-local",
-        {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
-         absl::StrCat("--flops-budget=", floor - 0.01), "--granularity=N_M",
-         std::string("--nm=") + nm, "--strategy=UNIFORM", "--threads=1",
-         "--out=" + WorkDir() + "/nm_low"});
+        "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                        absl::StrCat("--flops-budget=", floor - 0.01), "--granularity=N_M",
+                        std::string("--nm=") + nm, "--strategy=UNIFORM", "--threads=1",
+                        "--out=" + WorkDir() + "/nm_low"});
     EXPECT_EQ(low.code, 2) << low.err;
     EXPECT_TRUE(absl::StrContains(low.err, "N:M alone cannot go below")) << low.err;
     EXPECT_TRUE(absl::StrContains(low.err, absl::StrFormat("%.4f", floor))) << low.err;
@@ -978,9 +977,9 @@ TEST(PruneLocalNmTest, SearchOverDenseOrNmVerifies) {
     const double ratio = unit["ratio"];
     EXPECT_TRUE(ratio == 0.0 || ratio == 0.5) << ratio;
   }
-  const RunResult e = RunBin("llava-eval", {"--model=" + out + "/model",
-                                            "--samples=" + WorkDir() + "/eval", "--json",
-                                            "--threads=1"});
+  const RunResult e = RunBin(
+      "llava-eval",
+      {"--model=" + out + "/model", "--samples=" + WorkDir() + "/eval", "--json", "--threads=1"});
   ASSERT_EQ(e.code, 0) << e.err;
   EXPECT_EQ(json::parse(e.out)["accuracy"], report["accuracy"]);
   std::printf("[n:m search] budget %.3f: %d of 14 linears 2:4, flops_ratio %.6f\n", budget, pruned,
@@ -1028,10 +1027,9 @@ TEST(PruneLocalOwlTest, RatiosFollowOutliersAndMeetTheBudget) {
   const double budget = std::round((floor + 1) / 2 * 1000) / 1000;
   const std::string nm_out = WorkDir() + "/owl_nm";
   const RunResult n = RunBin(
-      "prune-local",
-      {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
-       absl::StrCat("--flops-budget=", budget), "--strategy=OWL", "--granularity=N_M",
-       "--threads=1", "--out=" + nm_out});
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      absl::StrCat("--flops-budget=", budget), "--strategy=OWL",
+                      "--granularity=N_M", "--threads=1", "--out=" + nm_out});
   ASSERT_EQ(n.code, 0) << n.err;
   const json nm_report = ReadJson(nm_out + "/report.json");
   const json& units = nm_report["policy"]["units"];

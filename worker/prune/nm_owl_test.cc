@@ -17,8 +17,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "worker/prune/mask_bank.h"
 #include "worker/prune/evaluator.h"
+#include "worker/prune/mask_bank.h"
 #include "worker/prune/owl.h"
 #include "worker/prune/random_llava.h"
 #include "worker/prune/sparsegpt.h"
@@ -183,8 +183,8 @@ TEST(NmMasksTest, EvaluatorAppliesNmMasks) {
         EXPECT_TRUE(at::equal(w, dense)) << i;
         continue;
       }
-      auto scores = MaskScores(dense, MaskMethod::kWanda,
-                               (*ev)->calibration().linears[i]->col_sq_norms);
+      auto scores =
+          MaskScores(dense, MaskMethod::kWanda, (*ev)->calibration().linears[i]->col_sq_norms);
       ASSERT_TRUE(scores.ok());
       const auto keep = BruteForceNmKeep(*scores, nm.n, nm.m);
       at::Tensor expected = dense.clone();

@@ -12,18 +12,17 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
-#include <vector>
-
-#include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "worker/model/config.h"
-#include "worker/model/random_llava.h"
 #include "worker/model/llava_model.h"
+#include "worker/model/random_llava.h"
 #include "worker/prune/calibration.h"
 #include "worker/prune/evaluator.h"
 
@@ -95,8 +94,8 @@ struct RandomProblem {
   std::unique_ptr<model::LlavaModel> model;
   std::vector<EvalSample> samples;
 };
-inline absl::StatusOr<RandomProblem> MakeRandomProblem(const RandomLlavaSize& size,
-                                                       int num_samples, uint64_t seed) {
+inline absl::StatusOr<RandomProblem> MakeRandomProblem(const RandomLlavaSize& size, int num_samples,
+                                                       uint64_t seed) {
   RandomProblem p;
   p.config = RandomLlavaConfig(size);
   p.tensors = RandomLlavaTensors(p.config, seed);

@@ -289,8 +289,8 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
       if (fs::exists(to) && fs::equivalent(from, to)) continue;
       fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
       if (ec) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--init_from: cannot copy ", from.string(), " to ", to.string(), ": ", ec.message()));
+        return absl::InvalidArgumentError(absl::StrCat("--init_from: cannot copy ", from.string(),
+                                                       " to ", to.string(), ": ", ec.message()));
       }
     }
   } else if (!(options_.resume && have_tokenizer)) {
@@ -746,11 +746,10 @@ absl::StatusOr<EvalResult> TinyLlavaTrainer::Evaluate(int count) {
     eval_cache_.clear();
     eval_types_.clear();
     for (int i = 0; i < count; ++i) {
-      ASSIGN_OR_RETURN(auto sample,
-                       data::GenerateSample(shapes_steer_,
-                                            options_.steer_seed ? options_.steer_seed
-                                                                : options_.eval_seed,
-                                            i));
+      ASSIGN_OR_RETURN(
+          auto sample,
+          data::GenerateSample(shapes_steer_,
+                               options_.steer_seed ? options_.steer_seed : options_.eval_seed, i));
       ASSIGN_OR_RETURN(auto ex, MakeExample(sample));
       model::ScoringSample sc;
       sc.token_ids = ex.token_ids;
