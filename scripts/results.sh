@@ -130,11 +130,11 @@ main_runs() {
   done
 }
 
-# The budget where UNIFORM loses ≥ 10 points: a seed-0 sweep picks it (per granularity), then
-# every strategy runs there. Prints nothing; sets B10_<granularity>.
+# The budget where UNIFORM loses ≥ 10 points: a seed-0 sweep (0.65 down to 0.1 in steps of 0.05,
+# then 0.12/0.1) picks the largest such budget per granularity, then every strategy runs there. Prints nothing; sets B10_<granularity>.
 find_b10() {
   local g="$1" b drop
-  for b in 0.3 0.25 0.2 0.15 0.12 0.1; do
+  for b in 0.65 0.6 0.55 0.5 0.45 0.4 0.35 0.3 0.25 0.2 0.15 0.1; do
     # shellcheck disable=SC2046
     run "sweep-$g-b$b-UNIFORM-s0" sweep "$g" "$b" UNIFORM 0 $(gran_flags "$g")
     drop=$("$PY" -c 'import json,sys
