@@ -74,8 +74,12 @@ run() {
   [[ -f "$out" ]] && return 0
   local art="$RUNS/tmp/$id"
   rm -rf "$art"
+  # EFFICIENTLLAVA_ETA0: the EfficientLLaVA search without the SRM term (--eta=0), as a strategy
+  # of its own in the tables.
+  local strategy_flags=(--strategy="$strategy")
+  [[ "$strategy" == EFFICIENTLLAVA_ETA0 ]] && strategy_flags=(--strategy=EFFICIENTLLAVA --eta=0)
   local cmd=("$BIN/prune-local" --model="$MODEL" --samples="$RUNS/data/search-$((1000 + seed))"
-    --eval-samples="$heldout" --flops-budget="$budget" --strategy="$strategy"
+    --eval-samples="$heldout" --flops-budget="$budget" "${strategy_flags[@]}"
     --granularity="$gran" --seed="$seed" --threads="$THREADS" "${SEARCH_FLAGS[@]}" "$@"
     --out="$art")
   log "$id: ${cmd[*]#"$BIN/"}"
@@ -114,7 +118,7 @@ EOF
 }
 
 GRANS="UNSTRUCTURED STRUCTURED"
-STRATEGIES="UNIFORM OWL EFFICIENTLLAVA RANDOM_SEARCH"
+STRATEGIES="UNIFORM OWL EFFICIENTLLAVA RANDOM_SEARCH EFFICIENTLLAVA_ETA0"
 gran_flags() { [[ "$1" == UNSTRUCTURED ]] && echo "--final-mask-method=SPARSEGPT" || true; }
 
 # Seeds outermost, so that a partial study has every kind of run for the first seed(s).

@@ -18,7 +18,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-STRATEGY_ORDER = ["UNIFORM", "OWL", "RANDOM_SEARCH", "EFFICIENTLLAVA"]
+STRATEGY_ORDER = ["UNIFORM", "OWL", "RANDOM_SEARCH", "EFFICIENTLLAVA", "EFFICIENTLLAVA_ETA0"]
 GRAN_ORDER = ["UNSTRUCTURED", "STRUCTURED"]
 ABLATION_ORDER = ["ablation-eta-0", "ablation-eta-1", "ablation-eta-10", "ablation-eta-auto",
                   "ablation-proj-off"]
@@ -30,7 +30,7 @@ ABLATION_LABEL = {
     "ablation-proj-off": "η = auto, projector training off",
 }
 COLOURS = {"UNIFORM": "#1f77b4", "OWL": "#2ca02c", "RANDOM_SEARCH": "#7f7f7f",
-           "EFFICIENTLLAVA": "#d62728", "dense": "#000000"}
+           "EFFICIENTLLAVA": "#d62728", "EFFICIENTLLAVA_ETA0": "#ff7f0e", "dense": "#000000"}
 
 
 def load(runs_dir):
@@ -99,7 +99,7 @@ def heldout(r):
 
 def svg_plot(path, title, series, dense):
     """series: {strategy: [(budget, mean, sd)]}; accuracies in [0, 1]."""
-    w, h, ml, mr, mt, mb = 560, 340, 56, 150, 30, 44
+    w, h, ml, mr, mt, mb = 600, 340, 56, 190, 30, 44
     budgets = sorted({b for pts in series.values() for b, _, _ in pts})
     if not budgets:
         return False
