@@ -255,7 +255,8 @@ def main():
         b = sel[0]["study"]["budget"]
         lines += ["## Ablations: the SRM term (η) and projector training", "",
                   f"EFFICIENTLLAVA, UNSTRUCTURED (WANDA search, SPARSEGPT final), budget {b:g}. "
-                  "Audit: up to 64 of the policies each search evaluated, re-scored under the "
+                  "Audit: up to 32 of the policies each search evaluated (evenly spaced, plus the chosen "
+                  "one), re-scored under the "
                   "final projector on the search set (loss, Ω, fitness) and on the 1,000 held-out "
                   "samples. ρ = Spearman between −fitness and held-out accuracy over the audited "
                   "policies (1 = the fitness ranks policies exactly as held-out accuracy does); "
