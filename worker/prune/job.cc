@@ -1512,10 +1512,11 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
   if (audit > 0 && eval_samples_path.empty()) {
     return absl::InvalidArgumentError("--audit needs --eval-samples (it scores held-out data)");
   }
-  if (audit > 0 && strategy == search::Strategy::kUniform) {
+  if (audit > 0 && strategy != search::Strategy::kEfficientLlava &&
+      strategy != search::Strategy::kRandomSearch) {
     return absl::InvalidArgumentError(
-        "--audit needs a searching strategy (EFFICIENTLLAVA or "
-        "RANDOM_SEARCH): UNIFORM evaluates a single policy");
+        absl::StrCat("--audit needs a searching strategy (EFFICIENTLLAVA or RANDOM_SEARCH): ",
+                     search::StrategyName(strategy), " evaluates a single policy"));
   }
   if (batch_size < 1 || eval_batch_size < 1 || latency_batch < 1 || latency_repeats < 1) {
     return absl::InvalidArgumentError("batch sizes and latency repeats must be ≥ 1");
