@@ -10,8 +10,9 @@
 #
 # Usage: scripts/results.sh [--runs DIR] [--render-only] [--phase main|b10|ablation|all]
 #                           [--seeds "0 1 2"] [--threads N]
-#   RUNS defaults to results/runs (kept out of git; docs/RESULTS.md and docs/results/ are the
-#   committed outputs). Typical: `nohup scripts/results.sh > /tmp/results.log 2>&1 &`.
+#   RUNS defaults to results/runs. Its run JSONs are committed (~30 KB each), so the study
+#   resumes on any machine and docs/RESULTS.md re-renders from them; RUNS/data (regenerated) and
+#   RUNS/tmp (artifacts, logs) are not. Typical: `nohup scripts/results.sh > /tmp/r.log 2>&1 &`.
 #
 # What one seed s means: the search samples are shapes-vqa seed 1000+s (split search, 64
 # samples: the calibration and the search both see them) and prune-local --seed s; the held-out
