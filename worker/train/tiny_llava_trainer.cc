@@ -44,6 +44,23 @@ absl::Status WriteText(const std::string& path, const std::string& text) {
   return absl::OkStatus();
 }
 
+// Copies the tokenizer's four files from `from_dir` into the existing `to_dir` (a file already
+// there as the same file is left alone).
+absl::Status CopyTokenizerFiles(const std::string& from_dir, const std::string& to_dir) {
+  for (const char* f : {"tokenizer.model", "added_tokens.json", "tokenizer_config.json",
+                        "special_tokens_map.json"}) {
+    const fs::path from = fs::path(from_dir) / f, to = fs::path(to_dir) / f;
+    std::error_code ec;
+    if (fs::exists(to) && fs::equivalent(from, to)) continue;
+    fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("cannot copy ", from.string(), " to ", to.string(), ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> ReadText(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return absl::NotFoundError(absl::StrCat("cannot read ", path));
@@ -283,15 +300,8 @@ absl::Status TinyLlavaTrainer::Init(const std::string& tokenizer_dir) {
     // Fine-tuning keeps the ids the weights were trained with.
     std::error_code ec;
     fs::create_directories(tokenizer_dir, ec);
-    for (const char* f : {"tokenizer.model", "added_tokens.json", "tokenizer_config.json",
-                          "special_tokens_map.json"}) {
-      const fs::path from = fs::path(options_.init_from) / f, to = fs::path(tokenizer_dir) / f;
-      if (fs::exists(to) && fs::equivalent(from, to)) continue;
-      fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
-      if (ec) {
-        return absl::InvalidArgumentError(absl::StrCat("--init_from: cannot copy ", from.string(),
-                                                       " to ", to.string(), ": ", ec.message()));
-      }
+    if (absl::Status st = CopyTokenizerFiles(options_.init_from, tokenizer_dir); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--init_from: ", st.message()));
     }
   } else if (!(options_.resume && have_tokenizer)) {
     std::vector<std::string> corpus;
@@ -811,14 +821,7 @@ absl::Status TinyLlavaTrainer::SaveModel(const std::string& dir,
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  for (const char* f : {"tokenizer.model", "added_tokens.json", "tokenizer_config.json",
-                        "special_tokens_map.json"}) {
-    const fs::path from = fs::path(tokenizer_dir_) / f, to = fs::path(dir) / f;
-    if (fs::exists(to) && fs::equivalent(from, to)) continue;
-    fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
-    if (ec)
-      return absl::InternalError(absl::StrCat("cannot copy ", from.string(), ": ", ec.message()));
-  }
+  RETURN_IF_ERROR(CopyTokenizerFiles(tokenizer_dir_, dir));
   RETURN_IF_ERROR(
       WriteText(dir + "/config.json",
                 MakeConfigJson(options_.sizes, tokenizer_->sentencepiece_size()).dump(2) + "\n"));
