@@ -74,18 +74,25 @@ json SafetensorsHeader(const std::string& path) {
 // (common/flops.h) on the artifact's own dims and the samples' token statistics, each decoder
 // linear kept at non-zeros / numel of its loaded weight. Does not read report.json or
 // policy.json.
-absl::StatusOr<double> ArtifactFlopsRatio(const std::string& model_dir,
-                                          const std::string& samples_path) {
-  ASSIGN_OR_RETURN(auto bundle, model::LoadLlavaBundle(model_dir));
+// The FLOPs model of `bundle`'s own dims (per-layer sizes included), every weight dense, with the
+// token statistics of the samples at `samples_path`.
+absl::StatusOr<FlopsBreakdown> DenseFlopsOn(const model::LlavaBundle& bundle,
+                                            const std::string& samples_path) {
   ASSIGN_OR_RETURN(model::SampleSet set, model::LoadSampleSet(samples_path));
   std::vector<model::ScoringSample> scoring;
   for (const model::Sample& sample : set.samples) {
-    ASSIGN_OR_RETURN(model::PreparedSample p, model::PrepareSample(*bundle, sample));
+    ASSIGN_OR_RETURN(model::PreparedSample p, model::PrepareSample(bundle, sample));
     scoring.push_back(p.scoring);
   }
+  const model::LlavaModel& m = *bundle.model;
+  return ComputeDenseFlops(m.FlopsDims(), model::ComputeTokenStats(m, scoring));
+}
+
+absl::StatusOr<double> ArtifactFlopsRatio(const std::string& model_dir,
+                                          const std::string& samples_path) {
+  ASSIGN_OR_RETURN(auto bundle, model::LoadLlavaBundle(model_dir));
+  ASSIGN_OR_RETURN(FlopsBreakdown dense, DenseFlopsOn(*bundle, samples_path));
   model::LlavaModel& m = *bundle->model;
-  ASSIGN_OR_RETURN(FlopsBreakdown dense,
-                   ComputeDenseFlops(m.FlopsDims(), model::ComputeTokenStats(m, scoring)));
   KeptFractions keep;
   keep.decoder.assign(dense.decoder_linear.size(), {1, 1, 1, 1, 1, 1, 1});
   int counted = 0;
@@ -695,15 +702,7 @@ absl::StatusOr<double> ShapeFlopsRatio(const std::string& artifact, const std::s
   int i = 0;
   for (const std::string& dir : {artifact, input}) {
     ASSIGN_OR_RETURN(auto bundle, model::LoadLlavaBundle(dir));
-    ASSIGN_OR_RETURN(model::SampleSet set, model::LoadSampleSet(samples_path));
-    std::vector<model::ScoringSample> scoring;
-    for (const model::Sample& sample : set.samples) {
-      ASSIGN_OR_RETURN(model::PreparedSample p, model::PrepareSample(*bundle, sample));
-      scoring.push_back(p.scoring);
-    }
-    const model::LlavaModel& m = *bundle->model;
-    ASSIGN_OR_RETURN(FlopsBreakdown b,
-                     ComputeDenseFlops(m.FlopsDims(), model::ComputeTokenStats(m, scoring)));
+    ASSIGN_OR_RETURN(FlopsBreakdown b, DenseFlopsOn(*bundle, samples_path));
     f[i++] = b.Total();
   }
   return f[0] / f[1];
