@@ -5,6 +5,7 @@
 // Usage: forward-bench [--threads=N] [--seconds=S]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <chrono>
 #include <cmath>

@@ -19,7 +19,7 @@ namespace prunesvc::worker {
 absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerOptions& options) {
   std::unique_ptr<WorkerServer> w(new WorkerServer);
   w->options_ = options;
-  ASSIGN_OR_RETURN(w->device_, OpenDevice(options.device, options.threads));
+  ASSIGN_OR_RETURN(w->device_, model::OpenDevice(options.device, options.threads));
 
   w->service_ = std::make_unique<PruningWorkerService>();
   grpc::EnableDefaultHealthCheckService(true);

@@ -10,8 +10,8 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
 #include "prometheus/registry.h"
-#include "worker/device.h"
 #include "worker/metrics_http.h"
+#include "worker/model/device.h"
 #include "worker/registrar.h"
 #include "worker/worker_service.h"
 
@@ -35,14 +35,14 @@ class WorkerServer {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_ ? metrics_->port() : -1; }
-  const DeviceInfo& device() const { return device_; }
+  const model::DeviceInfo& device() const { return device_; }
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
  private:
   WorkerServer() = default;
 
   WorkerOptions options_;
-  DeviceInfo device_;
+  model::DeviceInfo device_;
   int port_ = 0;
   std::unique_ptr<PruningWorkerService> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -1,6 +1,5 @@
 #include "worker/model/llava_eval.h"
 
-#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <unistd.h>
 
@@ -10,7 +9,6 @@
 #include <cstdio>
 #include <exception>
 #include <memory>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -21,6 +19,7 @@
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
+#include "worker/model/device.h"
 #include "worker/model/llava_bundle.h"
 #include "worker/model/samples.h"
 #include "worker/model/scoring.h"
@@ -30,18 +29,6 @@ namespace {
 
 // The dump format is defined as little-endian; writing host floats as-is relies on this.
 static_assert(std::endian::native == std::endian::little, "--dump-logits assumes little endian");
-
-absl::StatusOr<int> SetThreads(int requested) {
-  int threads = requested;
-  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  try {
-    // Debian's libtorch starts with one thread here (DESIGN.md §3): always set it explicitly.
-    at::set_num_threads(threads);
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("--threads ", threads, ": ", e.what()));
-  }
-  return threads;
-}
 
 // Writes rows to PATH.tmp.PID and renames it to PATH on Commit(); the destructor removes the
 // temporary file of an unfinished dump, so a failed run never leaves a partial file behind.
@@ -113,9 +100,13 @@ absl::StatusOr<EvalReport> RunEvalImpl(const EvalOptions& options) {
   report.model_dir = options.model_dir;
   report.samples_path = options.samples_path;
   report.batch_size = options.batch_size;
-  ASSIGN_OR_RETURN(report.threads, SetThreads(options.threads));
+  ASSIGN_OR_RETURN(DeviceInfo device, OpenDevice(options.device, options.threads));
+  report.threads = device.threads;
+  report.device = device.spec.ToString();
+  report.device_name = device.name;
 
-  ASSIGN_OR_RETURN(std::unique_ptr<LlavaBundle> bundle, LoadLlavaBundle(options.model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<LlavaBundle> bundle,
+                   LoadLlavaBundle(options.model_dir, device.device()));
   const LlavaModel& model = *bundle->model;
   spdlog::info("loaded model {} (weights {}, {} layout, {} single-token answer letters)",
                options.model_dir, DTypeName(bundle->source_dtype), WeightLayoutName(bundle->layout),
@@ -240,8 +231,9 @@ absl::StatusOr<std::string> RunGenerateImpl(const GenerateCliOptions& options) {
     return absl::InvalidArgumentError(
         "--prompt: contains <image>; the template adds it (use --raw to pass a full prompt)");
   }
-  RETURN_IF_ERROR(SetThreads(options.threads).status());
-  ASSIGN_OR_RETURN(std::unique_ptr<LlavaBundle> bundle, LoadLlavaBundle(options.model_dir));
+  ASSIGN_OR_RETURN(DeviceInfo device, OpenDevice(options.device, options.threads));
+  ASSIGN_OR_RETURN(std::unique_ptr<LlavaBundle> bundle,
+                   LoadLlavaBundle(options.model_dir, device.device()));
   const LlavaModel& model = *bundle->model;
   const Tokenizer& tok = *bundle->tokenizer;
 
@@ -307,6 +299,8 @@ std::string EvalReportJson(const EvalReport& r) {
   j["model"] = r.model_dir;
   j["samples"] = r.samples_path;
   j["samples_sha256"] = r.samples_sha256;
+  j["device"] = r.device;
+  j["device_name"] = r.device_name;
   j["threads"] = r.threads;
   j["batch"] = r.batch_size;
   // Replacement on invalid UTF-8 (a type string is user data) instead of throwing.
@@ -325,8 +319,9 @@ std::string EvalReportTable(const EvalReport& r) {
   for (const auto& [type, g] : r.per_type) row(type, g);
   row("all", r.overall);
   absl::StrAppend(
-      &out, absl::StrFormat("\nsamples/s %.3f (%d threads, batch %d)   GFLOPs/sample %.4f\n",
-                            r.samples_per_second, r.threads, r.batch_size, r.gflops_per_sample));
+      &out, absl::StrFormat("\nsamples/s %.3f (%s, %d threads, batch %d)   GFLOPs/sample %.4f\n",
+                            r.samples_per_second, r.device, r.threads, r.batch_size,
+                            r.gflops_per_sample));
   return out;
 }
 

@@ -30,9 +30,10 @@ struct EvalOptions {
   std::string model_dir;
   std::string samples_path;  // directory or tar
   int batch_size = 8;
-  int threads = 0;          // torch intra-op threads; 0 → hardware concurrency
-  std::string dump_logits;  // "" → none
-  int limit = 0;            // evaluate only the first `limit` samples; 0 → all
+  int threads = 0;             // torch intra-op threads; 0 → hardware concurrency
+  std::string device = "cpu";  // cpu, cuda or cuda:N (model/device.h)
+  std::string dump_logits;     // "" → none
+  int limit = 0;               // evaluate only the first `limit` samples; 0 → all
   // Called after each batch with (samples done, total); e.g. a progress bar.
   std::function<void(int done, int total)> on_progress;
 };
@@ -48,6 +49,8 @@ struct EvalReport {
   std::string model_dir;
   std::string samples_path;
   std::string samples_sha256;
+  std::string device;       // as opened, e.g. "cpu" or "cuda:0"
+  std::string device_name;  // CPU model or GPU name
   int threads = 0;
   int batch_size = 0;
   EvalGroup overall;
@@ -66,7 +69,7 @@ absl::StatusOr<EvalReport> RunEval(const EvalOptions& options);
 // The one JSON object llava-eval --json prints: accuracy (null when there are no
 // multiple-choice samples), mean_loss, num_samples, num_multiple_choice, samples_per_second,
 // gflops_per_sample, per_type (only when some sample has a type), model, samples, samples_sha256,
-// threads, batch.
+// device, device_name, threads, batch.
 std::string EvalReportJson(const EvalReport& report);
 // A human-readable table of the same numbers.
 std::string EvalReportTable(const EvalReport& report);
@@ -80,6 +83,7 @@ struct GenerateCliOptions {
   // must contain exactly one "<image>".
   bool raw = false;
   int threads = 0;
+  std::string device = "cpu";
 };
 
 // Greedy decoding (KV cache) of one image + prompt; returns the decoded new text. Generated ids

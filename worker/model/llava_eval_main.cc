@@ -19,6 +19,8 @@ ABSL_FLAG(std::string, model, "", "LLaVA model directory (config.json, weights, 
 ABSL_FLAG(std::string, samples, "", "sample set: directory or tar with samples.jsonl + images");
 ABSL_FLAG(int, batch, 8, "samples per forward pass (results do not depend on it)");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = number of cores)");
+ABSL_FLAG(std::string, device, "cpu",
+          "cpu, cuda or cuda:N (a CUDA build of libtorch; docs/gpu.md)");
 ABSL_FLAG(std::string, dump_logits, "",
           "write float32 little-endian logits [N, vocab] at each last prompt position here");
 ABSL_FLAG(bool, json, false, "print exactly one JSON object on stdout instead of a table");
@@ -62,15 +64,17 @@ class ProgressBar {
 }  // namespace
 
 int main(int argc, char** argv) {
-  prunesvc::ParseFlags(argc, argv,
-                       "llava-eval --model DIR --samples DIR|TAR [--batch N] [--threads N] "
-                       "[--dump-logits FILE] [--json] [--limit N]");
+  prunesvc::ParseFlags(
+      argc, argv,
+      "llava-eval --model DIR --samples DIR|TAR [--batch N] [--threads N] [--device cpu|cuda:N] "
+      "[--dump-logits FILE] [--json] [--limit N]");
   prunesvc::InitLogging("llava-eval", absl::GetFlag(FLAGS_log_level));
   prunesvc::model::EvalOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.samples_path = absl::GetFlag(FLAGS_samples);
   options.batch_size = absl::GetFlag(FLAGS_batch);
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.device = absl::GetFlag(FLAGS_device);
   options.dump_logits = absl::GetFlag(FLAGS_dump_logits);
   options.limit = absl::GetFlag(FLAGS_limit);
   if (options.model_dir.empty() || options.samples_path.empty()) {

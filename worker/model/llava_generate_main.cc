@@ -16,6 +16,8 @@ ABSL_FLAG(std::string, prompt, "",
 ABSL_FLAG(int, max_new_tokens, 32, "maximum number of generated tokens");
 ABSL_FLAG(bool, raw, false, "use --prompt as the full prompt (must contain one <image>)");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = number of cores)");
+ABSL_FLAG(std::string, device, "cpu",
+          "cpu, cuda or cuda:N (a CUDA build of libtorch; docs/gpu.md)");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
@@ -30,6 +32,7 @@ int main(int argc, char** argv) {
   options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   options.raw = absl::GetFlag(FLAGS_raw);
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.device = absl::GetFlag(FLAGS_device);
   if (options.model_dir.empty() || options.image_path.empty()) {
     std::fprintf(stderr, "llava-generate: error: --model and --image are required\n");
     return 2;

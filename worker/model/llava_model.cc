@@ -1,5 +1,6 @@
 #include "worker/model/llava_model.h"
 
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>

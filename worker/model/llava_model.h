@@ -22,6 +22,7 @@
 #define PRUNESVC_WORKER_MODEL_LLAVA_MODEL_H_
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <functional>
 #include <map>

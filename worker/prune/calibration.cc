@@ -72,7 +72,9 @@ absl::StatusOr<CalibrationStats> Calibrate(const model::LlavaModel& model,
   }
   return model::TorchGuarded("calibration", [&]() -> absl::StatusOr<CalibrationStats> {
     std::vector<std::shared_ptr<LinearInputStats>> slots(size_t(layers) * kInputsPerLayer);
-    const auto f64 = at::TensorOptions(at::kDouble);
+    // Accumulated on the model's device (a GPU's float64 GEMM for the Gram matrices; all of them
+    // are held there until the end, docs/gpu.md), returned on the CPU.
+    const auto f64 = at::TensorOptions(at::kDouble).device(model.device());
     for (int l = 0; l < layers; ++l) {
       for (int s = 0; s < kInputsPerLayer; ++s) {
         auto st = std::make_shared<LinearInputStats>();
@@ -99,7 +101,7 @@ absl::StatusOr<CalibrationStats> Calibrate(const model::LlavaModel& model,
         return;
       }
       // float64 before squaring: sums over ~10⁴–10⁶ rows must not depend on the batch split.
-      at::Tensor x = input.to(at::kCPU, at::kDouble);
+      at::Tensor x = input.to(st.col_sq_norms.device(), at::kDouble);
       st.col_sq_norms.add_(x.square().sum(0));
       if (st.gram.defined()) st.gram.addmm_(x.t(), x);
       st.rows += x.size(0);
@@ -120,6 +122,11 @@ absl::StatusOr<CalibrationStats> Calibrate(const model::LlavaModel& model,
       }
       RETURN_IF_ERROR(model.Forward(batch, fo).status());
       RETURN_IF_ERROR(observer_error);
+    }
+    // The stats live on the CPU (calibration.h); a no-op when the model is on the CPU.
+    for (const auto& st : slots) {
+      st->col_sq_norms = st->col_sq_norms.to(at::kCPU);
+      if (st->gram.defined()) st->gram = st->gram.to(at::kCPU);
     }
     CalibrationStats out;
     out.num_samples = int64_t(samples.size());

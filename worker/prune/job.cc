@@ -3,8 +3,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+// Versions for the report only (header macros); absent in a torch-only build (docs/gpu.md).
+#if __has_include(<grpcpp/version_info.h>)
 #include <google/protobuf/stubs/common.h>
 #include <grpcpp/version_info.h>
+#define PRUNESVC_HAVE_GRPC_HEADERS 1
+#endif
 #include <sys/stat.h>
 #include <time.h>
 #include <torch/version.h>
@@ -37,6 +41,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/model/checkpoint.h"
+#include "worker/model/device.h"
 #include "worker/model/llava_bundle.h"
 #include "worker/model/llava_eval.h"
 #include "worker/model/samples.h"
@@ -147,12 +152,14 @@ json CpuInfo() {
 }
 
 json LibraryVersions() {
-  return {{"libtorch", TORCH_VERSION},
-          {"grpc", GRPC_CPP_VERSION_STRING},
-          {"protobuf",
-           absl::StrFormat("%d.%d.%d", GOOGLE_PROTOBUF_VERSION / 1000000,
-                           GOOGLE_PROTOBUF_VERSION / 1000 % 1000, GOOGLE_PROTOBUF_VERSION % 1000)},
-          {"compiler", __VERSION__}};
+  json v = {{"libtorch", TORCH_VERSION}, {"compiler", __VERSION__}};
+#ifdef PRUNESVC_HAVE_GRPC_HEADERS
+  v["grpc"] = GRPC_CPP_VERSION_STRING;
+  v["protobuf"] =
+      absl::StrFormat("%d.%d.%d", GOOGLE_PROTOBUF_VERSION / 1000000,
+                      GOOGLE_PROTOBUF_VERSION / 1000 % 1000, GOOGLE_PROTOBUF_VERSION % 1000);
+#endif
+  return v;
 }
 
 // OUT.partial-<pid>: created up front, removed unless committed (renamed to OUT).
@@ -239,23 +246,14 @@ struct Loaded {
   TokenStats token_stats;  // of the search samples
   std::unique_ptr<search::PolicySpace> space;
   int threads = 1;
+  model::DeviceInfo device;
 };
-
-absl::StatusOr<int> SetThreads(int requested) {
-  int threads = requested;
-  if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  try {
-    at::set_num_threads(threads);
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("--threads ", threads, ": ", e.what()));
-  }
-  return threads;
-}
 
 absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   Loaded l;
-  ASSIGN_OR_RETURN(l.threads, SetThreads(spec.threads));
-  ASSIGN_OR_RETURN(l.bundle, model::LoadLlavaBundle(spec.model_dir));
+  ASSIGN_OR_RETURN(l.device, model::OpenDevice(spec.device, spec.threads));
+  l.threads = l.device.threads;
+  ASSIGN_OR_RETURN(l.bundle, model::LoadLlavaBundle(spec.model_dir, l.device.device()));
   const model::LlavaConfig& c = l.bundle->config;
   if (c.text.hidden_act != "silu") {
     return absl::InvalidArgumentError(
@@ -1221,8 +1219,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   eo.samples_path = l.has_eval ? spec.eval_samples_path : spec.samples_path;
   eo.batch_size = spec.eval_batch_size;
   eo.threads = l.threads;
+  eo.device = spec.device;
   ASSIGN_OR_RETURN(model::EvalReport reloaded, model::RunEval(eo));
-  RETURN_IF_ERROR(SetThreads(l.threads).status());
 
   JobResult result;
   result.out_dir = spec.out_dir;
@@ -1308,6 +1306,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       {"eval_dataset_sha256", l.has_eval ? json(l.eval_set.sha256) : json(nullptr)},
       {"seed", spec.seed},
       {"threads", l.threads},
+      {"device", l.device.spec.ToString()},
+      {"device_name", l.device.name},
       {"libraries", LibraryVersions()},
       {"cpu", CpuInfo()},
       {"copied_files", copied},
@@ -1342,7 +1342,11 @@ absl::StatusOr<PreflightReport> RunPreflightImpl(const LocalJobSpec& spec_in) {
   r.unit_flops_share = space.units().flops_share;
   r.num_search_samples = int(l.search_prepared.size());
   r.num_eval_samples = l.has_eval ? int(l.eval_set.samples.size()) : 0;
-  r.budget_reachable = space.CheckBudget(spec.flops_budget).ok();
+  if (absl::Status s = space.CheckBudget(spec.flops_budget); !s.ok()) {
+    r.budget_error = std::string(BudgetError(spec, space, s).message());
+  } else {
+    r.budget_reachable = true;
+  }
   int64_t decoder_weights = 0, max_linear = 0;
   for (const auto& [name, t] : m.NamedTensors()) r.parameters += t.numel();
   for (const auto& layer : const_cast<model::LlavaModel&>(m).decoder_layers()) {
@@ -1507,6 +1511,7 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
   if (threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--threads must be ≥ 0, got ", threads));
   }
+  RETURN_IF_ERROR(model::ParseDeviceSpec(device).status());
   if (audit < 0)
     return absl::InvalidArgumentError(absl::StrCat("--audit must be ≥ 0, got ", audit));
   if (audit > 0 && eval_samples_path.empty()) {

@@ -88,6 +88,7 @@ struct LocalJobSpec {
   double projector_lr = 1e-4;
   double projector_decay = 1e-3;  // μ of μ‖θ − θ₀‖²
   int threads = 0;                // torch intra-op threads; 0 = number of cores
+  std::string device = "cpu";     // cpu, cuda or cuda:N (model/device.h)
 
   // Audit (docs/RESULTS.md's ablations): after the search, up to `audit` of the distinct policies
   // it evaluated (evenly spaced in evaluation order, plus the chosen one) are re-scored under the
@@ -182,6 +183,7 @@ struct PreflightReport {
   double estimated_seconds = 0;
   int64_t estimated_peak_bytes = 0;
   bool budget_reachable = false;
+  std::string budget_error;  // when unreachable: the error the real run would give
   std::vector<std::string> warnings;
 };
 

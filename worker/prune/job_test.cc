@@ -896,9 +896,9 @@ double DryRunFloor(const std::vector<std::string>& extra) {
 }
 
 // The N:M floor: every unit N:M. The dry run names it; a budget below it exits 2 with that number
-// and the N:M explanation; at the floor, UNIFORM (every unit N:M) with SPARSEGPT final masks
-// writes an artifact whose every decoder linear is N:M and whose flops_ratio counts the real
-// non-zeros.
+// and the N:M explanation (the real run and --dry-run alike); at the floor, UNIFORM (every unit
+// N:M) with SPARSEGPT final masks writes an artifact whose every decoder linear is N:M and whose
+// flops_ratio counts the real non-zeros.
 TEST(PruneLocalNmTest, FloorAndUniformWithSparseGpt) {
   ASSERT_FALSE(WorkDir().empty());
   for (const char* nm : {"2:4", "4:8"}) {
@@ -915,6 +915,13 @@ TEST(PruneLocalNmTest, FloorAndUniformWithSparseGpt) {
     EXPECT_TRUE(absl::StrContains(low.err, "N:M alone cannot go below")) << low.err;
     EXPECT_TRUE(absl::StrContains(low.err, absl::StrFormat("%.4f", floor))) << low.err;
     EXPECT_FALSE(fs::exists(WorkDir() + "/nm_low"));
+    // --dry-run gives the same N:M explanation (exit 2).
+    const RunResult dry = RunBin(
+        "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                        absl::StrCat("--flops-budget=", floor - 0.01), "--granularity=N_M",
+                        std::string("--nm=") + nm, "--threads=1", "--dry-run"});
+    EXPECT_EQ(dry.code, 2) << dry.err;
+    EXPECT_TRUE(absl::StrContains(dry.err, "N:M alone cannot go below")) << dry.err;
 
     const std::string out = absl::StrCat(WorkDir(), "/nm_uniform_", n, m);
     const RunResult r = RunBin(

@@ -1,5 +1,6 @@
 #include "worker/prune/projector_training.h"
 
+#include <ATen/core/grad_mode.h>
 #include <torch/optim/adam.h>
 
 #include <algorithm>

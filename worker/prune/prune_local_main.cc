@@ -54,6 +54,8 @@ ABSL_FLAG(int, projector_steps, 50, "Adam steps per projector training");
 ABSL_FLAG(double, projector_lr, 1e-4, "projector learning rate");
 ABSL_FLAG(double, projector_decay, 1e-3, "mu of the pull mu*|theta - theta0|^2");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = number of cores)");
+ABSL_FLAG(std::string, device, "cpu",
+          "cpu, cuda or cuda:N (a CUDA build of libtorch; docs/gpu.md)");
 ABSL_FLAG(int, audit, 0,
           "after the search, score up to N of its evaluated policies on --eval-samples too "
           "(report.json audit: fitness vs held-out rank correlation); 0 = off");
@@ -215,6 +217,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   spec.projector_lr = absl::GetFlag(FLAGS_projector_lr);
   spec.projector_decay = absl::GetFlag(FLAGS_projector_decay);
   spec.threads = absl::GetFlag(FLAGS_threads);
+  spec.device = absl::GetFlag(FLAGS_device);
   spec.batch_size = absl::GetFlag(FLAGS_batch);
   spec.audit = absl::GetFlag(FLAGS_audit);
   return spec;
@@ -230,7 +233,8 @@ int main(int argc, char** argv) {
       "[--final-mask-method ...] [--unit layer|linear] "
       "[--granularity UNSTRUCTURED|STRUCTURED|N_M] [--nm 2:4|4:8] [--seed N] [--generations N] "
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
-      "[--projector-every N] [--projector-steps N] [--threads N] [--dry-run] --out DIR");
+      "[--projector-every N] [--projector-steps N] [--threads N] [--device cpu|cuda:N] [--dry-run] "
+      "--out DIR");
   prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
   if (positional.size() > 1) {
     return Fail(absl::InvalidArgumentError(
@@ -245,11 +249,7 @@ int main(int argc, char** argv) {
     if (!pre.ok()) return Fail(pre.status());
     std::fputs(prunesvc::prune::PreflightText(*spec, *pre).c_str(), stdout);
     std::fflush(stdout);
-    if (!pre->budget_reachable) {
-      return Fail(absl::FailedPreconditionError(absl::StrFormat(
-          "--flops-budget %.4g is unreachable: the smallest reachable ratio is %.4f",
-          spec->flops_budget, pre->min_reachable_ratio)));
-    }
+    if (!pre->budget_reachable) return Fail(absl::FailedPreconditionError(pre->budget_error));
     return 0;
   }
 

@@ -61,8 +61,10 @@ absl::StatusOr<SparseGptResult> SparseGptPrune(const at::Tensor& weight, const a
     using at::indexing::Slice;
     const int64_t rows = weight.size(0);
     const int64_t cols = weight.size(1);
-    at::Tensor w = weight.detach().to(at::kCPU, at::kDouble).clone();
-    at::Tensor h = gram.detach().to(at::kCPU, at::kDouble) * (2.0 / static_cast<double>(num_rows));
+    // float64 on the weight's device (the GPU when the model is on one; sparsegpt.h).
+    at::Tensor w = weight.detach().to(at::kDouble).clone();
+    at::Tensor h =
+        gram.detach().to(w.device(), at::kDouble) * (2.0 / static_cast<double>(num_rows));
     if (!at::isfinite(w).all().item<bool>() || !at::isfinite(h).all().item<bool>()) {
       return absl::InvalidArgumentError("sparsegpt: the weight or Gram matrix is not finite");
     }
@@ -91,7 +93,8 @@ absl::StatusOr<SparseGptResult> SparseGptPrune(const at::Tensor& weight, const a
     // The whole matrix prunes exactly what the per-row methods prune (out · PrunedPerRow), so the
     // FLOPs model's KeptFraction counts SparseGPT's masks exactly too.
     const int64_t total = nm ? 0 : rows * PrunedPerRow(options.ratio, cols);
-    at::Tensor keep = at::ones({rows, cols}, at::TensorOptions(at::kBool));
+    const auto bool_options = w.options().dtype(at::kBool);
+    at::Tensor keep = at::ones({rows, cols}, bool_options);
     for (int64_t i1 = 0; i1 < cols; i1 += options.block_size) {
       const int64_t i2 = std::min(i1 + options.block_size, cols);
       const int64_t count = i2 - i1;
@@ -100,7 +103,7 @@ absl::StatusOr<SparseGptResult> SparseGptPrune(const at::Tensor& weight, const a
       at::Tensor err1 = at::zeros_like(w1);
       const at::Tensor u1 = u.index({Slice(i1, i2), Slice(i1, i2)});
       const at::Tensor d1 = u1.diagonal();
-      at::Tensor prune1 = at::zeros({rows, count}, at::TensorOptions(at::kBool));
+      at::Tensor prune1 = at::zeros({rows, count}, bool_options);
       if (!nm) {
         // One threshold for the whole block: the lowest scores across all rows. The block's
         // share of the matrix total (exact integers, so the shares sum to the total).
@@ -142,7 +145,7 @@ absl::StatusOr<SparseGptResult> SparseGptPrune(const at::Tensor& weight, const a
     result.pruned = rows * cols - keep.sum().item<int64_t>();
     result.sparsity = static_cast<double>(result.pruned) / static_cast<double>(rows * cols);
     result.weight = w.to(weight.device(), weight.scalar_type());
-    result.keep = keep;
+    result.keep = keep.to(at::kCPU);
     return result;
   });
 }

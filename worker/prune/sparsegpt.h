@@ -23,10 +23,10 @@
 //  - Within a block, column i: q = w_i with the mask applied, err = (w_i − q)/U_ii, and
 //    W[:, i:block_end] −= err·U[i, i:block_end]; after the block, W[:, block_end:] −= Err·U[block,
 //    block_end:] (the lazy batched update of the paper; the same arithmetic as per-column).
-//  - Arithmetic is float64 on the CPU whatever the weight's dtype: the reference runs float32 on
-//    GPU, but H⁻¹ of a near-singular Gram matrix (damping 1 %) loses ~cond(H)·1e-7 in float32, and
-//    the cost here is O(in³ + out·in²) once per linear at finalize, so the safer precision is worth
-//    it. The result is converted back to the weight's dtype and device.
+//  - Arithmetic is float64 on the weight's device (CPU or GPU) whatever the weight's dtype: the
+//    reference runs float32 on GPU, but H⁻¹ of a near-singular Gram matrix (damping 1 %) loses
+//    ~cond(H)·1e-7 in float32, and the cost here is O(in³ + out·in²) once per linear at finalize,
+//    so the safer precision is worth it. The result is converted back to the weight's dtype.
 //
 // Thread-safety: a pure function of its arguments; safe to call concurrently on distinct tensors.
 #ifndef PRUNESVC_WORKER_PRUNE_SPARSEGPT_H_

@@ -8,6 +8,7 @@
 // mean_loss, per_type}]}; progress on stderr.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <string>
 #include <vector>

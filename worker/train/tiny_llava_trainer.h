@@ -33,6 +33,7 @@
 #define PRUNESVC_WORKER_TRAIN_TINY_LLAVA_TRAINER_H_
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cstdint>
 #include <map>

@@ -1,10 +1,10 @@
-#include "worker/device.h"
+#include "worker/model/device.h"
 
 #include <ATen/Context.h>
 
 #include "gtest/gtest.h"
 
-namespace prunesvc::worker {
+namespace prunesvc::model {
 namespace {
 
 TEST(DeviceTest, ParsesSpecs) {
@@ -35,5 +35,24 @@ TEST(DeviceTest, CudaOnCpuOnlyBuildIsAClearError) {
   EXPECT_NE(info.status().message().find("CPU-only libtorch"), std::string::npos) << info.status();
 }
 
+TEST(DeviceTest, TorchDeviceMatchesSpec) {
+  EXPECT_EQ(ParseDeviceSpec("cpu")->torch_device(), at::Device(at::kCPU));
+  EXPECT_EQ(ParseDeviceSpec("cuda:2")->torch_device(), at::Device(at::kCUDA, 2));
+}
+
+// On a CUDA build with a GPU (scripts/gpu_check.sh): the name and memory come from the device, an
+// index past the last device is refused by name.
+TEST(DeviceTest, CudaDeviceOpensAndBadIndexIsRefused) {
+  if (!at::globalContext().hasCUDA()) GTEST_SKIP() << "CPU-only libtorch";
+  auto info = OpenDevice("cuda:0", 1);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->device(), at::Device(at::kCUDA, 0));
+  EXPECT_GT(info->memory_bytes, 0);
+  auto bad = OpenDevice("cuda:1000", 1);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(bad.status().message().find("CUDA device(s)"), std::string::npos) << bad.status();
+}
+
 }  // namespace
-}  // namespace prunesvc::worker
+}  // namespace prunesvc::model
