@@ -20,14 +20,18 @@ from collections import defaultdict
 
 STRATEGY_ORDER = ["UNIFORM", "OWL", "RANDOM_SEARCH", "EFFICIENTLLAVA", "EFFICIENTLLAVA_ETA0"]
 GRAN_ORDER = ["UNSTRUCTURED", "STRUCTURED"]
-ABLATION_ORDER = ["ablation-eta-0", "ablation-eta-1", "ablation-eta-10", "ablation-eta-auto",
-                  "ablation-proj-off"]
+ABLATION_ORDER = ["ablation-eta-0", "ablation-eta-1", "ablation-eta-10", "ablation-eta-100",
+                  "ablation-eta-300", "ablation-eta-auto", "ablation-proj-off",
+                  "ablation-eta0-proj-off"]
 ABLATION_LABEL = {
     "ablation-eta-0": "η = 0 (no SRM term)",
     "ablation-eta-1": "η = 1",
     "ablation-eta-10": "η = 10",
+    "ablation-eta-100": "η = 100",
+    "ablation-eta-300": "η = 300",
     "ablation-eta-auto": "η = auto (default)",
     "ablation-proj-off": "η = auto, projector training off",
+    "ablation-eta0-proj-off": "η = 0, projector training off",
 }
 COLOURS = {"UNIFORM": "#1f77b4", "OWL": "#2ca02c", "RANDOM_SEARCH": "#7f7f7f",
            "EFFICIENTLLAVA": "#d62728", "EFFICIENTLLAVA_ETA0": "#ff7f0e", "dense": "#000000"}

@@ -1,6 +1,7 @@
 // End-to-end tests of the real llava-eval / llava-generate binaries on a small random LLaVA model
 // directory and sample set written at test time by testdata/llava_eval_fixture.py (random
 // weights, a sentencepiece model trained on the spot, PIL-written PNGs of mixed sizes and modes).
+#include <ATen/Context.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -328,6 +329,19 @@ TEST_F(LlavaEvalTest, BadFlagValuesAreExitCode2) {
   EXPECT_EQ(Eval("--batch 0").code, 2);
   EXPECT_EQ(Run("llava-eval", "--model " + model_).code, 2);
   EXPECT_EQ(Eval("--dump-logits /nonexistent-dir/x.bin").code, 2);
+  const RunResult bad_device = Eval("--device gpu");
+  EXPECT_EQ(bad_device.code, 2);
+  EXPECT_NE(bad_device.err.find("expected cpu, cuda or cuda:N"), std::string::npos)
+      << bad_device.err;
+}
+
+// Debian's libtorch is CPU-only: --device=cuda is refused up front, naming the fix.
+TEST_F(LlavaEvalTest, CudaOnCpuOnlyBuildIsExitCode2NamingTheFix) {
+  if (at::globalContext().hasCUDA()) GTEST_SKIP() << "this libtorch has CUDA";
+  const RunResult r = Eval("--device cuda:0");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("CPU-only libtorch"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("docs/gpu.md"), std::string::npos) << r.err;
 }
 
 TEST_F(LlavaEvalTest, GenerateRunsAndIsDeterministic) {

@@ -674,6 +674,7 @@ TEST(PruneLocalTest, BadFlagsExit2) {
         "--audit=3"},
        "--audit needs a searching strategy"},
       {{"--flops-budget=0.5", "--granularity=structured"}, "--granularity"},
+      {{"--flops-budget=0.5", "--device=gpu"}, "expected cpu, cuda or cuda:N"},
       {{"--flops-budget=0.5", "--granularity=STRUCTURED", "--unit=linear"},
        "--unit linear is not supported with --granularity STRUCTURED"},
       {{"--flops-budget=0.5", "--granularity=STRUCTURED", "--final-mask-method=WANDA"},
