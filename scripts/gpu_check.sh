@@ -63,14 +63,17 @@ CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}"
 # A small TorchConfig for the pip wheel's libtorch: its own TorchConfig.cmake wants the CUDA
 # toolkit's CMake pieces (cuDNN, NVTX, …) that a runtime image may lack; the project needs only
 # headers and the shared libraries. libtorch_cuda is linked --no-as-needed: nothing references
-# it directly, yet loading it is what registers the CUDA backend.
+# it directly, yet loading it is what registers the CUDA backend. The wheel's libtorch.so is
+# left out on purpose: it exports its own std::filesystem symbols (64 of them in 2.11), and a
+# program linked to it binds std::filesystem::remove_all there — a null jump (seen: segfault in
+# sparsegpt_test; docs/gpu.md). Nothing the project uses lives in it.
 SHIM=/tmp/prunesvc-torch-shim
 mkdir -p "$SHIM"
 cat >"$SHIM/TorchConfig.cmake" <<EOF
 add_library(torch INTERFACE IMPORTED)
 set_target_properties(torch PROPERTIES
   INTERFACE_INCLUDE_DIRECTORIES "$TORCH_DIR/include;$TORCH_DIR/include/torch/csrc/api/include;$CUDA_HOME/include"
-  INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed;$TORCH_DIR/lib/libtorch_cuda.so;$TORCH_DIR/lib/libc10_cuda.so;-Wl,--as-needed;$TORCH_DIR/lib/libtorch.so;$TORCH_DIR/lib/libtorch_cpu.so;$TORCH_DIR/lib/libc10.so;-Wl,-rpath,$TORCH_DIR/lib")
+  INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed;$TORCH_DIR/lib/libtorch_cuda.so;$TORCH_DIR/lib/libc10_cuda.so;-Wl,--as-needed;$TORCH_DIR/lib/libtorch_cpu.so;$TORCH_DIR/lib/libc10.so;-Wl,-rpath,$TORCH_DIR/lib")
 set(TORCH_LIBRARIES torch)
 set(TORCH_INSTALL_PREFIX "$TORCH_DIR")
 set(Torch_FOUND TRUE)
