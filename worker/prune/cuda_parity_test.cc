@@ -26,6 +26,8 @@
 namespace prunesvc::prune {
 namespace {
 
+using ::prunesvc::prune::testing::WithFeatures;
+
 class CudaParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -42,17 +44,6 @@ class CudaParityTest : public ::testing::Test {
 double MaxRelDiff(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
   return ((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item<double>();
-}
-
-std::vector<model::ScoringSample> WithFeatures(const model::LlavaModel& m,
-                                               const std::vector<EvalSample>& samples) {
-  std::vector<model::ScoringSample> out;
-  for (const EvalSample& e : samples) {
-    model::ScoringSample s = e.scoring;
-    s.image_features = *m.ComputeImageFeatures(e.pixels);
-    out.push_back(std::move(s));
-  }
-  return out;
 }
 
 struct TwoDevices {

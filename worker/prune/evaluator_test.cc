@@ -17,6 +17,7 @@ namespace {
 using ::prunesvc::prune::testing::RandomEvalSamples;
 using ::prunesvc::prune::testing::RandomLlavaConfig;
 using ::prunesvc::prune::testing::RandomLlavaTensors;
+using ::prunesvc::prune::testing::WithFeatures;
 using ::testing::HasSubstr;
 
 using Problem = ::prunesvc::prune::testing::RandomProblem;
@@ -25,17 +26,6 @@ Problem MakeProblem(int num_samples = 12, uint64_t seed = 1) {
   auto p = ::prunesvc::prune::testing::MakeRandomProblem({}, num_samples, seed);
   EXPECT_TRUE(p.ok()) << p.status();
   return std::move(*p);
-}
-
-std::vector<model::ScoringSample> WithFeatures(const model::LlavaModel& m,
-                                               const std::vector<EvalSample>& samples) {
-  std::vector<model::ScoringSample> out;
-  for (const EvalSample& e : samples) {
-    model::ScoringSample s = e.scoring;
-    s.image_features = *m.ComputeImageFeatures(e.pixels);
-    out.push_back(std::move(s));
-  }
-  return out;
 }
 
 std::vector<double> RandomRatios(int n, uint64_t seed) {

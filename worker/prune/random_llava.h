@@ -68,6 +68,19 @@ inline std::vector<EvalSample> RandomEvalSamples(const model::LlavaConfig& c, in
   return out;
 }
 
+// The samples as the scorer takes them: each with its image features from `m`'s vision tower and
+// projector (on `m`'s device).
+inline std::vector<model::ScoringSample> WithFeatures(const model::LlavaModel& m,
+                                                      const std::vector<EvalSample>& samples) {
+  std::vector<model::ScoringSample> out;
+  for (const EvalSample& e : samples) {
+    model::ScoringSample s = e.scoring;
+    s.image_features = *m.ComputeImageFeatures(e.pixels);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 // A seeded CPU generator for at::randn & co.
 inline at::Generator SeededGenerator(uint64_t seed) {
   return at::make_generator<at::CPUGeneratorImpl>(seed);
