@@ -168,12 +168,13 @@ b10_runs() {
   done
 }
 
-# Ablations: η and projector training, with the audit of every search's policies.
+# Ablations: η (0, 1, 10, 100, 300 and auto ≈ 600–700 here) and projector training off (with
+# η = auto and with η = 0), with the audit of every search's policies.
 AB_BUDGET="${AB_BUDGET:-0.35}"
 ablation_runs() {
   local s="$1" v name flags
-  for v in "eta-auto:" "eta-0:--eta=0" "eta-1:--eta=1" "eta-10:--eta=10" \
-    "proj-off:--projector-every=0"; do
+  for v in "eta-auto:" "eta-0:--eta=0" "eta-1:--eta=1" "eta-10:--eta=10" "eta-100:--eta=100" \
+    "eta-300:--eta=300" "proj-off:--projector-every=0" "eta0-proj-off:--eta=0 --projector-every=0"; do
     name="${v%%:*}"
     flags="${v#*:}"
     # shellcheck disable=SC2086
