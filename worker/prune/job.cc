@@ -1,7 +1,6 @@
 #include "worker/prune/job.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 // Versions for the report only (header macros); absent in a torch-only build (docs/gpu.md).
 #if __has_include(<grpcpp/version_info.h>)
@@ -245,14 +244,12 @@ struct Loaded {
   FlopsBreakdown dense;
   TokenStats token_stats;  // of the search samples
   std::unique_ptr<search::PolicySpace> space;
-  int threads = 1;
-  model::DeviceInfo device;
+  model::DeviceInfo device;  // the opened --device; device.threads = torch threads in effect
 };
 
 absl::StatusOr<Loaded> Load(const LocalJobSpec& spec) {
   Loaded l;
   ASSIGN_OR_RETURN(l.device, model::OpenDevice(spec.device, spec.threads));
-  l.threads = l.device.threads;
   ASSIGN_OR_RETURN(l.bundle, model::LoadLlavaBundle(spec.model_dir, l.device.device()));
   const model::LlavaConfig& c = l.bundle->config;
   if (c.text.hidden_act != "silu") {
@@ -1218,7 +1215,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   eo.model_dir = model_out;
   eo.samples_path = l.has_eval ? spec.eval_samples_path : spec.samples_path;
   eo.batch_size = spec.eval_batch_size;
-  eo.threads = l.threads;
+  eo.threads = l.device.threads;
   eo.device = spec.device;
   ASSIGN_OR_RETURN(model::EvalReport reloaded, model::RunEval(eo));
 
@@ -1305,7 +1302,7 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
       {"eval_dataset", l.has_eval ? json(spec.eval_samples_path) : json(nullptr)},
       {"eval_dataset_sha256", l.has_eval ? json(l.eval_set.sha256) : json(nullptr)},
       {"seed", spec.seed},
-      {"threads", l.threads},
+      {"threads", l.device.threads},
       {"device", l.device.spec.ToString()},
       {"device_name", l.device.name},
       {"libraries", LibraryVersions()},
