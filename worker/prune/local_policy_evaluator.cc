@@ -108,6 +108,66 @@ absl::StatusOr<CandidateResult> LocalPolicyEvaluator::EvaluateUnitRatios(
 
 absl::StatusOr<search::ProjectorUpdate> LocalPolicyEvaluator::TrainProjector(
     const std::vector<search::Policy>& top_k, int from_version) {
+  return TrainProjectorAs(top_k, from_version, latest_version() + 1);
+}
+
+namespace {
+
+bool SameTensor(const at::Tensor& a, const at::Tensor& b) {
+  if (a.defined() != b.defined()) return false;
+  return !a.defined() || (a.sizes() == b.sizes() && a.cpu().equal(b.cpu()));
+}
+
+}  // namespace
+
+absl::Status LocalPolicyEvaluator::RegisterProjector(int version, const ProjectorWeights& weights) {
+  const ProjectorWeights& v0 = projectors_.at(0);
+  const std::pair<const at::Tensor*, const at::Tensor*> pairs[] = {
+      {&weights.linear_1_weight, &v0.linear_1_weight},
+      {&weights.linear_1_bias, &v0.linear_1_bias},
+      {&weights.linear_2_weight, &v0.linear_2_weight},
+      {&weights.linear_2_bias, &v0.linear_2_bias}};
+  for (const auto& [w, ref] : pairs) {
+    if (w->defined() != ref->defined() || (w->defined() && w->sizes() != ref->sizes())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "projector version ", version, ": tensor shapes differ from the model's projector"));
+    }
+  }
+  if (const ProjectorWeights* known = projector(version); known != nullptr) {
+    for (const auto& [a, b] : {std::pair{&weights.linear_1_weight, &known->linear_1_weight},
+                               std::pair{&weights.linear_1_bias, &known->linear_1_bias},
+                               std::pair{&weights.linear_2_weight, &known->linear_2_weight},
+                               std::pair{&weights.linear_2_bias, &known->linear_2_bias}}) {
+      if (!SameTensor(*a, *b)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "projector version ", version, " is registered already with other weights"));
+      }
+    }
+    return absl::OkStatus();
+  }
+  if (version <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("projector version ", version, ": trained versions are ≥ 1"));
+  }
+  ProjectorWeights copy;
+  const at::Device device = v0.linear_1_weight.device();
+  for (const auto& [dst, src] : {std::pair{&copy.linear_1_weight, &weights.linear_1_weight},
+                                 std::pair{&copy.linear_1_bias, &weights.linear_1_bias},
+                                 std::pair{&copy.linear_2_weight, &weights.linear_2_weight},
+                                 std::pair{&copy.linear_2_bias, &weights.linear_2_bias}}) {
+    if (src->defined()) *dst = src->to(device, at::kFloat).clone();
+  }
+  projectors_[version] = std::move(copy);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<search::ProjectorUpdate> LocalPolicyEvaluator::TrainProjectorAs(
+    const std::vector<search::Policy>& top_k, int from_version, int new_version) {
+  if (new_version <= latest_version()) {
+    return absl::InvalidArgumentError(absl::StrCat("new projector version ", new_version,
+                                                   " must exceed the latest registered (",
+                                                   latest_version(), ")"));
+  }
   RETURN_IF_ERROR(SwitchTo(from_version));
   std::vector<std::vector<double>> ratios;
   for (const search::Policy& p : top_k) {
@@ -118,7 +178,7 @@ absl::StatusOr<search::ProjectorUpdate> LocalPolicyEvaluator::TrainProjector(
   opt.seed = Mix64(training_.seed + uint64_t(from_version));
   ASSIGN_OR_RETURN(ProjectorTrainingResult trained,
                    prune::TrainProjector(*evaluator_, ratios, projectors_.at(0), opt));
-  const int version = latest_version() + 1;
+  const int version = new_version;
   projectors_[version] = trained.projector;
   RETURN_IF_ERROR(evaluator_->SetProjector(version, trained.projector));
   spdlog::info("projector v{} (from v{}, top-{}): loss {:.4f} -> {:.4f}", version, from_version,

@@ -46,8 +46,18 @@ class LocalPolicyEvaluator : public search::PolicyEvaluator {
 
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int projector_version) override;
+  // Registers the trained projector as (largest version so far) + 1.
   absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,
                                                          int from_version) override;
+  // Registers the trained projector as `new_version`, which must exceed every registered version
+  // (the scheduler names versions so workers agree).
+  absl::StatusOr<search::ProjectorUpdate> TrainProjectorAs(const std::vector<search::Policy>& top_k,
+                                                           int from_version, int new_version);
+  // A projector trained elsewhere (same shapes as version 0). Registering a known version again
+  // is OK when the weights are identical, an error otherwise.
+  absl::Status RegisterProjector(int version, const ProjectorWeights& weights);
+  // Installs `version` in the evaluator (image features, calibration, mask bank) if not current.
+  absl::Status SwitchTo(int version);
 
   // Continuous per-unit ratios (UNIFORM / OWL) under the current projector version.
   absl::StatusOr<CandidateResult> EvaluateUnitRatios(std::span<const double> unit_ratios);
@@ -65,7 +75,6 @@ class LocalPolicyEvaluator : public search::PolicyEvaluator {
   LocalPolicyEvaluator(CandidateEvaluator* evaluator, const search::PolicySpace* space,
                        const ProjectorTrainingOptions& training)
       : evaluator_(evaluator), space_(space), training_(training) {}
-  absl::Status SwitchTo(int version);
 
   CandidateEvaluator* const evaluator_;
   const search::PolicySpace* const space_;

@@ -11,26 +11,13 @@
 
 namespace prunesvc::prune {
 
-std::string_view MaskMethodName(MaskMethod method) {
-  switch (method) {
-    case MaskMethod::kMagnitude:
-      return "MAGNITUDE";
-    case MaskMethod::kWanda:
-      return "WANDA";
-  }
-  return "UNKNOWN";
-}
-
-absl::StatusOr<MaskMethod> ParseMaskMethod(std::string_view name) {
-  if (name == "MAGNITUDE") return MaskMethod::kMagnitude;
-  if (name == "WANDA") return MaskMethod::kWanda;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown mask method '", std::string(name), "' (expected MAGNITUDE or WANDA)"));
-}
-
 absl::StatusOr<at::Tensor> MaskScores(const at::Tensor& weight, MaskMethod method,
                                       const at::Tensor& col_sq_norms) {
   return model::TorchGuarded("mask scores", [&]() -> absl::StatusOr<at::Tensor> {
+    if (method == MaskMethod::kSparseGpt) {
+      return absl::InvalidArgumentError(
+          "mask scores: SPARSEGPT masks are not nested; it prunes at finalize (sparsegpt.h)");
+    }
     if (!weight.defined() || weight.dim() != 2) {
       return absl::InvalidArgumentError("mask scores: the weight must be a 2-D tensor");
     }

@@ -42,17 +42,17 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/flops.h"  // PrunedPerRow
+#include "common/job_spec.h"
 #include "common/nm_sparsity.h"
 #include "worker/prune/calibration.h"
 
 namespace prunesvc::prune {
 
-// SPARSEGPT (non-nested, weight-updating) is applied at finalize by a separate path.
-enum class MaskMethod { kMagnitude, kWanda };
-
-std::string_view MaskMethodName(MaskMethod method);
-// "MAGNITUDE" / "WANDA" (case-sensitive, as in the API) → method; anything else InvalidArgument.
-absl::StatusOr<MaskMethod> ParseMaskMethod(std::string_view name);
+// MaskMethod lives in common/job_spec.h (the job spec is torch-free). The bank takes MAGNITUDE and
+// WANDA; SPARSEGPT (non-nested, weight-updating) is applied at finalize by a separate path.
+using ::prunesvc::MaskMethod;
+using ::prunesvc::MaskMethodName;
+using ::prunesvc::ParseMaskMethod;
 
 // The scores of one linear, float64 [out, in] on the CPU. `weight` [out, in] (any float dtype,
 // any device); `col_sq_norms` float64 [in] (WANDA only; ignored for MAGNITUDE).

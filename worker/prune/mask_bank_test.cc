@@ -44,7 +44,10 @@ TEST(MaskMethodTest, Names) {
   EXPECT_EQ(*ParseMaskMethod("MAGNITUDE"), MaskMethod::kMagnitude);
   EXPECT_EQ(MaskMethodName(MaskMethod::kWanda), "WANDA");
   EXPECT_THAT(ParseMaskMethod("wanda").status().message(), HasSubstr("unknown mask method"));
-  EXPECT_FALSE(ParseMaskMethod("SPARSEGPT").ok());
+  // SPARSEGPT is a method (the final masks) but not a nested bank's.
+  EXPECT_EQ(*ParseMaskMethod("SPARSEGPT"), MaskMethod::kSparseGpt);
+  EXPECT_EQ(MaskScores(at::ones({2, 2}), MaskMethod::kSparseGpt, at::Tensor()).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // The pruned set at every k is exactly k entries per row, holds the k lowest scores with ties

@@ -31,7 +31,9 @@ ABSL_FLAG(std::string, eval_samples, "",
 ABSL_FLAG(double, flops_budget, -1, "FLOPs budget b in (0, 1]: F(pruned) <= b * F(dense)");
 ABSL_FLAG(std::string, strategy, "EFFICIENTLLAVA",
           "EFFICIENTLLAVA | UNIFORM | OWL | RANDOM_SEARCH");
-ABSL_FLAG(std::string, mask_method, "WANDA", "search masks: MAGNITUDE | WANDA");
+ABSL_FLAG(
+    std::string, mask_method, "WANDA",
+    "search masks: MAGNITUDE | WANDA (SPARSEGPT is not nested: use it as --final-mask-method)");
 ABSL_FLAG(std::string, final_mask_method, "",
           "artifact masks (UNSTRUCTURED): SPARSEGPT (OBS with error compensation; the default) | "
           "MAGNITUDE | WANDA. Refused with --granularity STRUCTURED, whose artifact is cut by the "
@@ -43,9 +45,10 @@ ABSL_FLAG(std::string, granularity, "UNSTRUCTURED",
           "{dense, N:M}; see --nm)");
 ABSL_FLAG(std::string, nm, "", "N:M pattern with --granularity N_M: 2:4 (default) | 4:8");
 ABSL_FLAG(uint64_t, seed, 0, "search seed");
-ABSL_FLAG(int, generations, 12, "generations after the initial population");
-ABSL_FLAG(int, population, 32, "population size");
-ABSL_FLAG(int, parents, 8, "survivors per generation (also the projector's top-k)");
+ABSL_FLAG(int, generations, 12, "generations after the initial population, [1, 1000]");
+ABSL_FLAG(int, population, 32, "population size, [4, 1024]");
+ABSL_FLAG(int, parents, 8,
+          "survivors per generation (also the projector's top-k), [2, population)");
 ABSL_FLAG(double, mutation, 0.2, "mutation probability per unit");
 ABSL_FLAG(std::string, ratio_choices, "", "comma-separated ratios (default 0,0.1,...,0.8)");
 ABSL_FLAG(std::string, eta, "auto", "weight of the SRM term: auto or a number >= 0");
@@ -156,7 +159,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   if (!strategy.ok())
     return absl::InvalidArgumentError(absl::StrCat("--strategy: ", strategy.status().message()));
   spec.strategy = *strategy;
-  auto mask = prunesvc::prune::ParseMaskMethod(absl::GetFlag(FLAGS_mask_method));
+  auto mask = prunesvc::ParseMaskMethod(absl::GetFlag(FLAGS_mask_method));
   if (!mask.ok())
     return absl::InvalidArgumentError(absl::StrCat("--mask-method: ", mask.status().message()));
   spec.mask_method = *mask;
@@ -164,7 +167,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
     auto g = search::ParseGranularity(absl::GetFlag(FLAGS_granularity));
     if (!g.ok())
       return absl::InvalidArgumentError(absl::StrCat("--granularity: ", g.status().message()));
-    spec.granularity = *g;
+    prunesvc::SetGranularity(spec, *g);  // STRUCTURED: no final mask method
   }
   if (const std::string fm_name = absl::GetFlag(FLAGS_final_mask_method); !fm_name.empty()) {
     if (spec.granularity == search::Granularity::kStructured) {
@@ -173,8 +176,11 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
           " does not apply to --granularity STRUCTURED: whole channels and heads are removed by "
           "the search's orders (scored with --mask-method); drop the flag"));
     }
-    auto fm = prunesvc::prune::ParseFinalMaskMethod(fm_name);
-    if (!fm.ok()) return fm.status();
+    auto fm = prunesvc::ParseMaskMethod(fm_name);
+    if (!fm.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--final-mask-method: ", fm.status().message()));
+    }
     spec.final_mask_method = *fm;
   }
   auto unit = search::ParseUnitKind(absl::GetFlag(FLAGS_unit));

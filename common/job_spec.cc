@@ -1,0 +1,233 @@
+#include "common/job_spec.h"
+
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "common/status_macros.h"
+
+namespace prunesvc {
+namespace {
+
+absl::Status Invalid(absl::string_view field, FieldNaming naming, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(FieldName(field, naming), " ", what));
+}
+
+absl::Status IntInRange(absl::string_view field, FieldNaming naming, int64_t v, int64_t lo,
+                        int64_t hi) {
+  if (v >= lo && v <= hi) return absl::OkStatus();
+  return Invalid(field, naming, absl::StrCat("must be in [", lo, ", ", hi, "], got ", v));
+}
+
+absl::Status FiniteNonNegative(absl::string_view field, FieldNaming naming, double v) {
+  if (std::isfinite(v) && v >= 0) return absl::OkStatus();
+  return Invalid(field, naming, absl::StrCat("must be finite and ≥ 0, got ", v));
+}
+
+absl::Status NotSupportedYet(absl::string_view field, FieldNaming naming, absl::string_view what) {
+  return Invalid(field, naming, absl::StrCat(what, " is not supported yet"));
+}
+
+absl::Status ValidateCombinations(const JobSpec& s, FieldNaming naming) {
+  if (s.strategy == search::Strategy::kOwl && s.unit != search::UnitKind::kLayer) {
+    return Invalid("unit", naming,
+                   "must be LAYER with strategy OWL: OWL's outlier ratios and ratios are per "
+                   "decoder layer (Yin et al. 2023)");
+  }
+  if (s.granularity == search::Granularity::kStructured && s.unit != search::UnitKind::kLayer) {
+    return Invalid("unit", naming,
+                   "must be LAYER with granularity STRUCTURED (a layer's heads and channels share "
+                   "its ratio)");
+  }
+  if (s.granularity == search::Granularity::kStructured && s.final_mask_method.has_value()) {
+    return Invalid("final_mask_method", naming,
+                   "does not apply to granularity STRUCTURED: whole channels and heads are removed "
+                   "by the search's orders (mask_method); leave it unset");
+  }
+  if (s.granularity != search::Granularity::kStructured && !s.final_mask_method.has_value()) {
+    return Invalid("final_mask_method", naming, "is required unless granularity is STRUCTURED");
+  }
+  if (s.granularity == search::Granularity::kNM) {
+    if (!ParseNmPattern(NmPatternName(s.nm)).ok()) {
+      return Invalid("nm_pattern", naming,
+                     absl::StrCat("must be 2:4 or 4:8, got ", NmPatternName(s.nm)));
+    }
+    if (s.ratio_choices != search::DefaultRatioChoices()) {
+      return Invalid("ratio_choices", naming,
+                     "does not apply to granularity N_M: its unit choices are {dense, N:M}");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateNotYetSupported(const JobSpec& s, FieldNaming naming) {
+  if (s.prune_vision) return NotSupportedYet("prune_vision", naming, "pruning the vision tower");
+  if (s.estimator == Estimator::kSplit) {
+    return NotSupportedYet("estimator", naming, "the SPLIT estimator");
+  }
+  if (s.rerank_top_k != 0) {
+    return NotSupportedYet("rerank_top_k", naming, "re-ranking the top candidates");
+  }
+  if (s.mask_method == MaskMethod::kSparseGpt) {
+    return NotSupportedYet("mask_method", naming,
+                           "a SPARSEGPT search mask (its masks are not nested; use it as "
+                           "final_mask_method)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSearch(const JobSpec& s, FieldNaming naming) {
+  RETURN_IF_ERROR(IntInRange("population", naming, s.population, kMinPopulation, kMaxPopulation));
+  RETURN_IF_ERROR(IntInRange("generations", naming, s.generations, 1, kMaxGenerations));
+  if (s.parents < 2 || s.parents >= s.population) {
+    return Invalid(
+        "parents", naming,
+        absl::StrCat("must be in [2, population) = [2, ", s.population, "), got ", s.parents));
+  }
+  if (!(s.mutation >= 0 && s.mutation <= 1)) {
+    return Invalid("mutation", naming, absl::StrCat("must be in [0, 1], got ", s.mutation));
+  }
+  if (s.eta.has_value()) {
+    RETURN_IF_ERROR(FiniteNonNegative("eta", naming, *s.eta));
+  }
+  RETURN_IF_ERROR(IntInRange("projector_every", naming, s.projector_every, 0, kMaxProjectorEvery));
+  RETURN_IF_ERROR(IntInRange("projector_steps", naming, s.projector_steps, 0, kMaxProjectorSteps));
+  RETURN_IF_ERROR(FiniteNonNegative("projector_lr", naming, s.projector_lr));
+  return FiniteNonNegative("projector_decay", naming, s.projector_decay);
+}
+
+absl::Status ValidateScheduling(const JobSpec& s, FieldNaming naming) {
+  RETURN_IF_ERROR(IntInRange("priority", naming, s.priority, -kMaxPriority, kMaxPriority));
+  if (s.labels.size() > size_t(kMaxLabels)) {
+    return Invalid("labels", naming,
+                   absl::StrCat("has ", s.labels.size(), " entries; at most ", kMaxLabels));
+  }
+  for (const auto& [key, value] : s.labels) {
+    if (key.empty() || key.size() > 63 || value.size() > 256) {
+      return Invalid("labels", naming,
+                     absl::StrCat("key \"", key.substr(0, 80),
+                                  "\": keys are 1–63 bytes and values at most 256 bytes"));
+    }
+  }
+  if (s.request_id.size() > kMaxRequestIdBytes) {
+    return Invalid(
+        "request_id", naming,
+        absl::StrCat("is ", s.request_id.size(), " bytes; at most ", kMaxRequestIdBytes));
+  }
+  if (s.rerank_top_k < 0) {
+    return Invalid("rerank_top_k", naming, absl::StrCat("must be ≥ 0, got ", s.rerank_top_k));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<MaskMethod> ParseMaskMethod(absl::string_view name) {
+  if (name == "MAGNITUDE") return MaskMethod::kMagnitude;
+  if (name == "WANDA") return MaskMethod::kWanda;
+  if (name == "SPARSEGPT") return MaskMethod::kSparseGpt;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown mask method \"", name, "\" (MAGNITUDE, WANDA or SPARSEGPT)"));
+}
+
+std::string_view MaskMethodName(MaskMethod method) {
+  switch (method) {
+    case MaskMethod::kMagnitude:
+      return "MAGNITUDE";
+    case MaskMethod::kWanda:
+      return "WANDA";
+    case MaskMethod::kSparseGpt:
+      return "SPARSEGPT";
+  }
+  return "UNKNOWN";
+}
+
+absl::StatusOr<Estimator> ParseEstimator(absl::string_view name) {
+  if (name == "NORM") return Estimator::kNorm;
+  if (name == "SPLIT") return Estimator::kSplit;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown estimator \"", name, "\" (NORM or SPLIT)"));
+}
+
+std::string_view EstimatorName(Estimator estimator) {
+  return estimator == Estimator::kNorm ? "NORM" : "SPLIT";
+}
+
+std::string FieldName(absl::string_view proto_name, FieldNaming naming) {
+  if (naming == FieldNaming::kProto) return std::string(proto_name);
+  if (proto_name == "nm_pattern") return "--nm";
+  if (proto_name == "eta_auto") return "--eta";
+  return absl::StrCat("--", absl::StrReplaceAll(proto_name, {{"_", "-"}}));
+}
+
+absl::Status JobSpec::Validate(FieldNaming naming) const {
+  if (!(std::isfinite(flops_budget) && flops_budget > 0 && flops_budget <= 1)) {
+    return Invalid("flops_budget", naming, absl::StrCat("must be in (0, 1], got ", flops_budget));
+  }
+  if (absl::Status s = search::ValidateRatioChoices(ratio_choices); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(FieldName("ratio_choices", naming), ": ", s.message()));
+  }
+  RETURN_IF_ERROR(ValidateCombinations(*this, naming));
+  RETURN_IF_ERROR(ValidateNotYetSupported(*this, naming));
+  RETURN_IF_ERROR(ValidateSearch(*this, naming));
+  return ValidateScheduling(*this, naming);
+}
+
+bool JobSpec::searching() const {
+  return strategy == search::Strategy::kEfficientLlava ||
+         strategy == search::Strategy::kRandomSearch;
+}
+
+std::vector<double> JobSpec::EffectiveRatioChoices() const {
+  return granularity == search::Granularity::kNM ? NmRatioChoices(nm) : ratio_choices;
+}
+
+MaskMethod JobSpec::EffectiveFinalMaskMethod() const {
+  return final_mask_method.value_or(mask_method);
+}
+
+search::SearchConfig JobSpec::ToSearchConfig(int num_samples) const {
+  search::SearchConfig c;
+  c.strategy = strategy;
+  c.budget = flops_budget;
+  c.population = population;
+  c.generations = generations;
+  c.parents = parents;
+  c.mutation = mutation;
+  c.eta = eta;
+  c.projector_every = projector_every;
+  c.num_samples = num_samples;
+  c.seed = seed;
+  return c;
+}
+
+absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
+                                                     const FlopsModelDims& dims,
+                                                     const TokenStats& stats,
+                                                     const std::vector<DecoderLayerHeads>& heads) {
+  if (spec.granularity == search::Granularity::kStructured) {
+    // F(π) = the FLOPs of the shrunk shapes (common/policy.h CreateStructured).
+    return search::PolicySpace::CreateStructured(dims, stats, heads, spec.ratio_choices);
+  }
+  ASSIGN_OR_RETURN(FlopsBreakdown dense, ComputeDenseFlops(dims, stats));
+  if (spec.granularity == search::Granularity::kNM) {
+    RETURN_IF_ERROR(CheckNmDivisible(dense, spec.nm));
+  }
+  ASSIGN_OR_RETURN(search::PruningUnits units, search::PruningUnits::Build(dims, dense, spec.unit));
+  return search::PolicySpace::Create(std::move(dense), std::move(units),
+                                     spec.EffectiveRatioChoices());
+}
+
+void SetGranularity(JobSpec& spec, search::Granularity granularity) {
+  spec.granularity = granularity;
+  if (granularity == search::Granularity::kStructured) {
+    spec.final_mask_method.reset();
+  } else if (!spec.final_mask_method.has_value()) {
+    spec.final_mask_method = MaskMethod::kSparseGpt;
+  }
+}
+
+}  // namespace prunesvc

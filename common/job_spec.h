@@ -1,0 +1,137 @@
+// The torch-free pruning job specification (DESIGN.md §6 JobSpec): every knob of a job, its
+// defaults and one validation, shared by prune-local's flags, the scheduler's SubmitJob and the
+// worker (which validates again: it may be reached by other clients than the scheduler).
+//
+// Defaults are filled in knowing the granularity: STRUCTURED has no final mask method (the
+// search's channel/head orders cut the artifact), so `final_mask_method` is nullopt there and
+// SPARSEGPT elsewhere; N_M's pattern defaults to 2:4.
+//
+// Ranges (the ones proto/prune/v1/job.proto documents): flops_budget in (0, 1]; population in
+// [4, 1024]; generations in [1, 1000]; parents in [2, population); mutation in [0, 1]; each ratio
+// choice in [0, 1), sorted, distinct (search::ValidateRatioChoices); eta finite ≥ 0;
+// projector_every in [0, 1000]; projector_steps in [0, 100000]; projector_lr and projector_decay
+// finite ≥ 0; priority in [-100, 100]; ≤ 32 labels; request_id ≤ 128 bytes; rerank_top_k ≥ 0.
+// Supported combinations: OWL and STRUCTURED need unit LAYER; N_M has its own unit choices (no
+// ratio_choices). Not implemented yet, and so INVALID_ARGUMENT "not supported yet" naming the
+// field: prune_vision, estimator SPLIT, rerank_top_k > 0, a SPARSEGPT search mask.
+//
+// Errors name the field the way the caller's user wrote it: proto field names for the API
+// (`population`), flags for prune-local (`--population`) — see FieldNaming.
+//
+// Pure value type; thread-compatible.
+#ifndef PRUNESVC_COMMON_JOB_SPEC_H_
+#define PRUNESVC_COMMON_JOB_SPEC_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/evolution.h"
+#include "common/nm_sparsity.h"
+#include "common/policy.h"
+
+namespace prunesvc {
+
+// How a linear's weights are scored for removal. MAGNITUDE and WANDA masks are nested (the
+// search's mask bank); SPARSEGPT (OBS with error compensation) is not, so it prunes the artifact.
+enum class MaskMethod { kMagnitude, kWanda, kSparseGpt };
+// "MAGNITUDE" | "WANDA" | "SPARSEGPT" (case-sensitive, as in the API).
+absl::StatusOr<MaskMethod> ParseMaskMethod(absl::string_view name);
+std::string_view MaskMethodName(MaskMethod method);
+
+// Search-time estimator of the generalization term (proto Estimator).
+enum class Estimator { kNorm, kSplit };
+absl::StatusOr<Estimator> ParseEstimator(absl::string_view name);
+std::string_view EstimatorName(Estimator estimator);
+
+// How error messages name a field.
+enum class FieldNaming {
+  kProto,  // `flops_budget`, `nm_pattern`, `eta_auto`
+  kFlag,   // `--flops-budget`, `--nm`, `--eta`
+};
+// The field `proto_name` as `naming` writes it.
+std::string FieldName(absl::string_view proto_name, FieldNaming naming);
+
+inline constexpr int kMinPopulation = 4;
+inline constexpr int kMaxPopulation = 1024;
+inline constexpr int kMaxGenerations = 1000;
+inline constexpr int kMaxProjectorEvery = 1000;
+inline constexpr int kMaxProjectorSteps = 100000;
+inline constexpr int kMaxPriority = 100;
+inline constexpr int kMaxLabels = 32;
+inline constexpr size_t kMaxRequestIdBytes = 128;
+
+struct JobSpec {
+  // References, checked where they are resolved (the scheduler's SubmitJob, the worker): a
+  // `file://` URI and dataset ids "sha256:<hex>". prune-local leaves them empty (it has paths).
+  std::string model_uri;
+  std::string dataset_id;
+  std::optional<std::string> eval_dataset_id;
+
+  double flops_budget = 0;  // b ∈ (0, 1]: F(artifact) ≤ b·F(dense); required
+  search::Granularity granularity = search::Granularity::kUnstructured;
+  NmPattern nm;  // N_M only
+  search::UnitKind unit = search::UnitKind::kLayer;
+  bool prune_vision = false;
+  MaskMethod mask_method = MaskMethod::kWanda;  // search masks
+  // The artifact's masks; nullopt exactly when STRUCTURED (see the file comment).
+  std::optional<MaskMethod> final_mask_method = MaskMethod::kSparseGpt;
+  search::Strategy strategy = search::Strategy::kEfficientLlava;
+
+  int population = 32;
+  int generations = 12;
+  int parents = 8;
+  double mutation = 0.2;
+  std::vector<double> ratio_choices = search::DefaultRatioChoices();
+  std::optional<double> eta;  // nullopt = auto
+  Estimator estimator = Estimator::kNorm;
+  int projector_every = 4;  // 0 = never
+  int projector_steps = 50;
+  double projector_lr = 1e-4;
+  double projector_decay = 1e-3;  // μ of μ‖θ − θ₀‖²
+  uint64_t seed = 0;
+
+  int priority = 0;
+  std::map<std::string, std::string> labels;
+  std::string request_id;
+  int rerank_top_k = 0;
+
+  // Ranges and supported combinations (the file comment); references are not checked here.
+  absl::Status Validate(FieldNaming naming = FieldNaming::kProto) const;
+
+  // EFFICIENTLLAVA and RANDOM_SEARCH run the evolutionary driver; UNIFORM and OWL solve ratios.
+  bool searching() const;
+  // The policy space's ratio choices: N_M → {0, 1 − N/M}, else ratio_choices.
+  std::vector<double> EffectiveRatioChoices() const;
+  // The final masks the artifact is pruned with: final_mask_method, or under STRUCTURED the
+  // search's mask_method.
+  MaskMethod EffectiveFinalMaskMethod() const;
+  // The evolutionary search's config (strategy, budget, sizes, η, projector cadence, seed);
+  // num_samples is the caller's.
+  search::SearchConfig ToSearchConfig(int num_samples) const;
+
+  friend bool operator==(const JobSpec&, const JobSpec&) = default;
+};
+
+// The job's policy space from the model's FLOPs dimensions, the search samples' token statistics
+// and the per-layer attention layout (STRUCTURED cuts heads): what the worker's Prepare builds
+// from the loaded model and the scheduler from PrepareResponse, so both hold the same space.
+// N_M also checks every decoder linear's in_features is a multiple of M.
+absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
+                                                     const FlopsModelDims& dims,
+                                                     const TokenStats& stats,
+                                                     const std::vector<DecoderLayerHeads>& heads);
+
+// Sets the granularity and fills the defaults that depend on it (final_mask_method: nullopt for
+// STRUCTURED, SPARSEGPT otherwise).
+void SetGranularity(JobSpec& spec, search::Granularity granularity);
+
+}  // namespace prunesvc
+
+#endif  // PRUNESVC_COMMON_JOB_SPEC_H_

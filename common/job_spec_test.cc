@@ -1,0 +1,203 @@
+#include "common/job_spec.h"
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace prunesvc {
+namespace {
+
+using ::testing::HasSubstr;
+
+JobSpec Valid() {
+  JobSpec s;
+  s.flops_budget = 0.5;
+  return s;
+}
+
+struct BadCase {
+  std::string name;
+  std::function<void(JobSpec&)> mutate;
+  std::string field;  // proto name expected in the message
+};
+
+std::vector<BadCase> BadCases() {
+  return {
+      {"budget zero", [](JobSpec& s) { s.flops_budget = 0; }, "flops_budget"},
+      {"budget above one", [](JobSpec& s) { s.flops_budget = 1.01; }, "flops_budget"},
+      {"budget nan", [](JobSpec& s) { s.flops_budget = std::nan(""); }, "flops_budget"},
+      {"population 0", [](JobSpec& s) { s.population = 0; }, "population"},
+      {"population 3", [](JobSpec& s) { s.population = 3; }, "population"},
+      {"population 1025", [](JobSpec& s) { s.population = 1025; }, "population"},
+      {"generations 0", [](JobSpec& s) { s.generations = 0; }, "generations"},
+      {"generations 1001", [](JobSpec& s) { s.generations = 1001; }, "generations"},
+      {"parents 1", [](JobSpec& s) { s.parents = 1; }, "parents"},
+      {"parents = population", [](JobSpec& s) { s.parents = s.population; }, "parents"},
+      {"mutation", [](JobSpec& s) { s.mutation = 1.5; }, "mutation"},
+      {"ratio 1",
+       [](JobSpec& s) {
+         s.ratio_choices = {0, 1};
+       },
+       "ratio_choices"},
+      {"ratios unsorted",
+       [](JobSpec& s) {
+         s.ratio_choices = {0.5, 0.1};
+       },
+       "ratio_choices"},
+      {"ratios empty", [](JobSpec& s) { s.ratio_choices = {}; }, "ratio_choices"},
+      {"eta negative", [](JobSpec& s) { s.eta = -1; }, "eta"},
+      {"eta inf", [](JobSpec& s) { s.eta = INFINITY; }, "eta"},
+      {"projector_every", [](JobSpec& s) { s.projector_every = -1; }, "projector_every"},
+      {"projector_steps", [](JobSpec& s) { s.projector_steps = 100001; }, "projector_steps"},
+      {"projector_lr", [](JobSpec& s) { s.projector_lr = -1e-3; }, "projector_lr"},
+      {"projector_decay", [](JobSpec& s) { s.projector_decay = NAN; }, "projector_decay"},
+      {"priority", [](JobSpec& s) { s.priority = 101; }, "priority"},
+      {"labels",
+       [](JobSpec& s) {
+         for (int i = 0; i < 33; ++i) s.labels["k" + std::to_string(i)] = "v";
+       },
+       "labels"},
+      {"empty label key", [](JobSpec& s) { s.labels[""] = "v"; }, "labels"},
+      {"request_id", [](JobSpec& s) { s.request_id.assign(129, 'x'); }, "request_id"},
+      {"owl linear",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kOwl;
+         s.unit = search::UnitKind::kLinear;
+       },
+       "unit"},
+      {"structured linear",
+       [](JobSpec& s) {
+         SetGranularity(s, search::Granularity::kStructured);
+         s.unit = search::UnitKind::kLinear;
+       },
+       "unit"},
+      {"structured with final mask",
+       [](JobSpec& s) {
+         SetGranularity(s, search::Granularity::kStructured);
+         s.final_mask_method = MaskMethod::kWanda;
+       },
+       "final_mask_method"},
+      {"nm 3:4",
+       [](JobSpec& s) {
+         SetGranularity(s, search::Granularity::kNM);
+         s.nm = {3, 4};
+       },
+       "nm_pattern"},
+      {"nm with ratio choices",
+       [](JobSpec& s) {
+         SetGranularity(s, search::Granularity::kNM);
+         s.ratio_choices = {0, 0.5};
+       },
+       "ratio_choices"},
+      {"prune_vision", [](JobSpec& s) { s.prune_vision = true; }, "prune_vision"},
+      {"split", [](JobSpec& s) { s.estimator = Estimator::kSplit; }, "estimator"},
+      {"rerank", [](JobSpec& s) { s.rerank_top_k = 2; }, "rerank_top_k"},
+      {"sparsegpt search", [](JobSpec& s) { s.mask_method = MaskMethod::kSparseGpt; },
+       "mask_method"},
+  };
+}
+
+TEST(JobSpecTest, DefaultsAreValidAndDocumented) {
+  const JobSpec s = Valid();
+  ASSERT_TRUE(s.Validate().ok()) << s.Validate();
+  EXPECT_EQ(s.population, 32);
+  EXPECT_EQ(s.generations, 12);
+  EXPECT_EQ(s.parents, 8);
+  EXPECT_EQ(s.mask_method, MaskMethod::kWanda);
+  EXPECT_EQ(s.final_mask_method, MaskMethod::kSparseGpt);
+  EXPECT_FALSE(s.eta.has_value());
+  EXPECT_TRUE(s.searching());
+}
+
+TEST(JobSpecTest, EveryBadFieldIsInvalidArgumentNamingIt) {
+  for (const BadCase& c : BadCases()) {
+    JobSpec s = Valid();
+    c.mutate(s);
+    const absl::Status proto = s.Validate(FieldNaming::kProto);
+    EXPECT_EQ(proto.code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_THAT(std::string(proto.message()), HasSubstr(c.field)) << c.name << ": " << proto;
+    const absl::Status flag = s.Validate(FieldNaming::kFlag);
+    EXPECT_THAT(std::string(flag.message()), HasSubstr(FieldName(c.field, FieldNaming::kFlag)))
+        << c.name << ": " << flag;
+  }
+}
+
+TEST(JobSpecTest, NotSupportedYetSaysSo) {
+  JobSpec s = Valid();
+  s.prune_vision = true;
+  EXPECT_THAT(std::string(s.Validate().message()), HasSubstr("not supported yet"));
+}
+
+TEST(JobSpecTest, FieldNamesForFlags) {
+  EXPECT_EQ(FieldName("flops_budget", FieldNaming::kFlag), "--flops-budget");
+  EXPECT_EQ(FieldName("nm_pattern", FieldNaming::kFlag), "--nm");
+  EXPECT_EQ(FieldName("eta_auto", FieldNaming::kFlag), "--eta");
+  EXPECT_EQ(FieldName("flops_budget", FieldNaming::kProto), "flops_budget");
+}
+
+TEST(JobSpecTest, GranularityFillsFinalMaskDefault) {
+  JobSpec s = Valid();
+  SetGranularity(s, search::Granularity::kStructured);
+  EXPECT_FALSE(s.final_mask_method.has_value());
+  EXPECT_EQ(s.EffectiveFinalMaskMethod(), MaskMethod::kWanda);
+  EXPECT_TRUE(s.Validate().ok());
+  SetGranularity(s, search::Granularity::kNM);
+  EXPECT_EQ(s.final_mask_method, MaskMethod::kSparseGpt);
+  EXPECT_EQ(s.EffectiveRatioChoices(), (std::vector<double>{0, 0.5}));
+  EXPECT_TRUE(s.Validate().ok());
+}
+
+TEST(JobSpecTest, MaskMethodNamesRoundTrip) {
+  for (MaskMethod m : {MaskMethod::kMagnitude, MaskMethod::kWanda, MaskMethod::kSparseGpt}) {
+    EXPECT_EQ(*ParseMaskMethod(std::string(MaskMethodName(m))), m);
+  }
+  EXPECT_FALSE(ParseMaskMethod("wanda").ok());
+  EXPECT_EQ(*ParseEstimator("SPLIT"), Estimator::kSplit);
+  EXPECT_FALSE(ParseEstimator("").ok());
+}
+
+FlopsModelDims TinyDims(int layers, int hidden, int mlp) {
+  FlopsModelDims d;
+  d.vision = {.width = 16, .mlp_width = 32, .layers_run = 1, .tokens = 5, .patch_size = 4};
+  d.image_tokens = 4;
+  d.projector_in = 16;
+  d.projector_hidden = hidden;
+  d.projector_out = hidden;
+  for (int i = 0; i < layers; ++i) d.decoder.push_back({hidden, hidden, hidden / 2, mlp});
+  d.vocab = 50;
+  return d;
+}
+
+TEST(JobSpecTest, BuildPolicySpaceMatchesGranularity) {
+  const FlopsModelDims dims = TinyDims(3, 32, 64);
+  const TokenStats stats{.mean_tokens = 20, .mean_tokens_sq = 420, .mean_answer_tokens = 1};
+  const std::vector<DecoderLayerHeads> heads(3, {.num_heads = 4, .num_kv_heads = 2, .head_dim = 8});
+  JobSpec s = Valid();
+  auto layer = BuildPolicySpace(s, dims, stats, heads);
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  EXPECT_EQ(layer->num_units(), 3);
+  EXPECT_EQ(layer->ratio_choices(), s.ratio_choices);
+  s.unit = search::UnitKind::kLinear;
+  auto linear = BuildPolicySpace(s, dims, stats, heads);
+  ASSERT_TRUE(linear.ok()) << linear.status();
+  EXPECT_EQ(linear->num_units(), 21);
+  s.unit = search::UnitKind::kLayer;
+  SetGranularity(s, search::Granularity::kStructured);
+  auto structured = BuildPolicySpace(s, dims, stats, heads);
+  ASSERT_TRUE(structured.ok()) << structured.status();
+  EXPECT_EQ(structured->granularity(), search::Granularity::kStructured);
+  SetGranularity(s, search::Granularity::kNM);
+  auto nm = BuildPolicySpace(s, dims, stats, heads);
+  ASSERT_TRUE(nm.ok()) << nm.status();
+  EXPECT_EQ(nm->ratio_choices(), (std::vector<double>{0, 0.5}));
+  // N:M needs every in_features divisible by M.
+  s.nm = {4, 8};
+  auto odd = BuildPolicySpace(s, TinyDims(3, 36, 64), stats, heads);
+  EXPECT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument) << odd.status();
+}
+
+}  // namespace
+}  // namespace prunesvc

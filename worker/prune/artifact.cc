@@ -1,0 +1,207 @@
+#include "worker/prune/artifact.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+
+namespace prunesvc::prune {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+bool IsWeightFile(const std::string& name) {
+  for (const char* suffix : {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json",
+                             ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf"}) {
+    if (absl::EndsWith(name, suffix)) return true;
+  }
+  return false;
+}
+
+std::vector<std::string> RegularFilesUnder(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) files.push_back(fs::relative(e.path(), dir).string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  Sha256 h;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    const std::streamsize got = in.gcount();
+    if (got > 0) h.Update(std::string_view(buf.data(), size_t(got)));
+  }
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
+  return DigestHex(h.Final());
+}
+
+absl::Status WriteTextFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.flush();
+  if (!out) return absl::InternalError(absl::StrCat(path, ": write failed"));
+  return absl::OkStatus();
+}
+
+std::vector<std::string> WeightFiles(const std::string& model_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(model_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() &&
+        (absl::EndsWith(name, ".safetensors") || name == "model.safetensors.index.json")) {
+      out.push_back(name);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::StatusOr<std::pair<std::string, json>> ModelSha256(const std::string& model_dir) {
+  std::string lines;
+  json files = json::object();
+  for (const std::string& name : WeightFiles(model_dir)) {
+    ASSIGN_OR_RETURN(std::string hex, Sha256OfFile(model_dir + "/" + name));
+    absl::StrAppend(&lines, hex, "  ", name, "\n");
+    files[name] = hex;
+  }
+  return std::make_pair(Sha256Hex(lines), files);
+}
+
+absl::StatusOr<json> CopyModelSideFiles(const std::string& model_dir,
+                                        const std::string& model_out) {
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(model_dir)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_regular_file() || name.empty() || name[0] == '.' || IsWeightFile(name)) continue;
+    files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  json copied = json::array();
+  for (const fs::path& f : files) {
+    std::error_code ec;
+    fs::copy_file(f, fs::path(model_out) / f.filename(), ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("copying ", f.string(), " into the artifact: ", ec.message()));
+    }
+    copied.push_back(f.filename().string());
+  }
+  return copied;
+}
+
+std::string NormalizeOutDir(std::string out) {
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
+absl::Status CheckOutDir(const std::string& out) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(out, ec);
+  if (!fs::exists(st)) return absl::OkStatus();
+  if (!fs::is_directory(st)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--out ", out, " exists and is not a directory"));
+  }
+  if (!fs::is_empty(out, ec) || ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--out ", out, " exists and is not empty; choose a new directory or remove it first"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<PartialDir>> PartialDir::Create(const std::string& out) {
+  const std::string path = absl::StrCat(out, ".partial-", getpid());
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (!fs::create_directories(path, ec) || ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--out ", out, ": cannot create ", path, ": ", ec.message()));
+  }
+  return std::unique_ptr<PartialDir>(new PartialDir(out, path));
+}
+
+PartialDir::~PartialDir() {
+  if (committed_) return;
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+absl::Status PartialDir::Commit() {
+  std::error_code ec;
+  // An empty OUT (checked up front) is replaced: rename(2) onto an empty directory works.
+  fs::rename(path_, out_, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", path_, " to ", out_, ": ", ec.message()));
+  }
+  committed_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status WriteManifest(const std::string& dir) {
+  std::string text;
+  for (const std::string& f : RegularFilesUnder(dir)) {
+    if (f == "MANIFEST.sha256") continue;
+    ASSIGN_OR_RETURN(std::string hex, Sha256OfFile(dir + "/" + f));
+    absl::StrAppend(&text, hex, "  ", f, "\n");
+  }
+  return WriteTextFile(dir + "/MANIFEST.sha256", text);
+}
+
+absl::Status TarDirectory(const std::string& dir, const std::string& tar_path) {
+  std::unique_ptr<archive, decltype(&archive_write_free)> a(archive_write_new(),
+                                                            &archive_write_free);
+  archive_write_set_format_pax_restricted(a.get());
+  if (archive_write_open_filename(a.get(), tar_path.c_str()) != ARCHIVE_OK) {
+    return absl::InternalError(
+        absl::StrCat(tar_path, ": cannot create: ", archive_error_string(a.get())));
+  }
+  std::vector<char> buf(1 << 20);
+  for (const std::string& rel : RegularFilesUnder(dir)) {
+    std::ifstream in(dir + "/" + rel, std::ios::binary);
+    std::error_code ec;
+    const auto size = fs::file_size(dir + "/" + rel, ec);
+    if (!in || ec) return absl::InternalError(absl::StrCat(dir, "/", rel, ": cannot read"));
+    std::unique_ptr<archive_entry, decltype(&archive_entry_free)> e(archive_entry_new(),
+                                                                    &archive_entry_free);
+    archive_entry_set_pathname(e.get(), rel.c_str());
+    archive_entry_set_filetype(e.get(), AE_IFREG);
+    archive_entry_set_perm(e.get(), 0644);
+    archive_entry_set_size(e.get(), la_int64_t(size));
+    archive_entry_set_mtime(e.get(), 0, 0);
+    if (archive_write_header(a.get(), e.get()) != ARCHIVE_OK) {
+      return absl::InternalError(absl::StrCat(tar_path, ": ", archive_error_string(a.get())));
+    }
+    while (in) {
+      in.read(buf.data(), std::streamsize(buf.size()));
+      const std::streamsize got = in.gcount();
+      if (got > 0 && archive_write_data(a.get(), buf.data(), size_t(got)) != got) {
+        return absl::InternalError(absl::StrCat(tar_path, ": ", archive_error_string(a.get())));
+      }
+    }
+  }
+  if (archive_write_close(a.get()) != ARCHIVE_OK) {
+    return absl::InternalError(absl::StrCat(tar_path, ": ", archive_error_string(a.get())));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace prunesvc::prune

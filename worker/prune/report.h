@@ -1,0 +1,39 @@
+// report.json and README.md (the model card) of a pruning artifact, and the end-of-job summary
+// table prune-local prints (DESIGN.md §5 "Report", "Artifact"). Pure functions of what the steps
+// measured; provenance helpers read /proc/cpuinfo and compile-time library versions.
+#ifndef PRUNESVC_WORKER_PRUNE_REPORT_H_
+#define PRUNESVC_WORKER_PRUNE_REPORT_H_
+
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "common/policy.h"
+#include "nlohmann/json.hpp"
+#include "worker/prune/structured.h"
+
+namespace prunesvc::prune {
+
+// "2026-12-04T17:00:00Z".
+std::string UtcNow();
+// {model, flags, cores} of this machine.
+nlohmann::json CpuInfo();
+// libtorch, compiler, and (when built with them) gRPC and protobuf versions.
+nlohmann::json LibraryVersions();
+
+// report.json's "nm": the pattern under N_M, else null.
+nlohmann::json NmJson(const JobSpec& spec);
+
+// policy.json of a STRUCTURED artifact: per layer, the channels and KV groups kept.
+nlohmann::json StructuredPolicyJson(const JobSpec& spec, const search::PolicySpace& space,
+                                    const std::vector<double>& unit_ratios,
+                                    const std::vector<StructuredLayerPlan>& splan,
+                                    const std::string& policy_hash, double nominal_flops);
+
+// README.md: what was pruned, dense vs pruned, what the pruning saves, the policy.
+std::string ModelCard(const JobSpec& spec, const std::string& model_dir,
+                      const nlohmann::json& report, const nlohmann::json& policy);
+
+}  // namespace prunesvc::prune
+
+#endif  // PRUNESVC_WORKER_PRUNE_REPORT_H_

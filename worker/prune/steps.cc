@@ -1,0 +1,221 @@
+#include "worker/prune/steps.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+#include "worker/model/torch_guard.h"
+#include "worker/prune/owl.h"
+#include "worker/prune/structured.h"
+
+namespace prunesvc::prune {
+namespace {
+
+absl::Status BudgetError(const JobSpec& spec, const search::PolicySpace& space,
+                         const absl::Status& s) {
+  if (spec.granularity == search::Granularity::kNM &&
+      s.code() == absl::StatusCode::kFailedPrecondition) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "--flops-budget %g is unreachable with --granularity N_M --nm %s: N:M alone cannot go "
+        "below every unit at %s, which costs %.4f of the dense FLOPs (the smallest reachable "
+        "ratio; use --flops-budget ≥ %.4f)",
+        spec.flops_budget, NmPatternName(spec.nm), NmPatternName(spec.nm),
+        space.MinReachableRatio(), std::ceil(space.MinReachableRatio() * 1e4) / 1e4));
+  }
+  return absl::Status(
+      s.code(),
+      absl::StrFormat("--flops-budget %g is unreachable: the smallest reachable ratio is "
+                      "%.4f (%s)",
+                      spec.flops_budget, space.MinReachableRatio(), std::string(s.message())));
+}
+
+}  // namespace
+
+absl::Status CheckBudget(const JobSpec& spec, const search::PolicySpace& space) {
+  if (absl::Status s = space.CheckBudget(spec.flops_budget); !s.ok()) {
+    return BudgetError(spec, space, s);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<PreparedJob>> PreparedJob::Prepare(const PrepareOptions& options,
+                                                                  StepContext& ctx) {
+  RETURN_IF_ERROR(options.spec.Validate(FieldNaming::kFlag));
+  auto job = std::unique_ptr<PreparedJob>(new PreparedJob(options));
+  RETURN_IF_ERROR(model::TorchGuarded("prepare", [&]() -> absl::Status {
+    ctx.Phase(JobPhase::kLoad);
+    RETURN_IF_ERROR(job->Load(ctx));
+    RETURN_IF_ERROR(CheckBudget(job->spec(), *job->space_));
+    RETURN_IF_ERROR(ctx.CheckStop());
+    ctx.Phase(JobPhase::kBaseline);
+    ASSIGN_OR_RETURN(job->summary_.dense_search,
+                     ScoreSampleSet(*job->bundle_, job->search_set_, options.batch_size));
+    RETURN_IF_ERROR(ctx.CheckStop());
+    ctx.Phase(JobPhase::kCalibration);
+    RETURN_IF_ERROR(job->Calibrate(ctx));
+    if (job->spec().strategy == search::Strategy::kOwl) RETURN_IF_ERROR(job->ComputeOwlOutliers());
+    return ctx.CheckStop();
+  }));
+  return job;
+}
+
+absl::StatusOr<std::unique_ptr<PreparedJob>> PreparedJob::LoadOnly(const PrepareOptions& options,
+                                                                   StepContext& ctx) {
+  RETURN_IF_ERROR(options.spec.Validate(FieldNaming::kFlag));
+  auto job = std::unique_ptr<PreparedJob>(new PreparedJob(options));
+  RETURN_IF_ERROR(model::TorchGuarded("load", [&] { return job->Load(ctx); }));
+  return job;
+}
+
+PreparedJob::~PreparedJob() {
+  // The evaluators borrow the model: release them first.
+  local_.reset();
+  evaluator_.reset();
+}
+
+absl::Status PreparedJob::Load(StepContext& ctx) {
+  const JobSpec& spec = options_.spec;
+  ASSIGN_OR_RETURN(device_, model::OpenDevice(options_.device, options_.threads));
+  ASSIGN_OR_RETURN(bundle_, model::LoadLlavaBundle(options_.model_dir, device_.device()));
+  const model::LlavaConfig& c = bundle_->config;
+  if (c.text.hidden_act != "silu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options_.model_dir, "/config.json: text_config.hidden_act \"",
+                     c.text.hidden_act, "\" is not supported (LLaVA-1.5's LLaMA uses silu)"));
+  }
+  ASSIGN_OR_RETURN(search_set_, model::LoadSampleSet(options_.samples_path));
+  std::vector<model::PreparedSample> prepared;
+  prepared.reserve(search_set_.samples.size());
+  for (const model::Sample& s : search_set_.samples) {
+    ASSIGN_OR_RETURN(model::PreparedSample p, model::PrepareSample(*bundle_, s));
+    prepared.push_back(std::move(p));
+  }
+  if (!options_.eval_samples_path.empty()) {
+    ASSIGN_OR_RETURN(eval_set_, model::LoadSampleSet(options_.eval_samples_path));
+    has_eval_ = true;
+    // Validate the held-out set now, not after a long search.
+    for (const model::Sample& s : eval_set_.samples) {
+      RETURN_IF_ERROR(model::PrepareSample(*bundle_, s).status());
+    }
+  }
+  std::vector<model::ScoringSample> scoring;
+  for (const auto& p : prepared) scoring.push_back(p.scoring);
+  const model::LlavaModel& m = *bundle_->model;
+  summary_.token_stats = model::ComputeTokenStats(m, scoring);
+  summary_.dims = m.FlopsDims();
+  summary_.heads = LayerHeadsOf(m);
+  ASSIGN_OR_RETURN(dense_flops_, ComputeDenseFlops(summary_.dims, summary_.token_stats));
+  ASSIGN_OR_RETURN(search::PolicySpace space,
+                   BuildPolicySpace(spec, summary_.dims, summary_.token_stats, summary_.heads));
+  space_ = std::make_unique<search::PolicySpace>(std::move(space));
+  summary_.num_samples = int(prepared.size());
+  summary_.num_eval_samples = has_eval_ ? int(eval_set_.samples.size()) : 0;
+  summary_.dataset_sha256 = search_set_.sha256;
+  summary_.eval_dataset_sha256 = has_eval_ ? eval_set_.sha256 : "";
+  summary_.threads = device_.threads;
+  // Samples keep their pixels until calibration has the evaluator's copy.
+  latency_batch_ = std::move(prepared);
+  return absl::OkStatus();
+}
+
+absl::Status PreparedJob::Calibrate(StepContext& ctx) {
+  const JobSpec& spec = options_.spec;
+  model::LlavaModel& m = *bundle_->model;
+  ASSIGN_OR_RETURN(std::vector<EvalSample> eval_samples, ToEvalSamples(latency_batch_));
+  const int n = int(latency_batch_.size());
+  latency_batch_.resize(size_t(std::max(1, std::min(options_.latency_batch, n))));
+  ASSIGN_OR_RETURN(unit_of_linear_,
+                   UnitOfLinear(space_->units(), m.config().text.num_hidden_layers));
+  EvaluatorOptions eopt;
+  eopt.method = spec.mask_method;
+  eopt.granularity = spec.granularity;
+  eopt.batch_size = options_.batch_size;
+  eopt.unit_of_linear = unit_of_linear_;
+  // SPARSEGPT's H = (2/N)·XᵀX at finalize.
+  eopt.collect_gram = spec.final_mask_method == MaskMethod::kSparseGpt;
+  if (spec.granularity == search::Granularity::kNM) eopt.nm = spec.nm;  // N:M orders
+  ASSIGN_OR_RETURN(evaluator_, CandidateEvaluator::Create(&m, std::move(eval_samples), eopt));
+  ProjectorTrainingOptions topt;
+  topt.learning_rate = spec.projector_lr;
+  topt.steps = spec.projector_steps;
+  topt.mu = spec.projector_decay;
+  topt.seed = spec.seed;
+  ASSIGN_OR_RETURN(local_, LocalPolicyEvaluator::Create(evaluator_.get(), space_.get(), topt));
+  return ctx.CheckStop();
+}
+
+absl::Status PreparedJob::ComputeOwlOutliers() {
+  std::vector<at::Tensor> weights;
+  for (int i = 0; i < evaluator_->num_linears(); ++i) {
+    weights.push_back(evaluator_->dense_weight(i));
+  }
+  ASSIGN_OR_RETURN(summary_.owl_outlier_ratios,
+                   OwlOutlierRatios(weights, evaluator_->calibration(),
+                                    evaluator_->unit_of_linear(), space_->num_units()));
+  return absl::OkStatus();
+}
+
+absl::Status PreparedJob::CheckUsable() const {
+  if (spent_) {
+    return absl::FailedPreconditionError("this job was finalized on this worker; prepare it again");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<search::EvalResult>> PreparedJob::Evaluate(
+    const std::vector<search::Policy>& policies, int version, StepContext& ctx,
+    const std::function<void(int, const search::EvalResult&)>& on_result) {
+  RETURN_IF_ERROR(CheckUsable());
+  if (!HasProjector(version)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("projector version ", version, " is not registered on this worker"));
+  }
+  return model::TorchGuarded("evaluate", [&]() -> absl::StatusOr<std::vector<search::EvalResult>> {
+    std::vector<search::EvalResult> out;
+    for (size_t i = 0; i < policies.size(); ++i) {
+      RETURN_IF_ERROR(ctx.CheckStop());
+      ASSIGN_OR_RETURN(std::vector<search::EvalResult> r, local_->Evaluate({policies[i]}, version));
+      out.push_back(r.at(0));
+      ctx.Evaluated();
+      if (on_result) on_result(int(i), out.back());
+    }
+    return out;
+  });
+}
+
+absl::StatusOr<search::ProjectorUpdate> PreparedJob::TrainProjector(
+    const std::vector<search::Policy>& top_k, int from_version, int new_version, StepContext& ctx) {
+  RETURN_IF_ERROR(CheckUsable());
+  RETURN_IF_ERROR(ctx.CheckStop());
+  if (!HasProjector(from_version)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("projector version ", from_version, " is not registered on this worker"));
+  }
+  return model::TorchGuarded("train projector", [&] {
+    return local_->TrainProjectorAs(top_k, from_version, new_version);
+  });
+}
+
+absl::Status PreparedJob::RegisterProjector(int version, const ProjectorWeights& weights) {
+  RETURN_IF_ERROR(CheckUsable());
+  return model::TorchGuarded("register projector",
+                             [&] { return local_->RegisterProjector(version, weights); });
+}
+
+bool PreparedJob::HasProjector(int version) const { return local_->projector(version) != nullptr; }
+
+const ProjectorWeights* PreparedJob::projector(int version) const {
+  return local_->projector(version);
+}
+
+int PreparedJob::latest_projector_version() const { return local_->latest_version(); }
+
+absl::StatusOr<ModelMetrics> PreparedJob::ScoreEvalSet() {
+  return model::TorchGuarded(
+      "score eval set", [&] { return ScoreSampleSet(*bundle_, eval_set_, options_.batch_size); });
+}
+
+}  // namespace prunesvc::prune
