@@ -45,7 +45,9 @@ SqliteStatement::SqliteStatement(SqliteStatement&& other) noexcept
 SqliteStatement::~SqliteStatement() { sqlite3_finalize(stmt_); }
 
 absl::Status SqliteStatement::Error(int rc) const {
-  return SqliteError(rc, sql_.substr(0, 80), sqlite3_errmsg(db_));
+  const char* file = sqlite3_db_filename(db_, "main");
+  return SqliteError(rc, absl::StrCat(file != nullptr ? file : "", ": ", sql_.substr(0, 80)),
+                     sqlite3_errmsg(db_));
 }
 
 SqliteStatement& SqliteStatement::Bind(int index, int64_t value) {
