@@ -88,11 +88,11 @@ class FileBlobWriter : public BlobWriter {
   }
 
   void Abort() override {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      fd_ = -1;
-      ::unlink(temp_path_.c_str());
-    }
+    if (fd_ < 0) return;
+    ::close(fd_);
+    fd_ = -1;
+    // Once renamed away the name is free, and may already be another writer's temp file.
+    if (!temp_renamed_) ::unlink(temp_path_.c_str());
   }
 
   int64_t bytes_written() const override { return size_; }
@@ -136,6 +136,7 @@ class FileBlobWriter : public BlobWriter {
     if (::rename(temp_path_.c_str(), final_path.c_str()) != 0) {
       return ErrnoError(errno, absl::StrCat("rename ", temp_path_, " -> ", final_path.string()));
     }
+    temp_renamed_ = true;
     RETURN_IF_ERROR(SyncDir(shard));
     return false;
   }
@@ -149,6 +150,7 @@ class FileBlobWriter : public BlobWriter {
   Sha256 hasher_;
   int64_t size_ = 0;
   bool committed_ = false;
+  bool temp_renamed_ = false;  // the temp file became the blob (no-hard-link fallback)
 };
 
 class FileBlobReader : public BlobReader {
@@ -213,10 +215,13 @@ absl::StatusOr<std::unique_ptr<FileBlobStore>> FileBlobStore::Create(FileBlobSto
     return absl::FailedPreconditionError(
         absl::StrCat("blob store ", options.root, ": cannot create: ", ec.message()));
   }
-  // Temp files are only ever written by live writers of this process; any here are from a crash.
+  // Temp files are only ever written by live writers of this store; any here are from a crash.
   for (const auto& entry : std::filesystem::directory_iterator(root / "tmp", ec)) {
     std::filesystem::remove(entry.path(), ec);
   }
+  // Make the directories themselves durable, so a committed blob's path survives a crash.
+  RETURN_IF_ERROR(SyncDir(root.string()));
+  RETURN_IF_ERROR(SyncDir((root / "sha256").string()));
   return std::unique_ptr<FileBlobStore>(new FileBlobStore(std::move(options)));
 }
 

@@ -10,6 +10,9 @@
 //   anything else is INVALID_ARGUMENT, so no id can name a path outside ROOT.
 // - Committed blobs are immutable (mode 0444) until Delete.
 //
+// One FileBlobStore per root at a time (Create clears ROOT/tmp; the scheduler's state-dir lock
+// keeps a second process out).
+//
 // Thread-safety: BlobStore is thread-safe. A BlobWriter or BlobReader is thread-compatible
 // (one thread at a time); any number of them may be open at once, also on the same blob.
 // BlobStore is an interface so tests can wrap it to inject faults; FileBlobStore is the real one.

@@ -64,7 +64,7 @@ struct JobMutation {
 struct Checkpoint {
   int32_t generation = 0;
   std::string search_state_json;
-  absl::Time update_time;
+  absl::Time update_time;  // when it was stored; set by the store (ignored on input)
 };
 
 struct CommitResult {
@@ -145,7 +145,10 @@ class JobStore {
   // Every job not in a terminal state, oldest first: what a restarted scheduler resumes.
   virtual absl::StatusOr<std::vector<prune::v1::Job>> ListNonTerminalJobs() = 0;
 
-  // Blob index. PutBlob validates the id ("sha256:" + 64 lowercase hex) and size (>= 0).
+  // Blob index. It records who may see which blob; the bytes are in a BlobStore. Keep the two
+  // in this order so a record never names a missing file: store the blob, then PutBlob; on
+  // removal DeleteBlob first, and delete the file once no record references it.
+  // PutBlob validates the id ("sha256:" + 64 lowercase hex) and size (>= 0).
   virtual absl::StatusOr<PutBlobResult> PutBlob(const BlobRecord& record) = 0;
   // NOT_FOUND unless `tenant` has indexed `blob_id`.
   virtual absl::StatusOr<BlobRecord> GetBlob(absl::string_view tenant,

@@ -34,6 +34,7 @@ class SqliteStatement {
 
   // Binds are 1-based, as in SQLite. Text and blobs are copied (SQLITE_TRANSIENT).
   SqliteStatement& Bind(int index, int64_t value);
+  SqliteStatement& Bind(int index, int32_t value) { return Bind(index, int64_t{value}); }
   SqliteStatement& Bind(int index, double value);
   SqliteStatement& Bind(int index, absl::string_view text);
   SqliteStatement& BindBlob(int index, absl::string_view bytes);
