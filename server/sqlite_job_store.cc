@@ -216,6 +216,49 @@ absl::StatusOr<int64_t> DecodePageToken(absl::string_view token, const std::stri
   return cursor;
 }
 
+absl::Status ValidateListQuery(const ListJobsQuery& query) {
+  if (query.page_size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size must be >= 0 (0 = ", kDefaultPageSize, "), got ", query.page_size));
+  }
+  for (JobState state : query.states) {
+    if (!ValidStoredState(state)) {
+      return absl::InvalidArgumentError(absl::StrCat("states: ", state, " is not a job state"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Keyset pagination: rows strictly older (smaller id) than the cursor, newest first. Bound by
+// BindListJobs in the same order.
+std::string ListJobsSql(const ListJobsQuery& query) {
+  std::string sql = absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id < ?");
+  if (!query.tenant.empty()) absl::StrAppend(&sql, " AND tenant = ?");
+  if (!query.states.empty()) {
+    std::vector<std::string> marks(query.states.size(), "?");
+    absl::StrAppend(&sql, " AND state IN (", absl::StrJoin(marks, ", "), ")");
+  }
+  for (size_t i = 0; i < query.labels.size(); ++i) {
+    absl::StrAppend(&sql, " AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.job_id",
+                    " AND l.key = ? AND l.value = ?)");
+  }
+  absl::StrAppend(&sql, " ORDER BY id DESC LIMIT ?");
+  return sql;
+}
+
+void BindListJobs(const ListJobsQuery& query, int64_t cursor, int64_t limit,
+                  SqliteStatement& stmt) {
+  int index = 1;
+  stmt.Bind(index++, cursor);
+  if (!query.tenant.empty()) stmt.Bind(index++, query.tenant);
+  for (JobState state : query.states) stmt.Bind(index++, int64_t{state});
+  for (const auto& [key, value] : query.labels) {
+    stmt.Bind(index++, key);
+    stmt.Bind(index++, value);
+  }
+  stmt.Bind(index, limit);
+}
+
 std::string DefaultJobId(std::mt19937_64& rng) { return absl::StrFormat("job-%016x", rng()); }
 
 absl::Status CheckMutable(const Job& job, const JobMutation& mutation) {
@@ -506,15 +549,7 @@ absl::StatusOr<Job> SqliteJobStore::GetJob(absl::string_view job_id) {
 }
 
 absl::StatusOr<ListJobsPage> SqliteJobStore::ListJobs(const ListJobsQuery& query) {
-  if (query.page_size < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("page_size must be >= 0 (0 = ", kDefaultPageSize, "), got ", query.page_size));
-  }
-  for (JobState state : query.states) {
-    if (!ValidStoredState(state)) {
-      return absl::InvalidArgumentError(absl::StrCat("states: ", state, " is not a job state"));
-    }
-  }
+  RETURN_IF_ERROR(ValidateListQuery(query));
   int32_t page_size =
       query.page_size == 0 ? kDefaultPageSize : std::min(query.page_size, kMaxPageSize);
   std::string fingerprint = FilterFingerprint(query);
@@ -523,27 +558,10 @@ absl::StatusOr<ListJobsPage> SqliteJobStore::ListJobs(const ListJobsQuery& query
     ASSIGN_OR_RETURN(cursor, DecodePageToken(query.page_token, fingerprint));
   }
 
-  std::string sql = absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id < ?");
-  if (!query.tenant.empty()) absl::StrAppend(&sql, " AND tenant = ?");
-  if (!query.states.empty()) {
-    std::vector<std::string> marks(query.states.size(), "?");
-    absl::StrAppend(&sql, " AND state IN (", absl::StrJoin(marks, ", "), ")");
-  }
-  for (size_t i = 0; i < query.labels.size(); ++i) {
-    absl::StrAppend(&sql, " AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.job_id",
-                    " AND l.key = ? AND l.value = ?)");
-  }
-  absl::StrAppend(&sql, " ORDER BY id DESC LIMIT ?");
-
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(SqliteStatement stmt, db_->Prepare(sql));
-  int index = 1;
-  stmt.Bind(index++, cursor);
-  if (!query.tenant.empty()) stmt.Bind(index++, query.tenant);
-  for (JobState state : query.states) stmt.Bind(index++, int64_t{state});
-  for (const auto& [key, value] : query.labels) stmt.Bind(index++, key).Bind(index++, value);
-  stmt.Bind(index++, int64_t{page_size} + 1);  // one more tells whether a next page exists
-
+  ASSIGN_OR_RETURN(SqliteStatement stmt, db_->Prepare(ListJobsSql(query)));
+  // One row more than the page tells whether a next page exists.
+  BindListJobs(query, cursor, int64_t{page_size} + 1, stmt);
   ListJobsPage page;
   int64_t last_id = 0;
   while (true) {

@@ -271,8 +271,10 @@ TEST_F(SqliteJobStoreTest, CommitUpdatesAppendsAndCheckpointsTogether) {
   ASSERT_TRUE(tail.ok());
   EXPECT_TRUE(tail->empty());
 
-  // A later checkpoint replaces the earlier one.
-  ASSERT_TRUE(store_->Commit(job.job_id(), {}, {}, Checkpoint{4, "{}", {}}).ok());
+  // A later checkpoint replaces the earlier one; an expected state that holds lets it through.
+  JobMutation guarded;
+  guarded.expected_states = {prune::v1::PREPARING, prune::v1::SEARCHING};
+  ASSERT_TRUE(store_->Commit(job.job_id(), guarded, {}, Checkpoint{4, "{}", {}}).ok());
   checkpoint = store_->LoadCheckpoint(job.job_id());
   ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
   EXPECT_EQ((*checkpoint)->generation, 4);
