@@ -145,6 +145,11 @@ class JobStore {
   // Every job not in a terminal state, oldest first: what a restarted scheduler resumes.
   virtual absl::StatusOr<std::vector<prune::v1::Job>> ListNonTerminalJobs() = 0;
 
+  // Number of jobs per state (states with none are absent), for one tenant or, with an empty
+  // tenant, all: the jobs-by-state gauge and per-tenant queued-job limits.
+  virtual absl::StatusOr<std::map<prune::v1::JobState, int64_t>> CountJobsByState(
+      absl::string_view tenant) = 0;
+
   // Blob index. It records who may see which blob; the bytes are in a BlobStore. Keep the two
   // in this order so a record never names a missing file: store the blob, then PutBlob; on
   // removal DeleteBlob first, and delete the file once no record references it.

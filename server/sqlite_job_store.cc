@@ -645,6 +645,26 @@ absl::StatusOr<std::vector<Job>> SqliteJobStore::ListNonTerminalJobs() {
   return QueryJobsLocked(stmt);
 }
 
+absl::StatusOr<std::map<JobState, int64_t>> SqliteJobStore::CountJobsByState(
+    absl::string_view tenant) {
+  std::string sql = "SELECT state, count(*) FROM jobs";
+  if (!tenant.empty()) absl::StrAppend(&sql, " WHERE tenant = ?");
+  absl::StrAppend(&sql, " GROUP BY state");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt, db_->Prepare(sql));
+  if (!tenant.empty()) stmt.Bind(1, tenant);
+  std::map<JobState, int64_t> counts;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return counts;
+    int64_t state = stmt.Int64(0);
+    if (!ValidStoredState(state)) {
+      return absl::DataLossError(absl::StrCat(path_, ": a job has unknown state ", state));
+    }
+    counts[static_cast<JobState>(state)] = stmt.Int64(1);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Blob index
 

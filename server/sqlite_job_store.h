@@ -14,6 +14,7 @@
 #define PRUNESVC_SERVER_SQLITE_JOB_STORE_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -62,6 +63,8 @@ class SqliteJobStore : public JobStore {
                                                               int32_t limit) override;
   absl::StatusOr<std::optional<Checkpoint>> LoadCheckpoint(absl::string_view job_id) override;
   absl::StatusOr<std::vector<prune::v1::Job>> ListNonTerminalJobs() override;
+  absl::StatusOr<std::map<prune::v1::JobState, int64_t>> CountJobsByState(
+      absl::string_view tenant) override;
 
   absl::StatusOr<PutBlobResult> PutBlob(const BlobRecord& record) override;
   absl::StatusOr<BlobRecord> GetBlob(absl::string_view tenant, absl::string_view blob_id) override;

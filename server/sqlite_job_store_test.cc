@@ -1,5 +1,9 @@
 #include "server/sqlite_job_store.h"
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -417,6 +421,14 @@ TEST_F(SqliteJobStoreTest, EverythingSurvivesReopen) {
   for (size_t i = 0; i < after->jobs.size(); ++i) {
     EXPECT_EQ(after->jobs[i].SerializeAsString(), before->jobs[i].SerializeAsString());
   }
+  auto counts = store_->CountJobsByState("");
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(*counts,
+            (std::map<JobState, int64_t>{
+                {prune::v1::QUEUED, 1}, {prune::v1::SEARCHING, 1}, {prune::v1::SUCCEEDED, 1}}));
+  counts = store_->CountJobsByState("t2");
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(*counts, (std::map<JobState, int64_t>{{prune::v1::SUCCEEDED, 1}}));
   auto resumable = store_->ListNonTerminalJobs();
   ASSERT_TRUE(resumable.ok()) << resumable.status();
   EXPECT_THAT(Ids(*resumable), ElementsAre(queued.job_id(), running.job_id()));
@@ -443,6 +455,53 @@ TEST_F(SqliteJobStoreTest, EverythingSurvivesReopen) {
   auto mode = (*raw)->QueryText("PRAGMA journal_mode");
   ASSERT_TRUE(mode.ok());
   EXPECT_EQ(*mode, "wal");
+}
+
+// A process killed right after a write returned (no destructor, no sqlite3_close) loses nothing.
+TEST_F(SqliteJobStoreTest, AcknowledgedWritesSurviveAKilledProcess) {
+  store_.reset();  // the child opens its own connection
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    auto store = SqliteJobStore::Create({.state_dir = dir_.Sub("state"), .clock = &clock_});
+    if (!store.ok()) ::_exit(1);
+    auto created = (*store)->CreateJob("t1", Spec("req"), {LogEvent("submitted")});
+    if (!created.ok()) ::_exit(1);
+    std::string id = created->job.job_id();
+    auto committed = (*store)->Commit(id, ToState(prune::v1::SEARCHING), {LogEvent("g1")},
+                                      Checkpoint{1, "{}", {}});
+    if (!committed.ok()) ::_exit(1);
+    if (::write(fds[1], id.data(), id.size()) != static_cast<ssize_t>(id.size())) ::_exit(1);
+    ::raise(SIGKILL);
+  }
+  ::close(fds[1]);
+  char buf[64];
+  ssize_t n = ::read(fds[0], buf, sizeof(buf));
+  ::close(fds[0]);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "child failed before its writes returned";
+  ASSERT_GT(n, 0);
+  std::string id(buf, static_cast<size_t>(n));
+
+  Open();
+  auto job = store_->GetJob(id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state(), prune::v1::SEARCHING);
+  EXPECT_EQ(job->last_event_sequence(), 2);
+  auto events = store_->ReadEvents(id, 0, 0);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[1].log().message(), "g1");
+  auto checkpoint = store_->LoadCheckpoint(id);
+  ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
+  auto again = store_->CreateJob("t1", Spec("req"), {});
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->deduplicated);
+  EXPECT_EQ(again->job.job_id(), id);
 }
 
 TEST_F(SqliteJobStoreTest, NewerSchemaVersionIsRefused) {
