@@ -99,6 +99,15 @@ struct BlobRecord {
   std::string tenant;
   absl::Time create_time;
   int32_t num_samples = 0;  // datasets only
+  // The BlobStore id holding the bytes; empty on input = blob_id. They differ for datasets: a
+  // dataset's id is its sample-set hash (independent of how the tar was packed), while the stored
+  // file is named by the hash of the uploaded bytes.
+  std::string content_id;
+};
+
+struct DeleteBlobResult {
+  std::string content_id;            // the file the deleted record referenced
+  int64_t remaining_references = 0;  // records (any tenant) still referencing that file
 };
 
 struct PutBlobResult {
@@ -153,7 +162,7 @@ class JobStore {
   // Blob index. It records who may see which blob; the bytes are in a BlobStore. Keep the two
   // in this order so a record never names a missing file: store the blob, then PutBlob; on
   // removal DeleteBlob first, and delete the file once no record references it.
-  // PutBlob validates the id ("sha256:" + 64 lowercase hex) and size (>= 0).
+  // PutBlob validates both ids ("sha256:" + 64 lowercase hex) and size (>= 0).
   virtual absl::StatusOr<PutBlobResult> PutBlob(const BlobRecord& record) = 0;
   // NOT_FOUND unless `tenant` has indexed `blob_id`.
   virtual absl::StatusOr<BlobRecord> GetBlob(absl::string_view tenant,
@@ -161,10 +170,10 @@ class JobStore {
   // Oldest first. Empty tenant = every tenant; no kind = every kind.
   virtual absl::StatusOr<std::vector<BlobRecord>> ListBlobs(absl::string_view tenant,
                                                             std::optional<BlobKind> kind) = 0;
-  // Removes the tenant's record; NOT_FOUND if there was none. Returns how many records (of any
-  // tenant) still reference the blob, so a caller knows when the file itself may go.
-  virtual absl::StatusOr<int64_t> DeleteBlob(absl::string_view tenant,
-                                             absl::string_view blob_id) = 0;
+  // Removes the tenant's record; NOT_FOUND if there was none. Says how many records (of any
+  // tenant) still reference its file, so a caller knows when the file itself may go.
+  virtual absl::StatusOr<DeleteBlobResult> DeleteBlob(absl::string_view tenant,
+                                                      absl::string_view blob_id) = 0;
   // Sum of size_bytes over the tenant's records (per-tenant storage limits).
   virtual absl::StatusOr<int64_t> TenantBlobBytes(absl::string_view tenant) = 0;
 };

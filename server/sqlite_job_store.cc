@@ -79,9 +79,11 @@ CREATE TABLE blobs (
   size_bytes INTEGER NOT NULL,
   create_time_us INTEGER NOT NULL,
   num_samples INTEGER NOT NULL DEFAULT 0,
+  content_id TEXT NOT NULL,             -- BlobStore id of the bytes (datasets: != blob_id)
   PRIMARY KEY (blob_id, tenant)
 ) WITHOUT ROWID;
 CREATE INDEX blobs_by_tenant ON blobs (tenant, create_time_us);
+CREATE INDEX blobs_by_content ON blobs (content_id);
 )sql";
 
 // Column order shared by every job query and RowToJob; `id` last (page tokens).
@@ -91,7 +93,8 @@ constexpr char kJobColumns[] =
     "last_event_sequence, id";
 constexpr int kJobIdColumn = 15;
 
-constexpr char kBlobColumns[] = "blob_id, tenant, kind, size_bytes, create_time_us, num_samples";
+constexpr char kBlobColumns[] =
+    "blob_id, tenant, kind, size_bytes, create_time_us, num_samples, content_id";
 
 constexpr int32_t kDefaultPageSize = 50;
 constexpr int32_t kMaxPageSize = 500;
@@ -165,6 +168,7 @@ absl::StatusOr<BlobRecord> RowToBlob(const SqliteStatement& row) {
   record.size_bytes = row.Int64(3);
   record.create_time = absl::FromUnixMicros(row.Int64(4));
   record.num_samples = static_cast<int32_t>(row.Int64(5));
+  record.content_id = row.Text(6);
   return record;
 }
 
@@ -679,28 +683,31 @@ absl::StatusOr<std::vector<BlobRecord>> SqliteJobStore::QueryBlobsLocked(SqliteS
 }
 
 absl::StatusOr<PutBlobResult> SqliteJobStore::PutBlob(const BlobRecord& record) {
-  RETURN_IF_ERROR(ValidateBlobId(record.blob_id));
-  if (record.size_bytes < 0 || record.num_samples < 0) {
+  BlobRecord stored = record;
+  if (stored.content_id.empty()) stored.content_id = stored.blob_id;
+  RETURN_IF_ERROR(ValidateBlobId(stored.blob_id));
+  RETURN_IF_ERROR(ValidateBlobId(stored.content_id));
+  if (stored.size_bytes < 0 || stored.num_samples < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("blob ", record.blob_id, ": negative size or sample count"));
+        absl::StrCat("blob ", stored.blob_id, ": negative size or sample count"));
   }
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
   ASSIGN_OR_RETURN(SqliteStatement find,
                    db_->Prepare(absl::StrCat("SELECT ", kBlobColumns,
                                              " FROM blobs WHERE blob_id = ? AND tenant = ?")));
-  find.Bind(1, record.blob_id).Bind(2, record.tenant);
+  find.Bind(1, stored.blob_id).Bind(2, stored.tenant);
   ASSIGN_OR_RETURN(std::vector<BlobRecord> existing, QueryBlobsLocked(find));
   if (!existing.empty()) return PutBlobResult{std::move(existing[0]), true};
 
-  BlobRecord stored = record;
   stored.create_time = absl::FromUnixMicros(ToMicros(options_.clock->Now()));
   ASSIGN_OR_RETURN(SqliteStatement insert,
                    db_->Prepare("INSERT INTO blobs (blob_id, tenant, kind, size_bytes, "
-                                "create_time_us, num_samples) VALUES (?, ?, ?, ?, ?, ?)"));
+                                "create_time_us, num_samples, content_id) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)"));
   insert.Bind(1, stored.blob_id).Bind(2, stored.tenant).Bind(3, BlobKindName(stored.kind));
   insert.Bind(4, stored.size_bytes).Bind(5, ToMicros(stored.create_time));
-  insert.Bind(6, int64_t{stored.num_samples});
+  insert.Bind(6, stored.num_samples).Bind(7, stored.content_id);
   RETURN_IF_ERROR(insert.Run());
   RETURN_IF_ERROR(txn.Commit());
   return PutBlobResult{std::move(stored), false};
@@ -733,25 +740,26 @@ absl::StatusOr<std::vector<BlobRecord>> SqliteJobStore::ListBlobs(absl::string_v
   return QueryBlobsLocked(stmt);
 }
 
-absl::StatusOr<int64_t> SqliteJobStore::DeleteBlob(absl::string_view tenant,
-                                                   absl::string_view blob_id) {
+absl::StatusOr<DeleteBlobResult> SqliteJobStore::DeleteBlob(absl::string_view tenant,
+                                                            absl::string_view blob_id) {
   RETURN_IF_ERROR(ValidateBlobId(blob_id));
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
-  ASSIGN_OR_RETURN(SqliteStatement del,
-                   db_->Prepare("DELETE FROM blobs WHERE blob_id = ? AND tenant = ? RETURNING 1"));
+  ASSIGN_OR_RETURN(SqliteStatement del, db_->Prepare("DELETE FROM blobs WHERE blob_id = ? AND "
+                                                     "tenant = ? RETURNING content_id"));
   del.Bind(1, blob_id).Bind(2, tenant);
   ASSIGN_OR_RETURN(bool deleted, del.Step());
   if (!deleted) return absl::NotFoundError(absl::StrCat("blob ", blob_id, " not found"));
+  DeleteBlobResult result{del.Text(0), 0};
   RETURN_IF_ERROR(del.Run());  // finish the statement before the next one
   ASSIGN_OR_RETURN(SqliteStatement count,
-                   db_->Prepare("SELECT count(*) FROM blobs WHERE blob_id = ?"));
-  count.Bind(1, blob_id);
+                   db_->Prepare("SELECT count(*) FROM blobs WHERE content_id = ?"));
+  count.Bind(1, result.content_id);
   ASSIGN_OR_RETURN(bool row, count.Step());
-  int64_t remaining = row ? count.Int64(0) : 0;
+  if (row) result.remaining_references = count.Int64(0);
   RETURN_IF_ERROR(count.Run());
   RETURN_IF_ERROR(txn.Commit());
-  return remaining;
+  return result;
 }
 
 absl::StatusOr<int64_t> SqliteJobStore::TenantBlobBytes(absl::string_view tenant) {

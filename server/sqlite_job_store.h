@@ -70,7 +70,8 @@ class SqliteJobStore : public JobStore {
   absl::StatusOr<BlobRecord> GetBlob(absl::string_view tenant, absl::string_view blob_id) override;
   absl::StatusOr<std::vector<BlobRecord>> ListBlobs(absl::string_view tenant,
                                                     std::optional<BlobKind> kind) override;
-  absl::StatusOr<int64_t> DeleteBlob(absl::string_view tenant, absl::string_view blob_id) override;
+  absl::StatusOr<DeleteBlobResult> DeleteBlob(absl::string_view tenant,
+                                              absl::string_view blob_id) override;
   absl::StatusOr<int64_t> TenantBlobBytes(absl::string_view tenant) override;
 
   const std::string& path() const { return path_; }

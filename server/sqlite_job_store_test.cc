@@ -598,13 +598,34 @@ TEST_F(SqliteJobStoreTest, BlobIndexIsPerTenant) {
   ASSERT_TRUE(bytes.ok());
   EXPECT_EQ(*bytes, 107);
 
-  auto remaining = store_->DeleteBlob("t1", a);
-  ASSERT_TRUE(remaining.ok()) << remaining.status();
-  EXPECT_EQ(*remaining, 1);  // t2 still references it
+  auto deleted = store_->DeleteBlob("t1", a);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->content_id, a);
+  EXPECT_EQ(deleted->remaining_references, 1);  // t2 still references it
   EXPECT_EQ(store_->DeleteBlob("t1", a).status().code(), absl::StatusCode::kNotFound);
-  remaining = store_->DeleteBlob("t2", a);
-  ASSERT_TRUE(remaining.ok());
-  EXPECT_EQ(*remaining, 0);
+  deleted = store_->DeleteBlob("t2", a);
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(deleted->remaining_references, 0);
+
+  // A dataset's id (its sample-set hash) names a file stored under the upload's hash; two
+  // datasets that differ only in packing share that file.
+  std::string dataset = BlobIdFromHex(Sha256Hex("sample set"));
+  std::string tar = BlobIdFromHex(Sha256Hex("tar bytes"));
+  put = store_->PutBlob({dataset, BlobKind::kDataset, 9, "t1", {}, 64, tar});
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->record.content_id, tar);
+  ASSERT_TRUE(store_->PutBlob({dataset, BlobKind::kDataset, 9, "t2", {}, 64, tar}).ok());
+  got = store_->GetBlob("t2", dataset);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->content_id, tar);
+  EXPECT_EQ(store_->GetBlob("t1", b)->content_id, b);  // defaulted to the blob id
+  deleted = store_->DeleteBlob("t1", dataset);
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(deleted->content_id, tar);
+  EXPECT_EQ(deleted->remaining_references, 1);
+  EXPECT_EQ(
+      store_->PutBlob({dataset, BlobKind::kDataset, 9, "t1", {}, 64, "sha256:bad"}).status().code(),
+      absl::StatusCode::kInvalidArgument);
 
   for (std::string id : {std::string("../x"), std::string("sha256:") + std::string(64, 'A'),
                          std::string("sha256:abc")}) {
