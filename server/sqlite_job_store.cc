@@ -1,0 +1,774 @@
+#include "server/sqlite_job_store.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "server/blob_store.h"
+
+namespace prunesvc::server {
+namespace {
+
+using prune::v1::Job;
+using prune::v1::JobEvent;
+using prune::v1::JobSpec;
+using prune::v1::JobState;
+
+// Version 1. Times are Unix microseconds. Jobs are ordered by `id` (insertion order), which is
+// what ListJobs pages over: unlike create_time it cannot tie or go backwards with the clock.
+constexpr char kSchema[] = R"sql(
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE jobs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id TEXT NOT NULL UNIQUE,
+  tenant TEXT NOT NULL,
+  request_id TEXT NOT NULL DEFAULT '',
+  spec BLOB NOT NULL,                   -- serialized prune.v1.JobSpec
+  state INTEGER NOT NULL,               -- prune.v1.JobState
+  priority INTEGER NOT NULL,
+  create_time_us INTEGER NOT NULL,
+  update_time_us INTEGER NOT NULL,
+  generation INTEGER NOT NULL DEFAULT 0,
+  projector_version INTEGER NOT NULL DEFAULT 0,
+  best BLOB,                            -- serialized prune.v1.PolicyEvaluation; NULL = none
+  progress REAL NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT '',
+  error_code INTEGER NOT NULL DEFAULT 0,
+  artifact_id TEXT NOT NULL DEFAULT '',
+  artifact_sha256 TEXT NOT NULL DEFAULT '',
+  last_event_sequence INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX jobs_by_request ON jobs (tenant, request_id) WHERE request_id <> '';
+CREATE INDEX jobs_by_tenant ON jobs (tenant, id);
+CREATE INDEX jobs_by_state ON jobs (state, id);
+CREATE TABLE job_labels (
+  job_id TEXT NOT NULL REFERENCES jobs (job_id),
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (job_id, key)
+) WITHOUT ROWID;
+CREATE INDEX job_labels_by_pair ON job_labels (key, value);
+CREATE TABLE events (
+  job_id TEXT NOT NULL REFERENCES jobs (job_id),
+  sequence INTEGER NOT NULL,
+  time_us INTEGER NOT NULL,
+  event BLOB NOT NULL,                  -- serialized prune.v1.JobEvent
+  PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+  job_id TEXT PRIMARY KEY REFERENCES jobs (job_id),
+  generation INTEGER NOT NULL,
+  search_state TEXT NOT NULL,           -- SearchState JSON
+  update_time_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE blobs (
+  blob_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  kind TEXT NOT NULL,                   -- dataset | projector | artifact
+  size_bytes INTEGER NOT NULL,
+  create_time_us INTEGER NOT NULL,
+  num_samples INTEGER NOT NULL DEFAULT 0,
+  content_id TEXT NOT NULL,             -- BlobStore id of the bytes (datasets: != blob_id)
+  PRIMARY KEY (blob_id, tenant)
+) WITHOUT ROWID;
+CREATE INDEX blobs_by_tenant ON blobs (tenant, create_time_us);
+CREATE INDEX blobs_by_content ON blobs (content_id);
+)sql";
+
+// Column order shared by every job query and RowToJob; `id` last (page tokens).
+constexpr char kJobColumns[] =
+    "job_id, tenant, spec, state, create_time_us, update_time_us, generation, "
+    "projector_version, best, progress, error, error_code, artifact_id, artifact_sha256, "
+    "last_event_sequence, id";
+constexpr int kJobIdColumn = 15;
+
+constexpr char kBlobColumns[] =
+    "blob_id, tenant, kind, size_bytes, create_time_us, num_samples, content_id";
+
+constexpr int32_t kDefaultPageSize = 50;
+constexpr int32_t kMaxPageSize = 500;
+constexpr int32_t kDefaultEventLimit = 1000;
+constexpr int32_t kMaxEventLimit = 10000;
+
+int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }
+
+void SetTimestamp(int64_t micros, google::protobuf::Timestamp* ts) {
+  absl::Time t = absl::FromUnixMicros(micros);
+  int64_t seconds = absl::ToUnixSeconds(t);
+  ts->set_seconds(seconds);
+  ts->set_nanos(static_cast<int32_t>((micros - seconds * 1'000'000) * 1000));
+}
+
+absl::Time FromTimestamp(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+bool ValidStoredState(int64_t state) {
+  return state != prune::v1::JOB_STATE_UNSPECIFIED && prune::v1::JobState_IsValid(state);
+}
+
+absl::StatusOr<Job> RowToJob(const SqliteStatement& row) {
+  Job job;
+  job.set_job_id(row.Text(0));
+  job.set_tenant(row.Text(1));
+  if (!job.mutable_spec()->ParseFromString(row.Blob(2))) {
+    return absl::DataLossError(absl::StrCat("job ", job.job_id(), ": stored spec is corrupt"));
+  }
+  int64_t state = row.Int64(3);
+  if (!ValidStoredState(state)) {
+    return absl::DataLossError(
+        absl::StrCat("job ", job.job_id(), ": stored state ", state, " is not a known JobState"));
+  }
+  job.set_state(static_cast<JobState>(state));
+  SetTimestamp(row.Int64(4), job.mutable_create_time());
+  SetTimestamp(row.Int64(5), job.mutable_update_time());
+  job.set_generation(static_cast<int32_t>(row.Int64(6)));
+  job.set_projector_version(static_cast<int32_t>(row.Int64(7)));
+  if (!row.IsNull(8) && !job.mutable_best()->ParseFromString(row.Blob(8))) {
+    return absl::DataLossError(absl::StrCat("job ", job.job_id(), ": stored best is corrupt"));
+  }
+  job.set_progress(row.Double(9));
+  job.set_error(row.Text(10));
+  job.set_error_code(static_cast<int32_t>(row.Int64(11)));
+  job.set_artifact_id(row.Text(12));
+  job.set_artifact_sha256(row.Text(13));
+  job.set_last_event_sequence(row.Int64(14));
+  return job;
+}
+
+std::optional<BlobKind> ParseBlobKind(absl::string_view name) {
+  for (BlobKind kind : {BlobKind::kDataset, BlobKind::kProjector, BlobKind::kArtifact}) {
+    if (BlobKindName(kind) == name) return kind;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<BlobRecord> RowToBlob(const SqliteStatement& row) {
+  BlobRecord record;
+  record.blob_id = row.Text(0);
+  record.tenant = row.Text(1);
+  std::string kind = row.Text(2);
+  std::optional<BlobKind> parsed = ParseBlobKind(kind);
+  if (!parsed.has_value()) {
+    return absl::DataLossError(
+        absl::StrCat("blob ", record.blob_id, ": stored kind '", kind, "' is unknown"));
+  }
+  record.kind = *parsed;
+  record.size_bytes = row.Int64(3);
+  record.create_time = absl::FromUnixMicros(row.Int64(4));
+  record.num_samples = static_cast<int32_t>(row.Int64(5));
+  record.content_id = row.Text(6);
+  return record;
+}
+
+absl::StatusOr<JobEvent> RowToEvent(absl::string_view job_id, const SqliteStatement& row) {
+  JobEvent event;
+  int64_t sequence = row.Int64(0);
+  if (!event.ParseFromString(row.Blob(2))) {
+    return absl::DataLossError(
+        absl::StrCat("job ", job_id, ": stored event ", sequence, " is corrupt"));
+  }
+  event.set_job_id(std::string(job_id));
+  event.set_sequence(sequence);
+  if (!event.has_time()) SetTimestamp(row.Int64(1), event.mutable_time());
+  return event;
+}
+
+// Page tokens bind the cursor to a fingerprint of the filters, so a token reused with other
+// filters is an error instead of a silently wrong page.
+std::string FilterFingerprint(const ListJobsQuery& query) {
+  std::vector<int> states(query.states.begin(), query.states.end());
+  std::sort(states.begin(), states.end());
+  states.erase(std::unique(states.begin(), states.end()), states.end());
+  std::string canonical =
+      absl::StrCat(query.tenant.size(), ":", query.tenant, "|", absl::StrJoin(states, ","), "|");
+  for (const auto& [key, value] : query.labels) {  // std::map: sorted
+    absl::StrAppend(&canonical, key.size(), ":", key, value.size(), ":", value, ";");
+  }
+  return Sha256Hex(canonical).substr(0, 16);
+}
+
+std::string EncodePageToken(int64_t cursor, const std::string& fingerprint) {
+  return absl::WebSafeBase64Escape(absl::StrCat("v1:", cursor, ":", fingerprint));
+}
+
+absl::StatusOr<int64_t> DecodePageToken(absl::string_view token, const std::string& fingerprint) {
+  std::string raw;
+  std::vector<std::string> parts;
+  if (absl::WebSafeBase64Unescape(token, &raw)) parts = absl::StrSplit(raw, ':');
+  int64_t cursor = 0;
+  if (parts.size() != 3 || parts[0] != "v1" || !absl::SimpleAtoi(parts[1], &cursor) ||
+      cursor <= 0) {
+    return absl::InvalidArgumentError("page_token is malformed: pass next_page_token unchanged");
+  }
+  if (parts[2] != fingerprint) {
+    return absl::InvalidArgumentError(
+        "page_token was issued for different filters: repeat the first request's states and "
+        "labels, or start over without a token");
+  }
+  return cursor;
+}
+
+absl::Status ValidateListQuery(const ListJobsQuery& query) {
+  if (query.page_size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size must be >= 0 (0 = ", kDefaultPageSize, "), got ", query.page_size));
+  }
+  for (JobState state : query.states) {
+    if (!ValidStoredState(state)) {
+      return absl::InvalidArgumentError(absl::StrCat("states: ", state, " is not a job state"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Keyset pagination: rows strictly older (smaller id) than the cursor, newest first. Bound by
+// BindListJobs in the same order.
+std::string ListJobsSql(const ListJobsQuery& query) {
+  std::string sql = absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id < ?");
+  if (!query.tenant.empty()) absl::StrAppend(&sql, " AND tenant = ?");
+  if (!query.states.empty()) {
+    std::vector<std::string> marks(query.states.size(), "?");
+    absl::StrAppend(&sql, " AND state IN (", absl::StrJoin(marks, ", "), ")");
+  }
+  for (size_t i = 0; i < query.labels.size(); ++i) {
+    absl::StrAppend(&sql, " AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.job_id",
+                    " AND l.key = ? AND l.value = ?)");
+  }
+  absl::StrAppend(&sql, " ORDER BY id DESC LIMIT ?");
+  return sql;
+}
+
+void BindListJobs(const ListJobsQuery& query, int64_t cursor, int64_t limit,
+                  SqliteStatement& stmt) {
+  int index = 1;
+  stmt.Bind(index++, cursor);
+  if (!query.tenant.empty()) stmt.Bind(index++, query.tenant);
+  for (JobState state : query.states) stmt.Bind(index++, int64_t{state});
+  for (const auto& [key, value] : query.labels) {
+    stmt.Bind(index++, key);
+    stmt.Bind(index++, value);
+  }
+  stmt.Bind(index, limit);
+}
+
+std::string DefaultJobId(std::mt19937_64& rng) { return absl::StrFormat("job-%016x", rng()); }
+
+absl::Status CheckMutable(const Job& job, const JobMutation& mutation) {
+  if (IsTerminalState(job.state())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job.job_id(), " is ", JobState_Name(job.state()), " (terminal): it cannot change"));
+  }
+  const auto& expected = mutation.expected_states;
+  if (!expected.empty() &&
+      std::find(expected.begin(), expected.end(), job.state()) == expected.end()) {
+    std::vector<std::string> names;
+    for (JobState s : expected) names.push_back(JobState_Name(s));
+    return absl::FailedPreconditionError(absl::StrCat("job ", job.job_id(), " is ",
+                                                      JobState_Name(job.state()), ", expected ",
+                                                      absl::StrJoin(names, " or ")));
+  }
+  if (mutation.state.has_value() && !ValidStoredState(*mutation.state)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job ", job.job_id(), ": cannot set state ", *mutation.state));
+  }
+  return absl::OkStatus();
+}
+
+void ApplyMutation(const JobMutation& m, absl::Time now, Job& job) {
+  if (m.state) job.set_state(*m.state);
+  if (m.generation) job.set_generation(*m.generation);
+  if (m.projector_version) job.set_projector_version(*m.projector_version);
+  if (m.best) *job.mutable_best() = *m.best;
+  if (m.progress) job.set_progress(*m.progress);
+  if (m.error) job.set_error(*m.error);
+  if (m.error_code) job.set_error_code(*m.error_code);
+  if (m.artifact_id) job.set_artifact_id(*m.artifact_id);
+  if (m.artifact_sha256) job.set_artifact_sha256(*m.artifact_sha256);
+  SetTimestamp(ToMicros(now), job.mutable_update_time());
+}
+
+absl::StatusOr<int64_t> QueryInt(SqliteDb& db, absl::string_view sql) {
+  ASSIGN_OR_RETURN(std::string text, db.QueryText(sql));
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(text, &value)) {
+    return absl::DataLossError(absl::StrCat(db.path(), ": ", sql, " returned '", text, "'"));
+  }
+  return value;
+}
+
+// Creates the schema in a fresh file, or checks the version of an existing one.
+absl::Status InitSchema(SqliteDb& db) {
+  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(&db));
+  ASSIGN_OR_RETURN(int64_t has_version,
+                   QueryInt(db,
+                            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+                            "name = 'schema_version'"));
+  if (has_version == 0) {
+    ASSIGN_OR_RETURN(int64_t tables,
+                     QueryInt(db,
+                              "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+                              "name NOT LIKE 'sqlite_%'"));
+    if (tables != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(db.path(),
+                       " has tables but no schema_version: it is not a prunesvc job store; "
+                       "point --state-dir at another directory"));
+    }
+    RETURN_IF_ERROR(db.Exec(kSchema));
+    RETURN_IF_ERROR(db.Exec(absl::StrCat("INSERT INTO schema_version (version) VALUES (",
+                                         SqliteJobStore::kSchemaVersion, ")")));
+    return txn.Commit();
+  }
+  ASSIGN_OR_RETURN(int64_t rows, QueryInt(db, "SELECT count(*) FROM schema_version"));
+  if (rows != 1) {
+    return absl::DataLossError(
+        absl::StrCat(db.path(), ": schema_version has ", rows, " rows, expected 1"));
+  }
+  ASSIGN_OR_RETURN(int64_t version, QueryInt(db, "SELECT version FROM schema_version"));
+  if (version > SqliteJobStore::kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        db.path(), " has schema version ", version, ", newer than this binary supports (",
+        SqliteJobStore::kSchemaVersion, "): run a newer prune-scheduler"));
+  }
+  if (version != SqliteJobStore::kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(db.path(), " has unknown schema version ",
+                                                      version, " (this binary reads ",
+                                                      SqliteJobStore::kSchemaVersion, ")"));
+  }
+  return txn.Commit();
+}
+
+absl::StatusOr<std::unique_ptr<SqliteDb>> OpenDb(const std::string& path,
+                                                 absl::Duration busy_timeout) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SqliteDb> db, SqliteDb::Open(path));
+  RETURN_IF_ERROR(db->SetBusyTimeout(busy_timeout));
+  ASSIGN_OR_RETURN(std::string mode, db->QueryText("PRAGMA journal_mode = WAL"));
+  if (mode != "wal") {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": cannot enable WAL journaling (journal_mode is '", mode, "')"));
+  }
+  RETURN_IF_ERROR(db->Exec("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"));
+  RETURN_IF_ERROR(InitSchema(*db));
+  return db;
+}
+
+}  // namespace
+
+bool IsTerminalState(JobState state) {
+  return state == prune::v1::SUCCEEDED || state == prune::v1::FAILED ||
+         state == prune::v1::CANCELLED;
+}
+
+absl::string_view BlobKindName(BlobKind kind) {
+  switch (kind) {
+    case BlobKind::kDataset:
+      return "dataset";
+    case BlobKind::kProjector:
+      return "projector";
+    case BlobKind::kArtifact:
+      return "artifact";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Create(
+    SqliteJobStoreOptions options) {
+  if (options.state_dir.empty()) return absl::InvalidArgumentError("state_dir is empty");
+  if (options.clock == nullptr) return absl::InvalidArgumentError("clock is null");
+  std::error_code ec;
+  std::filesystem::create_directories(options.state_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("state dir ", options.state_dir, ": cannot create: ", ec.message()));
+  }
+  std::string path = (std::filesystem::path(options.state_dir) / kFileName).string();
+  ASSIGN_OR_RETURN(std::unique_ptr<SqliteDb> db, OpenDb(path, options.busy_timeout));
+  return std::unique_ptr<SqliteJobStore>(new SqliteJobStore(std::move(options), std::move(db)));
+}
+
+SqliteJobStore::SqliteJobStore(SqliteJobStoreOptions options, std::unique_ptr<SqliteDb> db)
+    : options_(std::move(options)),
+      path_(db->path()),
+      db_(std::move(db)),
+      rng_(std::random_device{}()) {}
+
+std::string SqliteJobStore::NewJobIdLocked() {
+  return options_.new_job_id ? options_.new_job_id() : DefaultJobId(rng_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+absl::StatusOr<std::vector<Job>> SqliteJobStore::QueryJobsLocked(SqliteStatement& stmt) {
+  std::vector<Job> jobs;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return jobs;
+    ASSIGN_OR_RETURN(Job job, RowToJob(stmt));
+    jobs.push_back(std::move(job));
+  }
+}
+
+absl::StatusOr<std::optional<Job>> SqliteJobStore::FindJobLocked(absl::string_view job_id) {
+  ASSIGN_OR_RETURN(SqliteStatement stmt, db_->Prepare(absl::StrCat("SELECT ", kJobColumns,
+                                                                   " FROM jobs WHERE job_id = ?")));
+  stmt.Bind(1, job_id);
+  ASSIGN_OR_RETURN(std::vector<Job> jobs, QueryJobsLocked(stmt));
+  if (jobs.empty()) return std::nullopt;
+  return std::move(jobs[0]);
+}
+
+absl::StatusOr<Job> SqliteJobStore::GetJobLocked(absl::string_view job_id) {
+  ASSIGN_OR_RETURN(std::optional<Job> job, FindJobLocked(job_id));
+  if (!job.has_value()) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+  return *std::move(job);
+}
+
+absl::StatusOr<std::optional<Job>> SqliteJobStore::FindByRequestIdLocked(
+    absl::string_view tenant, absl::string_view request_id) {
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare(absl::StrCat("SELECT ", kJobColumns,
+                                             " FROM jobs WHERE tenant = ? AND request_id = ?")));
+  stmt.Bind(1, tenant).Bind(2, request_id);
+  ASSIGN_OR_RETURN(std::vector<Job> jobs, QueryJobsLocked(stmt));
+  if (jobs.empty()) return std::nullopt;
+  return std::move(jobs[0]);
+}
+
+absl::StatusOr<std::string> SqliteJobStore::InsertJobLocked(absl::string_view tenant,
+                                                            const JobSpec& spec) {
+  int64_t now = ToMicros(options_.clock->Now());
+  std::string bytes = spec.SerializeAsString();
+  constexpr int kAttempts = 5;
+  for (int attempt = 1;; ++attempt) {
+    std::string job_id = NewJobIdLocked();
+    ASSIGN_OR_RETURN(SqliteStatement stmt,
+                     db_->Prepare("INSERT INTO jobs (job_id, tenant, request_id, spec, state, "
+                                  "priority, create_time_us, update_time_us) "
+                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"));
+    stmt.Bind(1, job_id).Bind(2, tenant).Bind(3, spec.request_id()).BindBlob(4, bytes);
+    stmt.Bind(5, int64_t{prune::v1::QUEUED}).Bind(6, int64_t{spec.priority()});
+    stmt.Bind(7, now).Bind(8, now);
+    absl::Status status = stmt.Run();
+    // The request id was checked in this transaction, so a conflict is a job id collision.
+    if (absl::IsAlreadyExists(status) && attempt < kAttempts) continue;
+    RETURN_IF_ERROR(status);
+    for (const auto& [key, value] : spec.labels()) {
+      ASSIGN_OR_RETURN(
+          SqliteStatement label,
+          db_->Prepare("INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)"));
+      RETURN_IF_ERROR(label.Bind(1, job_id).Bind(2, key).Bind(3, value).Run());
+    }
+    return job_id;
+  }
+}
+
+absl::Status SqliteJobStore::WriteJobLocked(const Job& job) {
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("UPDATE jobs SET state = ?, update_time_us = ?, generation = ?, "
+                                "projector_version = ?, best = ?, progress = ?, error = ?, "
+                                "error_code = ?, artifact_id = ?, artifact_sha256 = ?, "
+                                "last_event_sequence = ? WHERE job_id = ?"));
+  stmt.Bind(1, int64_t{job.state()}).Bind(2, ToMicros(FromTimestamp(job.update_time())));
+  stmt.Bind(3, int64_t{job.generation()}).Bind(4, int64_t{job.projector_version()});
+  if (job.has_best()) {
+    stmt.BindBlob(5, job.best().SerializeAsString());
+  } else {
+    stmt.BindNull(5);
+  }
+  stmt.Bind(6, job.progress()).Bind(7, job.error()).Bind(8, int64_t{job.error_code()});
+  stmt.Bind(9, job.artifact_id()).Bind(10, job.artifact_sha256());
+  stmt.Bind(11, job.last_event_sequence()).Bind(12, job.job_id());
+  return stmt.Run();
+}
+
+absl::StatusOr<std::vector<JobEvent>> SqliteJobStore::AppendEventsLocked(
+    Job& job, const std::vector<JobEvent>& events) {
+  std::vector<JobEvent> stored;
+  stored.reserve(events.size());
+  absl::Time now = options_.clock->Now();
+  for (const JobEvent& in : events) {
+    if (!in.job_id().empty() && in.job_id() != job.job_id()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("event for job ", in.job_id(), " appended to job ", job.job_id()));
+    }
+    JobEvent event = in;
+    event.set_job_id(job.job_id());
+    event.set_sequence(job.last_event_sequence() + 1);
+    if (!event.has_time()) SetTimestamp(ToMicros(now), event.mutable_time());
+    ASSIGN_OR_RETURN(SqliteStatement stmt,
+                     db_->Prepare("INSERT INTO events (job_id, sequence, time_us, event) "
+                                  "VALUES (?, ?, ?, ?)"));
+    stmt.Bind(1, job.job_id()).Bind(2, event.sequence());
+    stmt.Bind(3, ToMicros(FromTimestamp(event.time()))).BindBlob(4, event.SerializeAsString());
+    RETURN_IF_ERROR(stmt.Run());
+    job.set_last_event_sequence(event.sequence());
+    stored.push_back(std::move(event));
+  }
+  return stored;
+}
+
+absl::Status SqliteJobStore::PutCheckpointLocked(absl::string_view job_id,
+                                                 const Checkpoint& checkpoint) {
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("INSERT OR REPLACE INTO checkpoints "
+                                "(job_id, generation, search_state, update_time_us) "
+                                "VALUES (?, ?, ?, ?)"));
+  stmt.Bind(1, job_id).Bind(2, int64_t{checkpoint.generation});
+  stmt.Bind(3, checkpoint.search_state_json).Bind(4, ToMicros(options_.clock->Now()));
+  return stmt.Run();
+}
+
+absl::StatusOr<CreateJobResult> SqliteJobStore::CreateJob(
+    absl::string_view tenant, const JobSpec& spec, const std::vector<JobEvent>& initial_events) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
+  if (!spec.request_id().empty()) {
+    ASSIGN_OR_RETURN(std::optional<Job> existing, FindByRequestIdLocked(tenant, spec.request_id()));
+    if (existing.has_value()) return CreateJobResult{*std::move(existing), true};
+  }
+  ASSIGN_OR_RETURN(std::string job_id, InsertJobLocked(tenant, spec));
+  ASSIGN_OR_RETURN(Job job, GetJobLocked(job_id));
+  RETURN_IF_ERROR(AppendEventsLocked(job, initial_events).status());
+  RETURN_IF_ERROR(WriteJobLocked(job));
+  RETURN_IF_ERROR(txn.Commit());
+  return CreateJobResult{std::move(job), false};
+}
+
+absl::StatusOr<Job> SqliteJobStore::GetJob(absl::string_view job_id) {
+  absl::MutexLock lock(&mu_);
+  return GetJobLocked(job_id);
+}
+
+absl::StatusOr<ListJobsPage> SqliteJobStore::ListJobs(const ListJobsQuery& query) {
+  RETURN_IF_ERROR(ValidateListQuery(query));
+  int32_t page_size =
+      query.page_size == 0 ? kDefaultPageSize : std::min(query.page_size, kMaxPageSize);
+  std::string fingerprint = FilterFingerprint(query);
+  int64_t cursor = std::numeric_limits<int64_t>::max();
+  if (!query.page_token.empty()) {
+    ASSIGN_OR_RETURN(cursor, DecodePageToken(query.page_token, fingerprint));
+  }
+
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt, db_->Prepare(ListJobsSql(query)));
+  // One row more than the page tells whether a next page exists.
+  BindListJobs(query, cursor, int64_t{page_size} + 1, stmt);
+  ListJobsPage page;
+  int64_t last_id = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    if (static_cast<int32_t>(page.jobs.size()) == page_size) {
+      page.next_page_token = EncodePageToken(last_id, fingerprint);
+      break;
+    }
+    ASSIGN_OR_RETURN(Job job, RowToJob(stmt));
+    page.jobs.push_back(std::move(job));
+    last_id = stmt.Int64(kJobIdColumn);
+  }
+  return page;
+}
+
+absl::StatusOr<CommitResult> SqliteJobStore::Commit(absl::string_view job_id,
+                                                    const JobMutation& mutation,
+                                                    const std::vector<JobEvent>& events,
+                                                    const std::optional<Checkpoint>& checkpoint) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
+  ASSIGN_OR_RETURN(Job job, GetJobLocked(job_id));
+  RETURN_IF_ERROR(CheckMutable(job, mutation));
+  ApplyMutation(mutation, options_.clock->Now(), job);
+  CommitResult result;
+  ASSIGN_OR_RETURN(result.events, AppendEventsLocked(job, events));
+  RETURN_IF_ERROR(WriteJobLocked(job));
+  if (checkpoint.has_value()) RETURN_IF_ERROR(PutCheckpointLocked(job_id, *checkpoint));
+  RETURN_IF_ERROR(txn.Commit());
+  result.job = std::move(job);
+  return result;
+}
+
+absl::StatusOr<std::vector<JobEvent>> SqliteJobStore::ReadEvents(absl::string_view job_id,
+                                                                 int64_t after_sequence,
+                                                                 int32_t limit) {
+  if (limit < 0 || limit > kMaxEventLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("limit must be in [0, ", kMaxEventLimit, "], got ", limit));
+  }
+  if (limit == 0) limit = kDefaultEventLimit;
+  // mu_ serialises every use of the connection, so the two reads see the same state.
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(GetJobLocked(job_id).status());
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("SELECT sequence, time_us, event FROM events WHERE job_id = ? "
+                                "AND sequence > ? ORDER BY sequence LIMIT ?"));
+  stmt.Bind(1, job_id).Bind(2, after_sequence).Bind(3, int64_t{limit});
+  std::vector<JobEvent> events;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    ASSIGN_OR_RETURN(JobEvent event, RowToEvent(job_id, stmt));
+    events.push_back(std::move(event));
+  }
+  return events;
+}
+
+absl::StatusOr<std::optional<Checkpoint>> SqliteJobStore::LoadCheckpoint(absl::string_view job_id) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(GetJobLocked(job_id).status());
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("SELECT generation, search_state, update_time_us FROM "
+                                "checkpoints WHERE job_id = ?"));
+  stmt.Bind(1, job_id);
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return std::nullopt;
+  return Checkpoint{static_cast<int32_t>(stmt.Int64(0)), stmt.Text(1),
+                    absl::FromUnixMicros(stmt.Int64(2))};
+}
+
+absl::StatusOr<std::vector<Job>> SqliteJobStore::ListNonTerminalJobs() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(
+      SqliteStatement stmt,
+      db_->Prepare(absl::StrCat("SELECT ", kJobColumns,
+                                " FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY id")));
+  stmt.Bind(1, int64_t{prune::v1::SUCCEEDED}).Bind(2, int64_t{prune::v1::FAILED});
+  stmt.Bind(3, int64_t{prune::v1::CANCELLED});
+  return QueryJobsLocked(stmt);
+}
+
+absl::StatusOr<std::map<JobState, int64_t>> SqliteJobStore::CountJobsByState(
+    absl::string_view tenant) {
+  std::string sql = "SELECT state, count(*) FROM jobs";
+  if (!tenant.empty()) absl::StrAppend(&sql, " WHERE tenant = ?");
+  absl::StrAppend(&sql, " GROUP BY state");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt, db_->Prepare(sql));
+  if (!tenant.empty()) stmt.Bind(1, tenant);
+  std::map<JobState, int64_t> counts;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return counts;
+    int64_t state = stmt.Int64(0);
+    if (!ValidStoredState(state)) {
+      return absl::DataLossError(absl::StrCat(path_, ": a job has unknown state ", state));
+    }
+    counts[static_cast<JobState>(state)] = stmt.Int64(1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blob index
+
+absl::StatusOr<std::vector<BlobRecord>> SqliteJobStore::QueryBlobsLocked(SqliteStatement& stmt) {
+  std::vector<BlobRecord> records;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return records;
+    ASSIGN_OR_RETURN(BlobRecord record, RowToBlob(stmt));
+    records.push_back(std::move(record));
+  }
+}
+
+absl::StatusOr<PutBlobResult> SqliteJobStore::PutBlob(const BlobRecord& record) {
+  BlobRecord stored = record;
+  if (stored.content_id.empty()) stored.content_id = stored.blob_id;
+  RETURN_IF_ERROR(ValidateBlobId(stored.blob_id));
+  RETURN_IF_ERROR(ValidateBlobId(stored.content_id));
+  if (stored.size_bytes < 0 || stored.num_samples < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("blob ", stored.blob_id, ": negative size or sample count"));
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
+  ASSIGN_OR_RETURN(SqliteStatement find,
+                   db_->Prepare(absl::StrCat("SELECT ", kBlobColumns,
+                                             " FROM blobs WHERE blob_id = ? AND tenant = ?")));
+  find.Bind(1, stored.blob_id).Bind(2, stored.tenant);
+  ASSIGN_OR_RETURN(std::vector<BlobRecord> existing, QueryBlobsLocked(find));
+  if (!existing.empty()) return PutBlobResult{std::move(existing[0]), true};
+
+  stored.create_time = absl::FromUnixMicros(ToMicros(options_.clock->Now()));
+  ASSIGN_OR_RETURN(SqliteStatement insert,
+                   db_->Prepare("INSERT INTO blobs (blob_id, tenant, kind, size_bytes, "
+                                "create_time_us, num_samples, content_id) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)"));
+  insert.Bind(1, stored.blob_id).Bind(2, stored.tenant).Bind(3, BlobKindName(stored.kind));
+  insert.Bind(4, stored.size_bytes).Bind(5, ToMicros(stored.create_time));
+  insert.Bind(6, stored.num_samples).Bind(7, stored.content_id);
+  RETURN_IF_ERROR(insert.Run());
+  RETURN_IF_ERROR(txn.Commit());
+  return PutBlobResult{std::move(stored), false};
+}
+
+absl::StatusOr<BlobRecord> SqliteJobStore::GetBlob(absl::string_view tenant,
+                                                   absl::string_view blob_id) {
+  RETURN_IF_ERROR(ValidateBlobId(blob_id));
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare(absl::StrCat("SELECT ", kBlobColumns,
+                                             " FROM blobs WHERE blob_id = ? AND tenant = ?")));
+  stmt.Bind(1, blob_id).Bind(2, tenant);
+  ASSIGN_OR_RETURN(std::vector<BlobRecord> records, QueryBlobsLocked(stmt));
+  if (records.empty()) return absl::NotFoundError(absl::StrCat("blob ", blob_id, " not found"));
+  return std::move(records[0]);
+}
+
+absl::StatusOr<std::vector<BlobRecord>> SqliteJobStore::ListBlobs(absl::string_view tenant,
+                                                                  std::optional<BlobKind> kind) {
+  std::string sql = absl::StrCat("SELECT ", kBlobColumns, " FROM blobs WHERE 1");
+  if (!tenant.empty()) absl::StrAppend(&sql, " AND tenant = ?");
+  if (kind.has_value()) absl::StrAppend(&sql, " AND kind = ?");
+  absl::StrAppend(&sql, " ORDER BY create_time_us, blob_id, tenant");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt, db_->Prepare(sql));
+  int index = 1;
+  if (!tenant.empty()) stmt.Bind(index++, tenant);
+  if (kind.has_value()) stmt.Bind(index++, BlobKindName(*kind));
+  return QueryBlobsLocked(stmt);
+}
+
+absl::StatusOr<DeleteBlobResult> SqliteJobStore::DeleteBlob(absl::string_view tenant,
+                                                            absl::string_view blob_id) {
+  RETURN_IF_ERROR(ValidateBlobId(blob_id));
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
+  ASSIGN_OR_RETURN(SqliteStatement del, db_->Prepare("DELETE FROM blobs WHERE blob_id = ? AND "
+                                                     "tenant = ? RETURNING content_id"));
+  del.Bind(1, blob_id).Bind(2, tenant);
+  ASSIGN_OR_RETURN(bool deleted, del.Step());
+  if (!deleted) return absl::NotFoundError(absl::StrCat("blob ", blob_id, " not found"));
+  DeleteBlobResult result{del.Text(0), 0};
+  RETURN_IF_ERROR(del.Run());  // finish the statement before the next one
+  ASSIGN_OR_RETURN(SqliteStatement count,
+                   db_->Prepare("SELECT count(*) FROM blobs WHERE content_id = ?"));
+  count.Bind(1, result.content_id);
+  ASSIGN_OR_RETURN(bool row, count.Step());
+  if (row) result.remaining_references = count.Int64(0);
+  RETURN_IF_ERROR(count.Run());
+  RETURN_IF_ERROR(txn.Commit());
+  return result;
+}
+
+absl::StatusOr<int64_t> SqliteJobStore::TenantBlobBytes(absl::string_view tenant) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("SELECT COALESCE(SUM(size_bytes), 0) FROM blobs WHERE tenant = ?"));
+  stmt.Bind(1, tenant);
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  return row ? stmt.Int64(0) : 0;
+}
+
+}  // namespace prunesvc::server

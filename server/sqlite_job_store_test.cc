@@ -1,0 +1,641 @@
+#include "server/sqlite_job_store.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/sha256.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/blob_store.h"
+#include "server/sqlite_db.h"
+#include "server/store_test_util.h"
+
+namespace prunesvc::server {
+namespace {
+
+using prune::v1::Job;
+using prune::v1::JobEvent;
+using prune::v1::JobSpec;
+using prune::v1::JobState;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+JobSpec Spec(const std::string& request_id = "",
+             const std::map<std::string, std::string>& labels = {}) {
+  JobSpec spec;
+  spec.set_model_uri("file:///models/tiny");
+  spec.set_dataset_id(BlobIdFromHex(Sha256Hex("data")));
+  spec.set_flops_budget(0.5);
+  spec.set_population(16);
+  spec.set_request_id(request_id);
+  for (const auto& [k, v] : labels) (*spec.mutable_labels())[k] = v;
+  return spec;
+}
+
+JobEvent StateEvent(JobState from, JobState to) {
+  JobEvent event;
+  event.mutable_state_changed()->set_from(from);
+  event.mutable_state_changed()->set_to(to);
+  return event;
+}
+
+JobEvent LogEvent(const std::string& message) {
+  JobEvent event;
+  event.mutable_log()->set_message(message);
+  return event;
+}
+
+JobMutation ToState(JobState state) {
+  JobMutation m;
+  m.state = state;
+  return m;
+}
+
+std::vector<std::string> Ids(const std::vector<Job>& jobs) {
+  std::vector<std::string> ids;
+  for (const Job& job : jobs) ids.push_back(job.job_id());
+  return ids;
+}
+
+class SqliteJobStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Open(); }
+
+  void Open() {
+    store_.reset();
+    SqliteJobStoreOptions options;
+    options.state_dir = dir_.Sub("state");
+    options.clock = &clock_;
+    auto store = SqliteJobStore::Create(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+  }
+
+  // Runs SQL on the database file directly, with the store closed.
+  void RawExec(const std::string& sql) {
+    store_.reset();
+    auto db = SqliteDb::Open(DbPath());
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE((*db)->Exec(sql).ok()) << sql;
+  }
+
+  std::string DbPath() const { return dir_.Sub("state") + "/" + SqliteJobStore::kFileName; }
+
+  Job Create(const std::string& tenant = "t1", const JobSpec& spec = Spec()) {
+    auto created = store_->CreateJob(
+        tenant, spec, {StateEvent(prune::v1::JOB_STATE_UNSPECIFIED, prune::v1::QUEUED)});
+    EXPECT_TRUE(created.ok()) << created.status();
+    clock_.Advance(absl::Milliseconds(1));
+    return created.ok() ? created->job : Job();
+  }
+
+  ScopedTempDir dir_;
+  FakeClock clock_;
+  std::unique_ptr<SqliteJobStore> store_;
+};
+
+TEST_F(SqliteJobStoreTest, CreateAndGet) {
+  absl::Time now = clock_.Now();
+  JobSpec spec = Spec("", {{"team", "vision"}});
+  Job job = Create("t1", spec);
+  EXPECT_THAT(job.job_id(), ::testing::StartsWith("job-"));
+  EXPECT_EQ(job.job_id().size(), 4u + 16u);
+  EXPECT_EQ(job.tenant(), "t1");
+  EXPECT_EQ(job.state(), prune::v1::QUEUED);
+  EXPECT_EQ(job.spec().SerializeAsString(), spec.SerializeAsString());
+  EXPECT_EQ(job.create_time().seconds(), absl::ToUnixSeconds(now));
+  EXPECT_EQ(job.last_event_sequence(), 1);
+  EXPECT_FALSE(job.has_best());
+
+  auto got = store_->GetJob(job.job_id());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->SerializeAsString(), job.SerializeAsString());
+  EXPECT_EQ(store_->GetJob("job-nope").status().code(), absl::StatusCode::kNotFound);
+
+  auto events = store_->ReadEvents(job.job_id(), 0, 0);
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].sequence(), 1);
+  EXPECT_EQ((*events)[0].job_id(), job.job_id());
+  EXPECT_EQ((*events)[0].state_changed().to(), prune::v1::QUEUED);
+  EXPECT_EQ((*events)[0].time().seconds(), absl::ToUnixSeconds(now));
+}
+
+TEST_F(SqliteJobStoreTest, RequestIdIsIdempotentPerTenant) {
+  Job first = Create("t1", Spec("req-1"));
+  auto again = store_->CreateJob("t1", Spec("req-1", {{"other", "spec"}}), {LogEvent("dup")});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->deduplicated);
+  EXPECT_EQ(again->job.job_id(), first.job_id());
+  EXPECT_EQ(again->job.last_event_sequence(), 1);  // the duplicate's events were not appended
+  EXPECT_TRUE(again->job.spec().labels().empty());
+
+  Job other_tenant = Create("t2", Spec("req-1"));
+  EXPECT_NE(other_tenant.job_id(), first.job_id());
+  Job a = Create("t1", Spec(""));
+  Job b = Create("t1", Spec(""));
+  EXPECT_NE(a.job_id(), b.job_id());
+
+  Open();  // still deduplicated after a restart
+  again = store_->CreateJob("t1", Spec("req-1"), {});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->deduplicated);
+  EXPECT_EQ(again->job.job_id(), first.job_id());
+}
+
+TEST_F(SqliteJobStoreTest, ListFiltersByTenantStateAndAllLabels) {
+  Job a = Create("t1", Spec("", {{"team", "vision"}, {"env", "prod"}}));
+  Job b = Create("t1", Spec("", {{"team", "vision"}}));
+  Job c = Create("t1", Spec("", {{"team", "text"}, {"env", "prod"}}));
+  Job d = Create("t2", Spec("", {{"team", "vision"}, {"env", "prod"}}));
+  ASSERT_TRUE(store_->Commit(b.job_id(), ToState(prune::v1::SEARCHING), {}, {}).ok());
+  ASSERT_TRUE(store_->Commit(c.job_id(), ToState(prune::v1::FAILED), {}, {}).ok());
+
+  auto list = [&](ListJobsQuery q) {
+    auto page = store_->ListJobs(q);
+    EXPECT_TRUE(page.ok()) << page.status();
+    return page.ok() ? Ids(page->jobs) : std::vector<std::string>{};
+  };
+  EXPECT_THAT(list({}), ElementsAre(d.job_id(), c.job_id(), b.job_id(), a.job_id()));
+  EXPECT_THAT(list({.tenant = "t1"}), ElementsAre(c.job_id(), b.job_id(), a.job_id()));
+  EXPECT_THAT(list({.tenant = "t1", .states = {prune::v1::QUEUED, prune::v1::FAILED}}),
+              ElementsAre(c.job_id(), a.job_id()));
+  EXPECT_THAT(list({.labels = {{"team", "vision"}}}),
+              ElementsAre(d.job_id(), b.job_id(), a.job_id()));
+  EXPECT_THAT(list({.tenant = "t1", .labels = {{"team", "vision"}, {"env", "prod"}}}),
+              ElementsAre(a.job_id()));
+  EXPECT_THAT(list({.labels = {{"team", "audio"}}}), ElementsAre());
+  EXPECT_THAT(list({.states = {prune::v1::SUCCEEDED}}), ElementsAre());
+
+  auto bad = store_->ListJobs({.states = {prune::v1::JOB_STATE_UNSPECIFIED}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  bad = store_->ListJobs({.page_size = -1});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SqliteJobStoreTest, PagesAreStableUnderInserts) {
+  std::vector<std::string> created;
+  for (int i = 0; i < 7; ++i) created.push_back(Create("t1").job_id());
+  std::vector<std::string> expected(created.rbegin(), created.rend());
+
+  ListJobsQuery q{.tenant = "t1", .page_size = 3};
+  std::vector<std::string> seen;
+  std::vector<size_t> page_sizes;
+  while (true) {
+    auto page = store_->ListJobs(q);
+    ASSERT_TRUE(page.ok()) << page.status();
+    page_sizes.push_back(page->jobs.size());
+    for (const Job& job : page->jobs) seen.push_back(job.job_id());
+    // New jobs between pages land before the cursor and never shift the rest.
+    Create("t1");
+    Create("t1");
+    if (page->next_page_token.empty()) break;
+    q.page_token = page->next_page_token;
+  }
+  EXPECT_EQ(seen, expected);
+  EXPECT_THAT(page_sizes, ElementsAre(3, 3, 1));
+
+  // A token only fits the filters it was issued for.
+  auto first = store_->ListJobs({.tenant = "t1", .page_size = 2});
+  ASSERT_TRUE(first.ok());
+  ASSERT_FALSE(first->next_page_token.empty());
+  auto other = store_->ListJobs({.tenant = "t2", .page_token = first->next_page_token});
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(other.status().message(), HasSubstr("different filters"));
+  for (std::string token : {"garbage", "djE6eDp5", "", "%%%"}) {
+    if (token.empty()) continue;
+    auto bad = store_->ListJobs({.tenant = "t1", .page_token = token});
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << token;
+  }
+}
+
+TEST_F(SqliteJobStoreTest, DefaultPageSizeIs50) {
+  for (int i = 0; i < 52; ++i) Create("t1");
+  auto page = store_->ListJobs({});
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->jobs.size(), 50u);
+  auto rest = store_->ListJobs({.page_size = 1000, .page_token = page->next_page_token});
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_EQ(rest->jobs.size(), 2u);
+  EXPECT_TRUE(rest->next_page_token.empty());
+}
+
+TEST_F(SqliteJobStoreTest, CommitUpdatesAppendsAndCheckpointsTogether) {
+  Job job = Create();
+  JobMutation m = ToState(prune::v1::SEARCHING);
+  m.generation = 3;
+  m.projector_version = 1;
+  m.best.emplace().set_accuracy(0.75);
+  m.progress = 0.25;
+  clock_.Advance(absl::Seconds(5));
+  auto result = store_->Commit(
+      job.job_id(), m,
+      {StateEvent(prune::v1::QUEUED, prune::v1::SEARCHING), LogEvent("generation 3")},
+      Checkpoint{.generation = 3, .search_state_json = R"({"g":3})"});
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->events.size(), 2u);
+  EXPECT_EQ(result->events[0].sequence(), 2);
+  EXPECT_EQ(result->events[1].sequence(), 3);
+  EXPECT_EQ(result->events[1].job_id(), job.job_id());
+  EXPECT_EQ(result->job.last_event_sequence(), 3);
+  EXPECT_EQ(result->job.update_time().seconds(), absl::ToUnixSeconds(clock_.Now()));
+
+  auto got = store_->GetJob(job.job_id());
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->SerializeAsString(), result->job.SerializeAsString());
+  EXPECT_EQ(got->state(), prune::v1::SEARCHING);
+  EXPECT_EQ(got->generation(), 3);
+  EXPECT_EQ(got->projector_version(), 1);
+  EXPECT_DOUBLE_EQ(got->best().accuracy(), 0.75);
+  EXPECT_DOUBLE_EQ(got->progress(), 0.25);
+
+  auto checkpoint = store_->LoadCheckpoint(job.job_id());
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  ASSERT_TRUE(checkpoint->has_value());
+  EXPECT_EQ((*checkpoint)->generation, 3);
+  EXPECT_EQ((*checkpoint)->search_state_json, R"({"g":3})");
+
+  auto tail = store_->ReadEvents(job.job_id(), 1, 1);
+  ASSERT_TRUE(tail.ok());
+  ASSERT_EQ(tail->size(), 1u);
+  EXPECT_EQ((*tail)[0].sequence(), 2);
+  EXPECT_EQ((*tail)[0].state_changed().to(), prune::v1::SEARCHING);
+  tail = store_->ReadEvents(job.job_id(), 3, 10);
+  ASSERT_TRUE(tail.ok());
+  EXPECT_TRUE(tail->empty());
+
+  // A later checkpoint replaces the earlier one; an expected state that holds lets it through.
+  JobMutation guarded;
+  guarded.expected_states = {prune::v1::PREPARING, prune::v1::SEARCHING};
+  ASSERT_TRUE(store_->Commit(job.job_id(), guarded, {}, Checkpoint{4, "{}", {}}).ok());
+  checkpoint = store_->LoadCheckpoint(job.job_id());
+  ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
+  EXPECT_EQ((*checkpoint)->generation, 4);
+}
+
+TEST_F(SqliteJobStoreTest, FailedCommitWritesNothing) {
+  Job job = Create();
+  auto snapshot = [&] {
+    auto got = store_->GetJob(job.job_id());
+    EXPECT_TRUE(got.ok());
+    auto events = store_->ReadEvents(job.job_id(), 0, 0);
+    EXPECT_TRUE(events.ok());
+    auto checkpoint = store_->LoadCheckpoint(job.job_id());
+    EXPECT_TRUE(checkpoint.ok());
+    return absl::StrCat(got->SerializeAsString(), events->size(), checkpoint->has_value());
+  };
+  std::string before = snapshot();
+
+  EXPECT_EQ(store_->Commit("job-unknown", ToState(prune::v1::SEARCHING), {LogEvent("x")}, {})
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  // The second event names another job: the first, already inserted, must be rolled back.
+  JobEvent foreign = LogEvent("foreign");
+  foreign.set_job_id("job-other");
+  auto bad = store_->Commit(job.job_id(), ToState(prune::v1::SEARCHING), {LogEvent("ok"), foreign},
+                            Checkpoint{1, "{}", {}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(snapshot(), before);
+
+  JobMutation guarded = ToState(prune::v1::CANCELLED);
+  guarded.expected_states = {prune::v1::SEARCHING};
+  bad = store_->Commit(job.job_id(), guarded, {LogEvent("cancel")}, Checkpoint{1, "{}", {}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(bad.status().message(), HasSubstr("QUEUED"));
+  EXPECT_EQ(snapshot(), before);
+
+  bad = store_->Commit(job.job_id(), ToState(prune::v1::JOB_STATE_UNSPECIFIED), {}, {});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(snapshot(), before);
+
+  // Terminal is final: nothing can follow the terminal event.
+  ASSERT_TRUE(store_
+                  ->Commit(job.job_id(), ToState(prune::v1::CANCELLED),
+                           {StateEvent(prune::v1::QUEUED, prune::v1::CANCELLED)}, {})
+                  .ok());
+  before = snapshot();
+  bad = store_->Commit(job.job_id(), {}, {LogEvent("late")}, {});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(bad.status().message(), HasSubstr("terminal"));
+  EXPECT_EQ(snapshot(), before);
+
+  EXPECT_EQ(store_->ReadEvents("job-unknown", 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->ReadEvents(job.job_id(), 0, 10001).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->LoadCheckpoint("job-unknown").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SqliteJobStoreTest, ConcurrentAppendsAreGaplessAndOrdered) {
+  Job job = Create();
+  constexpr int kThreads = 8;
+  constexpr int kCommits = 20;
+  std::vector<std::vector<int64_t>> sequences(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCommits; ++i) {
+        std::vector<JobEvent> events;
+        for (int k = 0; k <= i % 3; ++k)
+          events.push_back(LogEvent(absl::StrCat(t, ":", i, ":", k)));
+        auto result = store_->Commit(job.job_id(), {}, events, {});
+        ASSERT_TRUE(result.ok()) << result.status();
+        for (const JobEvent& e : result->events) sequences[t].push_back(e.sequence());
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+
+  std::set<int64_t> all;
+  size_t total = 0;
+  for (const auto& seqs : sequences) {
+    EXPECT_TRUE(std::is_sorted(seqs.begin(), seqs.end()));
+    all.insert(seqs.begin(), seqs.end());
+    total += seqs.size();
+  }
+  ASSERT_EQ(all.size(), total);                               // no sequence handed out twice
+  EXPECT_EQ(*all.begin(), 2);                                 // 1 is the creation event
+  EXPECT_EQ(*all.rbegin(), static_cast<int64_t>(total) + 1);  // and no gaps
+
+  std::vector<JobEvent> log;
+  int64_t after = 0;
+  while (true) {  // read back in pages, as a watcher would
+    auto events = store_->ReadEvents(job.job_id(), after, 37);
+    ASSERT_TRUE(events.ok()) << events.status();
+    if (events->empty()) break;
+    after = events->back().sequence();
+    log.insert(log.end(), events->begin(), events->end());
+  }
+  ASSERT_EQ(log.size(), total + 1);
+  std::map<int, std::string> last_per_thread;
+  for (size_t i = 0; i < log.size(); ++i) {
+    EXPECT_EQ(log[i].sequence(), static_cast<int64_t>(i) + 1);
+    if (i == 0) continue;
+    // Each thread's events keep their order, and one commit's events stay together in order.
+    const std::string& msg = log[i].log().message();
+    int t = msg[0] - '0';
+    if (last_per_thread.count(t)) {
+      std::vector<int> prev, cur;
+      for (auto p : absl::StrSplit(last_per_thread[t], ':'))
+        prev.push_back(std::stoi(std::string(p)));
+      for (auto p : absl::StrSplit(msg, ':')) cur.push_back(std::stoi(std::string(p)));
+      EXPECT_LT(std::make_pair(prev[1], prev[2]), std::make_pair(cur[1], cur[2])) << msg;
+    }
+    last_per_thread[t] = msg;
+  }
+  auto got = store_->GetJob(job.job_id());
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->last_event_sequence(), static_cast<int64_t>(total) + 1);
+}
+
+TEST_F(SqliteJobStoreTest, EverythingSurvivesReopen) {
+  Job queued = Create("t1", Spec("r1", {{"k", "v"}}));
+  Job running = Create("t1");
+  Job done = Create("t2");
+  ASSERT_TRUE(store_
+                  ->Commit(running.job_id(), ToState(prune::v1::SEARCHING), {LogEvent("g1")},
+                           Checkpoint{1, R"({"generation":1})", {}})
+                  .ok());
+  ASSERT_TRUE(
+      store_->Commit(done.job_id(), ToState(prune::v1::SUCCEEDED), {LogEvent("end")}, {}).ok());
+  std::string blob = BlobIdFromHex(Sha256Hex("blob"));
+  ASSERT_TRUE(store_->PutBlob({blob, BlobKind::kDataset, 4, "t1", {}, 64}).ok());
+  auto before = store_->ListJobs({});
+  ASSERT_TRUE(before.ok());
+
+  Open();
+  auto after = store_->ListJobs({});
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->jobs.size(), before->jobs.size());
+  for (size_t i = 0; i < after->jobs.size(); ++i) {
+    EXPECT_EQ(after->jobs[i].SerializeAsString(), before->jobs[i].SerializeAsString());
+  }
+  auto counts = store_->CountJobsByState("");
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(*counts,
+            (std::map<JobState, int64_t>{
+                {prune::v1::QUEUED, 1}, {prune::v1::SEARCHING, 1}, {prune::v1::SUCCEEDED, 1}}));
+  counts = store_->CountJobsByState("t2");
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(*counts, (std::map<JobState, int64_t>{{prune::v1::SUCCEEDED, 1}}));
+  auto resumable = store_->ListNonTerminalJobs();
+  ASSERT_TRUE(resumable.ok()) << resumable.status();
+  EXPECT_THAT(Ids(*resumable), ElementsAre(queued.job_id(), running.job_id()));
+  auto checkpoint = store_->LoadCheckpoint(running.job_id());
+  ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
+  EXPECT_EQ((*checkpoint)->search_state_json, R"({"generation":1})");
+  auto blob_record = store_->GetBlob("t1", blob);
+  ASSERT_TRUE(blob_record.ok()) << blob_record.status();
+  EXPECT_EQ(blob_record->num_samples, 64);
+
+  // Sequences continue after a restart, never renumbered.
+  auto next = store_->Commit(running.job_id(), {}, {LogEvent("g2")}, {});
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->events[0].sequence(), 3);
+  auto events = store_->ReadEvents(running.job_id(), 0, 0);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 3u);
+  EXPECT_EQ((*events)[1].log().message(), "g1");
+
+  // The file is in WAL mode (a property of the file, visible to any connection).
+  store_.reset();
+  auto raw = SqliteDb::Open(DbPath());
+  ASSERT_TRUE(raw.ok());
+  auto mode = (*raw)->QueryText("PRAGMA journal_mode");
+  ASSERT_TRUE(mode.ok());
+  EXPECT_EQ(*mode, "wal");
+}
+
+// A process killed right after a write returned (no destructor, no sqlite3_close) loses nothing.
+TEST_F(SqliteJobStoreTest, AcknowledgedWritesSurviveAKilledProcess) {
+  store_.reset();  // the child opens its own connection
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    auto store = SqliteJobStore::Create({.state_dir = dir_.Sub("state"), .clock = &clock_});
+    if (!store.ok()) ::_exit(1);
+    auto created = (*store)->CreateJob("t1", Spec("req"), {LogEvent("submitted")});
+    if (!created.ok()) ::_exit(1);
+    std::string id = created->job.job_id();
+    auto committed = (*store)->Commit(id, ToState(prune::v1::SEARCHING), {LogEvent("g1")},
+                                      Checkpoint{1, "{}", {}});
+    if (!committed.ok()) ::_exit(1);
+    if (::write(fds[1], id.data(), id.size()) != static_cast<ssize_t>(id.size())) ::_exit(1);
+    ::raise(SIGKILL);
+  }
+  ::close(fds[1]);
+  char buf[64];
+  ssize_t n = ::read(fds[0], buf, sizeof(buf));
+  ::close(fds[0]);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "child failed before its writes returned";
+  ASSERT_GT(n, 0);
+  std::string id(buf, static_cast<size_t>(n));
+
+  Open();
+  auto job = store_->GetJob(id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state(), prune::v1::SEARCHING);
+  EXPECT_EQ(job->last_event_sequence(), 2);
+  auto events = store_->ReadEvents(id, 0, 0);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[1].log().message(), "g1");
+  auto checkpoint = store_->LoadCheckpoint(id);
+  ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
+  auto again = store_->CreateJob("t1", Spec("req"), {});
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->deduplicated);
+  EXPECT_EQ(again->job.job_id(), id);
+}
+
+TEST_F(SqliteJobStoreTest, NewerSchemaVersionIsRefused) {
+  RawExec("UPDATE schema_version SET version = 99");
+  SqliteJobStoreOptions options{.state_dir = dir_.Sub("state"), .clock = &clock_};
+  auto store = SqliteJobStore::Create(options);
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store.status().message(), HasSubstr("schema version 99"));
+  EXPECT_THAT(store.status().message(), HasSubstr("newer"));
+}
+
+TEST_F(SqliteJobStoreTest, ForeignDatabaseAndGarbageFileAreRefused) {
+  store_.reset();
+  std::string foreign_dir = dir_.Sub("foreign");
+  std::filesystem::create_directories(foreign_dir);
+  {
+    auto db = SqliteDb::Open(foreign_dir + "/" + SqliteJobStore::kFileName);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("CREATE TABLE something (x INTEGER)").ok());
+  }
+  auto store = SqliteJobStore::Create({.state_dir = foreign_dir, .clock = &clock_});
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store.status().message(), HasSubstr("not a prunesvc job store"));
+
+  std::string garbage_dir = dir_.Sub("garbage");
+  std::filesystem::create_directories(garbage_dir);
+  std::ofstream(garbage_dir + "/" + SqliteJobStore::kFileName)
+      << std::string(4096, 'x') << "this is not a database";
+  store = SqliteJobStore::Create({.state_dir = garbage_dir, .clock = &clock_});
+  EXPECT_FALSE(store.ok());
+  EXPECT_THAT(store.status().message(), HasSubstr(SqliteJobStore::kFileName));
+}
+
+TEST_F(SqliteJobStoreTest, MalformedRowsAreErrorsNotCrashes) {
+  Job bad_spec = Create();
+  Job bad_state = Create();
+  Job bad_event = Create();
+  Job bad_best = Create();
+  std::string blob = BlobIdFromHex(Sha256Hex("b"));
+  ASSERT_TRUE(store_->PutBlob({blob, BlobKind::kArtifact, 1, "t1", {}, 0}).ok());
+  RawExec(absl::StrCat("UPDATE jobs SET spec = x'ffffffff' WHERE job_id = '", bad_spec.job_id(),
+                       "'; UPDATE jobs SET state = 42 WHERE job_id = '", bad_state.job_id(),
+                       "'; UPDATE events SET event = x'0a' WHERE job_id = '", bad_event.job_id(),
+                       "'; UPDATE jobs SET best = x'08' WHERE job_id = '", bad_best.job_id(),
+                       "'; UPDATE blobs SET kind = 'weird';"));
+  Open();
+
+  auto spec = store_->GetJob(bad_spec.job_id());
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(spec.status().message(), HasSubstr(bad_spec.job_id()));
+  EXPECT_EQ(store_->GetJob(bad_state.job_id()).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store_->GetJob(bad_best.job_id()).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(store_->GetJob(bad_event.job_id()).ok());
+  EXPECT_EQ(store_->ReadEvents(bad_event.job_id(), 0, 0).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store_->ListJobs({}).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store_->ListNonTerminalJobs().status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store_->Commit(bad_spec.job_id(), {}, {}, {}).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store_->GetBlob("t1", blob).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(SqliteJobStoreTest, BlobIndexIsPerTenant) {
+  std::string a = BlobIdFromHex(Sha256Hex("a"));
+  std::string b = BlobIdFromHex(Sha256Hex("b"));
+  auto put = store_->PutBlob({a, BlobKind::kDataset, 100, "t1", {}, 64});
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_FALSE(put->already_present);
+  EXPECT_EQ(put->record.create_time, clock_.Now());
+  clock_.Advance(absl::Seconds(1));
+  put = store_->PutBlob({a, BlobKind::kDataset, 100, "t1", {}, 64});
+  ASSERT_TRUE(put.ok());
+  EXPECT_TRUE(put->already_present);
+  EXPECT_LT(put->record.create_time, clock_.Now());  // the first record is kept
+  ASSERT_TRUE(store_->PutBlob({a, BlobKind::kDataset, 100, "t2", {}, 64}).ok());
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(store_->PutBlob({b, BlobKind::kArtifact, 7, "t1", {}, 0}).ok());
+
+  auto got = store_->GetBlob("t1", a);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->kind, BlobKind::kDataset);
+  EXPECT_EQ(got->size_bytes, 100);
+  EXPECT_EQ(store_->GetBlob("t2", b).status().code(), absl::StatusCode::kNotFound);
+
+  auto listed = store_->ListBlobs("t1", std::nullopt);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ((*listed)[0].blob_id, a);
+  EXPECT_EQ((*listed)[1].blob_id, b);
+  listed = store_->ListBlobs("", BlobKind::kDataset);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->size(), 2u);
+  auto bytes = store_->TenantBlobBytes("t1");
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ(*bytes, 107);
+
+  auto deleted = store_->DeleteBlob("t1", a);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->content_id, a);
+  EXPECT_EQ(deleted->remaining_references, 1);  // t2 still references it
+  EXPECT_EQ(store_->DeleteBlob("t1", a).status().code(), absl::StatusCode::kNotFound);
+  deleted = store_->DeleteBlob("t2", a);
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(deleted->remaining_references, 0);
+
+  // A dataset's id (its sample-set hash) names a file stored under the upload's hash; two
+  // datasets that differ only in packing share that file.
+  std::string dataset = BlobIdFromHex(Sha256Hex("sample set"));
+  std::string tar = BlobIdFromHex(Sha256Hex("tar bytes"));
+  put = store_->PutBlob({dataset, BlobKind::kDataset, 9, "t1", {}, 64, tar});
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->record.content_id, tar);
+  ASSERT_TRUE(store_->PutBlob({dataset, BlobKind::kDataset, 9, "t2", {}, 64, tar}).ok());
+  got = store_->GetBlob("t2", dataset);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->content_id, tar);
+  EXPECT_EQ(store_->GetBlob("t1", b)->content_id, b);  // defaulted to the blob id
+  deleted = store_->DeleteBlob("t1", dataset);
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(deleted->content_id, tar);
+  EXPECT_EQ(deleted->remaining_references, 1);
+  EXPECT_EQ(
+      store_->PutBlob({dataset, BlobKind::kDataset, 9, "t1", {}, 64, "sha256:bad"}).status().code(),
+      absl::StatusCode::kInvalidArgument);
+
+  for (std::string id : {std::string("../x"), std::string("sha256:") + std::string(64, 'A'),
+                         std::string("sha256:abc")}) {
+    EXPECT_EQ(store_->PutBlob({id, BlobKind::kDataset, 1, "t1", {}, 0}).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(store_->GetBlob("t1", id).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(store_->PutBlob({b, BlobKind::kDataset, -1, "t1", {}, 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace prunesvc::server
