@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/search_test_util.h"
 #include "gmock/gmock.h"
@@ -499,6 +500,59 @@ TEST(EvolutionTest, ConfigValidation) {
   EXPECT_FALSE(EvolutionarySearch::Create(nullptr, DefaultConfig(0.5)).ok());
   EXPECT_FALSE(ParseStrategy("GREEDY").ok());
   EXPECT_EQ(*ParseStrategy("RANDOM_SEARCH"), Strategy::kRandomSearch);
+}
+
+// Pins today's default behaviour (before the opt-in estimators and search options) on three
+// configurations: the evaluated sequence, the history JSON, the final policy and the checkpoint's
+// fields as they were before version 2 (v2 only adds keys). Values recorded from the code before
+// any option existed; a change here means the defaults no longer replay old searches bit for bit.
+json OldFieldsOnly(json state) {
+  state.erase("version");
+  const std::set<std::string> old_config = {
+      "strategy", "budget", "population",      "generations", "parents",
+      "mutation", "eta",    "projector_every", "num_samples", "seed"};
+  json config = json::object();
+  for (const auto& [k, v] : state["config"].items()) {
+    if (old_config.count(k) != 0) config[k] = v;
+  }
+  state["config"] = config;
+  for (json& e : state["cache"]) e.erase("sample_losses");
+  return state;
+}
+
+TEST(EvolutionTest, DefaultOptionsReplayTodaysSearchesBitForBit) {
+  struct Case {
+    int layers;
+    UnitKind kind;
+    Strategy strategy;
+    uint64_t seed;
+    const char* log_hash;
+    const char* history_hash;
+    const char* state_hash;
+    const char* best;
+  };
+  for (const Case& k :
+       {Case{6, UnitKind::kLayer, Strategy::kEfficientLlava, 1234, "02d8fbeb3dee0e9a",
+             "b0ba4508fc0b4fbd", "3a37e76db23ea4d5", "8,0,1,8,4,8"},
+        Case{4, UnitKind::kLinear, Strategy::kEfficientLlava, 7, "43747203775ed273",
+             "7c98a558c9c22eeb", "cb8b96ec25bdd4ee",
+             "8,1,3,6,8,8,1,2,0,1,8,4,8,0,7,2,3,2,8,0,8,5,1,4,8,8,5,3"},
+        Case{4, UnitKind::kLinear, Strategy::kRandomSearch, 7, "9c7d0d0a42c39c16",
+             "77abafd2ac6f957f", "5c3f0478450624da",
+             "4,2,0,3,1,4,3,1,5,4,5,4,7,6,0,0,0,0,5,4,6,4,6,3,7,7,8,6"}}) {
+    const PolicySpace space = MakeSpace(k.layers, k.kind);
+    SearchConfig config = DefaultConfig(MidBudget(space));
+    config.strategy = k.strategy;
+    config.seed = k.seed;
+    const RunResult r = RunAll(space, config);
+    json history = json::array();
+    for (const GenerationStats& g : r.history) history.push_back(g.ToJson());
+    auto hex = [](const std::string& text) { return absl::StrFormat("%016x", Fnv1a64(text)); };
+    EXPECT_EQ(hex(absl::StrJoin(r.log, "\n")), k.log_hash) << k.seed;
+    EXPECT_EQ(hex(history.dump()), k.history_hash) << k.seed;
+    EXPECT_EQ(hex(OldFieldsOnly(r.final_state).dump()), k.state_hash) << k.seed;
+    EXPECT_EQ(absl::StrJoin(r.best, ","), k.best) << k.seed;
+  }
 }
 
 // ---- malformed checkpoints ----
