@@ -82,6 +82,18 @@ absl::StatusOr<const json*> GetArray(const json& obj, const std::string& path, c
   return v;
 }
 
+absl::StatusOr<std::vector<double>> GetDoubles(const json& obj, const std::string& path,
+                                               const char* name) {
+  ASSIGN_OR_RETURN(const json* arr, GetArray(obj, path, name));
+  std::vector<double> out;
+  out.reserve(arr->size());
+  for (size_t i = 0; i < arr->size(); ++i) {
+    ASSIGN_OR_RETURN(double x, AsDouble((*arr)[i], absl::StrCat(path, ".", name, "[", i, "]")));
+    out.push_back(x);
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<Policy>> GetPolicies(const json& obj, const std::string& path,
                                                 const char* name) {
   ASSIGN_OR_RETURN(const json* arr, GetArray(obj, path, name));
@@ -184,6 +196,13 @@ absl::Status CheckResult(const EvalResult& r, const std::string& hash) {
     return absl::InternalError(absl::StrCat("evaluator returned a non-finite result for policy ",
                                             hash, ": loss ", r.loss, ", accuracy ", r.accuracy,
                                             ", omega ", r.omega));
+  }
+  for (size_t i = 0; i < r.sample_losses.size(); ++i) {
+    if (!std::isfinite(r.sample_losses[i])) {
+      return absl::InternalError(absl::StrCat("evaluator returned a non-finite loss ",
+                                              r.sample_losses[i], " for sample ", i, " of policy ",
+                                              hash));
+    }
   }
   return absl::OkStatus();
 }
@@ -432,11 +451,13 @@ json SearchState::ToJson() const {
                               {"version", key.second},
                               {"loss", r.loss},
                               {"accuracy", r.accuracy},
-                              {"omega", r.omega}});
+                              {"omega", r.omega},
+                              {"sample_losses", r.sample_losses}});
   }
   json history_json = json::array();
   for (const GenerationStats& g : history) history_json.push_back(g.ToJson());
   return json{{"format", kStateFormat},
+              {"version", kSearchStateVersion},
               {"config", ConfigToJson(config)},
               {"unit_kind", std::string(UnitKindName(unit_kind))},
               {"num_units", num_units},
@@ -460,6 +481,11 @@ absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
   ASSIGN_OR_RETURN(std::string format, GetString(j, root, "format"));
   if (format != kStateFormat) {
     return FieldError("state.format", absl::StrCat("\"", format, "\" is not ", kStateFormat));
+  }
+  // Version 1 checkpoints (before per-sample losses) have no "version" key.
+  int state_version = 1;
+  if (j.contains("version")) {
+    ASSIGN_OR_RETURN(state_version, GetInt(j, root, "version", 1, kSearchStateVersion));
   }
   ASSIGN_OR_RETURN(const json* config, Field(j, root, "config"));
   ASSIGN_OR_RETURN(s.config, ConfigFromJson(*config, "state.config"));
@@ -497,6 +523,11 @@ absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
     ASSIGN_OR_RETURN(r.loss, GetDouble(e, p, "loss"));
     ASSIGN_OR_RETURN(r.accuracy, GetDouble(e, p, "accuracy"));
     ASSIGN_OR_RETURN(r.omega, GetDouble(e, p, "omega"));
+    if (state_version >= 2) {
+      ASSIGN_OR_RETURN(r.sample_losses, GetDoubles(e, p, "sample_losses"));
+    } else if (e.contains("sample_losses")) {
+      return FieldError(p + ".sample_losses", "not part of a version 1 checkpoint");
+    }
     if (!s.cache.emplace(std::make_pair(hash, version), r).second) {
       return FieldError(p, "duplicate (hash, version)");
     }

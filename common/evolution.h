@@ -65,6 +65,10 @@ struct EvalResult {
   double loss = 0;      // mean answer loss on the n search samples
   double accuracy = 0;  // on the same samples
   double omega = 0;     // Ω(π): parameter-weighted kept norm mass, in [0, 1]
+  // Per-sample answer losses in sample order (their mean is `loss`); empty = the evaluator did
+  // not provide them. The UCB and SPLIT estimators and cross-validated η need them (one per
+  // search sample); the default NORM fitness does not read them.
+  std::vector<double> sample_losses;
 };
 
 struct ProjectorUpdate {
@@ -135,6 +139,11 @@ struct ScoredPolicy {
   double fitness = 0;
   double flops_ratio = 0;
 };
+
+// The checkpoint version SearchState::ToJson writes. 1: no "version" key, no per-sample losses;
+// 2: "version": 2, every cache entry has "sample_losses" (possibly empty) and the config has the
+// opt-in search options. FromJson reads both.
+inline constexpr int kSearchStateVersion = 2;
 
 // Everything needed to continue a search exactly where it stopped.
 struct SearchState {

@@ -58,6 +58,22 @@ class SyntheticEvaluator : public PolicyEvaluator {
     }
     e.omega = kept / params;
     e.accuracy = std::exp(-e.loss);
+    if (num_samples > 0) {
+      // Per-sample losses: sample i weighs unit u's damage by w_iu ∈ [0.2, 2.2], plus a
+      // policy-independent offset; the mean becomes the loss.
+      e.loss = 0;
+      for (int i = 0; i < num_samples; ++i) {
+        double l = 0.3 + 0.05 * (i % 7);
+        for (size_t u = 0; u < r.size(); ++u) {
+          const double tilt = 1 + 0.3 * version;
+          const double s = sensitivity_[u] * (u % 2 == 1 ? tilt : 1 / tilt);
+          l += s * (0.2 + 0.2 * ((i * 13 + static_cast<int>(u) * 7) % 11)) * r[u] * r[u];
+        }
+        e.sample_losses.push_back(l);
+        e.loss += l / num_samples;
+      }
+      e.accuracy = std::exp(-e.loss);
+    }
     return e;
   }
 
@@ -100,6 +116,8 @@ class SyntheticEvaluator : public PolicyEvaluator {
   int fail_on_call = -1;
   int nan_on_call = -1;
   int version_step = 1;
+  // > 0: provide this many per-sample losses (and make the loss their mean).
+  int num_samples = 0;
 
  private:
   const PolicySpace& space_;
@@ -131,8 +149,9 @@ struct RunResult {
   json final_state;
 };
 
-RunResult RunAll(const PolicySpace& space, const SearchConfig& config) {
+RunResult RunAll(const PolicySpace& space, const SearchConfig& config, int per_sample = 0) {
   SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  ev.num_samples = per_sample;
   auto search = EvolutionarySearch::Create(&space, config);
   EXPECT_TRUE(search.ok()) << search.status();
   const absl::Status st = (*search)->Run(ev);
@@ -634,6 +653,100 @@ TEST(SearchStateTest, CorruptedTextNeverCrashes) {
     if (s.ok()) (void)EvolutionarySearch::Resume(&space, *std::move(s));
   }
   EXPECT_GT(parsed, 100);
+}
+
+TEST(SearchStateTest, Version1CheckpointStillLoadsAndResumes) {
+  const PolicySpace space = MakeSpace(4);
+  const SearchConfig config = DefaultConfig(MidBudget(space));
+  const RunResult full = RunAll(space, config);
+  SyntheticEvaluator first(space, Sensitivities(4));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  for (int g = 0; g < 3; ++g) ASSERT_TRUE((*search)->Step(first).ok());
+  // What today's (version 1) code wrote: no "version", no per-sample losses, the old config.
+  const json v1 = OldFieldsOnly((*search)->state().ToJson());
+  ASSERT_FALSE(v1.contains("version"));
+  auto state = SearchState::FromJson(v1);
+  ASSERT_TRUE(state.ok()) << state.status();
+  for (const auto& [key, r] : state->cache) EXPECT_TRUE(r.sample_losses.empty());
+  auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  SyntheticEvaluator second(space, Sensitivities(4));
+  ASSERT_TRUE((*resumed)->Run(second).ok());
+  std::vector<std::string> joined = first.log;
+  joined.insert(joined.end(), second.log.begin(), second.log.end());
+  EXPECT_EQ(joined, full.log);
+  EXPECT_EQ((*resumed)->Best()->policy, full.best);
+  EXPECT_EQ((*resumed)->state().ToJson().dump(), full.final_state.dump());
+  // A version 1 checkpoint cannot carry per-sample losses.
+  json bad = v1;
+  bad["cache"][0]["sample_losses"] = json::array({0.5});
+  EXPECT_THAT(std::string(SearchState::FromJson(bad).status().message()),
+              HasSubstr("state.cache[0].sample_losses"));
+}
+
+TEST(SearchStateTest, Version2RoundTripsSampleLosses) {
+  const PolicySpace space = MakeSpace(4);
+  SyntheticEvaluator ev(space, Sensitivities(4));
+  ev.num_samples = 5;
+  auto search = EvolutionarySearch::Create(&space, DefaultConfig(MidBudget(space)));
+  ASSERT_TRUE(search.ok());
+  for (int g = 0; g < 2; ++g) ASSERT_TRUE((*search)->Step(ev).ok());
+  const SearchState& before = (*search)->state();
+  const json j = before.ToJson();
+  EXPECT_EQ(j["version"], kSearchStateVersion);
+  EXPECT_EQ(j["cache"][0]["sample_losses"].size(), 5u);
+  auto after = SearchState::FromJson(json::parse(j.dump()));
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->cache.size(), before.cache.size());
+  for (const auto& [key, r] : before.cache) {
+    const EvalResult& got = after->cache.at(key);
+    EXPECT_EQ(got.sample_losses, r.sample_losses);  // bit for bit through the text form
+    EXPECT_EQ(got.loss, r.loss);
+  }
+  EXPECT_EQ(after->ToJson().dump(), j.dump());
+}
+
+TEST(SearchStateTest, MalformedVersion2FieldsAreNamed) {
+  const PolicySpace space = MakeSpace(4);
+  const json good = MidSearchState(space);
+  auto expect_error = [&](auto mutate, const std::string& needle) {
+    json j = good;
+    mutate(j);
+    auto s = SearchState::FromJson(j);
+    EXPECT_FALSE(s.ok()) << needle;
+    if (!s.ok()) EXPECT_THAT(std::string(s.status().message()), HasSubstr(needle));
+  };
+  expect_error([](json& j) { j["version"] = 3; }, "state.version");
+  expect_error([](json& j) { j["version"] = "2"; }, "state.version");
+  expect_error([](json& j) { j["version"] = 0; }, "state.version");
+  expect_error([](json& j) { j["cache"][0].erase("sample_losses"); },
+               "state.cache[0].sample_losses: missing");
+  expect_error([](json& j) { j["cache"][1]["sample_losses"] = 0.5; },
+               "state.cache[1].sample_losses");
+  expect_error(
+      [](json& j) {
+        j["cache"][0]["sample_losses"] = json::array({0.1, "x"});
+      },
+      "state.cache[0].sample_losses[1]");
+}
+
+TEST(EvolutionTest, NonFiniteSampleLossIsAnError) {
+  const PolicySpace space = MakeSpace(4);
+  class Bad : public PolicyEvaluator {
+   public:
+    absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& p, int) override {
+      std::vector<EvalResult> out(p.size(), EvalResult{1.0, 0.5, 0.7, {1.0, 1.0}});
+      out.back().sample_losses[1] = INFINITY;
+      return out;
+    }
+    absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>&, int) override {
+      return absl::InternalError("not expected");
+    }
+  } bad;
+  auto search = EvolutionarySearch::Create(&space, DefaultConfig(MidBudget(space)));
+  ASSERT_TRUE(search.ok());
+  EXPECT_THAT((*search)->Step(bad).message(), HasSubstr("sample 1"));
 }
 
 }  // namespace
