@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -747,6 +749,321 @@ TEST(EvolutionTest, NonFiniteSampleLossIsAnError) {
   auto search = EvolutionarySearch::Create(&space, DefaultConfig(MidBudget(space)));
   ASSERT_TRUE(search.ok());
   EXPECT_THAT((*search)->Step(bad).message(), HasSubstr("sample 1"));
+}
+
+// ---- issue-14 estimators inside the search ----
+
+SearchConfig EstimatorConfig(const PolicySpace& space, Estimator estimator) {
+  SearchConfig c = DefaultConfig(MidBudget(space));
+  c.estimator = estimator;
+  c.num_samples = 16;
+  c.generations = 4;
+  return c;
+}
+
+// J of every ranked policy against the closed form computed here from the evaluator's own
+// numbers (the estimator functions are pinned to the Python reference in estimators_test).
+TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (Estimator e : {Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    for (std::optional<double> eta : {std::optional<double>(0.7), std::optional<double>()}) {
+      SearchConfig config = EstimatorConfig(space, e);
+      config.eta = eta;
+      SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+      ev.num_samples = 16;
+      auto search = EvolutionarySearch::Create(&space, config);
+      ASSERT_TRUE(search.ok()) << search.status();
+      ASSERT_TRUE((*search)->Run(ev).ok());
+      const std::vector<int> order = SamplePermutation(config.seed, kSplitStream, 16);
+      auto term = [&](const Policy& p, const EvalResult& r) {
+        const std::vector<double>& l = r.sample_losses;
+        if (e == Estimator::kUcb) {
+          double mean = 0, ss = 0;
+          for (double x : l) mean += x / l.size();
+          for (double x : l) ss += (x - mean) * (x - mean);
+          return std::sqrt(ss / 15) / 4;
+        }
+        if (e == Estimator::kSplit) {
+          double a = 0, b = 0;
+          for (int k = 0; k < 8; ++k) a += l[order[k]] / 8, b += l[order[8 + k]] / 8;
+          return std::abs(a - b);
+        }
+        double num = 0, den = 0;
+        for (int u = 0; u < space.num_units(); ++u) {
+          const double r = space.ratio_choices()[p[u]];
+          num += space.units().params[u] * r * r;
+          den += space.units().params[u];
+        }
+        return num / den / 4;
+      };
+      const double resolved = *(*search)->state().eta;
+      if (eta.has_value()) EXPECT_EQ(resolved, *eta);
+      const std::vector<ScoredPolicy> ranked = (*search)->Ranking();
+      ASSERT_FALSE(ranked.empty());
+      for (const ScoredPolicy& sp : ranked) {
+        const EvalResult r = ev.Compute(sp.policy, (*search)->state().projector_version);
+        EXPECT_NEAR(sp.fitness, r.loss + resolved * term(sp.policy, r), 1e-12) << EstimatorName(e);
+      }
+      for (size_t i = 1; i < ranked.size(); ++i) {
+        EXPECT_LE(ranked[i - 1].fitness, ranked[i].fitness);
+      }
+      const GenerationStats& g0 = (*search)->history()[0];
+      EXPECT_EQ(g0.estimator, EstimatorName(e));
+      EXPECT_EQ(g0.eta_method, eta.has_value() ? "explicit" : "auto");
+      if (!eta.has_value()) {
+        // AUTO for a non-NORM term: std(η·T) = std(L) over the first population.
+        SyntheticEvaluator fresh(space, Sensitivities(space.num_units()));
+        fresh.num_samples = 16;
+        auto first = EvolutionarySearch::Create(&space, config);
+        std::vector<double> losses, terms;
+        for (const Policy& p : (*first)->state().population) {
+          const EvalResult r = fresh.Compute(p, 0);
+          losses.push_back(r.loss);
+          terms.push_back(resolved * term(p, r));
+        }
+        auto sd = [](const std::vector<double>& v) {
+          double m = 0, ss = 0;
+          for (double x : v) m += x / v.size();
+          for (double x : v) ss += (x - m) * (x - m);
+          return std::sqrt(ss / v.size());
+        };
+        EXPECT_NEAR(sd(terms), sd(losses), 1e-9 * sd(losses)) << EstimatorName(e);
+      }
+    }
+  }
+}
+
+// CV: η is what CrossValidateEta (pinned to a brute-force reference in estimators_test) picks on
+// the first population, recorded with its ρ in generation 0 and kept for the rest.
+TEST(EstimatorSearchTest, CrossValidatedEtaOnTheFirstPopulation) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    SearchConfig config = EstimatorConfig(space, e);
+    config.eta_rule = EtaRule::kCrossValidated;
+    SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+    ev.num_samples = 16;
+    auto search = EvolutionarySearch::Create(&space, config);
+    ASSERT_TRUE(search.ok()) << search.status();
+    const std::vector<Policy> first = (*search)->state().population;
+    ASSERT_TRUE((*search)->Run(ev).ok());
+    std::vector<EvalResult> results;
+    for (const Policy& p : first) results.push_back(ev.Compute(p, 0));
+    std::vector<TermInputs> inputs;
+    for (size_t i = 0; i < first.size(); ++i) {
+      double num = 0, den = 0;
+      for (int u = 0; u < space.num_units(); ++u) {
+        const double r = space.ratio_choices()[first[i][u]];
+        num += space.units().params[u] * r * r;
+        den += space.units().params[u];
+      }
+      inputs.push_back({.omega = results[i].omega,
+                        .capacity = num / den,
+                        .sample_losses = results[i].sample_losses});
+    }
+    auto want = CrossValidateEta(e, inputs, DefaultEtaGrid(),
+                                 SamplePermutation(config.seed, kCvStream, 16));
+    ASSERT_TRUE(want.ok());
+    EXPECT_EQ(*(*search)->state().eta, want->eta) << EstimatorName(e);
+    const std::vector<GenerationStats>& h = (*search)->history();
+    EXPECT_EQ(h[0].eta_method, "cv");
+    EXPECT_EQ(h[0].eta_cv_rho, want->rho);
+    EXPECT_EQ(h[0].eta_cv_rhos, want->rhos);
+    for (size_t g = 1; g < h.size(); ++g) {
+      EXPECT_EQ(h[g].eta, want->eta);
+      EXPECT_EQ(h[g].eta_method, "cv");
+      EXPECT_FALSE(h[g].eta_cv_rho.has_value());
+    }
+    // The history JSON carries them (and reads back).
+    const json j = h[0].ToJson();
+    EXPECT_EQ(j["eta_method"], "cv");
+    EXPECT_EQ(j["eta_cv_rhos"].size(), DefaultEtaGrid().size());
+    EXPECT_EQ(*GenerationStats::FromJson(j), h[0]);
+  }
+}
+
+// Same seed → same sequence, history, policy and checkpoint, for every estimator and η rule; and
+// resuming from the JSON after any generation replays the uninterrupted run.
+TEST(EstimatorSearchTest, DeterministicAndResumableForEachEstimator) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    for (EtaRule rule : {EtaRule::kAuto, EtaRule::kCrossValidated}) {
+      if (e == Estimator::kNorm && rule == EtaRule::kAuto) continue;  // the default: pinned above
+      SearchConfig config = EstimatorConfig(space, e);
+      config.eta_rule = rule;
+      config.projector_every = 2;
+      const RunResult a = RunAll(space, config, 16);
+      const RunResult b = RunAll(space, config, 16);
+      const std::string what = absl::StrCat(EstimatorName(e), " ", EtaRuleName(rule));
+      EXPECT_EQ(a.log, b.log) << what;
+      EXPECT_EQ(a.best, b.best) << what;
+      EXPECT_EQ(a.history, b.history) << what;
+      EXPECT_EQ(a.final_state.dump(), b.final_state.dump()) << what;
+      for (int k : {1, 2, 3}) {
+        SyntheticEvaluator first(space, Sensitivities(space.num_units()));
+        first.num_samples = 16;
+        auto search = EvolutionarySearch::Create(&space, config);
+        ASSERT_TRUE(search.ok());
+        for (int g = 0; g < k; ++g) ASSERT_TRUE((*search)->Step(first).ok());
+        auto state = SearchState::FromJson(json::parse((*search)->state().ToJson().dump()));
+        ASSERT_TRUE(state.ok()) << state.status();
+        auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+        ASSERT_TRUE(resumed.ok()) << resumed.status();
+        SyntheticEvaluator second(space, Sensitivities(space.num_units()));
+        second.num_samples = 16;
+        ASSERT_TRUE((*resumed)->Run(second).ok());
+        std::vector<std::string> joined = first.log;
+        joined.insert(joined.end(), second.log.begin(), second.log.end());
+        EXPECT_EQ(joined, a.log) << what << " resumed after " << k;
+        EXPECT_EQ((*resumed)->state().ToJson().dump(), a.final_state.dump()) << what;
+      }
+    }
+  }
+  // The estimators do not touch the search's stream: the initial population is the default one.
+  const PolicySpace same = MakeSpace(4, UnitKind::kLinear);
+  SearchConfig base = EstimatorConfig(same, Estimator::kNorm);
+  SearchConfig ucb = EstimatorConfig(same, Estimator::kUcb);
+  ucb.eta_rule = EtaRule::kCrossValidated;
+  EXPECT_EQ((*EvolutionarySearch::Create(&same, base))->state().ToJson()["population"],
+            (*EvolutionarySearch::Create(&same, ucb))->state().ToJson()["population"]);
+}
+
+TEST(EstimatorSearchTest, MissingSampleLossesFailTheStep) {
+  const PolicySpace space = MakeSpace(4);
+  for (auto [e, rule] :
+       {std::pair{Estimator::kUcb, EtaRule::kAuto}, std::pair{Estimator::kSplit, EtaRule::kAuto},
+        std::pair{Estimator::kNorm, EtaRule::kCrossValidated}}) {
+    SearchConfig config = EstimatorConfig(space, e);
+    config.eta_rule = rule;
+    SyntheticEvaluator ev(space, Sensitivities(4));  // no per-sample losses
+    auto search = EvolutionarySearch::Create(&space, config);
+    ASSERT_TRUE(search.ok());
+    const absl::Status st = (*search)->Step(ev);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_THAT(st.message(), HasSubstr("per-sample losses"));
+    EXPECT_EQ((*search)->state().generation, 0);
+    SyntheticEvaluator wrong(space, Sensitivities(4));
+    wrong.num_samples = 8;  // the wrong count
+    EXPECT_THAT((*search)->Step(wrong).message(), HasSubstr("came with 8"));
+  }
+  // CAPACITY and explicit-η NORM need none; RANDOM_SEARCH ignores the estimator (η = 0).
+  SearchConfig capacity = EstimatorConfig(space, Estimator::kCapacity);
+  SearchConfig random = EstimatorConfig(space, Estimator::kUcb);
+  random.strategy = Strategy::kRandomSearch;
+  random.eta_rule = EtaRule::kCrossValidated;
+  for (const SearchConfig& c : {capacity, random}) {
+    SyntheticEvaluator ev(space, Sensitivities(4));
+    auto search = EvolutionarySearch::Create(&space, c);
+    ASSERT_TRUE(search.ok());
+    EXPECT_TRUE((*search)->Run(ev).ok());
+  }
+}
+
+TEST(EstimatorSearchTest, ResumeRejectsCacheWithoutSampleLossesForUcb) {
+  const PolicySpace space = MakeSpace(4);
+  SearchConfig config = EstimatorConfig(space, Estimator::kUcb);
+  SyntheticEvaluator ev(space, Sensitivities(4));
+  ev.num_samples = 16;
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok() && (*search)->Step(ev).ok());
+  json j = (*search)->state().ToJson();
+  j["cache"][0]["sample_losses"] = json::array({0.5});
+  auto state = SearchState::FromJson(j);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_THAT(EvolutionarySearch::Resume(&space, *state).status().message(),
+              HasSubstr("per-sample losses"));
+}
+
+TEST(EstimatorSearchTest, OptionValidation) {
+  const PolicySpace space = MakeSpace(4);
+  auto bad = [&](auto mutate) {
+    SearchConfig c = DefaultConfig(MidBudget(space));
+    mutate(c);
+    return EvolutionarySearch::Create(&space, c).status();
+  };
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.estimator = Estimator::kUcb;
+                c.num_samples = 1;
+              }).message(),
+              HasSubstr("num_samples ≥ 2"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.eta_rule = EtaRule::kCrossValidated;
+                c.num_samples = 3;
+              }).message(),
+              HasSubstr("num_samples ≥ 4"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.eta_rule = EtaRule::kCrossValidated;
+                c.eta_grid.clear();
+              }).message(),
+              HasSubstr("eta_grid"));
+  EXPECT_THAT(bad([](SearchConfig& c) { c.eta_grid = {0, -1}; }).message(), HasSubstr("eta_grid"));
+  EXPECT_THAT(bad([](SearchConfig& c) { c.mutation_step = 1.5; }).message(),
+              HasSubstr("mutation_step"));
+  EXPECT_THAT(bad([](SearchConfig& c) { c.slack_evaluations = -1; }).message(),
+              HasSubstr("slack_evaluations"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.seed_unit_ratios = {{0.1, 0.2, 0.3, 1.5}};
+              }).message(),
+              HasSubstr("seed_unit_ratios[0]"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.seed_unit_ratios = {{0.1, 0.2, 0.3, 0.4}, {0.1}};
+              }).message(),
+              HasSubstr("seed_unit_ratios[1]"));
+}
+
+json OptionsState(const PolicySpace& space) {
+  SearchConfig c = EstimatorConfig(space, Estimator::kSplit);
+  c.eta_rule = EtaRule::kCrossValidated;
+  c.seed_unit_ratios = {{0.35, 0.35, 0.35, 0.35}};
+  c.mutation_step = 0.5;
+  c.slack_evaluations = 4;
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  ev.num_samples = 16;
+  auto search = EvolutionarySearch::Create(&space, c);
+  EXPECT_TRUE(search.ok());
+  for (int g = 0; g < 2; ++g) EXPECT_TRUE((*search)->Step(ev).ok());
+  return (*search)->state().ToJson();
+}
+
+TEST(SearchStateTest, OptionsRoundTripAndMalformedOptionsAreNamed) {
+  const PolicySpace space = MakeSpace(4);
+  const json good = OptionsState(space);
+  auto back = SearchState::FromJson(json::parse(good.dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->config.estimator, Estimator::kSplit);
+  EXPECT_EQ(back->config.eta_rule, EtaRule::kCrossValidated);
+  EXPECT_EQ(back->config.seed_unit_ratios,
+            (std::vector<std::vector<double>>{{0.35, 0.35, 0.35, 0.35}}));
+  EXPECT_EQ(back->config.mutation_step, 0.5);
+  EXPECT_EQ(back->config.slack_evaluations, 4);
+  EXPECT_EQ(back->config.eta_grid, DefaultEtaGrid());
+  EXPECT_EQ(back->history, SearchState::FromJson(good)->history);
+  EXPECT_EQ(back->ToJson().dump(), good.dump());
+  auto expect_error = [&](auto mutate, const std::string& needle) {
+    json j = good;
+    mutate(j);
+    auto s = SearchState::FromJson(j);
+    EXPECT_FALSE(s.ok()) << needle;
+    if (!s.ok()) EXPECT_THAT(std::string(s.status().message()), HasSubstr(needle));
+  };
+  expect_error([](json& j) { j["config"]["estimator"] = "L2"; }, "unknown estimator");
+  expect_error([](json& j) { j["config"].erase("estimator"); }, "state.config.estimator: missing");
+  expect_error([](json& j) { j["config"]["eta_rule"] = 1; }, "state.config.eta_rule");
+  expect_error([](json& j) { j["config"]["eta_grid"][1] = "x"; }, "state.config.eta_grid[1]");
+  expect_error([](json& j) { j["config"]["eta_grid"] = json::array({-1}); }, "eta_grid");
+  expect_error([](json& j) { j["config"]["seed_unit_ratios"][0][2] = nullptr; },
+               "state.config.seed_unit_ratios[0][2]");
+  expect_error([](json& j) { j["config"]["seed_unit_ratios"][0] = 0.3; },
+               "state.config.seed_unit_ratios[0]");
+  expect_error([](json& j) { j["config"]["repair_uniform_seed"] = 1; },
+               "state.config.repair_uniform_seed");
+  expect_error([](json& j) { j["config"]["mutation_step"] = 2; }, "mutation_step");
+  expect_error([](json& j) { j["config"]["slack_evaluations"] = -3; },
+               "state.config.slack_evaluations");
+  expect_error([](json& j) { j["history"][0]["eta_method"] = "guess"; }, "history[].eta_method");
+  expect_error([](json& j) { j["history"][0]["estimator"] = "L2"; }, "unknown estimator");
+  expect_error([](json& j) { j["history"][0]["eta_cv_rhos"][0] = "x"; },
+               "history[].eta_cv_rhos[0]");
+  expect_error([](json& j) { j["history"][0]["slack_steps"] = -1; }, "history[].slack_steps");
 }
 
 }  // namespace
