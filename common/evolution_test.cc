@@ -1066,5 +1066,264 @@ TEST(SearchStateTest, OptionsRoundTripAndMalformedOptionsAreNamed) {
   expect_error([](json& j) { j["history"][0]["slack_steps"] = -1; }, "history[].slack_steps");
 }
 
+// ---- issue-14 search options ----
+
+TEST(SearchOptionsTest, SnapToGridNearestTiesToSmaller) {
+  const PolicySpace space = MakeSpace(4);  // R = {0, 0.1, …, 0.8}
+  auto p = space.SnapToGrid(std::vector<double>{0.04, 0.05, 0.36, 0.99});
+  ASSERT_TRUE(p.ok()) << p.status();
+  // 0.05 is exactly halfway in decimal but not in binary: |0.05 − 0| vs |0.1 − 0.05| decides.
+  const int mid = std::abs(0.1 - 0.05) < std::abs(0.05 - 0.0) ? 1 : 0;
+  EXPECT_EQ(*p, (Policy{0, mid, 4, 8}));
+  const PolicySpace halves = MakeSpace(2, UnitKind::kLayer, {0.0, 0.25, 0.5});
+  EXPECT_EQ(*halves.SnapToGrid(std::vector<double>{0.125, 0.375}), (Policy{0, 1}));  // exact ties
+  EXPECT_FALSE(space.SnapToGrid(std::vector<double>{0.1}).ok());
+  EXPECT_FALSE(space.SnapToGrid(std::vector<double>{0.1, 0.1, NAN, 0.1}).ok());
+  EXPECT_FALSE(space.SnapToGrid(std::vector<double>{0.1, 0.1, -0.1, 0.1}).ok());
+}
+
+bool InBand(const PolicySpace& space, const Policy& p, double budget) {
+  const double f = *space.Flops(p);
+  const double limit = budget * space.dense_flops();
+  if (f > limit) return false;
+  if (f >= (budget - kRepairSlack) * space.dense_flops()) return true;
+  for (size_t u = 0; u < p.size(); ++u) {
+    if (p[u] == 0) continue;
+    Policy q = p;
+    --q[u];
+    if (*space.Flops(q) <= limit) return false;
+  }
+  return true;
+}
+
+TEST(SearchOptionsTest, SeedPoliciesAndRepairedUniformSeed) {
+  const PolicySpace space = MakeSpace(6);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  const double uniform_ratio = *space.UniformContinuousRatio(config.budget);
+  std::vector<double> preference = {0.3, 0.2, 0.1, -0.1, -0.2, -0.3};
+  const std::vector<double> owl_like = *space.ShiftToBudget(preference, config.budget);
+  config.seed_unit_ratios = {std::vector<double>(6, uniform_ratio), owl_like, owl_like};
+  config.repair_uniform_seed = true;
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok()) << search.status();
+  const std::vector<Policy>& pop = (*search)->state().population;
+  ASSERT_EQ(pop.size(), 32u);
+  // The uniform seed is now in the band like every other policy, and so are the seeds.
+  const Policy uniform = *space.UniformPolicyForBudget(config.budget);
+  EXPECT_TRUE(InBand(space, pop[0], config.budget));
+  if (!InBand(space, uniform, config.budget)) EXPECT_NE(pop[0], uniform);
+  // Replay the documented construction with the same Prng: repaired uniform, then each seed
+  // snapped and repaired; the duplicate OWL seed is dropped.
+  Prng prng(config.seed);
+  const Policy u0 = *space.RepairToBudget(uniform, config.budget, prng);
+  const Policy s1 =
+      *space.RepairToBudget(*space.SnapToGrid(config.seed_unit_ratios[0]), config.budget, prng);
+  const Policy s2 = *space.RepairToBudget(*space.SnapToGrid(owl_like), config.budget, prng);
+  const Policy s3 = *space.RepairToBudget(*space.SnapToGrid(owl_like), config.budget, prng);
+  EXPECT_EQ(pop[0], u0);
+  std::vector<Policy> expected = {u0};
+  for (const Policy& p : {s1, s2, s3}) {
+    if (std::find(expected.begin(), expected.end(), p) == expected.end()) expected.push_back(p);
+  }
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(pop[i], expected[i]) << i;
+  for (const Policy& p : pop) EXPECT_LE(*space.Flops(p), config.budget * space.dense_flops());
+  // The snapped OWL-like seed keeps its shape: early units pruned more than late ones.
+  EXPECT_GT(space.ratio_choices()[s2[0]], space.ratio_choices()[s2[5]]);
+  // A seed with the wrong number of units is refused by name.
+  config.seed_unit_ratios = {{0.3, 0.3}};
+  EXPECT_THAT(EvolutionarySearch::Create(&space, config).status().message(),
+              HasSubstr("seed_unit_ratios[0]"));
+  // RANDOM_SEARCH ignores the seeds (its initial population stays random).
+  SearchConfig random = DefaultConfig(MidBudget(space));
+  random.strategy = Strategy::kRandomSearch;
+  SearchConfig seeded = random;
+  seeded.seed_unit_ratios = {std::vector<double>(6, uniform_ratio)};
+  seeded.repair_uniform_seed = true;
+  EXPECT_EQ((*EvolutionarySearch::Create(&space, random))->state().population,
+            (*EvolutionarySearch::Create(&space, seeded))->state().population);
+}
+
+TEST(SearchOptionsTest, StepMutationMovesOneGridStep) {
+  SearchConfig c;
+  c.mutation = 1;
+  const Policy parent = {0, 1, 4, 7, 8, 3, 5, 2};
+  int jumps_far = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    Prng prng(seed);
+    c.mutation_step = 1;
+    const Policy stepped = CrossoverAndMutate(parent, parent, c, 9, prng);
+    for (size_t u = 0; u < parent.size(); ++u) {
+      EXPECT_EQ(std::abs(stepped[u] - parent[u]), 1) << seed << " unit " << u;
+    }
+    EXPECT_EQ(stepped[0], 1);  // the only neighbour at either end
+    EXPECT_EQ(stepped[4], 7);
+    Prng again(seed);
+    c.mutation_step = 0;
+    const Policy jumped = CrossoverAndMutate(parent, parent, c, 9, again);
+    for (size_t u = 0; u < parent.size(); ++u) {
+      EXPECT_NE(jumped[u], parent[u]);
+      jumps_far += std::abs(jumped[u] - parent[u]) > 1;
+    }
+  }
+  EXPECT_GT(jumps_far, 800);  // a jump is uniform over the other 8 indices
+  // mutation_step = 0 draws exactly as before: 2 draws per unit, one more per jump.
+  Prng a(5), b(5);
+  c.mutation = 0;
+  c.mutation_step = 0;
+  (void)CrossoverAndMutate(parent, parent, c, 9, a);
+  for (size_t u = 0; u < 2 * parent.size(); ++u) b.Next();
+  EXPECT_EQ(a, b);
+}
+
+TEST(SearchOptionsTest, SlackStepSpendsTheBudgetLeftAndCountsItsEvaluations) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.projector_every = 0;
+  config.eta = 0.0;
+  config.generations = 6;
+  config.slack_evaluations = 60;
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  const GenerationStats& last = (*search)->history().back();
+  EXPECT_GT(last.slack_evaluations, 0);
+  EXPECT_LE(last.slack_evaluations, 60);
+  EXPECT_GT(last.slack_steps, 0);
+  EXPECT_LE(last.slack_evaluations, last.evaluations);
+  int64_t total = 0;
+  for (const GenerationStats& g : (*search)->history()) total += g.evaluations;
+  EXPECT_EQ(total, (*search)->state().total_evaluations);
+  EXPECT_EQ(static_cast<size_t>(total), ev.evaluated.size());
+  EXPECT_LE(total, NominalEvaluations(config));
+  // The result fits the budget and is no worse than the last population's best; and (if the
+  // evaluation budget was not the reason it stopped) no one-step lowering that fits is better.
+  const ScoredPolicy best = *(*search)->Best();
+  const double limit = config.budget * space.dense_flops();
+  EXPECT_LE(*space.Flops(best.policy), limit);
+  EXPECT_EQ(best.hash, last.best_hash);
+  double population_best = INFINITY;
+  for (const Policy& p : (*search)->state().ranked) {
+    population_best = std::min(population_best, ev.Compute(p, 0).loss);
+  }
+  EXPECT_EQ(best.fitness, population_best);
+  if (last.slack_evaluations < 60) {
+    for (size_t u = 0; u < best.policy.size(); ++u) {
+      if (best.policy[u] == 0) continue;
+      Policy q = best.policy;
+      --q[u];
+      if (*space.Flops(q) > limit) continue;
+      EXPECT_GE(ev.Compute(q, 0).loss, best.fitness) << "unit " << u;
+    }
+  }
+  // Without the step the same seed ends worse or equal, and with fewer evaluations.
+  SearchConfig off = config;
+  off.slack_evaluations = 0;
+  const RunResult plain = RunAll(space, off);
+  EXPECT_LE(best.fitness, plain.history.back().best_fitness);
+  EXPECT_LT(plain.history.back().evaluations, last.evaluations);
+  std::cout << "slack step: " << last.slack_steps << " steps, " << last.slack_evaluations
+            << " evaluations, J " << plain.history.back().best_fitness << " -> " << best.fitness
+            << ", FLOPs " << plain.history.back().best_flops_ratio << " -> "
+            << last.best_flops_ratio << " (budget " << config.budget << ")\n";
+}
+
+TEST(SearchOptionsTest, RandomSearchMatchesTheNominalCountWithSlackEvaluations) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.strategy = Strategy::kRandomSearch;
+  config.slack_evaluations = 17;
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  EXPECT_EQ(NominalEvaluations(config), 32 + 12 * 24 + 17);
+  EXPECT_EQ((*search)->state().total_evaluations, NominalEvaluations(config));
+  EXPECT_EQ(ev.evaluated.size(), static_cast<size_t>(NominalEvaluations(config)));
+  EXPECT_EQ((*search)->history().back().slack_evaluations, 17);
+  // Its best is still the best of everything it evaluated.
+  double best = INFINITY;
+  for (const auto& [key, r] : (*search)->state().cache) best = std::min(best, r.loss);
+  EXPECT_EQ((*search)->Best()->fitness, best);
+  // The evolutionary search with the same options never proposes more (projector aside).
+  SearchConfig evo = config;
+  evo.strategy = Strategy::kEfficientLlava;
+  evo.projector_every = 0;
+  EXPECT_LE(RunAll(space, evo).final_state["total_evaluations"].get<int64_t>(),
+            NominalEvaluations(evo));
+}
+
+// Every option at once: same seed → same everything; resuming after any generation (including
+// the last, where the slack step runs) replays the uninterrupted run.
+TEST(SearchOptionsTest, AllOptionsDeterministicAndResumable) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.num_samples = 16;
+  config.generations = 5;
+  config.projector_every = 2;
+  config.estimator = Estimator::kCapacity;
+  config.eta_rule = EtaRule::kCrossValidated;
+  config.seed_unit_ratios = {std::vector<double>(space.num_units(), 0.4)};
+  config.repair_uniform_seed = true;
+  config.mutation_step = 0.5;
+  config.slack_evaluations = 30;
+  for (Strategy strategy : {Strategy::kEfficientLlava, Strategy::kRandomSearch}) {
+    config.strategy = strategy;
+    const RunResult a = RunAll(space, config, 16);
+    const RunResult b = RunAll(space, config, 16);
+    EXPECT_EQ(a.log, b.log);
+    EXPECT_EQ(a.best, b.best);
+    EXPECT_EQ(a.history, b.history);
+    EXPECT_EQ(a.final_state.dump(), b.final_state.dump());
+    SearchConfig other = config;
+    other.seed = 4321;
+    EXPECT_NE(RunAll(space, other, 16).log, a.log);
+    for (int k = 1; k <= 5; ++k) {
+      SyntheticEvaluator first(space, Sensitivities(space.num_units()));
+      first.num_samples = 16;
+      auto search = EvolutionarySearch::Create(&space, config);
+      ASSERT_TRUE(search.ok());
+      for (int g = 0; g < k; ++g) ASSERT_TRUE((*search)->Step(first).ok());
+      auto state = SearchState::FromJson(json::parse((*search)->state().ToJson().dump()));
+      ASSERT_TRUE(state.ok()) << state.status();
+      auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+      ASSERT_TRUE(resumed.ok()) << resumed.status();
+      SyntheticEvaluator second(space, Sensitivities(space.num_units()));
+      second.num_samples = 16;
+      ASSERT_TRUE((*resumed)->Run(second).ok());
+      std::vector<std::string> joined = first.log;
+      joined.insert(joined.end(), second.log.begin(), second.log.end());
+      EXPECT_EQ(joined, a.log) << StrategyName(strategy) << " resumed after " << k;
+      EXPECT_EQ((*resumed)->Best()->policy, a.best);
+      EXPECT_EQ((*resumed)->state().ToJson().dump(), a.final_state.dump());
+    }
+  }
+}
+
+// A failing evaluator during the slack step leaves the state as it was; the retry replays.
+TEST(SearchOptionsTest, FailedSlackStepIsRetrySafe) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.generations = 2;
+  config.projector_every = 0;
+  config.slack_evaluations = 20;
+  const RunResult full = RunAll(space, config);
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Step(ev).ok());
+  ASSERT_TRUE((*search)->Step(ev).ok());
+  // Generation 2 with a fresh evaluator: its own batch is call 1, the slack step's first call 2.
+  SyntheticEvaluator failing(space, Sensitivities(space.num_units()));
+  failing.fail_on_call = 2;
+  const std::string before = (*search)->state().ToJson().dump();
+  const absl::Status st = (*search)->Step(failing);
+  ASSERT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ((*search)->state().ToJson().dump(), before);
+  SyntheticEvaluator retry(space, Sensitivities(space.num_units()));
+  ASSERT_TRUE((*search)->Step(retry).ok());
+  EXPECT_EQ((*search)->state().ToJson().dump(), full.final_state.dump());
+}
+
 }  // namespace
 }  // namespace prunesvc::search
