@@ -885,6 +885,37 @@ json SearchState::ToJson() const {
               {"total_evaluations", total_evaluations}};
 }
 
+namespace {
+
+// state.cache: version 2 entries carry "sample_losses", version 1 entries must not.
+absl::Status CacheFromJson(const json& j, int state_version, SearchState& s) {
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  const std::string root = "state";
+  ASSIGN_OR_RETURN(const json* cache, GetArray(j, root, "cache"));
+  for (size_t i = 0; i < cache->size(); ++i) {
+    const std::string p = absl::StrCat("state.cache[", i, "]");
+    const json& e = (*cache)[i];
+    ASSIGN_OR_RETURN(std::string hash, GetString(e, p, "hash"));
+    if (!IsHash(hash)) return FieldError(p + ".hash", "expected 16 lowercase hex digits");
+    ASSIGN_OR_RETURN(int version, GetInt(e, p, "version", 0, kMaxInt));
+    EvalResult r;
+    ASSIGN_OR_RETURN(r.loss, GetDouble(e, p, "loss"));
+    ASSIGN_OR_RETURN(r.accuracy, GetDouble(e, p, "accuracy"));
+    ASSIGN_OR_RETURN(r.omega, GetDouble(e, p, "omega"));
+    if (state_version >= 2) {
+      ASSIGN_OR_RETURN(r.sample_losses, GetDoubles(e, p, "sample_losses"));
+    } else if (e.contains("sample_losses")) {
+      return FieldError(p + ".sample_losses", "not part of a version 1 checkpoint");
+    }
+    if (!s.cache.emplace(std::make_pair(hash, version), r).second) {
+      return FieldError(p, "duplicate (hash, version)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
   const std::string root = "state";
@@ -923,26 +954,7 @@ absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
   }
   ASSIGN_OR_RETURN(s.population, GetPolicies(j, root, "population"));
   ASSIGN_OR_RETURN(s.ranked, GetPolicies(j, root, "ranked"));
-  ASSIGN_OR_RETURN(const json* cache, GetArray(j, root, "cache"));
-  for (size_t i = 0; i < cache->size(); ++i) {
-    const std::string p = absl::StrCat("state.cache[", i, "]");
-    const json& e = (*cache)[i];
-    ASSIGN_OR_RETURN(std::string hash, GetString(e, p, "hash"));
-    if (!IsHash(hash)) return FieldError(p + ".hash", "expected 16 lowercase hex digits");
-    ASSIGN_OR_RETURN(int version, GetInt(e, p, "version", 0, kMaxInt));
-    EvalResult r;
-    ASSIGN_OR_RETURN(r.loss, GetDouble(e, p, "loss"));
-    ASSIGN_OR_RETURN(r.accuracy, GetDouble(e, p, "accuracy"));
-    ASSIGN_OR_RETURN(r.omega, GetDouble(e, p, "omega"));
-    if (state_version >= 2) {
-      ASSIGN_OR_RETURN(r.sample_losses, GetDoubles(e, p, "sample_losses"));
-    } else if (e.contains("sample_losses")) {
-      return FieldError(p + ".sample_losses", "not part of a version 1 checkpoint");
-    }
-    if (!s.cache.emplace(std::make_pair(hash, version), r).second) {
-      return FieldError(p, "duplicate (hash, version)");
-    }
-  }
+  RETURN_IF_ERROR(CacheFromJson(j, state_version, s));
   ASSIGN_OR_RETURN(const json* history, GetArray(j, root, "history"));
   for (size_t i = 0; i < history->size(); ++i) {
     absl::StatusOr<GenerationStats> g = GenerationStats::FromJson((*history)[i]);
