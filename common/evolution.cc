@@ -82,6 +82,23 @@ absl::StatusOr<const json*> GetArray(const json& obj, const std::string& path, c
   return v;
 }
 
+absl::StatusOr<std::vector<double>> AsDoubles(const json& v, const std::string& path) {
+  if (!v.is_array()) return FieldError(path, "expected an array");
+  std::vector<double> out;
+  out.reserve(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    ASSIGN_OR_RETURN(double x, AsDouble(v[i], absl::StrCat(path, "[", i, "]")));
+    out.push_back(x);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<double>> GetDoubles(const json& obj, const std::string& path,
+                                               const char* name) {
+  ASSIGN_OR_RETURN(const json* v, Field(obj, path, name));
+  return AsDoubles(*v, absl::StrCat(path, ".", name));
+}
+
 absl::StatusOr<std::vector<Policy>> GetPolicies(const json& obj, const std::string& path,
                                                 const char* name) {
   ASSIGN_OR_RETURN(const json* arr, GetArray(obj, path, name));
@@ -120,10 +137,40 @@ json ConfigToJson(const SearchConfig& c) {
               {"projector_every", c.projector_every},
               {"num_samples", c.num_samples},
               // A decimal string: 64-bit integers do not survive every JSON reader.
-              {"seed", std::to_string(c.seed)}};
+              {"seed", std::to_string(c.seed)},
+              // Version 2: the opt-in options.
+              {"estimator", std::string(EstimatorName(c.estimator))},
+              {"eta_rule", std::string(EtaRuleName(c.eta_rule))},
+              {"eta_grid", c.eta_grid},
+              {"seed_unit_ratios", c.seed_unit_ratios},
+              {"repair_uniform_seed", c.repair_uniform_seed},
+              {"mutation_step", c.mutation_step},
+              {"slack_evaluations", c.slack_evaluations}};
 }
 
-absl::StatusOr<SearchConfig> ConfigFromJson(const json& j, const std::string& path) {
+// The version 2 keys of the config (absent from version 1 checkpoints: defaults).
+absl::Status OptionsFromJson(const json& j, const std::string& path, SearchConfig& c) {
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  ASSIGN_OR_RETURN(std::string estimator, GetString(j, path, "estimator"));
+  ASSIGN_OR_RETURN(c.estimator, ParseEstimator(estimator));
+  ASSIGN_OR_RETURN(std::string rule, GetString(j, path, "eta_rule"));
+  ASSIGN_OR_RETURN(c.eta_rule, ParseEtaRule(rule));
+  ASSIGN_OR_RETURN(c.eta_grid, GetDoubles(j, path, "eta_grid"));
+  ASSIGN_OR_RETURN(const json* seeds, GetArray(j, path, "seed_unit_ratios"));
+  c.seed_unit_ratios.clear();
+  for (size_t i = 0; i < seeds->size(); ++i) {
+    ASSIGN_OR_RETURN(std::vector<double> ratios,
+                     AsDoubles((*seeds)[i], absl::StrCat(path, ".seed_unit_ratios[", i, "]")));
+    c.seed_unit_ratios.push_back(std::move(ratios));
+  }
+  ASSIGN_OR_RETURN(c.repair_uniform_seed, GetBool(j, path, "repair_uniform_seed"));
+  ASSIGN_OR_RETURN(c.mutation_step, GetDouble(j, path, "mutation_step"));
+  ASSIGN_OR_RETURN(c.slack_evaluations, GetInt(j, path, "slack_evaluations", 0, kMaxInt));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SearchConfig> ConfigFromJson(const json& j, const std::string& path,
+                                            int state_version) {
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
   SearchConfig c;
   ASSIGN_OR_RETURN(std::string strategy, GetString(j, path, "strategy"));
@@ -152,6 +199,7 @@ absl::StatusOr<SearchConfig> ConfigFromJson(const json& j, const std::string& pa
     return FieldError(path + ".seed", "expected a decimal unsigned 64-bit integer");
   }
   c.seed = v;
+  if (state_version >= 2) RETURN_IF_ERROR(OptionsFromJson(j, path, c));
   RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -164,8 +212,59 @@ std::string HashOf(const PolicySpace& space, const Policy& p) {
   return h.ok() ? *h : std::string();
 }
 
-double Fitness(const EvalResult& r, double eta, int n) {
-  return r.loss + eta * r.omega / std::sqrt(static_cast<double>(n));
+// UCB and SPLIT rank by per-sample losses; CV needs them for the first population.
+bool NeedsSampleLosses(const SearchConfig& c, bool eta_resolved) {
+  if (c.strategy == Strategy::kRandomSearch) return false;
+  return EstimatorNeedsSampleLosses(c.estimator) ||
+         (!eta_resolved && !c.eta.has_value() && c.eta_rule == EtaRule::kCrossValidated);
+}
+
+// Whether an issue-14 option is in use: then GenerationStats records the estimator and η method.
+bool UsesOptions(const SearchConfig& c) {
+  return c.estimator != Estimator::kNorm || c.eta_rule != EtaRule::kAuto ||
+         !c.seed_unit_ratios.empty() || c.repair_uniform_seed || c.mutation_step > 0 ||
+         c.slack_evaluations > 0;
+}
+
+std::string EtaMethod(const SearchConfig& c) {
+  if (c.strategy == Strategy::kRandomSearch) return "zero";
+  if (c.eta.has_value()) return "explicit";
+  return c.eta_rule == EtaRule::kCrossValidated ? "cv" : "auto";
+}
+
+// The order the estimators sum the samples in; SPLIT's halves are its two halves.
+std::vector<int> SampleOrder(const SearchConfig& c) {
+  if (c.estimator == Estimator::kNorm) return {};
+  return SamplePermutation(c.seed, kSplitStream, c.num_samples);
+}
+
+TermInputs InputsOf(const PolicySpace& space, const SearchConfig& c, const Policy& p,
+                    const EvalResult& r) {
+  TermInputs in{.omega = r.omega, .capacity = 0, .sample_losses = r.sample_losses};
+  if (c.estimator == Estimator::kCapacity) {
+    // Policies inside the driver were validated against the space.
+    in.capacity = SquaredCapacity(space.UnitRatios(p).value_or(std::vector<double>(p.size(), 0)),
+                                  space.units().params);
+  }
+  return in;
+}
+
+// T(π) on all n samples. Per-sample losses were checked when the result entered the cache (and
+// on Resume), so an error here cannot happen; it ranks the policy last rather than crash.
+double Term(const PolicySpace& space, const SearchConfig& c, std::span<const int> order,
+            const Policy& p, const EvalResult& r) {
+  absl::StatusOr<double> t = EstimatorTerm(c.estimator, InputsOf(space, c, p, r), order);
+  return t.ok() ? *t : std::numeric_limits<double>::infinity();
+}
+
+// J = L̂ + η·T. NORM keeps the original expression (bit for bit); the others add nothing at η = 0.
+double Fitness(const PolicySpace& space, const SearchConfig& c, std::span<const int> order,
+               const Policy& p, const EvalResult& r, double eta) {
+  if (c.estimator == Estimator::kNorm) {
+    return r.loss + eta * r.omega / std::sqrt(static_cast<double>(c.num_samples));
+  }
+  if (eta == 0) return r.loss;
+  return r.loss + eta * Term(space, c, order, p, r);
 }
 
 // Population mean and standard deviation (÷ N), two-pass, in the given order.
@@ -179,11 +278,26 @@ std::pair<double, double> MeanStd(const std::vector<double>& v) {
   return {mean, std::sqrt(ss / v.size())};
 }
 
-absl::Status CheckResult(const EvalResult& r, const std::string& hash) {
+absl::Status CheckResult(const EvalResult& r, const std::string& hash, const SearchState& s) {
   if (!std::isfinite(r.loss) || !std::isfinite(r.accuracy) || !std::isfinite(r.omega)) {
     return absl::InternalError(absl::StrCat("evaluator returned a non-finite result for policy ",
                                             hash, ": loss ", r.loss, ", accuracy ", r.accuracy,
                                             ", omega ", r.omega));
+  }
+  for (size_t i = 0; i < r.sample_losses.size(); ++i) {
+    if (!std::isfinite(r.sample_losses[i])) {
+      return absl::InternalError(absl::StrCat("evaluator returned a non-finite loss ",
+                                              r.sample_losses[i], " for sample ", i, " of policy ",
+                                              hash));
+    }
+  }
+  const SearchConfig& c = s.config;
+  if (NeedsSampleLosses(c, s.eta.has_value()) &&
+      r.sample_losses.size() != static_cast<size_t>(c.num_samples)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "estimator ", EstimatorName(c.estimator), ", eta rule ", EtaRuleName(c.eta_rule),
+        ": needs the evaluator's per-sample losses (one per search sample, ", c.num_samples,
+        "); policy ", hash, " came with ", r.sample_losses.size()));
   }
   return absl::OkStatus();
 }
@@ -210,7 +324,7 @@ absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& ev
                                             misses.size(), " policies"));
   }
   for (size_t i = 0; i < results.size(); ++i) {
-    RETURN_IF_ERROR(CheckResult(results[i], miss_hashes[i]));
+    RETURN_IF_ERROR(CheckResult(results[i], miss_hashes[i], s));
   }
   for (size_t i = 0; i < results.size(); ++i) s.cache[{miss_hashes[i], version}] = results[i];
   stats.evaluations += static_cast<int>(misses.size());
@@ -223,6 +337,7 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
                                const std::vector<Policy>& policies, int version) {
   std::vector<ScoredPolicy> out;
   const double eta = s.eta.value_or(0.0);
+  const std::vector<int> order = SampleOrder(s.config);
   for (const Policy& p : policies) {
     ScoredPolicy sp;
     sp.policy = p;
@@ -230,7 +345,7 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
     auto it = s.cache.find({sp.hash, version});
     if (it == s.cache.end()) continue;  // callers score first
     sp.result = it->second;
-    sp.fitness = Fitness(sp.result, eta, s.config.num_samples);
+    sp.fitness = Fitness(space, s.config, order, p, sp.result, eta);
     sp.flops_ratio = space.FlopsRatio(p).value_or(0.0);
     out.push_back(std::move(sp));
   }
@@ -241,18 +356,56 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
   return out;
 }
 
-double AutoEta(const std::vector<ScoredPolicy>& scored, int n) {
+double AutoEta(const PolicySpace& space, const SearchConfig& c,
+               const std::vector<ScoredPolicy>& scored) {
+  const int n = c.num_samples;
   std::vector<double> losses, omegas;
+  const std::vector<int> order = SampleOrder(c);
   for (const ScoredPolicy& sp : scored) {
     losses.push_back(sp.result.loss);
-    omegas.push_back(sp.result.omega);
+    // NORM: Ω itself (today's expression below); the others: their term T.
+    omegas.push_back(c.estimator == Estimator::kNorm ? sp.result.omega
+                                                     : Term(space, c, order, sp.policy, sp.result));
   }
   const double std_l = MeanStd(losses).second;
   const auto [mean_o, std_o] = MeanStd(omegas);
   // Identical Ω values leave a rounding residue in the two-pass std (~1e-17), which would give
   // η ≈ 1e17; treat anything at rounding level as the std(Ω) = 0 case.
   if (!(std_o > 1e-12 * std::max(1.0, std::abs(mean_o)))) return 0;
+  if (c.estimator != Estimator::kNorm) return std_l / std_o;  // std(η·T) = std(L)
   return std_l * std::sqrt(static_cast<double>(n)) / std_o;
+}
+
+// CV (estimators.h) over the first population's results under `version`.
+absl::Status CrossValidatedEta(const PolicySpace& space, SearchState& s, int version,
+                               GenerationStats& stats) {
+  const SearchConfig& c = s.config;
+  std::vector<TermInputs> inputs;
+  for (const Policy& p : s.population) {
+    auto it = s.cache.find({HashOf(space, p), version});
+    if (it != s.cache.end()) inputs.push_back(InputsOf(space, c, p, it->second));
+  }
+  const std::vector<int> perm = SamplePermutation(c.seed, kCvStream, c.num_samples);
+  ASSIGN_OR_RETURN(CvChoice choice, CrossValidateEta(c.estimator, inputs, c.eta_grid, perm));
+  s.eta = choice.eta;
+  stats.eta_cv_rho = choice.rho;
+  stats.eta_cv_rhos = std::move(choice.rhos);
+  return absl::OkStatus();
+}
+
+// η on the first population: RANDOM_SEARCH 0, else explicit, else the rule.
+absl::Status ResolveEta(const PolicySpace& space, SearchState& s, GenerationStats& stats) {
+  const SearchConfig& c = s.config;
+  if (c.strategy == Strategy::kRandomSearch) {
+    s.eta = 0.0;
+  } else if (c.eta.has_value()) {
+    s.eta = *c.eta;
+  } else if (c.eta_rule == EtaRule::kCrossValidated) {
+    RETURN_IF_ERROR(CrossValidatedEta(space, s, s.projector_version, stats));
+  } else {
+    s.eta = AutoEta(space, c, Rank(space, s, s.population, s.projector_version));
+  }
+  return absl::OkStatus();
 }
 
 // Adds random feasible policies until `pop` has `target` members or the attempts run out.
@@ -295,16 +448,7 @@ absl::StatusOr<std::vector<Policy>> NextPopulation(const PolicySpace& space, con
       b = static_cast<size_t>(prng.UniformInt(k - 1));
       if (b >= a) ++b;
     }
-    const Policy& pa = ranked[a].policy;
-    const Policy& pb = ranked[b].policy;
-    Policy child(pa.size());
-    for (size_t u = 0; u < child.size(); ++u) {
-      child[u] = prng.Bernoulli(0.5) ? pa[u] : pb[u];
-      if (prng.Bernoulli(c.mutation) && choices > 1) {
-        const int v = static_cast<int>(prng.UniformInt(choices - 1));
-        child[u] = v >= child[u] ? v + 1 : v;
-      }
-    }
+    Policy child = CrossoverAndMutate(ranked[a].policy, ranked[b].policy, c, choices, prng);
     ASSIGN_OR_RETURN(child, space.RepairToBudget(std::move(child), c.budget, prng));
     if (taken.insert(HashOf(space, child)).second) pop.push_back(std::move(child));
   }
@@ -312,9 +456,170 @@ absl::StatusOr<std::vector<Policy>> NextPopulation(const PolicySpace& space, con
   return pop;
 }
 
+struct Neighbour {
+  Policy policy;
+  std::string hash;
+  double added_flops = 0;
+};
+
+// The one-step lowerings of `x` that stay within the budget, in unit order.
+std::vector<Neighbour> LoweringNeighbours(const PolicySpace& space, const SearchConfig& c,
+                                          const Policy& x) {
+  const double limit = c.budget * space.dense_flops();
+  const double fx = space.Flops(x).value_or(0.0);
+  std::vector<Neighbour> out;
+  for (size_t u = 0; u < x.size(); ++u) {
+    if (x[u] == 0) continue;
+    Policy y = x;
+    --y[u];
+    const double fy = space.Flops(y).value_or(std::numeric_limits<double>::infinity());
+    if (fy <= limit) out.push_back({y, HashOf(space, y), fy - fx});
+  }
+  return out;
+}
+
+// The final slack step (EFFICIENTLLAVA): from the best policy x, evaluate its one-step lowerings
+// that fit the budget (the uncached ones cheapest in added FLOPs first, while the
+// slack_evaluations budget lasts; cached ones are free), move to the best of them by fitness
+// (ties by hash) if it beats x, and repeat; stop when none beats x or none is left. Returns every
+// neighbour it scored, to be ranked with the population.
+absl::StatusOr<std::vector<Policy>> SpendSlack(const PolicySpace& space, SearchState& s,
+                                               PolicyEvaluator& evaluator, const ScoredPolicy& best,
+                                               GenerationStats& stats) {
+  const SearchConfig& c = s.config;
+  const std::vector<int> order = SampleOrder(c);
+  Policy x = best.policy;
+  double fx = best.fitness;
+  std::vector<Policy> scored;
+  while (true) {
+    std::vector<Neighbour> all = LoweringNeighbours(space, c, x);
+    std::vector<Neighbour> misses;
+    for (const Neighbour& n : all) {
+      if (s.cache.count({n.hash, s.projector_version}) == 0) misses.push_back(n);
+    }
+    std::stable_sort(misses.begin(), misses.end(), [](const Neighbour& a, const Neighbour& b) {
+      return a.added_flops < b.added_flops;
+    });
+    misses.resize(std::min<size_t>(misses.size(), c.slack_evaluations - stats.slack_evaluations));
+    std::vector<Policy> batch;
+    for (const Neighbour& n : misses) batch.push_back(n.policy);
+    const int before = stats.evaluations;
+    RETURN_IF_ERROR(Score(space, s, evaluator, batch, s.projector_version, stats));
+    stats.slack_evaluations += stats.evaluations - before;
+    const Neighbour* pick = nullptr;
+    double fpick = 0;
+    for (const Neighbour& n : all) {
+      auto it = s.cache.find({n.hash, s.projector_version});
+      if (it == s.cache.end()) continue;  // beyond the evaluation budget
+      scored.push_back(n.policy);
+      const double f = Fitness(space, c, order, n.policy, it->second, *s.eta);
+      if (pick == nullptr || f < fpick || (f == fpick && n.hash < pick->hash)) {
+        pick = &n;
+        fpick = f;
+      }
+    }
+    if (pick == nullptr || !(fpick < fx)) break;
+    x = pick->policy;
+    fx = fpick;
+    ++stats.slack_steps;
+  }
+  return scored;
+}
+
+// RANDOM_SEARCH's counterpart of the slack step: exactly slack_evaluations further random
+// feasible policies never evaluated before (fewer only when the space runs out).
+absl::StatusOr<std::vector<Policy>> RandomExtras(const PolicySpace& space, SearchState& s,
+                                                 PolicyEvaluator& evaluator,
+                                                 GenerationStats& stats) {
+  std::set<std::string> taken;
+  for (const auto& [key, result] : s.cache) taken.insert(key.first);
+  ASSIGN_OR_RETURN(Prng prng, Prng::FromStateHex(s.prng_state));
+  std::vector<Policy> extra;
+  RETURN_IF_ERROR(FillRandom(space, s.config, prng, static_cast<size_t>(s.config.slack_evaluations),
+                             taken, extra));
+  s.prng_state = prng.StateHex();
+  const int before = stats.evaluations;
+  RETURN_IF_ERROR(Score(space, s, evaluator, extra, s.projector_version, stats));
+  stats.slack_evaluations += stats.evaluations - before;
+  return extra;
+}
+
+// After the last generation: the slack step's (or RANDOM_SEARCH's extra) policies join the
+// ranking, which then decides the result.
+absl::StatusOr<std::vector<ScoredPolicy>> FinalExtras(const PolicySpace& space, SearchState& s,
+                                                      PolicyEvaluator& evaluator,
+                                                      const std::vector<ScoredPolicy>& ranked,
+                                                      GenerationStats& stats) {
+  std::vector<Policy> extra;
+  if (s.config.strategy == Strategy::kRandomSearch) {
+    ASSIGN_OR_RETURN(extra, RandomExtras(space, s, evaluator, stats));
+  } else {
+    ASSIGN_OR_RETURN(extra, SpendSlack(space, s, evaluator, ranked.front(), stats));
+  }
+  std::vector<Policy> all;
+  std::set<std::string> seen;
+  for (const ScoredPolicy& sp : ranked) {
+    seen.insert(sp.hash);
+    all.push_back(sp.policy);
+  }
+  for (Policy& p : extra) {
+    if (seen.insert(HashOf(space, p)).second) all.push_back(std::move(p));
+  }
+  return Rank(space, s, all, s.projector_version);
+}
+
 bool ProjectorDue(const SearchConfig& c, int generation) {
   return c.strategy == Strategy::kEfficientLlava && c.projector_every > 0 && generation >= 1 &&
          generation % c.projector_every == 0;
+}
+
+// Trains the projector on the top `parents` of `ranked`, then re-scores and re-ranks the
+// population under the new version.
+absl::StatusOr<std::vector<ScoredPolicy>> TrainAndRescore(const PolicySpace& space, SearchState& s,
+                                                          PolicyEvaluator& evaluator,
+                                                          const std::vector<ScoredPolicy>& ranked,
+                                                          GenerationStats& stats) {
+  std::vector<Policy> top_k;
+  for (size_t i = 0; i < ranked.size() && i < static_cast<size_t>(s.config.parents); ++i) {
+    top_k.push_back(ranked[i].policy);
+  }
+  ASSIGN_OR_RETURN(ProjectorUpdate update, evaluator.TrainProjector(top_k, s.projector_version));
+  if (update.version <= s.projector_version) {
+    return absl::InternalError(absl::StrCat("projector training returned version ", update.version,
+                                            ", not newer than ", s.projector_version));
+  }
+  if (!std::isfinite(update.loss_before) || !std::isfinite(update.loss_after)) {
+    return absl::InternalError("projector training returned a non-finite loss");
+  }
+  s.projector_version = update.version;
+  stats.projector_trained = true;
+  stats.projector_loss_before = update.loss_before;
+  stats.projector_loss_after = update.loss_after;
+  RETURN_IF_ERROR(Score(space, s, evaluator, s.population, s.projector_version, stats));
+  return Rank(space, s, s.population, s.projector_version);
+}
+
+// The generation's summary from its final ranking (best first).
+void RecordBest(const std::vector<ScoredPolicy>& ranked, const SearchState& s,
+                GenerationStats& stats) {
+  std::vector<double> fitness;
+  for (const ScoredPolicy& sp : ranked) fitness.push_back(sp.fitness);
+  const auto [mean, sd] = MeanStd(fitness);
+  const ScoredPolicy& best = ranked.front();
+  stats.best_fitness = best.fitness;
+  stats.best_loss = best.result.loss;
+  stats.best_accuracy = best.result.accuracy;
+  stats.best_omega = best.result.omega;
+  stats.best_flops_ratio = best.flops_ratio;
+  stats.best_hash = best.hash;
+  stats.mean_fitness = mean;
+  stats.std_fitness = sd;
+  stats.eta = *s.eta;
+  stats.projector_version = s.projector_version;
+  if (UsesOptions(s.config)) {
+    stats.estimator = std::string(EstimatorName(s.config.estimator));
+    stats.eta_method = EtaMethod(s.config);
+  }
 }
 
 }  // namespace
@@ -341,6 +646,47 @@ absl::string_view StrategyName(Strategy strategy) {
   }
   return "UNKNOWN";
 }
+
+namespace {
+
+absl::Status ValidateOptions(const SearchConfig& c) {
+  if (EstimatorNeedsSampleLosses(c.estimator) && c.num_samples < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("estimator ", EstimatorName(c.estimator),
+                                                   " needs num_samples ≥ 2, got ", c.num_samples));
+  }
+  if (c.eta_rule == EtaRule::kCrossValidated) {
+    if (c.num_samples < 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("eta rule CV needs num_samples ≥ 4, got ", c.num_samples));
+    }
+    if (c.eta_grid.empty()) return absl::InvalidArgumentError("eta_grid must not be empty");
+  }
+  for (double eta : c.eta_grid) {
+    if (!(std::isfinite(eta) && eta >= 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("eta_grid values must be finite and ≥ 0, got ", eta));
+    }
+  }
+  for (size_t i = 0; i < c.seed_unit_ratios.size(); ++i) {
+    for (double r : c.seed_unit_ratios[i]) {
+      if (!(r >= 0 && r <= 1)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("seed_unit_ratios[", i, "] has ratio ", r, ", outside [0, 1]"));
+      }
+    }
+  }
+  if (!(c.mutation_step >= 0 && c.mutation_step <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mutation_step must be in [0, 1], got ", c.mutation_step));
+  }
+  if (c.slack_evaluations < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slack_evaluations must be ≥ 0, got ", c.slack_evaluations));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status SearchConfig::Validate() const {
   if (strategy != Strategy::kEfficientLlava && strategy != Strategy::kRandomSearch) {
@@ -374,32 +720,115 @@ absl::Status SearchConfig::Validate() const {
   if (!(std::isfinite(budget) && budget > 0 && budget <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("budget must be in (0, 1], got ", budget));
   }
-  return absl::OkStatus();
+  return ValidateOptions(*this);
+}
+
+namespace {
+
+// One grid step: the only neighbour at either end of R, else up or down by Bernoulli(0.5).
+int StepMutation(int index, int choices, Prng& prng) {
+  if (index == 0) return 1;
+  if (index == choices - 1) return index - 1;
+  return prng.Bernoulli(0.5) ? index + 1 : index - 1;
+}
+
+}  // namespace
+
+Policy CrossoverAndMutate(const Policy& a, const Policy& b, const SearchConfig& c, int choices,
+                          Prng& prng) {
+  Policy child(a.size());
+  for (size_t u = 0; u < child.size(); ++u) {
+    child[u] = prng.Bernoulli(0.5) ? a[u] : b[u];
+    if (prng.Bernoulli(c.mutation) && choices > 1) {
+      // The extra draw only when the option is on, so the default stream is unchanged.
+      if (c.mutation_step > 0 && prng.Bernoulli(c.mutation_step)) {
+        child[u] = StepMutation(child[u], choices, prng);
+      } else {
+        const int v = static_cast<int>(prng.UniformInt(choices - 1));
+        child[u] = v >= child[u] ? v + 1 : v;
+      }
+    }
+  }
+  return child;
 }
 
 int64_t NominalEvaluations(const SearchConfig& c) {
-  return c.population + static_cast<int64_t>(c.generations) * (c.population - c.parents);
+  return c.population + static_cast<int64_t>(c.generations) * (c.population - c.parents) +
+         c.slack_evaluations;
 }
 
 json GenerationStats::ToJson() const {
-  return json{{"generation", generation},
-              {"population_size", population_size},
-              {"best_fitness", best_fitness},
-              {"best_loss", best_loss},
-              {"best_accuracy", best_accuracy},
-              {"best_omega", best_omega},
-              {"best_flops_ratio", best_flops_ratio},
-              {"best_hash", best_hash},
-              {"mean_fitness", mean_fitness},
-              {"std_fitness", std_fitness},
-              {"evaluations", evaluations},
-              {"cache_hits", cache_hits},
-              {"eta", eta},
-              {"projector_version", projector_version},
-              {"projector_trained", projector_trained},
-              {"projector_loss_before", projector_loss_before},
-              {"projector_loss_after", projector_loss_after}};
+  json j{{"generation", generation},
+         {"population_size", population_size},
+         {"best_fitness", best_fitness},
+         {"best_loss", best_loss},
+         {"best_accuracy", best_accuracy},
+         {"best_omega", best_omega},
+         {"best_flops_ratio", best_flops_ratio},
+         {"best_hash", best_hash},
+         {"mean_fitness", mean_fitness},
+         {"std_fitness", std_fitness},
+         {"evaluations", evaluations},
+         {"cache_hits", cache_hits},
+         {"eta", eta},
+         {"projector_version", projector_version},
+         {"projector_trained", projector_trained},
+         {"projector_loss_before", projector_loss_before},
+         {"projector_loss_after", projector_loss_after}};
+  // Only when set, so that default histories stay byte-identical to version 1's.
+  if (!estimator.empty()) j["estimator"] = estimator;
+  if (!eta_method.empty()) j["eta_method"] = eta_method;
+  if (eta_cv_rho.has_value()) j["eta_cv_rho"] = *eta_cv_rho;
+  if (!eta_cv_rhos.empty()) {
+    json rhos = json::array();
+    for (const std::optional<double>& r : eta_cv_rhos) rhos.push_back(r ? json(*r) : json());
+    j["eta_cv_rhos"] = std::move(rhos);
+  }
+  if (slack_evaluations != 0) j["slack_evaluations"] = slack_evaluations;
+  if (slack_steps != 0) j["slack_steps"] = slack_steps;
+  return j;
 }
+
+namespace {
+
+// The keys GenerationStats::ToJson writes only when set.
+absl::Status OptionalStatsFromJson(const json& j, const std::string& path, GenerationStats& g) {
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  if (j.contains("estimator")) {
+    ASSIGN_OR_RETURN(g.estimator, GetString(j, path, "estimator"));
+    RETURN_IF_ERROR(ParseEstimator(g.estimator).status());
+  }
+  if (j.contains("eta_method")) {
+    ASSIGN_OR_RETURN(g.eta_method, GetString(j, path, "eta_method"));
+    if (g.eta_method != "explicit" && g.eta_method != "zero" && g.eta_method != "auto" &&
+        g.eta_method != "cv") {
+      return FieldError(path + ".eta_method", "expected explicit, zero, auto or cv");
+    }
+  }
+  if (j.contains("eta_cv_rho")) {
+    ASSIGN_OR_RETURN(g.eta_cv_rho, GetDouble(j, path, "eta_cv_rho"));
+  }
+  if (j.contains("eta_cv_rhos")) {
+    ASSIGN_OR_RETURN(const json* rhos, GetArray(j, path, "eta_cv_rhos"));
+    for (size_t i = 0; i < rhos->size(); ++i) {
+      if ((*rhos)[i].is_null()) {
+        g.eta_cv_rhos.push_back(std::nullopt);
+        continue;
+      }
+      ASSIGN_OR_RETURN(double r, AsDouble((*rhos)[i], absl::StrCat(path, ".eta_cv_rhos[", i, "]")));
+      g.eta_cv_rhos.push_back(r);
+    }
+  }
+  if (j.contains("slack_evaluations")) {
+    ASSIGN_OR_RETURN(g.slack_evaluations, GetInt(j, path, "slack_evaluations", 0, kMaxInt));
+  }
+  if (j.contains("slack_steps")) {
+    ASSIGN_OR_RETURN(g.slack_steps, GetInt(j, path, "slack_steps", 0, kMaxInt));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<GenerationStats> GenerationStats::FromJson(const json& j) {
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
@@ -422,6 +851,7 @@ absl::StatusOr<GenerationStats> GenerationStats::FromJson(const json& j) {
   ASSIGN_OR_RETURN(g.projector_trained, GetBool(j, path, "projector_trained"));
   ASSIGN_OR_RETURN(g.projector_loss_before, GetDouble(j, path, "projector_loss_before"));
   ASSIGN_OR_RETURN(g.projector_loss_after, GetDouble(j, path, "projector_loss_after"));
+  RETURN_IF_ERROR(OptionalStatsFromJson(j, path, g));
   return g;
 }
 
@@ -432,11 +862,13 @@ json SearchState::ToJson() const {
                               {"version", key.second},
                               {"loss", r.loss},
                               {"accuracy", r.accuracy},
-                              {"omega", r.omega}});
+                              {"omega", r.omega},
+                              {"sample_losses", r.sample_losses}});
   }
   json history_json = json::array();
   for (const GenerationStats& g : history) history_json.push_back(g.ToJson());
   return json{{"format", kStateFormat},
+              {"version", kSearchStateVersion},
               {"config", ConfigToJson(config)},
               {"unit_kind", std::string(UnitKindName(unit_kind))},
               {"num_units", num_units},
@@ -453,6 +885,37 @@ json SearchState::ToJson() const {
               {"total_evaluations", total_evaluations}};
 }
 
+namespace {
+
+// state.cache: version 2 entries carry "sample_losses", version 1 entries must not.
+absl::Status CacheFromJson(const json& j, int state_version, SearchState& s) {
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  const std::string root = "state";
+  ASSIGN_OR_RETURN(const json* cache, GetArray(j, root, "cache"));
+  for (size_t i = 0; i < cache->size(); ++i) {
+    const std::string p = absl::StrCat("state.cache[", i, "]");
+    const json& e = (*cache)[i];
+    ASSIGN_OR_RETURN(std::string hash, GetString(e, p, "hash"));
+    if (!IsHash(hash)) return FieldError(p + ".hash", "expected 16 lowercase hex digits");
+    ASSIGN_OR_RETURN(int version, GetInt(e, p, "version", 0, kMaxInt));
+    EvalResult r;
+    ASSIGN_OR_RETURN(r.loss, GetDouble(e, p, "loss"));
+    ASSIGN_OR_RETURN(r.accuracy, GetDouble(e, p, "accuracy"));
+    ASSIGN_OR_RETURN(r.omega, GetDouble(e, p, "omega"));
+    if (state_version >= 2) {
+      ASSIGN_OR_RETURN(r.sample_losses, GetDoubles(e, p, "sample_losses"));
+    } else if (e.contains("sample_losses")) {
+      return FieldError(p + ".sample_losses", "not part of a version 1 checkpoint");
+    }
+    if (!s.cache.emplace(std::make_pair(hash, version), r).second) {
+      return FieldError(p, "duplicate (hash, version)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
   const std::string root = "state";
@@ -461,8 +924,13 @@ absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
   if (format != kStateFormat) {
     return FieldError("state.format", absl::StrCat("\"", format, "\" is not ", kStateFormat));
   }
+  // Version 1 checkpoints (before per-sample losses) have no "version" key.
+  int state_version = 1;
+  if (j.contains("version")) {
+    ASSIGN_OR_RETURN(state_version, GetInt(j, root, "version", 1, kSearchStateVersion));
+  }
   ASSIGN_OR_RETURN(const json* config, Field(j, root, "config"));
-  ASSIGN_OR_RETURN(s.config, ConfigFromJson(*config, "state.config"));
+  ASSIGN_OR_RETURN(s.config, ConfigFromJson(*config, "state.config", state_version));
   ASSIGN_OR_RETURN(std::string kind, GetString(j, root, "unit_kind"));
   ASSIGN_OR_RETURN(s.unit_kind, ParseUnitKind(kind));
   ASSIGN_OR_RETURN(s.num_units, GetInt(j, root, "num_units", 1, kMaxInt));
@@ -486,21 +954,7 @@ absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
   }
   ASSIGN_OR_RETURN(s.population, GetPolicies(j, root, "population"));
   ASSIGN_OR_RETURN(s.ranked, GetPolicies(j, root, "ranked"));
-  ASSIGN_OR_RETURN(const json* cache, GetArray(j, root, "cache"));
-  for (size_t i = 0; i < cache->size(); ++i) {
-    const std::string p = absl::StrCat("state.cache[", i, "]");
-    const json& e = (*cache)[i];
-    ASSIGN_OR_RETURN(std::string hash, GetString(e, p, "hash"));
-    if (!IsHash(hash)) return FieldError(p + ".hash", "expected 16 lowercase hex digits");
-    ASSIGN_OR_RETURN(int version, GetInt(e, p, "version", 0, kMaxInt));
-    EvalResult r;
-    ASSIGN_OR_RETURN(r.loss, GetDouble(e, p, "loss"));
-    ASSIGN_OR_RETURN(r.accuracy, GetDouble(e, p, "accuracy"));
-    ASSIGN_OR_RETURN(r.omega, GetDouble(e, p, "omega"));
-    if (!s.cache.emplace(std::make_pair(hash, version), r).second) {
-      return FieldError(p, "duplicate (hash, version)");
-    }
-  }
+  RETURN_IF_ERROR(CacheFromJson(j, state_version, s));
   ASSIGN_OR_RETURN(const json* history, GetArray(j, root, "history"));
   for (size_t i = 0; i < history->size(); ++i) {
     absl::StatusOr<GenerationStats> g = GenerationStats::FromJson((*history)[i]);
@@ -548,8 +1002,24 @@ absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Create(
   std::set<std::string> taken;
   if (config.strategy == Strategy::kEfficientLlava) {
     ASSIGN_OR_RETURN(Policy uniform, space->UniformPolicyForBudget(config.budget));
+    if (config.repair_uniform_seed) {
+      ASSIGN_OR_RETURN(uniform, space->RepairToBudget(std::move(uniform), config.budget, prng));
+    }
     taken.insert(HashOf(*space, uniform));
     s.population.push_back(std::move(uniform));
+    for (size_t i = 0; i < config.seed_unit_ratios.size(); ++i) {
+      absl::StatusOr<Policy> snapped = space->SnapToGrid(config.seed_unit_ratios[i]);
+      if (!snapped.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("seed_unit_ratios[", i, "]: ", snapped.status().message()));
+      }
+      ASSIGN_OR_RETURN(Policy seed,
+                       space->RepairToBudget(*std::move(snapped), config.budget, prng));
+      if (s.population.size() < static_cast<size_t>(config.population) &&
+          taken.insert(HashOf(*space, seed)).second) {
+        s.population.push_back(std::move(seed));
+      }
+    }
   }
   RETURN_IF_ERROR(FillRandom(*space, config, prng, static_cast<size_t>(config.population), taken,
                              s.population));
@@ -578,6 +1048,16 @@ absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Resume(
       return absl::InvalidArgumentError("search state: the population repeats a policy");
     }
   }
+  if (NeedsSampleLosses(state.config, /*eta_resolved=*/true)) {
+    for (const auto& [key, r] : state.cache) {
+      if (r.sample_losses.size() != static_cast<size_t>(state.config.num_samples)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "search state: cache entry ", key.first, " v", key.second, " has ",
+            r.sample_losses.size(), " per-sample losses; estimator ",
+            EstimatorName(state.config.estimator), " needs ", state.config.num_samples));
+      }
+    }
+  }
   for (const Policy& p : state.ranked) {
     RETURN_IF_ERROR(space->Validate(p));
     if (state.cache.count({HashOf(*space, p), state.projector_version}) == 0) {
@@ -596,53 +1076,17 @@ absl::Status EvolutionarySearch::Step(PolicyEvaluator& evaluator) {
   GenerationStats stats;
   stats.generation = s.generation;
   RETURN_IF_ERROR(Score(*space_, s, evaluator, s.population, s.projector_version, stats));
-  if (!s.eta.has_value()) {
-    if (c.strategy == Strategy::kRandomSearch) {
-      s.eta = 0.0;
-    } else if (c.eta.has_value()) {
-      s.eta = *c.eta;
-    } else {
-      s.eta = AutoEta(Rank(*space_, s, s.population, s.projector_version), c.num_samples);
-    }
-  }
+  if (!s.eta.has_value()) RETURN_IF_ERROR(ResolveEta(*space_, s, stats));
   std::vector<ScoredPolicy> ranked = Rank(*space_, s, s.population, s.projector_version);
   if (ProjectorDue(c, s.generation)) {
-    std::vector<Policy> top_k;
-    for (size_t i = 0; i < ranked.size() && i < static_cast<size_t>(c.parents); ++i) {
-      top_k.push_back(ranked[i].policy);
-    }
-    ASSIGN_OR_RETURN(ProjectorUpdate update, evaluator.TrainProjector(top_k, s.projector_version));
-    if (update.version <= s.projector_version) {
-      return absl::InternalError(absl::StrCat("projector training returned version ",
-                                              update.version, ", not newer than ",
-                                              s.projector_version));
-    }
-    if (!std::isfinite(update.loss_before) || !std::isfinite(update.loss_after)) {
-      return absl::InternalError("projector training returned a non-finite loss");
-    }
-    s.projector_version = update.version;
-    stats.projector_trained = true;
-    stats.projector_loss_before = update.loss_before;
-    stats.projector_loss_after = update.loss_after;
-    RETURN_IF_ERROR(Score(*space_, s, evaluator, s.population, s.projector_version, stats));
-    ranked = Rank(*space_, s, s.population, s.projector_version);
+    ASSIGN_OR_RETURN(ranked, TrainAndRescore(*space_, s, evaluator, ranked, stats));
   }
   if (ranked.empty()) return absl::InternalError("search: empty population");
-  std::vector<double> fitness;
-  for (const ScoredPolicy& sp : ranked) fitness.push_back(sp.fitness);
-  const auto [mean, sd] = MeanStd(fitness);
-  const ScoredPolicy& best = ranked.front();
   stats.population_size = static_cast<int>(ranked.size());
-  stats.best_fitness = best.fitness;
-  stats.best_loss = best.result.loss;
-  stats.best_accuracy = best.result.accuracy;
-  stats.best_omega = best.result.omega;
-  stats.best_flops_ratio = best.flops_ratio;
-  stats.best_hash = best.hash;
-  stats.mean_fitness = mean;
-  stats.std_fitness = sd;
-  stats.eta = *s.eta;
-  stats.projector_version = s.projector_version;
+  if (s.generation >= c.generations && c.slack_evaluations > 0) {
+    ASSIGN_OR_RETURN(ranked, FinalExtras(*space_, s, evaluator, ranked, stats));
+  }
+  RecordBest(ranked, s, stats);
   s.history.push_back(stats);
   s.ranked.clear();
   for (const ScoredPolicy& sp : ranked) s.ranked.push_back(sp.policy);

@@ -27,6 +27,32 @@
 // evaluated so far — so it evaluates exactly population + generations·(population − parents)
 // distinct policies when the space allows, the nominal count of the evolutionary search.
 //
+// Opt-in options (SearchConfig, issue 14; all off by default, and then nothing above changes —
+// not a draw, not an evaluation, not a byte of the history JSON):
+//  - estimator / eta_rule / eta_grid: the generalization term T of J = L̂ + η·T and how η is
+//    resolved (estimators.h). AUTO generalises step 2 to std(η·T) = std(L) (NORM keeps the formula
+//    above bit for bit). CV chooses η once, on the first population (like AUTO): the first
+//    population is the most diverse set the search ever scores (random feasible policies), and a
+//    fixed η keeps J stationary, so an elite's fitness never changes between generations; later
+//    populations are concentrated around the elites and would rank a narrow band. UCB, SPLIT and
+//    CV need the evaluator's per-sample losses; a result without them fails the Step
+//    (FAILED_PRECONDITION). The permutations they use come from Prng(seed).Fork, never from the
+//    search's stream. GenerationStats records the estimator, the η method and CV's ρ.
+//  - seed_unit_ratios, repair_uniform_seed: the initial population is the uniform seed (repaired
+//    if asked: RepairToBudget, drawing from the search's Prng), then each continuous seed snapped
+//    to the grid and repaired, then random feasible policies; duplicates dropped.
+//  - mutation_step: a mutation moves one grid step with that probability (one extra Bernoulli
+//    per mutation, only when the option is > 0), else jumps as above (CrossoverAndMutate).
+//  - slack_evaluations: after the last generation is ranked, the slack step greedily lowers units
+//    of the best policy one step at a time while F stays ≤ b·F_dense and fitness improves,
+//    spending at most slack_evaluations evaluations (counted in the generation's `evaluations`
+//    and total_evaluations); its neighbours join the final ranking. Deterministic: candidates in
+//    unit order, the uncached ones cheapest in added FLOPs first, the best by fitness then hash.
+//    RANDOM_SEARCH instead evaluates exactly slack_evaluations more random feasible policies, so
+//    NominalEvaluations (which includes them) stays its exact count and an upper bound on what the
+//    search proposes: the baseline never gets fewer evaluations than the search it is compared to.
+//    Projector re-scoring (EFFICIENTLLAVA only) is not part of the nominal count, as before.
+//
 // Determinism: every random draw comes from the state's Prng in the order above; evaluation
 // results never steer the Prng except through the ranking. For a fixed seed and evaluator
 // results, the evaluated sequence and the final policy are identical, also across
@@ -48,6 +74,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/estimators.h"
 #include "common/policy.h"
 #include "common/prng.h"
 #include "nlohmann/json.hpp"
@@ -65,6 +92,10 @@ struct EvalResult {
   double loss = 0;      // mean answer loss on the n search samples
   double accuracy = 0;  // on the same samples
   double omega = 0;     // Ω(π): parameter-weighted kept norm mass, in [0, 1]
+  // Per-sample answer losses in sample order (their mean is `loss`); empty = the evaluator did
+  // not provide them. The UCB and SPLIT estimators and cross-validated η need them (one per
+  // search sample); the default NORM fitness does not read them.
+  std::vector<double> sample_losses;
 };
 
 struct ProjectorUpdate {
@@ -97,12 +128,51 @@ struct SearchConfig {
   int num_samples = 0;        // n of Ω/√n
   uint64_t seed = 0;
 
+  // ---- Opt-in options (issue 14). Every default replays the search above bit for bit: same
+  // draws, same evaluated sequence, same final policy. ----
+  // The generalization term T of J = L̂ + η·T (estimators.h). UCB and SPLIT need the evaluator's
+  // per-sample losses (num_samples of them) and num_samples ≥ 2. For UCB, η is the z of L̂ + z·SE.
+  Estimator estimator = Estimator::kNorm;
+  // How η is resolved when `eta` is not given (RANDOM_SEARCH: always 0). CV needs per-sample
+  // losses and num_samples ≥ 4 (each half must have 2) and is chosen once, on the first
+  // population (see the file comment).
+  EtaRule eta_rule = EtaRule::kAuto;
+  std::vector<double> eta_grid = DefaultEtaGrid();  // CV's candidates: finite, ≥ 0, non-empty
+  // EFFICIENTLLAVA: extra initial policies as continuous per-unit ratios (e.g. UNIFORM's and
+  // OWL's solutions), each snapped to the nearest grid point (PolicySpace::SnapToGrid), repaired
+  // into the budget band and placed after the uniform seed, duplicates dropped. Each must have
+  // one ratio per unit in [0, 1] (checked by EvolutionarySearch::Create). Ignored by
+  // RANDOM_SEARCH, whose initial population stays random.
+  std::vector<std::vector<double>> seed_unit_ratios;
+  // EFFICIENTLLAVA: repair the discrete uniform seed into the band like every other policy
+  // (by default it is kept unrepaired, up to a whole ratio step under the budget).
+  bool repair_uniform_seed = false;
+  // Probability that a mutation moves the unit one grid step (±1, direction Bernoulli(0.5), the
+  // only neighbour at either end of R) instead of jumping to a uniformly drawn other index.
+  double mutation_step = 0;
+  // 0 = off. Otherwise the final slack step (EFFICIENTLLAVA) may spend up to this many
+  // evaluations after the last generation to lower units of the best policy into the FLOPs left
+  // under the budget; RANDOM_SEARCH evaluates exactly this many extra random policies in its
+  // last generation, so NominalEvaluations counts them and the baseline never gets fewer
+  // evaluations than the search (see the file comment).
+  int slack_evaluations = 0;
+
   // Ranges only (the budget is checked against the model by EvolutionarySearch::Create).
   absl::Status Validate() const;
 };
 
-// population + generations·(population − parents): what RANDOM_SEARCH evaluates.
+// population + generations·(population − parents) + slack_evaluations: what RANDOM_SEARCH
+// evaluates (and the most the evolutionary search's generations and slack step propose as new
+// policies, projector re-scoring aside).
 int64_t NominalEvaluations(const SearchConfig& config);
+
+// One child before repair (EFFICIENTLLAVA; see the file comment): per unit in order,
+// Bernoulli(0.5) picks a's or b's index, Bernoulli(mutation) decides a mutation, which — only
+// when mutation_step > 0, else without the draw — is a ±1 step with probability mutation_step
+// (Bernoulli(0.5) for the direction inside R), else a jump to a different index drawn by
+// UniformInt(choices − 1). `a` and `b` have the same size.
+Policy CrossoverAndMutate(const Policy& a, const Policy& b, const SearchConfig& c, int choices,
+                          Prng& prng);
 
 struct GenerationStats {
   int generation = 0;
@@ -122,6 +192,16 @@ struct GenerationStats {
   bool projector_trained = false;
   double projector_loss_before = 0;
   double projector_loss_after = 0;
+  // Recorded only when an issue-14 option is in use (empty / unset otherwise, and then absent
+  // from the JSON, which keeps default histories byte-identical):
+  std::string estimator;   // "NORM" | "UCB" | "SPLIT" | "CAPACITY"
+  std::string eta_method;  // "explicit" | "zero" (RANDOM_SEARCH) | "auto" | "cv"
+  // CV, in the generation that chose η: Spearman ρ of the chosen η and of every grid value
+  // (nullopt = undefined), in SearchConfig::eta_grid order.
+  std::optional<double> eta_cv_rho;
+  std::vector<std::optional<double>> eta_cv_rhos;
+  int slack_evaluations = 0;  // spent by the final slack step (also in `evaluations`)
+  int slack_steps = 0;        // lowering steps it accepted
 
   nlohmann::json ToJson() const;
   static absl::StatusOr<GenerationStats> FromJson(const nlohmann::json& j);
@@ -135,6 +215,11 @@ struct ScoredPolicy {
   double fitness = 0;
   double flops_ratio = 0;
 };
+
+// The checkpoint version SearchState::ToJson writes. 1: no "version" key, no per-sample losses;
+// 2: "version": 2, every cache entry has "sample_losses" (possibly empty) and the config has the
+// opt-in search options. FromJson reads both.
+inline constexpr int kSearchStateVersion = 2;
 
 // Everything needed to continue a search exactly where it stopped.
 struct SearchState {

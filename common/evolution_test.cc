@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/search_test_util.h"
 #include "gmock/gmock.h"
@@ -57,6 +60,22 @@ class SyntheticEvaluator : public PolicyEvaluator {
     }
     e.omega = kept / params;
     e.accuracy = std::exp(-e.loss);
+    if (num_samples > 0) {
+      // Per-sample losses: sample i weighs unit u's damage by w_iu ∈ [0.2, 2.2], plus a
+      // policy-independent offset; the mean becomes the loss.
+      e.loss = 0;
+      for (int i = 0; i < num_samples; ++i) {
+        double l = 0.3 + 0.05 * (i % 7);
+        for (size_t u = 0; u < r.size(); ++u) {
+          const double tilt = 1 + 0.3 * version;
+          const double s = sensitivity_[u] * (u % 2 == 1 ? tilt : 1 / tilt);
+          l += s * (0.2 + 0.2 * ((i * 13 + static_cast<int>(u) * 7) % 11)) * r[u] * r[u];
+        }
+        e.sample_losses.push_back(l);
+        e.loss += l / num_samples;
+      }
+      e.accuracy = std::exp(-e.loss);
+    }
     return e;
   }
 
@@ -99,6 +118,8 @@ class SyntheticEvaluator : public PolicyEvaluator {
   int fail_on_call = -1;
   int nan_on_call = -1;
   int version_step = 1;
+  // > 0: provide this many per-sample losses (and make the loss their mean).
+  int num_samples = 0;
 
  private:
   const PolicySpace& space_;
@@ -130,8 +151,9 @@ struct RunResult {
   json final_state;
 };
 
-RunResult RunAll(const PolicySpace& space, const SearchConfig& config) {
+RunResult RunAll(const PolicySpace& space, const SearchConfig& config, int per_sample = 0) {
   SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  ev.num_samples = per_sample;
   auto search = EvolutionarySearch::Create(&space, config);
   EXPECT_TRUE(search.ok()) << search.status();
   const absl::Status st = (*search)->Run(ev);
@@ -501,6 +523,59 @@ TEST(EvolutionTest, ConfigValidation) {
   EXPECT_EQ(*ParseStrategy("RANDOM_SEARCH"), Strategy::kRandomSearch);
 }
 
+// Pins today's default behaviour (before the opt-in estimators and search options) on three
+// configurations: the evaluated sequence, the history JSON, the final policy and the checkpoint's
+// fields as they were before version 2 (v2 only adds keys). Values recorded from the code before
+// any option existed; a change here means the defaults no longer replay old searches bit for bit.
+json OldFieldsOnly(json state) {
+  state.erase("version");
+  const std::set<std::string> old_config = {
+      "strategy", "budget", "population",      "generations", "parents",
+      "mutation", "eta",    "projector_every", "num_samples", "seed"};
+  json config = json::object();
+  for (const auto& [k, v] : state["config"].items()) {
+    if (old_config.count(k) != 0) config[k] = v;
+  }
+  state["config"] = config;
+  for (json& e : state["cache"]) e.erase("sample_losses");
+  return state;
+}
+
+TEST(EvolutionTest, DefaultOptionsReplayTodaysSearchesBitForBit) {
+  struct Case {
+    int layers;
+    UnitKind kind;
+    Strategy strategy;
+    uint64_t seed;
+    const char* log_hash;
+    const char* history_hash;
+    const char* state_hash;
+    const char* best;
+  };
+  for (const Case& k :
+       {Case{6, UnitKind::kLayer, Strategy::kEfficientLlava, 1234, "02d8fbeb3dee0e9a",
+             "b0ba4508fc0b4fbd", "3a37e76db23ea4d5", "8,0,1,8,4,8"},
+        Case{4, UnitKind::kLinear, Strategy::kEfficientLlava, 7, "43747203775ed273",
+             "7c98a558c9c22eeb", "cb8b96ec25bdd4ee",
+             "8,1,3,6,8,8,1,2,0,1,8,4,8,0,7,2,3,2,8,0,8,5,1,4,8,8,5,3"},
+        Case{4, UnitKind::kLinear, Strategy::kRandomSearch, 7, "9c7d0d0a42c39c16",
+             "77abafd2ac6f957f", "5c3f0478450624da",
+             "4,2,0,3,1,4,3,1,5,4,5,4,7,6,0,0,0,0,5,4,6,4,6,3,7,7,8,6"}}) {
+    const PolicySpace space = MakeSpace(k.layers, k.kind);
+    SearchConfig config = DefaultConfig(MidBudget(space));
+    config.strategy = k.strategy;
+    config.seed = k.seed;
+    const RunResult r = RunAll(space, config);
+    json history = json::array();
+    for (const GenerationStats& g : r.history) history.push_back(g.ToJson());
+    auto hex = [](const std::string& text) { return absl::StrFormat("%016x", Fnv1a64(text)); };
+    EXPECT_EQ(hex(absl::StrJoin(r.log, "\n")), k.log_hash) << k.seed;
+    EXPECT_EQ(hex(history.dump()), k.history_hash) << k.seed;
+    EXPECT_EQ(hex(OldFieldsOnly(r.final_state).dump()), k.state_hash) << k.seed;
+    EXPECT_EQ(absl::StrJoin(r.best, ","), k.best) << k.seed;
+  }
+}
+
 // ---- malformed checkpoints ----
 
 json MidSearchState(const PolicySpace& space) {
@@ -580,6 +655,674 @@ TEST(SearchStateTest, CorruptedTextNeverCrashes) {
     if (s.ok()) (void)EvolutionarySearch::Resume(&space, *std::move(s));
   }
   EXPECT_GT(parsed, 100);
+}
+
+TEST(SearchStateTest, Version1CheckpointStillLoadsAndResumes) {
+  const PolicySpace space = MakeSpace(4);
+  const SearchConfig config = DefaultConfig(MidBudget(space));
+  const RunResult full = RunAll(space, config);
+  SyntheticEvaluator first(space, Sensitivities(4));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  for (int g = 0; g < 3; ++g) ASSERT_TRUE((*search)->Step(first).ok());
+  // What today's (version 1) code wrote: no "version", no per-sample losses, the old config.
+  const json v1 = OldFieldsOnly((*search)->state().ToJson());
+  ASSERT_FALSE(v1.contains("version"));
+  auto state = SearchState::FromJson(v1);
+  ASSERT_TRUE(state.ok()) << state.status();
+  for (const auto& [key, r] : state->cache) EXPECT_TRUE(r.sample_losses.empty());
+  auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  SyntheticEvaluator second(space, Sensitivities(4));
+  ASSERT_TRUE((*resumed)->Run(second).ok());
+  std::vector<std::string> joined = first.log;
+  joined.insert(joined.end(), second.log.begin(), second.log.end());
+  EXPECT_EQ(joined, full.log);
+  EXPECT_EQ((*resumed)->Best()->policy, full.best);
+  EXPECT_EQ((*resumed)->state().ToJson().dump(), full.final_state.dump());
+  // A version 1 checkpoint cannot carry per-sample losses.
+  json bad = v1;
+  bad["cache"][0]["sample_losses"] = json::array({0.5});
+  EXPECT_THAT(std::string(SearchState::FromJson(bad).status().message()),
+              HasSubstr("state.cache[0].sample_losses"));
+}
+
+TEST(SearchStateTest, Version2RoundTripsSampleLosses) {
+  const PolicySpace space = MakeSpace(4);
+  SyntheticEvaluator ev(space, Sensitivities(4));
+  ev.num_samples = 5;
+  auto search = EvolutionarySearch::Create(&space, DefaultConfig(MidBudget(space)));
+  ASSERT_TRUE(search.ok());
+  for (int g = 0; g < 2; ++g) ASSERT_TRUE((*search)->Step(ev).ok());
+  const SearchState& before = (*search)->state();
+  const json j = before.ToJson();
+  EXPECT_EQ(j["version"], kSearchStateVersion);
+  EXPECT_EQ(j["cache"][0]["sample_losses"].size(), 5u);
+  auto after = SearchState::FromJson(json::parse(j.dump()));
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->cache.size(), before.cache.size());
+  for (const auto& [key, r] : before.cache) {
+    const EvalResult& got = after->cache.at(key);
+    EXPECT_EQ(got.sample_losses, r.sample_losses);  // bit for bit through the text form
+    EXPECT_EQ(got.loss, r.loss);
+  }
+  EXPECT_EQ(after->ToJson().dump(), j.dump());
+}
+
+TEST(SearchStateTest, MalformedVersion2FieldsAreNamed) {
+  const PolicySpace space = MakeSpace(4);
+  const json good = MidSearchState(space);
+  auto expect_error = [&](auto mutate, const std::string& needle) {
+    json j = good;
+    mutate(j);
+    auto s = SearchState::FromJson(j);
+    EXPECT_FALSE(s.ok()) << needle;
+    if (!s.ok()) EXPECT_THAT(std::string(s.status().message()), HasSubstr(needle));
+  };
+  expect_error([](json& j) { j["version"] = 3; }, "state.version");
+  expect_error([](json& j) { j["version"] = "2"; }, "state.version");
+  expect_error([](json& j) { j["version"] = 0; }, "state.version");
+  expect_error([](json& j) { j["cache"][0].erase("sample_losses"); },
+               "state.cache[0].sample_losses: missing");
+  expect_error([](json& j) { j["cache"][1]["sample_losses"] = 0.5; },
+               "state.cache[1].sample_losses");
+  expect_error(
+      [](json& j) {
+        j["cache"][0]["sample_losses"] = json::array({0.1, "x"});
+      },
+      "state.cache[0].sample_losses[1]");
+}
+
+TEST(EvolutionTest, NonFiniteSampleLossIsAnError) {
+  const PolicySpace space = MakeSpace(4);
+  class Bad : public PolicyEvaluator {
+   public:
+    absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& p, int) override {
+      std::vector<EvalResult> out(p.size(), EvalResult{1.0, 0.5, 0.7, {1.0, 1.0}});
+      out.back().sample_losses[1] = INFINITY;
+      return out;
+    }
+    absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>&, int) override {
+      return absl::InternalError("not expected");
+    }
+  } bad;
+  auto search = EvolutionarySearch::Create(&space, DefaultConfig(MidBudget(space)));
+  ASSERT_TRUE(search.ok());
+  EXPECT_THAT((*search)->Step(bad).message(), HasSubstr("sample 1"));
+}
+
+// ---- issue-14 estimators inside the search ----
+
+SearchConfig EstimatorConfig(const PolicySpace& space, Estimator estimator) {
+  SearchConfig c = DefaultConfig(MidBudget(space));
+  c.estimator = estimator;
+  c.num_samples = 16;
+  c.generations = 4;
+  return c;
+}
+
+// J of every ranked policy against the closed form computed here from the evaluator's own
+// numbers (the estimator functions are pinned to the Python reference in estimators_test).
+TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (Estimator e : {Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    for (std::optional<double> eta : {std::optional<double>(0.7), std::optional<double>()}) {
+      SearchConfig config = EstimatorConfig(space, e);
+      config.eta = eta;
+      SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+      ev.num_samples = 16;
+      auto search = EvolutionarySearch::Create(&space, config);
+      ASSERT_TRUE(search.ok()) << search.status();
+      ASSERT_TRUE((*search)->Run(ev).ok());
+      const std::vector<int> order = SamplePermutation(config.seed, kSplitStream, 16);
+      auto term = [&](const Policy& p, const EvalResult& r) {
+        const std::vector<double>& l = r.sample_losses;
+        if (e == Estimator::kUcb) {
+          double mean = 0, ss = 0;
+          for (double x : l) mean += x / l.size();
+          for (double x : l) ss += (x - mean) * (x - mean);
+          return std::sqrt(ss / 15) / 4;
+        }
+        if (e == Estimator::kSplit) {
+          double a = 0, b = 0;
+          for (int k = 0; k < 8; ++k) a += l[order[k]] / 8, b += l[order[8 + k]] / 8;
+          return std::abs(a - b);
+        }
+        double num = 0, den = 0;
+        for (int u = 0; u < space.num_units(); ++u) {
+          const double r = space.ratio_choices()[p[u]];
+          num += space.units().params[u] * r * r;
+          den += space.units().params[u];
+        }
+        return num / den / 4;
+      };
+      const double resolved = *(*search)->state().eta;
+      if (eta.has_value()) EXPECT_EQ(resolved, *eta);
+      const std::vector<ScoredPolicy> ranked = (*search)->Ranking();
+      ASSERT_FALSE(ranked.empty());
+      for (const ScoredPolicy& sp : ranked) {
+        const EvalResult r = ev.Compute(sp.policy, (*search)->state().projector_version);
+        EXPECT_NEAR(sp.fitness, r.loss + resolved * term(sp.policy, r), 1e-12) << EstimatorName(e);
+      }
+      for (size_t i = 1; i < ranked.size(); ++i) {
+        EXPECT_LE(ranked[i - 1].fitness, ranked[i].fitness);
+      }
+      const GenerationStats& g0 = (*search)->history()[0];
+      EXPECT_EQ(g0.estimator, EstimatorName(e));
+      EXPECT_EQ(g0.eta_method, eta.has_value() ? "explicit" : "auto");
+      if (!eta.has_value()) {
+        // AUTO for a non-NORM term: std(η·T) = std(L) over the first population.
+        SyntheticEvaluator fresh(space, Sensitivities(space.num_units()));
+        fresh.num_samples = 16;
+        auto first = EvolutionarySearch::Create(&space, config);
+        std::vector<double> losses, terms;
+        for (const Policy& p : (*first)->state().population) {
+          const EvalResult r = fresh.Compute(p, 0);
+          losses.push_back(r.loss);
+          terms.push_back(resolved * term(p, r));
+        }
+        auto sd = [](const std::vector<double>& v) {
+          double m = 0, ss = 0;
+          for (double x : v) m += x / v.size();
+          for (double x : v) ss += (x - m) * (x - m);
+          return std::sqrt(ss / v.size());
+        };
+        EXPECT_NEAR(sd(terms), sd(losses), 1e-9 * sd(losses)) << EstimatorName(e);
+      }
+    }
+  }
+}
+
+// CV: η is what CrossValidateEta (pinned to a brute-force reference in estimators_test) picks on
+// the first population, recorded with its ρ in generation 0 and kept for the rest.
+TEST(EstimatorSearchTest, CrossValidatedEtaOnTheFirstPopulation) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    SearchConfig config = EstimatorConfig(space, e);
+    config.eta_rule = EtaRule::kCrossValidated;
+    SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+    ev.num_samples = 16;
+    auto search = EvolutionarySearch::Create(&space, config);
+    ASSERT_TRUE(search.ok()) << search.status();
+    const std::vector<Policy> first = (*search)->state().population;
+    ASSERT_TRUE((*search)->Run(ev).ok());
+    std::vector<EvalResult> results;
+    for (const Policy& p : first) results.push_back(ev.Compute(p, 0));
+    std::vector<TermInputs> inputs;
+    for (size_t i = 0; i < first.size(); ++i) {
+      double num = 0, den = 0;
+      for (int u = 0; u < space.num_units(); ++u) {
+        const double r = space.ratio_choices()[first[i][u]];
+        num += space.units().params[u] * r * r;
+        den += space.units().params[u];
+      }
+      inputs.push_back({.omega = results[i].omega,
+                        .capacity = num / den,
+                        .sample_losses = results[i].sample_losses});
+    }
+    auto want = CrossValidateEta(e, inputs, DefaultEtaGrid(),
+                                 SamplePermutation(config.seed, kCvStream, 16));
+    ASSERT_TRUE(want.ok());
+    EXPECT_EQ(*(*search)->state().eta, want->eta) << EstimatorName(e);
+    const std::vector<GenerationStats>& h = (*search)->history();
+    EXPECT_EQ(h[0].eta_method, "cv");
+    EXPECT_EQ(h[0].eta_cv_rho, want->rho);
+    EXPECT_EQ(h[0].eta_cv_rhos, want->rhos);
+    for (size_t g = 1; g < h.size(); ++g) {
+      EXPECT_EQ(h[g].eta, want->eta);
+      EXPECT_EQ(h[g].eta_method, "cv");
+      EXPECT_FALSE(h[g].eta_cv_rho.has_value());
+    }
+    // The history JSON carries them (and reads back).
+    const json j = h[0].ToJson();
+    EXPECT_EQ(j["eta_method"], "cv");
+    EXPECT_EQ(j["eta_cv_rhos"].size(), DefaultEtaGrid().size());
+    EXPECT_EQ(*GenerationStats::FromJson(j), h[0]);
+  }
+}
+
+// Same seed → same sequence, history, policy and checkpoint, for every estimator and η rule; and
+// resuming from the JSON after any generation replays the uninterrupted run.
+TEST(EstimatorSearchTest, DeterministicAndResumableForEachEstimator) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    for (EtaRule rule : {EtaRule::kAuto, EtaRule::kCrossValidated}) {
+      if (e == Estimator::kNorm && rule == EtaRule::kAuto) continue;  // the default: pinned above
+      SearchConfig config = EstimatorConfig(space, e);
+      config.eta_rule = rule;
+      config.projector_every = 2;
+      const RunResult a = RunAll(space, config, 16);
+      const RunResult b = RunAll(space, config, 16);
+      const std::string what = absl::StrCat(EstimatorName(e), " ", EtaRuleName(rule));
+      EXPECT_EQ(a.log, b.log) << what;
+      EXPECT_EQ(a.best, b.best) << what;
+      EXPECT_EQ(a.history, b.history) << what;
+      EXPECT_EQ(a.final_state.dump(), b.final_state.dump()) << what;
+      for (int k : {1, 2, 3}) {
+        SyntheticEvaluator first(space, Sensitivities(space.num_units()));
+        first.num_samples = 16;
+        auto search = EvolutionarySearch::Create(&space, config);
+        ASSERT_TRUE(search.ok());
+        for (int g = 0; g < k; ++g) ASSERT_TRUE((*search)->Step(first).ok());
+        auto state = SearchState::FromJson(json::parse((*search)->state().ToJson().dump()));
+        ASSERT_TRUE(state.ok()) << state.status();
+        auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+        ASSERT_TRUE(resumed.ok()) << resumed.status();
+        SyntheticEvaluator second(space, Sensitivities(space.num_units()));
+        second.num_samples = 16;
+        ASSERT_TRUE((*resumed)->Run(second).ok());
+        std::vector<std::string> joined = first.log;
+        joined.insert(joined.end(), second.log.begin(), second.log.end());
+        EXPECT_EQ(joined, a.log) << what << " resumed after " << k;
+        EXPECT_EQ((*resumed)->state().ToJson().dump(), a.final_state.dump()) << what;
+      }
+    }
+  }
+  // The estimators do not touch the search's stream: the initial population is the default one.
+  const PolicySpace same = MakeSpace(4, UnitKind::kLinear);
+  SearchConfig base = EstimatorConfig(same, Estimator::kNorm);
+  SearchConfig ucb = EstimatorConfig(same, Estimator::kUcb);
+  ucb.eta_rule = EtaRule::kCrossValidated;
+  EXPECT_EQ((*EvolutionarySearch::Create(&same, base))->state().ToJson()["population"],
+            (*EvolutionarySearch::Create(&same, ucb))->state().ToJson()["population"]);
+}
+
+TEST(EstimatorSearchTest, MissingSampleLossesFailTheStep) {
+  const PolicySpace space = MakeSpace(4);
+  for (auto [e, rule] :
+       {std::pair{Estimator::kUcb, EtaRule::kAuto}, std::pair{Estimator::kSplit, EtaRule::kAuto},
+        std::pair{Estimator::kNorm, EtaRule::kCrossValidated}}) {
+    SearchConfig config = EstimatorConfig(space, e);
+    config.eta_rule = rule;
+    SyntheticEvaluator ev(space, Sensitivities(4));  // no per-sample losses
+    auto search = EvolutionarySearch::Create(&space, config);
+    ASSERT_TRUE(search.ok());
+    const absl::Status st = (*search)->Step(ev);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_THAT(st.message(), HasSubstr("per-sample losses"));
+    EXPECT_EQ((*search)->state().generation, 0);
+    SyntheticEvaluator wrong(space, Sensitivities(4));
+    wrong.num_samples = 8;  // the wrong count
+    EXPECT_THAT((*search)->Step(wrong).message(), HasSubstr("came with 8"));
+  }
+  // CAPACITY and explicit-η NORM need none; RANDOM_SEARCH ignores the estimator (η = 0).
+  SearchConfig capacity = EstimatorConfig(space, Estimator::kCapacity);
+  SearchConfig random = EstimatorConfig(space, Estimator::kUcb);
+  random.strategy = Strategy::kRandomSearch;
+  random.eta_rule = EtaRule::kCrossValidated;
+  for (const SearchConfig& c : {capacity, random}) {
+    SyntheticEvaluator ev(space, Sensitivities(4));
+    auto search = EvolutionarySearch::Create(&space, c);
+    ASSERT_TRUE(search.ok());
+    EXPECT_TRUE((*search)->Run(ev).ok());
+  }
+}
+
+TEST(EstimatorSearchTest, ResumeRejectsCacheWithoutSampleLossesForUcb) {
+  const PolicySpace space = MakeSpace(4);
+  SearchConfig config = EstimatorConfig(space, Estimator::kUcb);
+  SyntheticEvaluator ev(space, Sensitivities(4));
+  ev.num_samples = 16;
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok() && (*search)->Step(ev).ok());
+  json j = (*search)->state().ToJson();
+  j["cache"][0]["sample_losses"] = json::array({0.5});
+  auto state = SearchState::FromJson(j);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_THAT(EvolutionarySearch::Resume(&space, *state).status().message(),
+              HasSubstr("per-sample losses"));
+}
+
+TEST(EstimatorSearchTest, OptionValidation) {
+  const PolicySpace space = MakeSpace(4);
+  auto bad = [&](auto mutate) {
+    SearchConfig c = DefaultConfig(MidBudget(space));
+    mutate(c);
+    return EvolutionarySearch::Create(&space, c).status();
+  };
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.estimator = Estimator::kUcb;
+                c.num_samples = 1;
+              }).message(),
+              HasSubstr("num_samples ≥ 2"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.eta_rule = EtaRule::kCrossValidated;
+                c.num_samples = 3;
+              }).message(),
+              HasSubstr("num_samples ≥ 4"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.eta_rule = EtaRule::kCrossValidated;
+                c.eta_grid.clear();
+              }).message(),
+              HasSubstr("eta_grid"));
+  EXPECT_THAT(bad([](SearchConfig& c) { c.eta_grid = {0, -1}; }).message(), HasSubstr("eta_grid"));
+  EXPECT_THAT(bad([](SearchConfig& c) { c.mutation_step = 1.5; }).message(),
+              HasSubstr("mutation_step"));
+  EXPECT_THAT(bad([](SearchConfig& c) { c.slack_evaluations = -1; }).message(),
+              HasSubstr("slack_evaluations"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.seed_unit_ratios = {{0.1, 0.2, 0.3, 1.5}};
+              }).message(),
+              HasSubstr("seed_unit_ratios[0]"));
+  EXPECT_THAT(bad([](SearchConfig& c) {
+                c.seed_unit_ratios = {{0.1, 0.2, 0.3, 0.4}, {0.1}};
+              }).message(),
+              HasSubstr("seed_unit_ratios[1]"));
+}
+
+json OptionsState(const PolicySpace& space) {
+  SearchConfig c = EstimatorConfig(space, Estimator::kSplit);
+  c.eta_rule = EtaRule::kCrossValidated;
+  c.seed_unit_ratios = {{0.35, 0.35, 0.35, 0.35}};
+  c.mutation_step = 0.5;
+  c.slack_evaluations = 4;
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  ev.num_samples = 16;
+  auto search = EvolutionarySearch::Create(&space, c);
+  EXPECT_TRUE(search.ok());
+  for (int g = 0; g < 2; ++g) EXPECT_TRUE((*search)->Step(ev).ok());
+  return (*search)->state().ToJson();
+}
+
+TEST(SearchStateTest, OptionsRoundTripAndMalformedOptionsAreNamed) {
+  const PolicySpace space = MakeSpace(4);
+  const json good = OptionsState(space);
+  auto back = SearchState::FromJson(json::parse(good.dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->config.estimator, Estimator::kSplit);
+  EXPECT_EQ(back->config.eta_rule, EtaRule::kCrossValidated);
+  EXPECT_EQ(back->config.seed_unit_ratios,
+            (std::vector<std::vector<double>>{{0.35, 0.35, 0.35, 0.35}}));
+  EXPECT_EQ(back->config.mutation_step, 0.5);
+  EXPECT_EQ(back->config.slack_evaluations, 4);
+  EXPECT_EQ(back->config.eta_grid, DefaultEtaGrid());
+  EXPECT_EQ(back->history, SearchState::FromJson(good)->history);
+  EXPECT_EQ(back->ToJson().dump(), good.dump());
+  auto expect_error = [&](auto mutate, const std::string& needle) {
+    json j = good;
+    mutate(j);
+    auto s = SearchState::FromJson(j);
+    EXPECT_FALSE(s.ok()) << needle;
+    if (!s.ok()) EXPECT_THAT(std::string(s.status().message()), HasSubstr(needle));
+  };
+  expect_error([](json& j) { j["config"]["estimator"] = "L2"; }, "unknown estimator");
+  expect_error([](json& j) { j["config"].erase("estimator"); }, "state.config.estimator: missing");
+  expect_error([](json& j) { j["config"]["eta_rule"] = 1; }, "state.config.eta_rule");
+  expect_error([](json& j) { j["config"]["eta_grid"][1] = "x"; }, "state.config.eta_grid[1]");
+  expect_error([](json& j) { j["config"]["eta_grid"] = json::array({-1}); }, "eta_grid");
+  expect_error([](json& j) { j["config"]["seed_unit_ratios"][0][2] = nullptr; },
+               "state.config.seed_unit_ratios[0][2]");
+  expect_error([](json& j) { j["config"]["seed_unit_ratios"][0] = 0.3; },
+               "state.config.seed_unit_ratios[0]");
+  expect_error([](json& j) { j["config"]["repair_uniform_seed"] = 1; },
+               "state.config.repair_uniform_seed");
+  expect_error([](json& j) { j["config"]["mutation_step"] = 2; }, "mutation_step");
+  expect_error([](json& j) { j["config"]["slack_evaluations"] = -3; },
+               "state.config.slack_evaluations");
+  expect_error([](json& j) { j["history"][0]["eta_method"] = "guess"; }, "history[].eta_method");
+  expect_error([](json& j) { j["history"][0]["estimator"] = "L2"; }, "unknown estimator");
+  expect_error([](json& j) { j["history"][0]["eta_cv_rhos"][0] = "x"; },
+               "history[].eta_cv_rhos[0]");
+  expect_error([](json& j) { j["history"][0]["slack_steps"] = -1; }, "history[].slack_steps");
+}
+
+// ---- issue-14 search options ----
+
+TEST(SearchOptionsTest, SnapToGridNearestTiesToSmaller) {
+  const PolicySpace space = MakeSpace(4);  // R = {0, 0.1, …, 0.8}
+  auto p = space.SnapToGrid(std::vector<double>{0.04, 0.05, 0.36, 0.99});
+  ASSERT_TRUE(p.ok()) << p.status();
+  // 0.05 is exactly halfway in decimal but not in binary: |0.05 − 0| vs |0.1 − 0.05| decides.
+  const int mid = std::abs(0.1 - 0.05) < std::abs(0.05 - 0.0) ? 1 : 0;
+  EXPECT_EQ(*p, (Policy{0, mid, 4, 8}));
+  const PolicySpace halves = MakeSpace(2, UnitKind::kLayer, {0.0, 0.25, 0.5});
+  EXPECT_EQ(*halves.SnapToGrid(std::vector<double>{0.125, 0.375}), (Policy{0, 1}));  // exact ties
+  EXPECT_FALSE(space.SnapToGrid(std::vector<double>{0.1}).ok());
+  EXPECT_FALSE(space.SnapToGrid(std::vector<double>{0.1, 0.1, NAN, 0.1}).ok());
+  EXPECT_FALSE(space.SnapToGrid(std::vector<double>{0.1, 0.1, -0.1, 0.1}).ok());
+}
+
+bool InBand(const PolicySpace& space, const Policy& p, double budget) {
+  const double f = *space.Flops(p);
+  const double limit = budget * space.dense_flops();
+  if (f > limit) return false;
+  if (f >= (budget - kRepairSlack) * space.dense_flops()) return true;
+  for (size_t u = 0; u < p.size(); ++u) {
+    if (p[u] == 0) continue;
+    Policy q = p;
+    --q[u];
+    if (*space.Flops(q) <= limit) return false;
+  }
+  return true;
+}
+
+TEST(SearchOptionsTest, SeedPoliciesAndRepairedUniformSeed) {
+  const PolicySpace space = MakeSpace(6);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  const double uniform_ratio = *space.UniformContinuousRatio(config.budget);
+  std::vector<double> preference = {0.3, 0.2, 0.1, -0.1, -0.2, -0.3};
+  const std::vector<double> owl_like = *space.ShiftToBudget(preference, config.budget);
+  config.seed_unit_ratios = {std::vector<double>(6, uniform_ratio), owl_like, owl_like};
+  config.repair_uniform_seed = true;
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok()) << search.status();
+  const std::vector<Policy>& pop = (*search)->state().population;
+  ASSERT_EQ(pop.size(), 32u);
+  // The uniform seed is now in the band like every other policy, and so are the seeds.
+  const Policy uniform = *space.UniformPolicyForBudget(config.budget);
+  EXPECT_TRUE(InBand(space, pop[0], config.budget));
+  if (!InBand(space, uniform, config.budget)) EXPECT_NE(pop[0], uniform);
+  // Replay the documented construction with the same Prng: repaired uniform, then each seed
+  // snapped and repaired; the duplicate OWL seed is dropped.
+  Prng prng(config.seed);
+  const Policy u0 = *space.RepairToBudget(uniform, config.budget, prng);
+  const Policy s1 =
+      *space.RepairToBudget(*space.SnapToGrid(config.seed_unit_ratios[0]), config.budget, prng);
+  const Policy s2 = *space.RepairToBudget(*space.SnapToGrid(owl_like), config.budget, prng);
+  const Policy s3 = *space.RepairToBudget(*space.SnapToGrid(owl_like), config.budget, prng);
+  EXPECT_EQ(pop[0], u0);
+  std::vector<Policy> expected = {u0};
+  for (const Policy& p : {s1, s2, s3}) {
+    if (std::find(expected.begin(), expected.end(), p) == expected.end()) expected.push_back(p);
+  }
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(pop[i], expected[i]) << i;
+  for (const Policy& p : pop) EXPECT_LE(*space.Flops(p), config.budget * space.dense_flops());
+  // The snapped OWL-like seed keeps its shape: early units pruned more than late ones.
+  EXPECT_GT(space.ratio_choices()[s2[0]], space.ratio_choices()[s2[5]]);
+  // A seed with the wrong number of units is refused by name.
+  config.seed_unit_ratios = {{0.3, 0.3}};
+  EXPECT_THAT(EvolutionarySearch::Create(&space, config).status().message(),
+              HasSubstr("seed_unit_ratios[0]"));
+  // RANDOM_SEARCH ignores the seeds (its initial population stays random).
+  SearchConfig random = DefaultConfig(MidBudget(space));
+  random.strategy = Strategy::kRandomSearch;
+  SearchConfig seeded = random;
+  seeded.seed_unit_ratios = {std::vector<double>(6, uniform_ratio)};
+  seeded.repair_uniform_seed = true;
+  EXPECT_EQ((*EvolutionarySearch::Create(&space, random))->state().population,
+            (*EvolutionarySearch::Create(&space, seeded))->state().population);
+}
+
+TEST(SearchOptionsTest, StepMutationMovesOneGridStep) {
+  SearchConfig c;
+  c.mutation = 1;
+  const Policy parent = {0, 1, 4, 7, 8, 3, 5, 2};
+  int jumps_far = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    Prng prng(seed);
+    c.mutation_step = 1;
+    const Policy stepped = CrossoverAndMutate(parent, parent, c, 9, prng);
+    for (size_t u = 0; u < parent.size(); ++u) {
+      EXPECT_EQ(std::abs(stepped[u] - parent[u]), 1) << seed << " unit " << u;
+    }
+    EXPECT_EQ(stepped[0], 1);  // the only neighbour at either end
+    EXPECT_EQ(stepped[4], 7);
+    Prng again(seed);
+    c.mutation_step = 0;
+    const Policy jumped = CrossoverAndMutate(parent, parent, c, 9, again);
+    for (size_t u = 0; u < parent.size(); ++u) {
+      EXPECT_NE(jumped[u], parent[u]);
+      jumps_far += std::abs(jumped[u] - parent[u]) > 1;
+    }
+  }
+  EXPECT_GT(jumps_far, 800);  // a jump is uniform over the other 8 indices
+  // mutation_step = 0 draws exactly as before: 2 draws per unit, one more per jump.
+  Prng a(5), b(5);
+  c.mutation = 0;
+  c.mutation_step = 0;
+  (void)CrossoverAndMutate(parent, parent, c, 9, a);
+  for (size_t u = 0; u < 2 * parent.size(); ++u) b.Next();
+  EXPECT_EQ(a, b);
+}
+
+TEST(SearchOptionsTest, SlackStepSpendsTheBudgetLeftAndCountsItsEvaluations) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.projector_every = 0;
+  config.eta = 0.0;
+  config.generations = 6;
+  config.slack_evaluations = 60;
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  const GenerationStats& last = (*search)->history().back();
+  EXPECT_GT(last.slack_evaluations, 0);
+  EXPECT_LE(last.slack_evaluations, 60);
+  EXPECT_GT(last.slack_steps, 0);
+  EXPECT_LE(last.slack_evaluations, last.evaluations);
+  int64_t total = 0;
+  for (const GenerationStats& g : (*search)->history()) total += g.evaluations;
+  EXPECT_EQ(total, (*search)->state().total_evaluations);
+  EXPECT_EQ(static_cast<size_t>(total), ev.evaluated.size());
+  EXPECT_LE(total, NominalEvaluations(config));
+  // The result fits the budget and is no worse than the last population's best; and (if the
+  // evaluation budget was not the reason it stopped) no one-step lowering that fits is better.
+  const ScoredPolicy best = *(*search)->Best();
+  const double limit = config.budget * space.dense_flops();
+  EXPECT_LE(*space.Flops(best.policy), limit);
+  EXPECT_EQ(best.hash, last.best_hash);
+  double population_best = INFINITY;
+  for (const Policy& p : (*search)->state().ranked) {
+    population_best = std::min(population_best, ev.Compute(p, 0).loss);
+  }
+  EXPECT_EQ(best.fitness, population_best);
+  if (last.slack_evaluations < 60) {
+    for (size_t u = 0; u < best.policy.size(); ++u) {
+      if (best.policy[u] == 0) continue;
+      Policy q = best.policy;
+      --q[u];
+      if (*space.Flops(q) > limit) continue;
+      EXPECT_GE(ev.Compute(q, 0).loss, best.fitness) << "unit " << u;
+    }
+  }
+  // Without the step the same seed ends worse or equal, and with fewer evaluations.
+  SearchConfig off = config;
+  off.slack_evaluations = 0;
+  const RunResult plain = RunAll(space, off);
+  EXPECT_LE(best.fitness, plain.history.back().best_fitness);
+  EXPECT_LT(plain.history.back().evaluations, last.evaluations);
+  std::cout << "slack step: " << last.slack_steps << " steps, " << last.slack_evaluations
+            << " evaluations, J " << plain.history.back().best_fitness << " -> " << best.fitness
+            << ", FLOPs " << plain.history.back().best_flops_ratio << " -> "
+            << last.best_flops_ratio << " (budget " << config.budget << ")\n";
+}
+
+TEST(SearchOptionsTest, RandomSearchMatchesTheNominalCountWithSlackEvaluations) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.strategy = Strategy::kRandomSearch;
+  config.slack_evaluations = 17;
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Run(ev).ok());
+  EXPECT_EQ(NominalEvaluations(config), 32 + 12 * 24 + 17);
+  EXPECT_EQ((*search)->state().total_evaluations, NominalEvaluations(config));
+  EXPECT_EQ(ev.evaluated.size(), static_cast<size_t>(NominalEvaluations(config)));
+  EXPECT_EQ((*search)->history().back().slack_evaluations, 17);
+  // Its best is still the best of everything it evaluated.
+  double best = INFINITY;
+  for (const auto& [key, r] : (*search)->state().cache) best = std::min(best, r.loss);
+  EXPECT_EQ((*search)->Best()->fitness, best);
+  // The evolutionary search with the same options never proposes more (projector aside).
+  SearchConfig evo = config;
+  evo.strategy = Strategy::kEfficientLlava;
+  evo.projector_every = 0;
+  EXPECT_LE(RunAll(space, evo).final_state["total_evaluations"].get<int64_t>(),
+            NominalEvaluations(evo));
+}
+
+// Every option at once: same seed → same everything; resuming after any generation (including
+// the last, where the slack step runs) replays the uninterrupted run.
+TEST(SearchOptionsTest, AllOptionsDeterministicAndResumable) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.num_samples = 16;
+  config.generations = 5;
+  config.projector_every = 2;
+  config.estimator = Estimator::kCapacity;
+  config.eta_rule = EtaRule::kCrossValidated;
+  config.seed_unit_ratios = {std::vector<double>(space.num_units(), 0.4)};
+  config.repair_uniform_seed = true;
+  config.mutation_step = 0.5;
+  config.slack_evaluations = 30;
+  for (Strategy strategy : {Strategy::kEfficientLlava, Strategy::kRandomSearch}) {
+    config.strategy = strategy;
+    const RunResult a = RunAll(space, config, 16);
+    const RunResult b = RunAll(space, config, 16);
+    EXPECT_EQ(a.log, b.log);
+    EXPECT_EQ(a.best, b.best);
+    EXPECT_EQ(a.history, b.history);
+    EXPECT_EQ(a.final_state.dump(), b.final_state.dump());
+    SearchConfig other = config;
+    other.seed = 4321;
+    EXPECT_NE(RunAll(space, other, 16).log, a.log);
+    for (int k = 1; k <= 5; ++k) {
+      SyntheticEvaluator first(space, Sensitivities(space.num_units()));
+      first.num_samples = 16;
+      auto search = EvolutionarySearch::Create(&space, config);
+      ASSERT_TRUE(search.ok());
+      for (int g = 0; g < k; ++g) ASSERT_TRUE((*search)->Step(first).ok());
+      auto state = SearchState::FromJson(json::parse((*search)->state().ToJson().dump()));
+      ASSERT_TRUE(state.ok()) << state.status();
+      auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+      ASSERT_TRUE(resumed.ok()) << resumed.status();
+      SyntheticEvaluator second(space, Sensitivities(space.num_units()));
+      second.num_samples = 16;
+      ASSERT_TRUE((*resumed)->Run(second).ok());
+      std::vector<std::string> joined = first.log;
+      joined.insert(joined.end(), second.log.begin(), second.log.end());
+      EXPECT_EQ(joined, a.log) << StrategyName(strategy) << " resumed after " << k;
+      EXPECT_EQ((*resumed)->Best()->policy, a.best);
+      EXPECT_EQ((*resumed)->state().ToJson().dump(), a.final_state.dump());
+    }
+  }
+}
+
+// A failing evaluator during the slack step leaves the state as it was; the retry replays.
+TEST(SearchOptionsTest, FailedSlackStepIsRetrySafe) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  SearchConfig config = DefaultConfig(MidBudget(space));
+  config.generations = 2;
+  config.projector_every = 0;
+  config.slack_evaluations = 20;
+  const RunResult full = RunAll(space, config);
+  SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+  auto search = EvolutionarySearch::Create(&space, config);
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE((*search)->Step(ev).ok());
+  ASSERT_TRUE((*search)->Step(ev).ok());
+  // Generation 2 with a fresh evaluator: its own batch is call 1, the slack step's first call 2.
+  SyntheticEvaluator failing(space, Sensitivities(space.num_units()));
+  failing.fail_on_call = 2;
+  const std::string before = (*search)->state().ToJson().dump();
+  const absl::Status st = (*search)->Step(failing);
+  ASSERT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ((*search)->state().ToJson().dump(), before);
+  SyntheticEvaluator retry(space, Sensitivities(space.num_units()));
+  ASSERT_TRUE((*search)->Step(retry).ok());
+  EXPECT_EQ((*search)->state().ToJson().dump(), full.final_state.dump());
 }
 
 }  // namespace

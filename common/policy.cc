@@ -435,6 +435,27 @@ absl::StatusOr<Policy> PolicySpace::UniformPolicyForBudget(double budget) const 
   return absl::InternalError("uniform policy: no ratio meets a budget CheckBudget accepted");
 }
 
+absl::StatusOr<Policy> PolicySpace::SnapToGrid(std::span<const double> unit_ratios) const {
+  if (unit_ratios.size() != units_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("policy has ", unit_ratios.size(),
+                                                   " unit ratios, the model has ", units_.size()));
+  }
+  Policy p(units_.size());
+  for (size_t u = 0; u < p.size(); ++u) {
+    const double r = unit_ratios[u];
+    if (!(r >= 0 && r <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unit ", units_.names[u], " has ratio ", r, ", outside [0, 1]"));
+    }
+    int best = 0;
+    for (int k = 1; k < num_choices(); ++k) {
+      if (std::abs(ratios_[k] - r) < std::abs(ratios_[best] - r)) best = k;
+    }
+    p[u] = best;
+  }
+  return p;
+}
+
 absl::StatusOr<Policy> PolicySpace::RandomFeasiblePolicy(double budget, Prng& prng) const {
   RETURN_IF_ERROR(CheckBudget(budget));
   Policy p(units_.size());

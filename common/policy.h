@@ -181,6 +181,11 @@ class PolicySpace {
   // with F ≤ b·F_dense. Not repaired (it is the baseline the search must beat).
   absl::StatusOr<Policy> UniformPolicyForBudget(double budget) const;
 
+  // Each unit at the ratio choice nearest its continuous ratio (ties to the smaller choice), e.g.
+  // UNIFORM's or OWL's solution as a search seed. Not repaired. Ratios must be finite, in [0, 1],
+  // one per unit.
+  absl::StatusOr<Policy> SnapToGrid(std::span<const double> unit_ratios) const;
+
   // Each unit an independent UniformInt(num_choices()) draw, in unit order; then repaired.
   absl::StatusOr<Policy> RandomFeasiblePolicy(double budget, Prng& prng) const;
 

@@ -6,7 +6,7 @@ rather than from the C++, so a bug in common/prng.cc or common/policy.cc shows u
 Prints a transcript of `key value ...` lines; search_test builds the same transcript with the
 C++ code and compares it line by line.
 
-Usage: search_test_ref.py prng | hash
+Usage: search_test_ref.py prng | hash | estimators
 """
 import math
 import struct
@@ -169,14 +169,129 @@ def hash_transcript():
     return out
 
 
+# ---- estimators (common/estimators.h), shared with estimators_test.cc ----
+
+SPLIT_STREAM = 0x53504C4954  # "SPLIT"
+CV_STREAM = 0x43562D455441  # "CV-ETA"
+ETA_GRID = [0, 0.1, 0.3, 1, 3, 10, 30, 100]
+PERM_CASES = [(0, SPLIT_STREAM, 10), (1234, CV_STREAM, 64), (7, SPLIT_STREAM, 1),
+              (M64, CV_STREAM, 5)]
+ESTIMATORS = ["NORM", "UCB", "SPLIT", "CAPACITY"]
+
+
+def permutation(seed, stream, n):
+    p = Prng(seed).fork(stream)
+    v = list(range(n))
+    p.shuffle(v)
+    return v
+
+
+# Synthetic evaluated policies (kSynthetic* in estimators_test.cc): exact in binary64 on both sides.
+def synthetic_losses(p, n):
+    return [((p * 37 + i * 11 + (p * i) % 7) % 23) / 23 + p / 50 for i in range(n)]
+
+
+def synthetic_omega(p):
+    return (p % 5 + 1) / 8
+
+
+def synthetic_capacity(p):
+    return ((p * 3) % 7) / 10
+
+
+def mean_over(losses, idx):
+    return sum(losses[i] for i in idx) / len(idx) if idx else 0.0
+
+
+def term(estimator, p, losses, idx):
+    m = len(idx)
+    if estimator == "NORM":
+        return synthetic_omega(p) / math.sqrt(m)
+    if estimator == "CAPACITY":
+        return synthetic_capacity(p) / math.sqrt(m)
+    if m < 2:
+        return 0.0
+    if estimator == "UCB":
+        mu = mean_over(losses, idx)
+        var = sum((losses[i] - mu) ** 2 for i in idx) / (m - 1)
+        return math.sqrt(var) / math.sqrt(m)
+    half = m // 2
+    return abs(mean_over(losses, idx[:half]) - mean_over(losses, idx[half:]))
+
+
+def fractional_ranks(v):
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    ranks = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x, y):
+    if len(x) != len(y) or len(x) < 3:
+        return None
+    rx, ry = fractional_ranks(x), fractional_ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def cross_validate(estimator, num_policies, n, seed):
+    perm = permutation(seed, CV_STREAM, n)
+    a, b = perm[: n // 2], perm[n // 2:]
+    rhos = []
+    for eta in ETA_GRID:
+        fit_a, loss_b = [], []
+        for p in range(num_policies):
+            losses = synthetic_losses(p, n)
+            fit_a.append(mean_over(losses, a) + eta * term(estimator, p, losses, a))
+            loss_b.append(mean_over(losses, b))
+        rhos.append(spearman(fit_a, loss_b))
+    # Brute force: the best defined ρ, ties to the smaller η (the grid is ascending).
+    best = None
+    for eta, rho in zip(ETA_GRID, rhos):
+        if rho is not None and (best is None or rho > best[1]):
+            best = (eta, rho)
+    eta = best[0] if best else min(ETA_GRID)
+    return eta, rhos
+
+
+def estimators_transcript():
+    out = []
+    for seed, stream, n in PERM_CASES:
+        out.append(f"perm {seed} {stream} {n} " + " ".join(map(str, permutation(seed, stream, n))))
+    order = permutation(99, SPLIT_STREAM, 16)
+    for estimator in ESTIMATORS:
+        for p in range(4):
+            out.append(f"term {estimator} {p} {term(estimator, p, synthetic_losses(p, 16), order)!r}")
+    for estimator in ESTIMATORS:
+        for num_policies, n in [(12, 16), (40, 64), (2, 8)]:
+            eta, rhos = cross_validate(estimator, num_policies, n, 99)
+            out.append(f"cv {estimator} {num_policies} {n} {eta!r} " +
+                       " ".join("null" if r is None else repr(r) for r in rhos))
+    return out
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what == "prng":
         lines = prng_transcript()
     elif what == "hash":
         lines = hash_transcript()
+    elif what == "estimators":
+        lines = estimators_transcript()
     else:
-        sys.exit(f"usage: {sys.argv[0]} prng|hash")
+        sys.exit(f"usage: {sys.argv[0]} prng|hash|estimators")
     print("\n".join(lines))
 
 

@@ -94,7 +94,10 @@ absl::StatusOr<std::vector<search::EvalResult>> LocalPolicyEvaluator::Evaluate(
       return absl::InternalError(
           absl::StrCat("non-finite loss ", r.loss, " for policy ", space_->Hash(p).value_or("?")));
     }
-    out.push_back({.loss = r.loss, .accuracy = r.accuracy, .omega = r.omega});
+    out.push_back({.loss = r.loss,
+                   .accuracy = r.accuracy,
+                   .omega = r.omega,
+                   .sample_losses = std::move(r.sample_losses)});
   }
   return out;
 }

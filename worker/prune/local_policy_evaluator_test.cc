@@ -85,6 +85,8 @@ TEST(LocalPolicyEvaluatorTest, MapsPoliciesToLinearRatios) {
       EXPECT_EQ((*got)[k].loss, want->loss);
       EXPECT_EQ((*got)[k].accuracy, want->accuracy);
       EXPECT_EQ((*got)[k].omega, want->omega);
+      EXPECT_EQ((*got)[k].sample_losses, want->sample_losses);
+      EXPECT_EQ((*got)[k].sample_losses.size(), 8u);
     }
     EXPECT_EQ(s.local->evaluations(), 2);
     search::Policy bad = p;
