@@ -21,9 +21,9 @@
 namespace prunesvc {
 
 // Converts and validates (JobSpec::Validate plus the references).
-absl::StatusOr<JobSpec> JobSpecFromProto(const prune::v1::JobSpec& proto);
+absl::StatusOr<JobSpec> JobSpecFromProto(const ::prune::v1::JobSpec& proto);
 // Every field set (proto3 optionals present), so a stored spec reads back identically.
-prune::v1::JobSpec JobSpecToProto(const JobSpec& spec);
+::prune::v1::JobSpec JobSpecToProto(const JobSpec& spec);
 
 // "sha256:" + 64 lowercase hex digits.
 bool IsContentId(absl::string_view id);

@@ -13,9 +13,10 @@ namespace {
 constexpr absl::Duration kCallDeadline = absl::Seconds(3);
 }  // namespace
 
-Registrar::Registrar(std::string scheduler_address, prune::v1::WorkerInfo info)
-    : scheduler_address_(std::move(scheduler_address)), info_(std::move(info)) {
-  stub_ = prune::v1::WorkerRegistry::NewStub(
+Registrar::Registrar(std::string scheduler_address, ::prune::v1::WorkerInfo info,
+                     HeartbeatHooks* hooks)
+    : scheduler_address_(std::move(scheduler_address)), info_(std::move(info)), hooks_(hooks) {
+  stub_ = ::prune::v1::WorkerRegistry::NewStub(
       grpc::CreateChannel(scheduler_address_, grpc::InsecureChannelCredentials()));
 }
 
@@ -41,9 +42,9 @@ std::string Registrar::worker_id() const {
 bool Registrar::RegisterOnce() {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(kCallDeadline));
-  prune::v1::RegisterWorkerRequest req;
+  ::prune::v1::RegisterWorkerRequest req;
   *req.mutable_info() = info_;
-  prune::v1::RegisterWorkerResponse resp;
+  ::prune::v1::RegisterWorkerResponse resp;
   grpc::Status s = stub_->RegisterWorker(&ctx, req, &resp);
   if (!s.ok()) {
     spdlog::warn("register with scheduler={} failed code={} error=\"{}\"", scheduler_address_,
@@ -77,16 +78,24 @@ void Registrar::Loop() {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() +
                        absl::ToChronoMilliseconds(kCallDeadline));
-      prune::v1::HeartbeatRequest req;
+      ::prune::v1::HeartbeatRequest req;
       req.set_worker_id(id);
-      req.set_state(prune::v1::WORKER_IDLE);
-      prune::v1::HeartbeatResponse resp;
+      req.set_state(::prune::v1::WORKER_IDLE);
+      if (hooks_ != nullptr) {
+        for (const std::string& step : hooks_->ActiveSteps()) req.add_active_steps(step);
+        for (const std::string& job : hooks_->CachedJobs()) req.add_cached_models(job);
+        if (req.active_steps_size() > 0) req.set_state(::prune::v1::WORKER_BUSY);
+      }
+      ::prune::v1::HeartbeatResponse resp;
       grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
       if (s.ok() && resp.reregister()) {
         spdlog::warn("scheduler does not know worker_id={}; re-registering", id);
         registered = false;
         backoff = absl::Milliseconds(200);
         continue;
+      }
+      if (s.ok() && hooks_ != nullptr && resp.cancel_steps_size() > 0) {
+        hooks_->CancelSteps({resp.cancel_steps().begin(), resp.cancel_steps().end()});
       }
       if (!s.ok()) {
         spdlog::warn("heartbeat failed worker_id={} code={} error=\"{}\"", id,

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -16,9 +17,20 @@
 
 namespace prunesvc::worker {
 
+// What the heartbeat reports and whom it tells about cancelled steps (the StepRunner).
+class HeartbeatHooks {
+ public:
+  virtual ~HeartbeatHooks() = default;
+  virtual std::vector<std::string> ActiveSteps() = 0;
+  virtual std::vector<std::string> CachedJobs() = 0;
+  virtual void CancelSteps(const std::vector<std::string>& step_ids) = 0;
+};
+
 class Registrar {
  public:
-  Registrar(std::string scheduler_address, prune::v1::WorkerInfo info);
+  // `hooks` may be null (heartbeats then report an idle worker); not owned.
+  Registrar(std::string scheduler_address, ::prune::v1::WorkerInfo info,
+            HeartbeatHooks* hooks = nullptr);
   ~Registrar();
 
   void Start();
@@ -33,8 +45,9 @@ class Registrar {
 
   // Constant after construction.
   const std::string scheduler_address_;
-  const prune::v1::WorkerInfo info_;
-  std::unique_ptr<prune::v1::WorkerRegistry::Stub> stub_;
+  const ::prune::v1::WorkerInfo info_;
+  HeartbeatHooks* const hooks_;
+  std::unique_ptr<::prune::v1::WorkerRegistry::Stub> stub_;
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

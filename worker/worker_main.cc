@@ -1,9 +1,12 @@
 // prune-worker: the data plane, one process per accelerator. See `prune-worker --help`.
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/marshalling.h"
 #include "common/flags.h"
 #include "common/logging.h"
 #include "common/server_util.h"
@@ -23,6 +26,19 @@ ABSL_FLAG(std::string, worker_name, "", "Name shown in logs.");
 ABSL_FLAG(std::string, ready_file, "",
           "When set, write {\"port\":..,\"metrics_port\":..,\"pid\":..} here once serving.");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+ABSL_FLAG(std::string, cache_dir, "",
+          "Where fetched datasets/projectors and scratch artifacts live (default: a directory "
+          "under $TMPDIR named after the pid).");
+ABSL_FLAG(std::vector<std::string>, allowed_model_roots, {},
+          "Comma-separated directories model_uri paths must lie under (realpath); none = every "
+          "model is refused.");
+ABSL_FLAG(int, max_prepared_jobs, 2,
+          "Prepared jobs (model + calibration + mask bank) kept in memory, least recently used "
+          "evicted.");
+ABSL_FLAG(int, batch, 16, "Samples per forward pass.");
+ABSL_FLAG(std::string, inject_fault, "",
+          "Testing only: STEP:oom makes step STEP (prepare|evaluate|train|finalize) fail as an "
+          "out-of-memory fault would.");
 
 int main(int argc, char** argv) {
   prunesvc::BlockShutdownSignals();
@@ -42,6 +58,11 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.name = name;
+  options.cache_dir = absl::GetFlag(FLAGS_cache_dir);
+  options.allowed_model_roots = absl::GetFlag(FLAGS_allowed_model_roots);
+  options.max_prepared_jobs = size_t(std::max(1, absl::GetFlag(FLAGS_max_prepared_jobs)));
+  options.batch_size = absl::GetFlag(FLAGS_batch);
+  options.inject_fault = absl::GetFlag(FLAGS_inject_fault);
 
   auto worker = prunesvc::worker::WorkerServer::Create(options);
   if (!worker.ok()) {

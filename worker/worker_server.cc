@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -9,8 +10,10 @@
 #include "common/logging.h"
 #include "common/process_metrics.h"
 #include "common/status_macros.h"
+#include "grpcpp/create_channel.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 
@@ -21,7 +24,27 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   w->options_ = options;
   ASSIGN_OR_RETURN(w->device_, model::OpenDevice(options.device, options.threads));
 
-  w->service_ = std::make_unique<PruningWorkerService>();
+  w->registry_ = std::make_shared<prometheus::Registry>();
+  if (!options.scheduler.empty()) {
+    w->blob_client_ = NewGrpcBlobClient(
+        grpc::CreateChannel(options.scheduler, grpc::InsecureChannelCredentials()));
+  }
+  StepRunnerOptions ro;
+  ro.cache_dir = options.cache_dir;
+  if (ro.cache_dir.empty()) {
+    ro.cache_dir = absl::StrCat(std::filesystem::temp_directory_path().string(),
+                                "/prunesvc-worker-", getpid());
+  }
+  ASSIGN_OR_RETURN(w->blob_cache_,
+                   BlobCache::Create(ro.cache_dir + "/blobs", w->blob_client_.get()));
+  ro.allowed_model_roots = options.allowed_model_roots;
+  ro.max_prepared_jobs = options.max_prepared_jobs;
+  ro.device = options.device;
+  ro.threads = options.threads;
+  ro.batch_size = options.batch_size;
+  ro.inject_fault = options.inject_fault;
+  ASSIGN_OR_RETURN(w->runner_, StepRunner::Create(ro, w->blob_cache_.get(), w->registry_.get()));
+  w->service_ = std::make_unique<PruningWorkerService>(w->runner_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -34,7 +57,6 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
                                                " (port in use? try --port=0)"));
   }
 
-  w->registry_ = std::make_shared<prometheus::Registry>();
   if (options.metrics_port >= 0) {
     ASSIGN_OR_RETURN(w->metrics_, MetricsHttpServer::Start(
                                       options.host, options.metrics_port,
@@ -46,7 +68,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   if (!options.scheduler.empty()) {
     std::string host = options.advertise_host;
     if (host.empty()) host = options.host == "0.0.0.0" ? "127.0.0.1" : options.host;
-    prune::v1::WorkerInfo info;
+    ::prune::v1::WorkerInfo info;
     info.set_address(absl::StrCat(host, ":", w->port_));
     info.set_device(w->device_.spec.ToString());
     info.set_device_name(w->device_.name);
@@ -58,12 +80,12 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
     char hostname[256] = {0};
     gethostname(hostname, sizeof(hostname) - 1);
     info.set_hostname(hostname);
-    w->registrar_ = std::make_unique<Registrar>(options.scheduler, info);
+    w->registrar_ = std::make_unique<Registrar>(options.scheduler, info, w->runner_.get());
     w->registrar_->Start();
   }
   // Per-service statuses must be set explicitly; SetServingStatus(bool) then flips them all.
   w->server_->GetHealthCheckService()->SetServingStatus(
-      prune::v1::PruningWorker::service_full_name(), true);
+      ::prune::v1::PruningWorker::service_full_name(), true);
   w->server_->GetHealthCheckService()->SetServingStatus(true);
   return w;
 }
@@ -73,7 +95,9 @@ void WorkerServer::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
   if (registrar_) registrar_->Stop();
+  if (runner_) runner_->CancelSteps(runner_->ActiveSteps());
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
+  service_.reset();  // waits for the step threads
   metrics_.reset();
 }
 

@@ -6,13 +6,16 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
 #include "prometheus/registry.h"
+#include "worker/blob_client.h"
 #include "worker/metrics_http.h"
 #include "worker/model/device.h"
 #include "worker/registrar.h"
+#include "worker/step_runner.h"
 #include "worker/worker_service.h"
 
 namespace prunesvc::worker {
@@ -26,6 +29,12 @@ struct WorkerOptions {
   int threads = 0;
   int metrics_port = 0;  // 0 = a free port; -1 = off
   std::string name;      // free-form, shown in logs
+  // Steps (step_runner.h).
+  std::string cache_dir;                         // default: $TMPDIR/prunesvc-worker-<port>
+  std::vector<std::string> allowed_model_roots;  // none = every model refused
+  size_t max_prepared_jobs = 2;
+  int batch_size = 16;
+  std::string inject_fault;  // testing only (StepRunnerOptions::inject_fault)
 };
 
 class WorkerServer {
@@ -44,6 +53,9 @@ class WorkerServer {
   WorkerOptions options_;
   model::DeviceInfo device_;
   int port_ = 0;
+  std::unique_ptr<BlobClient> blob_client_;
+  std::unique_ptr<BlobCache> blob_cache_;
+  std::unique_ptr<StepRunner> runner_;
   std::unique_ptr<PruningWorkerService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<prometheus::Registry> registry_;

@@ -1,26 +1,50 @@
-// The PruningWorker gRPC service (callback API). The pruning engine's steps (Prepare,
-// EvaluatePolicies, TrainProjector, Finalize) arrive with the engine; until then each answers
-// UNIMPLEMENTED with a message. Thread-safe.
+// The PruningWorker gRPC service (callback API): each step call is handed to a thread of its own
+// that runs it through the StepRunner (which serializes steps on the device), so no reactor
+// thread ever blocks; EvaluatePolicies streams each policy's result as soon as it is scored, one
+// write in flight at a time. A client's cancellation reaches the step through its stop function.
+// Failed steps carry a serialized prune.v1.StepError in the status details (retryable or not).
+//
+// Thread-safe. The destructor cancels the steps still running and waits for their threads.
 #ifndef PRUNESVC_WORKER_WORKER_SERVICE_H_
 #define PRUNESVC_WORKER_WORKER_SERVICE_H_
 
+#include <functional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "prune/v1/worker.grpc.pb.h"
+#include "worker/step_runner.h"
 
 namespace prunesvc::worker {
 
-class PruningWorkerService final : public prune::v1::PruningWorker::CallbackService {
+// grpc::Status of a failed step, with its StepError as binary error details.
+grpc::Status StepStatus(const absl::Status& status, std::string_view phase);
+
+class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackService {
  public:
+  // `runner` is not owned and must outlive the service.
+  explicit PruningWorkerService(StepRunner* runner) : runner_(runner) {}
+  ~PruningWorkerService() override;
+
   grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx,
-                                    const prune::v1::PrepareRequest* req,
-                                    prune::v1::PrepareResponse* resp) override;
-  grpc::ServerWriteReactor<prune::v1::EvaluatePoliciesResponse>* EvaluatePolicies(
-      grpc::CallbackServerContext* ctx, const prune::v1::EvaluatePoliciesRequest* req) override;
+                                    const ::prune::v1::PrepareRequest* req,
+                                    ::prune::v1::PrepareResponse* resp) override;
+  grpc::ServerWriteReactor<::prune::v1::EvaluatePoliciesResponse>* EvaluatePolicies(
+      grpc::CallbackServerContext* ctx, const ::prune::v1::EvaluatePoliciesRequest* req) override;
   grpc::ServerUnaryReactor* TrainProjector(grpc::CallbackServerContext* ctx,
-                                           const prune::v1::TrainProjectorRequest* req,
-                                           prune::v1::TrainProjectorResponse* resp) override;
+                                           const ::prune::v1::TrainProjectorRequest* req,
+                                           ::prune::v1::TrainProjectorResponse* resp) override;
   grpc::ServerUnaryReactor* Finalize(grpc::CallbackServerContext* ctx,
-                                     const prune::v1::FinalizeRequest* req,
-                                     prune::v1::FinalizeResponse* resp) override;
+                                     const ::prune::v1::FinalizeRequest* req,
+                                     ::prune::v1::FinalizeResponse* resp) override;
+
+ private:
+  // Runs `work` on a new thread, counted so the destructor can wait for it.
+  void Spawn(std::function<void()> work);
+
+  StepRunner* const runner_;
+  absl::Mutex mu_;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace prunesvc::worker

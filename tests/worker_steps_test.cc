@@ -1,0 +1,658 @@
+// The engine served as steps (issue 12): a real prune-worker process on loopback, driven by a
+// small in-test client — a WorkerRegistry stand-in (registration, heartbeats, an in-memory blob
+// store for datasets, projectors and artifacts) and the evolutionary search over a
+// PolicyEvaluator that calls PruningWorker — reproduces prune-local exactly: Prepare → the
+// generations' EvaluatePolicies → TrainProjector → Finalize under --threads=1 on both sides gives
+// the same final policy and the same model/ bytes. Also: a second Prepare is a cache hit (worker
+// metric), cancelling EvaluatePolicies stops the step at the next candidate (from the call and
+// from the heartbeat's cancel_steps), an injected out-of-memory fault comes back retryable and an
+// input error not, and model_uri outside --allowed-model-roots is refused by the worker.
+#include <archive.h>
+#include <archive_entry.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/evolution.h"
+#include "common/grpc_status.h"
+#include "common/job_spec.h"
+#include "common/job_spec_proto.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "prune/v1/worker.grpc.pb.h"
+#include "tests/process_harness.h"
+#include "worker/model/samples.h"
+
+namespace prunesvc {
+namespace {
+
+namespace fs = std::filesystem;
+namespace pb = ::prune::v1;
+using nlohmann::json;
+using testing::BinDir;
+using testing::TestProcess;
+
+std::string SourceDir() {
+  const char* v = std::getenv("PRUNESVC_SOURCE");
+  return v != nullptr && *v ? v : PRUNESVC_SOURCE_DIR;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int RunShell(const std::string& cmd) {
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+// The scheduler's registry, reduced to what a worker needs: it registers, heartbeats (and is told
+// which steps to cancel), and moves blobs.
+class FakeRegistry final : public pb::WorkerRegistry::Service {
+ public:
+  grpc::Status RegisterWorker(grpc::ServerContext*, const pb::RegisterWorkerRequest*,
+                              pb::RegisterWorkerResponse* resp) override {
+    resp->set_worker_id("w1");
+    resp->set_heartbeat_interval_ms(100);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext*, const pb::HeartbeatRequest* req,
+                         pb::HeartbeatResponse* resp) override {
+    absl::MutexLock lock(&mu_);
+    last_active_.assign(req->active_steps().begin(), req->active_steps().end());
+    for (const std::string& s : cancel_) resp->add_cancel_steps(s);
+    ++heartbeats_;
+    return grpc::Status::OK;
+  }
+  grpc::Status FetchBlob(grpc::ServerContext*, const pb::FetchBlobRequest* req,
+                         grpc::ServerWriter<pb::FetchBlobResponse>* writer) override {
+    std::string data;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = blobs_.find(req->blob_id());
+      if (it == blobs_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such blob");
+      data = it->second;
+    }
+    constexpr size_t kChunk = 256 << 10;
+    for (size_t off = 0; off < data.size() || off == 0; off += kChunk) {
+      pb::FetchBlobResponse r;
+      if (off == 0) r.set_total_size(int64_t(data.size()));
+      r.set_data(data.substr(off, kChunk));
+      writer->Write(r);
+      if (data.empty()) break;
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status PutBlob(grpc::ServerContext*, grpc::ServerReader<pb::PutBlobRequest>* reader,
+                       pb::PutBlobResponse* resp) override {
+    pb::PutBlobRequest req;
+    std::string id, data;
+    while (reader->Read(&req)) {
+      if (!req.blob_id().empty()) id = req.blob_id();
+      data += req.data();
+    }
+    const std::string actual = "sha256:" + Sha256Hex(data);
+    if (actual != id) return grpc::Status(grpc::StatusCode::DATA_LOSS, "sha256 mismatch");
+    absl::MutexLock lock(&mu_);
+    resp->set_already_present(blobs_.count(id) > 0);
+    blobs_[id] = data;
+    resp->set_blob_id(id);
+    return grpc::Status::OK;
+  }
+
+  void AddBlob(const std::string& id, std::string data) {
+    absl::MutexLock lock(&mu_);
+    blobs_[id] = std::move(data);
+  }
+  std::string Blob(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    auto it = blobs_.find(id);
+    return it == blobs_.end() ? "" : it->second;
+  }
+  void CancelStep(const std::string& step) {
+    absl::MutexLock lock(&mu_);
+    cancel_.push_back(step);
+  }
+  std::vector<std::string> LastActive() {
+    absl::MutexLock lock(&mu_);
+    return last_active_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::string> blobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> cancel_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> last_active_ ABSL_GUARDED_BY(mu_);
+  int heartbeats_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// samples.jsonl + images of `dir` as a tar (what UploadDataset stores).
+std::string TarOf(const std::string& dir) {
+  const std::string path = dir + ".tar";
+  EXPECT_EQ(RunShell(absl::StrCat("tar -C ", dir, " -cf ", path, " .")), 0);
+  return ReadFile(path);
+}
+
+struct Fixture {
+  std::string work;
+  std::string search, eval;        // sample directories
+  std::string search_id, eval_id;  // dataset ids
+  std::string model = SourceDir() + "/models/tiny-llava-shapes";
+  std::unique_ptr<FakeRegistry> registry;
+  std::unique_ptr<grpc::Server> server;
+  int registry_port = 0;
+};
+
+Fixture& Env() {
+  static Fixture* f = [] {
+    auto* f = new Fixture;
+    f->work = testing::MakeTempDir("worker_steps");
+    f->search = f->work + "/search";
+    f->eval = f->work + "/eval";
+    const std::string gen = BinDir() + "/shapes-vqa";
+    if (RunShell(absl::StrCat(gen, " --seed 1000 --split search --count 12 --out ", f->search,
+                              " >&2")) != 0 ||
+        RunShell(absl::StrCat(gen, " --seed 2000 --split eval --count 6 --out ", f->eval,
+                              " >&2")) != 0) {
+      return f;
+    }
+    f->registry = std::make_unique<FakeRegistry>();
+    for (auto [dir, id] : {std::pair{f->search, &f->search_id}, std::pair{f->eval, &f->eval_id}}) {
+      absl::StatusOr<model::SampleSet> set = model::LoadSampleSet(dir);
+      if (!set.ok()) return f;
+      *id = "sha256:" + set->sha256;
+      f->registry->AddBlob(*id, TarOf(dir));
+    }
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &f->registry_port);
+    b.RegisterService(f->registry.get());
+    f->server = b.BuildAndStart();
+    return f;
+  }();
+  return *f;
+}
+
+struct Worker {
+  std::unique_ptr<TestProcess> process;
+  int port = 0, metrics_port = 0;
+  std::unique_ptr<pb::PruningWorker::Stub> stub;
+};
+
+Worker StartWorker(const std::string& name, const std::vector<std::string>& extra = {}) {
+  Fixture& f = Env();
+  Worker w;
+  const std::string ready = f.work + "/" + name + ".ready";
+  std::vector<std::string> argv = {BinDir() + "/prune-worker",
+                                   "--port=0",
+                                   "--metrics-port=0",
+                                   "--threads=1",
+                                   absl::StrCat("--scheduler=127.0.0.1:", f.registry_port),
+                                   "--allowed-model-roots=" + SourceDir() + "/models",
+                                   "--cache-dir=" + f.work + "/" + name + "-cache",
+                                   "--ready-file=" + ready};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto p = TestProcess::Start(argv, f.work + "/" + name + ".log");
+  if (!p.ok()) return w;
+  w.process = std::make_unique<TestProcess>(std::move(*p));
+  auto j = testing::WaitForReadyFile(ready, absl::Seconds(60));
+  if (!j.ok()) return w;
+  w.port = (*j)["port"];
+  w.metrics_port = (*j)["metrics_port"];
+  w.stub = pb::PruningWorker::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", w.port), grpc::InsecureChannelCredentials()));
+  return w;
+}
+
+// The small search both sides run (prune-local flags ⇄ JobSpec fields).
+JobSpec SmallSpec() {
+  JobSpec s;
+  s.model_uri = "file://" + Env().model;
+  s.dataset_id = Env().search_id;
+  s.eval_dataset_id = Env().eval_id;
+  s.flops_budget = 0.5;
+  s.population = 4;
+  s.parents = 2;
+  s.generations = 2;
+  s.projector_every = 2;
+  s.projector_steps = 2;
+  s.seed = 5;
+  return s;
+}
+const char* const kSmallFlags =
+    "--flops-budget=0.5 --population=4 --parents=2 --generations=2 --projector-every=2 "
+    "--projector-steps=2 --seed=5 --threads=1";
+
+void SetContext(grpc::ClientContext& ctx, int seconds = 600) {
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+pb::StepHeader Header(const std::string& step) {
+  pb::StepHeader h;
+  h.set_job_id("job-test");
+  h.set_step_id(step);
+  h.set_attempt(1);
+  return h;
+}
+
+pb::StepError ErrorOf(const grpc::Status& s) {
+  pb::StepError e;
+  e.ParseFromString(s.error_details());
+  return e;
+}
+
+// search::PolicyEvaluator over PruningWorker RPCs (the scheduler's RemotePolicyEvaluator, in
+// small): projector versions are numbered here and their blobs passed along.
+class RemoteEvaluator : public search::PolicyEvaluator {
+ public:
+  RemoteEvaluator(pb::PruningWorker::Stub* stub, pb::JobSpec spec, const search::PolicySpace* space)
+      : stub_(stub), spec_(std::move(spec)), space_(space) {}
+
+  absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
+      const std::vector<search::Policy>& policies, int version) override {
+    pb::EvaluatePoliciesRequest req;
+    *req.mutable_header() = Header(absl::StrCat("eval-", ++steps_));
+    *req.mutable_spec() = spec_;
+    req.set_projector_version(version);
+    req.set_projector_blob_id(blobs_[version]);
+    for (const search::Policy& p : policies) {
+      ASSIGN_OR_RETURN(std::vector<double> ratios, space_->UnitRatios(p));
+      req.add_policies()->mutable_ratios()->Assign(ratios.begin(), ratios.end());
+    }
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    auto reader = stub_->EvaluatePolicies(&ctx, req);
+    std::vector<search::EvalResult> out(policies.size());
+    pb::EvaluatePoliciesResponse r;
+    int got = 0, expected_index = 0;
+    while (reader->Read(&r)) {
+      if (r.index() != expected_index++) return absl::InternalError("results out of order");
+      out[r.index()] = {.loss = r.evaluation().loss(),
+                        .accuracy = r.evaluation().accuracy(),
+                        .omega = r.evaluation().omega()};
+      ++got;
+    }
+    RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+    if (got != int(policies.size())) return absl::InternalError("missing results");
+    evaluated_ += got;
+    return out;
+  }
+
+  absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,
+                                                         int from_version) override {
+    pb::TrainProjectorRequest req;
+    *req.mutable_header() = Header(absl::StrCat("train-", ++steps_));
+    *req.mutable_spec() = spec_;
+    req.set_projector_version(from_version);
+    req.set_projector_blob_id(blobs_[from_version]);
+    const int version = latest_ + 1;
+    req.set_new_projector_version(version);
+    for (const search::Policy& p : top_k) {
+      ASSIGN_OR_RETURN(std::vector<double> ratios, space_->UnitRatios(p));
+      req.add_top_policies()->mutable_ratios()->Assign(ratios.begin(), ratios.end());
+    }
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    pb::TrainProjectorResponse resp;
+    RETURN_IF_ERROR(FromGrpcStatus(stub_->TrainProjector(&ctx, req, &resp)));
+    if (resp.projector_version() != version) return absl::InternalError("version mismatch");
+    blobs_[version] = resp.projector_blob_id();
+    latest_ = version;
+    return search::ProjectorUpdate{
+        .version = version, .loss_before = resp.loss_before(), .loss_after = resp.loss_after()};
+  }
+
+  const std::string& blob(int version) { return blobs_[version]; }
+  int latest() const { return latest_; }
+  int64_t evaluated() const { return evaluated_; }
+
+ private:
+  pb::PruningWorker::Stub* const stub_;
+  const pb::JobSpec spec_;
+  const search::PolicySpace* const space_;
+  std::map<int, std::string> blobs_;
+  int latest_ = 0;
+  int steps_ = 0;
+  int64_t evaluated_ = 0;
+};
+
+absl::StatusOr<search::PolicySpace> SpaceOf(const JobSpec& spec, const pb::PrepareResponse& r) {
+  FlopsModelDims d;
+  const pb::FlopsModelDims& p = r.flops_dims();
+  d.vision = {.width = p.vision().width(),
+              .mlp_width = p.vision().mlp_width(),
+              .layers_run = p.vision().layers_run(),
+              .tokens = p.vision().tokens(),
+              .patch_size = p.vision().patch_size(),
+              .channels = p.vision().channels()};
+  d.images_per_sample = p.images_per_sample();
+  d.image_tokens = p.image_tokens();
+  d.projector_in = p.projector_in();
+  d.projector_hidden = p.projector_hidden();
+  d.projector_out = p.projector_out();
+  std::vector<DecoderLayerHeads> heads;
+  for (const pb::DecoderLayerDims& l : p.decoder()) {
+    d.decoder.push_back({l.hidden(), l.q_width(), l.kv_width(), l.mlp_width()});
+    heads.push_back({l.num_heads(), l.num_kv_heads(), l.head_dim()});
+  }
+  d.vocab = p.vocab();
+  const TokenStats stats{.mean_tokens = r.token_stats().mean_tokens(),
+                         .mean_tokens_sq = r.token_stats().mean_tokens_sq(),
+                         .mean_answer_tokens = r.token_stats().mean_answer_tokens()};
+  return BuildPolicySpace(spec, d, stats, heads);
+}
+
+// Unpacks a tar held in memory into `dir`.
+bool Untar(const std::string& data, const std::string& dir) {
+  const std::string path = dir + ".tar";
+  std::ofstream(path, std::ios::binary) << data;
+  fs::create_directories(dir);
+  return RunShell(absl::StrCat("tar -C ", dir, " -xf ", path)) == 0;
+}
+
+std::string Metrics(const Worker& w) { return testing::HttpGet(w.metrics_port, "/metrics"); }
+
+double MetricValue(const std::string& text, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StartsWith(line, series + " ")) {
+      double v = 0;
+      if (absl::SimpleAtod(line.substr(series.size() + 1), &v)) return v;
+    }
+  }
+  return -1;
+}
+
+TEST(WorkerStepsTest, StepsOverGrpcReproducePruneLocal) {
+  Fixture& f = Env();
+  ASSERT_NE(f.server, nullptr);
+  Worker w = StartWorker("main");
+  ASSERT_NE(w.stub, nullptr) << (w.process ? w.process->Log() : "");
+  const JobSpec spec = SmallSpec();
+  const pb::JobSpec proto = JobSpecToProto(spec);
+
+  pb::PrepareRequest prep;
+  *prep.mutable_header() = Header("prepare-1");
+  *prep.mutable_spec() = proto;
+  pb::PrepareResponse prepared;
+  {
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    const grpc::Status s = w.stub->Prepare(&ctx, prep, &prepared);
+    ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << w.process->Log();
+  }
+  EXPECT_FALSE(prepared.cache_hit());
+  EXPECT_EQ(prepared.num_samples(), 12);
+  EXPECT_EQ("sha256:" + prepared.dataset_sha256(), f.search_id);
+  EXPECT_EQ(prepared.units_size(), 6);
+  EXPECT_GT(prepared.units(0).params(), 0);
+  EXPECT_GT(prepared.units(0).dense_flops(), 0);
+  EXPECT_GT(prepared.dense().accuracy(), 0.5);
+  EXPECT_EQ(prepared.model_sha256().size(), 64u);
+  EXPECT_EQ(prepared.flops_dims().decoder_size(), 6);
+  EXPECT_GT(prepared.flops_dims().decoder(0).num_kv_heads(), 0);
+  EXPECT_GT(prepared.token_stats().mean_tokens_sq(), 0);
+  EXPECT_EQ(prepared.owl_outlier_ratios_size(), 0);  // not an OWL job
+  // The scheduler's space from the response: the same FLOPs model as the worker's.
+  absl::StatusOr<search::PolicySpace> space = SpaceOf(spec, prepared);
+  ASSERT_TRUE(space.ok()) << space.status();
+  EXPECT_DOUBLE_EQ(space->dense_flops(), prepared.dense_flops());
+  EXPECT_DOUBLE_EQ(space->MinReachableRatio(), prepared.min_flops_ratio());
+
+  // A second Prepare of the same job lands on the cached state.
+  {
+    pb::PrepareResponse again;
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    ASSERT_TRUE(w.stub->Prepare(&ctx, prep, &again).ok());
+    EXPECT_TRUE(again.cache_hit());
+    EXPECT_EQ(again.dense().loss(), prepared.dense().loss());
+    EXPECT_GE(MetricValue(Metrics(w), "prunesvc_worker_cache_total{result=\"hit\"}"), 1);
+  }
+
+  // The search, its steps on the worker.
+  auto search = search::EvolutionarySearch::Create(&*space, spec.ToSearchConfig(12));
+  ASSERT_TRUE(search.ok()) << search.status();
+  RemoteEvaluator remote(w.stub.get(), proto, &*space);
+  ASSERT_TRUE((*search)->Run(remote).ok());
+  absl::StatusOr<search::ScoredPolicy> best = (*search)->Best();
+  ASSERT_TRUE(best.ok());
+  EXPECT_EQ(remote.latest(), 1);  // trained at generation 2
+  absl::StatusOr<std::vector<double>> ratios = space->UnitRatios(best->policy);
+  ASSERT_TRUE(ratios.ok());
+
+  pb::FinalizeRequest fin;
+  *fin.mutable_header() = Header("finalize-1");
+  *fin.mutable_spec() = proto;
+  fin.mutable_ratios()->Assign(ratios->begin(), ratios->end());
+  fin.set_projector_version(remote.latest());
+  fin.set_projector_blob_id(remote.blob(remote.latest()));
+  json history = json::array();
+  for (const auto& g : (*search)->history()) history.push_back(g.ToJson());
+  fin.set_search_report_json(
+      json{{"history", history}, {"evaluations", remote.evaluated()}}.dump());
+  pb::FinalizeResponse finalized;
+  {
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    const grpc::Status s = w.stub->Finalize(&ctx, fin, &finalized);
+    ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << w.process->Log();
+  }
+  EXPECT_LE(finalized.flops_ratio(), 0.5);
+  EXPECT_EQ(finalized.accuracy_set(), "eval");
+  const std::string tar = f.registry->Blob(finalized.artifact_blob_id());
+  ASSERT_EQ(int64_t(tar.size()), finalized.artifact_size_bytes());
+  EXPECT_EQ("sha256:" + Sha256Hex(tar), finalized.artifact_blob_id());
+  const std::string remote_dir = f.work + "/remote-artifact";
+  ASSERT_TRUE(Untar(tar, remote_dir));
+  EXPECT_EQ(RunShell(absl::StrCat("cd ", remote_dir, " && sha256sum --quiet -c MANIFEST.sha256")),
+            0);
+
+  // prune-local, same inputs.
+  const std::string local_dir = f.work + "/local-artifact";
+  ASSERT_EQ(RunShell(absl::StrCat(BinDir(), "/prune-local --model=", f.model, " --samples=",
+                                  f.search, " --eval-samples=", f.eval, " ", kSmallFlags,
+                                  " --out=", local_dir, " > ", local_dir, ".log 2>&1")),
+            0)
+      << ReadFile(local_dir + ".log");
+  EXPECT_EQ(ReadFile(remote_dir + "/policy.json"), ReadFile(local_dir + "/policy.json"));
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(local_dir + "/model")) {
+    if (!e.is_regular_file()) continue;
+    const std::string rel = fs::relative(e.path(), local_dir).string();
+    EXPECT_EQ(ReadFile(remote_dir + "/" + rel), ReadFile(local_dir + "/" + rel)) << rel;
+    ++files;
+  }
+  EXPECT_GE(files, 5);
+  const json local_report = json::parse(ReadFile(local_dir + "/report.json"));
+  const json remote_report = json::parse(finalized.report_json());
+  EXPECT_EQ(remote_report["history"], local_report["history"]);
+  EXPECT_EQ(remote_report["policy"], local_report["policy"]);
+  EXPECT_EQ(remote_report["pruned"]["eval"], local_report["pruned"]["eval"]);
+  EXPECT_EQ(remote_report["provenance"]["dataset_id"], f.search_id);
+  std::printf("[worker steps] %lld evaluations over gRPC, final policy %s, artifact %lld bytes\n",
+              (long long)remote.evaluated(), best->hash.c_str(),
+              (long long)finalized.artifact_size_bytes());
+
+  // Finalize spends the prepared state; the worker prepares again when asked.
+  EXPECT_GE(
+      MetricValue(Metrics(w), "prunesvc_worker_steps_total{outcome=\"ok\",step=\"finalize\"}"), 1);
+}
+
+// OWL's outlier ratios and STRUCTURED's head layout travel in PrepareResponse: the scheduler
+// rebuilds the worker's STRUCTURED space (shrunk-shape FLOPs need the heads) and could solve OWL.
+TEST(WorkerStepsTest, PrepareCarriesOwlOutliersAndTheHeadLayout) {
+  ASSERT_NE(Env().server, nullptr);
+  Worker w = StartWorker("layout");
+  ASSERT_NE(w.stub, nullptr);
+  JobSpec spec = SmallSpec();
+  spec.strategy = search::Strategy::kOwl;
+  SetGranularity(spec, search::Granularity::kStructured);
+  spec.flops_budget = 0.8;
+  pb::PrepareRequest req;
+  *req.mutable_header() = Header("prepare-owl");
+  *req.mutable_spec() = JobSpecToProto(spec);
+  pb::PrepareResponse resp;
+  grpc::ClientContext ctx;
+  SetContext(ctx);
+  const grpc::Status s = w.stub->Prepare(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.owl_outlier_ratios_size(), 6);
+  std::set<double> distinct;
+  for (double d : resp.owl_outlier_ratios()) {
+    EXPECT_GE(d, 0);
+    EXPECT_LE(d, 1);
+    distinct.insert(d);
+  }
+  EXPECT_GT(distinct.size(), 1u);
+  for (const pb::DecoderLayerDims& l : resp.flops_dims().decoder()) {
+    EXPECT_GT(l.num_heads(), 0);
+    EXPECT_EQ(l.num_heads() % l.num_kv_heads(), 0);
+    EXPECT_EQ(l.q_width(), l.num_heads() * l.head_dim());
+  }
+  absl::StatusOr<search::PolicySpace> space = SpaceOf(spec, resp);
+  ASSERT_TRUE(space.ok()) << space.status();
+  EXPECT_EQ(space->granularity(), search::Granularity::kStructured);
+  EXPECT_DOUBLE_EQ(space->MinReachableRatio(), resp.min_flops_ratio());
+  EXPECT_DOUBLE_EQ(space->dense_flops(), resp.dense_flops());
+}
+
+pb::EvaluatePoliciesRequest ManyPolicies(const std::string& step, int count) {
+  pb::EvaluatePoliciesRequest req;
+  *req.mutable_header() = Header(step);
+  *req.mutable_spec() = JobSpecToProto(SmallSpec());
+  for (int i = 0; i < count; ++i) {
+    auto* p = req.add_policies();
+    for (int u = 0; u < 6; ++u) p->add_ratios(((i + u) % 9) / 10.0);
+  }
+  return req;
+}
+
+// Evaluations counted by the worker after a cancelled call of `count` policies.
+double CancelledEvaluations(Worker& w, const std::function<void(grpc::ClientContext&)>& cancel,
+                            const std::string& step, int count) {
+  const double before = std::max(0.0, MetricValue(Metrics(w), "prunesvc_worker_evaluations_total"));
+  grpc::ClientContext ctx;
+  SetContext(ctx);
+  auto reader = w.stub->EvaluatePolicies(&ctx, ManyPolicies(step, count));
+  pb::EvaluatePoliciesResponse r;
+  EXPECT_TRUE(reader->Read(&r));  // the first result arrived: the step is running
+  cancel(ctx);
+  while (reader->Read(&r)) {
+  }
+  const grpc::Status s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
+  // The worker's step ends (its cancelled outcome is counted) well before `count` evaluations.
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        return MetricValue(
+                   Metrics(w),
+                   "prunesvc_worker_steps_total{outcome=\"cancelled\",step=\"evaluate\"}") >= 1;
+      },
+      absl::Seconds(120)));
+  return MetricValue(Metrics(w), "prunesvc_worker_evaluations_total") - before;
+}
+
+TEST(WorkerStepsTest, CancelStopsEvaluationAtTheNextCandidate) {
+  ASSERT_NE(Env().server, nullptr);
+  Worker w = StartWorker("cancel");
+  ASSERT_NE(w.stub, nullptr);
+  constexpr int kCount = 200;
+  const double by_call = CancelledEvaluations(
+      w, [](grpc::ClientContext& ctx) { ctx.TryCancel(); }, "cancel-by-call", kCount);
+  EXPECT_GE(by_call, 1);
+  EXPECT_LT(by_call, kCount);
+  // From the heartbeat: the registry names the step in cancel_steps.
+  Fixture& f = Env();
+  const double by_heartbeat = CancelledEvaluations(
+      w, [&](grpc::ClientContext&) { f.registry->CancelStep("cancel-by-heartbeat"); },
+      "cancel-by-heartbeat", kCount);
+  EXPECT_GE(by_heartbeat, 1);
+  EXPECT_LT(by_heartbeat, kCount);
+  std::printf("[cancel] %g / %d evaluations by the call, %g / %d by the heartbeat\n", by_call,
+              kCount, by_heartbeat, kCount);
+}
+
+TEST(WorkerStepsTest, OutOfMemoryIsRetryableAndBadInputIsNot) {
+  ASSERT_NE(Env().server, nullptr);
+  Worker w = StartWorker("oom", {"--inject-fault=evaluate:oom"});
+  ASSERT_NE(w.stub, nullptr);
+  {
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    auto reader = w.stub->EvaluatePolicies(&ctx, ManyPolicies("oom-1", 2));
+    pb::EvaluatePoliciesResponse r;
+    while (reader->Read(&r)) {
+    }
+    const grpc::Status s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+    EXPECT_TRUE(ErrorOf(s).retryable());
+    EXPECT_EQ(ErrorOf(s).kind(), "out_of_memory");
+    EXPECT_EQ(ErrorOf(s).phase(), "evaluate");
+  }
+  {  // A ratio that is not one of the job's choices.
+    pb::EvaluatePoliciesRequest req = ManyPolicies("bad-1", 1);
+    req.mutable_policies(0)->set_ratios(0, 0.55);
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    auto reader = w.stub->EvaluatePolicies(&ctx, req);
+    pb::EvaluatePoliciesResponse r;
+    while (reader->Read(&r)) {
+    }
+    const grpc::Status s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "policies[0].ratios[0]")) << s.error_message();
+    EXPECT_FALSE(ErrorOf(s).retryable());
+    EXPECT_EQ(ErrorOf(s).kind(), "bad_input");
+  }
+  {  // A model outside --allowed-model-roots, a bad spec field, an unknown dataset.
+    const std::vector<std::pair<std::function<void(pb::JobSpec&)>, std::string>> cases = {
+        {[](pb::JobSpec& s) { s.set_model_uri("file:///etc"); }, "--allowed-model-roots"},
+        {[](pb::JobSpec& s) { s.set_population(2); }, "population"},
+        {[](pb::JobSpec& s) { s.set_dataset_id("sha256:" + std::string(64, '0')); }, "dataset_id"},
+    };
+    for (const auto& [mutate, needle] : cases) {
+      pb::PrepareRequest req;
+      *req.mutable_header() = Header("bad-prepare");
+      *req.mutable_spec() = JobSpecToProto(SmallSpec());
+      mutate(*req.mutable_spec());
+      pb::PrepareResponse resp;
+      grpc::ClientContext ctx;
+      SetContext(ctx);
+      const grpc::Status s = w.stub->Prepare(&ctx, req, &resp);
+      EXPECT_FALSE(s.ok()) << needle;
+      EXPECT_TRUE(absl::StrContains(s.error_message(), needle)) << s.error_message();
+      EXPECT_FALSE(ErrorOf(s).retryable()) << needle;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace prunesvc
