@@ -1,0 +1,238 @@
+#include "server/dispatcher.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/logging.h"
+#include "server/search_driver.h"
+
+namespace prunesvc::server {
+namespace {
+
+namespace pb = ::prune::v1;
+
+}  // namespace
+
+DispatcherMetrics::DispatcherMetrics(prometheus::Registry& registry) {
+  steps = &prometheus::BuildCounter()
+               .Name("prunesvc_steps_total")
+               .Help("Worker steps dispatched by the scheduler, by step and outcome")
+               .Register(registry);
+  step_seconds = &prometheus::BuildHistogram()
+                      .Name("prunesvc_step_seconds")
+                      .Help("Wall time of a worker step as the scheduler saw it")
+                      .Register(registry);
+  retries = &prometheus::BuildCounter()
+                 .Name("prunesvc_step_retries_total")
+                 .Help("Steps re-run on another worker after a retryable failure")
+                 .Register(registry)
+                 .Add({});
+  evaluations = &prometheus::BuildCounter()
+                     .Name("prunesvc_evaluations_total")
+                     .Help("Candidate policies evaluated for jobs")
+                     .Register(registry)
+                     .Add({});
+  queue_depth = &prometheus::BuildGauge()
+                     .Name("prunesvc_step_queue_depth")
+                     .Help("Steps waiting for a free worker")
+                     .Register(registry)
+                     .Add({});
+  running_jobs = &prometheus::BuildGauge()
+                      .Name("prunesvc_running_jobs")
+                      .Help("Jobs with a search driver running")
+                      .Register(registry)
+                      .Add({});
+}
+
+Dispatcher::Dispatcher(DispatcherOptions options, JobStore* store, EventHub* hub,
+                       WorkerTable* table, WorkerConnector* connector,
+                       prometheus::Registry* registry)
+    : options_(std::move(options)),
+      store_(store),
+      hub_(hub),
+      table_(table),
+      connector_(connector),
+      metrics_(*registry) {}
+
+Dispatcher::~Dispatcher() { Shutdown(); }
+
+void Dispatcher::Enqueue(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_ || drivers_.count(job_id) > 0) return;
+  if (std::find(queued_jobs_.begin(), queued_jobs_.end(), job_id) != queued_jobs_.end()) return;
+  if (int(drivers_.size()) >= options_.max_running_jobs) {
+    queued_jobs_.push_back(job_id);
+    return;
+  }
+  StartDriver(job_id);
+}
+
+void Dispatcher::StartDriver(const std::string& job_id) {
+  auto driver = std::make_unique<SearchDriver>(this, job_id);
+  SearchDriver* raw = driver.get();
+  drivers_[job_id] = std::move(driver);
+  metrics_.running_jobs->Set(double(drivers_.size()));
+  threads_[job_id] = std::thread([this, raw, job_id] {
+    raw->Run();
+    DriverFinished(job_id);
+  });
+}
+
+void Dispatcher::DriverFinished(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  // The thread object cannot join itself: park it for Shutdown (or the next finish) to join.
+  auto t = threads_.find(job_id);
+  if (t != threads_.end()) {
+    finished_threads_.push_back(std::move(t->second));
+    threads_.erase(t);
+  }
+  drivers_.erase(job_id);
+  affinity_.erase(job_id);
+  metrics_.running_jobs->Set(double(drivers_.size()));
+  if (!shutting_down_ && !queued_jobs_.empty()) {
+    const std::string next = queued_jobs_.front();
+    queued_jobs_.erase(queued_jobs_.begin());
+    StartDriver(next);
+  }
+}
+
+void Dispatcher::Cancel(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  queued_jobs_.erase(std::remove(queued_jobs_.begin(), queued_jobs_.end(), job_id),
+                     queued_jobs_.end());
+  auto it = drivers_.find(job_id);
+  if (it != drivers_.end()) it->second->Cancel();
+}
+
+absl::Status Dispatcher::ResumeAll() {
+  absl::StatusOr<std::vector<pb::Job>> jobs = store_->ListNonTerminalJobs();
+  if (!jobs.ok()) return jobs.status();
+  for (const pb::Job& j : *jobs) {
+    spdlog::info("job={} state={} resumes", j.job_id(), pb::JobState_Name(j.state()));
+    Enqueue(j.job_id());
+  }
+  return absl::OkStatus();
+}
+
+void Dispatcher::Shutdown() {
+  std::map<std::string, std::thread> running;
+  std::vector<std::thread> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_ && threads_.empty() && finished_threads_.empty()) return;
+    shutting_down_ = true;
+    queued_jobs_.clear();
+    for (auto& [id, d] : drivers_) d->Cancel();
+  }
+  // Drivers finish (and move their threads to finished_threads_) without the lock held.
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (threads_.empty()) {
+        finished = std::move(finished_threads_);
+        break;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  for (std::thread& t : finished) {
+    if (t.joinable()) t.join();
+  }
+}
+
+int Dispatcher::waiting() const {
+  absl::MutexLock lock(&mu_);
+  return int(waiters_.size());
+}
+
+void Dispatcher::NoteAffinity(const std::string& job_id, const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  affinity_[job_id].insert(worker_id);
+}
+
+std::vector<pb::WorkerInfo> Dispatcher::IdleWorkersLocked(const std::string& job_id) {
+  const absl::Time now = absl::Now();
+  std::vector<pb::WorkerInfo> idle;
+  for (const pb::WorkerInfo& w : table_->List()) {
+    if (w.state() == pb::WORKER_LOST || w.state() == pb::WORKER_DRAINING) continue;
+    if (leased_.count(w.worker_id()) > 0) continue;
+    auto q = quarantined_.find(w.worker_id());
+    if (q != quarantined_.end() && q->second > now) continue;
+    idle.push_back(w);
+  }
+  const std::set<std::string>& warm = affinity_[job_id];
+  std::stable_partition(idle.begin(), idle.end(),
+                        [&](const pb::WorkerInfo& w) { return warm.count(w.worker_id()) > 0; });
+  return idle;
+}
+
+bool Dispatcher::IsHeadLocked(int64_t ticket) const {
+  const Waiter* head = nullptr;
+  for (const Waiter& w : waiters_) {
+    if (head == nullptr || w.priority > head->priority ||
+        (w.priority == head->priority && w.ticket < head->ticket)) {
+      head = &w;
+    }
+  }
+  return head != nullptr && head->ticket == ticket;
+}
+
+WorkerLease Dispatcher::LeaseLocked(const pb::WorkerInfo& w) {
+  leased_.insert(w.worker_id());
+  return {w.worker_id(), w.address(), connector_->Connect(w.address())};
+}
+
+absl::StatusOr<WorkerLease> Dispatcher::Acquire(const std::string& job_id, int priority,
+                                                const std::function<bool()>& stop) {
+  absl::MutexLock lock(&mu_);
+  const int64_t ticket = next_ticket_++;
+  waiters_.push_back({priority, ticket, job_id});
+  metrics_.queue_depth->Set(double(waiters_.size()));
+  auto leave = [&] {
+    waiters_.erase(std::remove_if(waiters_.begin(), waiters_.end(),
+                                  [&](const Waiter& w) { return w.ticket == ticket; }),
+                   waiters_.end());
+    metrics_.queue_depth->Set(double(waiters_.size()));
+  };
+  while (true) {
+    if (shutting_down_ || (stop && stop())) {
+      leave();
+      return absl::CancelledError("stopped while waiting for a worker");
+    }
+    if (IsHeadLocked(ticket)) {
+      std::vector<pb::WorkerInfo> idle = IdleWorkersLocked(job_id);
+      if (!idle.empty()) {
+        leave();
+        return LeaseLocked(idle.front());
+      }
+    }
+    // Woken by Release; the timeout picks up newly registered workers and stop().
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](bool* b) { return *b; }, &wake_),
+                         absl::Milliseconds(50));
+    wake_ = false;
+  }
+}
+
+std::vector<WorkerLease> Dispatcher::TryAcquireMore(const std::string& job_id, int priority,
+                                                    int max) {
+  absl::MutexLock lock(&mu_);
+  std::vector<WorkerLease> out;
+  for (const Waiter& w : waiters_) {
+    if (w.priority >= priority) return out;  // someone else needs a worker
+  }
+  for (const pb::WorkerInfo& w : IdleWorkersLocked(job_id)) {
+    if (int(out.size()) >= max) break;
+    out.push_back(LeaseLocked(w));
+  }
+  return out;
+}
+
+void Dispatcher::Release(const WorkerLease& lease, bool failed) {
+  absl::MutexLock lock(&mu_);
+  leased_.erase(lease.worker_id);
+  if (failed) quarantined_[lease.worker_id] = absl::Now() + options_.quarantine;
+  wake_ = true;
+}
+
+}  // namespace prunesvc::server

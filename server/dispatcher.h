@@ -1,0 +1,138 @@
+// Runs jobs on the registered workers (DESIGN.md §1, §7): one SearchDriver thread per running job
+// (search_driver.h) — never a gRPC reactor thread — and a pool that leases idle workers to the
+// drivers' steps.
+//
+// Placement: a step asks for a worker with its job's priority; the pool grants idle workers to
+// the highest-priority waiter first and, among equal priorities, to the one that has waited
+// longest — so jobs of one priority take turns (round robin), and a higher-priority job's steps
+// are dispatched before a lower one's. A step prefers workers that already prepared its job
+// (affinity: their prepared state is warm). A generation's evaluations may take several idle
+// workers at once (TryAcquireMore), but only when nobody of equal or higher priority is waiting.
+// A worker whose step failed in a retryable way (died, timed out, out of memory) is avoided for
+// `quarantine` before it is leased again.
+//
+// Thread-safe. Enqueue/Cancel never block (the JobRunner contract).
+#ifndef PRUNESVC_SERVER_DISPATCHER_H_
+#define PRUNESVC_SERVER_DISPATCHER_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/event_hub.h"
+#include "server/job_runner.h"
+#include "server/job_store.h"
+#include "server/worker_client.h"
+#include "server/worker_table.h"
+
+namespace prunesvc::server {
+
+class SearchDriver;
+
+struct DispatcherOptions {
+  // Per-step deadlines (a step past its deadline loses its worker and is retried elsewhere).
+  absl::Duration prepare_deadline = absl::Minutes(30);
+  absl::Duration evaluate_deadline = absl::Minutes(30);
+  absl::Duration train_deadline = absl::Minutes(30);
+  absl::Duration finalize_deadline = absl::Minutes(60);
+  int max_attempts = 4;                                    // per step, across workers
+  absl::Duration retry_backoff = absl::Milliseconds(200);  // doubles per attempt
+  absl::Duration quarantine = absl::Seconds(5);
+  int max_running_jobs = 16;  // drivers running at once; further jobs wait QUEUED
+};
+
+// The scheduler's step metrics (DESIGN.md §9; low-cardinality labels only).
+struct DispatcherMetrics {
+  explicit DispatcherMetrics(prometheus::Registry& registry);
+  prometheus::Family<prometheus::Counter>* steps;           // {step, outcome}
+  prometheus::Family<prometheus::Histogram>* step_seconds;  // {step}
+  prometheus::Counter* retries;
+  prometheus::Counter* evaluations;
+  prometheus::Gauge* queue_depth;  // steps waiting for a worker
+  prometheus::Gauge* running_jobs;
+};
+
+class Dispatcher : public JobRunner {
+ public:
+  // None of the pointers is owned; all must outlive the dispatcher.
+  Dispatcher(DispatcherOptions options, JobStore* store, EventHub* hub, WorkerTable* table,
+             WorkerConnector* connector, prometheus::Registry* registry);
+  ~Dispatcher() override;
+
+  void Enqueue(const std::string& job_id) override;
+  void Cancel(const std::string& job_id) override;
+  // Enqueues every non-terminal job in the store (scheduler start-up: resume).
+  absl::Status ResumeAll();
+  // Stops every driver without changing its job's state (they resume on the next start) and
+  // waits for them.
+  void Shutdown();
+
+  // ---- for drivers ----
+  // Blocks until a worker is granted (see the file comment) or `stop()` → Cancelled.
+  absl::StatusOr<WorkerLease> Acquire(const std::string& job_id, int priority,
+                                      const std::function<bool()>& stop);
+  // Up to `max` more idle workers now, when no waiter of equal or higher priority waits.
+  std::vector<WorkerLease> TryAcquireMore(const std::string& job_id, int priority, int max);
+  // `failed`: the step failed in a retryable way on it (quarantined for a while).
+  void Release(const WorkerLease& lease, bool failed);
+  // Workers that ran a step of the job (affinity), and recording one.
+  void NoteAffinity(const std::string& job_id, const std::string& worker_id);
+
+  const DispatcherOptions& options() const { return options_; }
+  DispatcherMetrics& metrics() { return metrics_; }
+  JobStore* store() { return store_; }
+  EventHub* hub() { return hub_; }
+  // Steps waiting for a worker (tests wait on it).
+  int waiting() const;
+
+ private:
+  struct Waiter {
+    int priority;
+    int64_t ticket;
+    std::string job_id;
+  };
+  void StartDriver(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DriverFinished(const std::string& job_id);
+  // Idle workers (registered, not lost, not leased, not quarantined), affinity first.
+  std::vector<::prune::v1::WorkerInfo> IdleWorkersLocked(const std::string& job_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IsHeadLocked(int64_t ticket) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  WorkerLease LeaseLocked(const ::prune::v1::WorkerInfo& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Constant after construction.
+  const DispatcherOptions options_;
+  JobStore* const store_;
+  EventHub* const hub_;
+  WorkerTable* const table_;
+  WorkerConnector* const connector_;
+  DispatcherMetrics metrics_;
+
+  mutable absl::Mutex mu_;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, std::unique_ptr<SearchDriver>> drivers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> finished_threads_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> queued_jobs_ ABSL_GUARDED_BY(mu_);  // beyond max_running_jobs
+  std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
+  int64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
+  std::set<std::string> leased_ ABSL_GUARDED_BY(mu_);                   // worker ids
+  std::map<std::string, absl::Time> quarantined_ ABSL_GUARDED_BY(mu_);  // until
+  std::map<std::string, std::set<std::string>> affinity_ ABSL_GUARDED_BY(mu_);
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;  // a worker was released
+};
+
+}  // namespace prunesvc::server
+
+#endif  // PRUNESVC_SERVER_DISPATCHER_H_

@@ -1,0 +1,452 @@
+// The dispatcher and search driver on a real SQLite store with a fake worker transport
+// (WorkerConnector): the job lifecycle and its events, the checkpoint/resume, determinism across
+// how a generation is split over workers, retries of a worker's retryable failure, failures that
+// end the job, cancellation of in-flight steps, and priority order of dispatch. The fake workers
+// score a policy with a closed-form function of its ratios (no model), so the expected search is
+// recomputed here with the same function through common/'s EvolutionarySearch.
+#include "server/dispatcher.h"
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/evolution.h"
+#include "common/job_spec.h"
+#include "common/job_spec_proto.h"
+#include "common/sha256.h"
+#include "gtest/gtest.h"
+#include "server/search_driver.h"
+#include "server/sqlite_job_store.h"
+
+namespace prunesvc::server {
+namespace {
+
+namespace pb = ::prune::v1;
+namespace fs = std::filesystem;
+
+// Polls `pred` for up to 60 s (a hang guard, not a timing assertion).
+bool testing_internal_wait(const std::function<bool()>& pred) {
+  for (int i = 0; i < 6000; ++i) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return false;
+}
+
+FlopsModelDims Dims() {
+  FlopsModelDims d;
+  d.vision = {.width = 16, .mlp_width = 32, .layers_run = 1, .tokens = 5, .patch_size = 4};
+  d.image_tokens = 4;
+  d.projector_in = 16;
+  d.projector_hidden = 32;
+  d.projector_out = 32;
+  for (int i = 0; i < 4; ++i) d.decoder.push_back({32, 32, 16, 64});
+  d.vocab = 50;
+  return d;
+}
+const TokenStats kStats{.mean_tokens = 20, .mean_tokens_sq = 420, .mean_answer_tokens = 1};
+
+// The fake workers' scores: a smooth function of the ratios (later layers cheaper to prune).
+search::EvalResult Score(const std::vector<double>& ratios, int version) {
+  double loss = 0.3 - 0.01 * version, omega = 0;
+  for (size_t u = 0; u < ratios.size(); ++u) {
+    loss += ratios[u] * ratios[u] * (1.0 + 0.5 * double(ratios.size() - u));
+    omega += (1 - ratios[u]) / double(ratios.size());
+  }
+  return {.loss = loss, .accuracy = std::max(0.0, 1 - loss), .omega = omega};
+}
+
+// Shared state of the fake cluster: the calls made, gates and faults.
+struct Cluster {
+  absl::Mutex mu;
+  std::vector<std::string> calls;            // "job/kind" in dispatch order
+  std::map<std::string, int> fail_evaluate;  // worker address → retryable failures to inject
+  std::string bad_prepare;                   // job id whose prepare fails with bad input
+  absl::Notification* gate = nullptr;        // blocks prepare calls until notified
+  bool block_evaluate = false;               // evaluate waits until cancelled
+  std::atomic<int> evaluations{0};
+};
+
+class FakeClient : public WorkerClient {
+ public:
+  FakeClient(Cluster* c, std::string address) : c_(c), address_(std::move(address)) {}
+
+  absl::StatusOr<pb::PrepareResponse> Prepare(const pb::PrepareRequest& req, absl::Duration,
+                                              StepCancel*) override {
+    Record(req.header().job_id(), "prepare");
+    if (c_->gate != nullptr) c_->gate->WaitForNotification();
+    if (req.header().job_id() == c_->bad_prepare) {
+      return WithRetryable(absl::InvalidArgumentError("model_uri: no such directory"), false);
+    }
+    pb::PrepareResponse r;
+    const FlopsModelDims d = Dims();
+    pb::FlopsModelDims* p = r.mutable_flops_dims();
+    p->mutable_vision()->set_width(d.vision.width);
+    p->mutable_vision()->set_mlp_width(d.vision.mlp_width);
+    p->mutable_vision()->set_layers_run(d.vision.layers_run);
+    p->mutable_vision()->set_tokens(d.vision.tokens);
+    p->mutable_vision()->set_patch_size(d.vision.patch_size);
+    p->mutable_vision()->set_channels(d.vision.channels);
+    p->set_images_per_sample(1);
+    p->set_image_tokens(d.image_tokens);
+    p->set_projector_in(d.projector_in);
+    p->set_projector_hidden(d.projector_hidden);
+    p->set_projector_out(d.projector_out);
+    for (const auto& l : d.decoder) {
+      pb::DecoderLayerDims* x = p->add_decoder();
+      x->set_hidden(l.hidden);
+      x->set_q_width(l.q_width);
+      x->set_kv_width(l.kv_width);
+      x->set_mlp_width(l.mlp_width);
+      x->set_num_heads(4);
+      x->set_num_kv_heads(2);
+      x->set_head_dim(8);
+    }
+    p->set_vocab(d.vocab);
+    r.mutable_token_stats()->set_mean_tokens(kStats.mean_tokens);
+    r.mutable_token_stats()->set_mean_tokens_sq(kStats.mean_tokens_sq);
+    r.mutable_token_stats()->set_mean_answer_tokens(kStats.mean_answer_tokens);
+    r.set_num_samples(16);
+    for (int l = 0; l < 4; ++l) r.add_owl_outlier_ratios(0.01 * (l + 1));
+    return r;
+  }
+
+  absl::Status EvaluatePolicies(
+      const pb::EvaluatePoliciesRequest& req, absl::Duration, StepCancel* cancel,
+      const std::function<void(const pb::EvaluatePoliciesResponse&)>& on_result) override {
+    Record(req.header().job_id(), "evaluate");
+    {
+      absl::MutexLock lock(&c_->mu);
+      int& fails = c_->fail_evaluate[address_];
+      if (fails > 0) {
+        --fails;
+        return WithRetryable(absl::UnavailableError("worker died"), true);
+      }
+    }
+    for (int i = 0; i < req.policies_size(); ++i) {
+      while (c_->block_evaluate && !cancel->cancelled()) absl::SleepFor(absl::Milliseconds(5));
+      if (cancel->cancelled()) return WithRetryable(absl::CancelledError("cancelled"), false);
+      std::vector<double> ratios(req.policies(i).ratios().begin(), req.policies(i).ratios().end());
+      const search::EvalResult e = Score(ratios, req.projector_version());
+      pb::EvaluatePoliciesResponse r;
+      r.set_index(i);
+      r.mutable_evaluation()->set_loss(e.loss);
+      r.mutable_evaluation()->set_accuracy(e.accuracy);
+      r.mutable_evaluation()->set_omega(e.omega);
+      on_result(r);
+      ++c_->evaluations;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<pb::TrainProjectorResponse> TrainProjector(const pb::TrainProjectorRequest& req,
+                                                            absl::Duration, StepCancel*) override {
+    Record(req.header().job_id(), "train");
+    pb::TrainProjectorResponse r;
+    r.set_projector_version(req.new_projector_version());
+    r.set_projector_blob_id("sha256:" +
+                            Sha256Hex(absl::StrCat("projector-", req.new_projector_version())));
+    r.set_loss_before(0.5);
+    r.set_loss_after(0.4);
+    return r;
+  }
+
+  absl::StatusOr<pb::FinalizeResponse> Finalize(const pb::FinalizeRequest& req, absl::Duration,
+                                                StepCancel*) override {
+    Record(req.header().job_id(), "finalize");
+    pb::FinalizeResponse r;
+    std::string ratios;
+    for (double x : req.ratios()) absl::StrAppend(&ratios, x, ",");
+    r.set_artifact_blob_id("sha256:" + Sha256Hex(ratios));
+    r.set_artifact_size_bytes(123);
+    r.set_flops_ratio(0.5);
+    r.set_accuracy(0.9);
+    r.set_accuracy_set("eval");
+    r.set_report_json(req.search_report_json());
+    absl::MutexLock lock(&c_->mu);
+    final_ratios_[req.header().job_id()] = ratios;
+    return r;
+  }
+
+  static std::map<std::string, std::string> final_ratios_;
+
+ private:
+  void Record(const std::string& job, const std::string& kind) {
+    absl::MutexLock lock(&c_->mu);
+    c_->calls.push_back(job + "/" + kind);
+  }
+  Cluster* const c_;
+  const std::string address_;
+};
+std::map<std::string, std::string> FakeClient::final_ratios_;
+
+class FakeConnector : public WorkerConnector {
+ public:
+  explicit FakeConnector(Cluster* c) : c_(c) {}
+  std::shared_ptr<WorkerClient> Connect(const std::string& address) override {
+    return std::make_shared<FakeClient>(c_, address);
+  }
+
+ private:
+  Cluster* const c_;
+};
+
+struct Harness {
+  explicit Harness(int workers, const std::string& dir = "") {
+    owns_dir = dir.empty();
+    state_dir = dir.empty() ? (fs::temp_directory_path() /
+                               absl::StrCat("dispatcher_test_", getpid(), "_", counter++))
+                                  .string()
+                            : dir;
+    store = *SqliteJobStore::Create({.state_dir = state_dir});
+    table = std::make_unique<WorkerTable>(
+        WorkerTableOptions{.lost_after = absl::Hours(1), .forget_after = absl::Hours(2)},
+        RealClock::Get());
+    for (int w = 0; w < workers; ++w) {
+      pb::WorkerInfo info;
+      info.set_address(absl::StrCat("127.0.0.1:", 1000 + w + 1));
+      info.set_device("cpu");
+      EXPECT_TRUE(table->Register(info).ok());
+    }
+    DispatcherOptions o;
+    o.retry_backoff = absl::Milliseconds(1);
+    o.quarantine = absl::Milliseconds(1);
+    dispatcher =
+        std::make_unique<Dispatcher>(o, store.get(), &hub, table.get(), &connector, &registry);
+  }
+  ~Harness() {
+    dispatcher.reset();
+    store.reset();
+    std::error_code ec;
+    if (owns_dir) fs::remove_all(state_dir, ec);
+  }
+
+  std::string Submit(JobSpec spec) {
+    spec.model_uri = "file:///models/fake";
+    spec.dataset_id = "sha256:" + std::string(64, 'a');
+    pb::JobEvent queued;
+    queued.mutable_state_changed()->set_to(pb::QUEUED);
+    auto r = store->CreateJob("", JobSpecToProto(spec), {queued});
+    EXPECT_TRUE(r.ok()) << r.status();
+    dispatcher->Enqueue(r->job.job_id());
+    return r->job.job_id();
+  }
+  pb::Job WaitTerminal(const std::string& id) {
+    for (int i = 0; i < 3000; ++i) {
+      auto j = store->GetJob(id);
+      if (j.ok() && IsTerminalState(j->state())) return *j;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    ADD_FAILURE() << "job " << id << " did not finish";
+    return {};
+  }
+  std::vector<pb::JobEvent> Events(const std::string& id) { return *store->ReadEvents(id, 0, 0); }
+
+  static inline int counter = 0;
+  bool owns_dir = true;
+  std::string state_dir;
+  Cluster cluster;
+  FakeConnector connector{&cluster};
+  EventHub hub;
+  prometheus::Registry registry;
+  std::unique_ptr<SqliteJobStore> store;
+  std::unique_ptr<WorkerTable> table;
+  std::unique_ptr<Dispatcher> dispatcher;
+};
+
+JobSpec SmallSearch() {
+  JobSpec s;
+  s.flops_budget = 0.6;
+  s.population = 6;
+  s.parents = 2;
+  s.generations = 4;
+  s.projector_every = 2;
+  s.seed = 11;
+  return s;
+}
+
+// The final ratios the same search picks in process with the same scores.
+std::string ExpectedFinalRatios(JobSpec spec) {
+  auto space = BuildPolicySpace(spec, Dims(), kStats, std::vector<DecoderLayerHeads>(4, {4, 2, 8}));
+  class Local : public search::PolicyEvaluator {
+   public:
+    explicit Local(const search::PolicySpace* s) : s_(s) {}
+    absl::StatusOr<std::vector<search::EvalResult>> Evaluate(const std::vector<search::Policy>& ps,
+                                                             int v) override {
+      std::vector<search::EvalResult> out;
+      for (const auto& p : ps) out.push_back(Score(*s_->UnitRatios(p), v));
+      return out;
+    }
+    absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>&,
+                                                           int) override {
+      return search::ProjectorUpdate{.version = ++latest, .loss_before = 0.5, .loss_after = 0.4};
+    }
+    int latest = 0;
+    const search::PolicySpace* s_;
+  } local(&*space);
+  auto search = search::EvolutionarySearch::Create(&*space, spec.ToSearchConfig(16));
+  EXPECT_TRUE((*search)->Run(local).ok());
+  const search::ScoredPolicy best = *(*search)->Best();
+  const std::vector<double> unit_ratios = *space->UnitRatios(best.policy);
+  std::string ratios;
+  for (double x : unit_ratios) absl::StrAppend(&ratios, x, ",");
+  return ratios;
+}
+
+TEST(DispatcherTest, JobRunsToSucceededWithEventsInOrderAndTheLocalPolicy) {
+  for (int workers : {1, 2, 5}) {  // 5 > the generations' cache misses: splitting is exercised
+    Harness h(workers);
+    const std::string id = h.Submit(SmallSearch());
+    const pb::Job job = h.WaitTerminal(id);
+    ASSERT_EQ(job.state(), pb::SUCCEEDED) << job.error();
+    EXPECT_FALSE(job.artifact_id().empty());
+    EXPECT_EQ(FakeClient::final_ratios_[id], ExpectedFinalRatios(SmallSearch())) << workers;
+    std::vector<std::string> kinds;
+    int64_t seq = 0;
+    for (const pb::JobEvent& e : h.Events(id)) {
+      EXPECT_EQ(e.sequence(), ++seq);
+      if (e.has_state_changed()) kinds.push_back(pb::JobState_Name(e.state_changed().to()));
+      if (e.has_generation_finished()) kinds.push_back("G");
+      if (e.has_projector_updated()) kinds.push_back("P");
+      if (e.has_artifact_ready()) kinds.push_back("A");
+    }
+    const std::vector<std::string> want = {"QUEUED",     "PREPARING", "SEARCHING", "G", "G",
+                                           "G",          "P",         "G",         "G", "P",
+                                           "FINALIZING", "A",         "SUCCEEDED"};
+    EXPECT_EQ(kinds, want) << workers;
+    EXPECT_EQ(job.last_event_sequence(), int64_t(want.size()));
+  }
+}
+
+TEST(DispatcherTest, RetryableWorkerFailureIsRetriedElsewhereWithTheSamePolicy) {
+  Harness h(2);
+  h.cluster.fail_evaluate["127.0.0.1:1001"] = 2;
+  const std::string id = h.Submit(SmallSearch());
+  const pb::Job job = h.WaitTerminal(id);
+  ASSERT_EQ(job.state(), pb::SUCCEEDED) << job.error();
+  EXPECT_EQ(FakeClient::final_ratios_[id], ExpectedFinalRatios(SmallSearch()));
+  EXPECT_GE(h.dispatcher->metrics().retries->Value(), 2);
+}
+
+TEST(DispatcherTest, BadInputAndUnreachableBudgetFailTheJob) {
+  Harness h(1);
+  JobSpec spec = SmallSearch();
+  spec.flops_budget = 0.05;  // below what the model can reach
+  const std::string low = h.Submit(spec);
+  pb::Job job = h.WaitTerminal(low);
+  EXPECT_EQ(job.state(), pb::FAILED);
+  EXPECT_EQ(job.error_code(), int(absl::StatusCode::kFailedPrecondition));
+  EXPECT_TRUE(absl::StrContains(job.error(), "smallest reachable ratio")) << job.error();
+  // A bad-input step fails the job at once (no retries).
+  Harness h3(2);
+  h3.cluster.bad_prepare = "will-be-set";
+  JobSpec ok = SmallSearch();
+  ok.model_uri = "file:///models/fake";
+  ok.dataset_id = "sha256:" + std::string(64, 'a');
+  pb::JobEvent queued;
+  queued.mutable_state_changed()->set_to(pb::QUEUED);
+  auto r = h3.store->CreateJob("", JobSpecToProto(ok), {queued});
+  ASSERT_TRUE(r.ok());
+  {
+    absl::MutexLock lock(&h3.cluster.mu);
+    h3.cluster.bad_prepare = r->job.job_id();
+  }
+  h3.dispatcher->Enqueue(r->job.job_id());
+  job = h3.WaitTerminal(r->job.job_id());
+  EXPECT_EQ(job.state(), pb::FAILED);
+  EXPECT_EQ(job.error_code(), int(absl::StatusCode::kInvalidArgument));
+  absl::MutexLock lock(&h3.cluster.mu);
+  EXPECT_EQ(
+      std::count(h3.cluster.calls.begin(), h3.cluster.calls.end(), r->job.job_id() + "/prepare"),
+      1);
+}
+
+TEST(DispatcherTest, CancelStopsTheDriverAndItsInFlightSteps) {
+  Harness h(2);
+  h.cluster.block_evaluate = true;
+  const std::string id = h.Submit(SmallSearch());
+  ASSERT_TRUE(testing_internal_wait([&] {
+    return h.cluster.evaluations.load() == 0 && h.store->GetJob(id)->state() == pb::SEARCHING;
+  }));
+  // What CancelJob does: commit CANCELLED, then tell the runner.
+  JobMutation m;
+  m.state = pb::CANCELLED;
+  pb::JobEvent e;
+  e.mutable_state_changed()->set_to(pb::CANCELLED);
+  ASSERT_TRUE(h.store->Commit(id, m, {e}, std::nullopt).ok());
+  h.dispatcher->Cancel(id);
+  const pb::Job job = h.WaitTerminal(id);
+  EXPECT_EQ(job.state(), pb::CANCELLED);
+  // The driver exits (the dispatcher forgets it) and the workers are released.
+  ASSERT_TRUE(
+      testing_internal_wait([&] { return h.dispatcher->metrics().running_jobs->Value() == 0; }));
+  EXPECT_EQ(h.dispatcher->waiting(), 0);
+}
+
+TEST(DispatcherTest, HigherPriorityStepsAreDispatchedFirst) {
+  Harness h(1);
+  absl::Notification gate;
+  h.cluster.gate = &gate;
+  JobSpec low = SmallSearch();
+  low.priority = 0;
+  const std::string a = h.Submit(low);
+  // A's prepare holds the only worker; C (priority 0) and B (priority 10) wait for it.
+  ASSERT_TRUE(testing_internal_wait([&] {
+    absl::MutexLock lock(&h.cluster.mu);
+    return h.cluster.calls.size() == 1;
+  }));
+  const std::string c = h.Submit(low);
+  ASSERT_TRUE(testing_internal_wait([&] { return h.dispatcher->waiting() == 1; }));
+  JobSpec high = SmallSearch();
+  high.priority = 10;
+  const std::string b = h.Submit(high);
+  ASSERT_TRUE(testing_internal_wait([&] { return h.dispatcher->waiting() == 2; }));
+  gate.Notify();
+  for (const std::string& id : {a, b, c}) EXPECT_EQ(h.WaitTerminal(id).state(), pb::SUCCEEDED);
+  absl::MutexLock lock(&h.cluster.mu);
+  ASSERT_GE(h.cluster.calls.size(), 3u);
+  EXPECT_EQ(h.cluster.calls[0], a + "/prepare");
+  EXPECT_EQ(h.cluster.calls[1], b + "/prepare");  // B jumped C, which waited longer
+  // C, which waited longer than B, got the worker only after B's step.
+  const auto c_prepare = std::find(h.cluster.calls.begin(), h.cluster.calls.end(), c + "/prepare");
+  EXPECT_GT(c_prepare - h.cluster.calls.begin(), 1);
+}
+
+TEST(DispatcherTest, ResumesFromTheCheckpointWithTheSamePolicy) {
+  const std::string dir =
+      (fs::temp_directory_path() / absl::StrCat("dispatcher_resume_", getpid())).string();
+  std::string id;
+  {
+    Harness h(1, dir);
+    h.cluster.block_evaluate = false;
+    JobSpec spec = SmallSearch();
+    spec.generations = 6;
+    id = h.Submit(spec);
+    // Stop the scheduler once generation 2 is checkpointed.
+    ASSERT_TRUE(testing_internal_wait([&] {
+      auto c = h.store->LoadCheckpoint(id);
+      return c.ok() && c->has_value() && (*c)->generation >= 2;
+    }));
+    h.dispatcher->Shutdown();
+  }
+  Harness h(2, dir);
+  ASSERT_TRUE(h.dispatcher->ResumeAll().ok());
+  const pb::Job job = h.WaitTerminal(id);
+  ASSERT_EQ(job.state(), pb::SUCCEEDED) << job.error();
+  JobSpec spec = SmallSearch();
+  spec.generations = 6;
+  EXPECT_EQ(FakeClient::final_ratios_[id], ExpectedFinalRatios(spec));
+  int64_t seq = 0;
+  for (const pb::JobEvent& e : h.Events(id)) EXPECT_EQ(e.sequence(), ++seq);
+  h.owns_dir = true;  // removed with the second harness
+}
+
+}  // namespace
+}  // namespace prunesvc::server

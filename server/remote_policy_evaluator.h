@@ -1,0 +1,50 @@
+// The search's second PolicyEvaluator (common/evolution.h; the first is the worker's
+// LocalPolicyEvaluator): evaluations and projector training run as PruningWorker steps through
+// the job's SearchDriver. Evaluate splits a batch (one generation's cache misses) into contiguous
+// chunks over the workers the dispatcher can lease at once, runs them in parallel and
+// reassembles the results in request order; a chunk whose worker failed in a retryable way is
+// re-run (with retries) on another worker. TrainProjector names the new version (latest + 1) so
+// every worker agrees, and records the uploaded projector's blob for later steps.
+//
+// Thread-compatible: called by the one search of its driver.
+#ifndef PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_
+#define PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_
+
+#include <vector>
+
+#include "common/evolution.h"
+#include "common/policy.h"
+#include "nlohmann/json.hpp"
+
+namespace prunesvc::server {
+
+class SearchDriver;
+
+class RemotePolicyEvaluator : public search::PolicyEvaluator {
+ public:
+  // Neither pointer is owned.
+  RemotePolicyEvaluator(SearchDriver* driver, const search::PolicySpace* space, int latest_version)
+      : driver_(driver), space_(space), latest_(latest_version) {}
+
+  absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
+      const std::vector<search::Policy>& policies, int projector_version) override;
+  absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,
+                                                         int from_version) override;
+
+  int latest_version() const { return latest_; }
+  // report.json's "evaluated": {hash, projector_version} in evaluation order.
+  nlohmann::json& evaluated() { return evaluated_; }
+  int64_t evaluations() const { return evaluations_; }
+  void set_evaluations(int64_t n) { evaluations_ = n; }
+
+ private:
+  SearchDriver* const driver_;
+  const search::PolicySpace* const space_;
+  int latest_;
+  nlohmann::json evaluated_ = nlohmann::json::array();
+  int64_t evaluations_ = 0;
+};
+
+}  // namespace prunesvc::server
+
+#endif  // PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_

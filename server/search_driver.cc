@@ -1,0 +1,403 @@
+#include "server/search_driver.h"
+
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/job_spec_proto.h"
+#include "common/logging.h"
+#include "common/owl.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/time_util.h"
+#include "server/dispatcher.h"
+#include "server/remote_policy_evaluator.h"
+
+namespace prunesvc::server {
+namespace {
+
+namespace pb = ::prune::v1;
+using nlohmann::json;
+
+pb::JobEvent StateEvent(pb::JobState from, pb::JobState to, const std::string& reason) {
+  pb::JobEvent e;
+  e.mutable_state_changed()->set_from(from);
+  e.mutable_state_changed()->set_to(to);
+  e.mutable_state_changed()->set_reason(reason);
+  return e;
+}
+
+absl::StatusOr<search::PolicySpace> SpaceOf(const JobSpec& spec, const pb::PrepareResponse& r) {
+  FlopsModelDims d;
+  const pb::FlopsModelDims& p = r.flops_dims();
+  d.vision = {.width = p.vision().width(),
+              .mlp_width = p.vision().mlp_width(),
+              .layers_run = p.vision().layers_run(),
+              .tokens = p.vision().tokens(),
+              .patch_size = p.vision().patch_size(),
+              .channels = p.vision().channels()};
+  d.images_per_sample = p.images_per_sample();
+  d.image_tokens = p.image_tokens();
+  d.projector_in = p.projector_in();
+  d.projector_hidden = p.projector_hidden();
+  d.projector_out = p.projector_out();
+  std::vector<DecoderLayerHeads> heads;
+  for (const pb::DecoderLayerDims& l : p.decoder()) {
+    d.decoder.push_back({l.hidden(), l.q_width(), l.kv_width(), l.mlp_width()});
+    heads.push_back({l.num_heads(), l.num_kv_heads(), l.head_dim()});
+  }
+  d.vocab = p.vocab();
+  const TokenStats stats{.mean_tokens = r.token_stats().mean_tokens(),
+                         .mean_tokens_sq = r.token_stats().mean_tokens_sq(),
+                         .mean_answer_tokens = r.token_stats().mean_answer_tokens()};
+  return BuildPolicySpace(spec, d, stats, heads);
+}
+
+json EtaJson(const JobSpec& spec, double eta) {
+  const char* how = spec.strategy == search::Strategy::kRandomSearch ? "zero (RANDOM_SEARCH)"
+                    : spec.eta.has_value()                           ? "explicit"
+                                                                     : "auto";
+  return {{"value", eta},
+          {"mode", how},
+          {"rule",
+           "auto: chosen on the first population so that std(eta*omega/sqrt(n)) = "
+           "std(loss) (population standard deviations)"}};
+}
+
+}  // namespace
+
+SearchDriver::SearchDriver(Dispatcher* dispatcher, std::string job_id)
+    : dispatcher_(dispatcher), job_id_(std::move(job_id)) {}
+
+void SearchDriver::Cancel() {
+  stop_.store(true);
+  absl::MutexLock lock(&cancel_mu_);
+  for (StepCancel* c : cancels_) c->Cancel();
+}
+
+StepCancel* SearchDriver::NewCancel() {
+  auto* c = new StepCancel;
+  absl::MutexLock lock(&cancel_mu_);
+  if (stop_.load()) c->Cancel();
+  cancels_.insert(c);
+  return c;
+}
+
+void SearchDriver::DropCancel(StepCancel* c) {
+  {
+    absl::MutexLock lock(&cancel_mu_);
+    cancels_.erase(c);
+  }
+  delete c;
+}
+
+std::string SearchDriver::NextStepId(const std::string& kind) {
+  return absl::StrCat(job_id_, "/", kind, "-", ++step_counter_);
+}
+
+absl::Status SearchDriver::RunStep(
+    const std::string& kind, absl::Duration deadline,
+    const std::function<absl::Status(const WorkerLease&, StepCancel*)>& call) {
+  Dispatcher& d = *dispatcher_;
+  absl::Status last;
+  absl::Duration backoff = d.options().retry_backoff;
+  for (int attempt = 1; attempt <= d.options().max_attempts; ++attempt) {
+    if (stopped()) return absl::CancelledError("the job was cancelled");
+    ASSIGN_OR_RETURN(WorkerLease lease,
+                     d.Acquire(job_id_, priority_, [this] { return stopped(); }));
+    StepCancel* cancel = NewCancel();
+    const auto t0 = std::chrono::steady_clock::now();
+    last = call(lease, cancel);
+    DropCancel(cancel);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::string outcome = last.ok()           ? "ok"
+                                : IsRetryable(last) ? "retryable_error"
+                                : stopped()         ? "cancelled"
+                                                    : "error";
+    d.metrics().steps->Add({{"step", kind}, {"outcome", outcome}}).Increment();
+    d.metrics()
+        .step_seconds
+        ->Add({{"step", kind}},
+              prometheus::Histogram::BucketBoundaries{0.1, 0.5, 1, 5, 15, 60, 300, 1200, 3600})
+        .Observe(seconds);
+    d.NoteAffinity(job_id_, lease.worker_id);
+    d.Release(lease, IsRetryable(last));
+    if (last.ok() || !IsRetryable(last) || stopped()) return last;
+    spdlog::warn("job={} step={} attempt={} on worker={} failed (retrying elsewhere): {}", job_id_,
+                 kind, attempt, lease.worker_id, last.message());
+    d.metrics().retries->Increment();
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff));
+    backoff *= 2;
+  }
+  return absl::Status(last.code(), absl::StrCat(kind, " failed on ", d.options().max_attempts,
+                                                " attempts; last: ", last.message()));
+}
+
+absl::Status SearchDriver::Commit(const JobMutation& mutation, std::vector<pb::JobEvent> events,
+                                  const std::optional<Checkpoint>& checkpoint) {
+  for (pb::JobEvent& e : events) e.set_job_id(job_id_);
+  ASSIGN_OR_RETURN(CommitResult r,
+                   dispatcher_->store()->Commit(job_id_, mutation, events, checkpoint));
+  state_ = r.job.state();
+  dispatcher_->hub()->Publish(r.events);
+  return absl::OkStatus();
+}
+
+absl::Status SearchDriver::Transition(pb::JobState to, const std::string& reason) {
+  if (state_ == to) return absl::OkStatus();
+  JobMutation m;
+  m.state = to;
+  m.expected_states = {state_};
+  return Commit(m, {StateEvent(state_, to, reason)});
+}
+
+void SearchDriver::Fail(const absl::Status& status) {
+  JobMutation m;
+  m.state = pb::FAILED;
+  m.error = std::string(status.message());
+  m.error_code = int(status.code());
+  absl::Status s = Commit(m, {StateEvent(state_, pb::FAILED, std::string(status.message()))});
+  if (!s.ok()) spdlog::warn("job={} could not record its failure: {}", job_id_, s.message());
+}
+
+void SearchDriver::Run() {
+  absl::Status s = RunJob();
+  if (s.ok() || stopped()) return;
+  absl::StatusOr<pb::Job> now = dispatcher_->store()->GetJob(job_id_);
+  if (now.ok() && IsTerminalState(now->state())) return;  // cancelled under us
+  spdlog::warn("job={} failed: {}", job_id_, s.message());
+  Fail(s);
+}
+
+absl::Status SearchDriver::RunJob() {
+  ASSIGN_OR_RETURN(pb::Job job, dispatcher_->store()->GetJob(job_id_));
+  if (IsTerminalState(job.state())) return absl::OkStatus();
+  state_ = job.state();
+  spec_proto_ = job.spec();
+  priority_ = spec_proto_.priority();
+  ASSIGN_OR_RETURN(spec_, JobSpecFromProto(spec_proto_));
+  if (state_ == pb::QUEUED) RETURN_IF_ERROR(Transition(pb::PREPARING, "a worker prepares it"));
+  RETURN_IF_ERROR(Prepare());
+  RETURN_IF_ERROR(Transition(pb::SEARCHING, "search started"));
+  if (spec_.searching()) {
+    RETURN_IF_ERROR(Search());
+  } else if (spec_.strategy == search::Strategy::kOwl) {
+    RETURN_IF_ERROR(SolveOwl());
+  } else {
+    RETURN_IF_ERROR(SolveUniform());
+  }
+  RETURN_IF_ERROR(Transition(pb::FINALIZING, "writing the artifact"));
+  return Finalize();
+}
+
+absl::Status SearchDriver::Prepare() {
+  pb::PrepareRequest req;
+  req.mutable_header()->set_job_id(job_id_);
+  *req.mutable_spec() = spec_proto_;
+  RETURN_IF_ERROR(RunStep(
+      "prepare", dispatcher_->options().prepare_deadline,
+      [&](const WorkerLease& lease, StepCancel* cancel) -> absl::Status {
+        req.mutable_header()->set_step_id(NextStepId("prepare"));
+        ASSIGN_OR_RETURN(
+            prepared_, lease.client->Prepare(req, dispatcher_->options().prepare_deadline, cancel));
+        return absl::OkStatus();
+      }));
+  ASSIGN_OR_RETURN(search::PolicySpace space, SpaceOf(spec_, prepared_));
+  space_ = std::make_unique<search::PolicySpace>(std::move(space));
+  if (absl::Status b = space_->CheckBudget(spec_.flops_budget); !b.ok()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "flops_budget %g is unreachable for this model: the smallest reachable ratio is %.4f (%s)",
+        spec_.flops_budget, space_->MinReachableRatio(), std::string(b.message())));
+  }
+  return absl::OkStatus();
+}
+
+pb::PolicyEvaluation SearchDriver::BestProto(const search::ScoredPolicy& best) const {
+  pb::PolicyEvaluation e;
+  absl::StatusOr<std::vector<double>> ratios = space_->UnitRatios(best.policy);
+  if (ratios.ok()) e.mutable_ratios()->Assign(ratios->begin(), ratios->end());
+  e.set_fitness(best.fitness);
+  e.set_loss(best.result.loss);
+  e.set_accuracy(best.result.accuracy);
+  e.set_omega(best.result.omega);
+  e.set_flops_ratio(best.flops_ratio);
+  e.set_policy_hash(best.hash);
+  return e;
+}
+
+absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& search,
+                                            bool trained) {
+  const search::GenerationStats& g = search.history().back();
+  ASSIGN_OR_RETURN(search::ScoredPolicy best, search.Best());
+  pb::JobEvent gen;
+  pb::JobEvent::GenerationFinished* f = gen.mutable_generation_finished();
+  f->set_generation(g.generation);
+  f->set_generations_total(spec_.generations + 1);
+  *f->mutable_best() = BestProto(best);
+  f->mutable_best()->set_projector_version(g.projector_version);
+  f->set_mean_fitness(g.mean_fitness);
+  f->set_std_fitness(g.std_fitness);
+  f->set_evaluations(g.evaluations);
+  f->set_cache_hits(g.cache_hits);
+  f->set_eta(g.eta);
+  std::vector<pb::JobEvent> events = {gen};
+  if (trained) {
+    pb::JobEvent p;
+    p.mutable_projector_updated()->set_version(g.projector_version);
+    p.mutable_projector_updated()->set_loss_before(g.projector_loss_before);
+    p.mutable_projector_updated()->set_loss_after(g.projector_loss_after);
+    p.mutable_projector_updated()->set_blob_id(projector_blobs_[g.projector_version]);
+    events.push_back(p);
+  }
+  JobMutation m;
+  m.generation = g.generation;
+  m.projector_version = g.projector_version;
+  m.best = f->best();
+  m.progress = 0.05 + 0.85 * double(g.generation + 1) / double(spec_.generations + 1);
+  json blobs = json::object();
+  for (const auto& [v, id] : projector_blobs_) blobs[std::to_string(v)] = id;
+  Checkpoint c;
+  c.generation = g.generation;
+  c.search_state_json = json{
+      {"search_state", search.state().ToJson()},
+      {"projector_blobs", blobs},
+      {"evaluated", report_.value("evaluated", json::array())},
+      {"evaluations",
+       evaluations_}}.dump();
+  return Commit(m, std::move(events), c);
+}
+
+absl::Status SearchDriver::Search() {
+  const search::SearchConfig config = spec_.ToSearchConfig(prepared_.num_samples());
+  std::unique_ptr<search::EvolutionarySearch> search;
+  int latest = 0;
+  ASSIGN_OR_RETURN(std::optional<Checkpoint> checkpoint,
+                   dispatcher_->store()->LoadCheckpoint(job_id_));
+  RemotePolicyEvaluator* evaluator = nullptr;
+  std::unique_ptr<RemotePolicyEvaluator> owned;
+  if (checkpoint.has_value()) {  // resume at the last generation boundary
+    json j = json::parse(checkpoint->search_state_json, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return absl::DataLossError("corrupt checkpoint");
+    ASSIGN_OR_RETURN(search::SearchState state, search::SearchState::FromJson(j["search_state"]));
+    const json blobs = j.value("projector_blobs", json::object());
+    for (const auto& [v, id] : blobs.items()) {
+      if (!id.is_string()) return absl::DataLossError("corrupt checkpoint: projector_blobs");
+      projector_blobs_[std::stoi(v)] = id.get<std::string>();
+      latest = std::max(latest, std::stoi(v));
+    }
+    report_["evaluated"] = j.value("evaluated", json::array());
+    evaluations_ = j.value("evaluations", int64_t{0});
+    ASSIGN_OR_RETURN(search, search::EvolutionarySearch::Resume(space_.get(), std::move(state)));
+    spdlog::info("job={} resumes its search at generation {}", job_id_, search->state().generation);
+  } else {
+    ASSIGN_OR_RETURN(search, search::EvolutionarySearch::Create(space_.get(), config));
+  }
+  owned = std::make_unique<RemotePolicyEvaluator>(this, space_.get(), latest);
+  evaluator = owned.get();
+  evaluator->evaluated() = report_.value("evaluated", json::array());
+  evaluator->set_evaluations(evaluations_);
+  json history = json::array();
+  while (!search->done()) {
+    if (stopped()) return absl::CancelledError("the job was cancelled");
+    const int before = evaluator->latest_version();
+    RETURN_IF_ERROR(search->Step(*evaluator));
+    report_["evaluated"] = evaluator->evaluated();
+    evaluations_ = evaluator->evaluations();
+    RETURN_IF_ERROR(CommitGeneration(*search, evaluator->latest_version() != before));
+  }
+  ASSIGN_OR_RETURN(search::ScoredPolicy best, search->Best());
+  ASSIGN_OR_RETURN(unit_ratios_, space_->UnitRatios(best.policy));
+  for (const auto& g : search->history()) history.push_back(g.ToJson());
+  report_["history"] = history;
+  report_["search_best"] = {{"hash", best.hash},
+                            {"fitness", best.fitness},
+                            {"loss", best.result.loss},
+                            {"accuracy", best.result.accuracy},
+                            {"omega", best.result.omega},
+                            {"flops_ratio_nominal", best.flops_ratio},
+                            {"projector_version", search->state().projector_version}};
+  report_["eta"] = EtaJson(spec_, search->state().eta.value_or(0.0));
+  final_projector_version_ = evaluator->latest_version();
+  return absl::OkStatus();
+}
+
+absl::Status SearchDriver::SolveUniform() {
+  double r = space_->max_ratio();
+  if (spec_.granularity != search::Granularity::kNM) {
+    ASSIGN_OR_RETURN(r, space_->UniformContinuousRatio(spec_.flops_budget));
+  }
+  report_["uniform_ratio"] = r;
+  unit_ratios_.assign(space_->num_units(), r);
+  report_["eta"] = {{"value", nullptr}, {"mode", "unused (UNIFORM has no fitness)"}};
+  return absl::OkStatus();
+}
+
+absl::Status SearchDriver::SolveOwl() {
+  const std::vector<double> outliers(prepared_.owl_outlier_ratios().begin(),
+                                     prepared_.owl_outlier_ratios().end());
+  ASSIGN_OR_RETURN(std::vector<double> deviations, search::OwlDeviations(outliers));
+  const bool nm = spec_.granularity == search::Granularity::kNM;
+  if (nm) {
+    ASSIGN_OR_RETURN(unit_ratios_, search::OwlNmRatios(*space_, outliers, spec_.flops_budget));
+  } else {
+    ASSIGN_OR_RETURN(unit_ratios_, space_->ShiftToBudget(deviations, spec_.flops_budget));
+  }
+  double mean = 0;
+  for (double r : unit_ratios_) mean += r / double(unit_ratios_.size());
+  report_["owl"] = {{"outlier_multiple", search::kOwlOutlierMultiple},
+                    {"lambda", search::kOwlLambda},
+                    {"units", space_->units().names},
+                    {"outlier_ratios", outliers},
+                    {"deviations", deviations},
+                    {"ratios", unit_ratios_},
+                    {"mean_ratio", mean},
+                    {"rule", nm ? "N:M: units made dense in decreasing outlier ratio while the "
+                                  "budget holds (stop at the first that does not fit)"
+                                : "ratio = clamp(deviation + t, 0, max ratio), smallest t "
+                                  "meeting the budget"}};
+  report_["eta"] = {{"value", nullptr}, {"mode", "unused (OWL has no fitness)"}};
+  return absl::OkStatus();
+}
+
+absl::Status SearchDriver::Finalize() {
+  pb::FinalizeRequest req;
+  req.mutable_header()->set_job_id(job_id_);
+  *req.mutable_spec() = spec_proto_;
+  req.mutable_ratios()->Assign(unit_ratios_.begin(), unit_ratios_.end());
+  req.set_projector_version(final_projector_version_);
+  auto blob = projector_blobs_.find(final_projector_version_);
+  if (blob != projector_blobs_.end()) req.set_projector_blob_id(blob->second);
+  json r = report_;
+  r["evaluations"] = evaluations_;
+  req.set_search_report_json(r.dump());
+  pb::FinalizeResponse resp;
+  RETURN_IF_ERROR(RunStep("finalize", dispatcher_->options().finalize_deadline,
+                          [&](const WorkerLease& lease, StepCancel* cancel) -> absl::Status {
+                            req.mutable_header()->set_step_id(NextStepId("finalize"));
+                            ASSIGN_OR_RETURN(
+                                resp, lease.client->Finalize(
+                                          req, dispatcher_->options().finalize_deadline, cancel));
+                            return absl::OkStatus();
+                          }));
+  pb::JobEvent ready;
+  pb::JobEvent::ArtifactReady* a = ready.mutable_artifact_ready();
+  a->set_artifact_id(resp.artifact_blob_id());
+  a->set_sha256(resp.artifact_blob_id().substr(7));
+  a->set_size_bytes(resp.artifact_size_bytes());
+  a->set_flops_ratio(resp.flops_ratio());
+  a->set_accuracy(resp.accuracy());
+  a->set_accuracy_set(resp.accuracy_set());
+  // ArtifactReady and the terminal StateChanged in one commit, in that order.
+  JobMutation m;
+  m.expected_states = {state_};
+  m.state = pb::SUCCEEDED;
+  m.artifact_id = resp.artifact_blob_id();
+  m.artifact_sha256 = resp.artifact_blob_id().substr(7);
+  m.progress = 1.0;
+  return Commit(m, {ready, StateEvent(state_, pb::SUCCEEDED, "artifact ready")});
+}
+
+}  // namespace prunesvc::server

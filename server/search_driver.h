@@ -1,0 +1,114 @@
+// One job's run on the scheduler (DESIGN.md §5, §7): Prepare on a worker → the policy space built
+// from its response (common/job_spec.h BuildPolicySpace; the scheduler never loads a model) →
+// the strategy — EFFICIENTLLAVA / RANDOM_SEARCH drive common/'s EvolutionarySearch through a
+// RemotePolicyEvaluator that splits each generation's cache misses across idle workers and
+// reassembles them in order; UNIFORM and OWL solve their ratios from Prepare's data → Finalize on
+// a worker (the artifact arrives as a blob) → SUCCEEDED.
+//
+// Durability: every state change, generation and projector update is one JobStore::Commit of the
+// job row, its events and (during the search) the checkpoint (SearchState JSON plus the projector
+// blobs and the evaluation record), so a restarted scheduler resumes the search at the last
+// generation boundary with no event lost or renumbered. Events are published to the EventHub
+// after each commit.
+//
+// Failures: a step is retried on another worker with backoff up to max_attempts when the failure
+// is retryable (worker died, timed out, out of memory); bad input fails the job at once with the
+// step's code and message. An unreachable budget FAILS the job with FAILED_PRECONDITION naming
+// the smallest reachable ratio. Cancel() stops the driver at its next step and cancels its
+// in-flight worker calls; the job's CANCELLED state was committed by the caller.
+//
+// Determinism: for a fixed seed the evaluated sequence and final policy equal prune-local's
+// (evaluations are pure functions of policy, projector version and the job's inputs, whichever
+// worker computes them).
+//
+// Thread-compatible: Run() on the dispatcher's thread for this job; Cancel() from any thread.
+#ifndef PRUNESVC_SERVER_SEARCH_DRIVER_H_
+#define PRUNESVC_SERVER_SEARCH_DRIVER_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "common/evolution.h"
+#include "common/job_spec.h"
+#include "nlohmann/json.hpp"
+#include "prune/v1/worker.pb.h"
+#include "server/job_store.h"
+#include "server/worker_client.h"
+
+namespace prunesvc::server {
+
+class Dispatcher;
+
+class SearchDriver {
+ public:
+  SearchDriver(Dispatcher* dispatcher, std::string job_id);
+
+  // Runs the job to a terminal state (or until cancelled / shut down).
+  void Run();
+  // From any thread: stop at the next step; in-flight worker calls are cancelled.
+  void Cancel();
+  const std::string& job_id() const { return job_id_; }
+
+  // ---- for RemotePolicyEvaluator ----
+  // One step with retries on other workers (see the file comment). `call` runs on a lease.
+  absl::Status RunStep(const std::string& kind, absl::Duration deadline,
+                       const std::function<absl::Status(const WorkerLease&, StepCancel*)>& call);
+  bool stopped() const { return stop_.load(); }
+  // A fresh StepCancel that Cancel() reaches; release with DropCancel.
+  StepCancel* NewCancel();
+  void DropCancel(StepCancel* c);
+  std::string NextStepId(const std::string& kind);
+  const ::prune::v1::JobSpec& spec_proto() const { return spec_proto_; }
+  int priority() const { return priority_; }
+  Dispatcher* dispatcher() { return dispatcher_; }
+  // Projector blobs by version (0 = the model's own: no blob).
+  std::map<int, std::string>& projector_blobs() { return projector_blobs_; }
+
+ private:
+  absl::Status RunJob();
+  absl::Status Prepare();
+  absl::Status Search();
+  absl::Status SolveUniform();
+  absl::Status SolveOwl();
+  absl::Status Finalize();
+  // Commits (publishing the events); FAILED_PRECONDITION when the job turned terminal.
+  absl::Status Commit(const JobMutation& mutation, std::vector<::prune::v1::JobEvent> events,
+                      const std::optional<Checkpoint>& checkpoint = std::nullopt);
+  absl::Status Transition(::prune::v1::JobState to, const std::string& reason);
+  void Fail(const absl::Status& status);
+  absl::Status CommitGeneration(const search::EvolutionarySearch& search, bool trained);
+  ::prune::v1::PolicyEvaluation BestProto(const search::ScoredPolicy& best) const;
+
+  Dispatcher* const dispatcher_;
+  const std::string job_id_;
+  std::atomic<bool> stop_{false};
+  absl::Mutex cancel_mu_;
+  std::set<StepCancel*> cancels_ ABSL_GUARDED_BY(cancel_mu_);
+
+  // The job, as the driver runs it.
+  ::prune::v1::JobSpec spec_proto_;
+  JobSpec spec_;
+  int priority_ = 0;
+  ::prune::v1::JobState state_ = ::prune::v1::QUEUED;
+  ::prune::v1::PrepareResponse prepared_;
+  std::unique_ptr<search::PolicySpace> space_;
+  std::map<int, std::string> projector_blobs_;
+  std::atomic<int64_t> step_counter_{0};
+  // What Finalize embeds in report.json.
+  nlohmann::json report_ = nlohmann::json::object();
+  std::vector<double> unit_ratios_;
+  int final_projector_version_ = 0;
+  int64_t evaluations_ = 0;
+};
+
+}  // namespace prunesvc::server
+
+#endif  // PRUNESVC_SERVER_SEARCH_DRIVER_H_

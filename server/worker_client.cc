@@ -1,0 +1,157 @@
+#include "server/worker_client.h"
+
+#include <chrono>
+#include <map>
+#include <optional>
+
+#include "absl/strings/cord.h"
+#include "common/grpc_status.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "prune/v1/worker.grpc.pb.h"
+
+namespace prunesvc::server {
+namespace {
+
+namespace pb = ::prune::v1;
+
+constexpr char kRetryablePayload[] = "type.prunesvc.dev/retryable";
+
+// grpc::Status → absl::Status with the worker's StepError (or the transport's) class.
+absl::Status Classify(const grpc::Status& g) {
+  absl::Status s = FromGrpcStatus(g);
+  if (s.ok()) return s;
+  pb::StepError e;
+  if (!g.error_details().empty() && e.ParseFromString(g.error_details())) {
+    return WithRetryable(s, e.retryable());
+  }
+  // No StepError: the worker did not answer the step (it died, timed out or was unreachable).
+  const bool transport =
+      s.code() == absl::StatusCode::kUnavailable ||
+      s.code() == absl::StatusCode::kDeadlineExceeded || s.code() == absl::StatusCode::kUnknown ||
+      s.code() == absl::StatusCode::kInternal || s.code() == absl::StatusCode::kAborted;
+  return WithRetryable(s, transport);
+}
+
+// Runs one call with a context that `cancel` can reach.
+template <typename Call>
+absl::Status WithContext(absl::Duration deadline, StepCancel* cancel, Call call) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline));
+  if (cancel != nullptr && !cancel->Attach(&ctx)) {
+    return WithRetryable(absl::CancelledError("cancelled"), false);
+  }
+  grpc::Status g = call(ctx);
+  if (cancel != nullptr) cancel->Detach();
+  return Classify(g);
+}
+
+class GrpcWorkerClient : public WorkerClient {
+ public:
+  explicit GrpcWorkerClient(const std::string& address)
+      : stub_(pb::PruningWorker::NewStub(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
+
+  absl::StatusOr<pb::PrepareResponse> Prepare(const pb::PrepareRequest& req,
+                                              absl::Duration deadline,
+                                              StepCancel* cancel) override {
+    pb::PrepareResponse resp;
+    absl::Status s = WithContext(deadline, cancel, [&](grpc::ClientContext& ctx) {
+      return stub_->Prepare(&ctx, req, &resp);
+    });
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  absl::Status EvaluatePolicies(
+      const pb::EvaluatePoliciesRequest& req, absl::Duration deadline, StepCancel* cancel,
+      const std::function<void(const pb::EvaluatePoliciesResponse&)>& on_result) override {
+    return WithContext(deadline, cancel, [&](grpc::ClientContext& ctx) {
+      auto reader = stub_->EvaluatePolicies(&ctx, req);
+      pb::EvaluatePoliciesResponse r;
+      while (reader->Read(&r)) on_result(r);
+      return reader->Finish();
+    });
+  }
+
+  absl::StatusOr<pb::TrainProjectorResponse> TrainProjector(const pb::TrainProjectorRequest& req,
+                                                            absl::Duration deadline,
+                                                            StepCancel* cancel) override {
+    pb::TrainProjectorResponse resp;
+    absl::Status s = WithContext(deadline, cancel, [&](grpc::ClientContext& ctx) {
+      return stub_->TrainProjector(&ctx, req, &resp);
+    });
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  absl::StatusOr<pb::FinalizeResponse> Finalize(const pb::FinalizeRequest& req,
+                                                absl::Duration deadline,
+                                                StepCancel* cancel) override {
+    pb::FinalizeResponse resp;
+    absl::Status s = WithContext(deadline, cancel, [&](grpc::ClientContext& ctx) {
+      return stub_->Finalize(&ctx, req, &resp);
+    });
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+ private:
+  std::unique_ptr<pb::PruningWorker::Stub> stub_;
+};
+
+class GrpcWorkerConnector : public WorkerConnector {
+ public:
+  std::shared_ptr<WorkerClient> Connect(const std::string& address) override {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<WorkerClient>& c = clients_[address];
+    if (c == nullptr) c = std::make_shared<GrpcWorkerClient>(address);
+    return c;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<WorkerClient>> clients_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+void StepCancel::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  if (ctx_ != nullptr) ctx_->TryCancel();
+}
+
+bool StepCancel::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+bool StepCancel::Attach(grpc::ClientContext* ctx) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  ctx_ = ctx;
+  return true;
+}
+
+void StepCancel::Detach() {
+  absl::MutexLock lock(&mu_);
+  ctx_ = nullptr;
+}
+
+bool IsRetryable(const absl::Status& status) {
+  if (status.ok()) return false;
+  const auto p = status.GetPayload(kRetryablePayload);
+  return p.has_value() && *p == "1";
+}
+
+absl::Status WithRetryable(absl::Status status, bool retryable) {
+  if (!status.ok()) status.SetPayload(kRetryablePayload, absl::Cord(retryable ? "1" : "0"));
+  return status;
+}
+
+std::unique_ptr<WorkerConnector> NewGrpcWorkerConnector() {
+  return std::make_unique<GrpcWorkerConnector>();
+}
+
+}  // namespace prunesvc::server
