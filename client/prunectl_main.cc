@@ -120,8 +120,10 @@ int Fail(const absl::Status& s) {
   return ExitCodeForStatus(s);
 }
 
-int Usage(const std::string& why) {
-  std::fprintf(stderr, "prunectl: %s\n%s\n(run prunectl --help for flags)\n", why.c_str(), kUsage);
+// A usage error (exit 2); `full` adds the command list.
+int Usage(const std::string& why, bool full = false) {
+  std::fprintf(stderr, "prunectl: %s\n%s%s(run prunectl --help for commands, flags, exit codes)\n",
+               why.c_str(), full ? kUsage : "", full ? "\n" : "");
   return 2;
 }
 
@@ -454,7 +456,7 @@ int main(int argc, char** argv) {
   for (auto& s : raw) ptrs.push_back(s.data());
   std::vector<std::string> args =
       prunesvc::ParseFlags(static_cast<int>(ptrs.size()), ptrs.data(), kUsage);
-  if (args.size() < 2) return Usage("no command");
+  if (args.size() < 2) return Usage("no command", /*full=*/true);
   prunesvc::client::ClientOptions options;
   options.deadline = absl::Seconds(absl::GetFlag(FLAGS_timeout));
   options.stream_deadline = absl::Seconds(absl::GetFlag(FLAGS_stream_timeout));
@@ -467,7 +469,7 @@ int main(int argc, char** argv) {
       {"list", CmdList},     {"cancel", CmdCancel},   {"fetch", CmdFetch},
   };
   auto it = commands.find(args[1]);
-  if (it == commands.end()) return Usage("unknown command '" + args[1] + "'");
+  if (it == commands.end()) return Usage("unknown command '" + args[1] + "'", /*full=*/true);
   if (args[1] == "health" || args[1] == "workers") {
     if (!ctx.args.empty()) return Usage(args[1] + " takes no positional arguments");
   }
