@@ -271,9 +271,10 @@ absl::Status CheckOutputDir(const std::string& out) {
   return absl::OkStatus();
 }
 
-absl::Status FetchArtifactToDir(Client& client, const std::string& job_id, const std::string& out,
-                                const ProgressFn& progress, const RetryNotice& on_retry,
-                                const RetryPolicy& policy) {
+absl::StatusOr<FetchResult> FetchArtifactToDir(Client& client, const std::string& job_id,
+                                               const std::string& out, const ProgressFn& progress,
+                                               const RetryNotice& on_retry,
+                                               const RetryPolicy& policy) {
   RETURN_IF_ERROR(CheckOutputDir(out));
   ASSIGN_OR_RETURN(pb::Job job, client.GetJob(job_id));
   if (job.state() != pb::SUCCEEDED || job.artifact_id().empty()) {
@@ -293,7 +294,9 @@ absl::Status FetchArtifactToDir(Client& client, const std::string& job_id, const
     fs::remove(st.tar, ec);  // corrupt: the next run starts over
     return s;
   }
-  return UnpackAndPublish(st.tar, partial, base);
+  FetchResult result{job.artifact_id(), BareSha256(*st.trailer_sha256), ResumeOffset(st.tar)};
+  RETURN_IF_ERROR(UnpackAndPublish(st.tar, partial, base));
+  return result;
 }
 
 }  // namespace prunesvc::client

@@ -69,13 +69,22 @@ absl::Status CheckResumeInfo(int64_t offset, const ::prune::v1::ArtifactInfo& in
 // `out` must not exist or be an empty directory (ALREADY_EXISTS otherwise).
 absl::Status CheckOutputDir(const std::string& out);
 
+// What FetchArtifactToDir fetched.
+struct FetchResult {
+  std::string artifact_id;
+  std::string sha256;  // bare hex of the whole tar
+  int64_t size_bytes = 0;
+};
+
 // GetJob → artifact_id; FetchArtifact into `out`.partial/artifact.tar (resuming by offset),
-// sha256 against the trailer (and the job's artifact_sha256), safe unpack, MANIFEST.sha256
-// check, then `out` appears atomically (a rename). The partial download is kept on failure so a
-// rerun resumes; a corrupt one is deleted.
-absl::Status FetchArtifactToDir(Client& client, const std::string& job_id, const std::string& out,
-                                const ProgressFn& progress, const RetryNotice& on_retry,
-                                const RetryPolicy& policy = {});
+// sha256 against the trailer (and the job's artifact_sha256), safe unpack into
+// `out`.partial/tree, MANIFEST.sha256 check, then the tree is renamed to `out` (it appears
+// whole or not at all) and `out`.partial removed. The partial download is kept on a transport
+// failure so a rerun resumes; a corrupt one is deleted.
+absl::StatusOr<FetchResult> FetchArtifactToDir(Client& client, const std::string& job_id,
+                                               const std::string& out, const ProgressFn& progress,
+                                               const RetryNotice& on_retry,
+                                               const RetryPolicy& policy = {});
 
 }  // namespace prunesvc::client
 

@@ -28,6 +28,7 @@
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address host:port.");
 ABSL_FLAG(std::string, service, "",
@@ -405,13 +406,13 @@ int CmdCancel(Context& c) {
 
 int CmdWatch(Context& c) {
   if (c.args.size() != 1) return Usage("watch takes one JOB");
-  const bool tty = StderrIsTty() || (!c.json && isatty(STDOUT_FILENO) == 1);
   FILE* out = c.json ? stderr : stdout;
+  const bool tty = isatty(fileno(out)) == 1;
   prunesvc::client::WatchProgress progress;
   auto on_event = [&](const pb::JobEvent& e) {
     progress.Apply(e);
     if (!tty) {
-      if (!c.json) std::fprintf(out, "%s\n", prunesvc::client::FormatEventLine(e).c_str());
+      std::fprintf(out, "%s\n", prunesvc::client::FormatEventLine(e).c_str());
       std::fflush(out);
       return;
     }
@@ -436,11 +437,16 @@ int CmdFetch(Context& c) {
   if (c.args.size() != 1) return Usage("fetch takes one JOB");
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) return Usage("fetch needs --out=DIR");
-  absl::Status s = prunesvc::client::FetchArtifactToDir(c.client, c.args[0], out,
-                                                        TransferBar("fetch"), NoteRetry);
-  if (!s.ok()) return Fail(s);
+  auto fetched = prunesvc::client::FetchArtifactToDir(c.client, c.args[0], out,
+                                                      TransferBar("fetch"), NoteRetry);
+  if (!fetched.ok()) return Fail(fetched.status());
   if (c.json) {
-    std::printf("{\n \"jobId\": \"%s\",\n \"out\": \"%s\"\n}\n", c.args[0].c_str(), out.c_str());
+    const nlohmann::json j = {{"jobId", c.args[0]},
+                              {"artifactId", fetched->artifact_id},
+                              {"sha256", fetched->sha256},
+                              {"sizeBytes", fetched->size_bytes},
+                              {"out", out}};
+    std::printf("%s\n", j.dump(1).c_str());
   } else {
     std::printf("%s\n", out.c_str());
   }
