@@ -21,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/cli_args.h"
 #include "client/client.h"
 #include "client/job_file.h"
 #include "client/operations.h"
@@ -138,29 +139,6 @@ void PrintJson(const google::protobuf::Message& m) {
 
 bool StderrIsTty() { return isatty(STDERR_FILENO) == 1; }
 
-// Repeatable flags (--label, --state) are taken out of argv before absl parses it (absl keeps
-// only the last occurrence).
-std::map<std::string, std::vector<std::string>> ExtractRepeated(std::vector<std::string>& args) {
-  std::map<std::string, std::vector<std::string>> out;
-  std::vector<std::string> rest;
-  for (size_t i = 0; i < args.size(); ++i) {
-    bool taken = false;
-    for (const char* name : {"label", "state"}) {
-      const std::string eq = absl::StrCat("--", name, "=");
-      if (absl::StartsWith(args[i], eq)) {
-        out[name].push_back(args[i].substr(eq.size()));
-        taken = true;
-      } else if (args[i] == absl::StrCat("--", name) && i + 1 < args.size()) {
-        out[name].push_back(args[++i]);
-        taken = true;
-      }
-    }
-    if (!taken) rest.push_back(args[i]);
-  }
-  args = std::move(rest);
-  return out;
-}
-
 // A progress callback drawing a bar on stderr when it is a terminal and the transfer is large.
 prunesvc::client::ProgressFn TransferBar(const char* what) {
   if (!StderrIsTty()) return nullptr;
@@ -189,21 +167,6 @@ struct Context {
   std::set<std::string> given;  // flag names on the command line, hyphenated
   bool json;
 };
-
-// The flag names written on the command line (hyphenated), so `submit` sends only those: this
-// abseil keeps IsSpecifiedOnCommandLine private.
-std::set<std::string> GivenFlagNames(const std::vector<std::string>& args) {
-  std::set<std::string> names;
-  for (const std::string& a : args) {
-    if (a == "--") break;
-    if (!absl::StartsWith(a, "-")) continue;
-    std::string name(absl::StripPrefix(absl::StripPrefix(a, "-"), "-"));
-    name = name.substr(0, name.find('='));
-    std::replace(name.begin(), name.end(), '_', '-');
-    names.insert(name);
-  }
-  return names;
-}
 
 int CmdHealth(Context& c) {
   auto status = c.client.Health(absl::GetFlag(FLAGS_service));
@@ -457,7 +420,7 @@ int CmdFetch(Context& c) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> raw(argv, argv + argc);
-  auto repeated = ExtractRepeated(raw);
+  auto repeated = prunesvc::client::ExtractRepeatedFlags(raw, {"label", "state"});
   std::vector<char*> ptrs;
   for (auto& s : raw) ptrs.push_back(s.data());
   std::vector<std::string> args =
@@ -468,7 +431,7 @@ int main(int argc, char** argv) {
   options.stream_deadline = absl::Seconds(absl::GetFlag(FLAGS_stream_timeout));
   Client client(absl::GetFlag(FLAGS_addr), options);
   Context ctx{client, std::vector<std::string>(args.begin() + 2, args.end()), repeated,
-              GivenFlagNames(raw), absl::GetFlag(FLAGS_json)};
+              prunesvc::client::GivenFlagNames(raw), absl::GetFlag(FLAGS_json)};
   const std::map<std::string, std::function<int(Context&)>> commands = {
       {"health", CmdHealth}, {"workers", CmdWorkers}, {"upload-dataset", CmdUpload},
       {"submit", CmdSubmit}, {"watch", CmdWatch},     {"get", CmdGet},
