@@ -203,18 +203,29 @@ absl::StatusOr<pb::Job> WatchUntilTerminal(Client& client, const std::string& jo
                                            const std::function<void(const pb::JobEvent&)>& on_event,
                                            const RetryNotice& on_retry, const RetryPolicy& policy) {
   int64_t last = from_sequence;
-  bool done = false;
+  std::optional<pb::JobState> terminal;
   auto consume = [&](const pb::JobEvent& e) {
     if (e.sequence() <= last) return absl::OkStatus();  // never twice
     last = e.sequence();
     on_event(e);
-    if (e.has_state_changed() && IsTerminal(e.state_changed().to())) done = true;
+    if (e.has_state_changed() && IsTerminal(e.state_changed().to())) {
+      terminal = e.state_changed().to();
+    }
     return absl::OkStatus();
   };
   for (int attempt = 1;; ++attempt) {
     const int64_t before = last;
     absl::Status s = client.WatchJob(job_id, last, consume);
-    if (done) return client.GetJob(job_id);
+    if (terminal) {
+      // The job's final record carries error and error_code; without it, the event's state.
+      absl::StatusOr<pb::Job> job = client.GetJob(job_id);
+      if (job.ok()) return job;
+      pb::Job from_event;
+      from_event.set_job_id(job_id);
+      from_event.set_state(*terminal);
+      from_event.set_last_event_sequence(last);
+      return from_event;
+    }
     if (s.ok()) {
       // The stream ended without a terminal event after `last`: a job that ended before it, or
       // a server going away.
