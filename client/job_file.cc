@@ -195,7 +195,7 @@ absl::StatusOr<YAML::Node> LoadYaml(absl::string_view text, absl::string_view so
 absl::Status CheckJsonSyntax(absl::string_view text, absl::string_view source) {
   try {
     (void)nlohmann::json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for 1e999
     std::string what = e.what();
     if (auto p = what.find("] "); p != std::string::npos) what = what.substr(p + 2);
     return absl::InvalidArgumentError(absl::StrCat(source, ": invalid JSON: ", what));

@@ -118,6 +118,10 @@ TEST(JobFileTest, MalformedInputsNameTheLine) {
   absl::Status bad_json = ParseErr("{\"population\": 4,}", JobFileFormat::kJson, "j.json");
   EXPECT_THAT(bad_json.message(), HasSubstr("invalid JSON"));
   EXPECT_THAT(bad_json.message(), HasSubstr("line 1"));
+  // Found by job_file_fuzz: nlohmann throws out_of_range, not parse_error, on number overflow.
+  EXPECT_THAT(
+      ParseErr("{\"mutation\": 555555555555555555e555}", JobFileFormat::kJson, "j.json").message(),
+      HasSubstr("invalid JSON"));
   EXPECT_THAT(ParseErr("seed: 1\npopulation: eight\n", JobFileFormat::kYaml, "j.yaml").message(),
               StartsWith("j.yaml:2: key \"population\": expected an integer"));
   EXPECT_THAT(ParseErr("seed: -1\n", JobFileFormat::kYaml, "j.yaml").message(),
