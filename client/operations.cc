@@ -282,6 +282,22 @@ absl::Status CheckOutputDir(const std::string& out) {
   return absl::OkStatus();
 }
 
+absl::Status ClaimPartialDownload(const std::string& partial, const std::string& artifact_id,
+                                  const std::string& tar) {
+  const std::string id_path = partial + "/ARTIFACT_ID";
+  std::ifstream in(id_path);
+  std::string previous;
+  std::getline(in, previous);
+  if (previous == artifact_id) return absl::OkStatus();
+  std::error_code ec;
+  fs::remove(tar, ec);
+  std::ofstream out(id_path, std::ios::trunc);
+  out << artifact_id << "\n";
+  out.close();
+  if (!out) return absl::InternalError("cannot write " + id_path);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<FetchResult> FetchArtifactToDir(Client& client, const std::string& job_id,
                                                const std::string& out, const ProgressFn& progress,
                                                const RetryNotice& on_retry,
@@ -300,6 +316,7 @@ absl::StatusOr<FetchResult> FetchArtifactToDir(Client& client, const std::string
   if (ec) return absl::InternalError(absl::StrCat("mkdir ", partial, ": ", ec.message()));
   FetchState st;
   st.tar = partial + "/artifact.tar";
+  RETURN_IF_ERROR(ClaimPartialDownload(partial, job.artifact_id(), st.tar));
   RETURN_IF_ERROR(DownloadWithRetries(client, job.artifact_id(), st, progress, on_retry, policy));
   if (absl::Status s = VerifyDownload(st, job); !s.ok()) {
     fs::remove(st.tar, ec);  // corrupt: the next run starts over

@@ -66,6 +66,11 @@ int ExitCodeForJob(const ::prune::v1::Job& job);
 int64_t ResumeOffset(const std::string& partial_path);
 // A resumed call's info must describe an artifact at least `offset` bytes long.
 absl::Status CheckResumeInfo(int64_t offset, const ::prune::v1::ArtifactInfo& info);
+// Ties the partial download `tar` in directory `partial` to `artifact_id` (in
+// `partial`/ARTIFACT_ID): the same artifact resumes from the bytes there, another one's are
+// dropped (the offset restarts at 0).
+absl::Status ClaimPartialDownload(const std::string& partial, const std::string& artifact_id,
+                                  const std::string& tar);
 // `out` must not exist or be an empty directory (ALREADY_EXISTS otherwise).
 absl::Status CheckOutputDir(const std::string& out);
 
@@ -78,7 +83,8 @@ struct FetchResult {
 
 // GetJob → artifact_id; FetchArtifact into `out`.partial/artifact.tar (resuming by offset),
 // sha256 against the trailer (and the job's artifact_sha256), safe unpack into
-// `out`.partial/tree, MANIFEST.sha256 check, then the tree is renamed to `out` (it appears
+// `out`.partial/tree (`out`.partial/ARTIFACT_ID ties a partial download to its artifact),
+// MANIFEST.sha256 check, then the tree is renamed to `out` (it appears
 // whole or not at all) and `out`.partial removed. The partial download is kept on a transport
 // failure so a rerun resumes; a corrupt one is deleted.
 absl::StatusOr<FetchResult> FetchArtifactToDir(Client& client, const std::string& job_id,

@@ -69,6 +69,17 @@ TEST(ResumeTest, OffsetIsThePartialFilesSize) {
   EXPECT_EQ(CheckResumeInfo(1301, info).code(), absl::StatusCode::kOutOfRange);
 }
 
+TEST(ResumeTest, PartialDownloadBelongsToOneArtifact) {
+  const std::string dir = FreshDir("claim");
+  const std::string tar = dir + "/artifact.tar";
+  ASSERT_TRUE(ClaimPartialDownload(dir, "sha256:aa", tar).ok());
+  std::ofstream(tar, std::ios::binary) << std::string(500, 'x');
+  ASSERT_TRUE(ClaimPartialDownload(dir, "sha256:aa", tar).ok());
+  EXPECT_EQ(ResumeOffset(tar), 500);  // same artifact: resume
+  ASSERT_TRUE(ClaimPartialDownload(dir, "sha256:bb", tar).ok());
+  EXPECT_EQ(ResumeOffset(tar), 0);  // another artifact: start over
+}
+
 TEST(OutputDirTest, RefusesNonEmpty) {
   const std::string dir = FreshDir("out");
   EXPECT_TRUE(CheckOutputDir(dir + "/new").ok());
