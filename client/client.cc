@@ -12,8 +12,21 @@
 namespace prunesvc::client {
 namespace {
 
+namespace pb = ::prune::v1;
+
 void SetDeadline(grpc::ClientContext& ctx, absl::Duration d) {
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(d));
+}
+
+// Finishes a server stream after `consume` ran over it; a consumer error cancels the call.
+template <typename Reader>
+absl::Status FinishStream(grpc::ClientContext& ctx, Reader& reader, absl::Status consumed) {
+  if (!consumed.ok()) {
+    ctx.TryCancel();
+    (void)reader->Finish();
+    return consumed;
+  }
+  return FromGrpcStatus(reader->Finish());
 }
 
 }  // namespace
@@ -35,6 +48,7 @@ std::string ServingStatusName(ServingStatus s) {
 Client::Client(const std::string& address, ClientOptions options)
     : address_(address), options_(options) {
   channel_ = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  stub_ = pb::PruningService::NewStub(channel_);
 }
 
 absl::StatusOr<ServingStatus> Client::Health(const std::string& service) {
@@ -59,14 +73,119 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service) {
   }
 }
 
-absl::StatusOr<std::vector<prune::v1::WorkerInfo>> Client::ListWorkers() {
-  auto stub = prune::v1::PruningService::NewStub(channel_);
+absl::StatusOr<std::vector<pb::WorkerInfo>> Client::ListWorkers() {
   grpc::ClientContext ctx;
   SetDeadline(ctx, options_.deadline);
-  prune::v1::ListWorkersResponse resp;
-  grpc::Status s = stub->ListWorkers(&ctx, prune::v1::ListWorkersRequest(), &resp);
+  pb::ListWorkersResponse resp;
+  grpc::Status s = stub_->ListWorkers(&ctx, pb::ListWorkersRequest(), &resp);
   if (!s.ok()) return FromGrpcStatus(s);
-  return std::vector<prune::v1::WorkerInfo>(resp.workers().begin(), resp.workers().end());
+  return std::vector<pb::WorkerInfo>(resp.workers().begin(), resp.workers().end());
+}
+
+absl::StatusOr<pb::SubmitJobResponse> Client::SubmitJob(const pb::JobSpec& spec) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.deadline);
+  pb::SubmitJobRequest req;
+  *req.mutable_spec() = spec;
+  pb::SubmitJobResponse resp;
+  grpc::Status s = stub_->SubmitJob(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
+absl::StatusOr<pb::Job> Client::GetJob(const std::string& job_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.deadline);
+  pb::GetJobRequest req;
+  req.set_job_id(job_id);
+  pb::Job job;
+  grpc::Status s = stub_->GetJob(&ctx, req, &job);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return job;
+}
+
+absl::StatusOr<pb::ListJobsResponse> Client::ListJobs(const pb::ListJobsRequest& request) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.deadline);
+  pb::ListJobsResponse resp;
+  grpc::Status s = stub_->ListJobs(&ctx, request, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
+absl::StatusOr<pb::Job> Client::CancelJob(const std::string& job_id, const std::string& reason) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.deadline);
+  pb::CancelJobRequest req;
+  req.set_job_id(job_id);
+  req.set_reason(reason);
+  pb::Job job;
+  grpc::Status s = stub_->CancelJob(&ctx, req, &job);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return job;
+}
+
+absl::Status Client::WatchJob(const std::string& job_id, int64_t from_sequence,
+                              const std::function<absl::Status(const pb::JobEvent&)>& on_event) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.stream_deadline);
+  pb::WatchJobRequest req;
+  req.set_job_id(job_id);
+  req.set_from_sequence(from_sequence);
+  auto reader = stub_->WatchJob(&ctx, req);
+  pb::JobEvent event;
+  absl::Status consumed;
+  while (consumed.ok() && reader->Read(&event)) consumed = on_event(event);
+  return FinishStream(ctx, reader, consumed);
+}
+
+absl::StatusOr<pb::UploadDatasetResponse> Client::UploadDataset(const pb::DatasetInfo& info,
+                                                                const ChunkSource& next) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.stream_deadline);
+  pb::UploadDatasetResponse resp;
+  auto writer = stub_->UploadDataset(&ctx, &resp);
+  pb::UploadDatasetRequest req;
+  *req.mutable_info() = info;
+  bool open = writer->Write(req);
+  while (open) {
+    absl::StatusOr<std::string> chunk = next();
+    if (!chunk.ok()) {
+      ctx.TryCancel();
+      (void)writer->Finish();
+      return chunk.status();
+    }
+    if (chunk->empty()) break;
+    req.set_data(std::move(*chunk));
+    open = writer->Write(req);
+  }
+  // A failed Write means the server ended the call; Finish returns its status.
+  (void)writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
+absl::Status Client::FetchArtifact(const std::string& artifact_id, int64_t offset,
+                                   const ArtifactSink& sink) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.stream_deadline);
+  pb::FetchArtifactRequest req;
+  req.set_artifact_id(artifact_id);
+  req.set_offset(offset);
+  auto reader = stub_->FetchArtifact(&ctx, req);
+  pb::FetchArtifactResponse msg;
+  absl::Status consumed;
+  while (consumed.ok() && reader->Read(&msg)) {
+    if (msg.has_info()) {
+      consumed = sink.on_info(msg.info());
+    } else if (msg.has_trailer()) {
+      consumed = sink.on_trailer(msg.trailer());
+    } else {
+      consumed = sink.on_data(msg.data());
+    }
+  }
+  return FinishStream(ctx, reader, consumed);
 }
 
 }  // namespace prunesvc::client

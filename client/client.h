@@ -4,6 +4,8 @@
 #ifndef PRUNESVC_CLIENT_CLIENT_H_
 #define PRUNESVC_CLIENT_CLIENT_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,8 +21,22 @@ enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
 std::string ServingStatusName(ServingStatus s);
 
 struct ClientOptions {
-  absl::Duration deadline = absl::Seconds(5);
+  absl::Duration deadline = absl::Seconds(5);  // unary calls
+  // Streaming calls: one upload, one fetch attempt, one WatchJob connection (watch reconnects
+  // from the last sequence when it expires).
+  absl::Duration stream_deadline = absl::Hours(1);
 };
+
+// Where a FetchArtifact stream's messages go. Any callback's error cancels the call and is
+// returned.
+struct ArtifactSink {
+  std::function<absl::Status(const ::prune::v1::ArtifactInfo&)> on_info;
+  std::function<absl::Status(const std::string&)> on_data;
+  std::function<absl::Status(const ::prune::v1::ArtifactTrailer&)> on_trailer;
+};
+
+// The next upload chunk (<= 1 MiB); an empty string ends the upload.
+using ChunkSource = std::function<absl::StatusOr<std::string>()>;
 
 class Client {
  public:
@@ -30,7 +46,25 @@ class Client {
   // answer in time is UNAVAILABLE / DEADLINE_EXCEEDED.
   absl::StatusOr<ServingStatus> Health(const std::string& service = "");
 
-  absl::StatusOr<std::vector<prune::v1::WorkerInfo>> ListWorkers();
+  absl::StatusOr<std::vector<::prune::v1::WorkerInfo>> ListWorkers();
+
+  // PruningService's calls, one RPC each (pruning_service.proto documents them); errors are the
+  // server's status as absl::Status.
+  absl::StatusOr<::prune::v1::SubmitJobResponse> SubmitJob(const ::prune::v1::JobSpec& spec);
+  absl::StatusOr<::prune::v1::Job> GetJob(const std::string& job_id);
+  absl::StatusOr<::prune::v1::ListJobsResponse> ListJobs(
+      const ::prune::v1::ListJobsRequest& request);
+  absl::StatusOr<::prune::v1::Job> CancelJob(const std::string& job_id, const std::string& reason);
+  // One WatchJob connection: events after `from_sequence` go to `on_event` until the server
+  // ends the stream (OK) or it fails; an `on_event` error cancels the call and is returned.
+  absl::Status WatchJob(const std::string& job_id, int64_t from_sequence,
+                        const std::function<absl::Status(const ::prune::v1::JobEvent&)>& on_event);
+  // Sends `info`, then the chunks `next` yields, then waits for the response.
+  absl::StatusOr<::prune::v1::UploadDatasetResponse> UploadDataset(
+      const ::prune::v1::DatasetInfo& info, const ChunkSource& next);
+  // One FetchArtifact call from `offset`.
+  absl::Status FetchArtifact(const std::string& artifact_id, int64_t offset,
+                             const ArtifactSink& sink);
 
   const std::string& address() const { return address_; }
 
@@ -38,6 +72,7 @@ class Client {
   std::string address_;
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<::prune::v1::PruningService::Stub> stub_;
 };
 
 }  // namespace prunesvc::client

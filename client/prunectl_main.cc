@@ -1,85 +1,446 @@
 // prunectl: command-line client for prunesvc. Thin: parsing and printing only; calls go through
-// client/client.h.
+// client/client.h and the multi-call operations in client/operations.h.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/cli_args.h"
 #include "client/client.h"
+#include "client/job_file.h"
+#include "client/operations.h"
+#include "client/progress.h"
+#include "common/cli_exit.h"
 #include "common/flags.h"
 #include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address host:port.");
 ABSL_FLAG(std::string, service, "",
           "health: the service to check (e.g. prune.v1.PruningService); empty = whole server.");
-ABSL_FLAG(double, timeout, 5.0, "Deadline for each call, seconds.");
-ABSL_FLAG(bool, json, false, "Print machine-readable JSON.");
+ABSL_FLAG(double, timeout, 5.0, "Deadline for each unary call, seconds.");
+ABSL_FLAG(double, stream_timeout, 3600.0,
+          "Deadline for one streaming call (an upload, a fetch attempt, one watch connection; "
+          "watch and fetch reconnect and resume after it), seconds.");
+ABSL_FLAG(bool, json, false, "Read commands: print one JSON object on stdout (logs on stderr).");
+// upload-dataset
+ABSL_FLAG(std::string, name, "", "upload-dataset: display name (default: the path's base name).");
+// submit: every flag is sent only when given (the server fills the documented defaults).
+ABSL_FLAG(std::string, file, "",
+          "submit: a JSON or YAML job file (JobSpec field names); flags "
+          "override its values.");
+ABSL_FLAG(std::string, model, "", "submit: model_uri: file:///abs/dir or a plain path.");
+ABSL_FLAG(std::string, dataset, "", "submit: dataset_id (sha256:<hex> from upload-dataset).");
+ABSL_FLAG(std::string, eval_dataset, "", "submit: eval_dataset_id (held-out set).");
+ABSL_FLAG(std::string, flops_budget, "", "submit: FLOPs budget in (0, 1].");
+ABSL_FLAG(std::string, granularity, "", "submit: UNSTRUCTURED | N_M | STRUCTURED.");
+ABSL_FLAG(std::string, nm, "", "submit: N:M pattern with N_M: 2:4 | 4:8.");
+ABSL_FLAG(std::string, unit, "", "submit: LAYER | LINEAR.");
+ABSL_FLAG(std::string, strategy, "", "submit: EFFICIENTLLAVA | UNIFORM | OWL | RANDOM_SEARCH.");
+ABSL_FLAG(std::string, mask_method, "", "submit: search mask: MAGNITUDE | WANDA.");
+ABSL_FLAG(std::string, final_mask_method, "",
+          "submit: artifact mask: MAGNITUDE | WANDA | "
+          "SPARSEGPT.");
+ABSL_FLAG(std::string, population, "", "submit: population, [4, 1024].");
+ABSL_FLAG(std::string, generations, "", "submit: generations, [1, 1000].");
+ABSL_FLAG(std::string, parents, "", "submit: parents, [2, population).");
+ABSL_FLAG(std::string, mutation, "", "submit: per-unit mutation probability, [0, 1].");
+ABSL_FLAG(std::string, ratio_choices, "", "submit: comma-separated ratios, each in [0, 1).");
+ABSL_FLAG(std::string, eta, "", "submit: SRM weight: auto or a number >= 0.");
+ABSL_FLAG(std::string, projector_every, "", "submit: generations between projector trainings.");
+ABSL_FLAG(std::string, projector_steps, "", "submit: Adam steps per projector training.");
+ABSL_FLAG(std::string, projector_lr, "", "submit: projector learning rate.");
+ABSL_FLAG(std::string, projector_decay, "", "submit: projector weight decay mu.");
+ABSL_FLAG(std::string, seed, "", "submit: random seed (unsigned).");
+ABSL_FLAG(std::string, priority, "", "submit: priority, [-100, 100].");
+ABSL_FLAG(std::string, request_id, "", "submit: idempotency key.");
+ABSL_FLAG(std::vector<std::string>, label, {},
+          "submit: a label k=v; list: a label filter k=v. Repeatable.");
+// watch, list, cancel, fetch
+ABSL_FLAG(int64_t, from_sequence, 0, "watch: resume after this event sequence.");
+ABSL_FLAG(std::vector<std::string>, state, {},
+          "list: a state filter (e.g. SEARCHING). "
+          "Repeatable.");
+ABSL_FLAG(int32_t, page_size, 0, "list: jobs per page (server default 50, max 500).");
+ABSL_FLAG(bool, all, false, "list: follow page tokens to the end.");
+ABSL_FLAG(std::string, reason, "", "cancel: the reason recorded with the job.");
+ABSL_FLAG(std::string, out, "", "fetch: the directory to create (must not exist or be empty).");
 
 namespace {
 
+namespace pb = ::prune::v1;
+using prunesvc::ExitCodeForStatus;
+using prunesvc::client::Client;
+
 constexpr char kUsage[] =
     "prunectl: command-line client for prunesvc.\n"
-    "Usage: prunectl COMMAND [--addr=HOST:PORT] [flags]\n"
+    "Usage: prunectl COMMAND [ARGS] [--addr=HOST:PORT] [flags]\n"
     "Commands:\n"
-    "  health    print SERVING / NOT_SERVING for a scheduler or worker; exit 0 only if SERVING\n"
-    "  workers   list the workers registered with a scheduler";
+    "  health                      SERVING / NOT_SERVING of a scheduler or worker\n"
+    "  workers [--json]            the workers registered with a scheduler\n"
+    "  upload-dataset DIR|TAR [--name=N] [--json]\n"
+    "                              upload a sample set (a directory with samples.jsonl at its\n"
+    "                              root is packed into a tar); prints the dataset id\n"
+    "  submit [--file=job.yaml|job.json] [--model=... --dataset=... --flops-budget=...] [--json]\n"
+    "                              submit a job (flags override the file); prints the job id\n"
+    "  watch JOB [--from-sequence=N] [--json]\n"
+    "                              follow a job to its end (reconnects and resumes)\n"
+    "  get JOB [--json]            one job\n"
+    "  list [--state=S]... [--label=k=v]... [--page-size=N] [--all] [--json]\n"
+    "  cancel JOB [--reason=R] [--json]\n"
+    "  fetch JOB --out=DIR [--json] download, verify (sha256, MANIFEST.sha256) and unpack the\n"
+    "                              artifact of a SUCCEEDED job (resumes after a dropped\n"
+    "                              connection and across runs)\n"
+    "Exit codes (common/cli_exit.h):\n"
+    "  0    success (watch: the job SUCCEEDED)\n"
+    "  1    other failures: server unreachable or unavailable, internal errors (health: not\n"
+    "       SERVING; watch: the job FAILED for an internal reason)\n"
+    "  2    input to fix: bad flags, job file or spec (INVALID_ARGUMENT), unknown job or dataset\n"
+    "       (NOT_FOUND), an existing --out, a corrupt download (DATA_LOSS), FAILED_PRECONDITION\n"
+    "       (watch: the job FAILED with one of these codes, e.g. an unreachable budget)\n"
+    "  130  cancelled (watch: the job was CANCELLED)";
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "prunectl: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
                std::string(s.message()).c_str());
-  return 1;
+  return ExitCodeForStatus(s);
+}
+
+// A usage error (exit 2); `full` adds the command list.
+int Usage(const std::string& why, bool full = false) {
+  std::fprintf(stderr, "prunectl: %s\n%s%s(run prunectl --help for commands, flags, exit codes)\n",
+               why.c_str(), full ? kUsage : "", full ? "\n" : "");
+  return 2;
+}
+
+void PrintJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  std::printf("%s", out.c_str());
+}
+
+bool StderrIsTty() { return isatty(STDERR_FILENO) == 1; }
+
+// A progress callback drawing a bar on stderr when it is a terminal and the transfer is large.
+prunesvc::client::ProgressFn TransferBar(const char* what) {
+  if (!StderrIsTty()) return nullptr;
+  return [what, last = absl::InfinitePast()](int64_t done, int64_t total) mutable {
+    const absl::Time now = absl::Now();
+    const bool end = total > 0 && done >= total;
+    if (total < (4 << 20) && total > 0) return;
+    if (!end && now - last < absl::Milliseconds(200)) return;
+    last = now;
+    std::fprintf(stderr, "\r\033[K%s %s%s", what,
+                 prunesvc::client::FormatTransferBar(done, total).c_str(), end ? "\n" : "");
+  };
+}
+
+void NoteRetry(const absl::Status& s, absl::Duration delay) {
+  std::fprintf(stderr, "\nprunectl: %s; retrying in %s\n", std::string(s.message()).c_str(),
+               absl::FormatDuration(delay).c_str());
+}
+
+// --- commands -----------------------------------------------------------------------------
+
+struct Context {
+  Client& client;
+  std::vector<std::string> args;  // positional, after the command
+  std::map<std::string, std::vector<std::string>> repeated;
+  std::set<std::string> given;  // flag names on the command line, hyphenated
+  bool json;
+};
+
+int CmdHealth(Context& c) {
+  auto status = c.client.Health(absl::GetFlag(FLAGS_service));
+  if (!status.ok()) {
+    std::printf("NOT_SERVING\n");
+    std::fprintf(stderr, "prunectl: %s unreachable: %s\n", c.client.address().c_str(),
+                 std::string(status.status().message()).c_str());
+    return 1;
+  }
+  std::printf("%s\n", prunesvc::client::ServingStatusName(*status).c_str());
+  return *status == prunesvc::client::ServingStatus::kServing ? 0 : 1;
+}
+
+int CmdWorkers(Context& c) {
+  auto workers = c.client.ListWorkers();
+  if (!workers.ok()) return Fail(workers.status());
+  if (c.json) {
+    pb::ListWorkersResponse resp;
+    for (const auto& w : *workers) *resp.add_workers() = w;
+    PrintJson(resp);
+    return 0;
+  }
+  std::printf("%-8s %-22s %-8s %-8s %-8s %-7s %s\n", "ID", "ADDRESS", "DEVICE", "STATE", "PID",
+              "THREADS", "METRICS");
+  for (const auto& w : *workers) {
+    std::string state = pb::WorkerState_Name(w.state());
+    if (state.rfind("WORKER_", 0) == 0) state = state.substr(7);
+    std::printf("%-8s %-22s %-8s %-8s %-8lld %-7d %d\n", w.worker_id().c_str(), w.address().c_str(),
+                w.device().c_str(), state.c_str(), static_cast<long long>(w.pid()), w.threads(),
+                w.metrics_port());
+  }
+  return 0;
+}
+
+int CmdUpload(Context& c) {
+  if (c.args.size() != 1) return Usage("upload-dataset takes one DIR or TAR");
+  auto resp = prunesvc::client::UploadDatasetPath(c.client, c.args[0], absl::GetFlag(FLAGS_name),
+                                                  TransferBar("upload"));
+  if (!resp.ok()) return Fail(resp.status());
+  if (c.json) {
+    PrintJson(*resp);
+  } else {
+    std::printf("%s\n", resp->dataset_id().c_str());
+    std::fprintf(stderr, "%d samples, %s%s\n", resp->num_samples(),
+                 prunesvc::client::FormatBytes(resp->size_bytes()).c_str(),
+                 resp->already_present() ? ", already present" : "");
+  }
+  return 0;
+}
+
+// The submit flags the user gave, in SubmitFlagFields order, labels last.
+std::vector<std::pair<std::string, std::string>> GivenSubmitFlags(const Context& c) {
+  std::vector<std::pair<std::string, std::string>> given;
+  for (const auto& [flag, field] : prunesvc::client::SubmitFlagFields()) {
+    if (flag == "label") continue;
+    std::string absl_name = flag;
+    std::replace(absl_name.begin(), absl_name.end(), '-', '_');
+    const absl::CommandLineFlag* f = absl::FindCommandLineFlag(absl_name);
+    if (f != nullptr && c.given.count(flag)) given.emplace_back(flag, f->CurrentValue());
+  }
+  auto it = c.repeated.find("label");
+  if (it != c.repeated.end()) {
+    for (const std::string& l : it->second) given.emplace_back("label", l);
+  }
+  return given;
+}
+
+absl::StatusOr<prunesvc::client::JobRequest> BuildJobRequest(const Context& c) {
+  prunesvc::client::JobRequest request;
+  const std::string file = absl::GetFlag(FLAGS_file);
+  if (!file.empty()) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return absl::InvalidArgumentError("--file: cannot read " + file);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    absl::Status s = prunesvc::client::ParseJobFile(
+        text, prunesvc::client::DetectJobFileFormat(file, text), file, request);
+    if (!s.ok()) return s;
+  }
+  absl::Status s = prunesvc::client::ApplySubmitFlags(GivenSubmitFlags(c), request);
+  if (s.ok()) s = prunesvc::client::ValidateJobRequest(request);
+  if (!s.ok()) return s;
+  return request;
+}
+
+int CmdSubmit(Context& c) {
+  if (!c.args.empty()) return Usage("submit takes no positional arguments");
+  auto request = BuildJobRequest(c);
+  if (!request.ok()) return Fail(request.status());
+  auto resp = c.client.SubmitJob(request->spec);
+  if (!resp.ok()) return Fail(resp.status());
+  if (resp->deduplicated()) {
+    std::fprintf(stderr, "prunectl: request_id matched an existing job\n");
+  }
+  if (c.json) {
+    PrintJson(resp->job());
+  } else {
+    std::printf("%s\n", resp->job().job_id().c_str());
+  }
+  return 0;
+}
+
+void PrintJobText(const pb::Job& job) {
+  std::printf("job        %s\nstate      %s\n", job.job_id().c_str(),
+              prunesvc::client::StateName(job.state()).c_str());
+  std::printf("model      %s\ndataset    %s\nbudget     %g\n", job.spec().model_uri().c_str(),
+              job.spec().dataset_id().c_str(), job.spec().flops_budget());
+  std::printf("generation %d/%d  progress %.0f%%\n", job.generation(), job.spec().generations(),
+              100 * job.progress());
+  if (job.has_best()) {
+    std::printf("best       acc %.1f%%  flops %.3f  fitness %.4f\n", 100 * job.best().accuracy(),
+                job.best().flops_ratio(), job.best().fitness());
+  }
+  if (!job.error().empty()) {
+    std::printf("error      %s: %s\n",
+                absl::StatusCodeToString(static_cast<absl::StatusCode>(job.error_code())).c_str(),
+                job.error().c_str());
+  }
+  if (!job.artifact_id().empty()) std::printf("artifact   %s\n", job.artifact_id().c_str());
+}
+
+int CmdGet(Context& c) {
+  if (c.args.size() != 1) return Usage("get takes one JOB");
+  auto job = c.client.GetJob(c.args[0]);
+  if (!job.ok()) return Fail(job.status());
+  if (c.json) {
+    PrintJson(*job);
+  } else {
+    PrintJobText(*job);
+  }
+  return 0;
+}
+
+absl::StatusOr<pb::ListJobsRequest> BuildListRequest(const Context& c) {
+  pb::ListJobsRequest req;
+  req.set_page_size(absl::GetFlag(FLAGS_page_size));
+  for (const std::string& s :
+       c.repeated.count("state") ? c.repeated.at("state") : std::vector<std::string>{}) {
+    pb::JobState state;
+    if (!pb::JobState_Parse(absl::AsciiStrToUpper(s), &state) || state == 0) {
+      return absl::InvalidArgumentError("--state: unknown state \"" + s + "\"");
+    }
+    req.add_states(state);
+  }
+  for (const std::string& l :
+       c.repeated.count("label") ? c.repeated.at("label") : std::vector<std::string>{}) {
+    auto kv = prunesvc::client::ParseLabel(l, "--label");
+    if (!kv.ok()) return kv.status();
+    (*req.mutable_labels())[kv->first] = kv->second;
+  }
+  return req;
+}
+
+int CmdList(Context& c) {
+  if (!c.args.empty()) return Usage("list takes no positional arguments");
+  auto req = BuildListRequest(c);
+  if (!req.ok()) return Fail(req.status());
+  pb::ListJobsResponse all;
+  do {
+    auto page = c.client.ListJobs(*req);
+    if (!page.ok()) return Fail(page.status());
+    for (auto& j : *page->mutable_jobs()) *all.add_jobs() = std::move(j);
+    all.set_next_page_token(page->next_page_token());
+    req->set_page_token(page->next_page_token());
+  } while (absl::GetFlag(FLAGS_all) && !req->page_token().empty());
+  if (c.json) {
+    PrintJson(all);
+    return 0;
+  }
+  std::printf("%-28s %-11s %-9s %-8s %-7s %s\n", "JOB", "STATE", "GEN", "BEST_ACC", "FLOPS",
+              "CREATED");
+  for (const auto& j : all.jobs()) {
+    std::printf(
+        "%-28s %-11s %-9s %-8s %-7s %s\n", j.job_id().c_str(),
+        prunesvc::client::StateName(j.state()).c_str(),
+        absl::StrCat(j.generation(), "/", j.spec().generations()).c_str(),
+        j.has_best() ? absl::StrFormat("%.1f%%", 100 * j.best().accuracy()).c_str() : "-",
+        j.has_best() ? absl::StrFormat("%.3f", j.best().flops_ratio()).c_str() : "-",
+        absl::FormatTime("%Y-%m-%d %H:%M:%S", prunesvc::client::TimeFromProto(j.create_time()),
+                         absl::UTCTimeZone())
+            .c_str());
+  }
+  if (!all.next_page_token().empty()) {
+    std::fprintf(stderr, "prunectl: more jobs: --all follows the pages\n");
+  }
+  return 0;
+}
+
+int CmdCancel(Context& c) {
+  if (c.args.size() != 1) return Usage("cancel takes one JOB");
+  auto job = c.client.CancelJob(c.args[0], absl::GetFlag(FLAGS_reason));
+  if (!job.ok()) return Fail(job.status());
+  if (c.json) {
+    PrintJson(*job);
+  } else {
+    std::printf("%s %s\n", job->job_id().c_str(),
+                prunesvc::client::StateName(job->state()).c_str());
+  }
+  return 0;
+}
+
+int CmdWatch(Context& c) {
+  if (c.args.size() != 1) return Usage("watch takes one JOB");
+  FILE* out = c.json ? stderr : stdout;
+  const bool tty = isatty(fileno(out)) == 1;
+  prunesvc::client::WatchProgress progress;
+  auto on_event = [&](const pb::JobEvent& e) {
+    progress.Apply(e);
+    if (!tty) {
+      std::fprintf(out, "%s\n", prunesvc::client::FormatEventLine(e).c_str());
+      std::fflush(out);
+      return;
+    }
+    if (e.has_state_changed() || e.has_log() || e.has_artifact_ready()) {
+      std::fprintf(out, "\r\033[K%s\n", prunesvc::client::FormatEventLine(e).c_str());
+    }
+    std::fprintf(out, "\r\033[K%s", progress.Line().c_str());
+    std::fflush(out);
+  };
+  auto job = prunesvc::client::WatchUntilTerminal(
+      c.client, c.args[0], absl::GetFlag(FLAGS_from_sequence), on_event, NoteRetry);
+  if (tty) std::fprintf(out, "\n");
+  if (!job.ok()) return Fail(job.status());
+  if (c.json) PrintJson(*job);
+  if (job->state() == pb::FAILED) {
+    std::fprintf(stderr, "prunectl: job FAILED: %s\n", job->error().c_str());
+  }
+  return prunesvc::client::ExitCodeForJob(*job);
+}
+
+int CmdFetch(Context& c) {
+  if (c.args.size() != 1) return Usage("fetch takes one JOB");
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty()) return Usage("fetch needs --out=DIR");
+  auto fetched = prunesvc::client::FetchArtifactToDir(c.client, c.args[0], out,
+                                                      TransferBar("fetch"), NoteRetry);
+  if (!fetched.ok()) return Fail(fetched.status());
+  if (c.json) {
+    const nlohmann::json j = {{"jobId", c.args[0]},
+                              {"artifactId", fetched->artifact_id},
+                              {"sha256", fetched->sha256},
+                              {"sizeBytes", fetched->size_bytes},
+                              {"out", out}};
+    std::printf("%s\n", j.dump(1).c_str());
+  } else {
+    std::printf("%s\n", out.c_str());
+  }
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args = prunesvc::ParseFlags(argc, argv, kUsage);
-  if (args.size() != 2) {
-    std::fprintf(stderr, "%s\n(run prunectl --help for flags)\n", kUsage);
-    return 2;
-  }
-  const std::string& command = args[1];
+  std::vector<std::string> raw(argv, argv + argc);
+  auto repeated = prunesvc::client::ExtractRepeatedFlags(raw, {"label", "state"});
+  std::vector<char*> ptrs;
+  for (auto& s : raw) ptrs.push_back(s.data());
+  std::vector<std::string> args =
+      prunesvc::ParseFlags(static_cast<int>(ptrs.size()), ptrs.data(), kUsage);
+  if (args.size() < 2) return Usage("no command", /*full=*/true);
   prunesvc::client::ClientOptions options;
   options.deadline = absl::Seconds(absl::GetFlag(FLAGS_timeout));
-  prunesvc::client::Client client(absl::GetFlag(FLAGS_addr), options);
-
-  if (command == "health") {
-    auto status = client.Health(absl::GetFlag(FLAGS_service));
-    if (!status.ok()) {
-      std::printf("NOT_SERVING\n");
-      std::fprintf(stderr, "prunectl: %s unreachable: %s\n", client.address().c_str(),
-                   std::string(status.status().message()).c_str());
-      return 1;
-    }
-    std::printf("%s\n", prunesvc::client::ServingStatusName(*status).c_str());
-    return *status == prunesvc::client::ServingStatus::kServing ? 0 : 1;
+  options.stream_deadline = absl::Seconds(absl::GetFlag(FLAGS_stream_timeout));
+  Client client(absl::GetFlag(FLAGS_addr), options);
+  Context ctx{client, std::vector<std::string>(args.begin() + 2, args.end()), repeated,
+              prunesvc::client::GivenFlagNames(raw), absl::GetFlag(FLAGS_json)};
+  const std::map<std::string, std::function<int(Context&)>> commands = {
+      {"health", CmdHealth}, {"workers", CmdWorkers}, {"upload-dataset", CmdUpload},
+      {"submit", CmdSubmit}, {"watch", CmdWatch},     {"get", CmdGet},
+      {"list", CmdList},     {"cancel", CmdCancel},   {"fetch", CmdFetch},
+  };
+  auto it = commands.find(args[1]);
+  if (it == commands.end()) return Usage("unknown command '" + args[1] + "'", /*full=*/true);
+  if (args[1] == "health" || args[1] == "workers") {
+    if (!ctx.args.empty()) return Usage(args[1] + " takes no positional arguments");
   }
-  if (command == "workers") {
-    auto workers = client.ListWorkers();
-    if (!workers.ok()) return Fail(workers.status());
-    if (absl::GetFlag(FLAGS_json)) {
-      prune::v1::ListWorkersResponse resp;
-      for (const auto& w : *workers) *resp.add_workers() = w;
-      std::string out;
-      google::protobuf::util::JsonPrintOptions opts;
-      opts.add_whitespace = true;
-      (void)google::protobuf::util::MessageToJsonString(resp, &out, opts);
-      std::printf("%s", out.c_str());
-      return 0;
-    }
-    std::printf("%-8s %-22s %-8s %-8s %-8s %-7s %s\n", "ID", "ADDRESS", "DEVICE", "STATE", "PID",
-                "THREADS", "METRICS");
-    for (const auto& w : *workers) {
-      std::string state = prune::v1::WorkerState_Name(w.state());
-      if (state.rfind("WORKER_", 0) == 0) state = state.substr(7);
-      std::printf("%-8s %-22s %-8s %-8s %-8lld %-7d %d\n", w.worker_id().c_str(),
-                  w.address().c_str(), w.device().c_str(), state.c_str(),
-                  static_cast<long long>(w.pid()), w.threads(), w.metrics_port());
-    }
-    return 0;
-  }
-  std::fprintf(stderr, "prunectl: unknown command '%s'\n%s\n", command.c_str(), kUsage);
-  return 2;
+  return it->second(ctx);
 }
