@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The README's first command: install what is missing, build, and run the main job end to end.
-#  1. the servers: a scheduler with one local worker, both checked SERVING;
-#  2. the pruning job on the bundled tiny model (models/tiny-llava-shapes): 64 search samples and
-#     1,000 held-out samples from disjoint shapes-vqa splits, an EFFICIENTLLAVA search at FLOPs
-#     budget 0.5 (prune-local, the whole search in one process), then dense vs pruned held-out
-#     accuracy, FLOPs ratio and latency ratio.
+# The README's first command: install what is missing, build, and run the main job end to end —
+# pruning as a service:
+#  1. prune-scheduler --local-workers=2 (two prune-worker processes on loopback), checked SERVING;
+#  2. 64 shapes-vqa search samples and 1,000 held-out samples (disjoint splits) uploaded with
+#     `prunectl upload-dataset`;
+#  3. an EFFICIENTLLAVA job (the default search) and, for comparison, a UNIFORM job at the same
+#     FLOPs budget submitted on the bundled tiny model (models/tiny-llava-shapes), watched to the
+#     end with `prunectl watch`, fetched with `prunectl fetch` (sha256 and manifest verified);
+#  4. each artifact evaluated with `llava-eval` on the held-out set; the summary compares dense,
+#     the search and UNIFORM.
 # Options via environment: DEMO_BUDGET (0.5), DEMO_GENERATIONS (12), DEMO_KEEP=1 keeps the work dir.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -29,60 +33,77 @@ cleanup() {
 trap cleanup EXIT
 json() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
 
-# --- 1. servers ---------------------------------------------------------------------------
-log "start prune-scheduler --local-workers=1 (logs: $work/scheduler.log)"
+# --- 1. the service ----------------------------------------------------------------------
+if [[ ! -f "$MODEL/config.json" ]]; then
+  log "models/tiny-llava-shapes is missing: nothing to prune"
+  exit 1
+fi
+log "start prune-scheduler --local-workers=2 (logs: $work/scheduler.log)"
 "$BIN/prune-scheduler" --host=127.0.0.1 --port=0 --metrics-port=0 \
-  --state-dir="$work/state" --local-workers=1 --ready-file="$work/ready.json" \
-  >"$work/scheduler.log" 2>&1 &
+  --state-dir="$work/state" --local-workers=2 --allowed-model-roots="$(dirname "$MODEL")" \
+  --ready-file="$work/ready.json" >"$work/scheduler.log" 2>&1 &
 sched_pid=$!
 for _ in $(seq 1 300); do
   [[ -s "$work/ready.json" ]] && break
   kill -0 "$sched_pid" 2>/dev/null || { cat "$work/scheduler.log"; exit 1; }
   sleep 0.1
 done
-port=$(json "$work/ready.json" 'd["port"]')
-printf 'scheduler 127.0.0.1:%s  ' "$port"
-"$BIN/prunectl" health --addr="127.0.0.1:$port"
-worker_addr=""
-for _ in $(seq 1 200); do
-  worker_addr=$("$BIN/prunectl" workers --addr="127.0.0.1:$port" --json |
-    "$PY" -c 'import json,sys; w=[x for x in json.load(sys.stdin).get("workers",[]) if x.get("state")=="WORKER_IDLE"]; print(w[0]["address"] if w else "")')
-  [[ -n "$worker_addr" ]] && break
+addr="127.0.0.1:$(json "$work/ready.json" 'd["port"]')"
+printf 'scheduler %s  ' "$addr"
+"$BIN/prunectl" health --addr="$addr"
+for _ in $(seq 1 300); do
+  n=$("$BIN/prunectl" workers --addr="$addr" --json |
+    "$PY" -c 'import json,sys; print(sum(1 for x in json.load(sys.stdin).get("workers",[]) if x.get("state")=="WORKER_IDLE"))')
+  [[ "$n" -ge 2 ]] && break
   sleep 0.1
 done
-[[ -n "$worker_addr" ]] || { echo "no worker registered"; cat "$work/scheduler.log"; exit 1; }
-printf 'worker    %s  ' "$worker_addr"
-"$BIN/prunectl" health --addr="$worker_addr"
-kill -TERM "$sched_pid"; wait "$sched_pid" || true; sched_pid=""
+[[ "$n" -ge 2 ]] || { echo "the local workers did not register"; cat "$work/scheduler.log"; exit 1; }
+echo "workers   $n idle"
 
-# --- 2. the pruning job -------------------------------------------------------------------
-if [[ ! -f "$MODEL/config.json" ]]; then
-  log "models/tiny-llava-shapes is not trained yet (issue 4): the pruning job is skipped"
-  exit 0
-fi
+# --- 2. data ------------------------------------------------------------------------------
 log "shapes-vqa: 64 search samples (split search) and 1,000 held-out samples (split eval)"
 "$BIN/shapes-vqa" --seed=1000 --split=search --count=64 --out="$work/search" 2>/dev/null
 "$BIN/shapes-vqa" --seed=2000 --split=eval --count=1000 --out="$work/heldout" 2>/dev/null
+ds=$("$BIN/prunectl" upload-dataset "$work/search" --addr="$addr")
+ev=$("$BIN/prunectl" upload-dataset "$work/heldout" --addr="$addr")
+echo "datasets  search $ds"
+echo "          held-out $ev"
 
-log "dense model on the held-out set"
+# --- 3. the jobs --------------------------------------------------------------------------
+submit() {
+  "$BIN/prunectl" submit --addr="$addr" --model="$MODEL" --dataset="$ds" --eval-dataset="$ev" \
+    --flops-budget="$BUDGET" --seed=0 "$@"
+}
+job=$(submit --generations="$GENERATIONS" --label=demo=search)
+uniform=$(submit --strategy=UNIFORM --label=demo=uniform)
+log "job $job: EFFICIENTLLAVA search (defaults) at FLOPs budget $BUDGET; job $uniform: UNIFORM"
+"$BIN/prunectl" watch "$job" --addr="$addr"
+"$BIN/prunectl" watch "$uniform" --addr="$addr" >/dev/null
+"$BIN/prunectl" fetch "$job" --out="$work/pruned" --addr="$addr"
+"$BIN/prunectl" fetch "$uniform" --out="$work/uniform" --addr="$addr"
+
+# --- 4. evaluation ------------------------------------------------------------------------
+log "llava-eval on the held-out set: dense, the search's artifact, UNIFORM's artifact"
 "$BIN/llava-eval" --model="$MODEL" --samples="$work/heldout" --json >"$work/dense.json"
-
-log "prune-local: EFFICIENTLLAVA search (WANDA masks), SPARSEGPT final masks, FLOPs budget $BUDGET"
-"$BIN/prune-local" --model="$MODEL" --samples="$work/search" --eval-samples="$work/heldout" \
-  --flops-budget="$BUDGET" --generations="$GENERATIONS" --seed=0 --out="$work/pruned"
+"$BIN/llava-eval" --model="$work/pruned/model" --samples="$work/heldout" --json >"$work/pruned.json"
+"$BIN/llava-eval" --model="$work/uniform/model" --samples="$work/heldout" --json >"$work/uniform.json"
 
 log "summary (held-out accuracy on 1,000 samples the search never saw)"
-"$PY" - "$work/dense.json" "$work/pruned/report.json" <<'PYEOF'
+"$PY" - "$work" <<'PYEOF'
 import json, sys
-dense = json.load(open(sys.argv[1]))
-rep = json.load(open(sys.argv[2]))
+w = sys.argv[1]
+load = lambda n: json.load(open(f"{w}/{n}"))
+dense, pruned, uniform = load("dense.json"), load("pruned.json"), load("uniform.json")
+rep, urep = load("pruned/report.json"), load("uniform/report.json")
+print(f"{'':26}{'dense':>10}{'search':>10}{'UNIFORM':>10}")
+print(f"{'held-out accuracy':26}{dense['accuracy']:>10.3f}{pruned['accuracy']:>10.3f}"
+      f"{uniform['accuracy']:>10.3f}")
+print(f"{'FLOPs ratio':26}{1.0:>10.3f}{rep['flops_ratio']:>10.3f}{urep['flops_ratio']:>10.3f}")
 d, p = rep["dense"], rep["pruned"]
-print(f"{'':22}{'dense':>10}{'pruned':>10}")
-print(f"{'held-out accuracy':22}{dense['accuracy']:>10.3f}{rep['accuracy']:>10.3f}")
-print(f"{'FLOPs ratio':22}{1.0:>10.3f}{rep['flops_ratio']:>10.3f}")
-print(f"{'latency (ms/batch)':22}{d['latency_ms']:>10.2f}{p['latency_ms']:>10.2f}"
-      f"   ratio {p['latency_ms'] / d['latency_ms']:.3f} (unstructured zeros: no dense-kernel speed-up)")
-pol = rep["policy"]
-print("policy (ratio per unit):", " ".join(f"{u['name']}={u['ratio']:.2f}" for u in pol["units"]))
+print(f"{'latency ratio (worker)':26}{1.0:>10.3f}{p['latency_ms'] / d['latency_ms']:>10.3f}"
+      f"{urep['pruned']['latency_ms'] / urep['dense']['latency_ms']:>10.3f}"
+      "   (unstructured zeros: no dense-kernel speed-up)")
+assert abs(pruned["accuracy"] - rep["accuracy"]) < 1e-9, "llava-eval disagrees with report.json"
+print("policy (ratio per unit):", " ".join(f"{u['name']}={u['ratio']:.2f}" for u in rep["policy"]["units"]))
 print("artifact: pruned model, policy.json, report.json, MANIFEST.sha256, README.md (model card)")
 PYEOF
