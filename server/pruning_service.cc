@@ -383,9 +383,6 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
   // The torch-free loader over the spooled tar, then every image's header. Errors name the line
   // or file ("upload:samples.jsonl:3: …"); a missing image is INVALID_ARGUMENT here.
   absl::StatusOr<model::SampleSet> Validate() {
-    if (fd_ >= 0 && fsync(fd_) != 0 && errno != EINVAL) {
-      return absl::InternalError(absl::StrCat("spooling upload: ", strerror(errno)));
-    }
     absl::StatusOr<model::SampleSet> set = model::LoadSampleSet(path_);
     if (!set.ok()) {
       std::string msg = absl::StrReplaceAll(set.status().message(), {{path_, "upload"}});

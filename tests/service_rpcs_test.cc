@@ -186,8 +186,8 @@ int CountFiles(const std::string& dir) {
 int IndexedBlobs(const std::string& state) {
   const std::string out = state + "/../count.txt";
   const std::string cmd =
-      absl::StrCat(PRUNESVC_PYTHON_EXE, " -c \"import sqlite3,sys; c=sqlite3.connect('file:", state,
-                   "/jobs.db?mode=ro', uri=True); print(c.execute('select count(*) from "
+      absl::StrCat(PRUNESVC_PYTHON_EXE, " -c \"import sqlite3; c=sqlite3.connect('", state,
+                   "/jobs.db'); print(c.execute('select count(*) from "
                    "blobs').fetchone()[0])\" > ",
                    out);
   if (RunShell(cmd) != 0) return -1;
