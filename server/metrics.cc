@@ -48,6 +48,11 @@ SchedulerMetrics::SchedulerMetrics() : registry(std::make_shared<prometheus::Reg
                            .Help("Bytes read out of the blob store (FetchArtifact, FetchBlob).")
                            .Register(*registry)
                            .Add({});
+  watch_resyncs = &prometheus::BuildCounter()
+                       .Name("prunesvc_watch_resyncs_total")
+                       .Help("WatchJob streams that fell behind and re-read the job store.")
+                       .Register(*registry)
+                       .Add({});
 }
 
 std::vector<prometheus::MetricFamily> JobsCollector::Collect() const {

@@ -41,6 +41,9 @@ struct SchedulerMetrics {
   // store (UploadDataset, PutBlob; FetchArtifact, FetchBlob).
   prometheus::Counter* blob_bytes_stored;
   prometheus::Counter* blob_bytes_served;
+  // prunesvc_watch_resyncs_total: a WatchJob client fell more than the backlog behind (or saw a
+  // gap) and re-read the store.
+  prometheus::Counter* watch_resyncs;
 };
 
 // prunesvc_jobs{state="queued|preparing|searching|finalizing|succeeded|failed|cancelled"}, from

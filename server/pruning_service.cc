@@ -115,6 +115,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
       if (finished_) return;
       if (static_cast<int>(live_.size()) >= max_backlog_) {
         live_.clear();
+        if (!need_read_) deps_.metrics->watch_resyncs->Increment();
         need_read_ = true;  // the store has every event: catch up from there
       } else {
         live_.push_back(e);
@@ -184,6 +185,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
     if (live_.empty()) return false;
     if (live_.front().sequence() != last_seq_ + 1) {
       live_.clear();
+      deps_.metrics->watch_resyncs->Increment();
       need_read_ = true;
       return false;
     }
