@@ -501,6 +501,7 @@ TEST_F(ServiceRpcsTest, CancelIsIdempotentAndWatchEndsAfterTheTerminalEvent) {
   EXPECT_TRUE(none_left.events.empty());
 
   EXPECT_EQ(Watch(api(), "job-nope", 0).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Watch(api(), job.job_id(), -1).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ServiceRpcsTest, TwentyWatchersSeeTheLiveCancelInOrder) {
@@ -611,6 +612,29 @@ TEST_F(ServiceRpcsTest, PutBlobThenFetchArtifactResumesByOffset) {
   };
   EXPECT_TRUE(fetch_blob(*dataset_) == ReadFile(*work_ + "/search.tar"));
   EXPECT_TRUE(fetch_blob(id) == bytes);
+
+  // Anything but a tar (TrainProjector's weights) is indexed as a projector: a worker can fetch
+  // it, a client cannot fetch it as an artifact.
+  const std::string projector = RandomBytes(70000, 3);
+  const std::string projector_id = "sha256:" + Sha256Hex(projector);
+  auto [sp, rp] = put(projector_id, projector);
+  ASSERT_TRUE(sp.ok()) << sp.error_message();
+  EXPECT_TRUE(fetch_blob(projector_id) == projector);
+  EXPECT_EQ(FetchArtifact(api(), projector_id, 0).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  // A size that does not match what arrives stores nothing.
+  const std::string other = RandomBytes(1000, 4);
+  pb::PutBlobResponse short_resp;
+  {
+    auto ctx = Ctx();
+    auto writer = sched_->registry->PutBlob(ctx.get(), &short_resp);
+    pb::PutBlobRequest req;
+    req.set_blob_id("sha256:" + Sha256Hex(other));
+    req.set_size_bytes(2000);
+    req.set_data(other);
+    writer->Write(req);
+    writer->WritesDone();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
 
   const std::string metrics = HttpGet(sched_->metrics_port, "/metrics");
   EXPECT_NE(metrics.find("prunesvc_blob_bytes_served_total"), std::string::npos);
