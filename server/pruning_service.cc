@@ -258,9 +258,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
 // Nothing reaches the blob store or the index unless the whole dataset is valid.
 class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequest> {
  public:
-  UploadReactor(const PruningServiceDeps& deps, const PruningServiceOptions& options,
-                std::string tenant, pb::UploadDatasetResponse* resp)
-      : deps_(deps), options_(options), tenant_(std::move(tenant)), resp_(resp) {
+  UploadReactor(grpc::CallbackServerContext* ctx, const PruningServiceDeps& deps,
+                const PruningServiceOptions& options, std::string tenant,
+                pb::UploadDatasetResponse* resp)
+      : ctx_(ctx), deps_(deps), options_(options), tenant_(std::move(tenant)), resp_(resp) {
     StartRead(&req_);
   }
   ~UploadReactor() override {
@@ -269,8 +270,13 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
-      deps_.pool->Schedule([this] { Finish(ToGrpcStatus(Count(Complete()))); });
+    if (!ok && ctx_->IsCancelled()) {
+      deps_.metrics->uploads_error->Increment();
+      return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
+    }
+    if (!ok) {  // the client is done: validate and store off the reactor thread
+      ThreadPool* pool = deps_.upload_pool != nullptr ? deps_.upload_pool : deps_.pool;
+      pool->Schedule([this] { Finish(ToGrpcStatus(Count(Complete()))); });
       return;
     }
     absl::Status s = Accept();
@@ -421,6 +427,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     return r;
   }
 
+  grpc::CallbackServerContext* const ctx_;
   const PruningServiceDeps deps_;
   const PruningServiceOptions& options_;
   const std::string tenant_;
@@ -658,7 +665,7 @@ grpc::ServerWriteReactor<pb::JobEvent>* PruningServiceImpl::WatchJob(
 
 grpc::ServerReadReactor<pb::UploadDatasetRequest>* PruningServiceImpl::UploadDataset(
     grpc::CallbackServerContext* ctx, pb::UploadDatasetResponse* resp) {
-  return new UploadReactor(deps_, options_, TenantOf(ctx), resp);
+  return new UploadReactor(ctx, deps_, options_, TenantOf(ctx), resp);
 }
 
 grpc::ServerWriteReactor<pb::FetchArtifactResponse>* PruningServiceImpl::FetchArtifact(

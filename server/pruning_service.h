@@ -57,7 +57,10 @@ struct PruningServiceDeps {
   JobStore* store = nullptr;
   BlobStore* blobs = nullptr;
   EventHub* hub = nullptr;
-  ThreadPool* pool = nullptr;
+  ThreadPool* pool = nullptr;  // job RPCs, watch replays, artifact reads
+  // Dataset validation and storing (seconds for a large set), so that uploads never hold up
+  // the job RPCs; nullptr = `pool`.
+  ThreadPool* upload_pool = nullptr;
   WorkerTable* workers = nullptr;
   SchedulerMetrics* metrics = nullptr;
 };

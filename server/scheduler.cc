@@ -114,6 +114,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   ASSIGN_OR_RETURN(s->blobs_, FileBlobStore::Create(blob_options));
   s->hub_ = std::make_unique<EventHub>();
   s->pool_ = std::make_unique<ThreadPool>(std::max(1, options.service_threads));
+  s->upload_pool_ = std::make_unique<ThreadPool>(2);
 
   s->metrics_ = std::make_unique<SchedulerMetrics>();
   s->table_ = std::make_unique<WorkerTable>(options.workers, RealClock::Get());
@@ -124,6 +125,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   deps.blobs = s->blobs_.get();
   deps.hub = s->hub_.get();
   deps.pool = s->pool_.get();
+  deps.upload_pool = s->upload_pool_.get();
   deps.workers = s->table_.get();
   deps.metrics = s->metrics_.get();
   s->pruning_service_ = std::make_unique<PruningServiceImpl>(deps, std::move(service_options));

@@ -73,6 +73,7 @@ class Scheduler {
   std::unique_ptr<BlobStore> blobs_;
   std::unique_ptr<EventHub> hub_;
   std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<ThreadPool> upload_pool_;
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<PruningServiceImpl> pruning_service_;
   std::unique_ptr<grpc::Server> server_;
