@@ -193,6 +193,21 @@ TEST_F(WatchJobTest, ManyLiveWatchersThenATerminalJobReplaysAndEnds) {
   }
 }
 
+TEST_F(WatchJobTest, ShutdownEndsAnIdleWatcher) {
+  const std::string job = NewJob();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  pb::WatchJobRequest req;
+  req.set_job_id(job);
+  auto reader = stub_->WatchJob(&ctx, req);
+  pb::JobEvent e;
+  ASSERT_TRUE(reader->Read(&e));  // replayed; now idle, waiting for live events
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  while (reader->Read(&e)) {
+  }
+  EXPECT_FALSE(reader->Finish().ok());
+}
+
 TEST_F(WatchJobTest, SubmitAndCancelReachTheRunnerAfterTheStore) {
   RecordingRunner runner(store_.get());
   service_->SetJobRunner(&runner);
