@@ -21,6 +21,60 @@ SchedulerMetrics::SchedulerMetrics() : registry(std::make_shared<prometheus::Reg
                                .Help("Local worker processes restarted after they exited.")
                                .Register(*registry)
                                .Add({});
+  auto& submissions = prometheus::BuildCounter()
+                          .Name("prunesvc_submissions_total")
+                          .Help("SubmitJob calls by outcome.")
+                          .Register(*registry);
+  submissions_accepted = &submissions.Add({{"outcome", "accepted"}});
+  submissions_deduplicated = &submissions.Add({{"outcome", "deduplicated"}});
+  submissions_invalid = &submissions.Add({{"outcome", "invalid"}});
+  submissions_error = &submissions.Add({{"outcome", "error"}});
+  auto& uploads = prometheus::BuildCounter()
+                      .Name("prunesvc_uploads_total")
+                      .Help("UploadDataset calls by outcome.")
+                      .Register(*registry);
+  uploads_stored = &uploads.Add({{"outcome", "stored"}});
+  uploads_already_present = &uploads.Add({{"outcome", "already_present"}});
+  uploads_invalid = &uploads.Add({{"outcome", "invalid"}});
+  uploads_too_large = &uploads.Add({{"outcome", "too_large"}});
+  uploads_error = &uploads.Add({{"outcome", "error"}});
+  blob_bytes_stored = &prometheus::BuildCounter()
+                           .Name("prunesvc_blob_bytes_stored_total")
+                           .Help("Bytes written into the blob store (uploads and PutBlob).")
+                           .Register(*registry)
+                           .Add({});
+  blob_bytes_served = &prometheus::BuildCounter()
+                           .Name("prunesvc_blob_bytes_served_total")
+                           .Help("Bytes read out of the blob store (FetchArtifact, FetchBlob).")
+                           .Register(*registry)
+                           .Add({});
+  watch_resyncs = &prometheus::BuildCounter()
+                       .Name("prunesvc_watch_resyncs_total")
+                       .Help("WatchJob streams that fell behind and re-read the job store.")
+                       .Register(*registry)
+                       .Add({});
+}
+
+std::vector<prometheus::MetricFamily> JobsCollector::Collect() const {
+  auto counts = store_->CountJobsByState("");
+  if (!counts.ok()) return {};
+  prometheus::MetricFamily family;
+  family.name = "prunesvc_jobs";
+  family.help = "Jobs by state (all tenants).";
+  family.type = prometheus::MetricType::Gauge;
+  const std::pair<::prune::v1::JobState, const char*> states[] = {
+      {::prune::v1::QUEUED, "queued"},       {::prune::v1::PREPARING, "preparing"},
+      {::prune::v1::SEARCHING, "searching"}, {::prune::v1::FINALIZING, "finalizing"},
+      {::prune::v1::SUCCEEDED, "succeeded"}, {::prune::v1::FAILED, "failed"},
+      {::prune::v1::CANCELLED, "cancelled"}};
+  for (const auto& [state, name] : states) {
+    prometheus::ClientMetric m;
+    m.label.push_back({"state", name});
+    auto it = counts->find(state);
+    m.gauge.value = it == counts->end() ? 0 : static_cast<double>(it->second);
+    family.metric.push_back(std::move(m));
+  }
+  return {family};
 }
 
 std::vector<prometheus::MetricFamily> WorkersCollector::Collect() const {

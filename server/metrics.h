@@ -14,6 +14,7 @@
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "server/job_store.h"
 #include "server/worker_table.h"
 
 namespace prunesvc::server {
@@ -24,6 +25,36 @@ struct SchedulerMetrics {
   std::shared_ptr<prometheus::Registry> registry;
   prometheus::Counter* worker_registrations;
   prometheus::Counter* local_worker_restarts;
+
+  // prunesvc_submissions_total{outcome="accepted|deduplicated|invalid|error"}.
+  prometheus::Counter* submissions_accepted;
+  prometheus::Counter* submissions_deduplicated;
+  prometheus::Counter* submissions_invalid;
+  prometheus::Counter* submissions_error;
+  // prunesvc_uploads_total{outcome="stored|already_present|invalid|too_large|error"}.
+  prometheus::Counter* uploads_stored;
+  prometheus::Counter* uploads_already_present;
+  prometheus::Counter* uploads_invalid;
+  prometheus::Counter* uploads_too_large;
+  prometheus::Counter* uploads_error;
+  // prunesvc_blob_bytes_stored_total / _served_total: bytes written into / read out of the blob
+  // store (UploadDataset, PutBlob; FetchArtifact, FetchBlob).
+  prometheus::Counter* blob_bytes_stored;
+  prometheus::Counter* blob_bytes_served;
+  // prunesvc_watch_resyncs_total: a WatchJob client fell more than the backlog behind (or saw a
+  // gap) and re-read the store.
+  prometheus::Counter* watch_resyncs;
+};
+
+// prunesvc_jobs{state="queued|preparing|searching|finalizing|succeeded|failed|cancelled"}, from
+// JobStore::CountJobsByState when scraped (all tenants). A store error yields no samples.
+class JobsCollector : public prometheus::Collectable {
+ public:
+  explicit JobsCollector(JobStore* store) : store_(store) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  JobStore* const store_;
 };
 
 // prunesvc_workers{state="idle|busy|lost|draining"}, computed when scraped.

@@ -1,9 +1,12 @@
 #include "server/scheduler.h"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +22,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/sqlite_job_store.h"
 
 namespace prunesvc::server {
 namespace {
@@ -44,7 +48,41 @@ absl::StatusOr<int> LockStateDir(const std::string& dir) {
   return fd;
 }
 
+// Realpaths of the roots; a root that does not resolve is an error naming it.
+absl::StatusOr<std::vector<std::string>> ResolveRoots(const std::vector<std::string>& roots) {
+  std::vector<std::string> out;
+  for (const std::string& root : roots) {
+    if (root.empty()) continue;
+    char resolved[PATH_MAX];
+    if (realpath(root.c_str(), resolved) == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--allowed-model-roots: cannot resolve ", root, ": ", strerror(errno)));
+    }
+    out.emplace_back(resolved);
+  }
+  return out;
+}
+
+// STATE_DIR/uploads holds uploads being validated; leftovers of a crash are removed.
+absl::StatusOr<std::string> PrepareUploadDir(const std::string& state_dir) {
+  const std::string dir = state_dir + "/uploads";
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  }
+  return dir;
+}
+
 }  // namespace
+
+absl::Status Scheduler::SetJobRunner(JobRunner* runner) {
+  pruning_service_->SetJobRunner(runner);
+  ASSIGN_OR_RETURN(std::vector<prune::v1::Job> jobs, store_->ListNonTerminalJobs());
+  for (const prune::v1::Job& job : jobs) pruning_service_->runner()->Enqueue(job.job_id());
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOptions& options) {
   if (options.state_dir.empty()) {
@@ -57,10 +95,40 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   s->options_ = options;
   ASSIGN_OR_RETURN(s->lock_fd_, LockStateDir(options.state_dir));
 
+  if (options.max_upload_bytes <= 0) {
+    return absl::InvalidArgumentError("--max-upload-bytes must be positive");
+  }
+  PruningServiceOptions service_options;
+  ASSIGN_OR_RETURN(service_options.allowed_model_roots, ResolveRoots(options.allowed_model_roots));
+  if (service_options.allowed_model_roots.empty()) {
+    spdlog::warn("no --allowed-model-roots: every SubmitJob will be refused");
+  }
+  service_options.max_upload_bytes = options.max_upload_bytes;
+  ASSIGN_OR_RETURN(service_options.upload_dir, PrepareUploadDir(options.state_dir));
+
+  SqliteJobStoreOptions store_options;
+  store_options.state_dir = options.state_dir;
+  ASSIGN_OR_RETURN(s->store_, SqliteJobStore::Create(store_options));
+  FileBlobStoreOptions blob_options;
+  blob_options.root = options.state_dir + "/blobs";
+  ASSIGN_OR_RETURN(s->blobs_, FileBlobStore::Create(blob_options));
+  s->hub_ = std::make_unique<EventHub>();
+  s->pool_ = std::make_unique<ThreadPool>(std::max(1, options.service_threads));
+  s->upload_pool_ = std::make_unique<ThreadPool>(2);
+
   s->metrics_ = std::make_unique<SchedulerMetrics>();
   s->table_ = std::make_unique<WorkerTable>(options.workers, RealClock::Get());
-  s->registry_service_ = std::make_unique<RegistryService>(s->table_.get(), s->metrics_.get());
-  s->pruning_service_ = std::make_unique<PruningServiceImpl>(s->table_.get());
+  s->registry_service_ = std::make_unique<RegistryService>(
+      s->table_.get(), s->metrics_.get(), s->store_.get(), s->blobs_.get(), s->pool_.get());
+  PruningServiceDeps deps;
+  deps.store = s->store_.get();
+  deps.blobs = s->blobs_.get();
+  deps.hub = s->hub_.get();
+  deps.pool = s->pool_.get();
+  deps.upload_pool = s->upload_pool_.get();
+  deps.workers = s->table_.get();
+  deps.metrics = s->metrics_.get();
+  s->pruning_service_ = std::make_unique<PruningServiceImpl>(deps, std::move(service_options));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -79,6 +147,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   if (options.metrics_port >= 0) {
     // The exposer holds weak pointers: the scheduler owns the collectables.
     s->collectables_ = {s->metrics_->registry, std::make_shared<WorkersCollector>(s->table_.get()),
+                        std::make_shared<JobsCollector>(s->store_.get()),
                         std::make_shared<ProcessCollector>()};
     ASSIGN_OR_RETURN(
         s->exposer_,

@@ -1,6 +1,8 @@
 // The prune-scheduler process: owns the gRPC server (PruningService, WorkerRegistry, health,
-// reflection), the worker table, metrics and the --local-workers supervisor. main() only parses
-// flags and calls Create → Wait. Thread-safe.
+// reflection), the job store (STATE_DIR/jobs.db), the blob store (STATE_DIR/blobs), the event
+// hub, the worker table, metrics and the --local-workers supervisor. main() only parses flags and
+// calls Create → Wait. Jobs stay QUEUED until a JobRunner (the dispatcher) is set.
+// Thread-safe.
 #ifndef PRUNESVC_SERVER_SCHEDULER_H_
 #define PRUNESVC_SERVER_SCHEDULER_H_
 
@@ -12,9 +14,15 @@
 #include "common/subprocess.h"
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
+#include "server/blob_store.h"
+#include "server/event_hub.h"
+#include "server/job_runner.h"
+#include "server/job_store.h"
 #include "server/local_workers.h"
 #include "server/metrics.h"
-#include "server/services.h"
+#include "server/pruning_service.h"
+#include "server/registry_service.h"
+#include "server/thread_pool.h"
 #include "server/worker_table.h"
 
 namespace prunesvc::server {
@@ -29,6 +37,11 @@ struct SchedulerOptions {
   int worker_threads = 0;     // per local worker; 0 = cores / local_workers
   std::string log_level = "info";
   WorkerTableOptions workers;
+  // Directories a job's model may lie in (realpath'ed at start; each must exist). Empty = every
+  // model is refused.
+  std::vector<std::string> allowed_model_roots;
+  int64_t max_upload_bytes = kDefaultMaxUploadBytes;
+  int service_threads = 4;  // the pool for blocking service work (SQLite, validation)
 };
 
 class Scheduler {
@@ -38,6 +51,12 @@ class Scheduler {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  JobStore* store() const { return store_.get(); }
+  BlobStore* blobs() const { return blobs_.get(); }
+  EventHub* hub() const { return hub_.get(); }
+  // Hands jobs to `runner` (nullptr = the no-op runner) and enqueues every non-terminal job.
+  // `runner` must outlive the scheduler's server (call Shutdown before destroying it).
+  absl::Status SetJobRunner(JobRunner* runner);
   // Marks NOT_SERVING, stops local workers, drains RPCs (up to `grace`), stops the server.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
@@ -50,6 +69,11 @@ class Scheduler {
   int metrics_port_ = -1;
   std::unique_ptr<SchedulerMetrics> metrics_;
   std::unique_ptr<WorkerTable> table_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<BlobStore> blobs_;
+  std::unique_ptr<EventHub> hub_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<ThreadPool> upload_pool_;
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<PruningServiceImpl> pruning_service_;
   std::unique_ptr<grpc::Server> server_;

@@ -1,5 +1,7 @@
 // prune-scheduler: the control plane. See DESIGN.md §1 and `prune-scheduler --help`.
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "common/flags.h"
@@ -19,6 +21,11 @@ ABSL_FLAG(std::string, worker_binary, "",
 ABSL_FLAG(int, worker_threads, 0, "Threads per local worker; 0 = cores / --local-workers.");
 ABSL_FLAG(std::string, ready_file, "",
           "When set, write {\"port\":..,\"metrics_port\":..,\"pid\":..} here once serving.");
+ABSL_FLAG(std::vector<std::string>, allowed_model_roots, {},
+          "Comma-separated directories a job's model_uri (file://) must lie under (realpath'ed "
+          "at start; each must exist). None = every job is refused.");
+ABSL_FLAG(int64_t, max_upload_bytes, prunesvc::server::kDefaultMaxUploadBytes,
+          "Largest accepted UploadDataset (bytes); larger uploads get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
@@ -38,6 +45,8 @@ int main(int argc, char** argv) {
   options.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.log_level = absl::GetFlag(FLAGS_log_level);
+  options.allowed_model_roots = absl::GetFlag(FLAGS_allowed_model_roots);
+  options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
 
   auto scheduler = prunesvc::server::Scheduler::Create(options);
   if (!scheduler.ok()) {
