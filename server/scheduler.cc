@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -169,8 +170,12 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     lw.count = options.local_workers;
     const int port = s->port_;
     const std::string log_level = options.log_level;
-    lw.argv_for_slot = [binary, port, threads, log_level](int slot) {
+    const std::string roots = absl::StrJoin(options.allowed_model_roots, ",");
+    const std::string cache = options.state_dir + "/local-workers";
+    lw.argv_for_slot = [binary, port, threads, log_level, roots, cache](int slot) {
       return std::vector<std::string>{binary,
+                                      "--allowed-model-roots=" + roots,
+                                      absl::StrCat("--cache-dir=", cache, "/", slot),
                                       "--host=127.0.0.1",
                                       "--port=0",
                                       absl::StrCat("--scheduler=127.0.0.1:", port),
@@ -185,6 +190,12 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     s->local_workers_ = std::make_unique<LocalWorkers>(lw, &s->launcher_, RealClock::Get());
     RETURN_IF_ERROR(s->local_workers_->Start());
   }
+  // The dispatcher runs the jobs: every non-terminal job in the store resumes now.
+  s->connector_ = NewGrpcWorkerConnector();
+  s->dispatcher_ = std::make_unique<Dispatcher>(DispatcherOptions{}, s->store_.get(), s->hub_.get(),
+                                                s->table_.get(), s->connector_.get(),
+                                                s->metrics_->registry.get());
+  RETURN_IF_ERROR(s->SetJobRunner(s->dispatcher_.get()));
   // Per-service statuses must be set explicitly; SetServingStatus(bool) then flips them all.
   auto* health = s->server_->GetHealthCheckService();
   health->SetServingStatus(prune::v1::PruningService::service_full_name(), true);
@@ -198,6 +209,8 @@ void Scheduler::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   spdlog::info("scheduler shutting down");
   if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+  // Drivers stop where they are; their jobs stay non-terminal and resume at the next start.
+  if (dispatcher_) dispatcher_->Shutdown();
   if (local_workers_) local_workers_->Stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
   exposer_.reset();

@@ -15,6 +15,7 @@
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
 #include "server/blob_store.h"
+#include "server/dispatcher.h"
 #include "server/event_hub.h"
 #include "server/job_runner.h"
 #include "server/job_store.h"
@@ -79,6 +80,8 @@ class Scheduler {
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<WorkerConnector> connector_;
+  std::unique_ptr<Dispatcher> dispatcher_;  // runs the jobs (search drivers)
   PosixProcessLauncher launcher_;
   std::unique_ptr<LocalWorkers> local_workers_;
   bool shut_down_ = false;

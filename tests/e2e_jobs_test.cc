@@ -1,0 +1,471 @@
+// End-to-end: pruning as a service (issue 13). The real prune-scheduler with --local-workers=N
+// real prune-worker processes on loopback, driven over gRPC as a client would: UploadDataset,
+// SubmitJob, WatchJob, FetchArtifact, CancelJob. Results are compared with prune-local run on the
+// same inputs under --threads=1 (--worker-threads=1 on the service side).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/job_spec.h"
+#include "common/job_spec_proto.h"
+#include "common/sha256.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "prune/v1/pruning_service.grpc.pb.h"
+#include "tests/process_harness.h"
+
+namespace prunesvc {
+namespace {
+
+namespace fs = std::filesystem;
+namespace pb = ::prune::v1;
+using nlohmann::json;
+using testing::BinDir;
+using testing::TestProcess;
+
+std::string SourceDir() {
+  const char* v = std::getenv("PRUNESVC_SOURCE");
+  return v != nullptr && *v ? v : PRUNESVC_SOURCE_DIR;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int RunShell(const std::string& cmd) {
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+void Deadline(grpc::ClientContext& ctx, int seconds = 600) {
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+// Samples shared by every test: 12 search and 6 held-out shapes-vqa samples.
+struct Data {
+  std::string work, search, eval;
+};
+const Data& TheData() {
+  static const Data* d = [] {
+    auto* d = new Data;
+    d->work = testing::MakeTempDir("e2e_jobs");
+    d->search = d->work + "/search";
+    d->eval = d->work + "/eval";
+    const std::string gen = BinDir() + "/shapes-vqa";
+    RunShell(absl::StrCat(gen, " --seed 1000 --split search --count 12 --out ", d->search, " >&2"));
+    RunShell(absl::StrCat(gen, " --seed 2000 --split eval --count 6 --out ", d->eval, " >&2"));
+    return d;
+  }();
+  return *d;
+}
+
+struct Service {
+  std::unique_ptr<TestProcess> process;
+  int port = 0, metrics_port = 0;
+  std::unique_ptr<pb::PruningService::Stub> stub;
+  std::string dir;
+};
+
+Service StartService(const std::string& name, int workers) {
+  Service s;
+  s.dir = TheData().work + "/" + name;
+  fs::create_directories(s.dir);
+  const std::string ready = s.dir + "/ready.json";
+  auto p = TestProcess::Start(
+      {BinDir() + "/prune-scheduler", "--host=127.0.0.1", "--port=0", "--metrics-port=0",
+       "--state-dir=" + s.dir + "/state", absl::StrCat("--local-workers=", workers),
+       "--worker-threads=1", "--allowed-model-roots=" + SourceDir() + "/models",
+       "--ready-file=" + ready},
+      s.dir + "/scheduler.log");
+  if (!p.ok()) return s;
+  s.process = std::make_unique<TestProcess>(std::move(*p));
+  auto j = testing::WaitForReadyFile(ready, absl::Seconds(60));
+  if (!j.ok()) return s;
+  s.port = (*j)["port"];
+  s.metrics_port = (*j)["metrics_port"];
+  s.stub = pb::PruningService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", s.port), grpc::InsecureChannelCredentials()));
+  // Wait for the workers to register.
+  testing::WaitUntil(
+      [&] {
+        grpc::ClientContext ctx;
+        Deadline(ctx, 5);
+        pb::ListWorkersResponse r;
+        return s.stub->ListWorkers(&ctx, {}, &r).ok() && r.workers_size() >= workers;
+      },
+      absl::Seconds(60));
+  return s;
+}
+
+absl::StatusOr<std::string> Upload(Service& s, const std::string& dir) {
+  const std::string tar = dir + ".tar";
+  if (RunShell(absl::StrCat("tar -C ", dir, " -cf ", tar, " .")) != 0) {
+    return absl::InternalError("tar failed");
+  }
+  const std::string bytes = ReadFile(tar);
+  grpc::ClientContext ctx;
+  Deadline(ctx, 120);
+  pb::UploadDatasetResponse resp;
+  auto writer = s.stub->UploadDataset(&ctx, &resp);
+  pb::UploadDatasetRequest info;
+  info.mutable_info()->set_name(fs::path(dir).filename().string());
+  info.mutable_info()->set_format("tar");
+  info.mutable_info()->set_size_bytes(int64_t(bytes.size()));
+  info.mutable_info()->set_sha256(Sha256Hex(bytes));
+  writer->Write(info);
+  for (size_t off = 0; off < bytes.size(); off += 1 << 20) {
+    pb::UploadDatasetRequest chunk;
+    chunk.set_data(bytes.substr(off, 1 << 20));
+    writer->Write(chunk);
+  }
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return absl::InternalError(st.error_message());
+  return resp.dataset_id();
+}
+
+// The search both sides run.
+JobSpec SmallSpec(const std::string& dataset, const std::string& eval, int population = 4) {
+  JobSpec s;
+  s.model_uri = "file://" + SourceDir() + "/models/tiny-llava-shapes";
+  s.dataset_id = dataset;
+  s.eval_dataset_id = eval;
+  s.flops_budget = 0.5;
+  s.population = population;
+  s.parents = 2;
+  s.generations = 2;
+  s.projector_every = 2;
+  s.projector_steps = 2;
+  s.seed = 5;
+  return s;
+}
+
+std::string LocalFlags(const JobSpec& s) {
+  return absl::StrCat("--flops-budget=0.5 --population=", s.population,
+                      " --parents=2 --generations=2 --projector-every=2 --projector-steps=2 "
+                      "--seed=5 --threads=1");
+}
+
+absl::StatusOr<pb::Job> Submit(Service& s, const JobSpec& spec) {
+  grpc::ClientContext ctx;
+  Deadline(ctx, 30);
+  pb::SubmitJobRequest req;
+  *req.mutable_spec() = JobSpecToProto(spec);
+  pb::SubmitJobResponse resp;
+  grpc::Status st = s.stub->SubmitJob(&ctx, req, &resp);
+  if (!st.ok()) return absl::InternalError(st.error_message());
+  return resp.job();
+}
+
+// Watches from `from` to the end; with `drop_after` > 0 the stream is cancelled after that many
+// events and the watcher reconnects from the last sequence it saw.
+std::vector<pb::JobEvent> Watch(Service& s, const std::string& job, int drop_after = 0) {
+  std::vector<pb::JobEvent> events;
+  int64_t from = 0;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 600);
+    pb::WatchJobRequest req;
+    req.set_job_id(job);
+    req.set_from_sequence(from);
+    auto reader = s.stub->WatchJob(&ctx, req);
+    pb::JobEvent e;
+    int got = 0;
+    bool terminal = false;
+    while (reader->Read(&e)) {
+      events.push_back(e);
+      from = e.sequence();
+      terminal = e.has_state_changed() &&
+                 (e.state_changed().to() == pb::SUCCEEDED || e.state_changed().to() == pb::FAILED ||
+                  e.state_changed().to() == pb::CANCELLED);
+      if (drop_after > 0 && ++got == drop_after && !terminal) {
+        ctx.TryCancel();
+        break;
+      }
+    }
+    reader->Finish();
+    if (terminal) return events;
+  }
+  return events;
+}
+
+absl::StatusOr<std::string> Fetch(Service& s, const std::string& artifact, std::string* trailer) {
+  std::string bytes;
+  // Two calls: the first stops after 1 chunk, the second resumes from its offset.
+  for (int pass = 0; pass < 2; ++pass) {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 120);
+    pb::FetchArtifactRequest req;
+    req.set_artifact_id(artifact);
+    req.set_offset(int64_t(bytes.size()));
+    auto reader = s.stub->FetchArtifact(&ctx, req);
+    pb::FetchArtifactResponse r;
+    while (reader->Read(&r)) {
+      if (r.has_data()) {
+        bytes += r.data();
+        if (pass == 0) {
+          ctx.TryCancel();
+          break;
+        }
+      }
+      if (r.has_trailer()) *trailer = r.trailer().sha256();
+    }
+    grpc::Status st = reader->Finish();
+    if (pass == 1 && !st.ok()) return absl::InternalError(st.error_message());
+  }
+  return bytes;
+}
+
+bool Untar(const std::string& bytes, const std::string& dir) {
+  std::ofstream(dir + ".tar", std::ios::binary) << bytes;
+  fs::create_directories(dir);
+  return RunShell(absl::StrCat("tar -C ", dir, " -xf ", dir, ".tar")) == 0;
+}
+
+void ExpectSameAsPruneLocal(const std::string& artifact_dir, const JobSpec& spec,
+                            const std::string& name) {
+  const Data& d = TheData();
+  const std::string local = d.work + "/local-" + name;
+  if (!fs::exists(local + "/policy.json")) {
+    ASSERT_EQ(RunShell(absl::StrCat(BinDir(), "/prune-local --model=", SourceDir(),
+                                    "/models/tiny-llava-shapes --samples=", d.search,
+                                    " --eval-samples=", d.eval, " ", LocalFlags(spec),
+                                    " --out=", local, " >", local, ".log 2>&1")),
+              0)
+        << ReadFile(local + ".log");
+  }
+  EXPECT_EQ(ReadFile(artifact_dir + "/policy.json"), ReadFile(local + "/policy.json")) << name;
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(local + "/model")) {
+    if (!e.is_regular_file()) continue;
+    const std::string rel = fs::relative(e.path(), local).string();
+    EXPECT_EQ(ReadFile(artifact_dir + "/" + rel), ReadFile(local + "/" + rel))
+        << name << " " << rel;
+    ++files;
+  }
+  EXPECT_GE(files, 5);
+  EXPECT_EQ(RunShell(absl::StrCat("cd ", artifact_dir, " && sha256sum --quiet -c MANIFEST.sha256")),
+            0);
+}
+
+double Metric(int port, const std::string& series) {
+  const std::string text = testing::HttpGet(port, "/metrics");
+  double sum = 0;
+  bool found = false;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::StartsWith(line, series)) continue;
+    const size_t space = line.rfind(' ');
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(space + 1), &v)) {
+      sum += v;
+      found = true;
+    }
+  }
+  return found ? sum : -1;
+}
+
+// A job through the whole service, compared with prune-local; `workers` local workers.
+void RunAndCompare(int workers, int population, const std::string& name) {
+  Service s = StartService(name, workers);
+  ASSERT_NE(s.stub, nullptr) << (s.process ? s.process->Log() : "");
+  auto dataset = Upload(s, TheData().search);
+  auto eval = Upload(s, TheData().eval);
+  ASSERT_TRUE(dataset.ok() && eval.ok()) << dataset.status() << eval.status();
+  const JobSpec spec = SmallSpec(*dataset, *eval, population);
+  auto job = Submit(s, spec);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::vector<pb::JobEvent> events = Watch(s, job->job_id());
+  ASSERT_FALSE(events.empty());
+  ASSERT_EQ(events.back().state_changed().to(), pb::SUCCEEDED) << s.process->Log();
+  std::string artifact, trailer;
+  for (const pb::JobEvent& e : events) {
+    if (e.has_artifact_ready()) artifact = e.artifact_ready().artifact_id();
+  }
+  ASSERT_FALSE(artifact.empty());
+  auto bytes = Fetch(s, artifact, &trailer);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  const std::string hex = Sha256Hex(*bytes);
+  EXPECT_TRUE(trailer == hex || trailer == "sha256:" + hex) << trailer;
+  const std::string dir = s.dir + "/artifact";
+  ASSERT_TRUE(Untar(*bytes, dir));
+  ExpectSameAsPruneLocal(dir, spec, absl::StrCat("pop", population));
+  EXPECT_GT(Metric(s.metrics_port, "prunesvc_steps_total"), 0);
+  std::printf("[e2e %s] %zu events, artifact %zu bytes\n", name.c_str(), events.size(),
+              bytes->size());
+}
+
+TEST(E2eJobsTest, TwoWorkersReproducePruneLocal) { RunAndCompare(2, 4, "two"); }
+TEST(E2eJobsTest, OneWorkerReproducesPruneLocal) { RunAndCompare(1, 4, "one"); }
+// Population 4 with 2 parents: 2 cache misses a generation over 3 workers.
+TEST(E2eJobsTest, MoreWorkersThanPoliciesReproducePruneLocal) { RunAndCompare(3, 4, "three"); }
+
+TEST(E2eJobsTest, WorkerKilledMidSearchJobStillSucceedsWithTheSamePolicy) {
+  Service s = StartService("kill", 2);
+  ASSERT_NE(s.stub, nullptr);
+  auto dataset = Upload(s, TheData().search);
+  auto eval = Upload(s, TheData().eval);
+  ASSERT_TRUE(dataset.ok() && eval.ok());
+  const JobSpec spec = SmallSpec(*dataset, *eval, 8);
+  auto job = Submit(s, spec);
+  ASSERT_TRUE(job.ok());
+  // Kill a worker as soon as the search is evaluating.
+  std::thread killer([&] {
+    testing::WaitUntil(
+        [&] {
+          return Metric(s.metrics_port, "prunesvc_evaluations_total") > 0 ||
+                 Metric(s.metrics_port, "prunesvc_step_queue_depth") >= 0;
+        },
+        absl::Seconds(120));
+    testing::WaitUntil(
+        [&] {
+          grpc::ClientContext ctx;
+          Deadline(ctx, 5);
+          pb::GetJobRequest req;
+          req.set_job_id(job->job_id());
+          pb::Job j;
+          return s.stub->GetJob(&ctx, req, &j).ok() && j.state() == pb::SEARCHING;
+        },
+        absl::Seconds(120));
+    grpc::ClientContext ctx;
+    Deadline(ctx, 5);
+    pb::ListWorkersResponse r;
+    if (s.stub->ListWorkers(&ctx, {}, &r).ok() && r.workers_size() > 0) {
+      kill(pid_t(r.workers(0).pid()), SIGKILL);
+    }
+  });
+  const std::vector<pb::JobEvent> events = Watch(s, job->job_id());
+  killer.join();
+  ASSERT_EQ(events.back().state_changed().to(), pb::SUCCEEDED) << s.process->Log();
+  std::string artifact, trailer;
+  for (const pb::JobEvent& e : events) {
+    if (e.has_artifact_ready()) artifact = e.artifact_ready().artifact_id();
+  }
+  auto bytes = Fetch(s, artifact, &trailer);
+  ASSERT_TRUE(bytes.ok());
+  ASSERT_TRUE(Untar(*bytes, s.dir + "/artifact"));
+  ExpectSameAsPruneLocal(s.dir + "/artifact", spec, "pop8");
+  // The kill cost a step (retried elsewhere) and the supervisor respawned the worker.
+  const double retries = Metric(s.metrics_port, "prunesvc_step_retries_total");
+  EXPECT_GE(retries, 1);
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] { return Metric(s.metrics_port, "prunesvc_local_worker_restarts_total") >= 1; },
+      absl::Seconds(60)));
+  std::printf("[e2e kill] %g step retries after the SIGKILL\n", retries);
+}
+
+TEST(E2eJobsTest, WatchersSeeEveryEventOnceAcrossReconnects) {
+  Service s = StartService("watch", 2);
+  ASSERT_NE(s.stub, nullptr);
+  auto dataset = Upload(s, TheData().search);
+  ASSERT_TRUE(dataset.ok());
+  JobSpec spec = SmallSpec(*dataset, *dataset);
+  spec.eval_dataset_id.reset();
+  auto job = Submit(s, spec);
+  ASSERT_TRUE(job.ok());
+  std::vector<std::vector<pb::JobEvent>> seen(20);
+  std::vector<std::thread> watchers;
+  for (int i = 0; i < 20; ++i) {
+    watchers.emplace_back([&, i] { seen[i] = Watch(s, job->job_id(), i == 0 ? 3 : 0); });
+  }
+  for (std::thread& t : watchers) t.join();
+  ASSERT_FALSE(seen[0].empty());
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(seen[i].size(), seen[0].size()) << i;
+    for (size_t k = 0; k < seen[i].size(); ++k) {
+      EXPECT_EQ(seen[i][k].sequence(), int64_t(k + 1)) << i;
+      EXPECT_EQ(seen[i][k].SerializeAsString(), seen[0][k].SerializeAsString()) << i;
+    }
+  }
+  EXPECT_EQ(seen[0].front().state_changed().to(), pb::QUEUED);
+  // ArtifactReady comes right before the terminal StateChanged.
+  ASSERT_GE(seen[0].size(), 2u);
+  EXPECT_TRUE(seen[0][seen[0].size() - 2].has_artifact_ready());
+  EXPECT_EQ(seen[0].back().state_changed().to(), pb::SUCCEEDED);
+}
+
+TEST(E2eJobsTest, TwoJobsShareTheWorkersAndCancelReachesIdle) {
+  Service s = StartService("share", 2);
+  ASSERT_NE(s.stub, nullptr);
+  auto dataset = Upload(s, TheData().search);
+  ASSERT_TRUE(dataset.ok());
+  JobSpec spec = SmallSpec(*dataset, *dataset);
+  spec.eval_dataset_id.reset();
+  auto a = Submit(s, spec);
+  spec.seed = 6;
+  auto b = Submit(s, spec);
+  JobSpec longer = spec;
+  longer.generations = 200;
+  longer.population = 16;
+  longer.parents = 4;
+  auto c = Submit(s, longer);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(Watch(s, a->job_id()).back().state_changed().to(), pb::SUCCEEDED);
+  EXPECT_EQ(Watch(s, b->job_id()).back().state_changed().to(), pb::SUCCEEDED);
+  // Cancel the long one while it searches.
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        grpc::ClientContext ctx;
+        Deadline(ctx, 5);
+        pb::GetJobRequest req;
+        req.set_job_id(c->job_id());
+        pb::Job j;
+        return s.stub->GetJob(&ctx, req, &j).ok() && j.state() == pb::SEARCHING &&
+               j.generation() >= 1;
+      },
+      absl::Seconds(300)));
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 30);
+    pb::CancelJobRequest req;
+    req.set_job_id(c->job_id());
+    req.set_reason("test");
+    pb::Job j;
+    ASSERT_TRUE(s.stub->CancelJob(&ctx, req, &j).ok());
+  }
+  EXPECT_EQ(Watch(s, c->job_id()).back().state_changed().to(), pb::CANCELLED);
+  // The workers go back to idle (a generous hang guard, no timing assertion).
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        grpc::ClientContext ctx;
+        Deadline(ctx, 5);
+        pb::ListWorkersResponse r;
+        if (!s.stub->ListWorkers(&ctx, {}, &r).ok() || r.workers_size() < 2) return false;
+        for (const auto& w : r.workers()) {
+          if (w.state() != pb::WORKER_IDLE) return false;
+        }
+        return true;
+      },
+      absl::Seconds(120)));
+  // Both processes' metrics moved.
+  EXPECT_GT(Metric(s.metrics_port, "prunesvc_steps_total"), 0);
+  grpc::ClientContext ctx;
+  Deadline(ctx, 5);
+  pb::ListWorkersResponse r;
+  ASSERT_TRUE(s.stub->ListWorkers(&ctx, {}, &r).ok());
+  ASSERT_GT(r.workers_size(), 0);
+  EXPECT_GT(Metric(r.workers(0).metrics_port(), "prunesvc_worker_steps_total"), 0);
+}
+
+}  // namespace
+}  // namespace prunesvc
