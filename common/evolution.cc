@@ -753,11 +753,11 @@ Policy CrossoverAndMutate(const Policy& a, const Policy& b, const SearchConfig& 
 }
 
 absl::StatusOr<double> FitnessOfUnitRatios(const PolicySpace& space, const SearchConfig& c,
-                                           std::span<const double> unit_ratios,
-                                           const EvalResult& r, double eta) {
+                                           std::span<const double> unit_ratios, const EvalResult& r,
+                                           double eta) {
   if (unit_ratios.size() != static_cast<size_t>(space.num_units())) {
-    return absl::InvalidArgumentError(absl::StrCat("expected ", space.num_units(),
-                                                   " unit ratios, got ", unit_ratios.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", space.num_units(), " unit ratios, got ", unit_ratios.size()));
   }
   if (c.estimator == Estimator::kNorm) {  // Fitness()'s expression, bit for bit
     return r.loss + eta * r.omega / std::sqrt(static_cast<double>(c.num_samples));

@@ -856,10 +856,9 @@ TEST(EstimatorSearchTest, FitnessOfUnitRatiosEqualsTheRankingsFitness) {
     if (EstimatorNeedsSampleLosses(e) && eta != 0) {
       EvalResult bare = any;
       bare.sample_losses.clear();
-      EXPECT_FALSE(
-          FitnessOfUnitRatios(space, config, *space.UnitRatios((*search)->Ranking()[0].policy),
-                              bare, eta)
-              .ok());
+      EXPECT_FALSE(FitnessOfUnitRatios(space, config,
+                                       *space.UnitRatios((*search)->Ranking()[0].policy), bare, eta)
+                       .ok());
     }
   }
 }

@@ -1,8 +1,8 @@
 #include "common/job_spec_proto.h"
 
 #include <functional>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -117,9 +117,9 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
   }
   // The estimator's names map one to one.
   const std::pair<pb::Estimator, Estimator> names[] = {{pb::NORM, Estimator::kNorm},
-                                                        {pb::UCB, Estimator::kUcb},
-                                                        {pb::SPLIT, Estimator::kSplit},
-                                                        {pb::CAPACITY, Estimator::kCapacity}};
+                                                       {pb::UCB, Estimator::kUcb},
+                                                       {pb::SPLIT, Estimator::kSplit},
+                                                       {pb::CAPACITY, Estimator::kCapacity}};
   for (const auto& [proto, native] : names) {
     pb::JobSpec p = Minimal();
     p.set_estimator(proto);

@@ -96,8 +96,7 @@ std::vector<BadCase> BadCases() {
       {"prune_vision", [](JobSpec& s) { s.prune_vision = true; }, "prune_vision"},
       {"mutation_step 1.5", [](JobSpec& s) { s.mutation_step = 1.5; }, "mutation_step"},
       {"mutation_step NaN", [](JobSpec& s) { s.mutation_step = std::nan(""); }, "mutation_step"},
-      {"slack_evaluations -1", [](JobSpec& s) { s.slack_evaluations = -1; },
-       "slack_evaluations"},
+      {"slack_evaluations -1", [](JobSpec& s) { s.slack_evaluations = -1; }, "slack_evaluations"},
       {"slack_evaluations huge", [](JobSpec& s) { s.slack_evaluations = 100001; },
        "slack_evaluations"},
       {"cv with eta",
@@ -188,8 +187,7 @@ TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
   EXPECT_EQ(d.mutation_step, plain.mutation_step);
   EXPECT_EQ(d.slack_evaluations, plain.slack_evaluations);
   EXPECT_TRUE(d.seed_unit_ratios.empty());
-  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit,
-                      Estimator::kCapacity}) {
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
     JobSpec s = Valid();
     s.estimator = e;
     s.eta_rule = search::EtaRule::kCrossValidated;

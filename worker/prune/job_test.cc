@@ -15,8 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -1063,7 +1063,8 @@ TEST(PruneLocalOwlTest, RatiosFollowOutliersAndMeetTheBudget) {
 
 // A short search at unit = layer (2 units, so OWL can seed it) with projector training at
 // generation 2, plus `extra`.
-std::vector<std::string> OptionFlags(const std::string& out, const std::vector<std::string>& extra) {
+std::vector<std::string> OptionFlags(const std::string& out,
+                                     const std::vector<std::string>& extra) {
   const std::string& w = WorkDir();
   std::vector<std::string> flags = {"--model=" + w + "/model32",
                                     "--samples=" + w + "/search",
@@ -1196,9 +1197,9 @@ TEST(PruneLocalOptionsTest, DefaultReportHasNoOptionKeys) {
   ASSERT_EQ(MainRun().code, 0) << MainRun().err;
   const json r = ReadJson(WorkDir() + "/main/report.json");
   EXPECT_FALSE(r.contains("guard"));
-  for (const char* k : {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl",
-                        "seed_unit_ratios", "repair_uniform_seed", "mutation_step",
-                        "slack_evaluations", "uniform_guard"}) {
+  for (const char* k :
+       {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl", "seed_unit_ratios",
+        "repair_uniform_seed", "mutation_step", "slack_evaluations", "uniform_guard"}) {
     EXPECT_FALSE(r["search"].contains(k)) << k;
   }
   for (const char* k : {"estimator", "eta_rule", "cv_rho", "grid"}) {
@@ -1241,9 +1242,9 @@ TEST(PruneLocalOptionsTest, BadOptionValuesExit2NamingTheFlag) {
   EXPECT_FALSE(fs::exists(WorkDir() + "/never"));
   // --help documents every flag.
   const RunResult help = RunBin("prune-local", {"--help"});
-  for (const char* flag : {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl",
-                           "repair_uniform_seed", "mutation_step", "slack_evaluations",
-                           "uniform_guard"}) {
+  for (const char* flag :
+       {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl", "repair_uniform_seed",
+        "mutation_step", "slack_evaluations", "uniform_guard"}) {
     EXPECT_TRUE(absl::StrContains(help.out + help.err, flag)) << flag;
   }
 }

@@ -20,8 +20,8 @@
 #include "absl/strings/str_format.h"
 #include "common/cli_exit.h"
 #include "common/flags.h"
-#include "common/status_macros.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "worker/model/llava_eval.h"
 #include "worker/prune/job.h"
 
@@ -180,8 +180,7 @@ absl::Status SearchOptionsFromFlags(prunesvc::prune::LocalJobSpec& spec) {
   namespace search = prunesvc::search;
   auto estimator = search::ParseEstimator(absl::GetFlag(FLAGS_estimator));
   if (!estimator.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--estimator: ", estimator.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("--estimator: ", estimator.status().message()));
   }
   spec.estimator = *estimator;
   auto rule = search::ParseEtaRule(absl::GetFlag(FLAGS_eta_rule));
@@ -294,7 +293,8 @@ int main(int argc, char** argv) {
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
       "[--estimator NORM|UCB|SPLIT|CAPACITY] [--eta-rule AUTO|CV] [--seed-with-uniform] "
       "[--seed-with-owl] [--repair-uniform-seed] [--mutation-step P] [--slack-evaluations N] "
-      "[--uniform-guard] [--projector-every N] [--projector-steps N] [--threads N] [--device cpu|cuda:N] [--dry-run] "
+      "[--uniform-guard] [--projector-every N] [--projector-steps N] [--threads N] [--device "
+      "cpu|cuda:N] [--dry-run] "
       "--out DIR");
   prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
   if (positional.size() > 1) {
