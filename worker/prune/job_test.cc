@@ -1157,7 +1157,7 @@ std::vector<OptionCase> OptionCases() {
          EXPECT_LE(r["flops_ratio"].get<double>(), 0.5);
        }},
       {"random_slack_guard",
-       {"--strategy=RANDOM_SEARCH", "--slack-evaluations=2", "--uniform-guard"},
+       {"--strategy=RANDOM_SEARCH", "--unit=linear", "--slack-evaluations=2", "--uniform-guard"},
        [](const json& r) {
          EXPECT_EQ(r["search"]["slack_evaluations"], 2);
          EXPECT_EQ(r["search"]["slack_evaluations_spent"], 2);  // exactly, for RANDOM_SEARCH
