@@ -1186,7 +1186,7 @@ TEST(PruneLocalOptionsTest, EachOptionIsDeterministicAndRecorded) {
     EXPECT_EQ(report["evaluated"], again["evaluated"]) << c.name;
     EXPECT_EQ(report["history"], again["history"]) << c.name;
     EXPECT_EQ(report["eta"], again["eta"]) << c.name;
-    EXPECT_EQ(report["guard"], again["guard"]) << c.name;
+    EXPECT_EQ(report.value("guard", json()), again.value("guard", json())) << c.name;
     SCOPED_TRACE(c.name);
     c.check(report);
   }
