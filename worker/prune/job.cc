@@ -195,6 +195,7 @@ absl::Status RunUniformGuard(const LocalJobSpec& spec, PreparedJob& job, StepCon
   ASSIGN_OR_RETURN(double fitness, search::FitnessOfUnitRatios(job.space(), search.state().config,
                                                                ratios, result, eta));
   ASSIGN_OR_RETURN(double flops, job.space().FlopsOfRatios(ratios));
+  const double flops_ratio = flops / job.space().dense_flops();
   const bool fired = fitness < best.fitness;
   fin.guard = {{"fired", fired},
                {"winner", fired ? "UNIFORM" : "search"},
@@ -214,7 +215,7 @@ absl::Status RunUniformGuard(const LocalJobSpec& spec, PreparedJob& job, StepCon
                  {"loss", result.loss},
                  {"accuracy", result.accuracy},
                  {"omega", result.omega},
-                 {"flops_ratio_nominal", flops}}}};
+                 {"flops_ratio_nominal", flops_ratio}}}};
   if (fired) fin.unit_ratios = std::move(ratios);
   return absl::OkStatus();
 }
