@@ -752,6 +752,24 @@ Policy CrossoverAndMutate(const Policy& a, const Policy& b, const SearchConfig& 
   return child;
 }
 
+absl::StatusOr<double> FitnessOfUnitRatios(const PolicySpace& space, const SearchConfig& c,
+                                           std::span<const double> unit_ratios, const EvalResult& r,
+                                           double eta) {
+  if (unit_ratios.size() != static_cast<size_t>(space.num_units())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", space.num_units(), " unit ratios, got ", unit_ratios.size()));
+  }
+  if (c.estimator == Estimator::kNorm) {  // Fitness()'s expression, bit for bit
+    return r.loss + eta * r.omega / std::sqrt(static_cast<double>(c.num_samples));
+  }
+  if (eta == 0) return r.loss;
+  const TermInputs in{.omega = r.omega,
+                      .capacity = SquaredCapacity(unit_ratios, space.units().params),
+                      .sample_losses = r.sample_losses};
+  ASSIGN_OR_RETURN(double term, EstimatorTerm(c.estimator, in, SampleOrder(c)));
+  return r.loss + eta * term;
+}
+
 int64_t NominalEvaluations(const SearchConfig& c) {
   return c.population + static_cast<int64_t>(c.generations) * (c.population - c.parents) +
          c.slack_evaluations;

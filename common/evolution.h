@@ -67,6 +67,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -173,6 +174,15 @@ int64_t NominalEvaluations(const SearchConfig& config);
 // UniformInt(choices − 1). `a` and `b` have the same size.
 Policy CrossoverAndMutate(const Policy& a, const Policy& b, const SearchConfig& c, int choices,
                           Prng& prng);
+
+// J = L̂ + η·T of an evaluation of continuous per-unit ratios (e.g. UNIFORM's solution, which
+// is off the grid), computed as the search ranks its policies: the config's estimator, sample
+// order and num_samples, and `eta` (e.g. the state's resolved η). For a grid policy's ratios it
+// equals the ranking's fitness bit for bit. `unit_ratios` needs one ratio per unit (CAPACITY);
+// UCB and SPLIT need num_samples per-sample losses in `result` (INVALID_ARGUMENT otherwise).
+absl::StatusOr<double> FitnessOfUnitRatios(const PolicySpace& space, const SearchConfig& config,
+                                           std::span<const double> unit_ratios,
+                                           const EvalResult& result, double eta);
 
 struct GenerationStats {
   int generation = 0;

@@ -833,6 +833,36 @@ TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
   }
 }
 
+// FitnessOfUnitRatios (prune-local's uniform guard scores UNIFORM's off-grid ratios with it) is
+// the ranking's fitness, bit for bit, on every ranked policy's ratios, for every estimator.
+TEST(EstimatorSearchTest, FitnessOfUnitRatiosEqualsTheRankingsFitness) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    SearchConfig config = EstimatorConfig(space, e);
+    SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
+    ev.num_samples = 16;
+    auto search = EvolutionarySearch::Create(&space, config);
+    ASSERT_TRUE(search.ok()) << search.status();
+    ASSERT_TRUE((*search)->Run(ev).ok());
+    const double eta = *(*search)->state().eta;
+    for (const ScoredPolicy& sp : (*search)->Ranking()) {
+      const std::vector<double> ratios = *space.UnitRatios(sp.policy);
+      absl::StatusOr<double> j = FitnessOfUnitRatios(space, config, ratios, sp.result, eta);
+      ASSERT_TRUE(j.ok()) << j.status();
+      EXPECT_EQ(*j, sp.fitness) << EstimatorName(e);
+    }
+    const EvalResult any = (*search)->Ranking()[0].result;
+    EXPECT_FALSE(FitnessOfUnitRatios(space, config, std::vector<double>(2, 0.1), any, eta).ok());
+    if (EstimatorNeedsSampleLosses(e) && eta != 0) {
+      EvalResult bare = any;
+      bare.sample_losses.clear();
+      EXPECT_FALSE(FitnessOfUnitRatios(space, config,
+                                       *space.UnitRatios((*search)->Ranking()[0].policy), bare, eta)
+                       .ok());
+    }
+  }
+}
+
 // CV: η is what CrossValidateEta (pinned to a brute-force reference in estimators_test) picks on
 // the first population, recorded with its ρ in generation 0 and kept for the rest.
 TEST(EstimatorSearchTest, CrossValidatedEtaOnTheFirstPopulation) {

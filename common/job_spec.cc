@@ -64,9 +64,6 @@ absl::Status ValidateCombinations(const JobSpec& s, FieldNaming naming) {
 
 absl::Status ValidateNotYetSupported(const JobSpec& s, FieldNaming naming) {
   if (s.prune_vision) return NotSupportedYet("prune_vision", naming, "pruning the vision tower");
-  if (s.estimator == Estimator::kSplit) {
-    return NotSupportedYet("estimator", naming, "the SPLIT estimator");
-  }
   if (s.rerank_top_k != 0) {
     return NotSupportedYet("rerank_top_k", naming, "re-ranking the top candidates");
   }
@@ -96,6 +93,51 @@ absl::Status ValidateSearch(const JobSpec& s, FieldNaming naming) {
   RETURN_IF_ERROR(IntInRange("projector_steps", naming, s.projector_steps, 0, kMaxProjectorSteps));
   RETURN_IF_ERROR(FiniteNonNegative("projector_lr", naming, s.projector_lr));
   return FiniteNonNegative("projector_decay", naming, s.projector_decay);
+}
+
+// The issue-14 search options: ranges, then the strategies (and unit) they apply to.
+absl::Status ValidateSearchOptions(const JobSpec& s, FieldNaming naming) {
+  if (!(s.mutation_step >= 0 && s.mutation_step <= 1)) {
+    return Invalid("mutation_step", naming,
+                   absl::StrCat("must be in [0, 1], got ", s.mutation_step));
+  }
+  RETURN_IF_ERROR(
+      IntInRange("slack_evaluations", naming, s.slack_evaluations, 0, kMaxSlackEvaluations));
+  if (s.eta_rule == search::EtaRule::kCrossValidated && s.eta.has_value()) {
+    return Invalid("eta_rule", naming, "CV chooses eta itself; leave eta unset (auto)");
+  }
+  const bool searching = s.searching();
+  const std::pair<const char*, bool> searching_only[] = {
+      {"estimator", s.estimator != Estimator::kNorm},
+      {"eta_rule", s.eta_rule != search::EtaRule::kAuto},
+      {"slack_evaluations", s.slack_evaluations != 0},
+      {"uniform_guard", s.uniform_guard}};
+  for (const auto& [field, set] : searching_only) {
+    if (set && !searching) {
+      return Invalid(field, naming,
+                     absl::StrCat("applies to a searching strategy (EFFICIENTLLAVA or "
+                                  "RANDOM_SEARCH), not ",
+                                  search::StrategyName(s.strategy)));
+    }
+  }
+  const std::pair<const char*, bool> evolution_only[] = {
+      {"seed_with_uniform", s.seed_with_uniform},
+      {"seed_with_owl", s.seed_with_owl},
+      {"repair_uniform_seed", s.repair_uniform_seed},
+      {"mutation_step", s.mutation_step != 0}};
+  for (const auto& [field, set] : evolution_only) {
+    if (set && s.strategy != search::Strategy::kEfficientLlava) {
+      return Invalid(field, naming,
+                     absl::StrCat("applies to strategy EFFICIENTLLAVA only (it shapes the "
+                                  "evolutionary population), not ",
+                                  search::StrategyName(s.strategy)));
+    }
+  }
+  if (s.seed_with_owl && s.unit != search::UnitKind::kLayer) {
+    return Invalid("seed_with_owl", naming,
+                   "needs unit LAYER: OWL's outlier ratios and ratios are per decoder layer");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ValidateScheduling(const JobSpec& s, FieldNaming naming) {
@@ -144,17 +186,6 @@ std::string_view MaskMethodName(MaskMethod method) {
   return "UNKNOWN";
 }
 
-absl::StatusOr<Estimator> ParseEstimator(absl::string_view name) {
-  if (name == "NORM") return Estimator::kNorm;
-  if (name == "SPLIT") return Estimator::kSplit;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown estimator \"", name, "\" (NORM or SPLIT)"));
-}
-
-std::string_view EstimatorName(Estimator estimator) {
-  return estimator == Estimator::kNorm ? "NORM" : "SPLIT";
-}
-
 std::string FieldName(absl::string_view proto_name, FieldNaming naming) {
   if (naming == FieldNaming::kProto) return std::string(proto_name);
   if (proto_name == "nm_pattern") return "--nm";
@@ -173,6 +204,7 @@ absl::Status JobSpec::Validate(FieldNaming naming) const {
   RETURN_IF_ERROR(ValidateCombinations(*this, naming));
   RETURN_IF_ERROR(ValidateNotYetSupported(*this, naming));
   RETURN_IF_ERROR(ValidateSearch(*this, naming));
+  RETURN_IF_ERROR(ValidateSearchOptions(*this, naming));
   return ValidateScheduling(*this, naming);
 }
 
@@ -201,6 +233,11 @@ search::SearchConfig JobSpec::ToSearchConfig(int num_samples) const {
   c.projector_every = projector_every;
   c.num_samples = num_samples;
   c.seed = seed;
+  c.estimator = estimator;
+  c.eta_rule = eta_rule;
+  c.repair_uniform_seed = repair_uniform_seed;
+  c.mutation_step = mutation_step;
+  c.slack_evaluations = slack_evaluations;
   return c;
 }
 

@@ -10,10 +10,16 @@
 // [4, 1024]; generations in [1, 1000]; parents in [2, population); mutation in [0, 1]; each ratio
 // choice in [0, 1), sorted, distinct (search::ValidateRatioChoices); eta finite ≥ 0;
 // projector_every in [0, 1000]; projector_steps in [0, 100000]; projector_lr and projector_decay
-// finite ≥ 0; priority in [-100, 100]; ≤ 32 labels; request_id ≤ 128 bytes; rerank_top_k ≥ 0.
+// finite ≥ 0; priority in [-100, 100]; ≤ 32 labels; request_id ≤ 128 bytes; rerank_top_k ≥ 0;
+// mutation_step in [0, 1]; slack_evaluations in [0, 100000].
 // Supported combinations: OWL and STRUCTURED need unit LAYER; N_M has its own unit choices (no
-// ratio_choices). Not implemented yet, and so INVALID_ARGUMENT "not supported yet" naming the
-// field: prune_vision, estimator SPLIT, rerank_top_k > 0, a SPARSEGPT search mask.
+// ratio_choices). The search options of issue 14 (evolution.h's opt-in options; all off by
+// default, and then nothing changes): estimator, eta_rule (CV needs η unset), slack_evaluations
+// and uniform_guard need a searching strategy (EFFICIENTLLAVA or RANDOM_SEARCH); seed_with_uniform,
+// seed_with_owl, repair_uniform_seed and mutation_step shape EFFICIENTLLAVA's population and need
+// that strategy; seed_with_owl needs unit LAYER (OWL's ratios are per decoder layer). Not
+// implemented yet, and so INVALID_ARGUMENT "not supported yet" naming the field: prune_vision,
+// rerank_top_k > 0, a SPARSEGPT search mask.
 //
 // Errors name the field the way the caller's user wrote it: proto field names for the API
 // (`population`), flags for prune-local (`--population`) — see FieldNaming.
@@ -45,10 +51,11 @@ enum class MaskMethod { kMagnitude, kWanda, kSparseGpt };
 absl::StatusOr<MaskMethod> ParseMaskMethod(absl::string_view name);
 std::string_view MaskMethodName(MaskMethod method);
 
-// Search-time estimator of the generalization term (proto Estimator).
-enum class Estimator { kNorm, kSplit };
-absl::StatusOr<Estimator> ParseEstimator(absl::string_view name);
-std::string_view EstimatorName(Estimator estimator);
+// Search-time estimator of the generalization term (proto Estimator): the search's own enum
+// (common/estimators.h: NORM | UCB | SPLIT | CAPACITY).
+using Estimator = search::Estimator;
+using search::EstimatorName;
+using search::ParseEstimator;
 
 // How error messages name a field.
 enum class FieldNaming {
@@ -66,6 +73,7 @@ inline constexpr int kMaxProjectorSteps = 100000;
 inline constexpr int kMaxPriority = 100;
 inline constexpr int kMaxLabels = 32;
 inline constexpr size_t kMaxRequestIdBytes = 128;
+inline constexpr int kMaxSlackEvaluations = 100000;
 
 struct JobSpec {
   // References, checked where they are resolved (the scheduler's SubmitJob, the worker): a
@@ -89,8 +97,26 @@ struct JobSpec {
   int parents = 8;
   double mutation = 0.2;
   std::vector<double> ratio_choices = search::DefaultRatioChoices();
-  std::optional<double> eta;  // nullopt = auto
+  std::optional<double> eta;  // nullopt = resolved by eta_rule
+  // The generalization term of the fitness J = L̂ + η·T (common/estimators.h).
   Estimator estimator = Estimator::kNorm;
+  // How η is resolved when `eta` is unset: AUTO (std(η·T) = std(L̂) over the first population)
+  // or CV (cross-validated on the search samples over search::DefaultEtaGrid()).
+  search::EtaRule eta_rule = search::EtaRule::kAuto;
+  // EFFICIENTLLAVA's initial population also holds UNIFORM's / OWL's continuous solution, snapped
+  // to the ratio grid and repaired into the budget band (SearchConfig::seed_unit_ratios).
+  bool seed_with_uniform = false;
+  bool seed_with_owl = false;
+  // Repair the discrete uniform seed into the budget band like every other policy.
+  bool repair_uniform_seed = false;
+  // Probability that a mutation moves one grid step instead of jumping (0 = always jump).
+  double mutation_step = 0;
+  // Evaluations the final slack step may spend lowering units into the FLOPs left under the
+  // budget (RANDOM_SEARCH: exactly this many more random policies); 0 = off.
+  int slack_evaluations = 0;
+  // Before finalizing, score UNIFORM's policy on the search samples with the same fitness and
+  // keep it if it beats the search's pick ("never worse than the baseline").
+  bool uniform_guard = false;
   int projector_every = 4;  // 0 = never
   int projector_steps = 50;
   double projector_lr = 1e-4;
@@ -112,8 +138,8 @@ struct JobSpec {
   // The final masks the artifact is pruned with: final_mask_method, or under STRUCTURED the
   // search's mask_method.
   MaskMethod EffectiveFinalMaskMethod() const;
-  // The evolutionary search's config (strategy, budget, sizes, η, projector cadence, seed);
-  // num_samples is the caller's.
+  // The evolutionary search's config (strategy, budget, sizes, η, projector cadence, seed and the
+  // opt-in options); num_samples and seed_unit_ratios (which need the model) are the caller's.
   search::SearchConfig ToSearchConfig(int num_samples) const;
 
   friend bool operator==(const JobSpec&, const JobSpec&) = default;

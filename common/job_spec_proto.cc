@@ -96,6 +96,52 @@ pb::Strategy StrategyToProto(search::Strategy s) {
   return pb::STRATEGY_UNSPECIFIED;
 }
 
+absl::StatusOr<Estimator> EstimatorFromProto(pb::Estimator e) {
+  switch (e) {
+    case pb::ESTIMATOR_UNSPECIFIED:
+    case pb::NORM:
+      return Estimator::kNorm;
+    case pb::SPLIT:
+      return Estimator::kSplit;
+    case pb::UCB:
+      return Estimator::kUcb;
+    case pb::CAPACITY:
+      return Estimator::kCapacity;
+    default:
+      return Invalid("estimator", absl::StrCat("has an unknown value ", int(e)));
+  }
+}
+
+pb::Estimator EstimatorToProto(Estimator e) {
+  switch (e) {
+    case Estimator::kNorm:
+      return pb::NORM;
+    case Estimator::kSplit:
+      return pb::SPLIT;
+    case Estimator::kUcb:
+      return pb::UCB;
+    case Estimator::kCapacity:
+      return pb::CAPACITY;
+  }
+  return pb::ESTIMATOR_UNSPECIFIED;
+}
+
+absl::StatusOr<search::EtaRule> EtaRuleFromProto(pb::EtaRule r) {
+  switch (r) {
+    case pb::ETA_RULE_UNSPECIFIED:
+    case pb::AUTO:
+      return search::EtaRule::kAuto;
+    case pb::CV:
+      return search::EtaRule::kCrossValidated;
+    default:
+      return Invalid("eta_rule", absl::StrCat("has an unknown value ", int(r)));
+  }
+}
+
+pb::EtaRule EtaRuleToProto(search::EtaRule r) {
+  return r == search::EtaRule::kCrossValidated ? pb::CV : pb::AUTO;
+}
+
 // The enum-valued fields and the granularity-dependent defaults.
 absl::Status EnumsFromProto(const pb::JobSpec& p, JobSpec& s) {
   ASSIGN_OR_RETURN(search::Granularity g, GranularityFromProto(p.granularity()));
@@ -147,17 +193,10 @@ absl::Status EnumsFromProto(const pb::JobSpec& p, JobSpec& s) {
     ASSIGN_OR_RETURN(s.strategy, StrategyFromProto(p.strategy()));
   }
   if (p.has_estimator()) {
-    switch (p.estimator()) {
-      case pb::ESTIMATOR_UNSPECIFIED:
-      case pb::NORM:
-        s.estimator = Estimator::kNorm;
-        break;
-      case pb::SPLIT:
-        s.estimator = Estimator::kSplit;
-        break;
-      default:
-        return Invalid("estimator", absl::StrCat("has an unknown value ", int(p.estimator())));
-    }
+    ASSIGN_OR_RETURN(s.estimator, EstimatorFromProto(p.estimator()));
+  }
+  if (p.has_eta_rule()) {
+    ASSIGN_OR_RETURN(s.eta_rule, EtaRuleFromProto(p.eta_rule()));
   }
   return absl::OkStatus();
 }
@@ -171,6 +210,16 @@ absl::Status EtaFromProto(const pb::JobSpec& p, JobSpec& s) {
   }
   if (p.has_eta()) s.eta = p.eta();
   return absl::OkStatus();
+}
+
+// The issue-14 search options (enums aside); ranges are JobSpec::Validate's.
+void SearchOptionsFromProto(const pb::JobSpec& p, JobSpec& s) {
+  if (p.has_seed_with_uniform()) s.seed_with_uniform = p.seed_with_uniform();
+  if (p.has_seed_with_owl()) s.seed_with_owl = p.seed_with_owl();
+  if (p.has_repair_uniform_seed()) s.repair_uniform_seed = p.repair_uniform_seed();
+  if (p.has_mutation_step()) s.mutation_step = p.mutation_step();
+  if (p.has_slack_evaluations()) s.slack_evaluations = p.slack_evaluations();
+  if (p.has_uniform_guard()) s.uniform_guard = p.uniform_guard();
 }
 
 absl::Status ReferencesFromProto(const pb::JobSpec& p, JobSpec& s) {
@@ -244,6 +293,7 @@ absl::StatusOr<JobSpec> JobSpecFromProto(const pb::JobSpec& p) {
   s.labels.insert(p.labels().begin(), p.labels().end());
   s.request_id = p.request_id();
   if (p.has_rerank_top_k()) s.rerank_top_k = p.rerank_top_k();
+  SearchOptionsFromProto(p, s);
   RETURN_IF_ERROR(s.Validate(FieldNaming::kProto));
   return s;
 }
@@ -273,7 +323,8 @@ pb::JobSpec JobSpecToProto(const JobSpec& s) {
   } else {
     p.set_eta_auto(true);
   }
-  p.set_estimator(s.estimator == Estimator::kSplit ? pb::SPLIT : pb::NORM);
+  p.set_estimator(EstimatorToProto(s.estimator));
+  p.set_eta_rule(EtaRuleToProto(s.eta_rule));
   p.set_projector_every(s.projector_every);
   p.set_projector_steps(s.projector_steps);
   p.set_projector_lr(s.projector_lr);
@@ -283,6 +334,12 @@ pb::JobSpec JobSpecToProto(const JobSpec& s) {
   p.mutable_labels()->insert(s.labels.begin(), s.labels.end());
   p.set_request_id(s.request_id);
   p.set_rerank_top_k(s.rerank_top_k);
+  p.set_seed_with_uniform(s.seed_with_uniform);
+  p.set_seed_with_owl(s.seed_with_owl);
+  p.set_repair_uniform_seed(s.repair_uniform_seed);
+  p.set_mutation_step(s.mutation_step);
+  p.set_slack_evaluations(s.slack_evaluations);
+  p.set_uniform_guard(s.uniform_guard);
   return p;
 }
 

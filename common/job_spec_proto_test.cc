@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -62,7 +63,10 @@ TEST(JobSpecProtoTest, ToProtoFillsEveryFieldAndRoundTrips) {
               full.has_projector_lr() && full.has_projector_decay() && full.has_seed() &&
               full.has_unit() && full.has_mask_method() && full.has_final_mask_method() &&
               full.has_strategy() && full.has_estimator() && full.has_prune_vision() &&
-              full.has_priority() && full.has_rerank_top_k());
+              full.has_priority() && full.has_rerank_top_k() && full.has_eta_rule() &&
+              full.has_seed_with_uniform() && full.has_seed_with_owl() &&
+              full.has_repair_uniform_seed() && full.has_mutation_step() &&
+              full.has_slack_evaluations() && full.has_uniform_guard());
   EXPECT_EQ(full.ratio_choices_size(), 9);
   auto again = JobSpecFromProto(full);
   ASSERT_TRUE(again.ok()) << again.status();
@@ -76,6 +80,58 @@ TEST(JobSpecProtoTest, ToProtoFillsEveryFieldAndRoundTrips) {
   ASSERT_TRUE(a.ok());
   EXPECT_TRUE(JobSpecToProto(*a).eta_auto());
   EXPECT_FALSE(JobSpecToProto(*a).has_eta());
+}
+
+// Every issue-14 option, set to a non-default value, survives proto → JobSpec → proto → JobSpec;
+// absent, each is the default (covered by AbsentFieldsGetTheDocumentedDefaults).
+TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
+  for (pb::Estimator e : {pb::NORM, pb::UCB, pb::SPLIT, pb::CAPACITY}) {
+    pb::JobSpec p = Minimal();
+    p.set_estimator(e);
+    p.set_eta_rule(pb::CV);
+    p.set_seed_with_uniform(true);
+    p.set_seed_with_owl(true);
+    p.set_repair_uniform_seed(true);
+    p.set_mutation_step(0.25);
+    p.set_slack_evaluations(7);
+    p.set_uniform_guard(true);
+    auto s = JobSpecFromProto(p);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->eta_rule, search::EtaRule::kCrossValidated);
+    EXPECT_TRUE(s->seed_with_uniform);
+    EXPECT_TRUE(s->seed_with_owl);
+    EXPECT_TRUE(s->repair_uniform_seed);
+    EXPECT_EQ(s->mutation_step, 0.25);
+    EXPECT_EQ(s->slack_evaluations, 7);
+    EXPECT_TRUE(s->uniform_guard);
+    const pb::JobSpec full = JobSpecToProto(*s);
+    EXPECT_EQ(full.estimator(), e);
+    EXPECT_EQ(full.eta_rule(), pb::CV);
+    EXPECT_TRUE(full.seed_with_uniform() && full.seed_with_owl() && full.repair_uniform_seed() &&
+                full.uniform_guard());
+    EXPECT_EQ(full.mutation_step(), 0.25);
+    EXPECT_EQ(full.slack_evaluations(), 7);
+    auto again = JobSpecFromProto(full);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(*again, *s);
+  }
+  // The estimator's names map one to one.
+  const std::pair<pb::Estimator, Estimator> names[] = {{pb::NORM, Estimator::kNorm},
+                                                       {pb::UCB, Estimator::kUcb},
+                                                       {pb::SPLIT, Estimator::kSplit},
+                                                       {pb::CAPACITY, Estimator::kCapacity}};
+  for (const auto& [proto, native] : names) {
+    pb::JobSpec p = Minimal();
+    p.set_estimator(proto);
+    ASSERT_EQ(JobSpecFromProto(p)->estimator, native);
+  }
+  // Defaults are written explicitly, as AUTO / false / 0.
+  const pb::JobSpec d = JobSpecToProto(*JobSpecFromProto(Minimal()));
+  EXPECT_EQ(d.eta_rule(), pb::AUTO);
+  EXPECT_FALSE(d.seed_with_uniform() || d.seed_with_owl() || d.repair_uniform_seed() ||
+               d.uniform_guard());
+  EXPECT_EQ(d.mutation_step(), 0);
+  EXPECT_EQ(d.slack_evaluations(), 0);
 }
 
 struct BadCase {
@@ -133,7 +189,50 @@ TEST(JobSpecProtoTest, EveryInvalidFieldIsNamed) {
        "eta"},
       {"eta_auto false alone", [](pb::JobSpec& p) { p.set_eta_auto(false); }, "eta_auto"},
       {"eta negative", [](pb::JobSpec& p) { p.set_eta(-2); }, "eta"},
-      {"estimator SPLIT", [](pb::JobSpec& p) { p.set_estimator(pb::SPLIT); }, "estimator"},
+      {"estimator 9", [](pb::JobSpec& p) { p.set_estimator(pb::Estimator(9)); }, "estimator"},
+      {"estimator with UNIFORM",
+       [](pb::JobSpec& p) {
+         p.set_strategy(pb::UNIFORM);
+         p.set_estimator(pb::UCB);
+       },
+       "estimator"},
+      {"eta_rule 5", [](pb::JobSpec& p) { p.set_eta_rule(pb::EtaRule(5)); }, "eta_rule"},
+      {"eta_rule CV with eta",
+       [](pb::JobSpec& p) {
+         p.set_eta_rule(pb::CV);
+         p.set_eta(1);
+       },
+       "eta_rule"},
+      {"mutation_step 2", [](pb::JobSpec& p) { p.set_mutation_step(2); }, "mutation_step"},
+      {"mutation_step -0.5", [](pb::JobSpec& p) { p.set_mutation_step(-0.5); }, "mutation_step"},
+      {"slack_evaluations -1", [](pb::JobSpec& p) { p.set_slack_evaluations(-1); },
+       "slack_evaluations"},
+      {"slack_evaluations huge", [](pb::JobSpec& p) { p.set_slack_evaluations(1 << 30); },
+       "slack_evaluations"},
+      {"seed_with_uniform RANDOM_SEARCH",
+       [](pb::JobSpec& p) {
+         p.set_strategy(pb::RANDOM_SEARCH);
+         p.set_seed_with_uniform(true);
+       },
+       "seed_with_uniform"},
+      {"seed_with_owl LINEAR",
+       [](pb::JobSpec& p) {
+         p.set_unit(pb::LINEAR);
+         p.set_seed_with_owl(true);
+       },
+       "seed_with_owl"},
+      {"repair_uniform_seed OWL",
+       [](pb::JobSpec& p) {
+         p.set_strategy(pb::OWL);
+         p.set_repair_uniform_seed(true);
+       },
+       "repair_uniform_seed"},
+      {"uniform_guard UNIFORM",
+       [](pb::JobSpec& p) {
+         p.set_strategy(pb::UNIFORM);
+         p.set_uniform_guard(true);
+       },
+       "uniform_guard"},
       {"prune_vision", [](pb::JobSpec& p) { p.set_prune_vision(true); }, "prune_vision"},
       {"rerank", [](pb::JobSpec& p) { p.set_rerank_top_k(3); }, "rerank_top_k"},
       {"sparsegpt search", [](pb::JobSpec& p) { p.set_mask_method(pb::SPARSEGPT); }, "mask_method"},

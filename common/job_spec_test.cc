@@ -1,5 +1,6 @@
 #include "common/job_spec.h"
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -93,7 +94,65 @@ std::vector<BadCase> BadCases() {
        },
        "ratio_choices"},
       {"prune_vision", [](JobSpec& s) { s.prune_vision = true; }, "prune_vision"},
-      {"split", [](JobSpec& s) { s.estimator = Estimator::kSplit; }, "estimator"},
+      {"mutation_step 1.5", [](JobSpec& s) { s.mutation_step = 1.5; }, "mutation_step"},
+      {"mutation_step NaN", [](JobSpec& s) { s.mutation_step = std::nan(""); }, "mutation_step"},
+      {"slack_evaluations -1", [](JobSpec& s) { s.slack_evaluations = -1; }, "slack_evaluations"},
+      {"slack_evaluations huge", [](JobSpec& s) { s.slack_evaluations = 100001; },
+       "slack_evaluations"},
+      {"cv with eta",
+       [](JobSpec& s) {
+         s.eta_rule = search::EtaRule::kCrossValidated;
+         s.eta = 1;
+       },
+       "eta_rule"},
+      {"estimator with UNIFORM",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kUniform;
+         s.estimator = Estimator::kUcb;
+       },
+       "estimator"},
+      {"guard with OWL",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kOwl;
+         s.uniform_guard = true;
+       },
+       "uniform_guard"},
+      {"slack with UNIFORM",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kUniform;
+         s.slack_evaluations = 4;
+       },
+       "slack_evaluations"},
+      {"uniform seed with RANDOM_SEARCH",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kRandomSearch;
+         s.seed_with_uniform = true;
+       },
+       "seed_with_uniform"},
+      {"owl seed with RANDOM_SEARCH",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kRandomSearch;
+         s.seed_with_owl = true;
+       },
+       "seed_with_owl"},
+      {"owl seed with unit LINEAR",
+       [](JobSpec& s) {
+         s.unit = search::UnitKind::kLinear;
+         s.seed_with_owl = true;
+       },
+       "seed_with_owl"},
+      {"repair with UNIFORM",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kUniform;
+         s.repair_uniform_seed = true;
+       },
+       "repair_uniform_seed"},
+      {"mutation_step with RANDOM_SEARCH",
+       [](JobSpec& s) {
+         s.strategy = search::Strategy::kRandomSearch;
+         s.mutation_step = 0.5;
+       },
+       "mutation_step"},
       {"rerank", [](JobSpec& s) { s.rerank_top_k = 2; }, "rerank_top_k"},
       {"sparsegpt search", [](JobSpec& s) { s.mask_method = MaskMethod::kSparseGpt; },
        "mask_method"},
@@ -110,6 +169,47 @@ TEST(JobSpecTest, DefaultsAreValidAndDocumented) {
   EXPECT_EQ(s.final_mask_method, MaskMethod::kSparseGpt);
   EXPECT_FALSE(s.eta.has_value());
   EXPECT_TRUE(s.searching());
+  EXPECT_EQ(s.estimator, Estimator::kNorm);
+  EXPECT_EQ(s.eta_rule, search::EtaRule::kAuto);
+  EXPECT_FALSE(s.seed_with_uniform || s.seed_with_owl || s.repair_uniform_seed || s.uniform_guard);
+  EXPECT_EQ(s.mutation_step, 0);
+  EXPECT_EQ(s.slack_evaluations, 0);
+}
+
+// Every estimator is supported now (SPLIT included), and the options reach the search's config;
+// the defaults map to the search's defaults.
+TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
+  const search::SearchConfig d = Valid().ToSearchConfig(16);
+  const search::SearchConfig plain;
+  EXPECT_EQ(d.estimator, plain.estimator);
+  EXPECT_EQ(d.eta_rule, plain.eta_rule);
+  EXPECT_EQ(d.repair_uniform_seed, plain.repair_uniform_seed);
+  EXPECT_EQ(d.mutation_step, plain.mutation_step);
+  EXPECT_EQ(d.slack_evaluations, plain.slack_evaluations);
+  EXPECT_TRUE(d.seed_unit_ratios.empty());
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+    JobSpec s = Valid();
+    s.estimator = e;
+    s.eta_rule = search::EtaRule::kCrossValidated;
+    s.seed_with_uniform = s.seed_with_owl = s.repair_uniform_seed = s.uniform_guard = true;
+    s.mutation_step = 0.5;
+    s.slack_evaluations = 6;
+    ASSERT_TRUE(s.Validate().ok()) << s.Validate();
+    const search::SearchConfig c = s.ToSearchConfig(16);
+    EXPECT_EQ(c.estimator, e);
+    EXPECT_EQ(c.eta_rule, search::EtaRule::kCrossValidated);
+    EXPECT_TRUE(c.repair_uniform_seed);
+    EXPECT_EQ(c.mutation_step, 0.5);
+    EXPECT_EQ(c.slack_evaluations, 6);
+    EXPECT_EQ(c.num_samples, 16);
+    EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  }
+  JobSpec r = Valid();
+  r.strategy = search::Strategy::kRandomSearch;
+  r.slack_evaluations = 3;
+  r.uniform_guard = true;
+  r.estimator = Estimator::kCapacity;
+  EXPECT_TRUE(r.Validate().ok()) << r.Validate();
 }
 
 TEST(JobSpecTest, EveryBadFieldIsInvalidArgumentNamingIt) {
@@ -156,7 +256,10 @@ TEST(JobSpecTest, MaskMethodNamesRoundTrip) {
   }
   EXPECT_FALSE(ParseMaskMethod("wanda").ok());
   EXPECT_EQ(*ParseEstimator("SPLIT"), Estimator::kSplit);
+  EXPECT_EQ(*ParseEstimator("CAPACITY"), Estimator::kCapacity);
   EXPECT_FALSE(ParseEstimator("").ok());
+  EXPECT_EQ(FieldName("seed_with_uniform", FieldNaming::kFlag), "--seed-with-uniform");
+  EXPECT_EQ(FieldName("eta_rule", FieldNaming::kFlag), "--eta-rule");
 }
 
 FlopsModelDims TinyDims(int layers, int hidden, int mlp) {

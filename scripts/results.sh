@@ -8,8 +8,10 @@
 # RUNS/<id>.json only when it finished (atomic rename), the artifacts are deleted after each run
 # (only the report is kept), and the renderer can be called at any time (--render-only).
 #
-# Usage: scripts/results.sh [--runs DIR] [--render-only] [--phase main|b10|ablation|all]
-#                           [--seeds "0 1 2"] [--threads N]
+# Usage: scripts/results.sh [--runs DIR] [--render-only]
+#                           [--phase main|b10|ablation|methods|all] [--seeds "0 1 2"] [--threads N]
+#   --phase methods runs the issue-14 search options as named configurations (METHOD_CONFIGS
+#   below; docs/pruning-engine.md "Search options"); `all` does not include it.
 #   RUNS defaults to results/runs. Its run JSONs are committed (~30 KB each), so the study
 #   resumes on any machine and docs/RESULTS.md re-renders from them; RUNS/data (regenerated) and
 #   RUNS/tmp (artifacts, logs) are not. Typical: `nohup scripts/results.sh > /tmp/r.log 2>&1 &`.
@@ -32,12 +34,13 @@ while (($#)); do
     --phase) PHASE="$2"; shift 2 ;;
     --seeds) SEEDS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "results.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$PHASE" in main | b10 | ablation | all) ;; *)
-  echo "results.sh: --phase must be main, b10, ablation or all, got '$PHASE'" >&2; exit 2 ;;
+case "$PHASE" in main | b10 | ablation | methods | all) ;; *)
+  echo "results.sh: --phase must be main, b10, ablation, methods or all, got '$PHASE'" >&2
+  exit 2 ;;
 esac
 
 PY=/usr/bin/python3
@@ -183,7 +186,59 @@ ablation_runs() {
   done
 }
 
+# The search options of issue 14 as named configurations, "NAME:STRATEGY:prune-local flags".
+# Each run's study.strategy is NAME (its group method-NAME), so tables can put the configurations
+# beside UNIFORM / RANDOM_SEARCH / EFFICIENTLLAVA_ETA0 of the main phase at the same budgets and
+# seeds. Equal evaluations: the *-slack configurations spend up to 8 more evaluations, which
+# random-slack8 gives RANDOM_SEARCH exactly; the guard spends one.
+METHOD_CONFIGS=(
+  "cv:EFFICIENTLLAVA:--eta-rule=CV"
+  "ucb-cv:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV"
+  "split-cv:EFFICIENTLLAVA:--estimator=SPLIT --eta-rule=CV"
+  "capacity-cv:EFFICIENTLLAVA:--estimator=CAPACITY --eta-rule=CV"
+  "capacity-auto:EFFICIENTLLAVA:--estimator=CAPACITY"
+  "eta0-seeds:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --seed-with-owl --repair-uniform-seed"
+  "eta0-step:EFFICIENTLLAVA:--eta=0 --mutation-step=0.5"
+  "eta0-slack:EFFICIENTLLAVA:--eta=0 --slack-evaluations=8"
+  "eta0-guard:EFFICIENTLLAVA:--eta=0 --uniform-guard"
+  "eta0-all:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --seed-with-owl --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --uniform-guard"
+  "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --seed-with-owl --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --uniform-guard"
+  "random-slack8:RANDOM_SEARCH:--slack-evaluations=8"
+)
+# Budgets per granularity: the main ones and the hard ones (0.35 UNSTRUCTURED, 0.6 STRUCTURED).
+METHOD_BUDGETS_UNSTRUCTURED="${METHOD_BUDGETS_UNSTRUCTURED:-0.7 0.5 0.35}"
+METHOD_BUDGETS_STRUCTURED="${METHOD_BUDGETS_STRUCTURED:-0.7 0.6 0.5}"
+method_runs() {
+  local s="$1" g b v name strategy flags var
+  for g in $GRANS; do
+    var="METHOD_BUDGETS_$g"
+    for b in ${!var}; do
+      for v in "${METHOD_CONFIGS[@]}"; do
+        name="${v%%:*}"
+        strategy="${v#*:}"
+        flags="${strategy#*:}"
+        strategy="${strategy%%:*}"
+        # shellcheck disable=SC2046,SC2086
+        run "method-$name-$g-b$b-s$s" "method-$name" "$g" "$b" "$strategy" "$s" \
+          $(gran_flags "$g") $flags
+        # The table names the configuration, not the strategy it runs.
+        "$PY" - "$RUNS/method-$name-$g-b$b-s$s.json" "$name" <<'EOF2'
+import json, os, sys
+path, name = sys.argv[1:]
+if os.path.exists(path):
+    rep = json.load(open(path))
+    if rep["study"].get("strategy") != name:
+        rep["study"]["strategy"] = name
+        json.dump(rep, open(path + ".tmp", "w"), indent=1)
+        os.replace(path + ".tmp", path)
+EOF2
+      done
+    done
+  done
+}
+
 for s in $SEEDS; do
+  [[ "$PHASE" == methods ]] && method_runs "$s"
   [[ "$PHASE" == main || "$PHASE" == all ]] && main_runs "$s"
   [[ "$PHASE" == ablation || "$PHASE" == all ]] && ablation_runs "$s"
   [[ "$PHASE" == b10 || "$PHASE" == all ]] && b10_runs "$s"

@@ -292,6 +292,35 @@ def main():
                          f"{fmt(rho_l, 1, 2)} |")
         lines.append("")
 
+    # --- search options (issue 14; scripts/results.sh --phase methods) ---
+    sel = [r for r in ok if r["study"]["group"].startswith("method-")]
+    if sel:
+        lines += ["## Search options (issue 14)", "",
+                  "Named configurations of `scripts/results.sh` (METHOD_CONFIGS; "
+                  "docs/pruning-engine.md \"Search options\"), held-out accuracy % per budget, "
+                  "mean ± sd over seeds; η = the η used; guard = share of runs whose uniform "
+                  "guard kept UNIFORM's policy; evals = search.evaluations.", ""]
+        for gran in GRAN_ORDER:
+            gsel = [r for r in sel if r["study"]["granularity"] == gran]
+            if not gsel:
+                continue
+            budgets = sorted({r["study"]["budget"] for r in gsel}, reverse=True)
+            lines += [f"### {gran}", "",
+                      "| configuration | " + " | ".join(f"budget {b:g}" for b in budgets) +
+                      " | η | guard | evals |",
+                      "|---|" + "---|" * (len(budgets) + 3)]
+            for name in dict.fromkeys(r["study"]["group"] for r in gsel):
+                rs = [r for r in gsel if r["study"]["group"] == name]
+                cells = [fmt([heldout(r) for r in rs if r["study"]["budget"] == b])
+                         for b in budgets]
+                etas = [r.get("eta", {}).get("value") for r in rs]
+                fired = [1.0 if r["guard"]["fired"] else 0.0 for r in rs if "guard" in r]
+                evals = [r.get("search", {}).get("evaluations") for r in rs]
+                lines.append(f"| {name[len('method-'):]} | " + " | ".join(cells) +
+                             f" | {fmt(etas, 1, 2, False)} | {fmt(fired, 100, 0, False)} | "
+                             f"{fmt(evals, 1, 0, False)} |")
+            lines.append("")
+
     # --- run times ---
     if ok:
         lines += ["## Run time per run (prune-local wall seconds, mean)", "",

@@ -295,9 +295,12 @@ class RemoteEvaluator : public search::PolicyEvaluator {
     int got = 0, expected_index = 0;
     while (reader->Read(&r)) {
       if (r.index() != expected_index++) return absl::InternalError("results out of order");
-      out[r.index()] = {.loss = r.evaluation().loss(),
-                        .accuracy = r.evaluation().accuracy(),
-                        .omega = r.evaluation().omega()};
+      const pb::PolicyEvaluation& e = r.evaluation();
+      out[r.index()] = {
+          .loss = e.loss(),
+          .accuracy = e.accuracy(),
+          .omega = e.omega(),
+          .sample_losses = std::vector<double>(e.sample_losses().begin(), e.sample_losses().end())};
       ++got;
     }
     RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));

@@ -92,6 +92,8 @@ absl::StatusOr<pb::PolicyEvaluation> EvaluationProto(const search::PolicySpace& 
   ASSIGN_OR_RETURN(std::string hash, space.Hash(policy));
   e.set_policy_hash(hash);
   e.set_projector_version(version);
+  // The scheduler's UCB / SPLIT / CV fitness needs them (issue 14).
+  e.mutable_sample_losses()->Add(r.sample_losses.begin(), r.sample_losses.end());
   return e;
 }
 

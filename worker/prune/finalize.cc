@@ -485,7 +485,9 @@ absl::StatusOr<json> Finalizer::BuildReport(const FinalizeResult& result) {
                       {"num_samples", summary.num_samples},
                       {"evaluations", options_.evaluations},
                       {"best", options_.search_best}};
+  if (options_.search_options.is_object()) report["search"].update(options_.search_options);
   report["eta"] = options_.eta;
+  if (!options_.guard.is_null()) report["guard"] = options_.guard;
   report["history"] = options_.history;
   report["evaluated"] = options_.evaluated;
   if (!options_.audit.is_null()) report["audit"] = options_.audit;

@@ -1,7 +1,9 @@
 #include "worker/prune/job.h"
 
 #include <cmath>
+#include <optional>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -70,20 +72,163 @@ json EtaJson(const LocalJobSpec& spec, double eta) {
            "std(loss) (population standard deviations)"}};
 }
 
-// EFFICIENTLLAVA / RANDOM_SEARCH: the evolutionary driver over the job's steps, then the audit.
-absl::Status RunSearch(const LocalJobSpec& spec, PreparedJob& job, StepContext& ctx,
-                       FinalizeOptions& fin) {
-  const search::SearchConfig config = spec.ToSearchConfig(job.summary().num_samples);
-  ASSIGN_OR_RETURN(auto search, search::EvolutionarySearch::Create(&job.space(), config));
-  TrackingEvaluator tracker(&job, &ctx);
+// report.json's "eta" with the issue-14 options: the estimator and, when CV chose η, how (its ρ
+// and every grid value's, from generation 0). The default options keep EtaJson's object as is.
+json SearchEtaJson(const LocalJobSpec& spec, double eta,
+                   const std::vector<search::GenerationStats>& history) {
+  json j = EtaJson(spec, eta);
+  if (spec.estimator != search::Estimator::kNorm) {
+    j["estimator"] = std::string(search::EstimatorName(spec.estimator));
+    j["rule"] =
+        "auto: chosen on the first population so that std(eta*T) = std(loss), T the "
+        "estimator's term (population standard deviations)";
+  }
+  const bool cv = spec.eta_rule == search::EtaRule::kCrossValidated && !spec.eta.has_value() &&
+                  spec.strategy == search::Strategy::kEfficientLlava;
+  if (spec.eta_rule != search::EtaRule::kAuto) {
+    j["eta_rule"] = std::string(search::EtaRuleName(spec.eta_rule));
+  }
+  if (!cv || history.empty()) return j;
+  const search::GenerationStats& g0 = history.front();
+  j["mode"] = "cv";
+  j["rule"] =
+      "cv: on the first population, each grid eta ranks the policies by loss + eta*T on one half "
+      "of the search samples; the eta whose ranking best predicts the other half's loss "
+      "(Spearman rho) wins, ties to the smaller eta";
+  j["cv_rho"] = g0.eta_cv_rho ? json(*g0.eta_cv_rho) : json(nullptr);
+  j["grid"] = search::DefaultEtaGrid();
+  json rhos = json::array();
+  for (const std::optional<double>& r : g0.eta_cv_rhos) rhos.push_back(r ? json(*r) : json());
+  j["cv_rhos"] = std::move(rhos);
+  return j;
+}
+
+// The issue-14 options in use, for report.json's "search" object: only the non-default ones (so
+// a default report keeps its bytes), plus what the slack step spent.
+json SearchOptionsJson(const LocalJobSpec& spec,
+                       const std::vector<search::GenerationStats>& history) {
+  json o = json::object();
+  if (spec.estimator != search::Estimator::kNorm) {
+    o["estimator"] = std::string(search::EstimatorName(spec.estimator));
+  }
+  if (spec.eta_rule != search::EtaRule::kAuto) {
+    o["eta_rule"] = std::string(search::EtaRuleName(spec.eta_rule));
+  }
+  if (spec.seed_with_uniform) o["seed_with_uniform"] = true;
+  if (spec.seed_with_owl) o["seed_with_owl"] = true;
+  if (spec.repair_uniform_seed) o["repair_uniform_seed"] = true;
+  if (spec.mutation_step != 0) o["mutation_step"] = spec.mutation_step;
+  if (spec.uniform_guard) o["uniform_guard"] = true;
+  if (spec.slack_evaluations != 0) {
+    o["slack_evaluations"] = spec.slack_evaluations;
+    int spent = 0, steps = 0;
+    for (const search::GenerationStats& g : history) {
+      spent += g.slack_evaluations;
+      steps += g.slack_steps;
+    }
+    o["slack_evaluations_spent"] = spent;
+    o["slack_steps"] = steps;
+  }
+  return o;
+}
+
+// UNIFORM's continuous per-unit ratios: one ratio meeting the budget exactly (N:M: every unit
+// N:M, the budget having passed the N:M floor).
+absl::StatusOr<std::vector<double>> UniformUnitRatios(const JobSpec& spec,
+                                                      const search::PolicySpace& space) {
+  double r = space.max_ratio();
+  if (spec.granularity != search::Granularity::kNM) {
+    ASSIGN_OR_RETURN(r, space.UniformContinuousRatio(spec.flops_budget));
+  }
+  return std::vector<double>(space.num_units(), r);
+}
+
+// OWL's per-unit ratios from the dense model's outlier ratios (Prepare computed them): UNSTRUCTURED
+// shifts the deviations to the budget; under N:M the most-outlier layers stay dense while the
+// budget allows.
+absl::StatusOr<std::vector<double>> OwlUnitRatios(const JobSpec& spec, const PreparedJob& job) {
+  const std::vector<double>& outliers = job.summary().owl_outlier_ratios;
+  if (spec.granularity == search::Granularity::kNM) {
+    return search::OwlNmRatios(job.space(), outliers, spec.flops_budget);
+  }
+  ASSIGN_OR_RETURN(std::vector<double> deviations, search::OwlDeviations(outliers));
+  return job.space().ShiftToBudget(deviations, spec.flops_budget);
+}
+
+// --seed-with-uniform / --seed-with-owl: the continuous solutions the initial population starts
+// from (in that order), recorded in `options` (report.json's "search").
+absl::Status AddSeeds(const LocalJobSpec& spec, const PreparedJob& job,
+                      search::SearchConfig& config, json& options) {
+  json seeds = json::object();
+  if (spec.seed_with_uniform) {
+    ASSIGN_OR_RETURN(std::vector<double> r, UniformUnitRatios(spec, job.space()));
+    seeds["UNIFORM"] = r;
+    config.seed_unit_ratios.push_back(std::move(r));
+  }
+  if (spec.seed_with_owl) {
+    ASSIGN_OR_RETURN(std::vector<double> r, OwlUnitRatios(spec, job));
+    seeds["OWL"] = r;
+    config.seed_unit_ratios.push_back(std::move(r));
+  }
+  if (!seeds.empty()) options["seed_unit_ratios"] = std::move(seeds);
+  return absl::OkStatus();
+}
+
+// --uniform-guard ("never worse than the baseline", issue 14): UNIFORM's policy is scored on the
+// search samples under the search's final projector with the search's fitness (estimator, η),
+// and replaces the search's pick when its fitness is strictly lower. One evaluation, counted.
+absl::Status RunUniformGuard(const LocalJobSpec& spec, PreparedJob& job, StepContext& ctx,
+                             const search::EvolutionarySearch& search,
+                             const search::ScoredPolicy& best, FinalizeOptions& fin) {
+  RETURN_IF_ERROR(ctx.CheckStop());
+  ASSIGN_OR_RETURN(std::vector<double> ratios, UniformUnitRatios(spec, job.space()));
+  const int version = search.state().projector_version;
+  LocalPolicyEvaluator& local = job.local_evaluator();
+  RETURN_IF_ERROR(local.SwitchTo(version));
+  ASSIGN_OR_RETURN(CandidateResult r, local.EvaluateUnitRatios(ratios));
+  ctx.Evaluated();
+  const search::EvalResult result{.loss = r.loss,
+                                  .accuracy = r.accuracy,
+                                  .omega = r.omega,
+                                  .sample_losses = std::move(r.sample_losses)};
+  const double eta = search.state().eta.value_or(0.0);
+  ASSIGN_OR_RETURN(double fitness, search::FitnessOfUnitRatios(job.space(), search.state().config,
+                                                               ratios, result, eta));
+  ASSIGN_OR_RETURN(double flops, job.space().FlopsOfRatios(ratios));
+  const double flops_ratio = flops / job.space().dense_flops();
+  const bool fired = fitness < best.fitness;
+  fin.guard = {{"fired", fired},
+               {"winner", fired ? "UNIFORM" : "search"},
+               {"projector_version", version},
+               {"rule",
+                "UNIFORM's policy replaces the search's pick when its fitness (same estimator "
+                "and eta, search samples) is strictly lower"},
+               {"search_pick",
+                {{"hash", best.hash},
+                 {"fitness", best.fitness},
+                 {"loss", best.result.loss},
+                 {"accuracy", best.result.accuracy},
+                 {"flops_ratio_nominal", best.flops_ratio}}},
+               {"uniform",
+                {{"ratio", ratios.empty() ? 0.0 : ratios[0]},
+                 {"fitness", fitness},
+                 {"loss", result.loss},
+                 {"accuracy", result.accuracy},
+                 {"omega", result.omega},
+                 {"flops_ratio_nominal", flops_ratio}}}};
+  if (fired) fin.unit_ratios = std::move(ratios);
+  return absl::OkStatus();
+}
+
+// Steps the search to the end, reporting progress after every generation.
+absl::Status StepToTheEnd(const LocalJobSpec& spec, search::EvolutionarySearch& search,
+                          TrackingEvaluator& tracker, StepContext& ctx) {
   JobProgress& progress = ctx.progress();
-  progress.generations = spec.generations + 1;
-  progress.planned_evaluations = search::NominalEvaluations(config);
   const double search_start = ctx.ElapsedSeconds();
-  while (!search->done()) {
+  while (!search.done()) {
     RETURN_IF_ERROR(ctx.CheckStop());
-    RETURN_IF_ERROR(search->Step(tracker));
-    const search::GenerationStats& g = search->history().back();
+    RETURN_IF_ERROR(search.Step(tracker));
+    const search::GenerationStats& g = search.history().back();
     progress.generation = g.generation;
     progress.latest = g;
     progress.elapsed_seconds = ctx.ElapsedSeconds();
@@ -96,6 +241,22 @@ absl::Status RunSearch(const LocalJobSpec& spec, PreparedJob& job, StepContext& 
         g.best_flops_ratio, g.evaluations, g.cache_hits, g.projector_version);
     ctx.Generation();
   }
+  return absl::OkStatus();
+}
+
+// EFFICIENTLLAVA / RANDOM_SEARCH: the evolutionary driver over the job's steps, then the audit
+// and (--uniform-guard) the guard.
+absl::Status RunSearch(const LocalJobSpec& spec, PreparedJob& job, StepContext& ctx,
+                       FinalizeOptions& fin) {
+  search::SearchConfig config = spec.ToSearchConfig(job.summary().num_samples);
+  json options = SearchOptionsJson(spec, {});
+  RETURN_IF_ERROR(AddSeeds(spec, job, config, options));
+  ASSIGN_OR_RETURN(auto search, search::EvolutionarySearch::Create(&job.space(), config));
+  TrackingEvaluator tracker(&job, &ctx);
+  JobProgress& progress = ctx.progress();
+  progress.generations = spec.generations + 1;
+  progress.planned_evaluations = search::NominalEvaluations(config) + (spec.uniform_guard ? 1 : 0);
+  RETURN_IF_ERROR(StepToTheEnd(spec, *search, tracker, ctx));
   ASSIGN_OR_RETURN(search::ScoredPolicy best, search->Best());
   ASSIGN_OR_RETURN(fin.unit_ratios, job.space().UnitRatios(best.policy));
   for (const auto& g : search->history()) fin.history.push_back(g.ToJson());
@@ -108,12 +269,15 @@ absl::Status RunSearch(const LocalJobSpec& spec, PreparedJob& job, StepContext& 
                      {"flops_ratio_nominal", best.flops_ratio},
                      {"projector_version", search->state().projector_version}};
   const double eta = search->state().eta.value_or(0.0);
-  fin.eta = EtaJson(spec, eta);
+  fin.eta = SearchEtaJson(spec, eta, search->history());
+  options.update(SearchOptionsJson(spec, search->history()));
+  if (!options.empty()) fin.search_options = std::move(options);
   fin.projector_version = job.latest_projector_version();
   if (spec.audit > 0) {
     ASSIGN_OR_RETURN(fin.audit, RunAudit(job, tracker.distinct(), best.policy,
                                          fin.projector_version, eta, spec.audit, ctx));
   }
+  if (spec.uniform_guard) RETURN_IF_ERROR(RunUniformGuard(spec, job, ctx, *search, best, fin));
   return absl::OkStatus();
 }
 
@@ -125,11 +289,7 @@ absl::Status RunOwl(const LocalJobSpec& spec, const PreparedJob& job, FinalizeOp
   const std::vector<double>& outliers = job.summary().owl_outlier_ratios;
   ASSIGN_OR_RETURN(std::vector<double> deviations, search::OwlDeviations(outliers));
   const bool nm = spec.granularity == search::Granularity::kNM;
-  if (nm) {
-    ASSIGN_OR_RETURN(fin.unit_ratios, search::OwlNmRatios(space, outliers, spec.flops_budget));
-  } else {
-    ASSIGN_OR_RETURN(fin.unit_ratios, space.ShiftToBudget(deviations, spec.flops_budget));
-  }
+  ASSIGN_OR_RETURN(fin.unit_ratios, OwlUnitRatios(spec, job));
   double mean = 0;
   for (double r : fin.unit_ratios) mean += r / double(fin.unit_ratios.size());
   fin.owl = {{"outlier_multiple", search::kOwlOutlierMultiple},
@@ -150,13 +310,8 @@ absl::Status RunOwl(const LocalJobSpec& spec, const PreparedJob& job, FinalizeOp
 // UNIFORM: one continuous ratio meeting the budget (N:M: every unit N:M, the budget having passed
 // the N:M floor). No search, no projector training.
 absl::Status RunUniform(const LocalJobSpec& spec, const PreparedJob& job, FinalizeOptions& fin) {
-  const search::PolicySpace& space = job.space();
-  double r = space.max_ratio();
-  if (spec.granularity != search::Granularity::kNM) {
-    ASSIGN_OR_RETURN(r, space.UniformContinuousRatio(spec.flops_budget));
-  }
-  fin.uniform_ratio = r;
-  fin.unit_ratios.assign(space.num_units(), r);
+  ASSIGN_OR_RETURN(fin.unit_ratios, UniformUnitRatios(spec, job.space()));
+  fin.uniform_ratio = fin.unit_ratios.empty() ? 0.0 : fin.unit_ratios[0];
   fin.eta = {{"value", nullptr}, {"mode", "unused (UNIFORM has no fitness)"}};
   return absl::OkStatus();
 }
@@ -169,6 +324,12 @@ void WarnAboutFlags(const LocalJobSpec& spec, StepContext& ctx) {
   }
   if (spec.strategy == search::Strategy::kRandomSearch && spec.eta.has_value()) {
     ctx.Warn("--eta is ignored by RANDOM_SEARCH (η = 0 by definition)");
+  }
+  if (spec.strategy == search::Strategy::kRandomSearch &&
+      (spec.eta_rule != search::EtaRule::kAuto || spec.estimator != search::Estimator::kNorm)) {
+    ctx.Warn(
+        "--eta-rule and --estimator do not change RANDOM_SEARCH's ranking (η = 0: the loss "
+        "alone); its --uniform-guard compares losses");
   }
 }
 

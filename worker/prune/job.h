@@ -6,6 +6,15 @@
 // service runs the same steps for the scheduler, so a distributed run reproduces this one's
 // policy sequence, final policy and artifact bytes.
 //
+// The search options of issue 14 (JobSpec: estimator, eta rule, UNIFORM / OWL seeds, repaired
+// uniform seed, mutation step, slack step) reach the search's config; UNIFORM's and OWL's seeds
+// are solved here from the prepared job (OWL's outlier ratios are prepared when seeding with OWL).
+// With uniform_guard, after the search (and the audit) UNIFORM's policy is scored on the search
+// samples under the final projector with the search's fitness and replaces the search's pick when
+// it is strictly better (one more evaluation, in search.evaluations). report.json records the
+// options in use in "search", η's estimator / rule / CV ρ in "eta" and the guard's outcome in
+// "guard" — only when an option is non-default, so default reports keep their bytes.
+//
 // An existing non-empty OUT is refused before any work; a failed or cancelled job leaves OUT
 // absent (or the empty directory it was) — see artifact.h.
 //

@@ -16,11 +16,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -1055,6 +1057,196 @@ TEST(PruneLocalOwlTest, RatiosFollowOutliersAndMeetTheBudget) {
   EXPECT_EQ(d0 > d1 ? n1 : n0, 0.5);
   EXPECT_EQ(CheckNmArtifact(nm_out, nm_report, 2, 4), 7);
   EXPECT_LE(nm_report["flops_ratio"].get<double>(), budget);
+}
+
+// ---- The search options of issue 14 (JobSpec / prune-local flags) ----
+
+// A short search at unit = layer (2 units, so OWL can seed it) with projector training at
+// generation 2, plus `extra`.
+std::vector<std::string> OptionFlags(const std::string& out,
+                                     const std::vector<std::string>& extra) {
+  const std::string& w = WorkDir();
+  std::vector<std::string> flags = {"--model=" + w + "/model32",
+                                    "--samples=" + w + "/search",
+                                    "--eval-samples=" + w + "/eval",
+                                    "--flops-budget=0.5",
+                                    "--final-mask-method=WANDA",
+                                    "--seed=5",
+                                    "--population=6",
+                                    "--parents=2",
+                                    "--generations=2",
+                                    "--projector-every=2",
+                                    "--projector-steps=2",
+                                    "--threads=1",
+                                    "--out=" + out};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  return flags;
+}
+
+struct OptionCase {
+  std::string name;
+  std::vector<std::string> flags;
+  std::function<void(const json& report)> check;  // what report.json must record
+};
+
+std::vector<OptionCase> OptionCases() {
+  return {
+      {"ucb_cv_seeds_guard",
+       {"--estimator=UCB", "--eta-rule=CV", "--seed-with-uniform", "--seed-with-owl",
+        "--uniform-guard"},
+       [](const json& r) {
+         const json& s = r["search"];
+         EXPECT_EQ(s["estimator"], "UCB");
+         EXPECT_EQ(s["eta_rule"], "CV");
+         EXPECT_EQ(s["seed_with_uniform"], true);
+         EXPECT_EQ(s["seed_with_owl"], true);
+         EXPECT_EQ(s["uniform_guard"], true);
+         ASSERT_EQ(s["seed_unit_ratios"]["UNIFORM"].size(), 2u);
+         ASSERT_EQ(s["seed_unit_ratios"]["OWL"].size(), 2u);
+         EXPECT_EQ(s["seed_unit_ratios"]["UNIFORM"][0], s["seed_unit_ratios"]["UNIFORM"][1]);
+         EXPECT_EQ(r["eta"]["estimator"], "UCB");
+         EXPECT_EQ(r["eta"]["eta_rule"], "CV");
+         EXPECT_EQ(r["eta"]["mode"], "cv");
+         EXPECT_TRUE(r["eta"].contains("cv_rho"));
+         EXPECT_EQ(r["eta"]["grid"].size(), r["eta"]["cv_rhos"].size());
+         // η is one of the grid's values and the history agrees.
+         bool in_grid = false;
+         for (const json& g : r["eta"]["grid"]) in_grid |= g == r["eta"]["value"];
+         EXPECT_TRUE(in_grid) << r["eta"].dump();
+         EXPECT_EQ(r["history"][0]["eta_method"], "cv");
+         EXPECT_EQ(r["history"][0]["estimator"], "UCB");
+         // OWL's outliers were prepared for the seed (no "owl" object: the strategy is not OWL).
+         EXPECT_FALSE(r.contains("owl"));
+         // The guard: one more evaluation, its verdict consistent with the fitnesses.
+         const json g = r.value("guard", json());
+         ASSERT_TRUE(g.is_object()) << r.dump(1);
+         const bool fired = g["fired"];
+         EXPECT_EQ(fired, g["uniform"]["fitness"].get<double>() <
+                              g["search_pick"]["fitness"].get<double>());
+         EXPECT_EQ(g["winner"], fired ? "UNIFORM" : "search");
+         EXPECT_EQ(g["search_pick"]["fitness"], r["search"]["best"]["fitness"]);
+         EXPECT_EQ(g["search_pick"]["hash"], r["search"]["best"]["hash"]);
+         EXPECT_EQ(r["search"]["evaluations"].get<size_t>(), r["evaluated"].size() + 1);
+         const double u = g["uniform"]["ratio"];
+         bool all_uniform = true;
+         for (const json& unit : r["policy"]["units"]) all_uniform &= unit["ratio"] == u;
+         if (fired) EXPECT_TRUE(all_uniform);
+         std::printf("[guard] fired=%d search J %.6f uniform J %.6f\n", int(fired),
+                     g["search_pick"]["fitness"].get<double>(),
+                     g["uniform"]["fitness"].get<double>());
+       }},
+      {"split_repair_step",
+       {"--estimator=SPLIT", "--repair-uniform-seed", "--mutation-step=0.5"},
+       [](const json& r) {
+         EXPECT_EQ(r["search"]["estimator"], "SPLIT");
+         EXPECT_EQ(r["search"]["repair_uniform_seed"], true);
+         EXPECT_EQ(r["search"]["mutation_step"], 0.5);
+         EXPECT_EQ(r["eta"]["mode"], "auto");
+         EXPECT_EQ(r["eta"]["estimator"], "SPLIT");
+         EXPECT_FALSE(r.contains("guard"));
+         EXPECT_EQ(r["search"]["evaluations"].get<size_t>(), r["evaluated"].size());
+       }},
+      {"capacity_slack",
+       {"--estimator=CAPACITY", "--eta=0.5", "--slack-evaluations=3"},
+       [](const json& r) {
+         EXPECT_EQ(r["search"]["estimator"], "CAPACITY");
+         EXPECT_EQ(r["search"]["slack_evaluations"], 3);
+         EXPECT_LE(r["search"]["slack_evaluations_spent"].get<int>(), 3);
+         EXPECT_EQ(r["eta"]["mode"], "explicit");
+         EXPECT_EQ(r["eta"]["value"], 0.5);
+         EXPECT_LE(r["flops_ratio"].get<double>(), 0.5);
+       }},
+      {"random_slack_guard",
+       {"--strategy=RANDOM_SEARCH", "--unit=linear", "--slack-evaluations=2", "--uniform-guard"},
+       [](const json& r) {
+         EXPECT_EQ(r["search"]["slack_evaluations"], 2);
+         EXPECT_EQ(r["search"]["slack_evaluations_spent"], 2);  // exactly, for RANDOM_SEARCH
+         EXPECT_TRUE(r.value("guard", json()).is_object());
+         EXPECT_EQ(r["search"]["evaluations"].get<size_t>(), r["evaluated"].size() + 1);
+       }},
+  };
+}
+
+// Every new flag (in four combinations): the same seed twice gives the same evaluated sequence,
+// policy.json and model bytes, and report.json records the options.
+TEST(PruneLocalOptionsTest, EachOptionIsDeterministicAndRecorded) {
+  ASSERT_FALSE(WorkDir().empty());
+  for (const OptionCase& c : OptionCases()) {
+    const std::string a = WorkDir() + "/opt_" + c.name + "_a";
+    const std::string b = WorkDir() + "/opt_" + c.name + "_b";
+    const RunResult ra = RunBin("prune-local", OptionFlags(a, c.flags));
+    ASSERT_EQ(ra.code, 0) << c.name << ": " << ra.err;
+    const RunResult rb = RunBin("prune-local", OptionFlags(b, c.flags));
+    ASSERT_EQ(rb.code, 0) << c.name << ": " << rb.err;
+    EXPECT_EQ(ReadFile(a + "/policy.json"), ReadFile(b + "/policy.json")) << c.name;
+    EXPECT_EQ(ReadFile(a + "/model/model.safetensors"), ReadFile(b + "/model/model.safetensors"))
+        << c.name;
+    const json report = ReadJson(a + "/report.json");
+    const json again = ReadJson(b + "/report.json");
+    EXPECT_EQ(report["evaluated"], again["evaluated"]) << c.name;
+    EXPECT_EQ(report["history"], again["history"]) << c.name;
+    EXPECT_EQ(report["eta"], again["eta"]) << c.name;
+    EXPECT_EQ(report.value("guard", json()), again.value("guard", json())) << c.name;
+    SCOPED_TRACE(c.name);
+    c.check(report);
+  }
+}
+
+// Without the options, report.json has none of their keys (the goldens pin the bytes).
+TEST(PruneLocalOptionsTest, DefaultReportHasNoOptionKeys) {
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const json r = ReadJson(WorkDir() + "/main/report.json");
+  EXPECT_FALSE(r.contains("guard"));
+  for (const char* k :
+       {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl", "seed_unit_ratios",
+        "repair_uniform_seed", "mutation_step", "slack_evaluations", "uniform_guard"}) {
+    EXPECT_FALSE(r["search"].contains(k)) << k;
+  }
+  for (const char* k : {"estimator", "eta_rule", "cv_rho", "grid"}) {
+    EXPECT_FALSE(r["eta"].contains(k)) << k;
+  }
+  EXPECT_FALSE(r["history"][0].contains("estimator"));
+}
+
+// Bad values of each new flag exit 2 naming the flag.
+TEST(PruneLocalOptionsTest, BadOptionValuesExit2NamingTheFlag) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::vector<std::string> base = {"--model=" + WorkDir() + "/model32",
+                                         "--samples=" + WorkDir() + "/search", "--threads=1",
+                                         "--flops-budget=0.5", "--out=" + WorkDir() + "/never"};
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--estimator=L2"}, "--estimator"},
+      {{"--estimator=norm"}, "--estimator"},
+      {{"--eta-rule=HOLDOUT"}, "--eta-rule"},
+      {{"--eta-rule=CV", "--eta=1"}, "--eta-rule CV chooses eta"},
+      {{"--estimator=UCB", "--strategy=UNIFORM"}, "--estimator applies to a searching strategy"},
+      {{"--mutation-step=1.5"}, "--mutation-step must be in [0, 1]"},
+      {{"--mutation-step=-0.1"}, "--mutation-step must be in [0, 1]"},
+      {{"--strategy=RANDOM_SEARCH", "--mutation-step=0.5"}, "--mutation-step applies to strategy"},
+      {{"--slack-evaluations=-1"}, "--slack-evaluations must be in [0, 100000]"},
+      {{"--slack-evaluations=100001"}, "--slack-evaluations must be in [0, 100000]"},
+      {{"--strategy=OWL", "--slack-evaluations=2"}, "--slack-evaluations applies"},
+      {{"--strategy=RANDOM_SEARCH", "--seed-with-uniform"}, "--seed-with-uniform applies"},
+      {{"--strategy=UNIFORM", "--seed-with-owl"}, "--seed-with-owl applies"},
+      {{"--unit=linear", "--seed-with-owl"}, "--seed-with-owl needs unit LAYER"},
+      {{"--strategy=RANDOM_SEARCH", "--repair-uniform-seed"}, "--repair-uniform-seed applies"},
+      {{"--strategy=UNIFORM", "--uniform-guard"}, "--uniform-guard applies"},
+  };
+  for (const auto& [extra, message] : cases) {
+    std::vector<std::string> flags = base;
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    const RunResult r = RunBin("prune-local", flags);
+    EXPECT_EQ(r.code, 2) << message << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, message)) << message << ": " << r.err;
+  }
+  EXPECT_FALSE(fs::exists(WorkDir() + "/never"));
+  // --help documents every flag.
+  const RunResult help = RunBin("prune-local", {"--help"});
+  for (const char* flag :
+       {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl", "repair_uniform_seed",
+        "mutation_step", "slack_evaluations", "uniform_guard"}) {
+    EXPECT_TRUE(absl::StrContains(help.out + help.err, flag)) << flag;
+  }
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "worker/model/llava_eval.h"
 #include "worker/prune/job.h"
 
@@ -52,6 +53,34 @@ ABSL_FLAG(int, parents, 8,
 ABSL_FLAG(double, mutation, 0.2, "mutation probability per unit");
 ABSL_FLAG(std::string, ratio_choices, "", "comma-separated ratios (default 0,0.1,...,0.8)");
 ABSL_FLAG(std::string, eta, "auto", "weight of the SRM term: auto or a number >= 0");
+ABSL_FLAG(std::string, estimator, "NORM",
+          "generalization term T of the fitness J = loss + eta*T: NORM (kept norm mass / sqrt(n), "
+          "the default) | UCB (standard error of the per-sample losses; eta is the z of an upper "
+          "confidence bound) | SPLIT (|loss on one half - loss on the other|) | CAPACITY "
+          "(parameter-weighted mean squared ratio / sqrt(n): convex, pulls towards UNIFORM)");
+ABSL_FLAG(std::string, eta_rule, "AUTO",
+          "how eta is chosen when --eta is auto: AUTO (std(eta*T) = std(loss) over the first "
+          "population) | CV (cross-validated on two halves of the search samples over the grid "
+          "0,0.1,0.3,1,3,10,30,100)");
+ABSL_FLAG(bool, seed_with_uniform, false,
+          "EFFICIENTLLAVA: start the population with UNIFORM's continuous solution, snapped to "
+          "the ratio grid and repaired into the budget band");
+ABSL_FLAG(bool, seed_with_owl, false,
+          "EFFICIENTLLAVA, --unit layer: start the population with OWL's solution too");
+ABSL_FLAG(bool, repair_uniform_seed, false,
+          "EFFICIENTLLAVA: repair the discrete uniform seed into the budget band like every other "
+          "policy (by default it may sit a whole ratio step under the budget)");
+ABSL_FLAG(double, mutation_step, 0,
+          "EFFICIENTLLAVA: probability in [0, 1] that a mutation moves one grid step instead of "
+          "jumping to a random other ratio (0 = always jump)");
+ABSL_FLAG(int, slack_evaluations, 0,
+          "evaluations the final slack step may spend lowering units into the FLOPs left under "
+          "the budget (RANDOM_SEARCH: exactly this many more random policies); 0 = off, "
+          "[0, 100000]");
+ABSL_FLAG(bool, uniform_guard, false,
+          "before finalizing, score UNIFORM's policy on the search samples with the search's "
+          "fitness and keep it if it beats the search's pick (report.json \"guard\"; one more "
+          "evaluation)");
 ABSL_FLAG(int, projector_every, 4, "train the projector every N generations (0 = never)");
 ABSL_FLAG(int, projector_steps, 50, "Adam steps per projector training");
 ABSL_FLAG(double, projector_lr, 1e-4, "projector learning rate");
@@ -146,6 +175,28 @@ int Fail(const absl::Status& status) {
   return prunesvc::ExitCodeForStatus(status);
 }
 
+// The issue-14 search options; ranges and combinations are JobSpec::Validate's (naming flags).
+absl::Status SearchOptionsFromFlags(prunesvc::prune::LocalJobSpec& spec) {
+  namespace search = prunesvc::search;
+  auto estimator = search::ParseEstimator(absl::GetFlag(FLAGS_estimator));
+  if (!estimator.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--estimator: ", estimator.status().message()));
+  }
+  spec.estimator = *estimator;
+  auto rule = search::ParseEtaRule(absl::GetFlag(FLAGS_eta_rule));
+  if (!rule.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--eta-rule: ", rule.status().message()));
+  }
+  spec.eta_rule = *rule;
+  spec.seed_with_uniform = absl::GetFlag(FLAGS_seed_with_uniform);
+  spec.seed_with_owl = absl::GetFlag(FLAGS_seed_with_owl);
+  spec.repair_uniform_seed = absl::GetFlag(FLAGS_repair_uniform_seed);
+  spec.mutation_step = absl::GetFlag(FLAGS_mutation_step);
+  spec.slack_evaluations = absl::GetFlag(FLAGS_slack_evaluations);
+  spec.uniform_guard = absl::GetFlag(FLAGS_uniform_guard);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   namespace search = prunesvc::search;
   prunesvc::prune::LocalJobSpec spec;
@@ -218,6 +269,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
     }
     spec.eta = v;
   }
+  RETURN_IF_ERROR(SearchOptionsFromFlags(spec));
   spec.projector_every = absl::GetFlag(FLAGS_projector_every);
   spec.projector_steps = absl::GetFlag(FLAGS_projector_steps);
   spec.projector_lr = absl::GetFlag(FLAGS_projector_lr);
@@ -239,7 +291,10 @@ int main(int argc, char** argv) {
       "[--final-mask-method ...] [--unit layer|linear] "
       "[--granularity UNSTRUCTURED|STRUCTURED|N_M] [--nm 2:4|4:8] [--seed N] [--generations N] "
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
-      "[--projector-every N] [--projector-steps N] [--threads N] [--device cpu|cuda:N] [--dry-run] "
+      "[--estimator NORM|UCB|SPLIT|CAPACITY] [--eta-rule AUTO|CV] [--seed-with-uniform] "
+      "[--seed-with-owl] [--repair-uniform-seed] [--mutation-step P] [--slack-evaluations N] "
+      "[--uniform-guard] [--projector-every N] [--projector-steps N] [--threads N] [--device "
+      "cpu|cuda:N] [--dry-run] "
       "--out DIR");
   prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
   if (positional.size() > 1) {

@@ -56,7 +56,9 @@ absl::StatusOr<std::unique_ptr<PreparedJob>> PreparedJob::Prepare(const PrepareO
     RETURN_IF_ERROR(ctx.CheckStop());
     ctx.Phase(JobPhase::kCalibration);
     RETURN_IF_ERROR(job->Calibrate(ctx));
-    if (job->spec().strategy == search::Strategy::kOwl) RETURN_IF_ERROR(job->ComputeOwlOutliers());
+    if (job->spec().strategy == search::Strategy::kOwl || job->spec().seed_with_owl) {
+      RETURN_IF_ERROR(job->ComputeOwlOutliers());
+    }
     return ctx.CheckStop();
   }));
   return job;

@@ -6,9 +6,9 @@
 //  - PreparedJob::Prepare loads the model and sample sets (pre-flight: supported architecture,
 //    every sample and held-out sample valid, FLOPs model, the policy space, the budget), scores
 //    the dense model on the search samples, then calibrates and builds the mask bank
-//    (CandidateEvaluator) and, for OWL, the dense model's outlier ratios. Its Summary is what
-//    PrepareResponse carries: everything the torch-free scheduler needs to build the same
-//    PolicySpace (common/job_spec.h BuildPolicySpace) and to solve UNIFORM / OWL.
+//    (CandidateEvaluator) and, for OWL or seed_with_owl, the dense model's outlier ratios. Its
+//    Summary is what PrepareResponse carries: everything the torch-free scheduler needs to build
+//    the same PolicySpace (common/job_spec.h BuildPolicySpace) and to solve UNIFORM / OWL.
 //  - Evaluate scores discrete policies under a projector version (results in order; `on_result`
 //    is called after each, so a stream can send it at once); the context is polled between
 //    candidates.
@@ -72,7 +72,7 @@ struct PrepareSummary {
   FlopsModelDims dims;
   TokenStats token_stats;                  // of the search samples
   std::vector<DecoderLayerHeads> heads;    // per decoder layer
-  std::vector<double> owl_outlier_ratios;  // OWL only: per decoder layer
+  std::vector<double> owl_outlier_ratios;  // OWL or seed_with_owl only: per decoder layer
   ModelMetrics dense_search;               // the dense model on the search samples
   int num_samples = 0;
   int num_eval_samples = 0;  // 0 without an eval set
@@ -91,12 +91,16 @@ struct FinalizeOptions {
   std::unique_ptr<PartialDir> partial;
   // report.json parts produced by the strategy (null when not applicable): history, evaluated,
   // search.best, eta, audit, owl, uniform_ratio; `evaluations` = search.evaluations.
+  // `search_options` (keys merged into report.json's "search" object) and `guard` are set only
+  // when an issue-14 option is in use, so default reports stay byte-identical.
   nlohmann::json history = nlohmann::json::array();
   nlohmann::json evaluated = nlohmann::json::array();
   nlohmann::json search_best;
   nlohmann::json eta;
   nlohmann::json audit;
   nlohmann::json owl;
+  nlohmann::json search_options;
+  nlohmann::json guard;
   std::optional<double> uniform_ratio;
   int64_t evaluations = 0;
   std::vector<std::string> warnings;  // earlier steps' warnings, for report.json
