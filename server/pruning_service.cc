@@ -546,6 +546,12 @@ absl::Status PruningServiceImpl::CheckDataset(const std::string& tenant, const s
 absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const std::string& tenant,
                                                                    const pb::JobSpec& proto) {
   ASSIGN_OR_RETURN(JobSpec spec, JobSpecFromProto(proto));
+  if (spec.uniform_guard) {
+    // The guard scores UNIFORM's continuous ratios, which EvaluatePolicies (grid ratios) cannot
+    // carry yet.
+    return absl::InvalidArgumentError(
+        "uniform_guard is not supported by the service yet (prune-local --uniform-guard has it)");
+  }
   RETURN_IF_ERROR(CheckModelUri(spec.model_uri));
   RETURN_IF_ERROR(CheckDataset(tenant, spec.dataset_id, "dataset_id"));
   if (spec.eval_dataset_id.has_value()) {

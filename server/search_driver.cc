@@ -270,8 +270,33 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
   return Commit(m, std::move(events), c);
 }
 
+absl::StatusOr<std::vector<double>> SearchDriver::UniformRatios() const {
+  double r = space_->max_ratio();
+  if (spec_.granularity != search::Granularity::kNM) {
+    ASSIGN_OR_RETURN(r, space_->UniformContinuousRatio(spec_.flops_budget));
+  }
+  return std::vector<double>(space_->num_units(), r);
+}
+
+absl::StatusOr<std::vector<double>> SearchDriver::OwlRatios() const {
+  const std::vector<double> outliers(prepared_.owl_outlier_ratios().begin(),
+                                     prepared_.owl_outlier_ratios().end());
+  if (spec_.granularity == search::Granularity::kNM) {
+    return search::OwlNmRatios(*space_, outliers, spec_.flops_budget);
+  }
+  ASSIGN_OR_RETURN(std::vector<double> deviations, search::OwlDeviations(outliers));
+  return space_->ShiftToBudget(deviations, spec_.flops_budget);
+}
+
 absl::Status SearchDriver::Search() {
-  const search::SearchConfig config = spec_.ToSearchConfig(prepared_.num_samples());
+  search::SearchConfig config = spec_.ToSearchConfig(prepared_.num_samples());
+  // The continuous seeds prune-local's --seed-with-uniform / --seed-with-owl add, in that order.
+  if (spec_.seed_with_uniform) {
+    ASSIGN_OR_RETURN(config.seed_unit_ratios.emplace_back(), UniformRatios());
+  }
+  if (spec_.seed_with_owl) {
+    ASSIGN_OR_RETURN(config.seed_unit_ratios.emplace_back(), OwlRatios());
+  }
   std::unique_ptr<search::EvolutionarySearch> search;
   int latest = 0;
   ASSIGN_OR_RETURN(std::optional<Checkpoint> checkpoint,
@@ -325,12 +350,8 @@ absl::Status SearchDriver::Search() {
 }
 
 absl::Status SearchDriver::SolveUniform() {
-  double r = space_->max_ratio();
-  if (spec_.granularity != search::Granularity::kNM) {
-    ASSIGN_OR_RETURN(r, space_->UniformContinuousRatio(spec_.flops_budget));
-  }
-  report_["uniform_ratio"] = r;
-  unit_ratios_.assign(space_->num_units(), r);
+  ASSIGN_OR_RETURN(unit_ratios_, UniformRatios());
+  report_["uniform_ratio"] = unit_ratios_.front();
   report_["eta"] = {{"value", nullptr}, {"mode", "unused (UNIFORM has no fitness)"}};
   return absl::OkStatus();
 }
@@ -340,11 +361,7 @@ absl::Status SearchDriver::SolveOwl() {
                                      prepared_.owl_outlier_ratios().end());
   ASSIGN_OR_RETURN(std::vector<double> deviations, search::OwlDeviations(outliers));
   const bool nm = spec_.granularity == search::Granularity::kNM;
-  if (nm) {
-    ASSIGN_OR_RETURN(unit_ratios_, search::OwlNmRatios(*space_, outliers, spec_.flops_budget));
-  } else {
-    ASSIGN_OR_RETURN(unit_ratios_, space_->ShiftToBudget(deviations, spec_.flops_budget));
-  }
+  ASSIGN_OR_RETURN(unit_ratios_, OwlRatios());
   double mean = 0;
   for (double r : unit_ratios_) mean += r / double(unit_ratios_.size());
   report_["owl"] = {{"outlier_multiple", search::kOwlOutlierMultiple},

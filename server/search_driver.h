@@ -77,6 +77,9 @@ class SearchDriver {
   absl::Status Prepare();
   absl::Status Search();
   absl::Status SolveUniform();
+  // UNIFORM's and OWL's continuous per-unit ratios at the budget (strategies and search seeds).
+  absl::StatusOr<std::vector<double>> UniformRatios() const;
+  absl::StatusOr<std::vector<double>> OwlRatios() const;
   absl::Status SolveOwl();
   absl::Status Finalize();
   // Commits (publishing the events); FAILED_PRECONDITION when the job turned terminal.
