@@ -68,6 +68,11 @@ void Dispatcher::Enqueue(const std::string& job_id) {
 }
 
 void Dispatcher::StartDriver(const std::string& job_id) {
+  // Threads of finished drivers: they hold no lock and only return, so joining is immediate.
+  for (std::thread& t : finished_threads_) {
+    if (t.joinable()) t.join();
+  }
+  finished_threads_.clear();
   auto driver = std::make_unique<SearchDriver>(this, job_id);
   SearchDriver* raw = driver.get();
   drivers_[job_id] = std::move(driver);
@@ -80,12 +85,6 @@ void Dispatcher::StartDriver(const std::string& job_id) {
 
 void Dispatcher::DriverFinished(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
-  // The thread object cannot join itself: park it for Shutdown (or the next finish) to join.
-  auto t = threads_.find(job_id);
-  if (t != threads_.end()) {
-    finished_threads_.push_back(std::move(t->second));
-    threads_.erase(t);
-  }
   drivers_.erase(job_id);
   affinity_.erase(job_id);
   metrics_.running_jobs->Set(double(drivers_.size()));
@@ -93,6 +92,13 @@ void Dispatcher::DriverFinished(const std::string& job_id) {
     const std::string next = queued_jobs_.front();
     queued_jobs_.erase(queued_jobs_.begin());
     StartDriver(next);
+  }
+  // The thread cannot join itself: park it for the next StartDriver (or Shutdown) to join. Done
+  // after StartDriver, which joins the parked ones.
+  auto t = threads_.find(job_id);
+  if (t != threads_.end()) {
+    finished_threads_.push_back(std::move(t->second));
+    threads_.erase(t);
   }
 }
 

@@ -179,7 +179,6 @@ absl::Status SearchDriver::RunJob() {
   spec_proto_ = job.spec();
   priority_ = spec_proto_.priority();
   ASSIGN_OR_RETURN(spec_, JobSpecFromProto(spec_proto_));
-  if (state_ == pb::QUEUED) RETURN_IF_ERROR(Transition(pb::PREPARING, "a worker prepares it"));
   RETURN_IF_ERROR(Prepare());
   RETURN_IF_ERROR(Transition(pb::SEARCHING, "search started"));
   if (spec_.searching()) {
@@ -200,6 +199,11 @@ absl::Status SearchDriver::Prepare() {
   RETURN_IF_ERROR(RunStep(
       "prepare", dispatcher_->options().prepare_deadline,
       [&](const WorkerLease& lease, StepCancel* cancel) -> absl::Status {
+        // QUEUED until a worker is granted.
+        if (state_ == pb::QUEUED) {
+          RETURN_IF_ERROR(
+              Transition(pb::PREPARING, absl::StrCat("worker ", lease.worker_id, " prepares it")));
+        }
         req.mutable_header()->set_step_id(NextStepId("prepare"));
         ASSIGN_OR_RETURN(
             prepared_, lease.client->Prepare(req, dispatcher_->options().prepare_deadline, cancel));

@@ -385,7 +385,6 @@ TEST_F(ServiceRpcsTest, EveryInvalidSpecFieldIsNamed) {
       {"priority", [](pb::JobSpec* s) { s->set_priority(101); }},
       {"projector_every", [](pb::JobSpec* s) { s->set_projector_every(-1); }},
       {"prune_vision", [](pb::JobSpec* s) { s->set_prune_vision(true); }},
-      {"estimator", [](pb::JobSpec* s) { s->set_estimator(pb::SPLIT); }},
       {"rerank_top_k", [](pb::JobSpec* s) { s->set_rerank_top_k(4); }},
       {"mask_method", [](pb::JobSpec* s) { s->set_mask_method(pb::SPARSEGPT); }},
   };

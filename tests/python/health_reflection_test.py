@@ -131,14 +131,15 @@ class HealthAndReflectionTest(unittest.TestCase):
         self.assertIn("grpc.health.v1.Health", names)
         self.assertNotIn("prune.v1.PruningService", names)
 
-    def test_unimplemented_has_message(self):
+    def test_unknown_job_is_not_found_with_a_message(self):
+        # A standard client calling a job RPC: the error says what was not found.
         import grpc
         from prune.v1 import pruning_service_pb2, pruning_service_pb2_grpc
         stub = pruning_service_pb2_grpc.PruningServiceStub(self.channel(f"127.0.0.1:{self.port}"))
         with self.assertRaises(grpc.RpcError) as cm:
-            stub.GetJob(pruning_service_pb2.GetJobRequest(job_id="x"), timeout=5)
-        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
-        self.assertIn("GetJob", cm.exception.details())
+            stub.GetJob(pruning_service_pb2.GetJobRequest(job_id="job-nope"), timeout=5)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertIn("job-nope", cm.exception.details())
 
 
 if __name__ == "__main__":
