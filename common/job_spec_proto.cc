@@ -246,6 +246,33 @@ absl::Status ReferencesFromProto(const pb::JobSpec& p, JobSpec& s) {
 
 }  // namespace
 
+absl::StatusOr<search::PolicySpace> PolicySpaceFromPrepare(const JobSpec& spec,
+                                                           const pb::PrepareResponse& r) {
+  FlopsModelDims d;
+  const pb::FlopsModelDims& p = r.flops_dims();
+  d.vision = {.width = p.vision().width(),
+              .mlp_width = p.vision().mlp_width(),
+              .layers_run = p.vision().layers_run(),
+              .tokens = p.vision().tokens(),
+              .patch_size = p.vision().patch_size(),
+              .channels = p.vision().channels()};
+  d.images_per_sample = p.images_per_sample();
+  d.image_tokens = p.image_tokens();
+  d.projector_in = p.projector_in();
+  d.projector_hidden = p.projector_hidden();
+  d.projector_out = p.projector_out();
+  std::vector<DecoderLayerHeads> heads;
+  for (const pb::DecoderLayerDims& l : p.decoder()) {
+    d.decoder.push_back({l.hidden(), l.q_width(), l.kv_width(), l.mlp_width()});
+    heads.push_back({l.num_heads(), l.num_kv_heads(), l.head_dim()});
+  }
+  d.vocab = p.vocab();
+  const TokenStats stats{.mean_tokens = r.token_stats().mean_tokens(),
+                         .mean_tokens_sq = r.token_stats().mean_tokens_sq(),
+                         .mean_answer_tokens = r.token_stats().mean_answer_tokens()};
+  return BuildPolicySpace(spec, d, stats, heads);
+}
+
 bool IsContentId(absl::string_view id) {
   constexpr absl::string_view kPrefix = "sha256:";
   if (id.size() != kPrefix.size() + 64 || !absl::StartsWith(id, kPrefix)) return false;

@@ -17,6 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "common/job_spec.h"
 #include "prune/v1/job.pb.h"
+#include "prune/v1/worker.pb.h"
 
 namespace prunesvc {
 
@@ -24,6 +25,11 @@ namespace prunesvc {
 absl::StatusOr<JobSpec> JobSpecFromProto(const ::prune::v1::JobSpec& proto);
 // Every field set (proto3 optionals present), so a stored spec reads back identically.
 ::prune::v1::JobSpec JobSpecToProto(const JobSpec& spec);
+
+// The job's policy space from a worker's PrepareResponse (its FLOPs dims, token statistics and
+// head layout): what the scheduler searches over, equal to the worker's own (BuildPolicySpace).
+absl::StatusOr<search::PolicySpace> PolicySpaceFromPrepare(const JobSpec& spec,
+                                                           const ::prune::v1::PrepareResponse& r);
 
 // "sha256:" + 64 lowercase hex digits.
 bool IsContentId(absl::string_view id);

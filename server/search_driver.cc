@@ -29,32 +29,6 @@ pb::JobEvent StateEvent(pb::JobState from, pb::JobState to, const std::string& r
   return e;
 }
 
-absl::StatusOr<search::PolicySpace> SpaceOf(const JobSpec& spec, const pb::PrepareResponse& r) {
-  FlopsModelDims d;
-  const pb::FlopsModelDims& p = r.flops_dims();
-  d.vision = {.width = p.vision().width(),
-              .mlp_width = p.vision().mlp_width(),
-              .layers_run = p.vision().layers_run(),
-              .tokens = p.vision().tokens(),
-              .patch_size = p.vision().patch_size(),
-              .channels = p.vision().channels()};
-  d.images_per_sample = p.images_per_sample();
-  d.image_tokens = p.image_tokens();
-  d.projector_in = p.projector_in();
-  d.projector_hidden = p.projector_hidden();
-  d.projector_out = p.projector_out();
-  std::vector<DecoderLayerHeads> heads;
-  for (const pb::DecoderLayerDims& l : p.decoder()) {
-    d.decoder.push_back({l.hidden(), l.q_width(), l.kv_width(), l.mlp_width()});
-    heads.push_back({l.num_heads(), l.num_kv_heads(), l.head_dim()});
-  }
-  d.vocab = p.vocab();
-  const TokenStats stats{.mean_tokens = r.token_stats().mean_tokens(),
-                         .mean_tokens_sq = r.token_stats().mean_tokens_sq(),
-                         .mean_answer_tokens = r.token_stats().mean_answer_tokens()};
-  return BuildPolicySpace(spec, d, stats, heads);
-}
-
 json EtaJson(const JobSpec& spec, double eta) {
   const char* how = spec.strategy == search::Strategy::kRandomSearch ? "zero (RANDOM_SEARCH)"
                     : spec.eta.has_value()                           ? "explicit"
@@ -209,7 +183,7 @@ absl::Status SearchDriver::Prepare() {
             prepared_, lease.client->Prepare(req, dispatcher_->options().prepare_deadline, cancel));
         return absl::OkStatus();
       }));
-  ASSIGN_OR_RETURN(search::PolicySpace space, SpaceOf(spec_, prepared_));
+  ASSIGN_OR_RETURN(search::PolicySpace space, PolicySpaceFromPrepare(spec_, prepared_));
   space_ = std::make_unique<search::PolicySpace>(std::move(space));
   if (absl::Status b = space_->CheckBudget(spec_.flops_budget); !b.ok()) {
     return absl::FailedPreconditionError(absl::StrFormat(

@@ -39,24 +39,10 @@ namespace fs = std::filesystem;
 namespace pb = ::prune::v1;
 using nlohmann::json;
 using testing::BinDir;
+using testing::ReadFile;
+using testing::RunShell;
+using testing::SourceDir;
 using testing::TestProcess;
-
-std::string SourceDir() {
-  const char* v = std::getenv("PRUNESVC_SOURCE");
-  return v != nullptr && *v ? v : PRUNESVC_SOURCE_DIR;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-int RunShell(const std::string& cmd) {
-  const int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
 
 void Deadline(grpc::ClientContext& ctx, int seconds = 600) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));

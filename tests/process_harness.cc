@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -21,6 +22,23 @@ namespace prunesvc::testing {
 std::string BinDir() {
   const char* env = getenv("PRUNESVC_BIN");
   return env != nullptr ? env : PRUNESVC_BIN_DIR;
+}
+
+std::string SourceDir() {
+  const char* v = std::getenv("PRUNESVC_SOURCE");
+  return v != nullptr && *v ? v : PRUNESVC_SOURCE_DIR;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int RunShell(const std::string& command) {
+  const int rc = std::system(command.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
 bool WaitUntil(const std::function<bool()>& pred, absl::Duration timeout) {

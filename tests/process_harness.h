@@ -18,6 +18,13 @@ namespace prunesvc::testing {
 // $PRUNESVC_BIN (set by ctest) or build/bin relative to the working directory.
 std::string BinDir();
 
+// $PRUNESVC_SOURCE (set by ctest) or the source tree this was built from.
+std::string SourceDir();
+// The whole file ("" when it cannot be read).
+std::string ReadFile(const std::string& path);
+// /bin/sh -c `command`; its exit code (-1 when it did not exit normally).
+int RunShell(const std::string& command);
+
 // Polls `pred` every 20 ms until it holds or `timeout` passes.
 bool WaitUntil(const std::function<bool()>& pred, absl::Duration timeout);
 

@@ -33,18 +33,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace pb = ::prune::v1;
 
-std::string SourceDir() {
-  const char* v = std::getenv("PRUNESVC_SOURCE");
-  return v != nullptr && *v ? v : PRUNESVC_SOURCE_DIR;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 void WriteFile(const std::string& path, const std::string& data) {
   std::ofstream(path, std::ios::binary) << data;
 }

@@ -56,24 +56,10 @@ namespace fs = std::filesystem;
 namespace pb = ::prune::v1;
 using nlohmann::json;
 using testing::BinDir;
+using testing::ReadFile;
+using testing::RunShell;
+using testing::SourceDir;
 using testing::TestProcess;
-
-std::string SourceDir() {
-  const char* v = std::getenv("PRUNESVC_SOURCE");
-  return v != nullptr && *v ? v : PRUNESVC_SOURCE_DIR;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-int RunShell(const std::string& cmd) {
-  const int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
 
 // The scheduler's registry, reduced to what a worker needs: it registers, heartbeats (and is told
 // which steps to cancel), and moves blobs.
@@ -347,32 +333,6 @@ class RemoteEvaluator : public search::PolicyEvaluator {
   int64_t evaluated_ = 0;
 };
 
-absl::StatusOr<search::PolicySpace> SpaceOf(const JobSpec& spec, const pb::PrepareResponse& r) {
-  FlopsModelDims d;
-  const pb::FlopsModelDims& p = r.flops_dims();
-  d.vision = {.width = p.vision().width(),
-              .mlp_width = p.vision().mlp_width(),
-              .layers_run = p.vision().layers_run(),
-              .tokens = p.vision().tokens(),
-              .patch_size = p.vision().patch_size(),
-              .channels = p.vision().channels()};
-  d.images_per_sample = p.images_per_sample();
-  d.image_tokens = p.image_tokens();
-  d.projector_in = p.projector_in();
-  d.projector_hidden = p.projector_hidden();
-  d.projector_out = p.projector_out();
-  std::vector<DecoderLayerHeads> heads;
-  for (const pb::DecoderLayerDims& l : p.decoder()) {
-    d.decoder.push_back({l.hidden(), l.q_width(), l.kv_width(), l.mlp_width()});
-    heads.push_back({l.num_heads(), l.num_kv_heads(), l.head_dim()});
-  }
-  d.vocab = p.vocab();
-  const TokenStats stats{.mean_tokens = r.token_stats().mean_tokens(),
-                         .mean_tokens_sq = r.token_stats().mean_tokens_sq(),
-                         .mean_answer_tokens = r.token_stats().mean_answer_tokens()};
-  return BuildPolicySpace(spec, d, stats, heads);
-}
-
 // Unpacks a tar held in memory into `dir`.
 bool Untar(const std::string& data, const std::string& dir) {
   const std::string path = dir + ".tar";
@@ -424,7 +384,7 @@ TEST(WorkerStepsTest, StepsOverGrpcReproducePruneLocal) {
   EXPECT_GT(prepared.token_stats().mean_tokens_sq(), 0);
   EXPECT_EQ(prepared.owl_outlier_ratios_size(), 0);  // not an OWL job
   // The scheduler's space from the response: the same FLOPs model as the worker's.
-  absl::StatusOr<search::PolicySpace> space = SpaceOf(spec, prepared);
+  absl::StatusOr<search::PolicySpace> space = PolicySpaceFromPrepare(spec, prepared);
   ASSERT_TRUE(space.ok()) << space.status();
   EXPECT_DOUBLE_EQ(space->dense_flops(), prepared.dense_flops());
   EXPECT_DOUBLE_EQ(space->MinReachableRatio(), prepared.min_flops_ratio());
@@ -540,7 +500,7 @@ TEST(WorkerStepsTest, PrepareCarriesOwlOutliersAndTheHeadLayout) {
     EXPECT_EQ(l.num_heads() % l.num_kv_heads(), 0);
     EXPECT_EQ(l.q_width(), l.num_heads() * l.head_dim());
   }
-  absl::StatusOr<search::PolicySpace> space = SpaceOf(spec, resp);
+  absl::StatusOr<search::PolicySpace> space = PolicySpaceFromPrepare(spec, resp);
   ASSERT_TRUE(space.ok()) << space.status();
   EXPECT_EQ(space->granularity(), search::Granularity::kStructured);
   EXPECT_DOUBLE_EQ(space->MinReachableRatio(), resp.min_flops_ratio());
