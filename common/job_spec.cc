@@ -258,6 +258,17 @@ absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
                                      spec.EffectiveRatioChoices());
 }
 
+nlohmann::json EtaReportJson(const JobSpec& spec, double eta) {
+  const char* how = spec.strategy == search::Strategy::kRandomSearch ? "zero (RANDOM_SEARCH)"
+                    : spec.eta.has_value()                           ? "explicit"
+                                                                     : "auto";
+  return {{"value", eta},
+          {"mode", how},
+          {"rule",
+           "auto: chosen on the first population so that std(eta*omega/sqrt(n)) = "
+           "std(loss) (population standard deviations)"}};
+}
+
 void SetGranularity(JobSpec& spec, search::Granularity granularity) {
   spec.granularity = granularity;
   if (granularity == search::Granularity::kStructured) {

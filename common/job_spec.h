@@ -41,6 +41,7 @@
 #include "common/evolution.h"
 #include "common/nm_sparsity.h"
 #include "common/policy.h"
+#include "nlohmann/json.hpp"
 
 namespace prunesvc {
 
@@ -153,6 +154,10 @@ absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
                                                      const FlopsModelDims& dims,
                                                      const TokenStats& stats,
                                                      const std::vector<DecoderLayerHeads>& heads);
+
+// report.json's "eta" object for a search: the η in use and how it was set (explicit, auto, or
+// zero for RANDOM_SEARCH). prune-local and the scheduler's search driver both write it.
+nlohmann::json EtaReportJson(const JobSpec& spec, double eta);
 
 // Sets the granularity and fills the defaults that depend on it (final_mask_method: nullopt for
 // STRUCTURED, SPARSEGPT otherwise).

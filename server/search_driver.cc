@@ -29,17 +29,6 @@ pb::JobEvent StateEvent(pb::JobState from, pb::JobState to, const std::string& r
   return e;
 }
 
-json EtaJson(const JobSpec& spec, double eta) {
-  const char* how = spec.strategy == search::Strategy::kRandomSearch ? "zero (RANDOM_SEARCH)"
-                    : spec.eta.has_value()                           ? "explicit"
-                                                                     : "auto";
-  return {{"value", eta},
-          {"mode", how},
-          {"rule",
-           "auto: chosen on the first population so that std(eta*omega/sqrt(n)) = "
-           "std(loss) (population standard deviations)"}};
-}
-
 }  // namespace
 
 SearchDriver::SearchDriver(Dispatcher* dispatcher, std::string job_id)
@@ -322,7 +311,7 @@ absl::Status SearchDriver::Search() {
                             {"omega", best.result.omega},
                             {"flops_ratio_nominal", best.flops_ratio},
                             {"projector_version", search->state().projector_version}};
-  report_["eta"] = EtaJson(spec_, search->state().eta.value_or(0.0));
+  report_["eta"] = EtaReportJson(spec_, search->state().eta.value_or(0.0));
   final_projector_version_ = evaluator->latest_version();
   return absl::OkStatus();
 }

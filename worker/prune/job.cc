@@ -61,22 +61,12 @@ class TrackingEvaluator : public search::PolicyEvaluator {
   std::vector<search::Policy> distinct_;
 };
 
-json EtaJson(const LocalJobSpec& spec, double eta) {
-  const char* how = spec.strategy == search::Strategy::kRandomSearch ? "zero (RANDOM_SEARCH)"
-                    : spec.eta.has_value()                           ? "explicit"
-                                                                     : "auto";
-  return {{"value", eta},
-          {"mode", how},
-          {"rule",
-           "auto: chosen on the first population so that std(eta*omega/sqrt(n)) = "
-           "std(loss) (population standard deviations)"}};
-}
-
 // report.json's "eta" with the issue-14 options: the estimator and, when CV chose η, how (its ρ
-// and every grid value's, from generation 0). The default options keep EtaJson's object as is.
+// and every grid value's, from generation 0). The default options keep EtaReportJson's object as
+// is.
 json SearchEtaJson(const LocalJobSpec& spec, double eta,
                    const std::vector<search::GenerationStats>& history) {
-  json j = EtaJson(spec, eta);
+  json j = EtaReportJson(spec, eta);
   if (spec.estimator != search::Estimator::kNorm) {
     j["estimator"] = std::string(search::EstimatorName(spec.estimator));
     j["rule"] =
