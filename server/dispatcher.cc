@@ -32,6 +32,12 @@ DispatcherMetrics::DispatcherMetrics(prometheus::Registry& registry) {
                      .Help("Candidate policies evaluated for jobs")
                      .Register(registry)
                      .Add({});
+  split_evaluations = &prometheus::BuildCounter()
+                           .Name("prunesvc_split_evaluations_total")
+                           .Help("Policies whose samples were split across workers (more idle "
+                                 "workers than policies)")
+                           .Register(registry)
+                           .Add({});
   queue_depth = &prometheus::BuildGauge()
                      .Name("prunesvc_step_queue_depth")
                      .Help("Steps waiting for a free worker")

@@ -60,6 +60,7 @@ struct DispatcherMetrics {
   prometheus::Family<prometheus::Histogram>* step_seconds;  // {step}
   prometheus::Counter* retries;
   prometheus::Counter* evaluations;
+  prometheus::Counter* split_evaluations;  // policies scored in sample slices
   prometheus::Gauge* queue_depth;  // steps waiting for a worker
   prometheus::Gauge* running_jobs;
 };

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "server/dispatcher.h"
+#include "server/evaluation_plan.h"
 #include "server/search_driver.h"
 
 namespace prunesvc::server {
@@ -16,45 +17,53 @@ namespace pb = ::prune::v1;
 absl::StatusOr<pb::EvaluatePoliciesRequest> ChunkRequest(SearchDriver& driver,
                                                          const search::PolicySpace& space,
                                                          const std::vector<search::Policy>& ps,
-                                                         size_t begin, size_t end, int version) {
+                                                         const EvalChunk& chunk, int version) {
   pb::EvaluatePoliciesRequest req;
   req.mutable_header()->set_job_id(driver.job_id());
   *req.mutable_spec() = driver.spec_proto();
   req.set_projector_version(version);
   auto blob = driver.projector_blobs().find(version);
   if (blob != driver.projector_blobs().end()) req.set_projector_blob_id(blob->second);
-  for (size_t i = begin; i < end; ++i) {
+  for (int i = chunk.policy_begin; i < chunk.policy_end; ++i) {
     ASSIGN_OR_RETURN(std::vector<double> ratios, space.UnitRatios(ps[i]));
     req.add_policies()->mutable_ratios()->Assign(ratios.begin(), ratios.end());
   }
+  req.set_sample_begin(chunk.sample_begin);
+  req.set_sample_end(chunk.sample_end);
   return req;
 }
 
-// One chunk on one lease: results into out[begin, end).
-absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req, size_t begin,
-                      size_t end, const WorkerLease& lease, StepCancel* cancel,
-                      std::vector<search::EvalResult>& out) {
+// One chunk on one lease: one SliceResult per policy of the chunk into `out`.
+absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req,
+                      const WorkerLease& lease, StepCancel* cancel,
+                      std::vector<SliceResult>& out) {
   req.mutable_header()->set_step_id(driver.NextStepId("evaluate"));
-  size_t next = 0;
+  out.clear();
+  const size_t want = size_t(req.policies_size());
   absl::Status order = absl::OkStatus();
   absl::Status s = lease.client->EvaluatePolicies(
       req, driver.dispatcher()->options().evaluate_deadline, cancel,
       [&](const pb::EvaluatePoliciesResponse& r) {
-        if (r.index() != int(next) || begin + next >= end) {
+        if (r.index() != int(out.size()) || out.size() >= want) {
           order = absl::InternalError(absl::StrCat("worker ", lease.worker_id, " sent result ",
                                                    r.index(), " out of order"));
           return;
         }
         const pb::PolicyEvaluation& e = r.evaluation();
-        out[begin + next] = {.loss = e.loss(), .accuracy = e.accuracy(), .omega = e.omega()};
-        ++next;
+        out.push_back(
+            {.result = {.loss = e.loss(),
+                        .accuracy = e.accuracy(),
+                        .omega = e.omega(),
+                        .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()}},
+             .num_correct = r.num_correct(),
+             .num_multiple_choice = r.num_multiple_choice()});
       });
   RETURN_IF_ERROR(s);
   RETURN_IF_ERROR(order);
-  if (begin + next != end) {
+  if (out.size() != want) {
     return WithRetryable(
-        absl::UnavailableError(absl::StrCat("worker ", lease.worker_id, " returned ", next, " of ",
-                                            end - begin, " results")),
+        absl::UnavailableError(absl::StrCat("worker ", lease.worker_id, " returned ", out.size(),
+                                            " of ", want, " results")),
         true);
   }
   return absl::OkStatus();
@@ -64,31 +73,35 @@ absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req, siz
 
 absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
     const std::vector<search::Policy>& policies, int version) {
-  std::vector<search::EvalResult> out(policies.size());
-  if (policies.empty()) return out;
+  if (policies.empty()) return std::vector<search::EvalResult>{};
   Dispatcher& d = *driver_->dispatcher();
-  // One worker at least (waiting for it), then as many more as are idle, one chunk each.
+  const int num_samples = driver_->prepared().num_samples();
+  const int batch = driver_->prepared().scoring_batch_size();
+  // One worker at least (waiting for it), then as many more as are idle and have work: a policy
+  // each, or, with more workers than policies, a slice of a policy's samples each.
   ASSIGN_OR_RETURN(WorkerLease first, d.Acquire(driver_->job_id(), driver_->priority(),
                                                 [this] { return driver_->stopped(); }));
   std::vector<WorkerLease> leases = {first};
-  for (WorkerLease& l :
-       d.TryAcquireMore(driver_->job_id(), driver_->priority(), int(policies.size()) - 1)) {
+  const int useful = MaxUsefulChunks(int(policies.size()), num_samples, batch);
+  for (WorkerLease& l : d.TryAcquireMore(driver_->job_id(), driver_->priority(), useful - 1)) {
     leases.push_back(std::move(l));
   }
-  const size_t k = leases.size();
-  std::vector<std::pair<size_t, size_t>> chunks;
-  for (size_t c = 0; c < k; ++c) {
-    chunks.emplace_back(policies.size() * c / k, policies.size() * (c + 1) / k);
+  const std::vector<EvalChunk> chunks =
+      PlanChunks(int(policies.size()), int(leases.size()), num_samples, batch);
+  while (leases.size() > chunks.size()) {
+    d.Release(leases.back(), false);
+    leases.pop_back();
   }
+  const size_t k = chunks.size();
+  std::vector<std::vector<SliceResult>> parts(k);
   std::vector<absl::Status> results(k);
   std::vector<std::thread> threads;
   for (size_t c = 0; c < k; ++c) {
     threads.emplace_back([&, c] {
       StepCancel* cancel = driver_->NewCancel();
-      absl::StatusOr<::prune::v1::EvaluatePoliciesRequest> req =
-          ChunkRequest(*driver_, *space_, policies, chunks[c].first, chunks[c].second, version);
-      results[c] = req.ok() ? RunChunk(*driver_, *std::move(req), chunks[c].first, chunks[c].second,
-                                       leases[c], cancel, out)
+      absl::StatusOr<pb::EvaluatePoliciesRequest> req =
+          ChunkRequest(*driver_, *space_, policies, chunks[c], version);
+      results[c] = req.ok() ? RunChunk(*driver_, *std::move(req), leases[c], cancel, parts[c])
                             : req.status();
       driver_->DropCancel(cancel);
       d.NoteAffinity(driver_->job_id(), leases[c].worker_id);
@@ -101,20 +114,38 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
     if (results[c].ok()) continue;
     if (!IsRetryable(results[c])) return results[c];
     d.metrics().retries->Increment();
-    ASSIGN_OR_RETURN(auto req, ChunkRequest(*driver_, *space_, policies, chunks[c].first,
-                                            chunks[c].second, version));
+    ASSIGN_OR_RETURN(auto req, ChunkRequest(*driver_, *space_, policies, chunks[c], version));
     RETURN_IF_ERROR(driver_->RunStep("evaluate", d.options().evaluate_deadline,
                                      [&](const WorkerLease& lease, StepCancel* cancel) {
-                                       return RunChunk(*driver_, req, chunks[c].first,
-                                                       chunks[c].second, lease, cancel, out);
+                                       return RunChunk(*driver_, req, lease, cancel, parts[c]);
                                      }));
   }
+  ASSIGN_OR_RETURN(std::vector<search::EvalResult> out, Reassemble(chunks, parts, num_samples));
   for (const search::Policy& p : policies) {
     ASSIGN_OR_RETURN(std::string hash, space_->Hash(p));
     evaluated_.push_back({{"hash", hash}, {"projector_version", version}});
   }
   evaluations_ += int64_t(policies.size());
   d.metrics().evaluations->Increment(double(policies.size()));
+  return out;
+}
+
+absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Reassemble(
+    const std::vector<EvalChunk>& chunks, const std::vector<std::vector<SliceResult>>& parts,
+    int num_samples) const {
+  std::vector<search::EvalResult> out;
+  std::vector<SliceResult> slices;  // of the policy being combined, in sample order
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    if (chunks[c].whole()) {
+      for (const SliceResult& s : parts[c]) out.push_back(s.result);
+      continue;
+    }
+    slices.push_back(parts[c].at(0));
+    if (c + 1 < chunks.size() && chunks[c + 1].policy_begin == chunks[c].policy_begin) continue;
+    ASSIGN_OR_RETURN(out.emplace_back(), CombineSlices(slices, num_samples));
+    if (slices.size() > 1) driver_->dispatcher()->metrics().split_evaluations->Increment();
+    slices.clear();
+  }
   return out;
 }
 

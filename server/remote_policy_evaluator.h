@@ -1,9 +1,10 @@
 // The search's second PolicyEvaluator (common/evolution.h; the first is the worker's
 // LocalPolicyEvaluator): evaluations and projector training run as PruningWorker steps through
-// the job's SearchDriver. Evaluate splits a batch (one generation's cache misses) into contiguous
-// chunks over the workers the dispatcher can lease at once, runs them in parallel and
-// reassembles the results in request order; a chunk whose worker failed in a retryable way is
-// re-run (with retries) on another worker. TrainProjector names the new version (latest + 1) so
+// the job's SearchDriver. Evaluate splits a batch (one generation's cache misses) over the workers
+// the dispatcher can lease at once — contiguous runs of policies, or, with more workers than
+// policies, slices of each policy's samples (evaluation_plan.h; the slices combine into exactly
+// the whole-set result) — runs them in parallel and reassembles the results in request order; a
+// chunk whose worker failed in a retryable way is re-run (with retries) on another worker. TrainProjector names the new version (latest + 1) so
 // every worker agrees, and records the uploaded projector's blob for later steps.
 //
 // Thread-compatible: called by the one search of its driver.
@@ -15,6 +16,7 @@
 #include "common/evolution.h"
 #include "common/policy.h"
 #include "nlohmann/json.hpp"
+#include "server/evaluation_plan.h"
 
 namespace prunesvc::server {
 
@@ -38,6 +40,11 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   void set_evaluations(int64_t n) { evaluations_ = n; }
 
  private:
+  // The per-policy results, in request order, from each chunk's slice results.
+  absl::StatusOr<std::vector<search::EvalResult>> Reassemble(
+      const std::vector<EvalChunk>& chunks, const std::vector<std::vector<SliceResult>>& parts,
+      int num_samples) const;
+
   SearchDriver* const driver_;
   const search::PolicySpace* const space_;
   int latest_;

@@ -172,8 +172,9 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     const std::string log_level = options.log_level;
     const std::string roots = absl::StrJoin(options.allowed_model_roots, ",");
     const std::string cache = options.state_dir + "/local-workers";
-    lw.argv_for_slot = [binary, port, threads, log_level, roots, cache](int slot) {
-      return std::vector<std::string>{binary,
+    const int batch = options.worker_batch;
+    lw.argv_for_slot = [binary, port, threads, batch, log_level, roots, cache](int slot) {
+      std::vector<std::string> argv = {binary,
                                       "--allowed-model-roots=" + roots,
                                       absl::StrCat("--cache-dir=", cache, "/", slot),
                                       "--host=127.0.0.1",
@@ -184,6 +185,8 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
                                       "--metrics-port=0",
                                       absl::StrCat("--log-level=", log_level),
                                       absl::StrCat("--worker-name=local-", slot)};
+      if (batch > 0) argv.push_back(absl::StrCat("--batch=", batch));
+      return argv;
     };
     SchedulerMetrics* metrics = s->metrics_.get();
     lw.on_restart = [metrics](int) { metrics->local_worker_restarts->Increment(); };

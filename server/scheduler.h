@@ -36,6 +36,7 @@ struct SchedulerOptions {
   int local_workers = 0;
   std::string worker_binary;  // default: prune-worker next to this executable
   int worker_threads = 0;     // per local worker; 0 = cores / local_workers
+  int worker_batch = 0;       // local workers' samples per scoring forward; 0 = their default
   std::string log_level = "info";
   WorkerTableOptions workers;
   // Directories a job's model may lie in (realpath'ed at start; each must exist). Empty = every

@@ -19,6 +19,9 @@ ABSL_FLAG(int, local_workers, 0,
 ABSL_FLAG(std::string, worker_binary, "",
           "prune-worker executable for --local-workers (default: next to this binary).");
 ABSL_FLAG(int, worker_threads, 0, "Threads per local worker; 0 = cores / --local-workers.");
+ABSL_FLAG(int, worker_batch, 0,
+          "Samples per scoring forward on each local worker (prune-worker --batch); 0 = its "
+          "default. A job's results equal prune-local's at the same --batch.");
 ABSL_FLAG(std::string, ready_file, "",
           "When set, write {\"port\":..,\"metrics_port\":..,\"pid\":..} here once serving.");
 ABSL_FLAG(std::vector<std::string>, allowed_model_roots, {},
@@ -44,6 +47,7 @@ int main(int argc, char** argv) {
   options.local_workers = absl::GetFlag(FLAGS_local_workers);
   options.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.worker_batch = absl::GetFlag(FLAGS_worker_batch);
   options.log_level = absl::GetFlag(FLAGS_log_level);
   options.allowed_model_roots = absl::GetFlag(FLAGS_allowed_model_roots);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);

@@ -69,6 +69,8 @@ class SearchDriver {
   const ::prune::v1::JobSpec& spec_proto() const { return spec_proto_; }
   int priority() const { return priority_; }
   Dispatcher* dispatcher() { return dispatcher_; }
+  // The worker's answer to the job's Prepare (sample count, scoring batch, …).
+  const ::prune::v1::PrepareResponse& prepared() const { return prepared_; }
   // Projector blobs by version (0 = the model's own: no blob).
   std::map<int, std::string>& projector_blobs() { return projector_blobs_; }
 

@@ -73,7 +73,8 @@ struct Service {
   std::string dir;
 };
 
-Service StartService(const std::string& name, int workers) {
+// `batch` > 0: the local workers' scoring batch (--worker-batch).
+Service StartService(const std::string& name, int workers, int batch = 0) {
   Service s;
   s.dir = TheData().work + "/" + name;
   fs::create_directories(s.dir);
@@ -82,7 +83,7 @@ Service StartService(const std::string& name, int workers) {
       {BinDir() + "/prune-scheduler", "--host=127.0.0.1", "--port=0", "--metrics-port=0",
        "--state-dir=" + s.dir + "/state", absl::StrCat("--local-workers=", workers),
        "--worker-threads=1", "--allowed-model-roots=" + SourceDir() + "/models",
-       "--ready-file=" + ready},
+       "--ready-file=" + ready, absl::StrCat("--worker-batch=", batch)},
       s.dir + "/scheduler.log");
   if (!p.ok()) return s;
   s.process = std::make_unique<TestProcess>(std::move(*p));
@@ -147,10 +148,11 @@ JobSpec SmallSpec(const std::string& dataset, const std::string& eval, int popul
   return s;
 }
 
-std::string LocalFlags(const JobSpec& s) {
+std::string LocalFlags(const JobSpec& s, int batch) {
   return absl::StrCat("--flops-budget=0.5 --population=", s.population,
                       " --parents=2 --generations=2 --projector-every=2 --projector-steps=2 "
-                      "--seed=5 --threads=1");
+                      "--seed=5 --threads=1",
+                      batch > 0 ? absl::StrCat(" --batch=", batch) : "");
 }
 
 absl::StatusOr<pb::Job> Submit(Service& s, const JobSpec& spec) {
@@ -229,14 +231,14 @@ bool Untar(const std::string& bytes, const std::string& dir) {
   return RunShell(absl::StrCat("tar -C ", dir, " -xf ", dir, ".tar")) == 0;
 }
 
-void ExpectSameAsPruneLocal(const std::string& artifact_dir, const JobSpec& spec,
+void ExpectSameAsPruneLocal(const std::string& artifact_dir, const JobSpec& spec, int batch,
                             const std::string& name) {
   const Data& d = TheData();
   const std::string local = d.work + "/local-" + name;
   if (!fs::exists(local + "/policy.json")) {
     ASSERT_EQ(RunShell(absl::StrCat(BinDir(), "/prune-local --model=", SourceDir(),
                                     "/models/tiny-llava-shapes --samples=", d.search,
-                                    " --eval-samples=", d.eval, " ", LocalFlags(spec),
+                                    " --eval-samples=", d.eval, " ", LocalFlags(spec, batch),
                                     " --out=", local, " >", local, ".log 2>&1")),
               0)
         << ReadFile(local + ".log");
@@ -271,9 +273,10 @@ double Metric(int port, const std::string& series) {
   return found ? sum : -1;
 }
 
-// A job through the whole service, compared with prune-local; `workers` local workers.
-void RunAndCompare(int workers, int population, const std::string& name) {
-  Service s = StartService(name, workers);
+// A job through the whole service, compared with prune-local; `workers` local workers scoring in
+// batches of `batch` (0: the default), prune-local likewise.
+void RunAndCompare(int workers, int population, const std::string& name, int batch = 0) {
+  Service s = StartService(name, workers, batch);
   ASSERT_NE(s.stub, nullptr) << (s.process ? s.process->Log() : "");
   auto dataset = Upload(s, TheData().search);
   auto eval = Upload(s, TheData().eval);
@@ -295,16 +298,23 @@ void RunAndCompare(int workers, int population, const std::string& name) {
   EXPECT_TRUE(trailer == hex || trailer == "sha256:" + hex) << trailer;
   const std::string dir = s.dir + "/artifact";
   ASSERT_TRUE(Untar(*bytes, dir));
-  ExpectSameAsPruneLocal(dir, spec, absl::StrCat("pop", population));
+  ExpectSameAsPruneLocal(dir, spec, batch, absl::StrCat("pop", population, "-batch", batch));
   EXPECT_GT(Metric(s.metrics_port, "prunesvc_steps_total"), 0);
+  if (workers > population / 2) {  // more workers than a generation's misses
+    EXPECT_GT(Metric(s.metrics_port, "prunesvc_split_evaluations_total"), 0);
+  }
   std::printf("[e2e %s] %zu events, artifact %zu bytes\n", name.c_str(), events.size(),
               bytes->size());
 }
 
 TEST(E2eJobsTest, TwoWorkersReproducePruneLocal) { RunAndCompare(2, 4, "two"); }
 TEST(E2eJobsTest, OneWorkerReproducesPruneLocal) { RunAndCompare(1, 4, "one"); }
-// Population 4 with 2 parents: 2 cache misses a generation over 3 workers.
-TEST(E2eJobsTest, MoreWorkersThanPoliciesReproducePruneLocal) { RunAndCompare(3, 4, "three"); }
+// Population 4 with 2 parents: 2 cache misses a generation over 3 workers, the 12 search samples
+// scored in batches of 4: one policy's samples are split over two workers, and the combined
+// result is exactly prune-local's.
+TEST(E2eJobsTest, MoreWorkersThanPoliciesReproducePruneLocal) {
+  RunAndCompare(3, 4, "three", 4);
+}
 
 TEST(E2eJobsTest, WorkerKilledMidSearchJobStillSucceedsWithTheSamePolicy) {
   Service s = StartService("kill", 2);
@@ -350,7 +360,7 @@ TEST(E2eJobsTest, WorkerKilledMidSearchJobStillSucceedsWithTheSamePolicy) {
   auto bytes = Fetch(s, artifact, &trailer);
   ASSERT_TRUE(bytes.ok());
   ASSERT_TRUE(Untar(*bytes, s.dir + "/artifact"));
-  ExpectSameAsPruneLocal(s.dir + "/artifact", spec, "pop8");
+  ExpectSameAsPruneLocal(s.dir + "/artifact", spec, 0, "pop8-batch0");
   // The kill cost a step (retried elsewhere) and the supervisor respawned the worker.
   const double retries = Metric(s.metrics_port, "prunesvc_step_retries_total");
   EXPECT_GE(retries, 1);

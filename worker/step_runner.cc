@@ -97,6 +97,17 @@ absl::StatusOr<pb::PolicyEvaluation> EvaluationProto(const search::PolicySpace& 
   return e;
 }
 
+// The request's sample slice: both bounds 0 = every search sample.
+absl::StatusOr<prune::SampleRange> RequestedRange(const pb::EvaluatePoliciesRequest& req, int n) {
+  if (req.sample_begin() == 0 && req.sample_end() == 0) return prune::SampleRange{0, n};
+  if (req.sample_begin() < 0 || req.sample_begin() >= req.sample_end() || req.sample_end() > n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sample_begin/sample_end: [", req.sample_begin(), ", ", req.sample_end(),
+                     ") is empty or outside the job's ", n, " search samples"));
+  }
+  return prune::SampleRange{req.sample_begin(), req.sample_end()};
+}
+
 void DimsToProto(const FlopsModelDims& d, const std::vector<DecoderLayerHeads>& heads,
                  pb::FlopsModelDims* p) {
   pb::VisionFlopsDims* v = p->mutable_vision();
@@ -425,6 +436,7 @@ absl::StatusOr<pb::PrepareResponse> StepRunner::Prepare(const pb::PrepareRequest
     resp.mutable_token_stats()->set_mean_answer_tokens(s.token_stats.mean_answer_tokens);
     for (double d : s.owl_outlier_ratios) resp.add_owl_outlier_ratios(d);
     resp.set_cache_hit(hit);
+    resp.set_scoring_batch_size(options_.batch_size);
     return resp;
   };
   absl::StatusOr<pb::PrepareResponse> out = run();
@@ -487,10 +499,14 @@ absl::Status StepRunner::EvaluatePolicies(
     }
     RETURN_IF_ERROR(MaybeInjectFault("evaluate"));
     absl::Status emitted = absl::OkStatus();
-    auto on_result = [&](int i, const search::EvalResult& r) {
+    ASSIGN_OR_RETURN(const prune::SampleRange range,
+                     RequestedRange(req, job->summary().num_samples));
+    auto on_result = [&](int i, const prune::CandidateResult& r) {
       evaluations_->Increment();
-      absl::StatusOr<pb::PolicyEvaluation> e =
-          EvaluationProto(job->space(), policies[i], r, req.projector_version());
+      absl::StatusOr<pb::PolicyEvaluation> e = EvaluationProto(
+          job->space(), policies[i],
+          {.loss = r.loss, .accuracy = r.accuracy, .omega = r.omega, .sample_losses = r.sample_losses},
+          req.projector_version());
       if (!e.ok()) {
         emitted.Update(e.status());
         return;
@@ -498,10 +514,12 @@ absl::Status StepRunner::EvaluatePolicies(
       pb::EvaluatePoliciesResponse resp;
       resp.set_index(i);
       *resp.mutable_evaluation() = *std::move(e);
+      resp.set_num_correct(r.num_correct);
+      resp.set_num_multiple_choice(r.num_multiple_choice);
       emit(resp);
     };
     RETURN_IF_ERROR(
-        job->Evaluate(policies, req.projector_version(), scope.ctx(), on_result).status());
+        job->Evaluate(policies, req.projector_version(), scope.ctx(), on_result, range).status());
     return emitted;
   };
   return scope.Done(run());

@@ -360,11 +360,21 @@ absl::StatusOr<double> CandidateEvaluator::Omega(absl::Span<const double> linear
 }
 
 absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(
-    absl::Span<const double> linear_ratios) {
+    absl::Span<const double> linear_ratios, SampleRange range) {
+  const int n = int(samples_.size());
+  if (range.end < 0) range.end = n;
+  if (range.begin < 0 || range.begin >= range.end || range.end > n) {
+    return absl::InvalidArgumentError(absl::StrCat("sample range [", range.begin, ", ", range.end,
+                                                   ") is empty or outside the ", n,
+                                                   " search samples"));
+  }
   RETURN_IF_ERROR(ApplyRatios(linear_ratios));
   const auto t0 = Clock::now();
-  ASSIGN_OR_RETURN(std::vector<model::SampleScore> scores,
-                   model::ScoreSamples(*model_, samples_, {.batch_size = options_.batch_size}));
+  ASSIGN_OR_RETURN(
+      std::vector<model::SampleScore> scores,
+      model::ScoreSamples(*model_,
+                          absl::MakeConstSpan(samples_).subspan(range.begin, range.end - range.begin),
+                          {.batch_size = options_.batch_size}));
   timing_.forward_seconds = Seconds(t0);
   const model::ScoreSummary sum = model::Summarize(scores);
   CandidateResult r;
@@ -373,7 +383,10 @@ absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(
   r.num_samples = sum.num_samples;
   r.num_multiple_choice = sum.num_multiple_choice;
   r.sample_losses.reserve(scores.size());
-  for (const model::SampleScore& s : scores) r.sample_losses.push_back(s.loss);
+  for (const model::SampleScore& s : scores) {
+    r.sample_losses.push_back(s.loss);
+    r.num_correct += s.multiple_choice && s.correct;
+  }
   ASSIGN_OR_RETURN(r.omega, Omega(linear_ratios));
   return r;
 }

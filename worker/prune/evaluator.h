@@ -93,12 +93,19 @@ struct EvaluatorOptions {
   std::optional<NmPattern> nm;
 };
 
+// Search samples [begin, end); end < 0 means through the last one.
+struct SampleRange {
+  int begin = 0;
+  int end = -1;
+};
+
 struct CandidateResult {
   double loss = 0;      // L̂: mean over samples of the mean answer-token CE (nats)
   double accuracy = 0;  // over the multiple-choice samples (0 when none)
   double omega = 0;     // Ω(π)
   int num_samples = 0;
   int num_multiple_choice = 0;
+  int num_correct = 0;  // multiple-choice samples answered correctly
   std::vector<double> sample_losses;
 };
 
@@ -133,8 +140,11 @@ class CandidateEvaluator {
   // Writes W ⊙ mask(ratio_i) into every decoder linear i whose pruned count changed.
   // `linear_ratios` has one entry per decoder linear, each in [0, 1].
   absl::Status ApplyRatios(absl::Span<const double> linear_ratios);
-  // ApplyRatios + one batched forward over the samples + Ω.
-  absl::StatusOr<CandidateResult> Evaluate(absl::Span<const double> linear_ratios);
+  // ApplyRatios + batched forwards over the samples in `range` (batches of batch_size from
+  // range.begin, so a range that starts on a batch boundary scores each sample exactly as the
+  // whole set does) + Ω. Errors: a range outside the samples or empty.
+  absl::StatusOr<CandidateResult> Evaluate(absl::Span<const double> linear_ratios,
+                                           SampleRange range = {});
   // Back to the dense weights (all k = 0).
   absl::Status RestoreDense();
 

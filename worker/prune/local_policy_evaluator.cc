@@ -82,24 +82,31 @@ absl::Status LocalPolicyEvaluator::SwitchTo(int version) {
 
 absl::StatusOr<std::vector<search::EvalResult>> LocalPolicyEvaluator::Evaluate(
     const std::vector<search::Policy>& policies, int projector_version) {
-  RETURN_IF_ERROR(SwitchTo(projector_version));
   std::vector<search::EvalResult> out;
   out.reserve(policies.size());
   for (const search::Policy& p : policies) {
-    ASSIGN_OR_RETURN(std::vector<double> unit_ratios, space_->UnitRatios(p));
-    ASSIGN_OR_RETURN(std::vector<double> ratios, LinearRatios(unit_ratios));
-    ASSIGN_OR_RETURN(CandidateResult r, evaluator_->Evaluate(ratios));
-    ++evaluations_;
-    if (!std::isfinite(r.loss) || !std::isfinite(r.omega)) {
-      return absl::InternalError(
-          absl::StrCat("non-finite loss ", r.loss, " for policy ", space_->Hash(p).value_or("?")));
-    }
+    ASSIGN_OR_RETURN(CandidateResult r, EvaluateSlice(p, projector_version, {}));
     out.push_back({.loss = r.loss,
                    .accuracy = r.accuracy,
                    .omega = r.omega,
                    .sample_losses = std::move(r.sample_losses)});
   }
   return out;
+}
+
+absl::StatusOr<CandidateResult> LocalPolicyEvaluator::EvaluateSlice(const search::Policy& policy,
+                                                                    int projector_version,
+                                                                    SampleRange range) {
+  RETURN_IF_ERROR(SwitchTo(projector_version));
+  ASSIGN_OR_RETURN(std::vector<double> unit_ratios, space_->UnitRatios(policy));
+  ASSIGN_OR_RETURN(std::vector<double> ratios, LinearRatios(unit_ratios));
+  ASSIGN_OR_RETURN(CandidateResult r, evaluator_->Evaluate(ratios, range));
+  ++evaluations_;
+  if (!std::isfinite(r.loss) || !std::isfinite(r.omega)) {
+    return absl::InternalError(absl::StrCat("non-finite loss ", r.loss, " for policy ",
+                                            space_->Hash(policy).value_or("?")));
+  }
+  return r;
 }
 
 absl::StatusOr<CandidateResult> LocalPolicyEvaluator::EvaluateUnitRatios(

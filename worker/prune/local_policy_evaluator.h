@@ -46,6 +46,10 @@ class LocalPolicyEvaluator : public search::PolicyEvaluator {
 
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int projector_version) override;
+  // One policy under `projector_version` on the search samples in `range` (a worker's share of
+  // a policy the scheduler split by samples), with the counts a whole-set result is combined from.
+  absl::StatusOr<CandidateResult> EvaluateSlice(const search::Policy& policy, int projector_version,
+                                                SampleRange range);
   // Registers the trained projector as (largest version so far) + 1.
   absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,
                                                          int from_version) override;

@@ -169,7 +169,7 @@ absl::Status PreparedJob::CheckUsable() const {
 
 absl::StatusOr<std::vector<search::EvalResult>> PreparedJob::Evaluate(
     const std::vector<search::Policy>& policies, int version, StepContext& ctx,
-    const std::function<void(int, const search::EvalResult&)>& on_result) {
+    const std::function<void(int, const CandidateResult&)>& on_result, SampleRange range) {
   RETURN_IF_ERROR(CheckUsable());
   if (!HasProjector(version)) {
     return absl::FailedPreconditionError(
@@ -179,10 +179,13 @@ absl::StatusOr<std::vector<search::EvalResult>> PreparedJob::Evaluate(
     std::vector<search::EvalResult> out;
     for (size_t i = 0; i < policies.size(); ++i) {
       RETURN_IF_ERROR(ctx.CheckStop());
-      ASSIGN_OR_RETURN(std::vector<search::EvalResult> r, local_->Evaluate({policies[i]}, version));
-      out.push_back(r.at(0));
+      ASSIGN_OR_RETURN(CandidateResult r, local_->EvaluateSlice(policies[i], version, range));
       ctx.Evaluated();
-      if (on_result) on_result(int(i), out.back());
+      if (on_result) on_result(int(i), r);
+      out.push_back({.loss = r.loss,
+                     .accuracy = r.accuracy,
+                     .omega = r.omega,
+                     .sample_losses = std::move(r.sample_losses)});
     }
     return out;
   });

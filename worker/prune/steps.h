@@ -143,10 +143,13 @@ class PreparedJob {
   const PrepareSummary& summary() const { return summary_; }
   const search::PolicySpace& space() const { return *space_; }
 
-  // Scores `policies` under projector `version` (registered); `on_result(i, result)` after each.
+  // Scores `policies` under projector `version` (registered) on the search samples in `range`
+  // (default: all; a slice's loss and accuracy are the slice's); `on_result(i, result)` after
+  // each, with the counts a scheduler combines slices from.
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int version, StepContext& ctx,
-      const std::function<void(int, const search::EvalResult&)>& on_result = nullptr);
+      const std::function<void(int, const CandidateResult&)>& on_result = nullptr,
+      SampleRange range = {});
   // Trains from `from_version` on `top_k` and registers the result as `new_version`
   // (> every registered version).
   absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,

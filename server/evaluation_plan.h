@@ -1,0 +1,60 @@
+// How RemotePolicyEvaluator cuts one generation's cache misses into worker requests, and how it
+// puts a policy split by samples back together.
+//
+// With at most as many workers as policies, each worker gets a contiguous run of policies on all
+// search samples. With more workers than policies, each policy's samples are cut into slices, one
+// per worker, on multiples of the workers' scoring batch: a worker scores a slice in the same
+// batches as a whole-set evaluation would, so each per-sample loss is bitwise the same, and
+// CombineSlices sums them in sample order exactly as model::Summarize does. The search therefore
+// sees identical results however a generation was split.
+//
+// Pure functions; thread-safe.
+#ifndef PRUNESVC_SERVER_EVALUATION_PLAN_H_
+#define PRUNESVC_SERVER_EVALUATION_PLAN_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/evolution.h"
+
+namespace prunesvc::server {
+
+// One worker request: policies [policy_begin, policy_end) on search samples
+// [sample_begin, sample_end); both sample bounds 0 = every sample (the request's encoding).
+struct EvalChunk {
+  int policy_begin = 0;
+  int policy_end = 0;
+  int sample_begin = 0;
+  int sample_end = 0;
+  bool whole() const { return sample_begin == 0 && sample_end == 0; }
+  bool operator==(const EvalChunk&) const = default;
+};
+
+// The most requests worth sending for `num_policies` over `num_samples` scored in batches of
+// `batch` (one per policy and batch); batch ≤ 0 (unknown) = one per policy.
+int MaxUsefulChunks(int num_policies, int num_samples, int batch);
+
+// Splits `num_policies` (≥ 1) over `num_workers` (≥ 1). Workers ≤ policies: num_workers chunks
+// of contiguous policies, sizes differing by at most one. More workers: every policy alone, the
+// first (workers mod policies) policies in one slice more, each policy's batches split as evenly
+// as possible; at most MaxUsefulChunks chunks. Chunks are in (policy, sample) order.
+std::vector<EvalChunk> PlanChunks(int num_policies, int num_workers, int num_samples, int batch);
+
+// A worker's result for one policy on one chunk's samples.
+struct SliceResult {
+  search::EvalResult result;  // the slice's loss / accuracy / sample_losses; the policy's Ω
+  int num_correct = 0;
+  int num_multiple_choice = 0;
+};
+
+// The whole-set result of a policy from its slices in sample order: loss = the in-order sum of
+// the concatenated sample losses / num_samples, accuracy = Σ correct / Σ multiple-choice (0 when
+// none), Ω and sample_losses as a whole-set evaluation gives them. A single slice is returned as
+// the worker computed it. Errors: the slices' sample losses do not add up to num_samples.
+absl::StatusOr<search::EvalResult> CombineSlices(absl::Span<const SliceResult> slices,
+                                                 int num_samples);
+
+}  // namespace prunesvc::server
+
+#endif  // PRUNESVC_SERVER_EVALUATION_PLAN_H_
