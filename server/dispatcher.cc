@@ -34,8 +34,9 @@ DispatcherMetrics::DispatcherMetrics(prometheus::Registry& registry) {
                      .Add({});
   split_evaluations = &prometheus::BuildCounter()
                            .Name("prunesvc_split_evaluations_total")
-                           .Help("Policies whose samples were split across workers (more idle "
-                                 "workers than policies)")
+                           .Help(
+                               "Policies whose samples were split across workers (more idle "
+                               "workers than policies)")
                            .Register(registry)
                            .Add({});
   queue_depth = &prometheus::BuildGauge()

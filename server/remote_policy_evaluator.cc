@@ -35,8 +35,7 @@ absl::StatusOr<pb::EvaluatePoliciesRequest> ChunkRequest(SearchDriver& driver,
 
 // One chunk on one lease: one SliceResult per policy of the chunk into `out`.
 absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req,
-                      const WorkerLease& lease, StepCancel* cancel,
-                      std::vector<SliceResult>& out) {
+                      const WorkerLease& lease, StepCancel* cancel, std::vector<SliceResult>& out) {
   req.mutable_header()->set_step_id(driver.NextStepId("evaluate"));
   out.clear();
   const size_t want = size_t(req.policies_size());

@@ -4,8 +4,9 @@
 // the dispatcher can lease at once — contiguous runs of policies, or, with more workers than
 // policies, slices of each policy's samples (evaluation_plan.h; the slices combine into exactly
 // the whole-set result) — runs them in parallel and reassembles the results in request order; a
-// chunk whose worker failed in a retryable way is re-run (with retries) on another worker. TrainProjector names the new version (latest + 1) so
-// every worker agrees, and records the uploaded projector's blob for later steps.
+// chunk whose worker failed in a retryable way is re-run (with retries) on another worker.
+// TrainProjector names the new version (latest + 1) so every worker agrees, and records the
+// uploaded projector's blob for later steps.
 //
 // Thread-compatible: called by the one search of its driver.
 #ifndef PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_

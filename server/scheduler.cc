@@ -175,16 +175,16 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     const int batch = options.worker_batch;
     lw.argv_for_slot = [binary, port, threads, batch, log_level, roots, cache](int slot) {
       std::vector<std::string> argv = {binary,
-                                      "--allowed-model-roots=" + roots,
-                                      absl::StrCat("--cache-dir=", cache, "/", slot),
-                                      "--host=127.0.0.1",
-                                      "--port=0",
-                                      absl::StrCat("--scheduler=127.0.0.1:", port),
-                                      "--device=cpu",
-                                      absl::StrCat("--threads=", threads),
-                                      "--metrics-port=0",
-                                      absl::StrCat("--log-level=", log_level),
-                                      absl::StrCat("--worker-name=local-", slot)};
+                                       "--allowed-model-roots=" + roots,
+                                       absl::StrCat("--cache-dir=", cache, "/", slot),
+                                       "--host=127.0.0.1",
+                                       "--port=0",
+                                       absl::StrCat("--scheduler=127.0.0.1:", port),
+                                       "--device=cpu",
+                                       absl::StrCat("--threads=", threads),
+                                       "--metrics-port=0",
+                                       absl::StrCat("--log-level=", log_level),
+                                       absl::StrCat("--worker-name=local-", slot)};
       if (batch > 0) argv.push_back(absl::StrCat("--batch=", batch));
       return argv;
     };

@@ -312,9 +312,7 @@ TEST(E2eJobsTest, OneWorkerReproducesPruneLocal) { RunAndCompare(1, 4, "one"); }
 // Population 4 with 2 parents: 2 cache misses a generation over 3 workers, the 12 search samples
 // scored in batches of 4: one policy's samples are split over two workers, and the combined
 // result is exactly prune-local's.
-TEST(E2eJobsTest, MoreWorkersThanPoliciesReproducePruneLocal) {
-  RunAndCompare(3, 4, "three", 4);
-}
+TEST(E2eJobsTest, MoreWorkersThanPoliciesReproducePruneLocal) { RunAndCompare(3, 4, "three", 4); }
 
 TEST(E2eJobsTest, WorkerKilledMidSearchJobStillSucceedsWithTheSamePolicy) {
   Service s = StartService("kill", 2);

@@ -563,6 +563,68 @@ TEST(WorkerStepsTest, CancelStopsEvaluationAtTheNextCandidate) {
               kCount, by_heartbeat, kCount);
 }
 
+// Scores `req` and returns the responses (and the call's status).
+std::vector<pb::EvaluatePoliciesResponse> EvaluateAll(Worker& w,
+                                                      const pb::EvaluatePoliciesRequest& req,
+                                                      grpc::Status* status) {
+  grpc::ClientContext ctx;
+  SetContext(ctx);
+  auto reader = w.stub->EvaluatePolicies(&ctx, req);
+  std::vector<pb::EvaluatePoliciesResponse> out;
+  pb::EvaluatePoliciesResponse r;
+  while (reader->Read(&r)) out.push_back(r);
+  *status = reader->Finish();
+  return out;
+}
+
+// A slice that starts on a batch boundary scores each of its samples in the same batch as the
+// whole set does: its per-sample losses are the whole set's, bit for bit, and the counts add up.
+TEST(WorkerStepsTest, SampleSlicesOnBatchBoundariesMatchTheWholeSet) {
+  ASSERT_NE(Env().server, nullptr);
+  Worker w = StartWorker("slices", {"--batch=4"});
+  ASSERT_NE(w.stub, nullptr);
+  grpc::Status st;
+  const auto whole = EvaluateAll(w, ManyPolicies("slices-whole", 2), &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(whole.size(), 2u);
+  for (int p = 0; p < 2; ++p) {
+    const pb::PolicyEvaluation& e = whole[p].evaluation();
+    ASSERT_EQ(e.sample_losses_size(), 12);
+    ASSERT_EQ(whole[p].num_multiple_choice(), 12);
+    EXPECT_DOUBLE_EQ(e.accuracy(), double(whole[p].num_correct()) / 12);
+    std::vector<double> joined;
+    int correct = 0, mc = 0;
+    for (auto [b, e_] : {std::pair{0, 4}, std::pair{4, 12}}) {
+      pb::EvaluatePoliciesRequest req = ManyPolicies(absl::StrCat("slices-", p, "-", b), 2);
+      req.mutable_policies()->SwapElements(0, p);
+      req.mutable_policies()->RemoveLast();
+      req.set_sample_begin(b);
+      req.set_sample_end(e_);
+      const auto part = EvaluateAll(w, req, &st);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      ASSERT_EQ(part.size(), 1u);
+      EXPECT_EQ(part[0].evaluation().omega(), e.omega());
+      EXPECT_EQ(part[0].evaluation().policy_hash(), e.policy_hash());
+      joined.insert(joined.end(), part[0].evaluation().sample_losses().begin(),
+                    part[0].evaluation().sample_losses().end());
+      correct += part[0].num_correct();
+      mc += part[0].num_multiple_choice();
+    }
+    EXPECT_EQ(joined, std::vector<double>(e.sample_losses().begin(), e.sample_losses().end()));
+    EXPECT_EQ(correct, whole[p].num_correct());
+    EXPECT_EQ(mc, 12);
+  }
+  for (auto [b, e] : {std::pair{5, 3}, std::pair{0, 13}, std::pair{-1, 4}}) {
+    pb::EvaluatePoliciesRequest req = ManyPolicies(absl::StrCat("slices-bad-", b, "-", e), 1);
+    req.set_sample_begin(b);
+    req.set_sample_end(e);
+    EvaluateAll(w, req, &st);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b << " " << e;
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "sample_begin/sample_end"))
+        << st.error_message();
+  }
+}
+
 TEST(WorkerStepsTest, OutOfMemoryIsRetryableAndBadInputIsNot) {
   ASSERT_NE(Env().server, nullptr);
   Worker w = StartWorker("oom", {"--inject-fault=evaluate:oom"});

@@ -503,10 +503,12 @@ absl::Status StepRunner::EvaluatePolicies(
                      RequestedRange(req, job->summary().num_samples));
     auto on_result = [&](int i, const prune::CandidateResult& r) {
       evaluations_->Increment();
-      absl::StatusOr<pb::PolicyEvaluation> e = EvaluationProto(
-          job->space(), policies[i],
-          {.loss = r.loss, .accuracy = r.accuracy, .omega = r.omega, .sample_losses = r.sample_losses},
-          req.projector_version());
+      absl::StatusOr<pb::PolicyEvaluation> e = EvaluationProto(job->space(), policies[i],
+                                                               {.loss = r.loss,
+                                                                .accuracy = r.accuracy,
+                                                                .omega = r.omega,
+                                                                .sample_losses = r.sample_losses},
+                                                               req.projector_version());
       if (!e.ok()) {
         emitted.Update(e.status());
         return;

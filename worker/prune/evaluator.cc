@@ -359,8 +359,8 @@ absl::StatusOr<double> CandidateEvaluator::Omega(absl::Span<const double> linear
   return WeightedOmega(kept, dense, unit_params_);
 }
 
-absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(
-    absl::Span<const double> linear_ratios, SampleRange range) {
+absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(absl::Span<const double> linear_ratios,
+                                                             SampleRange range) {
   const int n = int(samples_.size());
   if (range.end < 0) range.end = n;
   if (range.begin < 0 || range.begin >= range.end || range.end > n) {
@@ -372,9 +372,9 @@ absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(
   const auto t0 = Clock::now();
   ASSIGN_OR_RETURN(
       std::vector<model::SampleScore> scores,
-      model::ScoreSamples(*model_,
-                          absl::MakeConstSpan(samples_).subspan(range.begin, range.end - range.begin),
-                          {.batch_size = options_.batch_size}));
+      model::ScoreSamples(
+          *model_, absl::MakeConstSpan(samples_).subspan(range.begin, range.end - range.begin),
+          {.batch_size = options_.batch_size}));
   timing_.forward_seconds = Seconds(t0);
   const model::ScoreSummary sum = model::Summarize(scores);
   CandidateResult r;
