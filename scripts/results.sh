@@ -8,10 +8,16 @@
 # RUNS/<id>.json only when it finished (atomic rename), the artifacts are deleted after each run
 # (only the report is kept), and the renderer can be called at any time (--render-only).
 #
-# Usage: scripts/results.sh [--runs DIR] [--render-only]
-#                           [--phase main|b10|ablation|methods|all] [--seeds "0 1 2"] [--threads N]
+# Usage: scripts/results.sh [--runs DIR] [--render-only] [--bin DIR]
+#                           [--phase main|b10|ablation|methods|select|all] [--seeds "0 1 2"]
+#                           [--threads N]
 #   --phase methods runs the issue-14 search options as named configurations (METHOD_CONFIGS
 #   below; docs/pruning-engine.md "Search options"); `all` does not include it.
+#   --phase select chooses defaults (issue 14): SELECT_CONFIGS below, judged on the SELECTION
+#   set (shapes-vqa seed 3000, split eval, 1,000 samples), never on the held-out set; RUNS
+#   defaults to results/select and the summary goes to docs/results/SELECTION.md.
+#   --bin DIR uses the prune-local / shapes-vqa in DIR instead of building (a long study keeps
+#   its binaries while the tree is rebuilt: copy build/bin somewhere first).
 #   RUNS defaults to results/runs. Its run JSONs are committed (~30 KB each), so the study
 #   resumes on any machine and docs/RESULTS.md re-renders from them; RUNS/data (regenerated) and
 #   RUNS/tmp (artifacts, logs) are not. Typical: `nohup scripts/results.sh > /tmp/r.log 2>&1 &`.
@@ -25,38 +31,55 @@ source "$(dirname "$0")/lib.sh"
 RUNS="$ROOT/results/runs"
 PHASE=all
 RENDER_ONLY=0
+BIN_DIR=""
+RUNS_SET=0
 SEEDS="0 1 2"
 THREADS=2
 while (($#)); do
   case "$1" in
-    --runs) RUNS="$2"; shift 2 ;;
+    --runs) RUNS="$2"; RUNS_SET=1; shift 2 ;;
+    --bin) BIN_DIR="$2"; shift 2 ;;
     --render-only) RENDER_ONLY=1; shift ;;
     --phase) PHASE="$2"; shift 2 ;;
     --seeds) SEEDS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "results.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$PHASE" in main | b10 | ablation | methods | all) ;; *)
-  echo "results.sh: --phase must be main, b10, ablation, methods or all, got '$PHASE'" >&2
+case "$PHASE" in main | b10 | ablation | methods | select | all) ;; *)
+  echo "results.sh: --phase must be main, b10, ablation, methods, select or all, got '$PHASE'" >&2
   exit 2 ;;
 esac
+if [[ "$PHASE" == select ]] && ((!RUNS_SET)); then RUNS="$ROOT/results/select"; fi
 
 PY=/usr/bin/python3
 MODEL="$ROOT/models/tiny-llava-shapes"
-BIN="$BUILD_DIR/bin"
-render() { "$PY" "$ROOT/scripts/results_render.py" "$RUNS" "$ROOT/docs/RESULTS.md" "$ROOT/docs/results"; }
+BIN="${BIN_DIR:-$BUILD_DIR/bin}"
+render() {
+  if [[ "$PHASE" == select ]]; then
+    "$PY" "$ROOT/scripts/select_summary.py" "$RUNS" "$ROOT/docs/results/SELECTION.md"
+  else
+    "$PY" "$ROOT/scripts/results_render.py" "$RUNS" "$ROOT/docs/RESULTS.md" "$ROOT/docs/results"
+  fi
+}
 if ((RENDER_ONLY)); then render; exit 0; fi
 
-"$ROOT/scripts/bootstrap.sh"
-configure_and_build shapes-vqa prune-local llava-eval
+if [[ -z "$BIN_DIR" ]]; then
+  "$ROOT/scripts/bootstrap.sh"
+  configure_and_build shapes-vqa prune-local llava-eval
+fi
 mkdir -p "$RUNS/data" "$RUNS/tmp"
 
 # --- data ------------------------------------------------------------------------------------
-heldout="$RUNS/data/heldout-2000"
+# The held-out set judges; the select phase judges on the selection set instead (defaults are
+# chosen there and only then measured on the held-out set).
+HELDOUT_SEED=2000
+[[ "$PHASE" == select ]] && HELDOUT_SEED=3000
+heldout="$RUNS/data/heldout-$HELDOUT_SEED"
 [[ -f "$heldout/samples.jsonl" ]] ||
-  "$BIN/shapes-vqa" --seed=2000 --split=eval --count=1000 --out="$heldout" --force 2>/dev/null
+  "$BIN/shapes-vqa" --seed=$HELDOUT_SEED --split=eval --count=1000 --out="$heldout" --force \
+    2>/dev/null
 for s in $SEEDS; do
   d="$RUNS/data/search-$((1000 + s))"
   [[ -f "$d/samples.jsonl" ]] ||
@@ -237,7 +260,41 @@ EOF2
   done
 }
 
+# Default selection (issue 14): the candidates for the new default beside UNIFORM and
+# RANDOM_SEARCH, at the main and hard budgets of both granularities, judged on the selection set.
+# "NAME:STRATEGY:flags"; projector training is off unless a name says "proj" (FINDINGS 5: it
+# did not pay, and it is most of a search's time). Equal evaluations: every *-all search spends
+# up to 8 slack evaluations, random gets exactly 8 more.
+SELECT_CONFIGS=(
+  "uniform:UNIFORM:"
+  "random:RANDOM_SEARCH:--slack-evaluations=8"
+  "eta0:EFFICIENTLLAVA:--eta=0 --projector-every=0"
+  "eta0-all:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
+  "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
+  "ucb-cv-all:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
+)
+SELECT_BUDGETS_UNSTRUCTURED="${SELECT_BUDGETS_UNSTRUCTURED:-0.35 0.5 0.7}"
+SELECT_BUDGETS_STRUCTURED="${SELECT_BUDGETS_STRUCTURED:-0.6 0.7}"
+select_runs() {
+  local s="$1" g b v name strategy flags var
+  for g in $GRANS; do
+    var="SELECT_BUDGETS_$g"
+    for b in ${!var}; do
+      for v in "${SELECT_CONFIGS[@]}"; do
+        name="${v%%:*}"
+        strategy="${v#*:}"
+        flags="${strategy#*:}"
+        strategy="${strategy%%:*}"
+        # shellcheck disable=SC2046,SC2086
+        run "select-$name-$g-b$b-s$s" "select-$name" "$g" "$b" "$strategy" "$s" \
+          $(gran_flags "$g") $flags
+      done
+    done
+  done
+}
+
 for s in $SEEDS; do
+  [[ "$PHASE" == select ]] && select_runs "$s"
   [[ "$PHASE" == methods ]] && method_runs "$s"
   [[ "$PHASE" == main || "$PHASE" == all ]] && main_runs "$s"
   [[ "$PHASE" == ablation || "$PHASE" == all ]] && ablation_runs "$s"
