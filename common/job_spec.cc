@@ -269,6 +269,63 @@ nlohmann::json EtaReportJson(const JobSpec& spec, double eta) {
            "std(loss) (population standard deviations)"}};
 }
 
+nlohmann::json SearchEtaJson(const JobSpec& spec, double eta,
+                             const std::vector<search::GenerationStats>& history) {
+  nlohmann::json j = EtaReportJson(spec, eta);
+  if (spec.estimator != search::Estimator::kNorm) {
+    j["estimator"] = std::string(search::EstimatorName(spec.estimator));
+    j["rule"] =
+        "auto: chosen on the first population so that std(eta*T) = std(loss), T the "
+        "estimator's term (population standard deviations)";
+  }
+  const bool cv = spec.eta_rule == search::EtaRule::kCrossValidated && !spec.eta.has_value() &&
+                  spec.strategy == search::Strategy::kEfficientLlava;
+  if (spec.eta_rule != search::EtaRule::kAuto) {
+    j["eta_rule"] = std::string(search::EtaRuleName(spec.eta_rule));
+  }
+  if (!cv || history.empty()) return j;
+  const search::GenerationStats& g0 = history.front();
+  j["mode"] = "cv";
+  j["rule"] =
+      "cv: on the first population, each grid eta ranks the policies by loss + eta*T on one half "
+      "of the search samples; the eta whose ranking best predicts the other half's loss "
+      "(Spearman rho) wins, ties to the smaller eta";
+  j["cv_rho"] = g0.eta_cv_rho ? nlohmann::json(*g0.eta_cv_rho) : nlohmann::json(nullptr);
+  j["grid"] = search::DefaultEtaGrid();
+  nlohmann::json rhos = nlohmann::json::array();
+  for (const std::optional<double>& r : g0.eta_cv_rhos)
+    rhos.push_back(r ? nlohmann::json(*r) : nlohmann::json());
+  j["cv_rhos"] = std::move(rhos);
+  return j;
+}
+
+nlohmann::json SearchOptionsJson(const JobSpec& spec,
+                                 const std::vector<search::GenerationStats>& history) {
+  nlohmann::json o = nlohmann::json::object();
+  if (spec.estimator != search::Estimator::kNorm) {
+    o["estimator"] = std::string(search::EstimatorName(spec.estimator));
+  }
+  if (spec.eta_rule != search::EtaRule::kAuto) {
+    o["eta_rule"] = std::string(search::EtaRuleName(spec.eta_rule));
+  }
+  if (spec.seed_with_uniform) o["seed_with_uniform"] = true;
+  if (spec.seed_with_owl) o["seed_with_owl"] = true;
+  if (spec.repair_uniform_seed) o["repair_uniform_seed"] = true;
+  if (spec.mutation_step != 0) o["mutation_step"] = spec.mutation_step;
+  if (spec.uniform_guard) o["uniform_guard"] = true;
+  if (spec.slack_evaluations != 0) {
+    o["slack_evaluations"] = spec.slack_evaluations;
+    int spent = 0, steps = 0;
+    for (const search::GenerationStats& g : history) {
+      spent += g.slack_evaluations;
+      steps += g.slack_steps;
+    }
+    o["slack_evaluations_spent"] = spent;
+    o["slack_steps"] = steps;
+  }
+  return o;
+}
+
 void SetGranularity(JobSpec& spec, search::Granularity granularity) {
   spec.granularity = granularity;
   if (granularity == search::Granularity::kStructured) {

@@ -158,6 +158,15 @@ absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
 // report.json's "eta" object for a search: the η in use and how it was set (explicit, auto, or
 // zero for RANDOM_SEARCH). prune-local and the scheduler's search driver both write it.
 nlohmann::json EtaReportJson(const JobSpec& spec, double eta);
+// EtaReportJson with the issue-14 options: the estimator (non-NORM), the eta_rule (non-AUTO) and,
+// when CV chose η, how (its ρ and every grid value's, from generation 0 of `history`). The
+// default options give EtaReportJson's object as is.
+nlohmann::json SearchEtaJson(const JobSpec& spec, double eta,
+                             const std::vector<search::GenerationStats>& history);
+// The issue-14 options in use, for report.json's "search" object: only the non-default ones (a
+// default report keeps its bytes), plus what the slack step spent over `history`.
+nlohmann::json SearchOptionsJson(const JobSpec& spec,
+                                 const std::vector<search::GenerationStats>& history);
 
 // Sets the granularity and fills the defaults that depend on it (final_mask_method: nullopt for
 // STRUCTURED, SPARSEGPT otherwise).

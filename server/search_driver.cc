@@ -257,12 +257,16 @@ absl::StatusOr<std::vector<double>> SearchDriver::OwlRatios() const {
 
 absl::Status SearchDriver::Search() {
   search::SearchConfig config = spec_.ToSearchConfig(prepared_.num_samples());
-  // The continuous seeds prune-local's --seed-with-uniform / --seed-with-owl add, in that order.
+  // The continuous seeds prune-local's --seed-with-uniform / --seed-with-owl add, in that order,
+  // recorded like prune-local's (report.json's search.seed_unit_ratios).
+  json seeds = json::object();
   if (spec_.seed_with_uniform) {
     ASSIGN_OR_RETURN(config.seed_unit_ratios.emplace_back(), UniformRatios());
+    seeds["UNIFORM"] = config.seed_unit_ratios.back();
   }
   if (spec_.seed_with_owl) {
     ASSIGN_OR_RETURN(config.seed_unit_ratios.emplace_back(), OwlRatios());
+    seeds["OWL"] = config.seed_unit_ratios.back();
   }
   std::unique_ptr<search::EvolutionarySearch> search;
   int latest = 0;
@@ -311,7 +315,10 @@ absl::Status SearchDriver::Search() {
                             {"omega", best.result.omega},
                             {"flops_ratio_nominal", best.flops_ratio},
                             {"projector_version", search->state().projector_version}};
-  report_["eta"] = EtaReportJson(spec_, search->state().eta.value_or(0.0));
+  report_["eta"] = SearchEtaJson(spec_, search->state().eta.value_or(0.0), search->history());
+  json options = SearchOptionsJson(spec_, search->history());
+  if (!seeds.empty()) options["seed_unit_ratios"] = std::move(seeds);
+  if (!options.empty()) report_["search_options"] = std::move(options);
   final_projector_version_ = evaluator->latest_version();
   return absl::OkStatus();
 }

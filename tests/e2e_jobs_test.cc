@@ -148,11 +148,25 @@ JobSpec SmallSpec(const std::string& dataset, const std::string& eval, int popul
   return s;
 }
 
+// The issue-14 search options both sides run in SearchOptionsReproducePruneLocal.
+void WithSearchOptions(JobSpec& s) {
+  s.estimator = search::Estimator::kUcb;
+  s.eta_rule = search::EtaRule::kCrossValidated;
+  s.seed_with_uniform = true;
+  s.repair_uniform_seed = true;
+  s.mutation_step = 0.5;
+  s.slack_evaluations = 4;
+}
+constexpr char kSearchOptionFlags[] =
+    " --estimator=UCB --eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5"
+    " --slack-evaluations=4";
+
 std::string LocalFlags(const JobSpec& s, int batch) {
   return absl::StrCat("--flops-budget=0.5 --population=", s.population,
                       " --parents=2 --generations=2 --projector-every=2 --projector-steps=2 "
                       "--seed=5 --threads=1",
-                      batch > 0 ? absl::StrCat(" --batch=", batch) : "");
+                      batch > 0 ? absl::StrCat(" --batch=", batch) : "",
+                      s.slack_evaluations > 0 ? kSearchOptionFlags : "");
 }
 
 absl::StatusOr<pb::Job> Submit(Service& s, const JobSpec& spec) {
@@ -255,6 +269,12 @@ void ExpectSameAsPruneLocal(const std::string& artifact_dir, const JobSpec& spec
   EXPECT_GE(files, 5);
   EXPECT_EQ(RunShell(absl::StrCat("cd ", artifact_dir, " && sha256sum --quiet -c MANIFEST.sha256")),
             0);
+  // report.json: the same search (its options, η and how it was chosen, evaluation count, pick).
+  const nlohmann::json ours = nlohmann::json::parse(ReadFile(artifact_dir + "/report.json"));
+  const nlohmann::json theirs = nlohmann::json::parse(ReadFile(local + "/report.json"));
+  for (const char* key : {"search", "eta", "policy"}) {
+    EXPECT_EQ(ours[key], theirs[key]) << name << " report.json " << key;
+  }
 }
 
 double Metric(int port, const std::string& series) {
@@ -274,14 +294,17 @@ double Metric(int port, const std::string& series) {
 }
 
 // A job through the whole service, compared with prune-local; `workers` local workers scoring in
-// batches of `batch` (0: the default), prune-local likewise.
-void RunAndCompare(int workers, int population, const std::string& name, int batch = 0) {
+// batches of `batch` (0: the default), prune-local likewise; `options`: with the issue-14 search
+// options.
+void RunAndCompare(int workers, int population, const std::string& name, int batch = 0,
+                   bool options = false) {
   Service s = StartService(name, workers, batch);
   ASSERT_NE(s.stub, nullptr) << (s.process ? s.process->Log() : "");
   auto dataset = Upload(s, TheData().search);
   auto eval = Upload(s, TheData().eval);
   ASSERT_TRUE(dataset.ok() && eval.ok()) << dataset.status() << eval.status();
-  const JobSpec spec = SmallSpec(*dataset, *eval, population);
+  JobSpec spec = SmallSpec(*dataset, *eval, population);
+  if (options) WithSearchOptions(spec);
   auto job = Submit(s, spec);
   ASSERT_TRUE(job.ok()) << job.status();
   const std::vector<pb::JobEvent> events = Watch(s, job->job_id());
@@ -298,7 +321,8 @@ void RunAndCompare(int workers, int population, const std::string& name, int bat
   EXPECT_TRUE(trailer == hex || trailer == "sha256:" + hex) << trailer;
   const std::string dir = s.dir + "/artifact";
   ASSERT_TRUE(Untar(*bytes, dir));
-  ExpectSameAsPruneLocal(dir, spec, batch, absl::StrCat("pop", population, "-batch", batch));
+  ExpectSameAsPruneLocal(dir, spec, batch,
+                         absl::StrCat("pop", population, "-batch", batch, options ? "-opts" : ""));
   EXPECT_GT(Metric(s.metrics_port, "prunesvc_steps_total"), 0);
   if (workers > population / 2) {  // more workers than a generation's misses
     EXPECT_GT(Metric(s.metrics_port, "prunesvc_split_evaluations_total"), 0);
@@ -313,6 +337,9 @@ TEST(E2eJobsTest, OneWorkerReproducesPruneLocal) { RunAndCompare(1, 4, "one"); }
 // scored in batches of 4: one policy's samples are split over two workers, and the combined
 // result is exactly prune-local's.
 TEST(E2eJobsTest, MoreWorkersThanPoliciesReproducePruneLocal) { RunAndCompare(3, 4, "three", 4); }
+// UCB with cross-validated η, the UNIFORM seed, step mutations and the slack step: the scheduler
+// computes the same fitness from the workers' per-sample losses as prune-local does.
+TEST(E2eJobsTest, SearchOptionsReproducePruneLocal) { RunAndCompare(2, 4, "options", 0, true); }
 
 TEST(E2eJobsTest, WorkerKilledMidSearchJobStillSucceedsWithTheSamePolicy) {
   Service s = StartService("kill", 2);

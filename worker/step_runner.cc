@@ -580,6 +580,7 @@ absl::StatusOr<pb::FinalizeResponse> StepRunner::Finalize(const pb::FinalizeRequ
       fin.evaluated = r.value("evaluated", json::array());
       fin.search_best = r.value("search_best", json());
       fin.eta = r.value("eta", json());
+      fin.search_options = r.value("search_options", json());
       fin.audit = r.value("audit", json());
       fin.owl = r.value("owl", json());
       if (r.contains("uniform_ratio") && r["uniform_ratio"].is_number()) {
