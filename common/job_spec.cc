@@ -326,6 +326,22 @@ nlohmann::json SearchOptionsJson(const JobSpec& spec,
   return o;
 }
 
+void SetStrategy(JobSpec& spec, search::Strategy strategy) {
+  spec.strategy = strategy;
+  const JobSpec defaults;  // EFFICIENTLLAVA's
+  const bool evolution = strategy == search::Strategy::kEfficientLlava;
+  const bool searching = spec.searching();
+  spec.eta = evolution ? defaults.eta : std::nullopt;
+  spec.estimator = searching ? defaults.estimator : Estimator::kNorm;
+  spec.eta_rule = evolution ? defaults.eta_rule : search::EtaRule::kAuto;
+  spec.seed_with_uniform = evolution && defaults.seed_with_uniform;
+  spec.seed_with_owl = evolution && defaults.seed_with_owl;
+  spec.repair_uniform_seed = evolution && defaults.repair_uniform_seed;
+  spec.mutation_step = evolution ? defaults.mutation_step : 0;
+  spec.slack_evaluations = searching ? defaults.slack_evaluations : 0;
+  spec.uniform_guard = searching && defaults.uniform_guard;
+}
+
 void SetGranularity(JobSpec& spec, search::Granularity granularity) {
   spec.granularity = granularity;
   if (granularity == search::Granularity::kStructured) {

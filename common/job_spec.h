@@ -168,6 +168,12 @@ nlohmann::json SearchEtaJson(const JobSpec& spec, double eta,
 nlohmann::json SearchOptionsJson(const JobSpec& spec,
                                  const std::vector<search::GenerationStats>& history);
 
+// Sets the strategy and fills the search options' defaults for it (the issue-14 fields):
+// EFFICIENTLLAVA gets JobSpec's member defaults; RANDOM_SEARCH the ones that apply to it
+// (estimator, slack_evaluations, uniform_guard: at equal settings it never gets fewer evaluations
+// than the search); UNIFORM and OWL none. Explicit values are applied after it.
+void SetStrategy(JobSpec& spec, search::Strategy strategy);
+
 // Sets the granularity and fills the defaults that depend on it (final_mask_method: nullopt for
 // STRUCTURED, SPARSEGPT otherwise).
 void SetGranularity(JobSpec& spec, search::Granularity granularity);

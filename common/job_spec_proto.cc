@@ -189,8 +189,9 @@ absl::Status EnumsFromProto(const pb::JobSpec& p, JobSpec& s) {
                        MaskFromProto(p.final_mask_method(), "final_mask_method"));
     }
   }
-  if (p.has_strategy()) {
-    ASSIGN_OR_RETURN(s.strategy, StrategyFromProto(p.strategy()));
+  if (p.has_strategy()) {  // before the search options: their defaults depend on it
+    ASSIGN_OR_RETURN(search::Strategy strategy, StrategyFromProto(p.strategy()));
+    SetStrategy(s, strategy);
   }
   if (p.has_estimator()) {
     ASSIGN_OR_RETURN(s.estimator, EstimatorFromProto(p.estimator()));
@@ -209,6 +210,7 @@ absl::Status EtaFromProto(const pb::JobSpec& p, JobSpec& s) {
     return Invalid("eta_auto", "= false needs an explicit eta");
   }
   if (p.has_eta()) s.eta = p.eta();
+  if (p.has_eta_auto() && p.eta_auto()) s.eta.reset();  // over the strategy's default
   return absl::OkStatus();
 }
 

@@ -34,6 +34,31 @@ TEST(JobSpecProtoTest, AbsentFieldsGetTheDocumentedDefaults) {
   EXPECT_EQ(*s, expected);
 }
 
+// The search options' defaults follow the strategy; explicit fields override them.
+TEST(JobSpecProtoTest, SearchOptionDefaultsFollowTheStrategy) {
+  const JobSpec d;
+  pb::JobSpec p = Minimal();
+  p.set_strategy(pb::RANDOM_SEARCH);
+  auto random = JobSpecFromProto(p);
+  ASSERT_TRUE(random.ok()) << random.status();
+  EXPECT_EQ(random->slack_evaluations, d.slack_evaluations);
+  EXPECT_FALSE(random->eta.has_value());
+  EXPECT_FALSE(random->seed_with_uniform);
+  p.set_slack_evaluations(0);
+  EXPECT_EQ(JobSpecFromProto(p)->slack_evaluations, 0);
+  p = Minimal();
+  p.set_strategy(pb::UNIFORM);
+  auto uniform = JobSpecFromProto(p);
+  ASSERT_TRUE(uniform.ok()) << uniform.status();
+  EXPECT_EQ(uniform->slack_evaluations, 0);
+  EXPECT_FALSE(uniform->uniform_guard || uniform->seed_with_uniform);
+  p = Minimal();
+  p.set_eta_auto(true);  // auto over whatever η EFFICIENTLLAVA defaults to
+  auto autoeta = JobSpecFromProto(p);
+  ASSERT_TRUE(autoeta.ok()) << autoeta.status();
+  EXPECT_FALSE(autoeta->eta.has_value());
+}
+
 TEST(JobSpecProtoTest, StructuredHasNoFinalMaskDefault) {
   pb::JobSpec p = Minimal();
   p.set_granularity(pb::STRUCTURED);

@@ -212,6 +212,37 @@ TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
   EXPECT_TRUE(r.Validate().ok()) << r.Validate();
 }
 
+// Each strategy gets its own defaults for the search options, whatever the spec held before,
+// and the result validates (the options a strategy cannot use are off).
+TEST(JobSpecTest, SetStrategyFillsEachStrategysSearchOptionDefaults) {
+  const JobSpec d;
+  for (search::Strategy st : {search::Strategy::kEfficientLlava, search::Strategy::kRandomSearch,
+                              search::Strategy::kUniform, search::Strategy::kOwl}) {
+    SCOPED_TRACE(search::StrategyName(st));
+    JobSpec s = Valid();
+    s.eta = 7;
+    s.estimator = Estimator::kSplit;
+    s.eta_rule = search::EtaRule::kCrossValidated;
+    s.seed_with_uniform = s.seed_with_owl = s.repair_uniform_seed = s.uniform_guard = true;
+    s.mutation_step = 0.9;
+    s.slack_evaluations = 77;
+    SetStrategy(s, st);
+    EXPECT_EQ(s.strategy, st);
+    EXPECT_TRUE(s.Validate().ok()) << s.Validate();
+    const bool evolution = st == search::Strategy::kEfficientLlava;
+    const bool searching = evolution || st == search::Strategy::kRandomSearch;
+    EXPECT_EQ(s.eta, evolution ? d.eta : std::nullopt);
+    EXPECT_EQ(s.estimator, searching ? d.estimator : Estimator::kNorm);
+    EXPECT_EQ(s.eta_rule, evolution ? d.eta_rule : search::EtaRule::kAuto);
+    EXPECT_EQ(s.seed_with_uniform, evolution && d.seed_with_uniform);
+    EXPECT_EQ(s.seed_with_owl, evolution && d.seed_with_owl);
+    EXPECT_EQ(s.repair_uniform_seed, evolution && d.repair_uniform_seed);
+    EXPECT_EQ(s.mutation_step, evolution ? d.mutation_step : 0);
+    EXPECT_EQ(s.slack_evaluations, searching ? d.slack_evaluations : 0);
+    EXPECT_EQ(s.uniform_guard, searching && d.uniform_guard);
+  }
+}
+
 TEST(JobSpecTest, EveryBadFieldIsInvalidArgumentNamingIt) {
   for (const BadCase& c : BadCases()) {
     JobSpec s = Valid();

@@ -20,10 +20,19 @@
 #include "absl/strings/str_format.h"
 #include "common/cli_exit.h"
 #include "common/flags.h"
+#include "common/job_spec.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "worker/model/llava_eval.h"
 #include "worker/prune/job.h"
+
+namespace {
+// The search options' flag defaults are EFFICIENTLLAVA's (JobSpec's member defaults).
+const prunesvc::JobSpec kDefaults;
+std::string EtaFlagDefault() {
+  return kDefaults.eta ? absl::StrCat(*kDefaults.eta) : std::string("auto");
+}
+}  // namespace
 
 ABSL_FLAG(std::string, model, "", "LLaVA model directory (HF layout)");
 ABSL_FLAG(std::string, samples, "", "search samples: directory or tar with samples.jsonl");
@@ -52,36 +61,39 @@ ABSL_FLAG(int, parents, 8,
           "survivors per generation (also the projector's top-k), [2, population)");
 ABSL_FLAG(double, mutation, 0.2, "mutation probability per unit");
 ABSL_FLAG(std::string, ratio_choices, "", "comma-separated ratios (default 0,0.1,...,0.8)");
-ABSL_FLAG(std::string, eta, "auto", "weight of the SRM term: auto or a number >= 0");
-ABSL_FLAG(std::string, estimator, "NORM",
+ABSL_FLAG(std::string, eta, EtaFlagDefault(),
+          "weight of the generalization term: auto (chosen by --eta-rule) or a number >= 0; "
+          "default: the strategy's");
+ABSL_FLAG(std::string, estimator, std::string(prunesvc::EstimatorName(kDefaults.estimator)),
           "generalization term T of the fitness J = loss + eta*T: NORM (kept norm mass / sqrt(n), "
           "the default) | UCB (standard error of the per-sample losses; eta is the z of an upper "
           "confidence bound) | SPLIT (|loss on one half - loss on the other|) | CAPACITY "
           "(parameter-weighted mean squared ratio / sqrt(n): convex, pulls towards UNIFORM)");
-ABSL_FLAG(std::string, eta_rule, "AUTO",
+ABSL_FLAG(std::string, eta_rule, std::string(prunesvc::search::EtaRuleName(kDefaults.eta_rule)),
           "how eta is chosen when --eta is auto: AUTO (std(eta*T) = std(loss) over the first "
           "population) | CV (cross-validated on two halves of the search samples over the grid "
           "0,0.1,0.3,1,3,10,30,100)");
-ABSL_FLAG(bool, seed_with_uniform, false,
+ABSL_FLAG(bool, seed_with_uniform, kDefaults.seed_with_uniform,
           "EFFICIENTLLAVA: start the population with UNIFORM's continuous solution, snapped to "
           "the ratio grid and repaired into the budget band");
-ABSL_FLAG(bool, seed_with_owl, false,
+ABSL_FLAG(bool, seed_with_owl, kDefaults.seed_with_owl,
           "EFFICIENTLLAVA, --unit layer: start the population with OWL's solution too");
-ABSL_FLAG(bool, repair_uniform_seed, false,
+ABSL_FLAG(bool, repair_uniform_seed, kDefaults.repair_uniform_seed,
           "EFFICIENTLLAVA: repair the discrete uniform seed into the budget band like every other "
           "policy (by default it may sit a whole ratio step under the budget)");
-ABSL_FLAG(double, mutation_step, 0,
+ABSL_FLAG(double, mutation_step, kDefaults.mutation_step,
           "EFFICIENTLLAVA: probability in [0, 1] that a mutation moves one grid step instead of "
           "jumping to a random other ratio (0 = always jump)");
-ABSL_FLAG(int, slack_evaluations, 0,
+ABSL_FLAG(int, slack_evaluations, kDefaults.slack_evaluations,
           "evaluations the final slack step may spend lowering units into the FLOPs left under "
           "the budget (RANDOM_SEARCH: exactly this many more random policies); 0 = off, "
           "[0, 100000]");
-ABSL_FLAG(bool, uniform_guard, false,
+ABSL_FLAG(bool, uniform_guard, kDefaults.uniform_guard,
           "before finalizing, score UNIFORM's policy on the search samples with the search's "
           "fitness and keep it if it beats the search's pick (report.json \"guard\"; one more "
           "evaluation)");
-ABSL_FLAG(int, projector_every, 4, "train the projector every N generations (0 = never)");
+ABSL_FLAG(int, projector_every, kDefaults.projector_every,
+          "train the projector every N generations (0 = never)");
 ABSL_FLAG(int, projector_steps, 50, "Adam steps per projector training");
 ABSL_FLAG(double, projector_lr, 1e-4, "projector learning rate");
 ABSL_FLAG(double, projector_decay, 1e-3, "mu of the pull mu*|theta - theta0|^2");
@@ -176,24 +188,44 @@ int Fail(const absl::Status& status) {
 }
 
 // The issue-14 search options; ranges and combinations are JobSpec::Validate's (naming flags).
+// Whether `flag` holds something else than its default. The search options' defaults are the
+// strategy's (prunesvc::SetStrategy; the flags' defaults are EFFICIENTLLAVA's, from JobSpec{}),
+// and a flag overrides them only then: `--strategy RANDOM_SEARCH --slack-evaluations 0` turns
+// RANDOM_SEARCH's slack off, a flag left alone keeps each strategy's own default.
+template <typename T>
+bool Given(const absl::Flag<T>& flag) {
+  const absl::CommandLineFlag& f = absl::GetFlagReflectionHandle(flag);
+  return f.CurrentValue() != f.DefaultValue();
+}
+
+template <typename T>
+void Override(const absl::Flag<T>& flag, T& field) {
+  if (Given(flag)) field = absl::GetFlag(flag);
+}
+
 absl::Status SearchOptionsFromFlags(prunesvc::prune::LocalJobSpec& spec) {
   namespace search = prunesvc::search;
-  auto estimator = search::ParseEstimator(absl::GetFlag(FLAGS_estimator));
-  if (!estimator.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--estimator: ", estimator.status().message()));
+  if (Given(FLAGS_estimator)) {
+    auto estimator = search::ParseEstimator(absl::GetFlag(FLAGS_estimator));
+    if (!estimator.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--estimator: ", estimator.status().message()));
+    }
+    spec.estimator = *estimator;
   }
-  spec.estimator = *estimator;
-  auto rule = search::ParseEtaRule(absl::GetFlag(FLAGS_eta_rule));
-  if (!rule.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--eta-rule: ", rule.status().message()));
+  if (Given(FLAGS_eta_rule)) {
+    auto rule = search::ParseEtaRule(absl::GetFlag(FLAGS_eta_rule));
+    if (!rule.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--eta-rule: ", rule.status().message()));
+    }
+    spec.eta_rule = *rule;
   }
-  spec.eta_rule = *rule;
-  spec.seed_with_uniform = absl::GetFlag(FLAGS_seed_with_uniform);
-  spec.seed_with_owl = absl::GetFlag(FLAGS_seed_with_owl);
-  spec.repair_uniform_seed = absl::GetFlag(FLAGS_repair_uniform_seed);
-  spec.mutation_step = absl::GetFlag(FLAGS_mutation_step);
-  spec.slack_evaluations = absl::GetFlag(FLAGS_slack_evaluations);
-  spec.uniform_guard = absl::GetFlag(FLAGS_uniform_guard);
+  Override(FLAGS_seed_with_uniform, spec.seed_with_uniform);
+  Override(FLAGS_seed_with_owl, spec.seed_with_owl);
+  Override(FLAGS_repair_uniform_seed, spec.repair_uniform_seed);
+  Override(FLAGS_mutation_step, spec.mutation_step);
+  Override(FLAGS_slack_evaluations, spec.slack_evaluations);
+  Override(FLAGS_uniform_guard, spec.uniform_guard);
   return absl::OkStatus();
 }
 
@@ -209,7 +241,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   auto strategy = search::ParseStrategy(absl::GetFlag(FLAGS_strategy));
   if (!strategy.ok())
     return absl::InvalidArgumentError(absl::StrCat("--strategy: ", strategy.status().message()));
-  spec.strategy = *strategy;
+  prunesvc::SetStrategy(spec, *strategy);  // the search options' defaults
   auto mask = prunesvc::ParseMaskMethod(absl::GetFlag(FLAGS_mask_method));
   if (!mask.ok())
     return absl::InvalidArgumentError(absl::StrCat("--mask-method: ", mask.status().message()));
@@ -261,7 +293,8 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
     spec.ratio_choices = *r;
   }
   const std::string eta = absl::GetFlag(FLAGS_eta);
-  if (eta != "auto") {
+  if (Given(FLAGS_eta) && eta == "auto") spec.eta.reset();
+  if (Given(FLAGS_eta) && eta != "auto") {
     double v = 0;
     if (!absl::SimpleAtod(eta, &v) || !std::isfinite(v) || v < 0) {
       return absl::InvalidArgumentError(
