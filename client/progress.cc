@@ -82,6 +82,11 @@ std::string FormatEventLine(const pb::JobEvent& e) {
       absl::StrAppend(&line, " ", BestText(g.best()),
                       absl::StrFormat(" fitness %.4f", g.best().fitness()));
     }
+    if (!g.eta_method().empty()) {
+      absl::StrAppend(&line, absl::StrFormat(" eta %g (%s", g.eta(), g.eta_method()));
+      if (g.has_eta_cv_rho()) absl::StrAppend(&line, absl::StrFormat(" rho %.2f", g.eta_cv_rho()));
+      absl::StrAppend(&line, ")");
+    }
   } else if (e.has_projector_updated()) {
     const auto& p = e.projector_updated();
     absl::StrAppend(&line, absl::StrFormat("projector v%d loss %.4f -> %.4f", p.version(),

@@ -80,6 +80,11 @@ TEST(FormatEventLineTest, EachKind) {
               ::testing::StartsWith("#3 00:00:00 state QUEUED -> PREPARING"));
   EXPECT_THAT(FormatEventLine(GenEvent(4, 0, 2, 12, 32, 0.75)),
               HasSubstr("generation 2/12 evals 32 hits 0 best acc 75.0% flops 0.499"));
+  pb::JobEvent cv = GenEvent(5, 0, 0, 12, 32, 0.75);
+  cv.mutable_generation_finished()->set_eta(0.3);
+  cv.mutable_generation_finished()->set_eta_method("cv");
+  cv.mutable_generation_finished()->set_eta_cv_rho(0.8125);
+  EXPECT_THAT(FormatEventLine(cv), HasSubstr("eta 0.3 (cv rho 0.81)"));
   pb::JobEvent a;
   a.mutable_artifact_ready()->set_artifact_id("sha256:ab");
   a.mutable_artifact_ready()->set_size_bytes(2048);

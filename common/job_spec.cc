@@ -1,5 +1,6 @@
 #include "common/job_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -124,7 +125,8 @@ absl::Status ValidateSearchOptions(const JobSpec& s, FieldNaming naming) {
       {"seed_with_uniform", s.seed_with_uniform},
       {"seed_with_owl", s.seed_with_owl},
       {"repair_uniform_seed", s.repair_uniform_seed},
-      {"mutation_step", s.mutation_step != 0}};
+      {"mutation_step", s.mutation_step != 0},
+      {"uniform_ratio_choice", s.uniform_ratio_choice}};
   for (const auto& [field, set] : evolution_only) {
     if (set && s.strategy != search::Strategy::kEfficientLlava) {
       return Invalid(field, naming,
@@ -132,6 +134,10 @@ absl::Status ValidateSearchOptions(const JobSpec& s, FieldNaming naming) {
                                   "evolutionary population), not ",
                                   search::StrategyName(s.strategy)));
     }
+  }
+  if (s.uniform_ratio_choice && s.granularity == search::Granularity::kNM) {
+    return Invalid("uniform_ratio_choice", naming,
+                   "does not apply to granularity N_M: its unit choices are {dense, N:M}");
   }
   if (s.seed_with_owl && s.unit != search::UnitKind::kLayer) {
     return Invalid("seed_with_owl", naming,
@@ -245,17 +251,30 @@ absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
                                                      const FlopsModelDims& dims,
                                                      const TokenStats& stats,
                                                      const std::vector<DecoderLayerHeads>& heads) {
-  if (spec.granularity == search::Granularity::kStructured) {
-    // F(π) = the FLOPs of the shrunk shapes (common/policy.h CreateStructured).
-    return search::PolicySpace::CreateStructured(dims, stats, heads, spec.ratio_choices);
+  auto build = [&](const std::vector<double>& choices) -> absl::StatusOr<search::PolicySpace> {
+    if (spec.granularity == search::Granularity::kStructured) {
+      // F(π) = the FLOPs of the shrunk shapes (common/policy.h CreateStructured).
+      return search::PolicySpace::CreateStructured(dims, stats, heads, choices);
+    }
+    ASSIGN_OR_RETURN(FlopsBreakdown dense, ComputeDenseFlops(dims, stats));
+    if (spec.granularity == search::Granularity::kNM) {
+      RETURN_IF_ERROR(CheckNmDivisible(dense, spec.nm));
+    }
+    ASSIGN_OR_RETURN(search::PruningUnits units,
+                     search::PruningUnits::Build(dims, dense, spec.unit));
+    return search::PolicySpace::Create(std::move(dense), std::move(units), choices);
+  };
+  std::vector<double> choices = spec.EffectiveRatioChoices();
+  ASSIGN_OR_RETURN(search::PolicySpace space, build(choices));
+  if (!spec.uniform_ratio_choice || spec.granularity == search::Granularity::kNM) return space;
+  // An unreachable budget is reported by the caller's budget check, with this space.
+  absl::StatusOr<double> r = space.UniformContinuousRatio(spec.flops_budget);
+  if (!r.ok()) return space;
+  for (double c : choices) {
+    if (std::abs(c - *r) < 1e-6) return space;
   }
-  ASSIGN_OR_RETURN(FlopsBreakdown dense, ComputeDenseFlops(dims, stats));
-  if (spec.granularity == search::Granularity::kNM) {
-    RETURN_IF_ERROR(CheckNmDivisible(dense, spec.nm));
-  }
-  ASSIGN_OR_RETURN(search::PruningUnits units, search::PruningUnits::Build(dims, dense, spec.unit));
-  return search::PolicySpace::Create(std::move(dense), std::move(units),
-                                     spec.EffectiveRatioChoices());
+  choices.insert(std::upper_bound(choices.begin(), choices.end(), *r), *r);
+  return build(choices);
 }
 
 nlohmann::json EtaReportJson(const JobSpec& spec, double eta) {
@@ -313,6 +332,7 @@ nlohmann::json SearchOptionsJson(const JobSpec& spec,
   if (spec.repair_uniform_seed) o["repair_uniform_seed"] = true;
   if (spec.mutation_step != 0) o["mutation_step"] = spec.mutation_step;
   if (spec.uniform_guard) o["uniform_guard"] = true;
+  if (spec.uniform_ratio_choice) o["uniform_ratio_choice"] = true;
   if (spec.slack_evaluations != 0) {
     o["slack_evaluations"] = spec.slack_evaluations;
     int spent = 0, steps = 0;
@@ -340,6 +360,7 @@ void SetStrategy(JobSpec& spec, search::Strategy strategy) {
   spec.mutation_step = evolution ? defaults.mutation_step : 0;
   spec.slack_evaluations = searching ? defaults.slack_evaluations : 0;
   spec.uniform_guard = searching && defaults.uniform_guard;
+  spec.uniform_ratio_choice = evolution && defaults.uniform_ratio_choice;
 }
 
 void SetGranularity(JobSpec& spec, search::Granularity granularity) {

@@ -16,10 +16,10 @@
 // ratio_choices). The search options of issue 14 (evolution.h's opt-in options; all off by
 // default, and then nothing changes): estimator, eta_rule (CV needs η unset), slack_evaluations
 // and uniform_guard need a searching strategy (EFFICIENTLLAVA or RANDOM_SEARCH); seed_with_uniform,
-// seed_with_owl, repair_uniform_seed and mutation_step shape EFFICIENTLLAVA's population and need
-// that strategy; seed_with_owl needs unit LAYER (OWL's ratios are per decoder layer). Not
-// implemented yet, and so INVALID_ARGUMENT "not supported yet" naming the field: prune_vision,
-// rerank_top_k > 0, a SPARSEGPT search mask.
+// seed_with_owl, repair_uniform_seed, mutation_step and uniform_ratio_choice shape EFFICIENTLLAVA's
+// population and need that strategy (uniform_ratio_choice not under N_M); seed_with_owl needs unit
+// LAYER (OWL's ratios are per decoder layer). Not implemented yet, and so INVALID_ARGUMENT "not
+// supported yet" naming the field: prune_vision, rerank_top_k > 0, a SPARSEGPT search mask.
 //
 // Errors name the field the way the caller's user wrote it: proto field names for the API
 // (`population`), flags for prune-local (`--population`) — see FieldNaming.
@@ -118,6 +118,9 @@ struct JobSpec {
   // Before finalizing, score UNIFORM's policy on the search samples with the same fitness and
   // keep it if it beats the search's pick ("never worse than the baseline").
   bool uniform_guard = false;
+  // Add UNIFORM's continuous ratio at the budget to the ratio choices (BuildPolicySpace), so
+  // UNIFORM's own policy is in the search space. EFFICIENTLLAVA only, not N_M.
+  bool uniform_ratio_choice = false;
   int projector_every = 4;  // 0 = never
   int projector_steps = 50;
   double projector_lr = 1e-4;
@@ -149,6 +152,8 @@ struct JobSpec {
 // The job's policy space from the model's FLOPs dimensions, the search samples' token statistics
 // and the per-layer attention layout (STRUCTURED cuts heads): what the worker's Prepare builds
 // from the loaded model and the scheduler from PrepareResponse, so both hold the same space.
+// With uniform_ratio_choice the choices also hold UNIFORM's continuous ratio at the budget (when
+// the budget is reachable and the ratio is not within 1e-6 of a choice already).
 // N_M also checks every decoder linear's in_features is a multiple of M.
 absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
                                                      const FlopsModelDims& dims,

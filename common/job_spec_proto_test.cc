@@ -83,15 +83,15 @@ TEST(JobSpecProtoTest, ToProtoFillsEveryFieldAndRoundTrips) {
   auto s = JobSpecFromProto(p);
   ASSERT_TRUE(s.ok()) << s.status();
   const pb::JobSpec full = JobSpecToProto(*s);
-  EXPECT_TRUE(full.has_population() && full.has_generations() && full.has_parents() &&
-              full.has_mutation() && full.has_projector_every() && full.has_projector_steps() &&
-              full.has_projector_lr() && full.has_projector_decay() && full.has_seed() &&
-              full.has_unit() && full.has_mask_method() && full.has_final_mask_method() &&
-              full.has_strategy() && full.has_estimator() && full.has_prune_vision() &&
-              full.has_priority() && full.has_rerank_top_k() && full.has_eta_rule() &&
-              full.has_seed_with_uniform() && full.has_seed_with_owl() &&
-              full.has_repair_uniform_seed() && full.has_mutation_step() &&
-              full.has_slack_evaluations() && full.has_uniform_guard());
+  EXPECT_TRUE(
+      full.has_population() && full.has_generations() && full.has_parents() &&
+      full.has_mutation() && full.has_projector_every() && full.has_projector_steps() &&
+      full.has_projector_lr() && full.has_projector_decay() && full.has_seed() && full.has_unit() &&
+      full.has_mask_method() && full.has_final_mask_method() && full.has_strategy() &&
+      full.has_estimator() && full.has_prune_vision() && full.has_priority() &&
+      full.has_rerank_top_k() && full.has_eta_rule() && full.has_seed_with_uniform() &&
+      full.has_seed_with_owl() && full.has_repair_uniform_seed() && full.has_mutation_step() &&
+      full.has_slack_evaluations() && full.has_uniform_guard() && full.has_uniform_ratio_choice());
   EXPECT_EQ(full.ratio_choices_size(), 9);
   auto again = JobSpecFromProto(full);
   ASSERT_TRUE(again.ok()) << again.status();
@@ -120,6 +120,7 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
     p.set_mutation_step(0.25);
     p.set_slack_evaluations(7);
     p.set_uniform_guard(true);
+    p.set_uniform_ratio_choice(true);
     auto s = JobSpecFromProto(p);
     ASSERT_TRUE(s.ok()) << s.status();
     EXPECT_EQ(s->eta_rule, search::EtaRule::kCrossValidated);
@@ -129,6 +130,7 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
     EXPECT_EQ(s->mutation_step, 0.25);
     EXPECT_EQ(s->slack_evaluations, 7);
     EXPECT_TRUE(s->uniform_guard);
+    EXPECT_TRUE(s->uniform_ratio_choice);
     const pb::JobSpec full = JobSpecToProto(*s);
     EXPECT_EQ(full.estimator(), e);
     EXPECT_EQ(full.eta_rule(), pb::CV);
@@ -240,6 +242,18 @@ TEST(JobSpecProtoTest, EveryInvalidFieldIsNamed) {
          p.set_seed_with_uniform(true);
        },
        "seed_with_uniform"},
+      {"uniform_ratio_choice UNIFORM",
+       [](pb::JobSpec& p) {
+         p.set_strategy(pb::UNIFORM);
+         p.set_uniform_ratio_choice(true);
+       },
+       "uniform_ratio_choice"},
+      {"uniform_ratio_choice N_M",
+       [](pb::JobSpec& p) {
+         p.set_granularity(pb::N_M);
+         p.set_uniform_ratio_choice(true);
+       },
+       "uniform_ratio_choice"},
       {"seed_with_owl LINEAR",
        [](pb::JobSpec& p) {
          p.set_unit(pb::LINEAR);

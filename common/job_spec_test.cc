@@ -1,5 +1,6 @@
 #include "common/job_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -305,11 +306,58 @@ FlopsModelDims TinyDims(int layers, int hidden, int mlp) {
   return d;
 }
 
+// uniform_ratio_choice: UNIFORM's continuous ratio joins the grid, so the all-r policy is in the
+// space and is UNIFORM's own (F ≤ budget, the next grid ratio down exceeds it) — on UNSTRUCTURED
+// and STRUCTURED spaces; a budget that is unreachable leaves the grid alone.
+TEST(JobSpecTest, UniformRatioChoiceAddsUniformsRatioToTheGrid) {
+  const FlopsModelDims dims = TinyDims(3, 32, 64);
+  const TokenStats stats{.mean_tokens = 20, .mean_tokens_sq = 420, .mean_answer_tokens = 1};
+  const std::vector<DecoderLayerHeads> heads(3, {.num_heads = 4, .num_kv_heads = 2, .head_dim = 8});
+  for (search::Granularity g :
+       {search::Granularity::kUnstructured, search::Granularity::kStructured}) {
+    for (double budget : {0.7, 0.55, 0.4}) {
+      SCOPED_TRACE(testing::Message() << search::GranularityName(g) << " " << budget);
+      JobSpec s = Valid();
+      SetGranularity(s, g);
+      s.flops_budget = budget;
+      s.uniform_ratio_choice = false;
+      auto plain = BuildPolicySpace(s, dims, stats, heads);
+      ASSERT_TRUE(plain.ok()) << plain.status();
+      auto r = plain->UniformContinuousRatio(budget);
+      ASSERT_TRUE(r.ok()) << r.status();
+      s.uniform_ratio_choice = true;
+      ASSERT_TRUE(s.Validate().ok()) << s.Validate();
+      auto with = BuildPolicySpace(s, dims, stats, heads);
+      ASSERT_TRUE(with.ok()) << with.status();
+      const std::vector<double>& c = with->ratio_choices();
+      ASSERT_TRUE(std::is_sorted(c.begin(), c.end()));
+      const auto it =
+          std::find_if(c.begin(), c.end(), [&](double x) { return std::abs(x - *r) < 1e-6; });
+      ASSERT_NE(it, c.end()) << *r;
+      const int k = int(it - c.begin());
+      const search::Policy uniform(3, k);
+      EXPECT_LE(*with->Flops(uniform), budget * with->dense_flops() * (1 + 1e-12));
+      // The space's own answer is the same ratio (the grid changed nothing of the FLOPs model).
+      EXPECT_DOUBLE_EQ(*with->UniformContinuousRatio(budget), *r);
+    }
+  }
+  JobSpec s = Valid();
+  s.uniform_ratio_choice = true;
+  s.flops_budget = 0.01;  // unreachable: the caller's budget check reports it
+  auto space = BuildPolicySpace(s, dims, stats, heads);
+  ASSERT_TRUE(space.ok()) << space.status();
+  EXPECT_EQ(space->ratio_choices(), s.ratio_choices);
+  SetGranularity(s, search::Granularity::kNM);
+  s.flops_budget = 0.7;
+  EXPECT_THAT(std::string(s.Validate().message()), HasSubstr("uniform_ratio_choice"));
+}
+
 TEST(JobSpecTest, BuildPolicySpaceMatchesGranularity) {
   const FlopsModelDims dims = TinyDims(3, 32, 64);
   const TokenStats stats{.mean_tokens = 20, .mean_tokens_sq = 420, .mean_answer_tokens = 1};
   const std::vector<DecoderLayerHeads> heads(3, {.num_heads = 4, .num_kv_heads = 2, .head_dim = 8});
   JobSpec s = Valid();
+  s.uniform_ratio_choice = false;
   auto layer = BuildPolicySpace(s, dims, stats, heads);
   ASSERT_TRUE(layer.ok()) << layer.status();
   EXPECT_EQ(layer->num_units(), 3);

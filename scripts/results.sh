@@ -272,7 +272,10 @@ SELECT_CONFIGS=(
   "eta0-all:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
   "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
   "ucb-cv-all:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
+  "eta0-grid:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
 )
+# SELECT_ONLY="name ..." runs only those configurations (the others' runs stay as they are).
+SELECT_ONLY="${SELECT_ONLY:-}"
 SELECT_BUDGETS_UNSTRUCTURED="${SELECT_BUDGETS_UNSTRUCTURED:-0.35 0.5 0.7}"
 SELECT_BUDGETS_STRUCTURED="${SELECT_BUDGETS_STRUCTURED:-0.6 0.7}"
 select_runs() {
@@ -282,6 +285,7 @@ select_runs() {
     for b in ${!var}; do
       for v in "${SELECT_CONFIGS[@]}"; do
         name="${v%%:*}"
+        [[ -z "$SELECT_ONLY" || " $SELECT_ONLY " == *" $name "* ]] || continue
         strategy="${v#*:}"
         flags="${strategy#*:}"
         strategy="${strategy%%:*}"

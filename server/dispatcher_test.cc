@@ -60,7 +60,15 @@ search::EvalResult Score(const std::vector<double>& ratios, int version) {
     loss += ratios[u] * ratios[u] * (1.0 + 0.5 * double(ratios.size() - u));
     omega += (1 - ratios[u]) / double(ratios.size());
   }
-  return {.loss = loss, .accuracy = std::max(0.0, 1 - loss), .omega = omega};
+  // 16 per-sample losses around the mean (the estimators and cross-validated η rank with them).
+  std::vector<double> samples(16);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    samples[i] = loss * (1.0 + 0.2 * (double(i % 4) - 1.5)) + 0.01 * ratios[i % ratios.size()];
+  }
+  return {.loss = loss,
+          .accuracy = std::max(0.0, 1 - loss),
+          .omega = omega,
+          .sample_losses = std::move(samples)};
 }
 
 // Shared state of the fake cluster: the calls made, gates and faults.
@@ -140,6 +148,8 @@ class FakeClient : public WorkerClient {
       r.mutable_evaluation()->set_loss(e.loss);
       r.mutable_evaluation()->set_accuracy(e.accuracy);
       r.mutable_evaluation()->set_omega(e.omega);
+      r.mutable_evaluation()->mutable_sample_losses()->Add(e.sample_losses.begin(),
+                                                           e.sample_losses.end());
       on_result(r);
       ++c_->evaluations;
     }

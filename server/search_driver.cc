@@ -210,6 +210,13 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
   f->set_evaluations(g.evaluations);
   f->set_cache_hits(g.cache_hits);
   f->set_eta(g.eta);
+  // The search records the method when an issue-14 option is in use; otherwise it is the spec's.
+  f->set_eta_method(!g.eta_method.empty()                               ? g.eta_method
+                    : spec_.strategy == search::Strategy::kRandomSearch ? "zero"
+                    : spec_.eta.has_value()                             ? "explicit"
+                                                                        : "auto");
+  f->set_estimator(std::string(search::EstimatorName(spec_.estimator)));
+  if (g.eta_cv_rho.has_value()) f->set_eta_cv_rho(*g.eta_cv_rho);
   std::vector<pb::JobEvent> events = {gen};
   if (trained) {
     pb::JobEvent p;

@@ -324,6 +324,12 @@ void RunAndCompare(int workers, int population, const std::string& name, int bat
   ExpectSameAsPruneLocal(dir, spec, batch,
                          absl::StrCat("pop", population, "-batch", batch, options ? "-opts" : ""));
   EXPECT_GT(Metric(s.metrics_port, "prunesvc_steps_total"), 0);
+  // The events say how η was set: cross-validated with the options, auto without.
+  for (const pb::JobEvent& e : events) {
+    if (!e.has_generation_finished()) continue;
+    EXPECT_EQ(e.generation_finished().eta_method(), options ? "cv" : "auto");
+    EXPECT_EQ(e.generation_finished().estimator(), options ? "UCB" : "NORM");
+  }
   if (workers > population / 2) {  // more workers than a generation's misses
     EXPECT_GT(Metric(s.metrics_port, "prunesvc_split_evaluations_total"), 0);
   }

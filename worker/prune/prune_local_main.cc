@@ -92,6 +92,10 @@ ABSL_FLAG(bool, uniform_guard, kDefaults.uniform_guard,
           "before finalizing, score UNIFORM's policy on the search samples with the search's "
           "fitness and keep it if it beats the search's pick (report.json \"guard\"; one more "
           "evaluation)");
+ABSL_FLAG(bool, uniform_ratio_choice, kDefaults.uniform_ratio_choice,
+          "EFFICIENTLLAVA, not N_M: add UNIFORM's continuous ratio at the budget to the ratio "
+          "choices, so UNIFORM's own policy is in the search space (with --seed-with-uniform: "
+          "in the initial population)");
 ABSL_FLAG(int, projector_every, kDefaults.projector_every,
           "train the projector every N generations (0 = never)");
 ABSL_FLAG(int, projector_steps, 50, "Adam steps per projector training");
@@ -226,6 +230,7 @@ absl::Status SearchOptionsFromFlags(prunesvc::prune::LocalJobSpec& spec) {
   Override(FLAGS_mutation_step, spec.mutation_step);
   Override(FLAGS_slack_evaluations, spec.slack_evaluations);
   Override(FLAGS_uniform_guard, spec.uniform_guard);
+  Override(FLAGS_uniform_ratio_choice, spec.uniform_ratio_choice);
   return absl::OkStatus();
 }
 
@@ -326,7 +331,8 @@ int main(int argc, char** argv) {
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
       "[--estimator NORM|UCB|SPLIT|CAPACITY] [--eta-rule AUTO|CV] [--seed-with-uniform] "
       "[--seed-with-owl] [--repair-uniform-seed] [--mutation-step P] [--slack-evaluations N] "
-      "[--uniform-guard] [--projector-every N] [--projector-steps N] [--threads N] [--device "
+      "[--uniform-guard] [--uniform-ratio-choice] [--projector-every N] [--projector-steps N] "
+      "[--threads N] [--device "
       "cpu|cuda:N] [--dry-run] "
       "--out DIR");
   prunesvc::InitLogging("prune-local", absl::GetFlag(FLAGS_log_level));
