@@ -135,10 +135,6 @@ absl::Status ValidateSearchOptions(const JobSpec& s, FieldNaming naming) {
                                   search::StrategyName(s.strategy)));
     }
   }
-  if (s.uniform_ratio_choice && s.granularity == search::Granularity::kNM) {
-    return Invalid("uniform_ratio_choice", naming,
-                   "does not apply to granularity N_M: its unit choices are {dense, N:M}");
-  }
   if (s.seed_with_owl && s.unit != search::UnitKind::kLayer) {
     return Invalid("seed_with_owl", naming,
                    "needs unit LAYER: OWL's outlier ratios and ratios are per decoder layer");

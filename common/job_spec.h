@@ -6,6 +6,11 @@
 // search's channel/head orders cut the artifact), so `final_mask_method` is nullopt there and
 // SPARSEGPT elsewhere; N_M's pattern defaults to 2:4.
 //
+// The search's defaults (issue 14; docs/results/SELECTION.md, docs/results/FINDINGS.md): η = 0 (the
+// loss alone) and no projector training; the other search options are off (uniform_ratio_choice
+// with seed_with_uniform is the next candidate). SetStrategy gives RANDOM_SEARCH, UNIFORM and OWL
+// their own.
+//
 // Ranges (the ones proto/prune/v1/job.proto documents): flops_budget in (0, 1]; population in
 // [4, 1024]; generations in [1, 1000]; parents in [2, population); mutation in [0, 1]; each ratio
 // choice in [0, 1), sorted, distinct (search::ValidateRatioChoices); eta finite ≥ 0;
@@ -13,13 +18,13 @@
 // finite ≥ 0; priority in [-100, 100]; ≤ 32 labels; request_id ≤ 128 bytes; rerank_top_k ≥ 0;
 // mutation_step in [0, 1]; slack_evaluations in [0, 100000].
 // Supported combinations: OWL and STRUCTURED need unit LAYER; N_M has its own unit choices (no
-// ratio_choices). The search options of issue 14 (evolution.h's opt-in options; all off by
-// default, and then nothing changes): estimator, eta_rule (CV needs η unset), slack_evaluations
-// and uniform_guard need a searching strategy (EFFICIENTLLAVA or RANDOM_SEARCH); seed_with_uniform,
-// seed_with_owl, repair_uniform_seed, mutation_step and uniform_ratio_choice shape EFFICIENTLLAVA's
-// population and need that strategy (uniform_ratio_choice not under N_M); seed_with_owl needs unit
-// LAYER (OWL's ratios are per decoder layer). Not implemented yet, and so INVALID_ARGUMENT "not
-// supported yet" naming the field: prune_vision, rerank_top_k > 0, a SPARSEGPT search mask.
+// ratio_choices). The search options of issue 14 (evolution.h's options; defaults above):
+// estimator, eta_rule (CV needs η unset), slack_evaluations and uniform_guard need a searching
+// strategy (EFFICIENTLLAVA or RANDOM_SEARCH); seed_with_uniform, seed_with_owl,
+// repair_uniform_seed, mutation_step and uniform_ratio_choice shape EFFICIENTLLAVA's population and
+// need that strategy (uniform_ratio_choice has no effect under N_M); seed_with_owl needs unit LAYER
+// (OWL's ratios are per decoder layer). Not implemented yet, and so INVALID_ARGUMENT "not supported
+// yet" naming the field: prune_vision, rerank_top_k > 0, a SPARSEGPT search mask.
 //
 // Errors name the field the way the caller's user wrote it: proto field names for the API
 // (`population`), flags for prune-local (`--population`) — see FieldNaming.
@@ -98,7 +103,9 @@ struct JobSpec {
   int parents = 8;
   double mutation = 0.2;
   std::vector<double> ratio_choices = search::DefaultRatioChoices();
-  std::optional<double> eta;  // nullopt = resolved by eta_rule
+  // Default 0 (the loss alone): docs/results/SELECTION.md measured every generalization term
+  // tried (auto, CV, UCB) at or below η = 0. nullopt = resolved by eta_rule.
+  std::optional<double> eta = 0.0;
   // The generalization term of the fitness J = L̂ + η·T (common/estimators.h).
   Estimator estimator = Estimator::kNorm;
   // How η is resolved when `eta` is unset: AUTO (std(η·T) = std(L̂) over the first population)
@@ -119,9 +126,11 @@ struct JobSpec {
   // keep it if it beats the search's pick ("never worse than the baseline").
   bool uniform_guard = false;
   // Add UNIFORM's continuous ratio at the budget to the ratio choices (BuildPolicySpace), so
-  // UNIFORM's own policy is in the search space. EFFICIENTLLAVA only, not N_M.
+  // UNIFORM's own policy is in the search space. EFFICIENTLLAVA only; no effect under N_M.
   bool uniform_ratio_choice = false;
-  int projector_every = 4;  // 0 = never
+  // 0 = never, the default: re-training the projector did not raise held-out accuracy on the
+  // bundled model (docs/results/FINDINGS.md) and is most of a search's time.
+  int projector_every = 0;
   int projector_steps = 50;
   double projector_lr = 1e-4;
   double projector_decay = 1e-3;  // μ of μ‖θ − θ₀‖²

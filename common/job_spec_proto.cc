@@ -210,7 +210,11 @@ absl::Status EtaFromProto(const pb::JobSpec& p, JobSpec& s) {
     return Invalid("eta_auto", "= false needs an explicit eta");
   }
   if (p.has_eta()) s.eta = p.eta();
-  if (p.has_eta_auto() && p.eta_auto()) s.eta.reset();  // over the strategy's default
+  // eta_auto, or an eta_rule / estimator without an eta: η is chosen by the rule, over the
+  // strategy's default η.
+  const bool rule_given = (p.has_eta_rule() && p.eta_rule() != pb::ETA_RULE_UNSPECIFIED) ||
+                          (p.has_estimator() && p.estimator() != pb::ESTIMATOR_UNSPECIFIED);
+  if ((p.has_eta_auto() && p.eta_auto()) || (rule_given && !p.has_eta())) s.eta.reset();
   return absl::OkStatus();
 }
 

@@ -101,6 +101,7 @@ TEST(JobSpecProtoTest, ToProtoFillsEveryFieldAndRoundTrips) {
   EXPECT_EQ(again->labels.at("team"), "vision");
   // eta auto round-trips as eta_auto = true.
   pb::JobSpec autop = Minimal();
+  autop.set_eta_auto(true);
   auto a = JobSpecFromProto(autop);
   ASSERT_TRUE(a.ok());
   EXPECT_TRUE(JobSpecToProto(*a).eta_auto());
@@ -152,9 +153,16 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
     p.set_estimator(proto);
     ASSERT_EQ(JobSpecFromProto(p)->estimator, native);
   }
-  // Defaults are written explicitly, as AUTO / false / 0.
+  // Defaults are written explicitly, as AUTO / false / 0, and η = 0.
   const pb::JobSpec d = JobSpecToProto(*JobSpecFromProto(Minimal()));
   EXPECT_EQ(d.eta_rule(), pb::AUTO);
+  EXPECT_TRUE(d.has_eta() && d.eta() == 0 && !d.eta_auto());
+  // An eta_rule or estimator without an eta: η is chosen by the rule.
+  pb::JobSpec ucb = Minimal();
+  ucb.set_estimator(pb::UCB);
+  EXPECT_FALSE(JobSpecFromProto(ucb)->eta.has_value());
+  ucb.set_eta(1.5);
+  EXPECT_EQ(JobSpecFromProto(ucb)->eta, 1.5);
   EXPECT_FALSE(d.seed_with_uniform() || d.seed_with_owl() || d.repair_uniform_seed() ||
                d.uniform_guard());
   EXPECT_EQ(d.mutation_step(), 0);
@@ -245,12 +253,6 @@ TEST(JobSpecProtoTest, EveryInvalidFieldIsNamed) {
       {"uniform_ratio_choice UNIFORM",
        [](pb::JobSpec& p) {
          p.set_strategy(pb::UNIFORM);
-         p.set_uniform_ratio_choice(true);
-       },
-       "uniform_ratio_choice"},
-      {"uniform_ratio_choice N_M",
-       [](pb::JobSpec& p) {
-         p.set_granularity(pb::N_M);
          p.set_uniform_ratio_choice(true);
        },
        "uniform_ratio_choice"},

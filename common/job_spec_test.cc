@@ -168,7 +168,8 @@ TEST(JobSpecTest, DefaultsAreValidAndDocumented) {
   EXPECT_EQ(s.parents, 8);
   EXPECT_EQ(s.mask_method, MaskMethod::kWanda);
   EXPECT_EQ(s.final_mask_method, MaskMethod::kSparseGpt);
-  EXPECT_FALSE(s.eta.has_value());
+  EXPECT_EQ(s.eta, 0.0);  // issue 14: the loss alone (docs/results/SELECTION.md)
+  EXPECT_EQ(s.projector_every, 0);
   EXPECT_TRUE(s.searching());
   EXPECT_EQ(s.estimator, Estimator::kNorm);
   EXPECT_EQ(s.eta_rule, search::EtaRule::kAuto);
@@ -190,6 +191,7 @@ TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
   EXPECT_TRUE(d.seed_unit_ratios.empty());
   for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
     JobSpec s = Valid();
+    s.eta.reset();  // CV chooses η
     s.estimator = e;
     s.eta_rule = search::EtaRule::kCrossValidated;
     s.seed_with_uniform = s.seed_with_owl = s.repair_uniform_seed = s.uniform_guard = true;
@@ -206,7 +208,7 @@ TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
     EXPECT_TRUE(c.Validate().ok()) << c.Validate();
   }
   JobSpec r = Valid();
-  r.strategy = search::Strategy::kRandomSearch;
+  SetStrategy(r, search::Strategy::kRandomSearch);
   r.slack_evaluations = 3;
   r.uniform_guard = true;
   r.estimator = Estimator::kCapacity;
@@ -347,9 +349,13 @@ TEST(JobSpecTest, UniformRatioChoiceAddsUniformsRatioToTheGrid) {
   auto space = BuildPolicySpace(s, dims, stats, heads);
   ASSERT_TRUE(space.ok()) << space.status();
   EXPECT_EQ(space->ratio_choices(), s.ratio_choices);
+  // N_M keeps its {dense, N:M} choices (the option has no effect there).
   SetGranularity(s, search::Granularity::kNM);
   s.flops_budget = 0.7;
-  EXPECT_THAT(std::string(s.Validate().message()), HasSubstr("uniform_ratio_choice"));
+  ASSERT_TRUE(s.Validate().ok()) << s.Validate();
+  auto nm = BuildPolicySpace(s, dims, stats, heads);
+  ASSERT_TRUE(nm.ok()) << nm.status();
+  EXPECT_EQ(nm->ratio_choices(), (std::vector<double>{0, 0.5}));
 }
 
 TEST(JobSpecTest, BuildPolicySpaceMatchesGranularity) {

@@ -152,6 +152,7 @@ JobSpec SmallSpec(const std::string& dataset, const std::string& eval, int popul
 void WithSearchOptions(JobSpec& s) {
   s.estimator = search::Estimator::kUcb;
   s.eta_rule = search::EtaRule::kCrossValidated;
+  s.eta.reset();  // CV chooses η (prune-local: --eta-rule without --eta)
   s.seed_with_uniform = true;
   s.repair_uniform_seed = true;
   s.mutation_step = 0.5;
@@ -327,7 +328,7 @@ void RunAndCompare(int workers, int population, const std::string& name, int bat
   // The events say how η was set: cross-validated with the options, auto without.
   for (const pb::JobEvent& e : events) {
     if (!e.has_generation_finished()) continue;
-    EXPECT_EQ(e.generation_finished().eta_method(), options ? "cv" : "auto");
+    EXPECT_EQ(e.generation_finished().eta_method(), options ? "cv" : "explicit");  // η = 0
     EXPECT_EQ(e.generation_finished().estimator(), options ? "UCB" : "NORM");
   }
   if (workers > population / 2) {  // more workers than a generation's misses

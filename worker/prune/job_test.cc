@@ -234,7 +234,8 @@ TEST(PruneLocalTest, SameSeedGivesSameSearchAndPolicy) {
   EXPECT_NE(ra["evaluated"], rc["evaluated"]);
   // Projector training happened (generations 2 and 4) and is recorded.
   EXPECT_EQ(ra["projector"]["version"], 2);
-  EXPECT_EQ(ra["eta"]["mode"], "auto");
+  EXPECT_EQ(ra["eta"]["mode"], "explicit");  // the default η = 0 (issue 14)
+  EXPECT_EQ(ra["eta"]["value"], 0.0);
   std::printf("[determinism] %zu evaluations, final policy %s\n", ra["evaluated"].size(),
               ra["policy"]["hash"].get<std::string>().c_str());
 }

@@ -93,7 +93,8 @@ ABSL_FLAG(bool, uniform_guard, kDefaults.uniform_guard,
           "fitness and keep it if it beats the search's pick (report.json \"guard\"; one more "
           "evaluation)");
 ABSL_FLAG(bool, uniform_ratio_choice, kDefaults.uniform_ratio_choice,
-          "EFFICIENTLLAVA, not N_M: add UNIFORM's continuous ratio at the budget to the ratio "
+          "EFFICIENTLLAVA (no effect under N_M): add UNIFORM's continuous ratio at the budget to "
+          "the ratio "
           "choices, so UNIFORM's own policy is in the search space (with --seed-with-uniform: "
           "in the initial population)");
 ABSL_FLAG(int, projector_every, kDefaults.projector_every,
@@ -298,7 +299,11 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
     spec.ratio_choices = *r;
   }
   const std::string eta = absl::GetFlag(FLAGS_eta);
-  if (Given(FLAGS_eta) && eta == "auto") spec.eta.reset();
+  // --eta auto, or --eta-rule / --estimator without --eta: η is chosen by the rule.
+  if ((Given(FLAGS_eta) && eta == "auto") ||
+      (!Given(FLAGS_eta) && (Given(FLAGS_eta_rule) || Given(FLAGS_estimator)))) {
+    spec.eta.reset();
+  }
   if (Given(FLAGS_eta) && eta != "auto") {
     double v = 0;
     if (!absl::SimpleAtod(eta, &v) || !std::isfinite(v) || v < 0) {
