@@ -306,4 +306,6 @@ for s in $SEEDS; do
 done
 
 render
-log "rendered docs/RESULTS.md from $(ls "$RUNS"/*.json 2>/dev/null | wc -l) runs in $RUNS"
+summary=docs/RESULTS.md
+[[ "$PHASE" == select ]] && summary=docs/results/SELECTION.md
+log "rendered $summary from $(ls "$RUNS"/*.json 2>/dev/null | wc -l) runs in $RUNS"
