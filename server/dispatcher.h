@@ -61,7 +61,7 @@ struct DispatcherMetrics {
   prometheus::Counter* retries;
   prometheus::Counter* evaluations;
   prometheus::Counter* split_evaluations;  // policies scored in sample slices
-  prometheus::Gauge* queue_depth;  // steps waiting for a worker
+  prometheus::Gauge* queue_depth;          // steps waiting for a worker
   prometheus::Gauge* running_jobs;
 };
 
