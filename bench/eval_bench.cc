@@ -1,6 +1,7 @@
-// eval-bench: the cost of a search-time candidate evaluation (DESIGN.md §5, issue 5) relative to
-// a plain dense forward over the same samples, on a random LLaVA config, same process, same
-// thread count (DESIGN.md §10: benchmarks print ratios; nothing asserts a wall-clock time).
+// eval-bench: the cost of a search-time candidate evaluation (docs/architecture.md §5, issue 5)
+// relative to a plain dense forward over the same samples, on a random LLaVA config, same process,
+// same thread count (docs/architecture.md §10: benchmarks print ratios; nothing asserts a
+// wall-clock time).
 //
 // A candidate evaluation = apply the policy's masks (incremental in-place weight edits from the
 // mask bank) + the batched scoring forward over the samples (vision features cached) + Ω. Its

@@ -1,6 +1,6 @@
 // forward-bench: the dense LLaVA forward rate on a small random config as a fraction of this
 // machine's fp32 GEMM rate, both measured in the same run with the same thread count
-// (DESIGN.md §10: benchmarks print ratios; nothing asserts a wall-clock time).
+// (docs/architecture.md §10: benchmarks print ratios; nothing asserts a wall-clock time).
 //
 // Usage: forward-bench [--threads=N] [--seconds=S]
 #include <ATen/ATen.h>
@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
     }
   }
   if (threads < 1) threads = 1;
-  // Debian's libtorch starts with one intra-op thread; set it explicitly (DESIGN.md §3).
+  // Debian's libtorch starts with one intra-op thread; set it explicitly (docs/architecture.md §3).
   at::set_num_threads(threads);
   at::manual_seed(0);
   at::NoGradGuard no_grad;

@@ -1,7 +1,13 @@
-// Exit codes of prunesvc's command-line tools, one mapping for all of them: 0 success, 2 for
-// input the user must fix (bad flags or files, an unreachable budget, an existing output, an
-// unsupported configuration), 130 for a cancelled run (mains that know the signal use
-// 128 + signal), 1 for everything else. Header-only; thread-safe.
+// Exit codes of prunesvc's command-line tools, one table for all of them (docs/operations.md
+// "Exit codes"):
+//
+//   0    success; also --help and --version
+//   1    a failure that is not the user's input: I/O, a server that is down, an internal error
+//   2    input the user must fix: an unknown flag or a bad value, a bad file, an unreachable
+//        budget, an existing output, an unsupported configuration, a port already taken
+//   130  cancelled (SIGINT; mains that know the signal use 128 + signal)
+//
+// Header-only; thread-safe.
 #ifndef PRUNESVC_COMMON_CLI_EXIT_H_
 #define PRUNESVC_COMMON_CLI_EXIT_H_
 
@@ -9,10 +15,15 @@
 
 namespace prunesvc {
 
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitCancelled = 130;
+
 inline int ExitCodeForStatus(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kOk:
-      return 0;
+      return kExitOk;
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kNotFound:
     case absl::StatusCode::kResourceExhausted:
@@ -21,11 +32,11 @@ inline int ExitCodeForStatus(const absl::Status& status) {
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kAlreadyExists:
     case absl::StatusCode::kUnimplemented:
-      return 2;
+      return kExitUsage;
     case absl::StatusCode::kCancelled:
-      return 130;
+      return kExitCancelled;
     default:
-      return 1;
+      return kExitFailure;
   }
 }
 

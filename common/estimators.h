@@ -1,4 +1,4 @@
-// Generalization terms of the search fitness (DESIGN.md §5 "Fitness", issue 14) as pure,
+// Generalization terms of the search fitness (docs/architecture.md §5 "Fitness", issue 14) as pure,
 // torch-free functions over per-sample losses and per-unit ratios, so that the evolutionary
 // search (evolution.h), the scheduler and the tests compute one and the same number.
 //

@@ -1,6 +1,6 @@
-// The EfficientLLaVA evolutionary search and the RANDOM_SEARCH baseline (DESIGN.md §5), as a
-// torch-free step-wise driver: prune-local runs it in-process, the scheduler later drives it with
-// remote evaluation and checkpoints its state after every generation.
+// The EfficientLLaVA evolutionary search and the RANDOM_SEARCH baseline (docs/architecture.md §5),
+// as a torch-free step-wise driver: prune-local runs it in-process, the scheduler later drives it
+// with remote evaluation and checkpoints its state after every generation.
 //
 // One Step() = one generation g (0 = the initial population, then `generations` more):
 //  1. score the population under the current projector version: the cache misses, deduplicated,

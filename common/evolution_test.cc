@@ -371,7 +371,7 @@ TEST(EvolutionTest, FindsNearBruteForceOptimumAndBeatsUniform) {
     return r.loss + eta * r.omega / std::sqrt(64.0);
   };
   // The search space is the set of repair's fixed points: F ≤ b·F_dense and either
-  // F ≥ (b − slack)·F_dense or no single lowering step fits (DESIGN.md §5's repair).
+  // F ≥ (b − slack)·F_dense or no single lowering step fits (repair, docs/architecture.md §5).
   const double limit = config.budget * space.dense_flops();
   auto fixed_point = [&](const Policy& p) {
     const double f = *space.Flops(p);

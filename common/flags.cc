@@ -1,56 +1,173 @@
 #include "common/flags.h"
 
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/reflection.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "common/cli_exit.h"
+
+#ifndef PRUNESVC_VERSION
+#define PRUNESVC_VERSION "unknown"
+#endif
+#ifndef PRUNESVC_BUILD_TYPE
+#define PRUNESVC_BUILD_TYPE "unknown"
+#endif
 
 namespace prunesvc {
+namespace {
 
-std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
-  std::vector<std::string> out;
-  out.reserve(argc);
-  bool passthrough = false;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && !passthrough && arg == "--") passthrough = true;
-    if (i == 0 || passthrough || arg.size() < 3 || arg[0] != '-') {
-      out.push_back(std::move(arg));
+std::string Hyphenated(absl::string_view name) { return absl::StrReplaceAll(name, {{"_", "-"}}); }
+
+bool IsAbseilFlag(const absl::CommandLineFlag& flag) {
+  return absl::StrContains(flag.Filename(), "absl/");
+}
+
+// The binary's own flag named `name` (underscores), or null.
+absl::CommandLineFlag* FindOwnFlag(absl::string_view name) {
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr || flag->IsRetired() || IsAbseilFlag(*flag)) return nullptr;
+  return flag;
+}
+
+// Appends `text` to `out` word-wrapped at `width` columns, every line indented by `indent`.
+void AppendWrapped(absl::string_view text, size_t indent, size_t width, std::string& out) {
+  std::string line(indent, ' ');
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    if (line.size() > indent && line.size() + 1 + word.size() > width) {
+      absl::StrAppend(&out, line, "\n");
+      line.assign(indent, ' ');
+    }
+    if (line.size() > indent) line += ' ';
+    absl::StrAppend(&line, word);
+  }
+  if (line.size() > indent) absl::StrAppend(&out, line, "\n");
+}
+
+}  // namespace
+
+absl::StatusOr<ParsedCommandLine> ParseCommandLineArgs(const std::vector<std::string>& args) {
+  ParsedCommandLine parsed;
+  if (!args.empty()) parsed.positional.push_back(args[0]);
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") {
+      parsed.positional.insert(parsed.positional.end(), args.begin() + i + 1, args.end());
+      break;
+    }
+    if (arg.size() < 2 || arg[0] != '-') {
+      parsed.positional.push_back(arg);
       continue;
     }
-    size_t start = arg[1] == '-' ? 2 : 1;
-    size_t end = arg.find('=');
-    if (end == std::string::npos) end = arg.size();
-    for (size_t k = start; k < end; ++k) {
-      if (arg[k] == '-') arg[k] = '_';
+    const size_t dashes = arg[1] == '-' ? 2 : 1;
+    const size_t eq = arg.find('=');
+    std::string name =
+        arg.substr(dashes, eq == std::string::npos ? std::string::npos : eq - dashes);
+    absl::StrReplaceAll({{"-", "_"}}, &name);
+    const bool has_value = eq != std::string::npos;
+    if (name == "help" || name == "helpfull" || name == "helpshort" || name == "h") {
+      parsed.action = ParsedCommandLine::Action::kHelp;
+      continue;
     }
-    out.push_back(std::move(arg));
+    if (name == "version" && !has_value) {
+      if (parsed.action == ParsedCommandLine::Action::kRun) {
+        parsed.action = ParsedCommandLine::Action::kVersion;
+      }
+      continue;
+    }
+    const std::string shown = "--" + Hyphenated(name);
+    if (name.empty()) return absl::InvalidArgumentError(absl::StrCat("malformed flag '", arg, "'"));
+    absl::CommandLineFlag* flag = FindOwnFlag(name);
+    std::string value;
+    if (flag == nullptr && !has_value && absl::StartsWith(name, "no")) {
+      absl::CommandLineFlag* negated = FindOwnFlag(name.substr(2));
+      if (negated != nullptr && negated->IsOfType<bool>()) {
+        flag = negated;
+        value = "false";
+      }
+    }
+    if (flag == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag ", shown));
+    }
+    if (has_value) {
+      value = arg.substr(eq + 1);
+    } else if (value.empty()) {
+      if (flag->IsOfType<bool>()) {
+        value = "true";
+      } else if (i + 1 < args.size()) {
+        value = args[++i];
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag ", shown, " needs a value (", shown, "=VALUE)"));
+      }
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid value '", value, "' for ", shown, ": ", error));
+    }
   }
+  return parsed;
+}
+
+std::string FlagsHelp(absl::string_view usage) {
+  std::vector<absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (!flag->IsRetired() && !IsAbseilFlag(*flag)) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](const absl::CommandLineFlag* a, const absl::CommandLineFlag* b) {
+              return a->Name() < b->Name();
+            });
+  std::string out = absl::StrCat(usage, "\n\nFlags:\n");
+  for (const absl::CommandLineFlag* flag : flags) {
+    absl::StrAppend(&out, "  --", Hyphenated(flag->Name()), "\n");
+    std::string default_value = flag->DefaultValue();
+    if (flag->IsOfType<std::string>()) default_value = absl::StrCat("\"", default_value, "\"");
+    AppendWrapped(absl::StrCat(flag->Help(), " (default: ", default_value, ")"), 6, 100, out);
+  }
+  absl::StrAppend(&out,
+                  "\nBuilt-in: --help (this text), --version. A boolean flag takes --name or "
+                  "--noname; any other flag --name=VALUE or --name VALUE.\n");
   return out;
 }
 
+std::string VersionString() {
+  return absl::StrCat(PRUNESVC_VERSION, " (", PRUNESVC_BUILD_TYPE, " build)");
+}
+
 std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage) {
-  absl::FlagsUsageConfig config;
-  // Only list our own flags in --help, not abseil's internals.
-  config.contains_help_flags = [](absl::string_view file) {
-    return file.find("absl/") == absl::string_view::npos;
-  };
-  config.normalize_filename = [](absl::string_view f) { return std::string(f); };
-  absl::SetFlagsUsageConfig(config);
-  absl::SetProgramUsageMessage(usage +
-                               "\n\nFlags are written with hyphens (--metrics-port); the listing "
-                               "below shows abseil's underscore names, which are accepted too.");
-  std::vector<std::string> normalized = NormalizeFlagNames(argc, argv);
-  std::vector<char*> ptrs;
-  ptrs.reserve(normalized.size() + 1);
-  for (auto& s : normalized) ptrs.push_back(s.data());
-  ptrs.push_back(nullptr);
-  std::vector<char*> positional =
-      absl::ParseCommandLine(static_cast<int>(normalized.size()), ptrs.data());
-  return std::vector<std::string>(positional.begin(), positional.end());
+  const std::vector<std::string> args(argv, argv + argc);
+  std::string program = args.empty() ? "prunesvc" : args[0];
+  if (const size_t slash = program.rfind('/'); slash != std::string::npos) {
+    program = program.substr(slash + 1);
+  }
+  absl::StatusOr<ParsedCommandLine> parsed = ParseCommandLineArgs(args);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s: %s (see %s --help)\n", program.c_str(),
+                 std::string(parsed.status().message()).c_str(), program.c_str());
+    std::exit(kExitUsage);
+  }
+  switch (parsed->action) {
+    case ParsedCommandLine::Action::kHelp:
+      std::fputs(FlagsHelp(usage).c_str(), stdout);
+      std::exit(kExitOk);
+    case ParsedCommandLine::Action::kVersion:
+      std::printf("%s %s\n", program.c_str(), VersionString().c_str());
+      std::exit(kExitOk);
+    case ParsedCommandLine::Action::kRun:
+      break;
+  }
+  return parsed->positional;
 }
 
 }  // namespace prunesvc

@@ -217,7 +217,7 @@ absl::StatusOr<FlopsBreakdown> ComputeDenseFlops(const FlopsModelDims& dims,
     a[int(DecoderLinear::kDown)] = 2.0 * T * double(d.mlp_width) * h;
     f.decoder_linear_in[l] = {d.hidden, d.hidden, d.hidden,   d.q_width,
                               d.hidden, d.hidden, d.mlp_width};
-    // Causal: half of the full 2·T²·d multiply-adds, i.e. 2·T²·d FLOPs (DESIGN.md §5).
+    // Causal: half of the full 2·T²·d multiply-adds, i.e. 2·T²·d FLOPs (docs/architecture.md §5).
     f.decoder_attention[l] = 2.0 * stats.mean_tokens_sq * d.q_width;
   }
   // lm_head's input is the text hidden size, which is the projector's output width.

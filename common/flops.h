@@ -1,5 +1,5 @@
-// The FLOPs model of a LLaVA-style model (DESIGN.md §5): the one implementation used by the
-// worker's counter (GFLOPs/sample), by the search (budget repair) and by the report.
+// The FLOPs model of a LLaVA-style model (docs/architecture.md §5): the one implementation used by
+// the worker's counter (GFLOPs/sample), by the search (budget repair) and by the report.
 //
 // Conventions:
 //  - FLOPs = 2 × multiply-adds. Only matrix products are counted (linears, patch embedding,

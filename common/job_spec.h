@@ -1,5 +1,5 @@
-// The torch-free pruning job specification (DESIGN.md §6 JobSpec): every knob of a job, its
-// defaults and one validation, shared by prune-local's flags, the scheduler's SubmitJob and the
+// The torch-free pruning job specification (docs/architecture.md §6 JobSpec): every knob of a job,
+// its defaults and one validation, shared by prune-local's flags, the scheduler's SubmitJob and the
 // worker (which validates again: it may be reached by other clients than the scheduler).
 //
 // Defaults are filled in knowing the granularity: STRUCTURED has no final mask method (the

@@ -1,5 +1,5 @@
-// N:M semi-structured sparsity (DESIGN.md §5 "Granularities"): in every output row of a pruned
-// linear, each group of M consecutive input columns (columns [g·M, (g+1)·M)) keeps exactly N
+// N:M semi-structured sparsity (docs/architecture.md §5 "Granularities"): in every output row of a
+// pruned linear, each group of M consecutive input columns (columns [g·M, (g+1)·M)) keeps exactly N
 // weights. Supported patterns: 2:4 and 4:8 (what sparse tensor cores run); anything else is an
 // error naming the --nm flag.
 //

@@ -1,8 +1,8 @@
 // OWL, outlier-weighted layerwise sparsity (Yin et al. 2023, "Outlier Weighed Layerwise Sparsity
-// (OWL): A Missing Secret Sauce for Pruning LLMs to High Sparsity"; DESIGN.md §5 "Strategies"):
-// the torch-free half — from per-layer outlier ratios to per-unit pruning ratios that meet a
-// FLOPs budget. The outlier ratios themselves come from the weights and calibration statistics
-// (worker/prune/owl.h).
+// (OWL): A Missing Secret Sauce for Pruning LLMs to High Sparsity"; docs/architecture.md §5
+// "Strategies"): the torch-free half — from per-layer outlier ratios to per-unit pruning ratios
+// that meet a FLOPs budget. The outlier ratios themselves come from the weights and calibration
+// statistics (worker/prune/owl.h).
 //
 // The paper's rule, as its reference code computes it (github.com/luuyin/OWL,
 // lib/prune_all.py prune_wanda_outlier):

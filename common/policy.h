@@ -1,6 +1,6 @@
-// Pruning policies and their FLOPs (DESIGN.md §5): the search space of the EfficientLLaVA
-// search, the budget pre-flight, budget repair, canonical hashing, and the continuous solvers the
-// UNIFORM and OWL strategies use.
+// Pruning policies and their FLOPs (docs/architecture.md §5): the search space of the
+// EfficientLLaVA search, the budget pre-flight, budget repair, canonical hashing, and the
+// continuous solvers the UNIFORM and OWL strategies use.
 //
 // A policy π assigns one pruning ratio to each unit; a unit is a decoder layer (its 7 linears
 // share the ratio) or a single decoder linear. Discrete policies (the evolutionary and random
@@ -43,8 +43,8 @@ enum class UnitKind { kLayer, kLinear };
 absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view name);
 absl::string_view UnitKindName(UnitKind kind);
 
-// What a ratio removes (DESIGN.md §5 "Granularities"): UNSTRUCTURED (whole weights per row),
-// STRUCTURED (MLP channels and KV groups; PolicySpace::CreateStructured), N_M (unit choices
+// What a ratio removes (docs/architecture.md §5 "Granularities"): UNSTRUCTURED (whole weights per
+// row), STRUCTURED (MLP channels and KV groups; PolicySpace::CreateStructured), N_M (unit choices
 // {dense, N:M}: an ordinary UNSTRUCTURED space over the ratios {0, 1 − N/M},
 // common/nm_sparsity.h — so a PolicySpace itself is only ever UNSTRUCTURED or STRUCTURED).
 enum class Granularity { kUnstructured, kStructured, kNM };
@@ -159,7 +159,7 @@ class PolicySpace {
   // ratio everywhere exceeds b (the message names the smallest reachable ratio).
   absl::Status CheckBudget(double budget) const;
 
-  // Budget repair, exactly DESIGN.md §5:
+  // Budget repair, exactly docs/architecture.md §5:
   //  1. while F > b·F_dense: raise one unit by one step, chosen at random FLOPs-weighted among the
   //     units below the largest ratio;
   //  2. then while F < (b − kRepairSlack)·F_dense: pick a unit at random FLOPs-weighted among the

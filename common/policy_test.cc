@@ -227,7 +227,7 @@ TEST(PolicySpaceTest, CheckBudget) {
 }
 
 // Property test: thousands of random policies and budgets on fine-grained spaces (every unit
-// step ≤ 2 % of dense FLOPs, so DESIGN.md's band is reachable) — repair never exceeds the budget
+// step ≤ 2 % of dense FLOPs, so the repair band is reachable) — repair never exceeds the budget
 // and ends within kRepairSlack of it; repairing again changes nothing and draws nothing.
 TEST(RepairTest, NeverExceedsAndEndsWithinSlack) {
   int trials = 0;
@@ -258,7 +258,7 @@ TEST(RepairTest, NeverExceedsAndEndsWithinSlack) {
 
 // Coarse space (2 layers: one step moves more than 2 %): the band may be out of reach, but repair
 // still never exceeds the budget, and when it stops below the band it is because no single
-// lowering step fits — exactly DESIGN.md's stopping rule.
+// lowering step fits — exactly the stopping rule of docs/architecture.md §5.
 TEST(RepairTest, CoarseSpaceStopsOnlyWhenNoStepFits) {
   const PolicySpace s = MakeSpace(2, UnitKind::kLayer);
   ASSERT_GT(MaxStepFraction(s), kRepairSlack);

@@ -3,7 +3,7 @@
 // choices) defined by this file's code alone. std:: distributions are implementation-defined, so
 // a search seeded with them could pick different policies under another standard library; with
 // these the pruning search replays bit for bit on every platform, across processes and after a
-// checkpoint restore (DESIGN.md §5, "Determinism").
+// checkpoint restore (docs/architecture.md §5, "Determinism").
 //
 // Thread-compatible: one Prng per thread or guarded by the caller. Copying a Prng copies its
 // stream (both copies then produce the same values); use Fork() for independent sub-streams.

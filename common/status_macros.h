@@ -1,5 +1,5 @@
-// Status propagation macros. abseil 20220623 ships none (DESIGN.md §12), so prunesvc defines its
-// own. Header-only; thread-compatible.
+// Status propagation macros. abseil 20220623 ships none (docs/architecture.md §12), so prunesvc
+// defines its own. Header-only; thread-compatible.
 #ifndef PRUNESVC_COMMON_STATUS_MACROS_H_
 #define PRUNESVC_COMMON_STATUS_MACROS_H_
 

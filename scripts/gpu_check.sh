@@ -119,7 +119,7 @@ for dev in cpu cuda:0; do
     r["device_name"])' "$OUT_DIR/eval-${dev%%:*}.json" "$dev" || true
 done
 
-step "prune-local, UNSTRUCTURED and STRUCTURED at FLOPs 0.5 (DESIGN defaults): cuda:0 then CPU"
+step "prune-local, UNSTRUCTURED and STRUCTURED at FLOPs 0.5 (default sizes): cuda:0 then CPU"
 for gran in UNSTRUCTURED STRUCTURED; do
   for dev in cuda:0 cpu; do
     tag="prune-${gran,,}-${dev%%:*}"

@@ -9,13 +9,17 @@
 # (only the report is kept), and the renderer can be called at any time (--render-only).
 #
 # Usage: scripts/results.sh [--runs DIR] [--render-only] [--bin DIR]
-#                           [--phase main|b10|ablation|methods|select|all] [--seeds "0 1 2"]
-#                           [--threads N]
+#                           [--phase main|b10|ablation|methods|select|study|all]
+#                           [--seeds "0 1 2"] [--threads N]
 #   --phase methods runs the issue-14 search options as named configurations (METHOD_CONFIGS
 #   below; docs/pruning-engine.md "Search options"); `all` does not include it.
 #   --phase select chooses defaults (issue 14): SELECT_CONFIGS below, judged on the SELECTION
 #   set (shapes-vqa seed 3000, split eval, 1,000 samples), never on the held-out set; RUNS
 #   defaults to results/select and the summary goes to docs/results/SELECTION.md.
+#   --phase study is issue 14's held-out study at full size: the prune-local defaults
+#   (population 32, 8 parents, 12 generations, projector off) judged on the held-out set, seeds
+#   0-4, in stages of falling priority (STUDY_STAGES below); RUNS defaults to results/study and
+#   the summary goes to docs/results/STUDY.md.
 #   --bin DIR uses the prune-local / shapes-vqa in DIR instead of building (a long study keeps
 #   its binaries while the tree is rebuilt: copy build/bin somewhere first).
 #   RUNS defaults to results/runs. Its run JSONs are committed (~30 KB each), so the study
@@ -43,15 +47,19 @@ while (($#)); do
     --phase) PHASE="$2"; shift 2 ;;
     --seeds) SEEDS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "results.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$PHASE" in main | b10 | ablation | methods | select | all) ;; *)
-  echo "results.sh: --phase must be main, b10, ablation, methods, select or all, got '$PHASE'" >&2
+case "$PHASE" in main | b10 | ablation | methods | select | study | all) ;; *)
+  echo "results.sh: --phase must be main, b10, ablation, methods, select, study or all," \
+    "got '$PHASE'" >&2
   exit 2 ;;
 esac
-if [[ "$PHASE" == select ]] && ((!RUNS_SET)); then RUNS="$ROOT/results/select"; fi
+if [[ "$PHASE" == select || "$PHASE" == study ]] && ((!RUNS_SET)); then
+  RUNS="$ROOT/results/$PHASE"
+fi
+if [[ "$PHASE" == study ]] && [[ "$SEEDS" == "0 1 2" ]]; then SEEDS="0 1 2 3 4"; fi
 
 PY=/usr/bin/python3
 MODEL="$ROOT/models/tiny-llava-shapes"
@@ -59,6 +67,8 @@ BIN="${BIN_DIR:-$BUILD_DIR/bin}"
 render() {
   if [[ "$PHASE" == select ]]; then
     "$PY" "$ROOT/scripts/select_summary.py" "$RUNS" "$ROOT/docs/results/SELECTION.md"
+  elif [[ "$PHASE" == study ]]; then
+    "$PY" "$ROOT/scripts/select_summary.py" --study "$RUNS" "$ROOT/docs/results/STUDY.md"
   else
     "$PY" "$ROOT/scripts/results_render.py" "$RUNS" "$ROOT/docs/RESULTS.md" "$ROOT/docs/results"
   fi
@@ -80,17 +90,26 @@ heldout="$RUNS/data/heldout-$HELDOUT_SEED"
 [[ -f "$heldout/samples.jsonl" ]] ||
   "$BIN/shapes-vqa" --seed=$HELDOUT_SEED --split=eval --count=1000 --out="$heldout" --force \
     2>/dev/null
-for s in $SEEDS; do
+# The search set of seed s with SEARCH_N samples (64 unless a study stage says otherwise):
+# shapes-vqa seed 1000+s, split search; made on first use.
+SEARCH_N=64
+search_set() {
+  local s="$1" d
   d="$RUNS/data/search-$((1000 + s))"
+  ((SEARCH_N == 64)) || d="$RUNS/data/search$SEARCH_N-$((1000 + s))"
   [[ -f "$d/samples.jsonl" ]] ||
-    "$BIN/shapes-vqa" --seed=$((1000 + s)) --split=search --count=64 --out="$d" --force 2>/dev/null
-done
+    "$BIN/shapes-vqa" --seed=$((1000 + s)) --split=search --count="$SEARCH_N" --out="$d" \
+      --force 2>/dev/null
+  echo "$d"
+}
 
-# Study-wide search settings (docs/RESULTS.md states them): a smaller search than the DESIGN
-# defaults (population 32, 12 generations: ~3 min a run here) so that the whole study fits in a
+# Study-wide search settings (docs/RESULTS.md states them): a smaller search than the default
+# sizes (docs/architecture.md §5: population 32, 12 generations: ~3 min a run here) so that the whole study fits in a
 # few hours on 2 cores — population 16, 4 parents, 8 generations, projector training every 4.
 SEARCH_FLAGS=(--mask-method=WANDA --population=16 --parents=4 --generations=8
   --projector-every=4)
+# The study phase runs prune-local's defaults: the default is what it measures.
+[[ "$PHASE" == study ]] && SEARCH_FLAGS=()
 AUDIT=32
 
 # run ID GROUP GRANULARITY BUDGET STRATEGY SEED [extra prune-local flags...]
@@ -105,7 +124,9 @@ run() {
   # of its own in the tables.
   local strategy_flags=(--strategy="$strategy")
   [[ "$strategy" == EFFICIENTLLAVA_ETA0 ]] && strategy_flags=(--strategy=EFFICIENTLLAVA --eta=0)
-  local cmd=("$BIN/prune-local" --model="$MODEL" --samples="$RUNS/data/search-$((1000 + seed))"
+  local samples
+  samples=$(search_set "$seed")
+  local cmd=("$BIN/prune-local" --model="$MODEL" --samples="$samples"
     --eval-samples="$heldout" --flops-budget="$budget" "${strategy_flags[@]}"
     --granularity="$gran" --seed="$seed" --threads="$THREADS" "${SEARCH_FLAGS[@]}" "$@"
     --out="$art")
@@ -214,6 +235,7 @@ ablation_runs() {
 # beside UNIFORM / RANDOM_SEARCH / EFFICIENTLLAVA_ETA0 of the main phase at the same budgets and
 # seeds. Equal evaluations: the *-slack configurations spend up to 8 more evaluations, which
 # random-slack8 gives RANDOM_SEARCH exactly; the guard spends one.
+# shellcheck disable=SC2034  # read through config_runs' ${!arr}
 METHOD_CONFIGS=(
   "cv:EFFICIENTLLAVA:--eta-rule=CV"
   "ucb-cv:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV"
@@ -231,21 +253,30 @@ METHOD_CONFIGS=(
 # Budgets per granularity: the main ones and the hard ones (0.35 UNSTRUCTURED, 0.6 STRUCTURED).
 METHOD_BUDGETS_UNSTRUCTURED="${METHOD_BUDGETS_UNSTRUCTURED:-0.7 0.5 0.35}"
 METHOD_BUDGETS_STRUCTURED="${METHOD_BUDGETS_STRUCTURED:-0.7 0.6 0.5}"
-method_runs() {
-  local s="$1" g b v name strategy flags var
+
+# config_runs PREFIX CONFIGS_ARRAY BUDGETS_PREFIX SEED [REGIME [FLAGS...]]: every configuration
+# of the named "NAME:STRATEGY:flags" array at the budgets ${BUDGETS_PREFIX}_<granularity> (either
+# may be empty) for one seed, with the regime's FLAGS added to each. Run IDs are PREFIX-[REGIME-]NAME-GRAN-bB-sS, the group
+# PREFIX-[REGIME/]NAME, and study.strategy is NAME: tables name the configuration, not the
+# strategy it runs. ONLY="name ..." restricts the run to those configurations.
+config_runs() {
+  local prefix="$1" arr="$2[@]" budgets="$3" s="$4" regime="${5:-}"
+  shift $(($# < 5 ? $# : 5))
+  local g b v name strategy flags var id group
   for g in $GRANS; do
-    var="METHOD_BUDGETS_$g"
-    for b in ${!var}; do
-      for v in "${METHOD_CONFIGS[@]}"; do
+    var="${budgets}_$g"
+    for b in ${!var:-}; do
+      for v in "${!arr}"; do
         name="${v%%:*}"
+        [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || continue
         strategy="${v#*:}"
         flags="${strategy#*:}"
         strategy="${strategy%%:*}"
+        id="$prefix-${regime:+$regime-}$name-$g-b$b-s$s"
+        group="$prefix-${regime:+$regime/}$name"
         # shellcheck disable=SC2046,SC2086
-        run "method-$name-$g-b$b-s$s" "method-$name" "$g" "$b" "$strategy" "$s" \
-          $(gran_flags "$g") $flags
-        # The table names the configuration, not the strategy it runs.
-        "$PY" - "$RUNS/method-$name-$g-b$b-s$s.json" "$name" <<'EOF2'
+        run "$id" "$group" "$g" "$b" "$strategy" "$s" $(gran_flags "$g") $flags "$@"
+        "$PY" - "$RUNS/$id.json" "$name" <<'EOF2'
 import json, os, sys
 path, name = sys.argv[1:]
 if os.path.exists(path):
@@ -259,12 +290,14 @@ EOF2
     done
   done
 }
+method_runs() { config_runs method METHOD_CONFIGS METHOD_BUDGETS "$1"; }
 
 # Default selection (issue 14): the candidates for the new default beside UNIFORM and
 # RANDOM_SEARCH, at the main and hard budgets of both granularities, judged on the selection set.
 # "NAME:STRATEGY:flags"; projector training is off unless a name says "proj" (FINDINGS 5: it
 # did not pay, and it is most of a search's time). Equal evaluations: every *-all search spends
 # up to 8 slack evaluations, random gets exactly 8 more.
+# shellcheck disable=SC2034  # read through config_runs' ${!arr}
 SELECT_CONFIGS=(
   "uniform:UNIFORM:"
   "random:RANDOM_SEARCH:--slack-evaluations=8"
@@ -275,29 +308,58 @@ SELECT_CONFIGS=(
   "eta0-grid:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
 )
 # SELECT_ONLY="name ..." runs only those configurations (the others' runs stay as they are).
-SELECT_ONLY="${SELECT_ONLY:-}"
 SELECT_BUDGETS_UNSTRUCTURED="${SELECT_BUDGETS_UNSTRUCTURED:-0.35 0.5 0.7}"
 SELECT_BUDGETS_STRUCTURED="${SELECT_BUDGETS_STRUCTURED:-0.6 0.7}"
-select_runs() {
-  local s="$1" g b v name strategy flags var
-  for g in $GRANS; do
-    var="SELECT_BUDGETS_$g"
-    for b in ${!var}; do
-      for v in "${SELECT_CONFIGS[@]}"; do
-        name="${v%%:*}"
-        [[ -z "$SELECT_ONLY" || " $SELECT_ONLY " == *" $name "* ]] || continue
-        strategy="${v#*:}"
-        flags="${strategy#*:}"
-        strategy="${strategy%%:*}"
-        # shellcheck disable=SC2046,SC2086
-        run "select-$name-$g-b$b-s$s" "select-$name" "$g" "$b" "$strategy" "$s" \
-          $(gran_flags "$g") $flags
-      done
-    done
+select_runs() { ONLY="${SELECT_ONLY:-}" config_runs select SELECT_CONFIGS SELECT_BUDGETS "$1"; }
+
+# The held-out study of issue 14 at full size (prune-local's defaults: population 32, 8 parents,
+# 12 generations, η = 0, projector off), in stages of falling priority; each stage runs every
+# seed before the next starts, so a partial study is balanced. "default" is prune-local with no
+# tuning flags. Equal evaluations: the default and RANDOM_SEARCH both spend population +
+# generations × (population − parents) evaluations.
+# shellcheck disable=SC2034  # read through config_runs' ${!arr}
+STUDY_BASE=("uniform:UNIFORM:" "default:EFFICIENTLLAVA:" "random:RANDOM_SEARCH:")
+# shellcheck disable=SC2034  # read through config_runs' ${!arr}
+STUDY_MORE=("owl:OWL:" "random:RANDOM_SEARCH:")
+# Generalization terms at 16 search samples, where a gap between search and held-out loss can
+# show: the default (η = 0) against η by cross-validation with Ω, UCB, SPLIT and CAPACITY.
+# shellcheck disable=SC2034  # read through config_runs' ${!arr}
+STUDY_TERMS=("uniform:UNIFORM:" "default:EFFICIENTLLAVA:" "cv:EFFICIENTLLAVA:--eta-rule=CV"
+  "ucb-cv:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV"
+  "split-cv:EFFICIENTLLAVA:--estimator=SPLIT --eta-rule=CV"
+  "capacity-cv:EFFICIENTLLAVA:--estimator=CAPACITY --eta-rule=CV"
+  "auto:EFFICIENTLLAVA:--eta=auto")
+# Budgets per stage, ${NAME}_<granularity>; "" skips the granularity.
+# shellcheck disable=SC2034  # read through config_runs' ${!var}
+{
+  HARD_UNSTRUCTURED=0.35 HARD_STRUCTURED=0.6
+  MAIN_UNSTRUCTURED="0.7 0.5" MAIN_STRUCTURED="0.7 0.5"
+  FEW_UNSTRUCTURED=0.35 FEW_STRUCTURED=""
+  LINEAR_UNSTRUCTURED=0.35 LINEAR_STRUCTURED=""
+  LOW_UNSTRUCTURED="" LOW_STRUCTURED=0.35
+}
+STUDY_STAGES="${STUDY_STAGES:-hard main n16 linear more n32}"
+study_stage() {
+  local stage="$1" s
+  for s in $SEEDS; do
+    case "$stage" in
+      hard) config_runs study STUDY_BASE HARD "$s" ;;
+      main) ONLY="uniform default" config_runs study STUDY_BASE MAIN "$s" ;;
+      n16) SEARCH_N=16 config_runs study STUDY_TERMS FEW "$s" n16 ;;
+      n32) SEARCH_N=32 ONLY="uniform default cv ucb-cv" \
+        config_runs study STUDY_TERMS FEW "$s" n32 ;;
+      linear) config_runs study STUDY_BASE LINEAR "$s" linear --unit=linear ;;
+      more)
+        config_runs study STUDY_MORE MAIN "$s"
+        ONLY=owl config_runs study STUDY_MORE HARD "$s"
+        config_runs study STUDY_BASE LOW "$s" ;;
+      *) echo "results.sh: unknown study stage '$stage'" >&2; exit 2 ;;
+    esac
   done
 }
 
 for s in $SEEDS; do
+  [[ "$PHASE" == study ]] && break
   [[ "$PHASE" == select ]] && select_runs "$s"
   [[ "$PHASE" == methods ]] && method_runs "$s"
   [[ "$PHASE" == main || "$PHASE" == all ]] && main_runs "$s"
@@ -305,7 +367,12 @@ for s in $SEEDS; do
   [[ "$PHASE" == b10 || "$PHASE" == all ]] && b10_runs "$s"
 done
 
+if [[ "$PHASE" == study ]]; then
+  for stage in $STUDY_STAGES; do study_stage "$stage"; done
+fi
+
 render
 summary=docs/RESULTS.md
 [[ "$PHASE" == select ]] && summary=docs/results/SELECTION.md
+[[ "$PHASE" == study ]] && summary=docs/results/STUDY.md
 log "rendered $summary from $(ls "$RUNS"/*.json 2>/dev/null | wc -l) runs in $RUNS"

@@ -1,6 +1,6 @@
-// Runs jobs on the registered workers (DESIGN.md §1, §7): one SearchDriver thread per running job
-// (search_driver.h) — never a gRPC reactor thread — and a pool that leases idle workers to the
-// drivers' steps.
+// Runs jobs on the registered workers (docs/architecture.md §1, §7): one SearchDriver thread per
+// running job (search_driver.h) — never a gRPC reactor thread — and a pool that leases idle workers
+// to the drivers' steps.
 //
 // Placement: a step asks for a worker with its job's priority; the pool grants idle workers to
 // the highest-priority waiter first and, among equal priorities, to the one that has waited
@@ -53,7 +53,7 @@ struct DispatcherOptions {
   int max_running_jobs = 16;  // drivers running at once; further jobs wait QUEUED
 };
 
-// The scheduler's step metrics (DESIGN.md §9; low-cardinality labels only).
+// The scheduler's step metrics (docs/architecture.md §9; low-cardinality labels only).
 struct DispatcherMetrics {
   explicit DispatcherMetrics(prometheus::Registry& registry);
   prometheus::Family<prometheus::Counter>* steps;           // {step, outcome}

@@ -1,5 +1,5 @@
-// Live job events for WatchJob (DESIGN.md §6): whoever commits events to the JobStore (the
-// service for submit/cancel, the search driver for everything else) publishes them here right
+// Live job events for WatchJob (docs/architecture.md §6): whoever commits events to the JobStore
+// (the service for submit/cancel, the search driver for everything else) publishes them here right
 // after the commit returned; WatchJob subscribes. Durability and numbering are the store's: the
 // hub only fans out what was stored, so a watcher that subscribes, then reads the stored events
 // after its from_sequence, then skips live events at or below the last one it replayed, sees

@@ -1,5 +1,5 @@
-// The scheduler's durable state (DESIGN.md §7): jobs, each job's event log, the latest search
-// checkpoint per job, and the index of stored blobs (datasets, projectors, artifacts). An
+// The scheduler's durable state (docs/architecture.md §7): jobs, each job's event log, the latest
+// search checkpoint per job, and the index of stored blobs (datasets, projectors, artifacts). An
 // interface so the service and the search driver can be tested against any implementation;
 // SqliteJobStore (sqlite_job_store.h) is the production one.
 //

@@ -1,7 +1,8 @@
-// Scheduler metrics (DESIGN.md §9): a prometheus-cpp registry with the scheduler's counters, a
-// scrape-time collector for workers by state, and the process collector. Served by
-// prometheus-cpp's pull Exposer (fine here: the scheduler never loads libtorch, DESIGN.md §3).
-// Counter/gauge handles are thread-safe; labels stay low-cardinality (no job or worker ids).
+// Scheduler metrics (docs/architecture.md §9): a prometheus-cpp registry with the scheduler's
+// counters, a scrape-time collector for workers by state, and the process collector. Served by
+// prometheus-cpp's pull Exposer (fine here: the scheduler never loads libtorch,
+// docs/architecture.md §3). Counter/gauge handles are thread-safe; labels stay low-cardinality (no
+// job or worker ids).
 #ifndef PRUNESVC_SERVER_METRICS_H_
 #define PRUNESVC_SERVER_METRICS_H_
 

@@ -134,14 +134,18 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second server on a taken port would start silently and
+  // take half of the calls. Off, a taken port is an error.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
                            grpc::InsecureServerCredentials(), &s->port_);
   builder.RegisterService(s->registry_service_.get());
   builder.RegisterService(s->pruning_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,
-                                               " (port in use? try --port=0)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ", options.host, ":", options.port,
+                     " (port in use? pick another --port, or --port=0 for any free one)"));
   }
   spdlog::info("scheduler listening address={}:{}", options.host, s->port_);
 

@@ -1,4 +1,4 @@
-// prune-scheduler: the control plane. See DESIGN.md §1 and `prune-scheduler --help`.
+// prune-scheduler: the control plane. See docs/architecture.md §1 and `prune-scheduler --help`.
 #include <cstdint>
 #include <string>
 #include <vector>

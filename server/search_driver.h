@@ -1,7 +1,7 @@
-// One job's run on the scheduler (DESIGN.md §5, §7): Prepare on a worker → the policy space built
-// from its response (common/job_spec.h BuildPolicySpace; the scheduler never loads a model) →
-// the strategy — EFFICIENTLLAVA / RANDOM_SEARCH drive common/'s EvolutionarySearch through a
-// RemotePolicyEvaluator that splits each generation's cache misses across idle workers and
+// One job's run on the scheduler (docs/architecture.md §5, §7): Prepare on a worker → the policy
+// space built from its response (common/job_spec.h BuildPolicySpace; the scheduler never loads a
+// model) → the strategy — EFFICIENTLLAVA / RANDOM_SEARCH drive common/'s EvolutionarySearch through
+// a RemotePolicyEvaluator that splits each generation's cache misses across idle workers and
 // reassembles them in order; UNIFORM and OWL solve their ratios from Prepare's data → Finalize on
 // a worker (the artifact arrives as a blob) → SUCCEEDED.
 //

@@ -1,5 +1,5 @@
-// The scheduler's transport to one worker's PruningWorker service (DESIGN.md §11 "the worker
-// transport sits behind an interface"): GrpcWorkerConnector in production, fakes and fault
+// The scheduler's transport to one worker's PruningWorker service (docs/architecture.md §11: the
+// worker transport sits behind an interface): GrpcWorkerConnector in production, fakes and fault
 // injectors in tests. Every call has a deadline and can be cancelled from another thread through
 // a StepCancel.
 //

@@ -1,6 +1,6 @@
 // End-to-end: the real prune-scheduler and prune-worker binaries on loopback. Health, worker
 // registration, /metrics on both, --local-workers respawn after SIGKILL, clean SIGTERM
-// shutdown (no orphaned workers), state-dir locking, prunectl's exit codes.
+// shutdown (no orphaned workers), state-dir locking, exclusive ports, prunectl's exit codes.
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -137,6 +137,52 @@ TEST(E2eServersTest, StandaloneWorkerJoinsAndStateDirIsExclusive) {
   EXPECT_EQ(WEXITSTATUS(*status), 2);
   EXPECT_NE(second->Log().find("in use by another prune-scheduler"), std::string::npos)
       << second->Log();
+}
+
+// Starts `argv` and expects it to exit 2 on its own with `needle` in its log.
+void ExpectRefusedWith(const std::vector<std::string>& argv, const std::string& log,
+                       const std::string& needle) {
+  auto p = TestProcess::Start(argv, log);
+  ASSERT_TRUE(p.ok()) << p.status();
+  auto status = p->Wait(absl::Seconds(30));
+  ASSERT_TRUE(status.ok()) << "did not exit: " << argv[0] << "\n" << p->Log();
+  EXPECT_EQ(WEXITSTATUS(*status), 2) << p->Log();
+  EXPECT_NE(p->Log().find(needle), std::string::npos) << p->Log();
+}
+
+// gRPC and cpp-httplib set SO_REUSEPORT by default, with which a second server on a taken port
+// started silently and took part of the calls (issue 15). Every port we listen on is exclusive.
+TEST(E2eServersTest, TakenPortsAreErrorsThatNameThem) {
+  std::string dir = MakeTempDir("e2e-");
+  Scheduler s = StartScheduler(0, dir);
+  const std::string worker_ready = dir + "/worker.ready";
+  auto w = TestProcess::Start({BinDir() + "/prune-worker", "--host=127.0.0.1", "--port=0",
+                               "--metrics-port=0", "--threads=1", "--ready-file=" + worker_ready},
+                              dir + "/worker.log");
+  ASSERT_TRUE(w.ok());
+  auto wj = WaitForReadyFile(worker_ready, absl::Seconds(30));
+  ASSERT_TRUE(wj.ok()) << wj.status() << w->Log();
+  const int wport = (*wj)["port"].get<int>(), wmetrics = (*wj)["metrics_port"].get<int>();
+
+  const std::string sched = BinDir() + "/prune-scheduler", worker = BinDir() + "/prune-worker";
+  ExpectRefusedWith({sched, "--host=127.0.0.1", absl::StrCat("--port=", s.port),
+                     "--metrics-port=-1", "--state-dir=" + dir + "/state2"},
+                    dir + "/s2.log", absl::StrCat("cannot listen on 127.0.0.1:", s.port));
+  ExpectRefusedWith(
+      {sched, "--host=127.0.0.1", "--port=0", absl::StrCat("--metrics-port=", s.metrics_port),
+       "--state-dir=" + dir + "/state3"},
+      dir + "/s3.log", absl::StrCat(s.metrics_port));
+  ExpectRefusedWith({worker, "--host=127.0.0.1", absl::StrCat("--port=", wport),
+                     "--metrics-port=-1", "--threads=1"},
+                    dir + "/w2.log", absl::StrCat("cannot listen on 127.0.0.1:", wport));
+  ExpectRefusedWith({worker, "--host=127.0.0.1", "--port=0",
+                     absl::StrCat("--metrics-port=", wmetrics), "--threads=1"},
+                    dir + "/w3.log", absl::StrCat("cannot serve /metrics on 127.0.0.1:", wmetrics));
+
+  // The first ones still serve every call.
+  Client c(absl::StrCat("127.0.0.1:", s.port));
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(*c.Health(), ServingStatus::kServing);
+  EXPECT_NE(HttpGet(wmetrics, "/metrics").find("prunesvc_"), std::string::npos);
 }
 
 TEST(E2eServersTest, PrunectlHealthExitCodes) {

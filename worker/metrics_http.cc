@@ -1,5 +1,7 @@
 #include "worker/metrics_http.h"
 
+#include <sys/socket.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,14 +27,21 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   m->server_->Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("prune-worker: see /metrics\n", "text/plain");
   });
+  // httplib's default socket options add SO_REUSEPORT, with which a second server on a taken
+  // port starts silently; keep SO_REUSEADDR only (restarts through TIME_WAIT).
+  m->server_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   if (port == 0) {
     m->port_ = m->server_->bind_to_any_port(host);
   } else {
     m->port_ = m->server_->bind_to_port(host, port) ? port : -1;
   }
   if (m->port_ <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot serve /metrics on ", host, ":", port,
-                                               " (port in use? pick another with --metrics-port)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve /metrics on ", host, ":", port,
+                     " (port in use? pick another with --metrics-port)"));
   }
   m->thread_ = std::thread([self] { self->server_->listen_after_bind(); });
   return m;

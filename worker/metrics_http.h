@@ -1,6 +1,7 @@
 // The worker's /metrics endpoint: cpp-httplib rendering prometheus-cpp collectables with
 // TextSerializer. prometheus-cpp's civetweb Exposer cannot start its threads in a process that
-// also loads libtorch + OpenBLAS (DESIGN.md §3), so the worker does not use it. Thread-safe.
+// also loads libtorch + OpenBLAS (docs/architecture.md §3), so the worker does not use it.
+// Thread-safe.
 #ifndef PRUNESVC_WORKER_METRICS_HTTP_H_
 #define PRUNESVC_WORKER_METRICS_HTTP_H_
 

@@ -48,13 +48,17 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second server on a taken port would start silently and
+  // take half of the calls. Off, a taken port is an error.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
                            grpc::InsecureServerCredentials(), &w->port_);
   builder.RegisterService(w->service_.get());
   w->server_ = builder.BuildAndStart();
   if (w->server_ == nullptr || w->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,
-                                               " (port in use? try --port=0)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ", options.host, ":", options.port,
+                     " (port in use? pick another --port, or --port=0 for any free one)"));
   }
 
   if (options.metrics_port >= 0) {

@@ -4,7 +4,7 @@
 Uses Debian's python3-grpcio. Stubs are generated at test time with Debian's protoc and
 grpc_python_plugin: health and reflection (v1alpha — the only reflection version gRPC 1.51
 serves) from the grpc-proto package, copied into a flat directory first because a generated
-`grpc/` package would shadow grpcio itself (DESIGN.md §12).
+`grpc/` package would shadow grpcio itself (docs/architecture.md §12).
 """
 import argparse
 import json

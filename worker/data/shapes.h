@@ -1,6 +1,6 @@
-// shapes-vqa (DESIGN.md §4): a procedural multiple-choice VQA set of coloured shapes on a plain
-// canvas, the training and evaluation data of the tiny LLaVA model. docs/shapes-vqa.md describes
-// the format for users; this comment states the rules the code keeps.
+// shapes-vqa (docs/architecture.md §4): a procedural multiple-choice VQA set of coloured shapes on
+// a plain canvas, the training and evaluation data of the tiny LLaVA model. docs/shapes-vqa.md
+// describes the format for users; this comment states the rules the code keeps.
 //
 // Determinism: every pixel and string is a function of (options, seed, index) computed with
 // integer arithmetic and the generator's own PRNG (xoshiro256** seeded through splitmix64; no

@@ -1,5 +1,6 @@
-// The shapes-vqa seeds prunesvc uses (DESIGN.md §4): one place so the trainer, the demo and the
-// disjointness test agree. models/README.md records the ones a committed model was trained with.
+// The shapes-vqa seeds prunesvc uses (docs/architecture.md §4): one place so the trainer, the demo
+// and the disjointness test agree. models/README.md records the ones a committed model was trained
+// with.
 //
 // Seeds alone do not make sets disjoint (a small scene space repeats across seeds); each use also
 // has its own --split partition (see shapes.h), which does.

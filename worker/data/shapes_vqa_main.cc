@@ -1,4 +1,4 @@
-// shapes-vqa: writes a shapes-vqa sample set (DESIGN.md §4, docs/shapes-vqa.md).
+// shapes-vqa: writes a shapes-vqa sample set (docs/shapes-vqa.md).
 // Exit status: 0 on success, 2 for bad flags or a non-empty --out without --force, 1 for I/O
 // failures.
 #include <cstdint>

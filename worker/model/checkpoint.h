@@ -2,7 +2,7 @@
 // model-0000k-of-0000n.safetensors + model.safetensors.index.json) as fp32 libtorch tensors.
 //
 // Weight names: transformers ≤ 4.51 and ≥ 4.52 save LLaVA under different prefixes (see
-// LLAVA_FACTS.md). Loaded tensors are keyed by ONE canonical set — the old ≤ 4.51 names
+// docs/llava.md). Loaded tensors are keyed by ONE canonical set — the old ≤ 4.51 names
 // (`language_model.model.*`, `language_model.lm_head.weight`, `vision_tower.*`,
 // `multi_modal_projector.*`) — and the checkpoint remembers which layout the files used, so
 // artifacts can be written back in the user's layout.

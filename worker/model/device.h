@@ -1,7 +1,8 @@
 // Resolves a --device flag ("cpu", "cuda", "cuda:N") against what this build and machine offer,
-// and applies --threads to libtorch (Debian's libtorch starts with 1 intra-op thread; DESIGN.md
-// §3). Used by prune-worker, prune-local, llava-eval and the benches, so they all accept the same
-// spellings and give the same errors (e.g. a CUDA device on a CPU-only build names the fix).
+// and applies --threads to libtorch (Debian's libtorch starts with 1 intra-op thread;
+// docs/architecture.md §3). Used by prune-worker, prune-local, llava-eval and the benches, so they
+// all accept the same spellings and give the same errors (e.g. a CUDA device on a CPU-only build
+// names the fix).
 //
 // CUDA: the build is CUDA-capable when it links a CUDA libtorch (CMake option PRUNESVC_CUDA,
 // docs/gpu.md); Debian's libtorch is CPU-only. On a CUDA device the runtime computes in IEEE

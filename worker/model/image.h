@@ -46,7 +46,7 @@ struct RgbImage {
 };
 
 struct DecodeOptions {
-  // DESIGN.md §4: images ≤ 4096×4096 by default.
+  // docs/architecture.md §4: images ≤ 4096×4096 by default.
   int max_width = 4096;
   int max_height = 4096;
   // Files larger than this are refused by ReadImageFile before reading.

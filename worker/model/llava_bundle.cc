@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace prunesvc::model {
 namespace {
@@ -41,6 +43,20 @@ std::string SampleLabel(const Sample& s) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> ResolveModelDir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_regular_file(fs::path(dir) / "config.json", ec)) return dir;
+  const std::string inner = (fs::path(dir) / "model").string();
+  if (fs::is_regular_file(fs::path(inner) / "config.json", ec)) {
+    spdlog::info("{} is a prunesvc artifact: using its model directory {}", dir, inner);
+    return inner;
+  }
+  return absl::NotFoundError(absl::StrCat(dir, ": not a model directory (no ", dir,
+                                          "/config.json) nor an artifact (no ", inner,
+                                          "/config.json)"));
+}
 
 absl::StatusOr<std::unique_ptr<LlavaBundle>> LoadLlavaBundle(const std::string& model_dir,
                                                              at::Device device) {

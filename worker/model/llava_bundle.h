@@ -1,5 +1,6 @@
 // A LLaVA model directory loaded as one unit (config, weights, tokenizer, preprocessor) and the
-// step that turns a sample-set `Sample` into what the scorer consumes (DESIGN.md §4 "Prompts").
+// step that turns a sample-set `Sample` into what the scorer consumes (docs/llava.md "Prompt
+// templates and scoring").
 //
 // Why a bundle: llava-eval, llava-generate, the worker and the tiny-model trainer all need the
 // same five files read and cross-checked the same way (the tokenizer's `<image>` id is the
@@ -48,6 +49,11 @@ struct LlavaBundle {
   // single tokens. Multiple-choice samples may have at most letter_token_ids.size() options.
   std::vector<int> letter_token_ids;
 };
+
+// The model directory a user means by `dir`: `dir` itself when it has a config.json, DIR/model
+// when `dir` is a prunesvc artifact (its model/ has one) — so an artifact is accepted wherever a
+// model directory is. NotFound, naming both places, otherwise.
+absl::StatusOr<std::string> ResolveModelDir(const std::string& dir);
 
 // Loads `model_dir`: config.json, the weights (model.safetensors or shards), tokenizer.model +
 // added_tokens.json / tokenizer_config.json, preprocessor_config.json (required). Errors name the

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
@@ -133,7 +134,20 @@ absl::StatusOr<EvalReport> RunEvalImpl(const EvalOptions& options) {
   }
   ASSIGN_OR_RETURN(FlopsBreakdown flops,
                    ComputeDenseFlops(model.FlopsDims(), ComputeTokenStats(model, token_view)));
-  report.gflops_per_sample = flops.Total() / 1e9;
+  report.dense_gflops_per_sample = flops.Total() / 1e9;
+  // Kept multiply-adds, as report.json counts them: each decoder linear scaled by its weights'
+  // non-zero fraction (an UNSTRUCTURED or N:M artifact stores zeros; STRUCTURED shapes are in
+  // the dims already).
+  KeptFractions keep;
+  keep.decoder.assign(flops.decoder_linear.size(), {});
+  for (auto& row : keep.decoder) row.fill(1.0);
+  for (const NamedLinear& nl : bundle->model->DecoderLinears()) {
+    const at::Tensor& w = nl.linear->weight;
+    keep.decoder[nl.layer][int(nl.kind)] =
+        double(at::count_nonzero(w).item<int64_t>()) / double(w.numel());
+  }
+  ASSIGN_OR_RETURN(double kept_flops, PolicyFlops(flops, keep));
+  report.gflops_per_sample = kept_flops / 1e9;
   token_view.clear();
 
   std::unique_ptr<AtomicFileWriter> dump;
@@ -252,19 +266,48 @@ absl::StatusOr<std::string> RunGenerateImpl(const GenerateCliOptions& options) {
   if (std::count(ids.begin(), ids.end(), tok.image_token_id()) != 1) {
     return absl::InvalidArgumentError("--prompt: does not tokenize to exactly one <image> token");
   }
+  // The context bounds the answer: the prompt (with the image's expanded tokens) plus the new
+  // tokens must fit max_position_embeddings. A model that never emits EOS would otherwise run
+  // far past what it was trained for, ever slower.
+  const int context = model.config().text.max_position_embeddings;
+  const int prompt_tokens = int(ids.size()) - 1 + model.image_seq_length();
+  if (prompt_tokens >= context) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--prompt: ", prompt_tokens, " tokens (with the image's ", model.image_seq_length(),
+        ") leave no room in the model's context of ", context, " (max_position_embeddings)"));
+  }
   GenerateOptions gen;
-  gen.max_new_tokens = options.max_new_tokens;
+  gen.max_new_tokens = std::min(options.max_new_tokens, context - prompt_tokens);
+  if (gen.max_new_tokens < options.max_new_tokens) {
+    spdlog::warn(
+        "--max-new-tokens {} capped at {}: the prompt takes {} of the model's {} positions "
+        "(max_position_embeddings)",
+        options.max_new_tokens, gen.max_new_tokens, prompt_tokens, context);
+  }
   gen.eos_token_id = tok.eos_id();
-  ASSIGN_OR_RETURN(std::vector<int> out, GreedyGenerate(model, ids, features, gen));
+  // Streaming: decode the ids so far after each token and pass on what the text gained (a
+  // SentencePiece piece can change how the text before it decodes, e.g. a leading space, so
+  // the whole prefix is decoded rather than the token alone).
   std::vector<int> decodable;
-  for (int id : out) {
+  std::string emitted;
+  auto emit_new_text = [&] {
+    absl::StatusOr<std::string> text = tok.Decode(decodable);
+    if (!text.ok()) return;  // the final Decode below reports it
+    if (text->size() > emitted.size() && absl::StartsWith(*text, emitted)) {
+      if (options.on_text) options.on_text(absl::string_view(*text).substr(emitted.size()));
+      emitted = *std::move(text);
+    }
+  };
+  gen.on_token = [&](int id) {
     if (id >= 0 && id < tok.vocab_size()) {
       decodable.push_back(id);
+      emit_new_text();
     } else {
       spdlog::warn("generated id {} has no token (tokenizer vocabulary {}); skipped", id,
                    tok.vocab_size());
     }
-  }
+  };
+  RETURN_IF_ERROR(GreedyGenerate(model, ids, features, gen).status());
   return tok.Decode(decodable);
 }
 
@@ -291,6 +334,7 @@ std::string EvalReportJson(const EvalReport& r) {
   j["samples_per_second"] = r.samples_per_second;
   j["eval_seconds"] = r.eval_seconds;
   j["gflops_per_sample"] = r.gflops_per_sample;
+  j["dense_gflops_per_sample"] = r.dense_gflops_per_sample;
   if (!r.per_type.empty()) {
     nlohmann::json types = nlohmann::json::object();
     for (const auto& [type, g] : r.per_type) types[type] = GroupJson(g);
@@ -318,10 +362,14 @@ std::string EvalReportTable(const EvalReport& r) {
   };
   for (const auto& [type, g] : r.per_type) row(type, g);
   row("all", r.overall);
+  absl::StrAppend(&out,
+                  "(mc: the multiple-choice samples, the ones accuracy counts; mean_loss covers "
+                  "all samples)\n");
   absl::StrAppend(
-      &out, absl::StrFormat("\nsamples/s %.3f (%s, %d threads, batch %d)   GFLOPs/sample %.4f\n",
+      &out, absl::StrFormat("\nsamples/s %.3f (%s, %d threads, batch %d)   GFLOPs/sample %.4f "
+                            "(kept weights; dense %.4f)\n",
                             r.samples_per_second, r.device, r.threads, r.batch_size,
-                            r.gflops_per_sample));
+                            r.gflops_per_sample, r.dense_gflops_per_sample));
   return out;
 }
 

@@ -1,5 +1,5 @@
-// The logic behind the `llava-eval` and `llava-generate` command-line tools (DESIGN.md §4 "CLI
-// outputs"), as library functions so tests and the worker can call them without a process.
+// The logic behind the `llava-eval` and `llava-generate` command-line tools (docs/architecture.md
+// §4 "CLI outputs"), as library functions so tests and the worker can call them without a process.
 //
 // llava-eval scores a sample set with a LLaVA model directory: multiple-choice accuracy (argmax
 // of the option letters' log-probabilities at the last prompt position), mean teacher-forced
@@ -23,6 +23,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace prunesvc::model {
 
@@ -59,7 +60,10 @@ struct EvalReport {
   // decoder), excluding model loading, sample-set loading and validation.
   double samples_per_second = 0;
   double eval_seconds = 0;
-  double gflops_per_sample = 0;  // dense FLOPs model (common/flops.h), mean over the set
+  // FLOPs model (common/flops.h), mean over the set: kept multiply-adds (each decoder linear
+  // scaled by its weights' non-zero fraction, as report.json counts them) and the dense count.
+  double gflops_per_sample = 0;
+  double dense_gflops_per_sample = 0;
 };
 
 // Runs an evaluation. Errors: InvalidArgument / NotFound / ResourceExhausted / DataLoss for bad
@@ -68,8 +72,8 @@ absl::StatusOr<EvalReport> RunEval(const EvalOptions& options);
 
 // The one JSON object llava-eval --json prints: accuracy (null when there are no
 // multiple-choice samples), mean_loss, num_samples, num_multiple_choice, samples_per_second,
-// gflops_per_sample, per_type (only when some sample has a type), model, samples, samples_sha256,
-// device, device_name, threads, batch.
+// gflops_per_sample, dense_gflops_per_sample, per_type (only when some sample has a type), model,
+// samples, samples_sha256, device, device_name, threads, batch.
 std::string EvalReportJson(const EvalReport& report);
 // A human-readable table of the same numbers.
 std::string EvalReportTable(const EvalReport& report);
@@ -84,10 +88,15 @@ struct GenerateCliOptions {
   bool raw = false;
   int threads = 0;
   std::string device = "cpu";
+  // Called as the text grows, with the new part (streaming); may be empty. The concatenation
+  // of the calls is a prefix of RunGenerate's result.
+  std::function<void(absl::string_view)> on_text;
 };
 
 // Greedy decoding (KV cache) of one image + prompt; returns the decoded new text. Generated ids
-// the tokenizer cannot decode (embedding rows past its vocabulary) are skipped.
+// the tokenizer cannot decode (embedding rows past its vocabulary) are skipped. The answer is
+// capped at the model's context (max_position_embeddings minus the prompt's tokens, the image's
+// expanded ones included) with a warning; a prompt that fills the context is InvalidArgument.
 absl::StatusOr<std::string> RunGenerate(const GenerateCliOptions& options);
 
 // The status as one line (newlines replaced), for "llava-eval: error: ..." messages.

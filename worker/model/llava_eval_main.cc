@@ -1,7 +1,7 @@
-// llava-eval: scores a sample set with a LLaVA model directory (DESIGN.md §4 "CLI outputs").
-// stdout carries only the result (a table, or exactly one JSON object with --json); logs and the
-// progress bar go to stderr. Exit codes: 0 ok, 2 bad input (one-line error naming the problem),
-// 1 other failures.
+// llava-eval: scores a sample set with a LLaVA model directory (docs/architecture.md §4 "CLI
+// outputs"). stdout carries only the result (a table, or exactly one JSON object with --json); logs
+// and the progress bar go to stderr. Exit codes: 0 ok, 2 bad input (one-line error naming the
+// problem), 1 other failures.
 #include <unistd.h>
 
 #include <chrono>
@@ -13,9 +13,12 @@
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "worker/model/llava_bundle.h"
 #include "worker/model/llava_eval.h"
 
-ABSL_FLAG(std::string, model, "", "LLaVA model directory (config.json, weights, tokenizer)");
+ABSL_FLAG(std::string, model, "",
+          "LLaVA model directory (config.json, weights, tokenizer), or a prunesvc artifact "
+          "directory (its model/)");
 ABSL_FLAG(std::string, samples, "", "sample set: directory or tar with samples.jsonl + images");
 ABSL_FLAG(int, batch, 8, "samples per forward pass (results do not depend on it)");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = number of cores)");
@@ -79,8 +82,15 @@ int main(int argc, char** argv) {
   options.limit = absl::GetFlag(FLAGS_limit);
   if (options.model_dir.empty() || options.samples_path.empty()) {
     std::fprintf(stderr, "llava-eval: error: --model and --samples are required\n");
-    return 2;
+    return prunesvc::kExitUsage;
   }
+  auto resolved = prunesvc::model::ResolveModelDir(options.model_dir);
+  if (!resolved.ok()) {
+    std::fprintf(stderr, "llava-eval: error: %s\n",
+                 prunesvc::model::OneLineError(resolved.status()).c_str());
+    return prunesvc::ExitCodeForStatus(resolved.status());
+  }
+  options.model_dir = *resolved;
   ProgressBar progress;
   options.on_progress = [&progress](int done, int total) { progress.Update(done, total); };
 

@@ -359,6 +359,37 @@ TEST_F(LlavaEvalTest, GenerateRunsAndIsDeterministic) {
   RunResult c = Run("llava-generate", "--model " + model_ + " --image /nonexistent.png --prompt x");
   EXPECT_EQ(c.code, 2);
   EXPECT_NE(c.err.find("/nonexistent.png"), std::string::npos) << c.err;
+  // Without --prompt it does not run silently: a usage error that points at the template.
+  RunResult d = Run("llava-generate",
+                    "--model " + model_ + " --image " + samples_ + "/images/0001.png --threads 1");
+  EXPECT_EQ(d.code, 2);
+  EXPECT_NE(d.err.find("--prompt"), std::string::npos) << d.err;
+}
+
+// The tiny model never emits EOS: the answer is capped at the context (max_position_embeddings
+// 512 minus the prompt's tokens) with a warning, and the streamed text is the whole answer.
+TEST_F(LlavaEvalTest, GenerateCapsAtTheContextLength) {
+  RunResult r = Run("llava-generate", "--model " + model_ + " --image " + samples_ +
+                                          "/images/0001.png --prompt 'What colour is the shape?' "
+                                          "--max-new-tokens 10000 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("--max-new-tokens 10000 capped at "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("of the model's 512 positions"), std::string::npos) << r.err;
+  EXPECT_GT(r.out.size(), 100u);
+  EXPECT_EQ(r.out.back(), '\n');
+  // The first 8 tokens' text is a prefix of it (greedy decoding is deterministic).
+  RunResult short_run = Run("llava-generate", "--model " + model_ + " --image " + samples_ +
+                                                  "/images/0001.png --prompt 'What colour is "
+                                                  "the shape?' --max-new-tokens 8 --threads 1");
+  ASSERT_EQ(short_run.code, 0);
+  EXPECT_EQ(r.out.rfind(short_run.out.substr(0, short_run.out.size() - 1), 0), 0u)
+      << short_run.out << " vs " << r.out;
+}
+
+TEST_F(LlavaEvalTest, SamplesJsonlPathNamesItsDirectory) {
+  RunResult r = Eval("--samples " + samples_ + "/samples.jsonl");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("(pass " + samples_ + ")"), std::string::npos) << r.err;
 }
 
 TEST_F(LlavaEvalTest, PrepareSampleBuildsTheTemplates) {

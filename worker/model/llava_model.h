@@ -1,6 +1,6 @@
-// LLaVA-1.5 forward pass in libtorch (DESIGN.md §4, ../shared/LLAVA_FACTS.md): CLIP ViT vision
-// tower (only the layers up to the feature layer run) → MLP projector → LLaMA decoder, with
-// `<image>` expansion, left-padded batches and a KV cache for generation. Numerically it follows
+// LLaVA-1.5 forward pass in libtorch (docs/llava.md): CLIP ViT vision tower (only the layers up
+// to the feature layer run) → MLP projector → LLaMA decoder, with `<image>` expansion,
+// left-padded batches and a KV cache for generation. Numerically it follows
 // HuggingFace transformers' modeling_clip.py / modeling_llava.py / modeling_llama.py; the parity
 // test (llava_model_test.cc) checks it against an independent float64 reference
 // (testdata/llava_reference.py).

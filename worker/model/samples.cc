@@ -412,6 +412,14 @@ absl::StatusOr<SampleSet> LoadSampleSet(const std::string& path, const SampleLim
   const auto st = fs::status(path, ec);
   if (ec || !fs::exists(st)) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
   if (fs::is_directory(st)) return LoadDirectory(fs::path(path), limits);
+  if (fs::path(path).extension() == ".jsonl") {
+    const std::string dir = fs::path(path).parent_path().empty()
+                                ? std::string(".")
+                                : fs::path(path).parent_path().string();
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": a sample set is the directory that holds samples.jsonl and its ",
+                     "images (pass ", dir, "), or a tar of it"));
+  }
   if (!fs::is_regular_file(st)) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": neither a directory nor a tar file"));
   }

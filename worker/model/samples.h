@@ -1,5 +1,5 @@
-// Sample-set loader (DESIGN.md §4 "Sample set"): a directory, or a tar (plain or compressed:
-// .tar.gz/.tgz/.tar.bz2/.tar.xz/.tar.zst, detected by content via libarchive), holding
+// Sample-set loader (docs/architecture.md §4 "Sample set"): a directory, or a tar (plain or
+// compressed: .tar.gz/.tgz/.tar.bz2/.tar.xz/.tar.zst, detected by content via libarchive), holding
 // `samples.jsonl` plus the image files it references. One JSON object per line:
 //   {"id": "q1", "image": "images/0001.png", "question": "...", "options": ["red", "blue"],
 //    "answer": "B", "type": "colour"}

@@ -158,6 +158,7 @@ absl::StatusOr<std::vector<int>> GreedyGenerate(const LlavaModel& model,
       ASSIGN_OR_RETURN(at::Tensor logits, model.ForwardWithCache(in, &cache));
       ASSIGN_OR_RETURN(int next, argmax(logits));
       out.push_back(next);
+      if (options.on_token) options.on_token(next);
       if (options.eos_token_id && next == *options.eos_token_id) break;
       in = SequenceInput{{next}, at::Tensor(), {}};
     }
@@ -169,6 +170,7 @@ absl::StatusOr<std::vector<int>> GreedyGenerate(const LlavaModel& model,
     ASSIGN_OR_RETURN(std::vector<at::Tensor> logits, model.Forward({&in, 1}));
     ASSIGN_OR_RETURN(int next, argmax(logits[0][0]));
     out.push_back(next);
+    if (options.on_token) options.on_token(next);
     ids.push_back(next);
     if (options.eos_token_id && next == *options.eos_token_id) break;
   }

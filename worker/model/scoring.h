@@ -1,4 +1,4 @@
-// Scoring and greedy generation on top of LlavaModel (DESIGN.md §4, §5).
+// Scoring and greedy generation on top of LlavaModel (docs/architecture.md §4, §5; docs/llava.md).
 //
 //  - Multiple choice: every option letter is one token, so all letters are scored from the logits
 //    at the last prompt position (one forward per batch); a letter's score is its log-probability
@@ -16,6 +16,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -65,14 +66,16 @@ struct ScoreSummary {
 };
 ScoreSummary Summarize(absl::Span<const SampleScore> scores);
 
-// FLOPs-model statistics of a sample set (DESIGN.md §5): T = expanded image tokens + prompt +
-// answer tokens of each sample, averaged (and T² averaged); answer tokens averaged.
+// FLOPs-model statistics of a sample set (docs/architecture.md §5): T = expanded image tokens +
+// prompt + answer tokens of each sample, averaged (and T² averaged); answer tokens averaged.
 TokenStats ComputeTokenStats(const LlavaModel& model, absl::Span<const ScoringSample> samples);
 
 struct GenerateOptions {
   int max_new_tokens = 32;
   std::optional<int> eos_token_id;  // stop after emitting it (it is included in the output)
   bool use_kv_cache = true;         // false: re-run the whole sequence each step (reference)
+  // Called with each new id as soon as it is chosen (streaming); may be empty.
+  std::function<void(int)> on_token;
 };
 
 // Greedy decoding of one prompt (ids with `<image>` tokens) → the new token ids. The image token

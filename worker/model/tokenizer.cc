@@ -177,7 +177,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
 
   if (config) {
     // `legacy` is deliberately ignored: llava-hf's processors use the fast tokenizer, whose
-    // tokenizer.json prepends "▁" to every text segment — the rule DESIGN.md §4's test vector
+    // tokenizer.json prepends "▁" to every text segment — the rule docs/llava.md's test vector
     // shows (`<image>` then 29871 13) — whatever the slow tokenizer's `legacy` flag says.
     if (auto it = config->find("added_tokens_decoder"); it != config->end() && !it->is_null()) {
       if (!it->is_object()) {

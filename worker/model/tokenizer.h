@@ -1,7 +1,7 @@
 // LLaVA-1.5 tokenizer: a sentencepiece `tokenizer.model` plus the added tokens llava-hf keeps
-// outside sentencepiece (`<image>` 32000, `<pad>` 32001), and the prompt templates of DESIGN.md
-// §4. Encoding reproduces HF's slow LlamaTokenizer with legacy=True, which is also what llava-hf's
-// fast tokenizer (tokenizer.json) does:
+// outside sentencepiece (`<image>` 32000, `<pad>` 32001), and the prompt templates of
+// docs/llava.md. Encoding reproduces HF's slow LlamaTokenizer with legacy=True, which is also what
+// llava-hf's fast tokenizer (tokenizer.json) does:
 //   - the text is split on added/special token strings (leftmost, longest match), as HF's
 //     PreTrainedTokenizer.tokenize does with its trie;
 //   - each non-empty text segment is encoded by sentencepiece on its own, so every segment gets
@@ -12,7 +12,7 @@
 //     entry says lstrip/rstrip (llava-hf: false);
 //   - BOS first when add_bos_token (default true), EOS last when add_eos_token (default false).
 // tokenizer_config.json's `legacy` flag is ignored: llava-hf runs the fast tokenizer, whose
-// tokenizer.json applies the per-segment dummy prefix above (DESIGN.md §4's test vector).
+// tokenizer.json applies the per-segment dummy prefix above (docs/llava.md's test vector).
 // Torch-free. Thread-safety: immutable after Load; all methods are const and thread-safe.
 #ifndef PRUNESVC_WORKER_MODEL_TOKENIZER_H_
 #define PRUNESVC_WORKER_MODEL_TOKENIZER_H_
@@ -121,7 +121,7 @@ class Tokenizer {
 // Letter of option `index` ('A' + index); '?' outside 0..25 (callers validate ≤ 26 options).
 char OptionLetter(int index);
 
-// DESIGN.md §4 templates (llava-hf model-card format, no system prompt).
+// docs/llava.md templates (llava-hf model-card format, no system prompt).
 // "USER: <image>\n{question}\nA. {o0}\nB. {o1}…\nAnswer with the option's letter from the given
 // choices directly. ASSISTANT:"
 std::string MultipleChoicePrompt(std::string_view question,

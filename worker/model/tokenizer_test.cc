@@ -108,8 +108,8 @@ TEST_F(TokenizerTest, Accessors) {
   EXPECT_FALSE(tok_->IdToPiece(-1).ok());
 }
 
-// The DESIGN.md §4 vector's structure: BOS, "USER: " → ... "▁" (LLaMA 29871), <image>, then
-// the next segment gets its own dummy prefix: "▁" then the newline byte <0x0A> (LLaMA 13).
+// The structure of docs/llava.md's test vector: BOS, "USER: " → ... "▁" (LLaMA 29871), <image>,
+// then the next segment gets its own dummy prefix: "▁" then the newline byte <0x0A> (LLaMA 13).
 TEST_F(TokenizerTest, DesignVectorStructure) {
   auto ids = tok_->EncodePrompt("USER: <image>\nWhat's the content of the image?\nASSISTANT:");
   ASSERT_TRUE(ids.ok()) << ids.status();

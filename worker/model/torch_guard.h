@@ -1,6 +1,6 @@
 // The worker's boundary with libtorch: runs a lambda that calls libtorch and turns any exception
 // into an absl::Status naming the phase, so no exception escapes the model runtime's or the
-// pruning engine's API (DESIGN.md §11):
+// pruning engine's API (docs/architecture.md §11):
 //  - out of memory (c10::OutOfMemoryError from a device allocator, std::bad_alloc from the host)
 //    → ResourceExhausted carrying the kOutOfMemoryPayload payload: IsOutOfMemory() tells it from
 //    the ResourceExhausted of an input limit, because a scheduler retries it elsewhere while an

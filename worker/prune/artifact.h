@@ -1,7 +1,7 @@
-// The artifact directory of a pruning job (DESIGN.md §5 "Artifact") and the file plumbing around
-// it: atomic creation (OUT.partial-<pid>/ renamed to OUT as the very last step), the model's
-// side files copied from the input, the input's weight-file digests (provenance), the sha256
-// manifest, and the tar the worker uploads.
+// The artifact directory of a pruning job (docs/architecture.md §5 "Artifact") and the file
+// plumbing around it: atomic creation (OUT.partial-<pid>/ renamed to OUT as the very last step),
+// the model's side files copied from the input, the input's weight-file digests (provenance), the
+// sha256 manifest, and the tar the worker uploads.
 //
 // Atomicity: an existing non-empty OUT is refused before any work (CheckOutDir); a PartialDir
 // that is not committed removes itself, so OUT is either absent (or the empty directory it was) or

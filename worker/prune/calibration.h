@@ -1,5 +1,5 @@
-// Calibration statistics of the decoder linears (DESIGN.md §5 "Masks"): the inputs each decoder
-// linear sees when the DENSE model with the current projector runs over the search samples.
+// Calibration statistics of the decoder linears (docs/architecture.md §5 "Masks"): the inputs each
+// decoder linear sees when the DENSE model with the current projector runs over the search samples.
 //
 //  - col_sq_norms[j] = ‖X_j‖² = Σ over every non-padding token row of every sample of X_rj², in
 //    float64 — WANDA's score is |W_ij|·‖X_j‖₂. (Wanda's reference keeps the mean over sequences,

@@ -1,6 +1,6 @@
-// Search-time candidate evaluation (DESIGN.md §5): apply a per-linear UNSTRUCTURED ratio vector
-// by swapping weights, run one batched forward over the search samples, return the mean answer
-// loss L̂, the accuracy and the capacity term Ω(π).
+// Search-time candidate evaluation (docs/architecture.md §5 "Masks"): apply a per-linear
+// UNSTRUCTURED ratio vector by swapping weights, run one batched forward over the search samples,
+// return the mean answer loss L̂, the accuracy and the capacity term Ω(π).
 //
 // How it stays cheap:
 //  - The dense weights are copied once; the model's own Linear::weight tensors are then edited in

@@ -1,10 +1,10 @@
-// A whole pruning job in one process (DESIGN.md §5), as prune-local runs it: a short orchestrator
-// of the engine's steps (steps.h) — Prepare; the strategy (the EFFICIENTLLAVA / RANDOM_SEARCH
-// evolutionary search driving EvaluatePolicies and TrainProjector in process, or UNIFORM / OWL's
-// continuous ratios); the optional audit (audit.h); Finalize, which writes the artifact (model/
-// in HF layout, policy.json, report.json, MANIFEST.sha256, README.md) atomically. The worker
-// service runs the same steps for the scheduler, so a distributed run reproduces this one's
-// policy sequence, final policy and artifact bytes.
+// A whole pruning job in one process (docs/architecture.md §5), as prune-local runs it: a short
+// orchestrator of the engine's steps (steps.h) — Prepare; the strategy (the EFFICIENTLLAVA /
+// RANDOM_SEARCH evolutionary search driving EvaluatePolicies and TrainProjector in process, or
+// UNIFORM / OWL's continuous ratios); the optional audit (audit.h); Finalize, which writes the
+// artifact (model/ in HF layout, policy.json, report.json, MANIFEST.sha256, README.md) atomically.
+// The worker service runs the same steps for the scheduler, so a distributed run reproduces this
+// one's policy sequence, final policy and artifact bytes.
 //
 // The search options of issue 14 (JobSpec: estimator, eta rule, UNIFORM / OWL seeds, repaired
 // uniform seed, mutation step, slack step) reach the search's config; UNIFORM's and OWL's seeds

@@ -244,15 +244,30 @@ TEST(PruneLocalTest, LlavaEvalOnArtifactReproducesReportAccuracy) {
   ASSERT_EQ(MainRun().code, 0) << MainRun().err;
   const json report = ReadJson(WorkDir() + "/main/report.json");
   EXPECT_EQ(report["accuracy_set"], "eval");
+  // The artifact directory itself is accepted where a model directory is (its model/).
   const RunResult e =
-      RunBin("llava-eval", {"--model=" + WorkDir() + "/main/model",
-                            "--samples=" + WorkDir() + "/eval", "--json", "--threads=1"});
+      RunBin("llava-eval", {"--model=" + WorkDir() + "/main", "--samples=" + WorkDir() + "/eval",
+                            "--json", "--threads=1"});
   ASSERT_EQ(e.code, 0) << e.err;
   const json ev = json::parse(e.out);
   ASSERT_TRUE(ev["accuracy"].is_number());
   EXPECT_EQ(ev["accuracy"].get<double>(), report["accuracy"].get<double>());
   EXPECT_EQ(ev["mean_loss"].get<double>(), report["pruned"]["loss"].get<double>());
   EXPECT_EQ(ev["samples_sha256"], report["provenance"]["eval_dataset_sha256"]);
+  EXPECT_NE(e.err.find("is a prunesvc artifact: using its model directory"), std::string::npos)
+      << e.err;
+  // On the search set (whose token statistics the report's FLOPs use), llava-eval counts the
+  // artifact's kept multiply-adds as the report does, and the dense count beside them.
+  const RunResult s =
+      RunBin("llava-eval", {"--model=" + WorkDir() + "/main", "--samples=" + WorkDir() + "/search",
+                            "--json", "--threads=1"});
+  ASSERT_EQ(s.code, 0) << s.err;
+  const json sv = json::parse(s.out);
+  const double pruned_flops = report["pruned"]["flops"].get<double>();
+  const double dense_flops = report["dense"]["flops"].get<double>();
+  EXPECT_NEAR(sv["gflops_per_sample"].get<double>() * 1e9, pruned_flops, 1e-9 * pruned_flops);
+  EXPECT_NEAR(sv["dense_gflops_per_sample"].get<double>() * 1e9, dense_flops, 1e-9 * dense_flops);
+  EXPECT_LT(pruned_flops, 0.6 * dense_flops);
   // The dense side was measured on the same set.
   EXPECT_EQ(report["dense"]["num_samples"], 24);
   EXPECT_EQ(report["pruned"]["num_samples"], 24);
@@ -1241,12 +1256,13 @@ TEST(PruneLocalOptionsTest, BadOptionValuesExit2NamingTheFlag) {
     EXPECT_TRUE(absl::StrContains(r.err, message)) << message << ": " << r.err;
   }
   EXPECT_FALSE(fs::exists(WorkDir() + "/never"));
-  // --help documents every flag.
+  // --help documents every flag, hyphenated, and exits 0.
   const RunResult help = RunBin("prune-local", {"--help"});
-  for (const char* flag :
-       {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl", "repair_uniform_seed",
-        "mutation_step", "slack_evaluations", "uniform_guard"}) {
-    EXPECT_TRUE(absl::StrContains(help.out + help.err, flag)) << flag;
+  EXPECT_EQ(help.code, 0);
+  for (const char* flag : {"--estimator\n", "--eta-rule\n", "--seed-with-uniform\n",
+                           "--seed-with-owl\n", "--repair-uniform-seed\n", "--mutation-step\n",
+                           "--slack-evaluations\n", "--uniform-guard\n"}) {
+    EXPECT_TRUE(absl::StrContains(help.out, flag)) << flag;
   }
 }
 

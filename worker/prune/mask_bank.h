@@ -1,4 +1,4 @@
-// The mask bank (DESIGN.md §5 "Search-time evaluation"): for every decoder linear, each output
+// The mask bank (docs/architecture.md §5 "Masks"): for every decoder linear, each output
 // row's columns ordered by increasing pruning score, so the UNSTRUCTURED mask at any ratio is
 // available without recomputation and masks are nested (a higher ratio prunes a superset).
 //

@@ -1,7 +1,7 @@
-// prune-local --dry-run (DESIGN.md §12 "pre-flight"): validates the spec, loads the model and
-// sample sets, checks the budget, times one dense forward and estimates the job's memory and
-// time. Writes nothing. An unreachable budget is reported (budget_reachable = false) rather than
-// returned as an error, so the range can be printed; everything else fails as the job would.
+// prune-local --dry-run (docs/architecture.md §12 "Pre-flight"): validates the spec, loads the
+// model and sample sets, checks the budget, times one dense forward and estimates the job's memory
+// and time. Writes nothing. An unreachable budget is reported (budget_reachable = false) rather
+// than returned as an error, so the range can be printed; everything else fails as the job would.
 #ifndef PRUNESVC_WORKER_PRUNE_PREFLIGHT_H_
 #define PRUNESVC_WORKER_PRUNE_PREFLIGHT_H_
 

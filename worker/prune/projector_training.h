@@ -1,4 +1,4 @@
-// Projector training on the top-k pruned models (DESIGN.md §5 "Projector training", the
+// Projector training on the top-k pruned models (docs/architecture.md §5 "Projector training", the
 // EfficientLLaVA search-space evolution): Adam on the projector's linear_1/linear_2 weights and
 // biases minimising
 //     mean over the top-k policies of L̂(π; θ)  +  μ·‖θ − θ₀‖²,

@@ -1,6 +1,7 @@
-// prune-local: a whole pruning job in one process, no gRPC (DESIGN.md §5) — for debugging and as
-// the reference a distributed run must reproduce. The logic lives in worker/prune/job.h; this
-// main parses flags, draws progress on stderr and prints the summary table on stdout.
+// prune-local: a whole pruning job in one process, no gRPC (docs/architecture.md §5) — for
+// debugging and as the reference a distributed run must reproduce. The logic lives in
+// worker/prune/job.h; this main parses flags, draws progress on stderr and prints the summary
+// table on stdout.
 // Exit codes: 0 ok; 2 unreachable budget, existing non-empty --out, bad flags or input, or an
 // unsupported configuration; 1 other failures; 130/143 after SIGINT/SIGTERM (the job stops at
 // the next safe point and removes its partial output directory).

@@ -1,6 +1,6 @@
 // report.json and README.md (the model card) of a pruning artifact, and the end-of-job summary
-// table prune-local prints (DESIGN.md §5 "Report", "Artifact"). Pure functions of what the steps
-// measured; provenance helpers read /proc/cpuinfo and compile-time library versions.
+// table prune-local prints (docs/architecture.md §5 "Report", "Artifact"). Pure functions of what
+// the steps measured; provenance helpers read /proc/cpuinfo and compile-time library versions.
 #ifndef PRUNESVC_WORKER_PRUNE_REPORT_H_
 #define PRUNESVC_WORKER_PRUNE_REPORT_H_
 

@@ -1,5 +1,5 @@
-// SPARSEGPT (OBS) pruning of one linear (DESIGN.md §5 "Masks"): chooses the mask from the
-// weights and the calibration Gram matrix and compensates every pruned weight's error on the
+// SPARSEGPT (OBS) pruning of one linear (docs/architecture.md §5 "Masks"): chooses the mask from
+// the weights and the calibration Gram matrix and compensates every pruned weight's error on the
 // not-yet-pruned columns, so the layer's output WXᵀ is reconstructed as well as the second-order
 // model allows. Used at finalize (masks are not nested and cost a weight copy per ratio).
 //

@@ -49,7 +49,7 @@ double ReconstructionError(const at::Tensor& w, const at::Tensor& w_hat, const a
   return (w - w_hat.to(at::kDouble)).matmul(x.t()).norm().item<double>();
 }
 
-// The damped Hessian as DESIGN.md §5 defines it (no dead columns in the cases that use it).
+// The damped Hessian as docs/architecture.md §5 defines it (no dead columns in these cases).
 at::Tensor DampedHessian(const at::Tensor& gram, int64_t n) {
   at::Tensor h = gram * (2.0 / static_cast<double>(n));
   return h + 0.01 * h.diagonal().mean() * at::eye(h.size(0), kF64);
@@ -207,9 +207,9 @@ TEST(SparseGptTest, RejectsBadInput) {
               HasSubstr("not positive definite"));
 }
 
-// (5) The same weights and masks as an independent numpy implementation written from DESIGN.md
-// (worker/prune/testdata/sparsegpt_reference.py), in = 300 so three blocks (128, 128, 44) and the
-// lazy cross-block update are exercised; one dead column included.
+// (5) The same weights and masks as an independent numpy implementation written from
+// docs/architecture.md §5 (worker/prune/testdata/sparsegpt_reference.py), in = 300 so three
+// blocks (128, 128, 44) and the lazy cross-block update are exercised; one dead column included.
 TEST(SparseGptTest, MatchesPythonReference) {
   const char* src = std::getenv("PRUNESVC_SOURCE");
   const char* py = std::getenv("PRUNESVC_PYTHON");

@@ -1,7 +1,8 @@
 // The pruning engine as the steps the worker protocol names (proto/prune/v1/worker.proto,
-// DESIGN.md §5): Prepare, EvaluatePolicies, TrainProjector, Finalize. `prune-local` (job.h's
-// RunLocalJob) and the worker service (worker/worker_service.h) are two thin callers of these, so
-// a distributed run reproduces prune-local's policy sequence, final policy and artifact bytes.
+// docs/architecture.md §5): Prepare, EvaluatePolicies, TrainProjector, Finalize. `prune-local`
+// (job.h's RunLocalJob) and the worker service (worker/worker_service.h) are two thin callers of
+// these, so a distributed run reproduces prune-local's policy sequence, final policy and artifact
+// bytes.
 //
 //  - PreparedJob::Prepare loads the model and sample sets (pre-flight: supported architecture,
 //    every sample and held-out sample valid, FLOPs model, the policy space, the budget), scores

@@ -1,5 +1,5 @@
-// STRUCTURED pruning (DESIGN.md §5 "Granularities"; issue #6): whole MLP channels and whole
-// attention KV groups are removed from the LLaMA decoder, and the artifact's weights are
+// STRUCTURED pruning (docs/architecture.md §5 "Granularities"; issue #6): whole MLP channels and
+// whole attention KV groups are removed from the LLaMA decoder, and the artifact's weights are
 // physically shrunk (per-layer sizes in config.json), so it is smaller and faster on any hardware.
 //
 // Scores (from the calibration statistics of the DENSE model under the current projector, like

@@ -112,7 +112,7 @@ absl::Status TrainTokenizer(const std::vector<std::string>& corpus, int vocab_si
   const std::map<std::string, std::string> flags = {
       {"model_type", "bpe"},  // as LLaMA's; unigram kept letters, not words
       {"vocab_size", std::to_string(vocab_size)},
-      // DESIGN.md §4: the defaults (nmt_nfkc + whitespace folding) would drop '\n'.
+      // docs/llava.md "Tokenizer": the defaults (nmt_nfkc + whitespace folding) would drop '\n'.
       {"normalization_rule_name", "identity"},
       {"remove_extra_whitespaces", "false"},
       {"byte_fallback", "true"},

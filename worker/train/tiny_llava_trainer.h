@@ -1,8 +1,8 @@
 // train-tiny-llava's library: trains a LLaVA-1.5-architecture model from scratch on shapes-vqa on
 // the CPU and writes a HuggingFace LLaVA directory the runtime (LoadLlavaBundle, llava-eval) loads
-// (DESIGN.md §4 "Tiny model for tests and demos").
+// (docs/architecture.md §4 "Tiny model").
 //
-// Recipe (why it is not the plain run of DESIGN.md §4, which sat at chance for ~600 steps):
+// Recipe (why not a plain end-to-end run: in a PyTorch prototype one sat at chance ~600 steps):
 //   phase 1 (`vision_steps`): the vision tower alone learns "object slots": a throwaway linear
 //     head on each patch's feature (the feature layer the projector reads) predicts the colour
 //     and shape of the object whose centre lies in that patch (or "none") and the centre's

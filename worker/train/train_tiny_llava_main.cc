@@ -1,5 +1,6 @@
-// train-tiny-llava: trains models/tiny-llava-shapes (DESIGN.md §4) from scratch on shapes-vqa on
-// the CPU. See worker/train/tiny_llava_trainer.h for the recipe and `train-tiny-llava --help`.
+// train-tiny-llava: trains models/tiny-llava-shapes (docs/architecture.md §4) from scratch on
+// shapes-vqa on the CPU. See worker/train/tiny_llava_trainer.h for the recipe and
+// `train-tiny-llava --help`.
 #include <string>
 
 #include "absl/flags/flag.h"

@@ -1,4 +1,5 @@
-"""Independent SparseGPT (OBS) reference for sparsegpt_test.cc, written from DESIGN.md §5.
+"""Independent SparseGPT (OBS) reference for sparsegpt_test.cc, written from the rules in
+docs/architecture.md §5 ("Masks").
 
 Deliberately structured differently from the C++ (sparsegpt.cc): numpy, H⁻¹ by a plain inverse
 (not Cholesky), U from numpy's lower Cholesky factor transposed, and every column's error applied
