@@ -169,14 +169,22 @@ struct Context {
 };
 
 int CmdHealth(Context& c) {
-  auto status = c.client.Health(absl::GetFlag(FLAGS_service));
+  const std::string service = absl::GetFlag(FLAGS_service);
+  auto status = c.client.Health(service);
+  const std::string name =
+      status.ok() ? prunesvc::client::ServingStatusName(*status) : std::string("NOT_SERVING");
+  if (c.json) {
+    nlohmann::json j = {{"address", c.client.address()}, {"service", service}, {"status", name}};
+    if (!status.ok()) j["error"] = std::string(status.status().message());
+    std::printf("%s\n", j.dump(1).c_str());
+  } else {
+    std::printf("%s\n", name.c_str());
+  }
   if (!status.ok()) {
-    std::printf("NOT_SERVING\n");
     std::fprintf(stderr, "prunectl: %s unreachable: %s\n", c.client.address().c_str(),
                  std::string(status.status().message()).c_str());
     return 1;
   }
-  std::printf("%s\n", prunesvc::client::ServingStatusName(*status).c_str());
   return *status == prunesvc::client::ServingStatus::kServing ? 0 : 1;
 }
 

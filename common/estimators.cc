@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/prng.h"
 #include "common/rank_stats.h"
@@ -11,13 +12,14 @@
 
 namespace prunesvc::search {
 
-absl::StatusOr<Estimator> ParseEstimator(absl::string_view name) {
+absl::StatusOr<Estimator> ParseEstimator(absl::string_view given) {
+  const std::string name = absl::AsciiStrToUpper(given);  // case-insensitive
   if (name == "NORM") return Estimator::kNorm;
   if (name == "UCB") return Estimator::kUcb;
   if (name == "SPLIT") return Estimator::kSplit;
   if (name == "CAPACITY") return Estimator::kCapacity;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown estimator \"", name, "\" (expected NORM, UCB, SPLIT or CAPACITY)"));
+      absl::StrCat("unknown estimator \"", given, "\" (expected NORM, UCB, SPLIT or CAPACITY)"));
 }
 
 absl::string_view EstimatorName(Estimator estimator) {
@@ -38,11 +40,12 @@ bool EstimatorNeedsSampleLosses(Estimator estimator) {
   return estimator == Estimator::kUcb || estimator == Estimator::kSplit;
 }
 
-absl::StatusOr<EtaRule> ParseEtaRule(absl::string_view name) {
+absl::StatusOr<EtaRule> ParseEtaRule(absl::string_view given) {
+  const std::string name = absl::AsciiStrToUpper(given);  // case-insensitive
   if (name == "AUTO") return EtaRule::kAuto;
   if (name == "CV") return EtaRule::kCrossValidated;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown eta rule \"", name, "\" (expected AUTO or CV)"));
+      absl::StrCat("unknown eta rule \"", given, "\" (expected AUTO or CV)"));
 }
 
 absl::string_view EtaRuleName(EtaRule rule) {

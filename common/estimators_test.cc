@@ -220,10 +220,13 @@ TEST(EstimatorsTest, NamesRoundTrip) {
   for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
     EXPECT_EQ(*ParseEstimator(EstimatorName(e)), e);
   }
-  EXPECT_THAT(ParseEstimator("norm").status().message(), HasSubstr("expected NORM"));
+  EXPECT_EQ(*ParseEstimator("ucb"), Estimator::kUcb);  // case-insensitive
+  EXPECT_THAT(ParseEstimator("l2").status().message(), HasSubstr("unknown estimator \"l2\""));
+  EXPECT_THAT(ParseEstimator("l2").status().message(), HasSubstr("expected NORM"));
   EXPECT_EQ(*ParseEtaRule("CV"), EtaRule::kCrossValidated);
   EXPECT_EQ(*ParseEtaRule(EtaRuleName(EtaRule::kAuto)), EtaRule::kAuto);
-  EXPECT_FALSE(ParseEtaRule("auto").ok());
+  EXPECT_EQ(*ParseEtaRule("cv"), EtaRule::kCrossValidated);
+  EXPECT_FALSE(ParseEtaRule("holdout").ok());
   EXPECT_TRUE(EstimatorNeedsSampleLosses(Estimator::kUcb));
   EXPECT_TRUE(EstimatorNeedsSampleLosses(Estimator::kSplit));
   EXPECT_FALSE(EstimatorNeedsSampleLosses(Estimator::kNorm));

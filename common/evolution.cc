@@ -7,6 +7,7 @@
 #include <limits>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -624,13 +625,14 @@ void RecordBest(const std::vector<ScoredPolicy>& ranked, const SearchState& s,
 
 }  // namespace
 
-absl::StatusOr<Strategy> ParseStrategy(absl::string_view name) {
+absl::StatusOr<Strategy> ParseStrategy(absl::string_view given) {
+  const std::string name = absl::AsciiStrToUpper(given);  // case-insensitive
   if (name == "EFFICIENTLLAVA") return Strategy::kEfficientLlava;
   if (name == "UNIFORM") return Strategy::kUniform;
   if (name == "OWL") return Strategy::kOwl;
   if (name == "RANDOM_SEARCH") return Strategy::kRandomSearch;
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown strategy \"", name, "\" (expected EFFICIENTLLAVA, UNIFORM, OWL or RANDOM_SEARCH)"));
+      "unknown strategy \"", given, "\" (expected EFFICIENTLLAVA, UNIFORM, OWL or RANDOM_SEARCH)"));
 }
 
 absl::string_view StrategyName(Strategy strategy) {

@@ -521,6 +521,8 @@ TEST(EvolutionTest, ConfigValidation) {
   EXPECT_FALSE(EvolutionarySearch::Create(nullptr, DefaultConfig(0.5)).ok());
   EXPECT_FALSE(ParseStrategy("GREEDY").ok());
   EXPECT_EQ(*ParseStrategy("RANDOM_SEARCH"), Strategy::kRandomSearch);
+  EXPECT_EQ(*ParseStrategy("uniform"), Strategy::kUniform);  // case-insensitive
+  EXPECT_EQ(*ParseStrategy("Random_Search"), Strategy::kRandomSearch);
 }
 
 // Pins today's default behaviour (before the opt-in estimators and search options) on three

@@ -5,6 +5,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
@@ -168,12 +169,13 @@ absl::Status ValidateScheduling(const JobSpec& s, FieldNaming naming) {
 
 }  // namespace
 
-absl::StatusOr<MaskMethod> ParseMaskMethod(absl::string_view name) {
+absl::StatusOr<MaskMethod> ParseMaskMethod(absl::string_view given) {
+  const std::string name = absl::AsciiStrToUpper(given);  // case-insensitive
   if (name == "MAGNITUDE") return MaskMethod::kMagnitude;
   if (name == "WANDA") return MaskMethod::kWanda;
   if (name == "SPARSEGPT") return MaskMethod::kSparseGpt;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown mask method \"", name, "\" (MAGNITUDE, WANDA or SPARSEGPT)"));
+      absl::StrCat("unknown mask method \"", given, "\" (MAGNITUDE, WANDA or SPARSEGPT)"));
 }
 
 std::string_view MaskMethodName(MaskMethod method) {

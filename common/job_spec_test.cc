@@ -288,7 +288,7 @@ TEST(JobSpecTest, MaskMethodNamesRoundTrip) {
   for (MaskMethod m : {MaskMethod::kMagnitude, MaskMethod::kWanda, MaskMethod::kSparseGpt}) {
     EXPECT_EQ(*ParseMaskMethod(std::string(MaskMethodName(m))), m);
   }
-  EXPECT_FALSE(ParseMaskMethod("wanda").ok());
+  EXPECT_FALSE(ParseMaskMethod("wand").ok());
   EXPECT_EQ(*ParseEstimator("SPLIT"), Estimator::kSplit);
   EXPECT_EQ(*ParseEstimator("CAPACITY"), Estimator::kCapacity);
   EXPECT_FALSE(ParseEstimator("").ok());

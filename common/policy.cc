@@ -6,6 +6,7 @@
 #include <limits>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -49,18 +50,20 @@ absl::Status CheckBudgetValue(double budget) {
 
 }  // namespace
 
-absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view name) {
+absl::StatusOr<UnitKind> ParseUnitKind(absl::string_view given) {
+  const std::string name = absl::AsciiStrToLower(given);  // case-insensitive
   if (name == "layer") return UnitKind::kLayer;
   if (name == "linear") return UnitKind::kLinear;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown pruning unit \"", name, "\" (expected layer or linear)"));
+      absl::StrCat("unknown pruning unit \"", given, "\" (expected layer or linear)"));
 }
 
-absl::StatusOr<Granularity> ParseGranularity(absl::string_view name) {
+absl::StatusOr<Granularity> ParseGranularity(absl::string_view given) {
+  const std::string name = absl::AsciiStrToUpper(given);  // case-insensitive
   if (name == "UNSTRUCTURED") return Granularity::kUnstructured;
   if (name == "STRUCTURED") return Granularity::kStructured;
   if (name == "N_M") return Granularity::kNM;
-  return absl::InvalidArgumentError(absl::StrCat("unknown granularity \"", name,
+  return absl::InvalidArgumentError(absl::StrCat("unknown granularity \"", given,
                                                  "\" (expected UNSTRUCTURED, STRUCTURED or N_M)"));
 }
 
@@ -364,20 +367,24 @@ absl::StatusOr<double> PolicySpace::FlopsOfRatios(std::span<const double> unit_r
   return PolicyFlops(dense_, keep);
 }
 
+double PolicySpace::SmallestReachableBudget() const {
+  double b = std::ceil(MinReachableRatio() * 1e4) / 1e4;
+  // ceil(x·1e4)/1e4 can land a hair below x in binary; step up until CheckBudget's test holds.
+  while (min_flops_ > b * dense_flops_) b = (std::round(b * 1e4) + 1) / 1e4;
+  return b;
+}
+
 absl::Status PolicySpace::CheckBudget(double budget) const {
   RETURN_IF_ERROR(CheckBudgetValue(budget));
   if (min_flops_ > budget * dense_flops_) {
-    const double min_ratio = MinReachableRatio();
-    // Rounded up at 4 decimals so the suggested budget is itself reachable.
-    const double suggestion = std::ceil(min_ratio * 1e4) / 1e4;
     return absl::FailedPreconditionError(absl::StrFormat(
         "FLOPs budget %g is unreachable: with every unit at the largest ratio %g the model still "
         "costs %.6f of its dense FLOPs (%s); the smallest reachable budget is %.4f",
-        budget, max_ratio(), min_ratio,
+        budget, max_ratio(), MinReachableRatio(),
         structured_ ? "STRUCTURED: the vision tower, projector and lm_head are not pruned, and a "
                       "ratio below 1 keeps part of every layer's heads and channels"
                     : "the vision tower, projector, attention and lm_head are not pruned",
-        suggestion));
+        SmallestReachableBudget()));
   }
   return absl::OkStatus();
 }

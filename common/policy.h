@@ -153,8 +153,11 @@ class PolicySpace {
   // STRUCTURED, whose attention term shrinks too: use StructuredDims).
   absl::StatusOr<KeptFractions> KeptFractionsOf(std::span<const double> unit_ratios) const;
 
-  // F(every unit at the largest ratio) / F(dense): the smallest reachable budget.
+  // F(every unit at the largest ratio) / F(dense): the smallest reachable FLOPs ratio, exact.
   double MinReachableRatio() const { return min_flops_ / dense_flops_; }
+  // The one rounding rule for showing it to users: MinReachableRatio rounded UP at 4 decimals,
+  // so that the printed value, passed back as a budget, is accepted by CheckBudget.
+  double SmallestReachableBudget() const;
   // INVALID_ARGUMENT unless b is finite and in (0, 1]; FAILED_PRECONDITION when even the largest
   // ratio everywhere exceeds b (the message names the smallest reachable ratio).
   absl::Status CheckBudget(double budget) const;

@@ -112,6 +112,7 @@ TEST(PruningUnitsTest, RejectsMismatchAndZeroFlops) {
               HasSubstr("layers.0 has no FLOPs"));
   EXPECT_FALSE(ParseUnitKind("block").ok());
   EXPECT_EQ(*ParseUnitKind("linear"), UnitKind::kLinear);
+  EXPECT_EQ(*ParseUnitKind("LAYER"), UnitKind::kLayer);  // case-insensitive
 }
 
 TEST(RatioChoicesTest, ValidatesAndParses) {
@@ -216,8 +217,18 @@ TEST(PolicySpaceTest, CheckBudget) {
   const std::string rounded = absl::StrFormat("%.4f", std::ceil(min_ratio * 1e4) / 1e4);
   EXPECT_THAT(st.message(), HasSubstr("smallest reachable budget is " + rounded));
   EXPECT_THAT(st.message(), HasSubstr(absl::StrFormat("%.6f", min_ratio)));
-  // The suggested value is itself accepted.
+  // The suggested value is itself accepted, and it is the smallest 4-decimal budget that is.
   EXPECT_TRUE(s.CheckBudget(std::stod(rounded)).ok());
+  EXPECT_EQ(absl::StrFormat("%.4f", s.SmallestReachableBudget()), rounded);
+  EXPECT_FALSE(s.CheckBudget(std::stod(rounded) - 1e-4).ok());
+  // The rule on many spaces (layer counts 1..40): printed at 4 decimals and parsed back, the
+  // smallest reachable budget is accepted and one step below it is not.
+  for (int layers = 1; layers <= 40; ++layers) {
+    const PolicySpace t = MakeSpace(layers, UnitKind::kLinear);
+    const std::string printed = absl::StrFormat("%.4f", t.SmallestReachableBudget());
+    EXPECT_TRUE(t.CheckBudget(std::stod(printed)).ok()) << layers << ": " << printed;
+    EXPECT_FALSE(t.CheckBudget(std::stod(printed) - 1e-4).ok()) << layers << ": " << printed;
+  }
   EXPECT_TRUE(s.CheckBudget(1.0).ok());
   Prng prng(1);
   EXPECT_EQ(s.RepairToBudget(Policy(4, 0), min_ratio - 0.01, prng).status().code(),
@@ -477,7 +488,9 @@ TEST(GranularityTest, ParsesAndNames) {
   EXPECT_EQ(*ParseGranularity("N_M"), Granularity::kNM);
   EXPECT_EQ(GranularityName(Granularity::kNM), "N_M");
   EXPECT_EQ(GranularityName(Granularity::kUnstructured), "UNSTRUCTURED");
-  auto bad = ParseGranularity("structured");
+  EXPECT_EQ(*ParseGranularity("structured"), Granularity::kStructured);  // case-insensitive
+  EXPECT_EQ(*ParseGranularity("n_m"), Granularity::kNM);
+  auto bad = ParseGranularity("structural");
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(bad.status().message(), ::testing::HasSubstr("UNSTRUCTURED, STRUCTURED or N_M"));
 }

@@ -353,7 +353,7 @@ TEST(DispatcherTest, BadInputAndUnreachableBudgetFailTheJob) {
   pb::Job job = h.WaitTerminal(low);
   EXPECT_EQ(job.state(), pb::FAILED);
   EXPECT_EQ(job.error_code(), int(absl::StatusCode::kFailedPrecondition));
-  EXPECT_TRUE(absl::StrContains(job.error(), "smallest reachable ratio")) << job.error();
+  EXPECT_TRUE(absl::StrContains(job.error(), "smallest reachable budget")) << job.error();
   // A bad-input step fails the job at once (no retries).
   Harness h3(2);
   h3.cluster.bad_prepare = "will-be-set";

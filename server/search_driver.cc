@@ -175,9 +175,7 @@ absl::Status SearchDriver::Prepare() {
   ASSIGN_OR_RETURN(search::PolicySpace space, PolicySpaceFromPrepare(spec_, prepared_));
   space_ = std::make_unique<search::PolicySpace>(std::move(space));
   if (absl::Status b = space_->CheckBudget(spec_.flops_budget); !b.ok()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "flops_budget %g is unreachable for this model: the smallest reachable ratio is %.4f (%s)",
-        spec_.flops_budget, space_->MinReachableRatio(), std::string(b.message())));
+    return absl::FailedPreconditionError(absl::StrCat("flops_budget: ", b.message()));
   }
   return absl::OkStatus();
 }

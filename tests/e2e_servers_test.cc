@@ -196,6 +196,18 @@ TEST(E2eServersTest, PrunectlHealthExitCodes) {
   ASSERT_TRUE(rc.ok());
   EXPECT_EQ(WEXITSTATUS(*rc), 0);
   EXPECT_EQ(up->Log(), "SERVING\n");
+  // --json prints one JSON object (issue 15: it printed plain text).
+  auto up_json = TestProcess::Start(
+      {BinDir() + "/prunectl", "health", "--json", absl::StrCat("--addr=127.0.0.1:", s.port)},
+      dir + "/up-json.out");
+  ASSERT_TRUE(up_json.ok());
+  rc = up_json->Wait(absl::Seconds(20));
+  ASSERT_TRUE(rc.ok());
+  EXPECT_EQ(WEXITSTATUS(*rc), 0);
+  const nlohmann::json health = nlohmann::json::parse(up_json->Log(), nullptr, false);
+  ASSERT_TRUE(health.is_object()) << up_json->Log();
+  EXPECT_EQ(health["status"], "SERVING");
+  EXPECT_EQ(health["address"], absl::StrCat("127.0.0.1:", s.port));
 
   ASSERT_TRUE(s.process.StopWith(SIGTERM).ok());
   auto down = TestProcess::Start(

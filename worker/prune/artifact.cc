@@ -2,16 +2,20 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -112,7 +116,7 @@ std::string NormalizeOutDir(std::string out) {
   return out;
 }
 
-absl::Status CheckOutDir(const std::string& out) {
+absl::Status CheckOutDir(const std::string& out, bool replace) {
   std::error_code ec;
   const fs::file_status st = fs::status(out, ec);
   if (!fs::exists(st)) return absl::OkStatus();
@@ -120,14 +124,44 @@ absl::Status CheckOutDir(const std::string& out) {
     return absl::FailedPreconditionError(
         absl::StrCat("--out ", out, " exists and is not a directory"));
   }
+  if (replace) return absl::OkStatus();
   if (!fs::is_empty(out, ec) || ec) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--out ", out, " exists and is not empty; choose a new directory or remove it first"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("--out ", out,
+                     " exists and is not empty; choose a new directory, remove it first, or pass "
+                     "--force to replace it once the new artifact is complete"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<PartialDir>> PartialDir::Create(const std::string& out) {
+std::vector<std::string> RemoveStalePartials(const std::string& out) {
+  std::vector<std::string> removed;
+  const fs::path out_path(out);
+  const fs::path parent = out_path.parent_path().empty() ? fs::path(".") : out_path.parent_path();
+  const std::string prefix = out_path.filename().string() + ".partial-";
+  std::error_code ec;
+  for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!absl::StartsWith(name, prefix)) continue;
+    long pid = 0;
+    if (!absl::SimpleAtoi(name.substr(prefix.size()), &pid) || pid <= 0) continue;
+    // kill(pid, 0) fails with ESRCH only when no such process exists (EPERM: it exists).
+    if (kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    fs::remove_all(it->path(), rm);
+    if (!rm) removed.push_back(it->path().string());
+  }
+  return removed;
+}
+
+absl::StatusOr<std::unique_ptr<PartialDir>> PartialDir::Create(const std::string& out,
+                                                               bool replace) {
+  for (const std::string& stale : RemoveStalePartials(out)) {
+    spdlog::warn(
+        "removed {}: the partial output of an earlier run that did not finish (its "
+        "process is gone)",
+        stale);
+  }
   const std::string path = absl::StrCat(out, ".partial-", getpid());
   std::error_code ec;
   fs::remove_all(path, ec);
@@ -135,7 +169,7 @@ absl::StatusOr<std::unique_ptr<PartialDir>> PartialDir::Create(const std::string
     return absl::InvalidArgumentError(
         absl::StrCat("--out ", out, ": cannot create ", path, ": ", ec.message()));
   }
-  return std::unique_ptr<PartialDir>(new PartialDir(out, path));
+  return std::unique_ptr<PartialDir>(new PartialDir(out, path, replace));
 }
 
 PartialDir::~PartialDir() {
@@ -146,6 +180,26 @@ PartialDir::~PartialDir() {
 
 absl::Status PartialDir::Commit() {
   std::error_code ec;
+  if (replace_ && fs::is_directory(out_, ec) && !fs::is_empty(out_, ec)) {
+    const std::string aside = absl::StrCat(out_, ".replaced-", getpid());
+    fs::remove_all(aside, ec);
+    fs::rename(out_, aside, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("--force: cannot move ", out_, " aside to ", aside, ": ", ec.message()));
+    }
+    fs::rename(path_, out_, ec);
+    if (ec) {
+      std::error_code back;
+      fs::rename(aside, out_, back);
+      return absl::InternalError(
+          absl::StrCat("cannot rename ", path_, " to ", out_, ": ", ec.message()));
+    }
+    committed_ = true;
+    fs::remove_all(aside, ec);
+    spdlog::info("replaced the previous {} (--force)", out_);
+    return absl::OkStatus();
+  }
   // An empty OUT (checked up front) is replaced: rename(2) onto an empty directory works.
   fs::rename(path_, out_, ec);
   if (ec) {

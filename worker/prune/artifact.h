@@ -38,13 +38,23 @@ absl::StatusOr<nlohmann::json> CopyModelSideFiles(const std::string& model_dir,
 
 // Strips trailing slashes.
 std::string NormalizeOutDir(std::string out);
-// OK when `out` does not exist or is an empty directory; FailedPrecondition otherwise.
-absl::Status CheckOutDir(const std::string& out);
+// OK when `out` does not exist or is an empty directory (or, with `replace`, any directory);
+// FailedPrecondition otherwise, naming --force.
+absl::Status CheckOutDir(const std::string& out, bool replace = false);
 
 // OUT.partial-<pid>: created up front, removed unless committed (renamed to OUT).
+// Removes the OUT.partial-PID directories of runs that are gone (no process PID: a SIGKILLed or
+// crashed run's leftovers; a live PID's directory is kept) and returns their paths. PartialDir::
+// Create calls it, so the next run on OUT cleans up and says so.
+std::vector<std::string> RemoveStalePartials(const std::string& out);
+
 class PartialDir {
  public:
-  static absl::StatusOr<std::unique_ptr<PartialDir>> Create(const std::string& out);
+  // `replace`: Commit replaces a non-empty OUT: the old one stays until the new one is complete,
+  // is then moved aside (OUT.replaced-<pid>), the new one renamed in, and only then the old one
+  // removed (moved back if the rename fails).
+  static absl::StatusOr<std::unique_ptr<PartialDir>> Create(const std::string& out,
+                                                            bool replace = false);
   ~PartialDir();
   PartialDir(const PartialDir&) = delete;
   PartialDir& operator=(const PartialDir&) = delete;
@@ -53,8 +63,10 @@ class PartialDir {
   absl::Status Commit();
 
  private:
-  PartialDir(std::string out, std::string path) : out_(std::move(out)), path_(std::move(path)) {}
+  PartialDir(std::string out, std::string path, bool replace)
+      : out_(std::move(out)), path_(std::move(path)), replace_(replace) {}
   const std::string out_, path_;
+  const bool replace_;
   bool committed_ = false;
 };
 

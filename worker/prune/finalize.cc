@@ -101,6 +101,27 @@ absl::StatusOr<StructuredVerification> VerifyStructured(const std::string& model
   return v;
 }
 
+// `path` made absolute (lexically normal), so a report names the exact set it measured.
+std::string AbsolutePath(const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  return ec ? path : abs.lexically_normal().string();
+}
+
+// Mean chance accuracy of the multiple-choice samples of `set` (1 / options each); nullopt when
+// there are none.
+std::optional<double> ChanceAccuracy(const model::SampleSet& set) {
+  double sum = 0;
+  int n = 0;
+  for (const model::Sample& s : set.samples) {
+    if (!s.multiple_choice()) continue;
+    sum += 1.0 / double(s.options.size());
+    ++n;
+  }
+  if (n == 0) return std::nullopt;
+  return sum / n;
+}
+
 }  // namespace
 
 // Finalize's state, one method per phase (a friend of PreparedJob: it consumes its model).
@@ -126,6 +147,7 @@ class Finalizer {
   absl::StatusOr<json> UnstructuredPolicyJson();
   absl::Status Verify(const std::string& model_out);
   absl::Status VerifyUnstructured(const std::string& model_out);
+  void WarnAboutAccuracy(const FinalizeResult& result);
   absl::StatusOr<json> BuildReport(const FinalizeResult& result);
 
   PreparedJob& job_;
@@ -500,9 +522,9 @@ absl::StatusOr<json> Finalizer::BuildReport(const FinalizeResult& result) {
       {"model_files_sha256", model_hash.second},
       {"model_dtype", std::string(model::DTypeName(dtype_))},
       {"model_layout", std::string(model::WeightLayoutName(layout_))},
-      {"dataset", po.samples_path},
+      {"dataset", AbsolutePath(po.samples_path)},
       {"dataset_sha256", summary.dataset_sha256},
-      {"eval_dataset", job_.has_eval_ ? json(po.eval_samples_path) : json(nullptr)},
+      {"eval_dataset", job_.has_eval_ ? json(AbsolutePath(po.eval_samples_path)) : json(nullptr)},
       {"eval_dataset_sha256", job_.has_eval_ ? json(summary.eval_dataset_sha256) : json(nullptr)},
       {"seed", spec_.seed},
       {"threads", summary.threads},
@@ -514,6 +536,7 @@ absl::StatusOr<json> Finalizer::BuildReport(const FinalizeResult& result) {
       {"started_at", options_.started_at.empty() ? UtcNow() : options_.started_at},
       {"finished_at", UtcNow()},
       {"wall_seconds", options_.started_seconds_ago + ctx_.ElapsedSeconds()}};
+  if (!options_.command_line.empty()) report["provenance"]["command_line"] = options_.command_line;
   if (!spec_.model_uri.empty()) report["provenance"]["model_uri"] = spec_.model_uri;
   if (!spec_.dataset_id.empty()) report["provenance"]["dataset_id"] = spec_.dataset_id;
   if (spec_.eval_dataset_id) report["provenance"]["eval_dataset_id"] = *spec_.eval_dataset_id;
@@ -522,14 +545,14 @@ absl::StatusOr<json> Finalizer::BuildReport(const FinalizeResult& result) {
 
 absl::StatusOr<FinalizeResult> Finalizer::Run() {
   const std::string out_dir = NormalizeOutDir(options_.out_dir);
-  RETURN_IF_ERROR(CheckOutDir(out_dir));
+  RETURN_IF_ERROR(CheckOutDir(out_dir, options_.replace_out));
   if (options_.unit_ratios.size() != size_t(space_.num_units())) {
     return absl::InvalidArgumentError(absl::StrCat("finalize: ", options_.unit_ratios.size(),
                                                    " ratios for ", space_.num_units(), " units"));
   }
   std::unique_ptr<PartialDir> partial = std::move(options_.partial);
   if (partial == nullptr) {
-    ASSIGN_OR_RETURN(partial, PartialDir::Create(out_dir));
+    ASSIGN_OR_RETURN(partial, PartialDir::Create(out_dir, options_.replace_out));
   }
   ctx_.Phase(JobPhase::kFinalize);
   // The final projector's calibration and mask bank cut the artifact.
@@ -573,6 +596,9 @@ absl::StatusOr<FinalizeResult> Finalizer::Run() {
   result.pruned.accuracy = reloaded.overall.accuracy;
   result.pruned.loss = reloaded.overall.mean_loss;
   result.pruned.num_samples = reloaded.overall.num_samples;
+  for (const auto& [type, g] : reloaded.per_type) {
+    result.pruned.per_type[type] = {g.accuracy, g.mean_loss, g.num_samples};
+  }
   result.dense_latency_ms = dense_latency_;
   result.pruned_latency_ms = pruned_latency_;
   result.unit_names = space_.units().names;
@@ -580,6 +606,7 @@ absl::StatusOr<FinalizeResult> Finalizer::Run() {
   if (!result.accuracy.has_value()) {
     ctx_.Warn("the accuracy set has no multiple-choice samples: accuracy is undefined (null)");
   }
+  WarnAboutAccuracy(result);
   result.warnings = options_.warnings;
   for (const std::string& w : ctx_.warnings()) result.warnings.push_back(w);
   ASSIGN_OR_RETURN(json report, BuildReport(result));
@@ -592,6 +619,16 @@ absl::StatusOr<FinalizeResult> Finalizer::Run() {
   result.report = std::move(report);
   result.policy = policy_;
   return result;
+}
+
+// A result near chance, or far below dense, must not pass as an ordinary one: warn on the CLI,
+// in report.json and in the model card (issue 15).
+void Finalizer::WarnAboutAccuracy(const FinalizeResult& result) {
+  if (!result.pruned.accuracy.has_value()) return;
+  std::optional<std::string> warning = AccuracyWarning(
+      *result.pruned.accuracy, result.dense.accuracy,
+      ChanceAccuracy(job_.has_eval_ ? job_.eval_set_ : job_.search_set_), result.accuracy_set);
+  if (warning.has_value()) ctx_.Warn(*warning);
 }
 
 absl::StatusOr<FinalizeResult> PreparedJob::Finalize(FinalizeOptions options, StepContext& ctx) {

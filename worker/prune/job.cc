@@ -1,8 +1,13 @@
 #include "worker/prune/job.h"
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,6 +55,14 @@ class TrackingEvaluator : public search::PolicyEvaluator {
   // The evaluated sequence, in order. (A failed Step fails the job, so no partial batch is ever
   // left to roll back.)
   const json& evaluated() const { return evaluated_; }
+  // Continues a resumed run's record (ResumeFile's "evaluated" and "distinct").
+  void Restore(json evaluated, std::vector<search::Policy> distinct) {
+    evaluated_ = std::move(evaluated);
+    distinct_ = std::move(distinct);
+    for (const search::Policy& p : distinct_) {
+      if (auto hash = job_->space().Hash(p); hash.ok()) seen_.insert(*hash);
+    }
+  }
   // Every distinct policy evaluated, in first-evaluation order.
   const std::vector<search::Policy>& distinct() const { return distinct_; }
 
@@ -149,14 +162,99 @@ absl::Status RunUniformGuard(const LocalJobSpec& spec, PreparedJob& job, StepCon
   return absl::OkStatus();
 }
 
-// Steps the search to the end, reporting progress after every generation.
-absl::Status StepToTheEnd(const LocalJobSpec& spec, search::EvolutionarySearch& search,
-                          TrackingEvaluator& tracker, StepContext& ctx) {
+// --resume (issue 15): after every generation the search's state is written atomically to
+// OUT.search-state.json, beside OUT rather than inside OUT.partial-PID, so an interrupted run
+// (SIGINT, a crash) leaves it behind; a successful run removes it. With it: the search state
+// (SearchState, PRNG and cache included), the evaluated sequence and distinct policies (the
+// report and --audit need them), and what the state belongs to (model, search set, config).
+constexpr char kResumeFormat[] = "prunesvc.prune-local.resume.v1";
+
+absl::Status WriteResumeFile(const LocalJobSpec& spec, const PreparedJob& job,
+                             const search::EvolutionarySearch& search,
+                             const TrackingEvaluator& tracker) {
+  json distinct = json::array();
+  for (const search::Policy& p : tracker.distinct()) distinct.push_back(p);
+  const json file = {{"format", kResumeFormat},
+                     {"model_dir", spec.model_dir},
+                     {"dataset_sha256", job.summary().dataset_sha256},
+                     {"search", search.state().ToJson()},
+                     {"evaluated", tracker.evaluated()},
+                     {"distinct", std::move(distinct)}};
+  const std::string path = ResumeStatePath(spec.out_dir);
+  const std::string tmp = absl::StrCat(path, ".tmp-", getpid());
+  RETURN_IF_ERROR(WriteTextFile(tmp, file.dump() + "\n"));
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot write ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// The search to run: a fresh one, or with --resume the saved one, checked against this run's
+// model, search set and search config (same flags → the same config).
+absl::StatusOr<std::unique_ptr<search::EvolutionarySearch>> StartOrResume(
+    const LocalJobSpec& spec, PreparedJob& job, const search::SearchConfig& config,
+    TrackingEvaluator& tracker, StepContext& ctx) {
+  ASSIGN_OR_RETURN(auto fresh, search::EvolutionarySearch::Create(&job.space(), config));
+  const std::string path = ResumeStatePath(spec.out_dir);
+  if (!std::filesystem::exists(path)) {
+    if (spec.resume) spdlog::info("--resume: no {} yet; starting from the beginning", path);
+    return fresh;
+  }
+  if (!spec.resume) {
+    ctx.Warn(absl::StrCat(path,
+                          " holds an interrupted run's search; starting over (pass --resume "
+                          "to continue it)"));
+    return fresh;
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) return absl::DataLossError(absl::StrCat("--resume: cannot read ", path));
+  const json file = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  auto refuse = [&path](const std::string& why) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--resume: ", path, ": ", why, " (remove the file to start over)"));
+  };
+  if (!file.is_object() || file.value("format", "") != kResumeFormat) {
+    return refuse("not a prune-local resume file (format)");
+  }
+  if (file.value("model_dir", "") != spec.model_dir ||
+      file.value("dataset_sha256", "") != job.summary().dataset_sha256) {
+    return refuse("saved for another --model or --samples");
+  }
+  const json& saved = file["search"];
+  if (!saved.is_object() || saved.value("config", json()) != fresh->state().ToJson()["config"]) {
+    return refuse("saved with other search flags (the search config differs)");
+  }
+  ASSIGN_OR_RETURN(search::SearchState state, search::SearchState::FromJson(saved));
+  ASSIGN_OR_RETURN(auto resumed, search::EvolutionarySearch::Resume(&job.space(), state));
+  std::vector<search::Policy> distinct;
+  if (!file.contains("distinct") || !file["distinct"].is_array() || !file.contains("evaluated") ||
+      !file["evaluated"].is_array()) {
+    return refuse("evaluated / distinct missing");
+  }
+  for (const json& p : file["distinct"]) {
+    if (!p.is_array()) return refuse("distinct: not a policy");
+    distinct.push_back(p.get<search::Policy>());
+  }
+  tracker.Restore(file["evaluated"], std::move(distinct));
+  ctx.progress().evaluations = int64_t(file["evaluated"].size());
+  spdlog::info("--resume: continuing the search at generation {} ({} evaluations done) from {}",
+               resumed->state().generation, file["evaluated"].size(), path);
+  return resumed;
+}
+
+// Steps the search to the end, reporting progress and saving the resume state after every
+// generation.
+absl::Status StepToTheEnd(const LocalJobSpec& spec, const PreparedJob& job,
+                          search::EvolutionarySearch& search, TrackingEvaluator& tracker,
+                          StepContext& ctx) {
   JobProgress& progress = ctx.progress();
   const double search_start = ctx.ElapsedSeconds();
   while (!search.done()) {
     RETURN_IF_ERROR(ctx.CheckStop());
     RETURN_IF_ERROR(search.Step(tracker));
+    RETURN_IF_ERROR(WriteResumeFile(spec, job, search, tracker));
     const search::GenerationStats& g = search.history().back();
     progress.generation = g.generation;
     progress.latest = g;
@@ -180,12 +278,12 @@ absl::Status RunSearch(const LocalJobSpec& spec, PreparedJob& job, StepContext& 
   search::SearchConfig config = spec.ToSearchConfig(job.summary().num_samples);
   json options = SearchOptionsJson(spec, {});
   RETURN_IF_ERROR(AddSeeds(spec, job, config, options));
-  ASSIGN_OR_RETURN(auto search, search::EvolutionarySearch::Create(&job.space(), config));
   TrackingEvaluator tracker(&job, &ctx);
+  ASSIGN_OR_RETURN(auto search, StartOrResume(spec, job, config, tracker, ctx));
   JobProgress& progress = ctx.progress();
   progress.generations = spec.generations + 1;
   progress.planned_evaluations = search::NominalEvaluations(config) + (spec.uniform_guard ? 1 : 0);
-  RETURN_IF_ERROR(StepToTheEnd(spec, *search, tracker, ctx));
+  RETURN_IF_ERROR(StepToTheEnd(spec, job, *search, tracker, ctx));
   ASSIGN_OR_RETURN(search::ScoredPolicy best, search->Best());
   ASSIGN_OR_RETURN(fin.unit_ratios, job.space().UnitRatios(best.policy));
   for (const auto& g : search->history()) fin.history.push_back(g.ToJson());
@@ -247,9 +345,9 @@ absl::Status RunUniform(const LocalJobSpec& spec, const PreparedJob& job, Finali
 
 void WarnAboutFlags(const LocalJobSpec& spec, StepContext& ctx) {
   if (spec.eval_samples_path.empty()) {
-    ctx.Warn(
-        "no --eval-samples: accuracy is measured on the search samples, which the search "
-        "optimised; it overstates held-out accuracy");
+    ctx.Warn(absl::StrCat("no --eval-samples: accuracy is measured on the search samples, which ",
+                          spec.searching() ? "the search optimised" : "calibrated the masks",
+                          "; it overstates held-out accuracy"));
   }
   if (spec.strategy == search::Strategy::kRandomSearch && spec.eta.has_value()) {
     ctx.Warn("--eta is ignored by RANDOM_SEARCH (η = 0 by definition)");
@@ -266,12 +364,14 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   LocalJobSpec spec = spec_in;
   spec.out_dir = NormalizeOutDir(spec.out_dir);
   RETURN_IF_ERROR(spec.Validate(/*dry_run=*/false));
-  RETURN_IF_ERROR(CheckOutDir(spec.out_dir));
+  RETURN_IF_ERROR(CheckOutDir(spec.out_dir, spec.force));
   StepContext ctx(sink);
   FinalizeOptions fin;
   fin.started_at = UtcNow();
   fin.out_dir = spec.out_dir;
-  ASSIGN_OR_RETURN(fin.partial, PartialDir::Create(spec.out_dir));
+  fin.replace_out = spec.force;
+  fin.command_line = spec.command_line;
+  ASSIGN_OR_RETURN(fin.partial, PartialDir::Create(spec.out_dir, spec.force));
   fin.eval_batch_size = spec.eval_batch_size;
   fin.latency_repeats = spec.latency_repeats;
 
@@ -289,6 +389,8 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   fin.evaluations = ctx.progress().evaluations;
   RETURN_IF_ERROR(ctx.CheckStop());
   ASSIGN_OR_RETURN(JobResult result, job->Finalize(std::move(fin), ctx));
+  std::error_code ec;
+  std::filesystem::remove(ResumeStatePath(spec.out_dir), ec);  // done: nothing to resume
   ctx.Phase(JobPhase::kDone);
   return result;
 }
@@ -309,6 +411,11 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
   }
   if (audit > 0 && eval_samples_path.empty()) {
     return absl::InvalidArgumentError("--audit needs --eval-samples (it scores held-out data)");
+  }
+  if (resume && projector_every > 0) {
+    return absl::InvalidArgumentError(
+        "--resume needs --projector-every 0: the re-trained projector is not saved with the "
+        "search state yet");
   }
   if (audit > 0 && !searching()) {
     return absl::InvalidArgumentError(

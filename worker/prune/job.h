@@ -49,8 +49,13 @@ struct LocalJobSpec : JobSpec {
   std::string samples_path;       // search samples: directory or tar
   std::string eval_samples_path;  // held-out set; "" = none (accuracy is then on the search set)
   std::string out_dir;            // required unless dry-run
-  int threads = 0;                // torch intra-op threads; 0 = number of cores
-  std::string device = "cpu";     // cpu, cuda or cuda:N (model/device.h)
+  bool force = false;             // replace a non-empty out_dir, once the new artifact is complete
+  std::string command_line;       // recorded in report.json's provenance
+  // Continue the search saved in ResumeStatePath(out_dir) by an interrupted run with the same
+  // flags (see job.cc); without a saved state the run starts from the beginning.
+  bool resume = false;
+  int threads = 0;             // torch intra-op threads; 0 = number of cores
+  std::string device = "cpu";  // cpu, cuda or cuda:N (model/device.h)
 
   // Audit (docs/RESULTS.md's ablations; audit.h). 0 = off. Needs an eval set and a searching
   // strategy.
@@ -67,6 +72,12 @@ struct LocalJobSpec : JobSpec {
 };
 
 using JobResult = FinalizeResult;
+
+// Where a searching run saves its state after every generation: OUT.search-state.json (beside
+// OUT; removed when the run succeeds).
+inline std::string ResumeStatePath(const std::string& out_dir) {
+  return out_dir + ".search-state.json";
+}
 
 // Runs the job. Errors as steps.h says, plus FailedPrecondition for an existing non-empty out_dir.
 absl::StatusOr<JobResult> RunLocalJob(const LocalJobSpec& spec, ProgressSink* sink = nullptr);

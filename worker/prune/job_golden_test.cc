@@ -112,7 +112,7 @@ json NormalizedReport(json r) {
   for (const char* k : {"latency_ratio"}) r.erase(k);
   for (const char* side : {"dense", "pruned"}) r[side].erase("latency_ms");
   for (const char* k : {"model_dir", "dataset", "eval_dataset", "libraries", "cpu", "started_at",
-                        "finished_at", "wall_seconds"}) {
+                        "finished_at", "wall_seconds", "command_line"}) {
     r["provenance"].erase(k);
   }
   return r;

@@ -36,6 +36,7 @@
 #include "worker/model/llava_bundle.h"
 #include "worker/model/samples.h"
 #include "worker/model/scoring.h"
+#include "worker/prune/report.h"
 
 namespace prunesvc::prune {
 namespace {
@@ -617,14 +618,14 @@ TEST(PruneLocalTest, UniformWithSparseGptFinalMasks) {
   EXPECT_EQ(json::parse(e.out)["accuracy"], report["accuracy"]);
 }
 
-TEST(PruneLocalTest, UnreachableBudgetExits2NamingTheSmallestRatio) {
+TEST(PruneLocalTest, UnreachableBudgetExits2NamingTheSmallestBudget) {
   ASSERT_FALSE(WorkDir().empty());
   const std::string out = WorkDir() + "/unreachable";
   const RunResult r = RunBin(
       "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
                       "--flops-budget=0.2", "--threads=1", "--out=" + out});
   EXPECT_EQ(r.code, 2) << r.err;
-  EXPECT_TRUE(absl::StrContains(r.err, "smallest reachable ratio")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "smallest reachable budget")) << r.err;
   // The dry run prints the same lower bound.
   const RunResult d = RunBin(
       "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
@@ -633,11 +634,101 @@ TEST(PruneLocalTest, UnreachableBudgetExits2NamingTheSmallestRatio) {
   const size_t at = d.out.find("reachable budget   [");
   ASSERT_NE(at, std::string::npos) << d.out;
   const std::string lower = d.out.substr(at + 20, 6);
-  EXPECT_TRUE(absl::StrContains(r.err, lower)) << lower << " vs " << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "smallest reachable budget is " + lower))
+      << lower << " vs " << r.err;
+  // One rounding rule: the printed bound, passed back as the budget, is reachable (issue 15:
+  // it used to print the bound rounded to nearest, which the budget check then refused).
+  const RunResult at_bound = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model32", "--samples=" + WorkDir() + "/search",
+                      "--flops-budget=" + lower, "--threads=1", "--dry-run"});
+  ASSERT_EQ(at_bound.code, 0) << at_bound.err;
+  EXPECT_TRUE(absl::StrContains(at_bound.out, ": reachable\n")) << at_bound.out;
   EXPECT_FALSE(fs::exists(out));
   for (const auto& e : fs::directory_iterator(WorkDir())) {
     EXPECT_FALSE(absl::StrContains(e.path().filename().string(), "unreachable.partial"));
   }
+}
+
+// Issue 15's rough edges on one UNIFORM run: an --eval-samples with the search set's content is
+// reported as search-set accuracy (with a warning); the OUT.partial-PID of a run that is gone is
+// removed (a live run's is kept); UNIFORM's model card says no search ran and lists the warnings.
+TEST(PruneLocalTest, EvalEqualToSearchStalePartialsAndUniformCard) {
+  ASSERT_FALSE(WorkDir().empty());
+  const std::string copy = WorkDir() + "/search-copy";
+  fs::remove_all(copy);
+  fs::copy(WorkDir() + "/search", copy, fs::copy_options::recursive);
+  const std::string out = WorkDir() + "/edges";
+  // A dead pid: a child that has exited and been reaped.
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  waitpid(dead, nullptr, 0);
+  const std::string stale = absl::StrCat(out, ".partial-", dead);
+  const std::string live = absl::StrCat(out, ".partial-", getpid());
+  fs::create_directories(stale + "/model");
+  fs::create_directories(live);
+  const RunResult r = RunBin(
+      "prune-local", {"--model=" + WorkDir() + "/model16", "--samples=" + WorkDir() + "/search",
+                      "--eval-samples=" + copy, "--flops-budget=0.6", "--strategy=UNIFORM",
+                      "--final-mask-method=WANDA", "--threads=1", "--out=" + out});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(live));
+  fs::remove_all(live);
+  EXPECT_TRUE(absl::StrContains(r.err, "removed " + stale)) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "has the search set's content")) << r.err;
+
+  const json report = ReadJson(out + "/report.json");
+  EXPECT_EQ(report["accuracy_set"], "search");
+  EXPECT_TRUE(report["provenance"]["eval_dataset_sha256"].is_null());
+  ASSERT_FALSE(report["warnings"].empty());
+  EXPECT_TRUE(absl::StrContains(report["warnings"][0].get<std::string>(), copy));
+  const std::string card = ReadFile(out + "/README.md");
+  EXPECT_TRUE(absl::StrContains(card, "**UNIFORM** (no search; WANDA masks)")) << card;
+  EXPECT_FALSE(absl::StrContains(card, "search masks")) << card;
+  EXPECT_FALSE(absl::StrContains(card, "the search optimised")) << card;
+  EXPECT_TRUE(absl::StrContains(card, "which calibrated the masks")) << card;
+  EXPECT_TRUE(absl::StrContains(card, "## Warnings\n\n- **--eval-samples " + copy)) << card;
+
+  // The same OUT again: refused without --force (the message names it); with --force (and enum
+  // values in lower case) the new artifact replaces the old one.
+  std::vector<std::string> again = {"--model=" + WorkDir() + "/model16",
+                                    "--samples=" + WorkDir() + "/search",
+                                    "--flops-budget=0.6",
+                                    "--strategy=uniform",
+                                    "--final-mask-method=magnitude",
+                                    "--granularity=unstructured",
+                                    "--unit=LAYER",
+                                    "--threads=1",
+                                    "--out=" + out};
+  const RunResult refused = RunBin("prune-local", again);
+  EXPECT_EQ(refused.code, 2);
+  EXPECT_TRUE(absl::StrContains(refused.err, "--force")) << refused.err;
+  EXPECT_EQ(ReadJson(out + "/report.json")["final_mask_method"], "WANDA");
+  again.push_back("--force");
+  const RunResult forced = RunBin("prune-local", again);
+  ASSERT_EQ(forced.code, 0) << forced.err;
+  const json replaced = ReadJson(out + "/report.json");
+  EXPECT_EQ(replaced["final_mask_method"], "MAGNITUDE");
+  EXPECT_EQ(replaced["strategy"], "UNIFORM");
+  EXPECT_EQ(replaced["accuracy_set"], "search");
+  for (const auto& e : fs::directory_iterator(WorkDir())) {
+    EXPECT_FALSE(absl::StrContains(e.path().filename().string(), "edges.replaced-"));
+  }
+}
+
+TEST(AccuracyWarningTest, NearChanceAndFarBelowDense) {
+  // 4-option questions: chance 0.25; within 10 points of it is near chance.
+  auto near = AccuracyWarning(0.28, 0.95, 0.25, "eval");
+  ASSERT_TRUE(near.has_value());
+  EXPECT_TRUE(absl::StrContains(*near, "near chance: accuracy 0.280 against 0.250")) << *near;
+  EXPECT_TRUE(AccuracyWarning(0.35, 0.40, 0.25, "eval").has_value());   // 0.35 ≤ 0.25 + 0.10
+  EXPECT_FALSE(AccuracyWarning(0.36, 0.40, 0.25, "eval").has_value());  // and not far below
+  auto below = AccuracyWarning(0.80, 0.95, 0.25, "search");
+  ASSERT_TRUE(below.has_value());
+  EXPECT_TRUE(absl::StrContains(*below, "lost 15.0 accuracy points")) << *below;
+  EXPECT_FALSE(AccuracyWarning(0.86, 0.95, 0.25, "eval").has_value());
+  EXPECT_FALSE(AccuracyWarning(0.30, std::nullopt, std::nullopt, "eval").has_value());
 }
 
 TEST(PruneLocalTest, NonEmptyOutExits2AndIsUntouched) {
@@ -697,7 +788,7 @@ TEST(PruneLocalTest, BadFlagsExit2) {
       {{"--flops-budget=0.5", "--eval-samples=" + WorkDir() + "/eval", "--strategy=OWL",
         "--audit=3"},
        "--audit needs a searching strategy"},
-      {{"--flops-budget=0.5", "--granularity=structured"}, "--granularity"},
+      {{"--flops-budget=0.5", "--granularity=structural"}, "--granularity"},
       {{"--flops-budget=0.5", "--device=gpu"}, "expected cpu, cuda or cuda:N"},
       {{"--flops-budget=0.5", "--granularity=STRUCTURED", "--unit=linear"},
        "--unit must be LAYER with granularity STRUCTURED"},
@@ -850,9 +941,80 @@ TEST(PruneLocalTest, SignalDuringSearchLeavesNothing) {
     EXPECT_TRUE(fs::exists(absl::StrCat(parent, "/out.partial-", pid)));
     kill(pid, sig);
     EXPECT_EQ(Wait(pid), 128 + sig) << ReadFile(err);
-    EXPECT_EQ(std::distance(fs::directory_iterator(parent), fs::directory_iterator()), 0)
-        << "left behind in " << parent;
+    // Only the resume state is left (prune-local --resume continues from it).
+    std::vector<std::string> left;
+    for (const auto& e : fs::directory_iterator(parent)) {
+      left.push_back(e.path().filename().string());
+    }
+    EXPECT_EQ(left, std::vector<std::string>{"out.search-state.json"}) << "left in " << parent;
   }
+}
+
+// prune-local --resume after SIGINT at a generation boundary ends with the same policy, the same
+// artifact bytes and the same evaluated sequence as an uninterrupted run (issue 15).
+TEST(PruneLocalTest, ResumeAfterSigintEqualsAnUninterruptedRun) {
+  ASSERT_FALSE(WorkDir().empty());
+  auto flags = [](const std::string& out) {
+    std::vector<std::string> f;
+    for (std::string flag : SearchFlags(out, 11)) {
+      if (absl::StartsWith(flag, "--generations=")) flag = "--generations=8";
+      if (absl::StartsWith(flag, "--projector-every=")) flag = "--projector-every=0";
+      f.push_back(flag);
+    }
+    return f;
+  };
+  const std::string whole = WorkDir() + "/resume-whole", cut = WorkDir() + "/resume-cut";
+  const RunResult a = RunBin("prune-local", flags(whole));
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_FALSE(fs::exists(whole + ".search-state.json"));  // removed on success
+
+  std::vector<std::string> args = {BinDir() + "/prune-local"};
+  for (const std::string& f : flags(cut)) args.push_back(f);
+  const std::string err = cut + ".interrupted.err";
+  const pid_t pid = Spawn(args, cut + ".interrupted.out", err);
+  // The state appears after the first generation: interrupt then.
+  bool saved = false;
+  for (int i = 0; i < 6000 && !saved; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    saved = fs::exists(cut + ".search-state.json");
+  }
+  ASSERT_TRUE(saved) << ReadFile(err);
+  kill(pid, SIGINT);
+  ASSERT_EQ(Wait(pid), 130) << ReadFile(err);
+  EXPECT_FALSE(fs::exists(cut));
+  ASSERT_TRUE(fs::exists(cut + ".search-state.json"));
+
+  // With other flags, --resume is refused (and the saved state is left as it was).
+  std::vector<std::string> other = flags(cut);
+  other.push_back("--resume");
+  for (std::string& f : other) {
+    if (absl::StartsWith(f, "--seed=")) f = "--seed=12";
+  }
+  const RunResult refused = RunBin("prune-local", other);
+  EXPECT_EQ(refused.code, 2) << refused.err;
+  EXPECT_TRUE(absl::StrContains(refused.err, "saved with other search flags")) << refused.err;
+
+  std::vector<std::string> again = flags(cut);
+  again.push_back("--resume");
+  const RunResult b = RunBin("prune-local", again);
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_TRUE(absl::StrContains(b.err, "--resume: continuing the search at generation ")) << b.err;
+  EXPECT_FALSE(fs::exists(cut + ".search-state.json"));
+  EXPECT_EQ(ReadFile(whole + "/policy.json"), ReadFile(cut + "/policy.json"));
+  EXPECT_EQ(ReadFile(whole + "/model/model.safetensors"),
+            ReadFile(cut + "/model/model.safetensors"));
+  const json ra = ReadJson(whole + "/report.json"), rb = ReadJson(cut + "/report.json");
+  EXPECT_EQ(ra["evaluated"], rb["evaluated"]);
+  EXPECT_EQ(ra["history"], rb["history"]);
+  EXPECT_EQ(ra["policy"], rb["policy"]);
+
+  // --resume with projector training is refused up front (the projector is not saved).
+  std::vector<std::string> with_projector = flags(WorkDir() + "/resume-projector");
+  with_projector.push_back("--resume");
+  with_projector.push_back("--projector-every=2");
+  const RunResult p = RunBin("prune-local", with_projector);
+  EXPECT_EQ(p.code, 2);
+  EXPECT_TRUE(absl::StrContains(p.err, "--resume needs --projector-every 0")) << p.err;
 }
 
 TEST(PruneLocalTest, DryRunPrintsRangeAndWritesNothing) {
@@ -1232,7 +1394,7 @@ TEST(PruneLocalOptionsTest, BadOptionValuesExit2NamingTheFlag) {
                                          "--flops-budget=0.5", "--out=" + WorkDir() + "/never"};
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{"--estimator=L2"}, "--estimator"},
-      {{"--estimator=norm"}, "--estimator"},
+      {{"--estimator=l1"}, "--estimator"},
       {{"--eta-rule=HOLDOUT"}, "--eta-rule"},
       {{"--eta-rule=CV", "--eta=1"}, "--eta-rule CV chooses eta"},
       {{"--estimator=UCB", "--strategy=UNIFORM"}, "--estimator applies to a searching strategy"},

@@ -43,7 +43,9 @@ TEST(MaskMethodTest, Names) {
   EXPECT_EQ(*ParseMaskMethod("WANDA"), MaskMethod::kWanda);
   EXPECT_EQ(*ParseMaskMethod("MAGNITUDE"), MaskMethod::kMagnitude);
   EXPECT_EQ(MaskMethodName(MaskMethod::kWanda), "WANDA");
-  EXPECT_THAT(ParseMaskMethod("wanda").status().message(), HasSubstr("unknown mask method"));
+  EXPECT_EQ(*ParseMaskMethod("wanda"), MaskMethod::kWanda);  // case-insensitive
+  EXPECT_THAT(ParseMaskMethod("wand").status().message(),
+              HasSubstr("unknown mask method \"wand\""));
   // SPARSEGPT is a method (the final masks) but not a nested bank's.
   EXPECT_EQ(*ParseMaskMethod("SPARSEGPT"), MaskMethod::kSparseGpt);
   EXPECT_EQ(MaskScores(at::ones({2, 2}), MaskMethod::kSparseGpt, at::Tensor()).status().code(),

@@ -33,14 +33,39 @@ absl::StatusOr<double> TimedForwardMs(const model::LlavaModel& m,
   return SecondsSince(t0) * 1e3;
 }
 
+json TypeJson(const TypeMetrics& m) {
+  return {{"accuracy", m.accuracy ? json(*m.accuracy) : json(nullptr)},
+          {"loss", m.loss},
+          {"num_samples", m.num_samples}};
+}
+
 }  // namespace
 
 absl::StatusOr<ModelMetrics> ScoreSampleSet(const model::LlavaBundle& bundle,
                                             const model::SampleSet& set, int batch_size) {
   const model::LlavaModel& m = *bundle.model;
   const int total = int(set.samples.size());
-  double loss = 0;
-  int mc = 0, correct = 0;
+  struct Sums {
+    double loss = 0;
+    int n = 0, mc = 0, correct = 0;
+    void Add(const model::SampleScore& s) {
+      loss += s.loss;
+      ++n;
+      if (s.multiple_choice) {
+        ++mc;
+        correct += s.correct ? 1 : 0;
+      }
+    }
+    TypeMetrics Metrics() const {
+      TypeMetrics t;
+      t.num_samples = n;
+      t.loss = n > 0 ? loss / n : 0;
+      if (mc > 0) t.accuracy = double(correct) / mc;
+      return t;
+    }
+  };
+  Sums all;
+  std::map<std::string, Sums> types;
   for (int start = 0; start < total; start += batch_size) {
     const int end = std::min(total, start + batch_size);
     std::vector<model::PreparedSample> chunk;
@@ -52,25 +77,27 @@ absl::StatusOr<ModelMetrics> ScoreSampleSet(const model::LlavaBundle& bundle,
     for (const auto& p : chunk) batch.push_back(p.scoring);
     ASSIGN_OR_RETURN(std::vector<model::SampleScore> scores,
                      model::ScoreSamples(m, batch, {.batch_size = batch_size}));
-    for (const auto& s : scores) {
-      loss += s.loss;
-      if (s.multiple_choice) {
-        ++mc;
-        correct += s.correct ? 1 : 0;
-      }
+    for (size_t k = 0; k < scores.size(); ++k) {
+      all.Add(scores[k]);
+      const std::string& type = set.samples[start + k].type;
+      if (!type.empty()) types[type].Add(scores[k]);
     }
   }
   ModelMetrics out;
+  static_cast<TypeMetrics&>(out) = all.Metrics();
   out.num_samples = total;
-  out.loss = total > 0 ? loss / total : 0;
-  if (mc > 0) out.accuracy = double(correct) / mc;
+  for (const auto& [type, sums] : types) out.per_type[type] = sums.Metrics();
   return out;
 }
 
 json MetricsJson(const ModelMetrics& m) {
-  return {{"accuracy", m.accuracy ? json(*m.accuracy) : json(nullptr)},
-          {"loss", m.loss},
-          {"num_samples", m.num_samples}};
+  json j = TypeJson(m);
+  if (!m.per_type.empty()) {
+    json types = json::object();
+    for (const auto& [type, t] : m.per_type) types[type] = TypeJson(t);
+    j["per_type"] = std::move(types);
+  }
+  return j;
 }
 
 absl::StatusOr<double> MedianLatencyMs(const model::LlavaModel& m,

@@ -6,6 +6,7 @@
 #ifndef PRUNESVC_WORKER_PRUNE_MEASURE_H_
 #define PRUNESVC_WORKER_PRUNE_MEASURE_H_
 
+#include <map>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -18,12 +19,17 @@
 
 namespace prunesvc::prune {
 
-struct ModelMetrics {
-  std::optional<double> accuracy;  // nullopt when the set has no multiple-choice samples
+struct TypeMetrics {
+  std::optional<double> accuracy;  // nullopt when the group has no multiple-choice samples
   double loss = 0;
   int num_samples = 0;
 };
-// {accuracy (or null), loss, num_samples}.
+struct ModelMetrics : TypeMetrics {
+  // Per question type (samples with a non-empty `type` only), by type.
+  std::map<std::string, TypeMetrics> per_type;
+};
+// {accuracy (or null), loss, num_samples} and, when some sample has a type, per_type: {type:
+// {accuracy, loss, num_samples}}.
 nlohmann::json MetricsJson(const ModelMetrics& m);
 
 absl::StatusOr<ModelMetrics> ScoreSampleSet(const model::LlavaBundle& bundle,

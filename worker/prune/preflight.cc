@@ -62,13 +62,14 @@ absl::StatusOr<PreflightReport> RunPreflightImpl(const LocalJobSpec& spec_in) {
   LocalJobSpec spec = spec_in;
   spec.out_dir = NormalizeOutDir(spec.out_dir);
   RETURN_IF_ERROR(spec.Validate(/*dry_run=*/true));
-  if (!spec.out_dir.empty()) RETURN_IF_ERROR(CheckOutDir(spec.out_dir));
+  if (!spec.out_dir.empty()) RETURN_IF_ERROR(CheckOutDir(spec.out_dir, spec.force));
   StepContext ctx;
   ASSIGN_OR_RETURN(auto job, PreparedJob::LoadOnly(spec.ToPrepareOptions(), ctx));
   const search::PolicySpace& space = job->space();
   const model::LlavaModel& m = *job->bundle().model;
   PreflightReport r;
   r.min_reachable_ratio = space.MinReachableRatio();
+  r.smallest_reachable_budget = space.SmallestReachableBudget();
   r.dense_flops_per_sample = space.dense_flops();
   r.prunable_fraction = job->dense_flops().DecoderLinearTotal() / job->dense_flops().Total();
   r.unit_names = space.units().names;
@@ -118,11 +119,11 @@ std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {
   absl::StrAppend(&out,
                   absl::StrFormat("  reachable budget   [%.4f, 1]  (prunable decoder linears: "
                                   "%.1f%% of dense FLOPs; largest ratio %.2f)\n",
-                                  r.min_reachable_ratio, 100 * r.prunable_fraction,
+                                  r.smallest_reachable_budget, 100 * r.prunable_fraction,
                                   spec.EffectiveRatioChoices().back()));
   if (spec.granularity == search::Granularity::kNM) {
     absl::StrAppend(&out, absl::StrFormat("  granularity        N_M %s: unit choices {dense, %s}; "
-                                          "every unit %s is the floor %.4f\n",
+                                          "every unit %s is the floor %.6f\n",
                                           NmPatternName(spec.nm), NmPatternName(spec.nm),
                                           NmPatternName(spec.nm), r.min_reachable_ratio));
   }

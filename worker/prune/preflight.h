@@ -16,7 +16,8 @@ namespace prunesvc::prune {
 struct LocalJobSpec;
 
 struct PreflightReport {
-  double min_reachable_ratio = 0;  // F(every unit at the largest ratio) / F(dense)
+  double min_reachable_ratio = 0;        // F(every unit at the largest ratio) / F(dense)
+  double smallest_reachable_budget = 0;  // the same rounded up at 4 decimals: accepted as is
   double dense_flops_per_sample = 0;
   double prunable_fraction = 0;  // decoder linears' share of dense FLOPs
   std::vector<std::string> unit_names;

@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/job_spec.h"
@@ -112,7 +113,14 @@ ABSL_FLAG(int, audit, 0,
 ABSL_FLAG(int, batch, 16, "samples per forward pass during the search");
 ABSL_FLAG(bool, dry_run, false,
           "pre-flight only: reachable budget range, units, FLOPs, memory and time estimates");
-ABSL_FLAG(std::string, out, "", "output directory (must not exist or be empty)");
+ABSL_FLAG(std::string, out, "", "output directory (must not exist or be empty, unless --force)");
+ABSL_FLAG(bool, resume, false,
+          "continue the search an interrupted run with the same flags saved in "
+          "OUT.search-state.json (written after every generation, removed on success); without "
+          "one, start from the beginning. Needs --projector-every 0");
+ABSL_FLAG(bool, force, false,
+          "replace an existing --out; the old directory stays until the new artifact is "
+          "complete");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 namespace {
@@ -243,6 +251,8 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   spec.samples_path = absl::GetFlag(FLAGS_samples);
   spec.eval_samples_path = absl::GetFlag(FLAGS_eval_samples);
   spec.out_dir = absl::GetFlag(FLAGS_out);
+  spec.force = absl::GetFlag(FLAGS_force);
+  spec.resume = absl::GetFlag(FLAGS_resume);
   spec.flops_budget = absl::GetFlag(FLAGS_flops_budget);
   if (spec.flops_budget == -1) return absl::InvalidArgumentError("--flops-budget is required");
   auto strategy = search::ParseStrategy(absl::GetFlag(FLAGS_strategy));
@@ -325,6 +335,24 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   return spec;
 }
 
+// argv as one line a POSIX shell reads back into the same words (for report.json).
+std::string ShellQuoted(int argc, char** argv) {
+  std::string line;
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (i > 0) line += ' ';
+    const bool plain = !arg.empty() && arg.find_first_not_of(
+                                           "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                           "0123456789-_=.,/:+@%") == std::string::npos;
+    if (plain) {
+      line += arg;
+    } else {
+      line += '\'' + absl::StrReplaceAll(arg, {{"'", "'\\''"}}) + '\'';
+    }
+  }
+  return line;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -349,6 +377,7 @@ int main(int argc, char** argv) {
   InstallSignalHandlers();
   auto spec = SpecFromFlags();
   if (!spec.ok()) return Fail(spec.status());
+  spec->command_line = ShellQuoted(argc, argv);
 
   if (absl::GetFlag(FLAGS_dry_run)) {
     auto pre = prunesvc::prune::RunPreflight(*spec);

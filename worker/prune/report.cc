@@ -94,6 +94,23 @@ json StructuredPolicyJson(const JobSpec& spec, const search::PolicySpace& space,
           {"units", std::move(units)}};
 }
 
+std::optional<std::string> AccuracyWarning(double pruned, std::optional<double> dense,
+                                           std::optional<double> chance, const std::string& set) {
+  if (chance.has_value() && pruned <= *chance + 0.10) {
+    return absl::StrFormat(
+        "the pruned model is near chance: accuracy %.3f against %.3f for guessing (1 / options) "
+        "on the %s set; it has lost the task at this budget. Try a larger --flops-budget, or "
+        "UNSTRUCTURED instead of STRUCTURED",
+        pruned, *chance, set);
+  }
+  if (dense.has_value() && pruned < *dense - 0.10) {
+    return absl::StrFormat(
+        "the pruned model lost %.1f accuracy points (%.3f against the dense %.3f on the %s set)",
+        100 * (*dense - pruned), pruned, *dense, set);
+  }
+  return std::nullopt;
+}
+
 std::string ModelCard(const JobSpec& spec, const std::string& model_dir, const json& report,
                       const json& policy) {
   auto num = [](const json& j) -> std::string {
@@ -102,12 +119,18 @@ std::string ModelCard(const JobSpec& spec, const std::string& model_dir, const j
   const json& d = report["dense"];
   const json& p = report["pruned"];
   const bool structured = report["granularity"] == "STRUCTURED";
+  // UNIFORM and OWL compute their ratios in closed form: no search ran, no search masks.
+  const bool searched = spec.strategy == search::Strategy::kEfficientLlava ||
+                        spec.strategy == search::Strategy::kRandomSearch;
   std::string out;
   absl::StrAppend(&out, "# Pruned LLaVA model (prunesvc)\n\n");
   absl::StrAppend(
       &out, "Pruned from `", model_dir, "` with **", report["strategy"].get<std::string>(), "** (",
-      report["search"]["mask_method"].get<std::string>(), " search masks, ",
-      report["final_mask_method"].get<std::string>(), " final masks), ",
+      searched
+          ? absl::StrCat(report["search"]["mask_method"].get<std::string>(), " search masks, ",
+                         report["final_mask_method"].get<std::string>(), " final masks")
+          : absl::StrCat("no search; ", report["final_mask_method"].get<std::string>(), " masks"),
+      "), ",
       structured ? "STRUCTURED pruning (whole MLP channels and attention KV groups removed) of "
                    "the LLaMA decoder"
       : spec.granularity == search::Granularity::kNM
@@ -125,6 +148,14 @@ std::string ModelCard(const JobSpec& spec, const std::string& model_dir, const j
   absl::StrAppend(&out, "| | dense | pruned |\n|---|---|---|\n");
   absl::StrAppend(&out, "| accuracy (", report["accuracy_set"].get<std::string>(), " set) | ",
                   num(d["accuracy"]), " | ", num(p["accuracy"]), " |\n");
+  if (d.contains("per_type") && p.contains("per_type")) {
+    for (const auto& [type, dt] : d["per_type"].items()) {
+      const json pt = p["per_type"].value(type, json::object());
+      absl::StrAppend(&out, "| accuracy, ", type, " (", dt["num_samples"].get<int>(),
+                      " samples) | ", num(dt["accuracy"]), " | ", num(pt.value("accuracy", json())),
+                      " |\n");
+    }
+  }
   absl::StrAppend(&out, "| answer loss | ", num(d["loss"]), " | ", num(p["loss"]), " |\n");
   absl::StrAppend(
       &out, absl::StrFormat("| GFLOPs / sample | %.4f | %.4f |\n", d["flops"].get<double>() / 1e9,
@@ -140,10 +171,16 @@ std::string ModelCard(const JobSpec& spec, const std::string& model_dir, const j
                                         report["flops_ratio"].get<double>(), spec.flops_budget,
                                         structured ? "tensor shapes" : "non-zero weights"));
   if (report["accuracy_set"] == "search") {
-    absl::StrAppend(&out,
-                    "\n**Accuracy was measured on the search samples**, which the search "
-                    "optimised: it overstates held-out accuracy. Evaluate on held-out data "
+    absl::StrAppend(&out, "\n**Accuracy was measured on the search samples**, which ",
+                    searched ? "the search optimised" : "calibrated the masks",
+                    ": it overstates held-out accuracy. Evaluate on held-out data "
                     "(`llava-eval --model model --samples HELD_OUT`).\n");
+  }
+  if (report.contains("warnings") && !report["warnings"].empty()) {
+    absl::StrAppend(&out, "\n## Warnings\n\n");
+    for (const json& w : report["warnings"]) {
+      absl::StrAppend(&out, "- **", w.get<std::string>(), "**\n");
+    }
   }
   if (structured) {
     absl::StrAppend(

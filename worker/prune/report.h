@@ -4,6 +4,7 @@
 #ifndef PRUNESVC_WORKER_PRUNE_REPORT_H_
 #define PRUNESVC_WORKER_PRUNE_REPORT_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,14 @@ nlohmann::json StructuredPolicyJson(const JobSpec& spec, const search::PolicySpa
                                     const std::vector<StructuredLayerPlan>& splan,
                                     const std::string& policy_hash, double nominal_flops);
 
-// README.md: what was pruned, dense vs pruned, what the pruning saves, the policy.
+// The warning a pruned result deserves, if any: accuracy within 10 points of `chance` (the mean
+// of 1 / options over the set's multiple-choice samples), or more than 10 points below dense.
+// `set` names the accuracy set ("eval" | "search").
+std::optional<std::string> AccuracyWarning(double pruned, std::optional<double> dense,
+                                           std::optional<double> chance, const std::string& set);
+
+// README.md: what was pruned, dense vs pruned, what the pruning saves, the policy, and every
+// warning of report.json.
 std::string ModelCard(const JobSpec& spec, const std::string& model_dir,
                       const nlohmann::json& report, const nlohmann::json& policy);
 

@@ -20,16 +20,13 @@ absl::Status BudgetError(const JobSpec& spec, const search::PolicySpace& space,
       s.code() == absl::StatusCode::kFailedPrecondition) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "--flops-budget %g is unreachable with --granularity N_M --nm %s: N:M alone cannot go "
-        "below every unit at %s, which costs %.4f of the dense FLOPs (the smallest reachable "
-        "ratio; use --flops-budget ≥ %.4f)",
+        "below every unit at %s, which costs %.6f of the dense FLOPs (the smallest reachable "
+        "budget is %.4f)",
         spec.flops_budget, NmPatternName(spec.nm), NmPatternName(spec.nm),
-        space.MinReachableRatio(), std::ceil(space.MinReachableRatio() * 1e4) / 1e4));
+        space.MinReachableRatio(), space.SmallestReachableBudget()));
   }
-  return absl::Status(
-      s.code(),
-      absl::StrFormat("--flops-budget %g is unreachable: the smallest reachable ratio is "
-                      "%.4f (%s)",
-                      spec.flops_budget, space.MinReachableRatio(), std::string(s.message())));
+  // CheckBudget's message names the smallest reachable budget (one rounding rule).
+  return absl::Status(s.code(), absl::StrCat("--flops-budget: ", s.message()));
 }
 
 }  // namespace
@@ -98,6 +95,17 @@ absl::Status PreparedJob::Load(StepContext& ctx) {
   if (!options_.eval_samples_path.empty()) {
     ASSIGN_OR_RETURN(eval_set_, model::LoadSampleSet(options_.eval_samples_path));
     has_eval_ = true;
+    if (eval_set_.sha256 == search_set_.sha256) {
+      // The same content under another name: its accuracy is search-set accuracy, and the report
+      // must say so rather than call it held-out.
+      ctx.Warn(absl::StrCat("--eval-samples ", options_.eval_samples_path,
+                            " has the search set's content (sha256 ",
+                            search_set_.sha256.substr(0, 16),
+                            "…): accuracy is reported as search-set accuracy, which overstates "
+                            "held-out accuracy; pass samples the job never sees"));
+      has_eval_ = false;
+      eval_set_ = model::SampleSet();
+    }
     // Validate the held-out set now, not after a long search.
     for (const model::Sample& s : eval_set_.samples) {
       RETURN_IF_ERROR(model::PrepareSample(*bundle_, s).status());

@@ -87,6 +87,8 @@ struct FinalizeOptions {
   std::vector<double> unit_ratios;  // per unit of the policy space
   int projector_version = 0;        // registered with this PreparedJob
   std::string out_dir;              // must not exist or be empty; written atomically
+  bool replace_out = false;         // --force: a non-empty out_dir is replaced at the commit
+  std::string command_line;         // the invoking command, for report.json's provenance
   // OUT.partial-<pid> created by the caller before the search (prune-local finds an unwritable
   // --out before spending the search on it); null = Finalize creates it.
   std::unique_ptr<PartialDir> partial;
