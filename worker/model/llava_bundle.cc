@@ -99,6 +99,7 @@ absl::StatusOr<std::unique_ptr<LlavaBundle>> LoadLlavaBundle(const std::string& 
 
   ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(model_dir));
   bundle->source_dtype = ckpt.source_dtype;
+  for (const auto& [name, t] : ckpt.tensors) bundle->checkpoint_parameters += t.numel();
   bundle->layout = ckpt.layout;
   ASSIGN_OR_RETURN(bundle->model, LlavaModel::Create(config, ckpt, device));
   bundle->letter_token_ids = SingleTokenLetters(tok);

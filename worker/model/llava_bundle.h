@@ -45,6 +45,9 @@ struct LlavaBundle {
   std::unique_ptr<LlavaModel> model;
   DType source_dtype = DType::kF32;  // dominant dtype of the weight files (for writing artifacts)
   WeightLayout layout = WeightLayout::kLegacy;
+  // Parameters in the weight files (every tensor, including vision layers past the feature
+  // layer that the model never runs): the count report.json and models/README.md give.
+  int64_t checkpoint_parameters = 0;
   // Token ids of " A", " B", … after "ASSISTANT:", for the longest prefix of letters that are
   // single tokens. Multiple-choice samples may have at most letter_token_ids.size() options.
   std::vector<int> letter_token_ids;

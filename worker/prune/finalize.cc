@@ -148,6 +148,11 @@ class Finalizer {
   absl::Status Verify(const std::string& model_out);
   absl::Status VerifyUnstructured(const std::string& model_out);
   void WarnAboutAccuracy(const FinalizeResult& result);
+  // The strategy's name, or GIVEN_POLICY for prune-local --policy.
+  std::string StrategyLabel() const {
+    return options_.given_policy.is_null() ? std::string(search::StrategyName(spec_.strategy))
+                                           : "GIVEN_POLICY";
+  }
   absl::StatusOr<json> BuildReport(const FinalizeResult& result);
 
   PreparedJob& job_;
@@ -394,7 +399,7 @@ absl::StatusOr<json> Finalizer::UnstructuredPolicyJson() {
               {"granularity", std::string(search::GranularityName(spec_.granularity))},
               {"nm", NmJson(spec_)},
               {"unit", std::string(search::UnitKindName(spec_.unit))},
-              {"strategy", std::string(search::StrategyName(spec_.strategy))},
+              {"strategy", StrategyLabel()},
               {"budget", spec_.flops_budget},
               {"ratio_choices", space_.ratio_choices()},
               {"hash", policy_hash_},
@@ -466,7 +471,8 @@ absl::StatusOr<json> Finalizer::BuildReport(const FinalizeResult& result) {
   report["flops_budget"] = spec_.flops_budget;
   report["accuracy"] = result.accuracy ? json(*result.accuracy) : json(nullptr);
   report["accuracy_set"] = result.accuracy_set;
-  report["strategy"] = std::string(search::StrategyName(spec_.strategy));
+  report["strategy"] = StrategyLabel();
+  if (!options_.given_policy.is_null()) report["given_policy"] = options_.given_policy;
   report["granularity"] = std::string(search::GranularityName(spec_.granularity));
   report["nm"] = NmJson(spec_);
   if (!options_.owl.is_null()) report["owl"] = options_.owl;
@@ -570,6 +576,7 @@ absl::StatusOr<FinalizeResult> Finalizer::Run() {
     ASSIGN_OR_RETURN(double nominal, space_.FlopsOfRatios(options_.unit_ratios));
     policy_ =
         StructuredPolicyJson(spec_, space_, options_.unit_ratios, splan_, policy_hash_, nominal);
+    policy_["strategy"] = StrategyLabel();
   } else {
     ASSIGN_OR_RETURN(policy_, UnstructuredPolicyJson());
   }

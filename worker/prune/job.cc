@@ -343,6 +343,68 @@ absl::Status RunUniform(const LocalJobSpec& spec, const PreparedJob& job, Finali
   return absl::OkStatus();
 }
 
+// --policy: the per-unit ratios of a policy.json, checked against this model's units, the job's
+// granularity and unit, and the budget. No search, no projector training.
+absl::Status RunGivenPolicy(const LocalJobSpec& spec, const PreparedJob& job,
+                            FinalizeOptions& fin) {
+  const std::string& path = spec.policy_path;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("--policy ", path, ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  const json p = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  auto bad = [&path](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("--policy ", path, ": ", what));
+  };
+  if (p.is_discarded()) return bad("not valid JSON");
+  if (!p.is_object() || p.value("format", "") != "prunesvc.policy.v1") {
+    return bad("format: expected \"prunesvc.policy.v1\" (a prune-local policy.json)");
+  }
+  const std::string gran(search::GranularityName(spec.granularity));
+  const std::string unit(search::UnitKindName(spec.unit));
+  if (p.contains("granularity") && p["granularity"] != gran) {
+    return bad(absl::StrCat("granularity ", p["granularity"].dump(), " differs from --granularity ",
+                            gran));
+  }
+  if (p.contains("unit") && p["unit"] != unit) {
+    return bad(absl::StrCat("unit ", p["unit"].dump(), " differs from --unit ", unit));
+  }
+  const search::PolicySpace& space = job.space();
+  if (!p.contains("units") || !p["units"].is_array() ||
+      p["units"].size() != size_t(space.num_units())) {
+    return bad(absl::StrCat("units: expected an array of ", space.num_units(),
+                            " units (this model with --unit ", unit, ")"));
+  }
+  std::vector<double> ratios;
+  for (int u = 0; u < space.num_units(); ++u) {
+    const json& entry = p["units"][u];
+    const std::string field = absl::StrCat("units[", u, "]");
+    if (!entry.is_object() || entry.value("name", "") != space.units().names[u]) {
+      return bad(absl::StrCat(field, ".name: expected \"", space.units().names[u], "\""));
+    }
+    if (!entry.contains("ratio") || !entry["ratio"].is_number() ||
+        !(entry["ratio"].get<double>() >= 0 && entry["ratio"].get<double>() <= space.max_ratio())) {
+      return bad(absl::StrCat(field, ".ratio: expected a number in [0, ", space.max_ratio(), "]"));
+    }
+    ratios.push_back(entry["ratio"].get<double>());
+  }
+  ASSIGN_OR_RETURN(double flops, space.FlopsOfRatios(ratios));
+  const double ratio = flops / space.dense_flops();
+  if (!(flops <= spec.flops_budget * space.dense_flops())) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("--policy %s costs %.6f of the dense FLOPs, above --flops-budget %g (pass "
+                        "--flops-budget %.4f or more)",
+                        path, ratio, spec.flops_budget, std::ceil(ratio * 1e4) / 1e4));
+  }
+  ASSIGN_OR_RETURN(std::string sha, Sha256OfFile(path));
+  fin.unit_ratios = std::move(ratios);
+  fin.given_policy = {{"path", std::filesystem::absolute(path).lexically_normal().string()},
+                      {"sha256", sha},
+                      {"flops_ratio_nominal", ratio}};
+  fin.eta = {{"value", nullptr}, {"mode", "unused (--policy: no search)"}};
+  return absl::OkStatus();
+}
+
 void WarnAboutFlags(const LocalJobSpec& spec, StepContext& ctx) {
   if (spec.eval_samples_path.empty()) {
     ctx.Warn(absl::StrCat("no --eval-samples: accuracy is measured on the search samples, which ",
@@ -379,7 +441,9 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
                    PreparedJob::Prepare(spec.ToPrepareOptions(), ctx));
   WarnAboutFlags(spec, ctx);
   ctx.Phase(JobPhase::kSearch);
-  if (spec.searching()) {
+  if (!spec.policy_path.empty()) {
+    RETURN_IF_ERROR(RunGivenPolicy(spec, *job, fin));
+  } else if (spec.searching()) {
     RETURN_IF_ERROR(RunSearch(spec, *job, ctx, fin));
   } else if (spec.strategy == search::Strategy::kOwl) {
     RETURN_IF_ERROR(RunOwl(spec, *job, fin));
@@ -411,6 +475,13 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
   }
   if (audit > 0 && eval_samples_path.empty()) {
     return absl::InvalidArgumentError("--audit needs --eval-samples (it scores held-out data)");
+  }
+  if (!policy_path.empty() && (audit > 0 || uniform_guard || resume)) {
+    return absl::InvalidArgumentError(
+        "--policy applies a given policy: --audit, --uniform-guard and --resume need a search");
+  }
+  if (!policy_path.empty() && granularity == search::Granularity::kNM) {
+    return absl::InvalidArgumentError("--policy with --granularity N_M is not supported yet");
   }
   if (resume && projector_every > 0) {
     return absl::InvalidArgumentError(

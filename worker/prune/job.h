@@ -54,6 +54,10 @@ struct LocalJobSpec : JobSpec {
   // Continue the search saved in ResumeStatePath(out_dir) by an interrupted run with the same
   // flags (see job.cc); without a saved state the run starts from the beginning.
   bool resume = false;
+  // A policy.json (an artifact's, or hand-written: {"format": "prunesvc.policy.v1", "units":
+  // [{"name", "ratio"}, ...]} in the model's unit order) applied instead of a search: re-prune
+  // with another final mask method, or port a policy. Its FLOPs must meet flops_budget.
+  std::string policy_path;
   int threads = 0;             // torch intra-op threads; 0 = number of cores
   std::string device = "cpu";  // cpu, cuda or cuda:N (model/device.h)
 

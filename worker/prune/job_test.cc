@@ -376,10 +376,26 @@ TEST(PruneLocalTest, ReportHasProvenanceAndModelCard) {
     }
   }
   EXPECT_LT(r["pruned"]["params"].get<int64_t>(), r["dense"]["params"].get<int64_t>());
+  // The command line (shell-quoted), absolute dataset paths beside their hashes, and per
+  // question type accuracy on both sides (issue 15).
+  const std::string command = r["provenance"]["command_line"].get<std::string>();
+  EXPECT_TRUE(absl::StrContains(command, "/prune-local --model=")) << command;
+  EXPECT_TRUE(absl::StrContains(command, " --flops-budget=0.5 --unit=linear ")) << command;
+  EXPECT_EQ(r["provenance"]["dataset"], WorkDir() + "/search");
+  EXPECT_EQ(r["provenance"]["eval_dataset"], WorkDir() + "/eval");
+  ASSERT_TRUE(r["dense"].contains("per_type")) << r["dense"].dump();
+  ASSERT_TRUE(r["pruned"].contains("per_type")) << r["pruned"].dump();
+  int typed = 0;
+  for (const auto& [type, m] : r["pruned"]["per_type"].items()) {
+    EXPECT_TRUE(r["dense"]["per_type"].contains(type)) << type;
+    typed += m["num_samples"].get<int>();
+  }
+  EXPECT_EQ(typed, r["pruned"]["num_samples"].get<int>());
   EXPECT_EQ(r["history"].size(), 5u);
   EXPECT_EQ(r["final_mask_method"], "WANDA");
   const std::string card = ReadFile(WorkDir() + "/main/README.md");
   EXPECT_TRUE(absl::StrContains(card, "neither smaller on disk nor faster")) << card;
+  EXPECT_TRUE(absl::StrContains(card, "| accuracy, ")) << card;  // the per-type rows
   // The summary table on stdout.
   EXPECT_TRUE(absl::StrContains(MainRun().out, "FLOPs ratio")) << MainRun().out;
   EXPECT_TRUE(absl::StrContains(MainRun().out, "latency ratio")) << MainRun().out;
@@ -950,6 +966,74 @@ TEST(PruneLocalTest, SignalDuringSearchLeavesNothing) {
   }
 }
 
+// prune-local --policy: the main run's policy.json re-applied with another final mask method, no
+// search; bad policies name the field. --model may be an artifact directory (its model/).
+TEST(PruneLocalTest, GivenPolicyIsAppliedWithoutSearch) {
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const std::string policy = WorkDir() + "/main/policy.json";
+  const json searched = ReadJson(policy);
+  std::vector<std::string> flags = {"--model=" + WorkDir() + "/model32",
+                                    "--samples=" + WorkDir() + "/search",
+                                    "--flops-budget=0.5",
+                                    "--unit=linear",
+                                    "--final-mask-method=MAGNITUDE",
+                                    "--threads=1",
+                                    "--policy=" + policy,
+                                    "--out=" + WorkDir() + "/given"};
+  const RunResult r = RunBin("prune-local", flags);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json report = ReadJson(WorkDir() + "/given/report.json");
+  const json applied = ReadJson(WorkDir() + "/given/policy.json");
+  EXPECT_EQ(report["strategy"], "GIVEN_POLICY");
+  EXPECT_EQ(report["given_policy"]["path"], policy);
+  EXPECT_EQ(report["evaluated"].size(), 0u);
+  EXPECT_EQ(applied["final_mask_method"], "MAGNITUDE");
+  ASSERT_EQ(applied["units"].size(), searched["units"].size());
+  for (size_t u = 0; u < applied["units"].size(); ++u) {
+    EXPECT_EQ(applied["units"][u]["ratio"], searched["units"][u]["ratio"]) << u;
+    EXPECT_EQ(applied["units"][u]["linears"][0]["pruned_per_row"],
+              searched["units"][u]["linears"][0]["pruned_per_row"]);
+  }
+  EXPECT_EQ(applied["flops_ratio_nominal"], searched["flops_ratio_nominal"]);
+  EXPECT_TRUE(absl::StrContains(ReadFile(WorkDir() + "/given/README.md"), "(--policy)"));
+  // The artifact itself as --model: its model/ (already pruned), the same policy on top.
+  std::vector<std::string> from_artifact = flags;
+  from_artifact[0] = "--model=" + WorkDir() + "/given";
+  from_artifact.back() = "--out=" + WorkDir() + "/given-again";
+  const RunResult again = RunBin("prune-local", from_artifact);
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_TRUE(absl::StrContains(again.err, "is a prunesvc artifact")) << again.err;
+
+  // Bad policies: another unit, a budget below the policy's FLOPs, a bad ratio.
+  auto with = [&](const std::string& flag, const std::string& value) {
+    std::vector<std::string> f = flags;
+    for (std::string& x : f) {
+      if (absl::StartsWith(x, flag + "=")) x = flag + "=" + value;
+    }
+    f.back() = "--out=" + WorkDir() + "/given-bad";  // refused before anything is written
+    return f;
+  };
+  const RunResult layer = RunBin("prune-local", with("--unit", "layer"));
+  EXPECT_EQ(layer.code, 2);
+  EXPECT_TRUE(absl::StrContains(layer.err, "differs from --unit layer")) << layer.err;
+  const RunResult budget = RunBin("prune-local", with("--flops-budget", "0.42"));
+  EXPECT_EQ(budget.code, 2);
+  EXPECT_TRUE(absl::StrContains(budget.err, "above --flops-budget 0.42")) << budget.err;
+  json broken = searched;
+  broken["units"][2]["ratio"] = 1.5;
+  const std::string broken_path = WorkDir() + "/broken-policy.json";
+  std::ofstream(broken_path) << broken.dump();
+  const RunResult ratio = RunBin("prune-local", with("--policy", broken_path));
+  EXPECT_EQ(ratio.code, 2);
+  EXPECT_TRUE(absl::StrContains(ratio.err, "units[2].ratio: expected a number in [0, "))
+      << ratio.err;
+  std::ofstream(broken_path) << "{\"format\": ";
+  const RunResult truncated = RunBin("prune-local", with("--policy", broken_path));
+  EXPECT_EQ(truncated.code, 2);
+  EXPECT_TRUE(absl::StrContains(truncated.err, "not valid JSON")) << truncated.err;
+  EXPECT_FALSE(fs::exists(WorkDir() + "/given-bad"));
+}
+
 // prune-local --resume after SIGINT at a generation boundary ends with the same policy, the same
 // artifact bytes and the same evaluated sequence as an uninterrupted run (issue 15).
 TEST(PruneLocalTest, ResumeAfterSigintEqualsAnUninterruptedRun) {
@@ -1034,6 +1118,13 @@ TEST(PruneLocalTest, DryRunPrintsRangeAndWritesNothing) {
   for (const auto& e : fs::directory_iterator(WorkDir())) {
     EXPECT_FALSE(absl::StrContains(e.path().filename().string(), "dry.partial"));
   }
+  // One parameter count everywhere: the dry run's is report.json's dense count (issue 15: it
+  // printed the tensors the model runs, fewer than the weight files hold).
+  ASSERT_EQ(MainRun().code, 0) << MainRun().err;
+  const json report = ReadJson(WorkDir() + "/main/report.json");
+  const std::string count =
+      absl::StrCat("(", report["dense"]["params"].get<int64_t>(), " parameters; ");
+  EXPECT_TRUE(absl::StrContains(r.out, count)) << count << " in\n" << r.out;
 }
 
 // ---------------------------------------------------------------------------------------------

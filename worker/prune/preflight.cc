@@ -82,11 +82,13 @@ absl::StatusOr<PreflightReport> RunPreflightImpl(const LocalJobSpec& spec_in) {
     r.budget_reachable = true;
   }
   for (const auto& [name, t] : m.NamedTensors()) r.parameters += t.numel();
+  r.checkpoint_parameters = job->bundle().checkpoint_parameters;
   // One timed dense forward of a batch (after a warm-up).
   const int b = std::max(1, std::min(spec.batch_size, r.num_search_samples));
   std::vector<model::PreparedSample> batch(job->loaded_samples().begin(),
                                            job->loaded_samples().begin() + b);
-  ASSIGN_OR_RETURN(double ms, MedianLatencyMs(m, batch, 1));
+  // The median of 3 timed batches: one batch right after loading varied by 2x and more.
+  ASSIGN_OR_RETURN(double ms, MedianLatencyMs(m, batch, 3));
   r.forward_seconds_per_sample = ms / 1e3 / b;
   r.planned_evaluations =
       spec.searching() ? search::NominalEvaluations(spec.ToSearchConfig(r.num_search_samples)) : 0;
@@ -109,8 +111,9 @@ absl::StatusOr<PreflightReport> RunPreflight(const LocalJobSpec& spec) {
 std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {
   std::string out;
   absl::StrAppend(&out, "prune-local dry run (nothing written)\n");
-  absl::StrAppend(&out, absl::StrFormat("  model              %s (%d parameters)\n", spec.model_dir,
-                                        r.parameters));
+  absl::StrAppend(&out, absl::StrFormat("  model              %s (%d parameters; %d of them run: "
+                                        "vision layers past the feature layer never do)\n",
+                                        spec.model_dir, r.checkpoint_parameters, r.parameters));
   absl::StrAppend(&out, absl::StrFormat("  search samples     %d\n", r.num_search_samples));
   absl::StrAppend(&out, absl::StrFormat("  eval samples       %d%s\n", r.num_eval_samples,
                                         r.num_eval_samples == 0 ? " (none)" : ""));
@@ -139,10 +142,15 @@ std::string PreflightText(const LocalJobSpec& spec, const PreflightReport& r) {
   }
   absl::StrAppend(
       &out, absl::StrFormat("  evaluations        %d planned (nominal)\n", r.planned_evaluations));
-  absl::StrAppend(&out, absl::StrFormat("  forward            %.4f s/sample (one timed batch)\n",
+  absl::StrAppend(&out, absl::StrFormat("  forward            %.4f s/sample (median of 3 timed "
+                                        "batches)\n",
                                         r.forward_seconds_per_sample));
-  absl::StrAppend(&out,
-                  absl::StrFormat("  estimated time     %.0f s (rough)\n", r.estimated_seconds));
+  // An evaluation is one masked forward over the search set whatever the unit, so --unit
+  // changes the estimate only through the measured forward time.
+  absl::StrAppend(&out, absl::StrFormat("  estimated time     %.0f s (rough: evaluations x search "
+                                        "samples x forward, plus calibration, checks and "
+                                        "latency; the same for --unit layer and linear)\n",
+                                        r.estimated_seconds));
   absl::StrAppend(&out, absl::StrFormat("  estimated memory   %.1f MiB peak (rough)\n",
                                         double(r.estimated_peak_bytes) / (1 << 20)));
   for (const std::string& w : r.warnings) absl::StrAppend(&out, "  warning: ", w, "\n");

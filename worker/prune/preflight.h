@@ -23,8 +23,9 @@ struct PreflightReport {
   std::vector<std::string> unit_names;
   std::vector<double> unit_flops_share;
   int num_search_samples = 0;
-  int num_eval_samples = 0;  // 0 without an eval set
-  int64_t parameters = 0;
+  int num_eval_samples = 0;           // 0 without an eval set
+  int64_t parameters = 0;             // tensors the model runs (what memory estimates use)
+  int64_t checkpoint_parameters = 0;  // every tensor of the weight files (report.json's count)
   int64_t planned_evaluations = 0;
   double forward_seconds_per_sample = 0;  // measured: one timed dense forward of a batch
   double estimated_seconds = 0;

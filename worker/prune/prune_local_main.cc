@@ -25,6 +25,7 @@
 #include "common/job_spec.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "worker/model/llava_bundle.h"
 #include "worker/model/llava_eval.h"
 #include "worker/prune/job.h"
 
@@ -114,6 +115,10 @@ ABSL_FLAG(int, batch, 16, "samples per forward pass during the search");
 ABSL_FLAG(bool, dry_run, false,
           "pre-flight only: reachable budget range, units, FLOPs, memory and time estimates");
 ABSL_FLAG(std::string, out, "", "output directory (must not exist or be empty, unless --force)");
+ABSL_FLAG(std::string, policy, "",
+          "apply this policy.json (an artifact's, or {\"format\": \"prunesvc.policy.v1\", "
+          "\"units\": [{\"name\", \"ratio\"}...]} in the model's unit order) instead of a search; "
+          "its FLOPs must meet --flops-budget");
 ABSL_FLAG(bool, resume, false,
           "continue the search an interrupted run with the same flags saved in "
           "OUT.search-state.json (written after every generation, removed on success); without "
@@ -253,6 +258,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   spec.out_dir = absl::GetFlag(FLAGS_out);
   spec.force = absl::GetFlag(FLAGS_force);
   spec.resume = absl::GetFlag(FLAGS_resume);
+  spec.policy_path = absl::GetFlag(FLAGS_policy);
   spec.flops_budget = absl::GetFlag(FLAGS_flops_budget);
   if (spec.flops_budget == -1) return absl::InvalidArgumentError("--flops-budget is required");
   auto strategy = search::ParseStrategy(absl::GetFlag(FLAGS_strategy));
@@ -378,6 +384,11 @@ int main(int argc, char** argv) {
   auto spec = SpecFromFlags();
   if (!spec.ok()) return Fail(spec.status());
   spec->command_line = ShellQuoted(argc, argv);
+  if (!spec->model_dir.empty()) {  // an artifact directory is accepted as --model (its model/)
+    auto model_dir = prunesvc::model::ResolveModelDir(spec->model_dir);
+    if (!model_dir.ok()) return Fail(model_dir.status());
+    spec->model_dir = *model_dir;
+  }
 
   if (absl::GetFlag(FLAGS_dry_run)) {
     auto pre = prunesvc::prune::RunPreflight(*spec);

@@ -120,8 +120,9 @@ std::string ModelCard(const JobSpec& spec, const std::string& model_dir, const j
   const json& p = report["pruned"];
   const bool structured = report["granularity"] == "STRUCTURED";
   // UNIFORM and OWL compute their ratios in closed form: no search ran, no search masks.
-  const bool searched = spec.strategy == search::Strategy::kEfficientLlava ||
-                        spec.strategy == search::Strategy::kRandomSearch;
+  const bool given = report.contains("given_policy");
+  const bool searched = !given && (spec.strategy == search::Strategy::kEfficientLlava ||
+                                   spec.strategy == search::Strategy::kRandomSearch);
   std::string out;
   absl::StrAppend(&out, "# Pruned LLaVA model (prunesvc)\n\n");
   absl::StrAppend(
@@ -139,6 +140,9 @@ std::string ModelCard(const JobSpec& spec, const std::string& model_dir, const j
           : std::string("UNSTRUCTURED sparsity in the LLaMA decoder's linear layers"),
       ", unit = ", report["search"]["unit"].get<std::string>(), ", FLOPs budget ",
       absl::StrFormat("%.4g", spec.flops_budget),
+      given ? absl::StrCat(", the per-unit ratios of `",
+                           report["given_policy"]["path"].get<std::string>(), "` (--policy)")
+            : std::string(),
       ". The vision tower, the projector's shape, embeddings, norms and lm_head are not pruned; "
       "the projector ",
       report["projector"]["trained"].get<bool>() ? "was fine-tuned during the search (its latest "

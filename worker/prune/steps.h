@@ -104,6 +104,8 @@ struct FinalizeOptions {
   nlohmann::json owl;
   nlohmann::json search_options;
   nlohmann::json guard;
+  // prune-local --policy: {path, sha256} of the policy file applied instead of a search.
+  nlohmann::json given_policy;
   std::optional<double> uniform_ratio;
   int64_t evaluations = 0;
   std::vector<std::string> warnings;  // earlier steps' warnings, for report.json
