@@ -338,7 +338,7 @@ STUDY_TERMS=("uniform:UNIFORM:" "default:EFFICIENTLLAVA:" "cv:EFFICIENTLLAVA:--e
   LINEAR_UNSTRUCTURED=0.35 LINEAR_STRUCTURED=""
   LOW_UNSTRUCTURED="" LOW_STRUCTURED=0.35
 }
-STUDY_STAGES="${STUDY_STAGES:-hard main n16 linear more n32}"
+STUDY_STAGES="${STUDY_STAGES:-hard linear n16 main more n32}"
 study_stage() {
   local stage="$1" s
   for s in $SEEDS; do
