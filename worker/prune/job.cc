@@ -162,6 +162,23 @@ absl::Status RunUniformGuard(const LocalJobSpec& spec, PreparedJob& job, StepCon
   return absl::OkStatus();
 }
 
+// `object[key]` when it is a string, else "" (json::value throws on a present key of another
+// type; user files must get an error naming the field instead).
+std::string StringField(const json& object, const char* key) {
+  if (!object.is_object()) return "";
+  const auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// A policy as JSON: an array of non-negative integers (choice indices).
+bool IsPolicyJson(const json& p) {
+  if (!p.is_array()) return false;
+  for (const json& x : p) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > 1000) return false;
+  }
+  return true;
+}
+
 // --resume (issue 15): after every generation the search's state is written atomically to
 // OUT.search-state.json, beside OUT rather than inside OUT.partial-PID, so an interrupted run
 // (SIGINT, a crash) leaves it behind; a successful run removes it. With it: the search state
@@ -215,26 +232,31 @@ absl::StatusOr<std::unique_ptr<search::EvolutionarySearch>> StartOrResume(
     return absl::FailedPreconditionError(
         absl::StrCat("--resume: ", path, ": ", why, " (remove the file to start over)"));
   };
-  if (!file.is_object() || file.value("format", "") != kResumeFormat) {
+  if (!file.is_object() || StringField(file, "format") != kResumeFormat) {
     return refuse("not a prune-local resume file (format)");
   }
-  if (file.value("model_dir", "") != spec.model_dir ||
-      file.value("dataset_sha256", "") != job.summary().dataset_sha256) {
+  if (StringField(file, "model_dir") != spec.model_dir ||
+      StringField(file, "dataset_sha256") != job.summary().dataset_sha256) {
     return refuse("saved for another --model or --samples");
   }
   const json& saved = file["search"];
-  if (!saved.is_object() || saved.value("config", json()) != fresh->state().ToJson()["config"]) {
+  if (!saved.is_object() || !saved.contains("config") ||
+      saved["config"] != fresh->state().ToJson()["config"]) {
     return refuse("saved with other search flags (the search config differs)");
   }
-  ASSIGN_OR_RETURN(search::SearchState state, search::SearchState::FromJson(saved));
-  ASSIGN_OR_RETURN(auto resumed, search::EvolutionarySearch::Resume(&job.space(), state));
+  absl::StatusOr<search::SearchState> state = search::SearchState::FromJson(saved);
+  if (!state.ok()) return refuse(absl::StrCat("search: ", state.status().message()));
+  absl::StatusOr<std::unique_ptr<search::EvolutionarySearch>> resumed_or =
+      search::EvolutionarySearch::Resume(&job.space(), *std::move(state));
+  if (!resumed_or.ok()) return refuse(absl::StrCat("search: ", resumed_or.status().message()));
+  std::unique_ptr<search::EvolutionarySearch> resumed = *std::move(resumed_or);
   std::vector<search::Policy> distinct;
   if (!file.contains("distinct") || !file["distinct"].is_array() || !file.contains("evaluated") ||
       !file["evaluated"].is_array()) {
     return refuse("evaluated / distinct missing");
   }
   for (const json& p : file["distinct"]) {
-    if (!p.is_array()) return refuse("distinct: not a policy");
+    if (!IsPolicyJson(p)) return refuse("distinct: not a policy");
     distinct.push_back(p.get<search::Policy>());
   }
   tracker.Restore(file["evaluated"], std::move(distinct));
@@ -357,7 +379,7 @@ absl::Status RunGivenPolicy(const LocalJobSpec& spec, const PreparedJob& job,
     return absl::InvalidArgumentError(absl::StrCat("--policy ", path, ": ", what));
   };
   if (p.is_discarded()) return bad("not valid JSON");
-  if (!p.is_object() || p.value("format", "") != "prunesvc.policy.v1") {
+  if (!p.is_object() || StringField(p, "format") != "prunesvc.policy.v1") {
     return bad("format: expected \"prunesvc.policy.v1\" (a prune-local policy.json)");
   }
   const std::string gran(search::GranularityName(spec.granularity));
@@ -379,7 +401,7 @@ absl::Status RunGivenPolicy(const LocalJobSpec& spec, const PreparedJob& job,
   for (int u = 0; u < space.num_units(); ++u) {
     const json& entry = p["units"][u];
     const std::string field = absl::StrCat("units[", u, "]");
-    if (!entry.is_object() || entry.value("name", "") != space.units().names[u]) {
+    if (StringField(entry, "name") != space.units().names[u]) {
       return bad(absl::StrCat(field, ".name: expected \"", space.units().names[u], "\""));
     }
     if (!entry.contains("ratio") || !entry["ratio"].is_number() ||

@@ -1031,6 +1031,13 @@ TEST(PruneLocalTest, GivenPolicyIsAppliedWithoutSearch) {
   const RunResult truncated = RunBin("prune-local", with("--policy", broken_path));
   EXPECT_EQ(truncated.code, 2);
   EXPECT_TRUE(absl::StrContains(truncated.err, "not valid JSON")) << truncated.err;
+  // Wrong types are errors naming the field, not exceptions (exit 2, not 1).
+  broken = searched;
+  broken["units"][0]["name"] = 5;
+  std::ofstream(broken_path) << broken.dump();
+  const RunResult typed = RunBin("prune-local", with("--policy", broken_path));
+  EXPECT_EQ(typed.code, 2) << typed.err;
+  EXPECT_TRUE(absl::StrContains(typed.err, "units[0].name: expected")) << typed.err;
   EXPECT_FALSE(fs::exists(WorkDir() + "/given-bad"));
 }
 
@@ -1091,6 +1098,24 @@ TEST(PruneLocalTest, ResumeAfterSigintEqualsAnUninterruptedRun) {
   EXPECT_EQ(ra["evaluated"], rb["evaluated"]);
   EXPECT_EQ(ra["history"], rb["history"]);
   EXPECT_EQ(ra["policy"], rb["policy"]);
+
+  // A malformed state file is refused naming it (exit 2), whatever its shape.
+  const std::string bad_out = WorkDir() + "/resume-bad";
+  std::vector<std::string> bad_flags = flags(bad_out);
+  bad_flags.push_back("--resume");
+  for (const std::string& bad :
+       {std::string("{\"format\": "), std::string("[1, 2]"),
+        std::string("{\"format\": 7, \"model_dir\": []}"),
+        absl::StrCat("{\"format\": \"prunesvc.prune-local.resume.v1\", \"model_dir\": \"",
+                     WorkDir(), "/model32\", \"dataset_sha256\": 3, \"search\": []}")}) {
+    std::ofstream(bad_out + ".search-state.json") << bad;
+    const RunResult r = RunBin("prune-local", bad_flags);
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "--resume: " + bad_out + ".search-state.json: "))
+        << bad << ": " << r.err;
+    EXPECT_FALSE(fs::exists(bad_out));
+  }
+  fs::remove(bad_out + ".search-state.json");
 
   // --resume with projector training is refused up front (the projector is not saved).
   std::vector<std::string> with_projector = flags(WorkDir() + "/resume-projector");
