@@ -55,7 +55,7 @@ class TrackingEvaluator : public search::PolicyEvaluator {
   // The evaluated sequence, in order. (A failed Step fails the job, so no partial batch is ever
   // left to roll back.)
   const json& evaluated() const { return evaluated_; }
-  // Continues a resumed run's record (ResumeFile's "evaluated" and "distinct").
+  // Continues a resumed run's record (the resume file's "evaluated" and "distinct").
   void Restore(json evaluated, std::vector<search::Policy> distinct) {
     evaluated_ = std::move(evaluated);
     distinct_ = std::move(distinct);
