@@ -98,7 +98,9 @@ absl::StatusOr<EvalReport> RunEvalImpl(const EvalOptions& options) {
         absl::StrCat("--limit must be non-negative, got ", options.limit));
   }
   EvalReport report;
-  report.model_dir = options.model_dir;
+  // An artifact directory stands for its model/ (ResolveModelDir).
+  ASSIGN_OR_RETURN(const std::string model_dir, ResolveModelDir(options.model_dir));
+  report.model_dir = model_dir;
   report.samples_path = options.samples_path;
   report.batch_size = options.batch_size;
   ASSIGN_OR_RETURN(DeviceInfo device, OpenDevice(options.device, options.threads));
@@ -107,10 +109,10 @@ absl::StatusOr<EvalReport> RunEvalImpl(const EvalOptions& options) {
   report.device_name = device.name;
 
   ASSIGN_OR_RETURN(std::unique_ptr<LlavaBundle> bundle,
-                   LoadLlavaBundle(options.model_dir, device.device()));
+                   LoadLlavaBundle(model_dir, device.device()));
   const LlavaModel& model = *bundle->model;
-  spdlog::info("loaded model {} (weights {}, {} layout, {} single-token answer letters)",
-               options.model_dir, DTypeName(bundle->source_dtype), WeightLayoutName(bundle->layout),
+  spdlog::info("loaded model {} (weights {}, {} layout, {} single-token answer letters)", model_dir,
+               DTypeName(bundle->source_dtype), WeightLayoutName(bundle->layout),
                bundle->letter_token_ids.size());
 
   ASSIGN_OR_RETURN(SampleSet set, LoadSampleSet(options.samples_path));
@@ -245,9 +247,10 @@ absl::StatusOr<std::string> RunGenerateImpl(const GenerateCliOptions& options) {
     return absl::InvalidArgumentError(
         "--prompt: contains <image>; the template adds it (use --raw to pass a full prompt)");
   }
+  ASSIGN_OR_RETURN(const std::string model_dir, ResolveModelDir(options.model_dir));
   ASSIGN_OR_RETURN(DeviceInfo device, OpenDevice(options.device, options.threads));
   ASSIGN_OR_RETURN(std::unique_ptr<LlavaBundle> bundle,
-                   LoadLlavaBundle(options.model_dir, device.device()));
+                   LoadLlavaBundle(model_dir, device.device()));
   const LlavaModel& model = *bundle->model;
   const Tokenizer& tok = *bundle->tokenizer;
 

@@ -28,7 +28,7 @@
 namespace prunesvc::model {
 
 struct EvalOptions {
-  std::string model_dir;
+  std::string model_dir;     // a model directory, or an artifact directory (its model/)
   std::string samples_path;  // directory or tar
   int batch_size = 8;
   int threads = 0;             // torch intra-op threads; 0 → hardware concurrency
@@ -79,7 +79,7 @@ std::string EvalReportJson(const EvalReport& report);
 std::string EvalReportTable(const EvalReport& report);
 
 struct GenerateCliOptions {
-  std::string model_dir;
+  std::string model_dir;  // a model directory, or an artifact directory (its model/)
   std::string image_path;
   std::string prompt;
   int max_new_tokens = 32;

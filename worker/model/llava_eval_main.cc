@@ -13,7 +13,6 @@
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
-#include "worker/model/llava_bundle.h"
 #include "worker/model/llava_eval.h"
 
 ABSL_FLAG(std::string, model, "",
@@ -84,13 +83,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "llava-eval: error: --model and --samples are required\n");
     return prunesvc::kExitUsage;
   }
-  auto resolved = prunesvc::model::ResolveModelDir(options.model_dir);
-  if (!resolved.ok()) {
-    std::fprintf(stderr, "llava-eval: error: %s\n",
-                 prunesvc::model::OneLineError(resolved.status()).c_str());
-    return prunesvc::ExitCodeForStatus(resolved.status());
-  }
-  options.model_dir = *resolved;
   ProgressBar progress;
   options.on_progress = [&progress](int done, int total) { progress.Update(done, total); };
 

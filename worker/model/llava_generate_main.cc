@@ -9,7 +9,6 @@
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
-#include "worker/model/llava_bundle.h"
 #include "worker/model/llava_eval.h"
 
 ABSL_FLAG(std::string, model, "", "LLaVA model directory, or a prunesvc artifact directory");
@@ -50,13 +49,6 @@ int main(int argc, char** argv) {
                  "(see llava-generate --help for the prompt template)\n");
     return prunesvc::kExitUsage;
   }
-  auto resolved = prunesvc::model::ResolveModelDir(options.model_dir);
-  if (!resolved.ok()) {
-    std::fprintf(stderr, "llava-generate: error: %s\n",
-                 prunesvc::model::OneLineError(resolved.status()).c_str());
-    return prunesvc::ExitCodeForStatus(resolved.status());
-  }
-  options.model_dir = *resolved;
   options.on_text = [](absl::string_view delta) {
     std::fwrite(delta.data(), 1, delta.size(), stdout);
     std::fflush(stdout);
