@@ -4,6 +4,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/fault.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "server/dispatcher.h"
 #include "server/evaluation_plan.h"
@@ -56,6 +58,7 @@ absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req,
                         .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()}},
              .num_correct = r.num_correct(),
              .num_multiple_choice = r.num_multiple_choice()});
+        FaultPoint("scheduler.evaluate");  // a batch is half answered
       });
   RETURN_IF_ERROR(s);
   RETURN_IF_ERROR(order);
@@ -112,6 +115,8 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
   for (size_t c = 0; c < k; ++c) {
     if (results[c].ok()) continue;
     if (!IsRetryable(results[c])) return results[c];
+    spdlog::warn("job={} evaluate on worker={} failed (retrying elsewhere): {}", driver_->job_id(),
+                 leases[c].worker_id, results[c].message());
     d.metrics().retries->Increment();
     ASSIGN_OR_RETURN(auto req, ChunkRequest(*driver_, *space_, policies, chunks[c], version));
     RETURN_IF_ERROR(driver_->RunStep("evaluate", d.options().evaluate_deadline,
@@ -175,6 +180,7 @@ absl::StatusOr<search::ProjectorUpdate> RemotePolicyEvaluator::TrainProjector(
     return absl::InternalError(absl::StrCat("TrainProjector answered version ",
                                             resp.projector_version(), " for ", version));
   }
+  FaultPoint("scheduler.projector");  // trained and stored, not yet checkpointed
   driver_->projector_blobs()[version] = resp.projector_blob_id();
   latest_ = version;
   return search::ProjectorUpdate{

@@ -99,6 +99,22 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   if (options.max_upload_bytes <= 0) {
     return absl::InvalidArgumentError("--max-upload-bytes must be positive");
   }
+  for (const auto& [flag, d] :
+       {std::pair{"--prepare-deadline", options.dispatcher.prepare_deadline},
+        {"--evaluate-deadline", options.dispatcher.evaluate_deadline},
+        {"--train-deadline", options.dispatcher.train_deadline},
+        {"--finalize-deadline", options.dispatcher.finalize_deadline}}) {
+    if (d < absl::Seconds(1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " must be at least 1s, got ", absl::FormatDuration(d)));
+    }
+  }
+  if (options.dispatcher.max_attempts < 1) {
+    return absl::InvalidArgumentError("--max-step-attempts must be at least 1");
+  }
+  if (options.dispatcher.max_running_jobs < 1) {
+    return absl::InvalidArgumentError("--max-running-jobs must be at least 1");
+  }
   PruningServiceOptions service_options;
   ASSIGN_OR_RETURN(service_options.allowed_model_roots, ResolveRoots(options.allowed_model_roots));
   if (service_options.allowed_model_roots.empty()) {
@@ -199,7 +215,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   }
   // The dispatcher runs the jobs: every non-terminal job in the store resumes now.
   s->connector_ = NewGrpcWorkerConnector();
-  s->dispatcher_ = std::make_unique<Dispatcher>(DispatcherOptions{}, s->store_.get(), s->hub_.get(),
+  s->dispatcher_ = std::make_unique<Dispatcher>(options.dispatcher, s->store_.get(), s->hub_.get(),
                                                 s->table_.get(), s->connector_.get(),
                                                 s->metrics_->registry.get());
   RETURN_IF_ERROR(s->SetJobRunner(s->dispatcher_.get()));

@@ -39,6 +39,7 @@ struct SchedulerOptions {
   int worker_batch = 0;       // local workers' samples per scoring forward; 0 = their default
   std::string log_level = "info";
   WorkerTableOptions workers;
+  DispatcherOptions dispatcher;  // step deadlines, retries, running-job limit
   // Directories a job's model may lie in (realpath'ed at start; each must exist). Empty = every
   // model is refused.
   std::vector<std::string> allowed_model_roots;

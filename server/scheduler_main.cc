@@ -29,6 +29,20 @@ ABSL_FLAG(std::vector<std::string>, allowed_model_roots, {},
           "at start; each must exist). None = every job is refused.");
 ABSL_FLAG(int64_t, max_upload_bytes, prunesvc::server::kDefaultMaxUploadBytes,
           "Largest accepted UploadDataset (bytes); larger uploads get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(absl::Duration, prepare_deadline, absl::Minutes(30),
+          "A Prepare step not answered within this moves to another worker (e.g. 30m, 90s).");
+ABSL_FLAG(absl::Duration, evaluate_deadline, absl::Minutes(30),
+          "An EvaluatePolicies step (one batch of policies on one worker) not finished within "
+          "this moves to another worker: a hung or wedged worker costs the job at most this.");
+ABSL_FLAG(absl::Duration, train_deadline, absl::Minutes(30),
+          "A TrainProjector step not answered within this moves to another worker.");
+ABSL_FLAG(absl::Duration, finalize_deadline, absl::Minutes(60),
+          "A Finalize step not answered within this moves to another worker.");
+ABSL_FLAG(int, max_step_attempts, 4,
+          "Attempts per step across workers before the job fails (retryable failures only).");
+ABSL_FLAG(int, max_running_jobs, 16,
+          "Jobs running at once; later ones wait QUEUED, in submission order, until one "
+          "ends.");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
@@ -51,6 +65,12 @@ int main(int argc, char** argv) {
   options.log_level = absl::GetFlag(FLAGS_log_level);
   options.allowed_model_roots = absl::GetFlag(FLAGS_allowed_model_roots);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  options.dispatcher.prepare_deadline = absl::GetFlag(FLAGS_prepare_deadline);
+  options.dispatcher.evaluate_deadline = absl::GetFlag(FLAGS_evaluate_deadline);
+  options.dispatcher.train_deadline = absl::GetFlag(FLAGS_train_deadline);
+  options.dispatcher.finalize_deadline = absl::GetFlag(FLAGS_finalize_deadline);
+  options.dispatcher.max_attempts = absl::GetFlag(FLAGS_max_step_attempts);
+  options.dispatcher.max_running_jobs = absl::GetFlag(FLAGS_max_running_jobs);
 
   auto scheduler = prunesvc::server::Scheduler::Create(options);
   if (!scheduler.ok()) {

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/fault.h"
 #include "common/job_spec_proto.h"
 #include "common/logging.h"
 #include "common/owl.h"
@@ -143,7 +144,9 @@ absl::Status SearchDriver::RunJob() {
   priority_ = spec_proto_.priority();
   ASSIGN_OR_RETURN(spec_, JobSpecFromProto(spec_proto_));
   RETURN_IF_ERROR(Prepare());
-  RETURN_IF_ERROR(Transition(pb::SEARCHING, "search started"));
+  // A job resumed in FINALIZING re-derives its policy from the finished checkpoint (Search() runs
+  // no generation) and must not step back to SEARCHING.
+  if (state_ != pb::FINALIZING) RETURN_IF_ERROR(Transition(pb::SEARCHING, "search started"));
   if (spec_.searching()) {
     RETURN_IF_ERROR(Search());
   } else if (spec_.strategy == search::Strategy::kOwl) {
@@ -239,7 +242,9 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
       {"evaluated", report_.value("evaluated", json::array())},
       {"evaluations",
        evaluations_}}.dump();
-  return Commit(m, std::move(events), c);
+  RETURN_IF_ERROR(Commit(m, std::move(events), c));
+  FaultPoint("scheduler.checkpoint");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<double>> SearchDriver::UniformRatios() const {
@@ -378,6 +383,7 @@ absl::Status SearchDriver::Finalize() {
                                           req, dispatcher_->options().finalize_deadline, cancel));
                             return absl::OkStatus();
                           }));
+  FaultPoint("scheduler.finalize");  // the artifact is stored, the job not yet SUCCEEDED
   pb::JobEvent ready;
   pb::JobEvent::ArtifactReady* a = ready.mutable_artifact_ready();
   a->set_artifact_id(resp.artifact_blob_id());

@@ -30,6 +30,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "prune/v1/pruning_service.grpc.pb.h"
+#include "tests/e2e_service.h"
 #include "tests/process_harness.h"
 
 namespace prunesvc {
@@ -39,98 +40,20 @@ namespace fs = std::filesystem;
 namespace pb = ::prune::v1;
 using nlohmann::json;
 using testing::BinDir;
+using testing::Deadline;
+using testing::Fetch;
+using testing::Metric;
 using testing::ReadFile;
 using testing::RunShell;
+using testing::Service;
 using testing::SourceDir;
+using testing::StartService;
+using testing::Submit;
 using testing::TestProcess;
-
-void Deadline(grpc::ClientContext& ctx, int seconds = 600) {
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-}
-
-// Samples shared by every test: 12 search and 6 held-out shapes-vqa samples.
-struct Data {
-  std::string work, search, eval;
-};
-const Data& TheData() {
-  static const Data* d = [] {
-    auto* d = new Data;
-    d->work = testing::MakeTempDir("e2e_jobs");
-    d->search = d->work + "/search";
-    d->eval = d->work + "/eval";
-    const std::string gen = BinDir() + "/shapes-vqa";
-    RunShell(absl::StrCat(gen, " --seed 1000 --split search --count 12 --out ", d->search, " >&2"));
-    RunShell(absl::StrCat(gen, " --seed 2000 --split eval --count 6 --out ", d->eval, " >&2"));
-    return d;
-  }();
-  return *d;
-}
-
-struct Service {
-  std::unique_ptr<TestProcess> process;
-  int port = 0, metrics_port = 0;
-  std::unique_ptr<pb::PruningService::Stub> stub;
-  std::string dir;
-};
-
-// `batch` > 0: the local workers' scoring batch (--worker-batch).
-Service StartService(const std::string& name, int workers, int batch = 0) {
-  Service s;
-  s.dir = TheData().work + "/" + name;
-  fs::create_directories(s.dir);
-  const std::string ready = s.dir + "/ready.json";
-  auto p = TestProcess::Start(
-      {BinDir() + "/prune-scheduler", "--host=127.0.0.1", "--port=0", "--metrics-port=0",
-       "--state-dir=" + s.dir + "/state", absl::StrCat("--local-workers=", workers),
-       "--worker-threads=1", "--allowed-model-roots=" + SourceDir() + "/models",
-       "--ready-file=" + ready, absl::StrCat("--worker-batch=", batch)},
-      s.dir + "/scheduler.log");
-  if (!p.ok()) return s;
-  s.process = std::make_unique<TestProcess>(std::move(*p));
-  auto j = testing::WaitForReadyFile(ready, absl::Seconds(60));
-  if (!j.ok()) return s;
-  s.port = (*j)["port"];
-  s.metrics_port = (*j)["metrics_port"];
-  s.stub = pb::PruningService::NewStub(
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", s.port), grpc::InsecureChannelCredentials()));
-  // Wait for the workers to register.
-  testing::WaitUntil(
-      [&] {
-        grpc::ClientContext ctx;
-        Deadline(ctx, 5);
-        pb::ListWorkersResponse r;
-        return s.stub->ListWorkers(&ctx, {}, &r).ok() && r.workers_size() >= workers;
-      },
-      absl::Seconds(60));
-  return s;
-}
-
-absl::StatusOr<std::string> Upload(Service& s, const std::string& dir) {
-  const std::string tar = dir + ".tar";
-  if (RunShell(absl::StrCat("tar -C ", dir, " -cf ", tar, " .")) != 0) {
-    return absl::InternalError("tar failed");
-  }
-  const std::string bytes = ReadFile(tar);
-  grpc::ClientContext ctx;
-  Deadline(ctx, 120);
-  pb::UploadDatasetResponse resp;
-  auto writer = s.stub->UploadDataset(&ctx, &resp);
-  pb::UploadDatasetRequest info;
-  info.mutable_info()->set_name(fs::path(dir).filename().string());
-  info.mutable_info()->set_format("tar");
-  info.mutable_info()->set_size_bytes(int64_t(bytes.size()));
-  info.mutable_info()->set_sha256(Sha256Hex(bytes));
-  writer->Write(info);
-  for (size_t off = 0; off < bytes.size(); off += 1 << 20) {
-    pb::UploadDatasetRequest chunk;
-    chunk.set_data(bytes.substr(off, 1 << 20));
-    writer->Write(chunk);
-  }
-  writer->WritesDone();
-  grpc::Status st = writer->Finish();
-  if (!st.ok()) return absl::InternalError(st.error_message());
-  return resp.dataset_id();
-}
+using testing::TheData;
+using testing::Untar;
+using testing::Upload;
+using testing::Watch;
 
 // The search both sides run.
 JobSpec SmallSpec(const std::string& dataset, const std::string& eval, int population = 4) {
@@ -170,85 +93,9 @@ std::string LocalFlags(const JobSpec& s, int batch) {
                       s.slack_evaluations > 0 ? kSearchOptionFlags : "");
 }
 
-absl::StatusOr<pb::Job> Submit(Service& s, const JobSpec& spec) {
-  grpc::ClientContext ctx;
-  Deadline(ctx, 30);
-  pb::SubmitJobRequest req;
-  *req.mutable_spec() = JobSpecToProto(spec);
-  pb::SubmitJobResponse resp;
-  grpc::Status st = s.stub->SubmitJob(&ctx, req, &resp);
-  if (!st.ok()) return absl::InternalError(st.error_message());
-  return resp.job();
-}
-
-// Watches from `from` to the end; with `drop_after` > 0 the stream is cancelled after that many
-// events and the watcher reconnects from the last sequence it saw.
-std::vector<pb::JobEvent> Watch(Service& s, const std::string& job, int drop_after = 0) {
-  std::vector<pb::JobEvent> events;
-  int64_t from = 0;
-  for (int attempt = 0; attempt < 50; ++attempt) {
-    grpc::ClientContext ctx;
-    Deadline(ctx, 600);
-    pb::WatchJobRequest req;
-    req.set_job_id(job);
-    req.set_from_sequence(from);
-    auto reader = s.stub->WatchJob(&ctx, req);
-    pb::JobEvent e;
-    int got = 0;
-    bool terminal = false;
-    while (reader->Read(&e)) {
-      events.push_back(e);
-      from = e.sequence();
-      terminal = e.has_state_changed() &&
-                 (e.state_changed().to() == pb::SUCCEEDED || e.state_changed().to() == pb::FAILED ||
-                  e.state_changed().to() == pb::CANCELLED);
-      if (drop_after > 0 && ++got == drop_after && !terminal) {
-        ctx.TryCancel();
-        break;
-      }
-    }
-    reader->Finish();
-    if (terminal) return events;
-  }
-  return events;
-}
-
-absl::StatusOr<std::string> Fetch(Service& s, const std::string& artifact, std::string* trailer) {
-  std::string bytes;
-  // Two calls: the first stops after 1 chunk, the second resumes from its offset.
-  for (int pass = 0; pass < 2; ++pass) {
-    grpc::ClientContext ctx;
-    Deadline(ctx, 120);
-    pb::FetchArtifactRequest req;
-    req.set_artifact_id(artifact);
-    req.set_offset(int64_t(bytes.size()));
-    auto reader = s.stub->FetchArtifact(&ctx, req);
-    pb::FetchArtifactResponse r;
-    while (reader->Read(&r)) {
-      if (r.has_data()) {
-        bytes += r.data();
-        if (pass == 0) {
-          ctx.TryCancel();
-          break;
-        }
-      }
-      if (r.has_trailer()) *trailer = r.trailer().sha256();
-    }
-    grpc::Status st = reader->Finish();
-    if (pass == 1 && !st.ok()) return absl::InternalError(st.error_message());
-  }
-  return bytes;
-}
-
-bool Untar(const std::string& bytes, const std::string& dir) {
-  std::ofstream(dir + ".tar", std::ios::binary) << bytes;
-  fs::create_directories(dir);
-  return RunShell(absl::StrCat("tar -C ", dir, " -xf ", dir, ".tar")) == 0;
-}
-
 void ExpectSameAsPruneLocal(const std::string& artifact_dir, const JobSpec& spec, int batch,
                             const std::string& name) {
-  const Data& d = TheData();
+  const testing::E2eData& d = TheData();
   const std::string local = d.work + "/local-" + name;
   if (!fs::exists(local + "/policy.json")) {
     ASSERT_EQ(RunShell(absl::StrCat(BinDir(), "/prune-local --model=", SourceDir(),
@@ -276,22 +123,6 @@ void ExpectSameAsPruneLocal(const std::string& artifact_dir, const JobSpec& spec
   for (const char* key : {"search", "eta", "policy"}) {
     EXPECT_EQ(ours[key], theirs[key]) << name << " report.json " << key;
   }
-}
-
-double Metric(int port, const std::string& series) {
-  const std::string text = testing::HttpGet(port, "/metrics");
-  double sum = 0;
-  bool found = false;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (!absl::StartsWith(line, series)) continue;
-    const size_t space = line.rfind(' ');
-    double v = 0;
-    if (absl::SimpleAtod(line.substr(space + 1), &v)) {
-      sum += v;
-      found = true;
-    }
-  }
-  return found ? sum : -1;
 }
 
 // A job through the whole service, compared with prune-local; `workers` local workers scoring in

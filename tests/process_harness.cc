@@ -60,10 +60,24 @@ bool ProcessAlive(pid_t pid) {
 }
 
 absl::StatusOr<TestProcess> TestProcess::Start(const std::vector<std::string>& argv,
-                                               const std::string& log_path) {
+                                               const std::string& log_path,
+                                               const std::vector<std::string>& env) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  // The environment is built before fork (only async-signal-safe calls after it).
+  std::vector<std::string> vars;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var = *e;
+    const std::string name = var.substr(0, var.find('='));
+    bool replaced = false;
+    for (const std::string& add : env) replaced |= add.substr(0, add.find('=')) == name;
+    if (!replaced) vars.push_back(var);
+  }
+  vars.insert(vars.end(), env.begin(), env.end());
+  std::vector<char*> envp;
+  for (std::string& v : vars) envp.push_back(v.data());
+  envp.push_back(nullptr);
   int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError(absl::StrCat("open ", log_path, ": ", strerror(errno)));
   pid_t pid = fork();
@@ -72,7 +86,7 @@ absl::StatusOr<TestProcess> TestProcess::Start(const std::vector<std::string>& a
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
     dup2(fd, 1);
     dup2(fd, 2);
-    execv(args[0], args.data());
+    execve(args[0], args.data(), envp.data());
     _exit(127);
   }
   close(fd);

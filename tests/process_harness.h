@@ -32,9 +32,11 @@ bool ProcessAlive(pid_t pid);
 
 class TestProcess {
  public:
-  // Starts argv with stdout+stderr appended to `log_path`.
+  // Starts argv with stdout+stderr appended to `log_path`; `env` entries (NAME=VALUE) are added to
+  // (or replace those of) the test's environment.
   static absl::StatusOr<TestProcess> Start(const std::vector<std::string>& argv,
-                                           const std::string& log_path);
+                                           const std::string& log_path,
+                                           const std::vector<std::string>& env = {});
   TestProcess(TestProcess&& other) noexcept;
   TestProcess& operator=(TestProcess&&) = delete;
   ~TestProcess();

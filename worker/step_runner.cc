@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/fault.h"
 #include "common/job_spec_proto.h"
 #include "common/logging.h"
 #include "common/sha256.h"
@@ -519,6 +520,7 @@ absl::Status StepRunner::EvaluatePolicies(
       resp.set_num_correct(r.num_correct);
       resp.set_num_multiple_choice(r.num_multiple_choice);
       emit(resp);
+      FaultPoint("worker.evaluate");  // a result sent, the batch not finished
     };
     RETURN_IF_ERROR(
         job->Evaluate(policies, req.projector_version(), scope.ctx(), on_result, range).status());
@@ -543,7 +545,11 @@ absl::StatusOr<pb::TrainProjectorResponse> StepRunner::TrainProjector(
     RETURN_IF_ERROR(MaybeInjectFault("train"));
     const int version = req.new_projector_version();
     pb::TrainProjectorResponse resp;
-    if (!job->HasProjector(version)) {
+    FaultPoint("worker.train");
+    if (const search::ProjectorUpdate* done = job->TrainedUpdate(version); done != nullptr) {
+      resp.set_loss_before(done->loss_before);  // trained here before (a repeated step)
+      resp.set_loss_after(done->loss_after);
+    } else if (!job->HasProjector(version)) {
       ASSIGN_OR_RETURN(search::ProjectorUpdate update,
                        job->TrainProjector(top, req.projector_version(), version, scope.ctx()));
       resp.set_loss_before(update.loss_before);
@@ -568,6 +574,7 @@ absl::StatusOr<pb::FinalizeResponse> StepRunner::Finalize(const pb::FinalizeRequ
     ASSIGN_OR_RETURN(prune::PreparedJob * job,
                      GetOrPrepare(req.header(), req.spec(), scope.ctx(), &hit));
     RETURN_IF_ERROR(EnsureProjector(*job, req.projector_version(), req.projector_blob_id()));
+    FaultPoint("worker.finalize");
     prune::FinalizeOptions fin;
     fin.unit_ratios.assign(req.ratios().begin(), req.ratios().end());
     fin.projector_version = req.projector_version();

@@ -99,6 +99,7 @@ void WorkerServer::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
   if (registrar_) registrar_->Stop();
+  if (service_) service_->Drain();  // the steps stopped below move to other workers
   if (runner_) runner_->CancelSteps(runner_->ActiveSteps());
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
   service_.reset();  // waits for the step threads

@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 
 namespace prunesvc::worker {
@@ -17,15 +18,16 @@ namespace pb = ::prune::v1;
 template <typename Response, typename Run>
 grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx, Response* resp,
                                    std::string_view phase, Run run,
-                                   const std::function<void(std::function<void()>)>& spawn) {
+                                   const std::function<void(std::function<void()>)>& spawn,
+                                   const std::atomic<bool>* draining) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  spawn([ctx, resp, reactor, phase, run = std::move(run)] {
+  spawn([ctx, resp, reactor, phase, draining, run = std::move(run)] {
     absl::StatusOr<Response> out = run([ctx] { return ctx->IsCancelled(); });
     if (out.ok()) {
       *resp = *std::move(out);
       reactor->Finish(grpc::Status::OK);
     } else {
-      reactor->Finish(StepStatus(out.status(), phase));
+      reactor->Finish(StepStatus(out.status(), phase, draining->load()));
     }
   });
   return reactor;
@@ -118,7 +120,12 @@ class EvaluateReactor : public grpc::ServerWriteReactor<pb::EvaluatePoliciesResp
 
 }  // namespace
 
-grpc::Status StepStatus(const absl::Status& status, std::string_view phase) {
+grpc::Status StepStatus(absl::Status status, std::string_view phase, bool draining) {
+  if (draining && status.code() == absl::StatusCode::kCancelled) {
+    // Stopped by this worker's shutdown, not by the scheduler: retryable elsewhere.
+    status = absl::UnavailableError(absl::StrCat("the worker is shutting down (", status.message(),
+                                                 "); the step can run on another worker"));
+  }
   const grpc::Status g = ToGrpcStatus(status);
   return grpc::Status(g.error_code(), g.error_message(),
                       StepErrorOf(status, phase).SerializeAsString());
@@ -148,7 +155,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::Prepare(grpc::CallbackServerCont
   return RunUnary(
       ctx, resp, "prepare",
       [this, req](StepRunner::StopFn stop) { return runner_->Prepare(*req, stop); },
-      [this](std::function<void()> w) { Spawn(std::move(w)); });
+      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_);
 }
 
 grpc::ServerWriteReactor<pb::EvaluatePoliciesResponse>* PruningWorkerService::EvaluatePolicies(
@@ -158,7 +165,7 @@ grpc::ServerWriteReactor<pb::EvaluatePoliciesResponse>* PruningWorkerService::Ev
     absl::Status s = runner_->EvaluatePolicies(
         *req, [reactor] { return reactor->Cancelled(); },
         [reactor](const pb::EvaluatePoliciesResponse& r) { reactor->Push(r); });
-    reactor->Done(s.ok() ? grpc::Status::OK : StepStatus(s, "evaluate"));
+    reactor->Done(s.ok() ? grpc::Status::OK : StepStatus(s, "evaluate", draining_.load()));
   });
   return reactor;
 }
@@ -169,7 +176,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::TrainProjector(grpc::CallbackSer
   return RunUnary(
       ctx, resp, "train",
       [this, req](StepRunner::StopFn stop) { return runner_->TrainProjector(*req, stop); },
-      [this](std::function<void()> w) { Spawn(std::move(w)); });
+      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_);
 }
 
 grpc::ServerUnaryReactor* PruningWorkerService::Finalize(grpc::CallbackServerContext* ctx,
@@ -178,7 +185,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::Finalize(grpc::CallbackServerCon
   return RunUnary(
       ctx, resp, "finalize",
       [this, req](StepRunner::StopFn stop) { return runner_->Finalize(*req, stop); },
-      [this](std::function<void()> w) { Spawn(std::move(w)); });
+      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_);
 }
 
 }  // namespace prunesvc::worker

@@ -8,6 +8,7 @@
 #ifndef PRUNESVC_WORKER_WORKER_SERVICE_H_
 #define PRUNESVC_WORKER_WORKER_SERVICE_H_
 
+#include <atomic>
 #include <functional>
 
 #include "absl/base/thread_annotations.h"
@@ -17,14 +18,19 @@
 
 namespace prunesvc::worker {
 
-// grpc::Status of a failed step, with its StepError as binary error details.
-grpc::Status StepStatus(const absl::Status& status, std::string_view phase);
+// grpc::Status of a failed step, with its StepError as binary error details. `draining`: the
+// worker is shutting down, so a CANCELLED step (its own shutdown stopped it) is answered as a
+// retryable UNAVAILABLE and the scheduler moves it to another worker.
+grpc::Status StepStatus(absl::Status status, std::string_view phase, bool draining = false);
 
 class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackService {
  public:
   // `runner` is not owned and must outlive the service.
   explicit PruningWorkerService(StepRunner* runner) : runner_(runner) {}
   ~PruningWorkerService() override;
+
+  // Shutdown has begun: steps stopped from now on are reported as retryable (StepStatus).
+  void Drain() { draining_.store(true); }
 
   grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx,
                                     const ::prune::v1::PrepareRequest* req,
@@ -43,6 +49,7 @@ class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackSe
   void Spawn(std::function<void()> work);
 
   StepRunner* const runner_;
+  std::atomic<bool> draining_{false};
   absl::Mutex mu_;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -207,9 +207,16 @@ absl::StatusOr<search::ProjectorUpdate> PreparedJob::TrainProjector(
     return absl::FailedPreconditionError(
         absl::StrCat("projector version ", from_version, " is not registered on this worker"));
   }
-  return model::TorchGuarded("train projector", [&] {
+  absl::StatusOr<search::ProjectorUpdate> update = model::TorchGuarded("train projector", [&] {
     return local_->TrainProjectorAs(top_k, from_version, new_version);
   });
+  if (update.ok()) trained_[new_version] = *update;
+  return update;
+}
+
+const search::ProjectorUpdate* PreparedJob::TrainedUpdate(int version) const {
+  auto it = trained_.find(version);
+  return it == trained_.end() ? nullptr : &it->second;
 }
 
 absl::Status PreparedJob::RegisterProjector(int version, const ProjectorWeights& weights) {

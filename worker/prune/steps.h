@@ -34,6 +34,7 @@
 #define PRUNESVC_WORKER_PRUNE_STEPS_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -163,6 +164,10 @@ class PreparedJob {
   // Installs a projector trained elsewhere; a version already registered must be identical.
   absl::Status RegisterProjector(int version, const ProjectorWeights& weights);
   bool HasProjector(int version) const;
+  // What TrainProjector reported for `version` when this job trained it (nullptr when it was
+  // registered from elsewhere): a repeated TrainProjector (a scheduler that restarted after the
+  // training) answers the same losses without training again.
+  const search::ProjectorUpdate* TrainedUpdate(int version) const;
   const ProjectorWeights* projector(int version) const;
   int latest_projector_version() const;
 
@@ -203,7 +208,8 @@ class PreparedJob {
   std::vector<int> unit_of_linear_;
   std::unique_ptr<CandidateEvaluator> evaluator_;
   std::unique_ptr<LocalPolicyEvaluator> local_;
-  bool spent_ = false;  // Finalize ran (or failed half-way)
+  bool spent_ = false;                              // Finalize ran (or failed half-way)
+  std::map<int, search::ProjectorUpdate> trained_;  // by version, what TrainProjector returned
 
   friend class Finalizer;
 };
