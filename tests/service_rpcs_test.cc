@@ -320,6 +320,30 @@ TEST_F(ServiceRpcsTest, MalformedDatasetsAreRefusedAndNothingIsStored) {
       {"sha256 mismatch", tar, std::string(64, 'a'), grpc::StatusCode::INVALID_ARGUMENT, "sha256"},
       {"not a tar", RandomBytes(5000, 2), "", grpc::StatusCode::INVALID_ARGUMENT, "tar"},
       {"empty", "", "", grpc::StatusCode::INVALID_ARGUMENT, "dataset"},
+      // Entries a dataset may not hold are refused by name, not skipped (issue 16).
+      {"symlink",
+       variant("symlink",
+               [&](const std::string& d) {
+                 fs::remove(d + "/" + image_path);
+                 fs::create_symlink("/etc/hostname", d + "/" + image_path);
+               }),
+       "", grpc::StatusCode::INVALID_ARGUMENT,
+       absl::StrCat("tar entry \"./", image_path, "\" is a symbolic link")},
+      {"fifo",
+       variant("fifo",
+               [&](const std::string& d) {
+                 EXPECT_EQ(RunShell(absl::StrCat("mkfifo ", d, "/pipe")), 0);
+               }),
+       "", grpc::StatusCode::INVALID_ARGUMENT, "tar entry \"./pipe\" is a FIFO"},
+      {"absolute path",
+       [&] {
+         const std::string dir = *work_ + "/abs";
+         EXPECT_EQ(RunShell(absl::StrCat("rm -rf ", dir, " && cp -r ", *data_, " ", dir,
+                                         " && tar -P -cf ", dir, ".tar ", dir, "/samples.jsonl")),
+                   0);
+         return ReadFile(dir + ".tar");
+       }(),
+       "", grpc::StatusCode::INVALID_ARGUMENT, "has an absolute path"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

@@ -14,7 +14,9 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -145,9 +147,34 @@ absl::StatusOr<ArchivePtr> OpenArchive(const std::string& path) {
   return a;
 }
 
-// Iterates over a tar's regular-file entries inside the set, with their normalized names.
-// Calls `visit(name, size, archive)`; `visit` may read the entry's data. Enforces the declared-
-// size budget over all entries before anything is skipped or read.
+// What a dataset tar may not hold, for an entry of `type` (nullptr: allowed — a regular file or
+// a directory).
+const char* ForbiddenEntryKind(archive_entry* entry) {
+  if (archive_entry_hardlink(entry) != nullptr) return "a hard link";
+  switch (archive_entry_filetype(entry)) {
+    case AE_IFREG:
+    case AE_IFDIR:
+      return nullptr;
+    case AE_IFLNK:
+      return "a symbolic link";
+    case AE_IFCHR:
+      return "a character device";
+    case AE_IFBLK:
+      return "a block device";
+    case AE_IFIFO:
+      return "a FIFO";
+    case AE_IFSOCK:
+      return "a socket";
+    default:
+      return "of an unknown type";
+  }
+}
+
+// Iterates over a tar's regular-file entries, with their normalized names. Calls
+// `visit(name, size, archive)`; `visit` may read the entry's data. Enforces the declared-size
+// budget over all entries before anything is read. Rejects, naming the entry, what a dataset
+// may not hold: links, devices, FIFOs, sockets, absolute paths and ".." components (never
+// skipped: a tar that holds them was not made by `tar -C DIR -cf - .` and is refused whole).
 template <typename Visit>
 absl::Status ForEachTarFile(const std::string& path, uint64_t stream_budget, Visit visit) {
   ASSIGN_OR_RETURN(ArchivePtr a, OpenArchive(path));
@@ -167,13 +194,28 @@ absl::Status ForEachTarFile(const std::string& path, uint64_t stream_budget, Vis
     if (declared > stream_budget) return TooBig(path, stream_budget / 2);
     const char* raw_name = archive_entry_pathname(entry);
     const std::string raw = raw_name != nullptr ? raw_name : "";
-    if (archive_entry_filetype(entry) != AE_IFREG || archive_entry_hardlink(entry) != nullptr) {
-      continue;  // directories, symlinks, hard links, devices: never followed
+    if (const char* kind = ForbiddenEntryKind(entry); kind != nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tar entry \"", raw, "\" is ", kind,
+                       "; a dataset tar holds only regular files and directories"));
     }
+    if (absl::StartsWith(raw, "/")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": tar entry \"", raw, "\" has an absolute path; make the tar with relative ones",
+          " (tar -C DIR -cf out.tar .)"));
+    }
+    for (absl::string_view part : absl::StrSplit(raw, '/')) {
+      if (part == "..") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": tar entry \"", raw,
+                         "\" has a \"..\" component; paths must stay inside the set"));
+      }
+    }
+    if (archive_entry_filetype(entry) == AE_IFDIR) continue;
     auto name = NormalizeRelativePath(raw);
     if (!name.ok()) {
-      spdlog::debug("{}: ignoring tar entry outside the set: {}", path, raw);
-      continue;
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tar entry \"", raw, "\": ", name.status().message()));
     }
     if (!seen.insert(*name).second) {
       return absl::InvalidArgumentError(

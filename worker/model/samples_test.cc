@@ -2,6 +2,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -39,8 +40,8 @@ std::vector<uint8_t> Bytes(const std::string& s) {
 struct Entry {
   std::string name;
   std::string data;
-  enum Kind { kFile, kSymlink, kDir } kind = kFile;
-  std::string target;          // for symlinks
+  enum Kind { kFile, kSymlink, kDir, kHardlink, kCharDevice, kFifo } kind = kFile;
+  std::string target;          // for symlinks and hard links
   int64_t declared_size = -1;  // header size override (only with empty data and no writes)
 };
 
@@ -60,6 +61,14 @@ void WriteTar(const fs::path& path, const std::vector<Entry>& entries, bool gzip
       archive_entry_set_size(entry, 0);
     } else if (e.kind == Entry::kDir) {
       archive_entry_set_filetype(entry, AE_IFDIR);
+      archive_entry_set_size(entry, 0);
+    } else if (e.kind == Entry::kHardlink) {
+      archive_entry_set_filetype(entry, AE_IFREG);
+      archive_entry_set_hardlink(entry, e.target.c_str());
+      archive_entry_set_size(entry, 0);
+    } else if (e.kind == Entry::kCharDevice || e.kind == Entry::kFifo) {
+      archive_entry_set_filetype(entry, e.kind == Entry::kFifo ? AE_IFIFO : AE_IFCHR);
+      archive_entry_set_rdev(entry, e.kind == Entry::kFifo ? 0 : makedev(1, 3));
       archive_entry_set_size(entry, 0);
     } else {
       archive_entry_set_filetype(entry, AE_IFREG);
@@ -302,22 +311,42 @@ TEST_F(SamplesTest, DirectorySymlinkEscapingTheRootIsRejected) {
   EXPECT_THAT(std::string(set.status().message()), HasSubstr(":4: field \"image\""));
 }
 
-TEST_F(SamplesTest, TarEntriesOutsideTheRootAndLinksAreNotUsed) {
+TEST_F(SamplesTest, TarEntriesOutsideTheRootAndLinksAreRejectedByName) {
   const std::string jsonl =
       R"({"id": "a", "image": "images/x.png", "question": "q", "answer": "x"})"
       "\n";
-  // The only "images/x.png" candidates are outside the root or links: all ignored.
-  WriteTar(tmp_ / "evil.tar",
-           {{"samples.jsonl", jsonl},
-            {"../images/x.png", "evil1"},
-            {"/images/x.png", "evil2"},
-            {"images/x.png", "", Entry::kSymlink, "/etc/hostname"},
-            {"images", "", Entry::kDir}},
+  // Each of these makes the whole tar invalid, with the entry named (issue 16: rejected, not
+  // skipped), wherever it stands in the archive.
+  const std::vector<std::pair<Entry, std::string>> evil = {
+      {{"../images/x.png", "evil1"}, "\"../images/x.png\" has a \"..\" component"},
+      {{"images/../../x.png", "evil1"}, "\"images/../../x.png\" has a \"..\" component"},
+      {{"/images/x.png", "evil2"}, "\"/images/x.png\" has an absolute path"},
+      {{"images/x.png", "", Entry::kSymlink, "/etc/hostname"},
+       "\"images/x.png\" is a symbolic link"},
+      {{"images/x.png", "", Entry::kHardlink, "samples.jsonl"}, "\"images/x.png\" is a hard link"},
+      {{"images/null", "", Entry::kCharDevice}, "\"images/null\" is a character device"},
+      {{"images/pipe", "", Entry::kFifo}, "\"images/pipe\" is a FIFO"},
+  };
+  for (const auto& [entry, message] : evil) {
+    for (bool first : {true, false}) {
+      std::vector<Entry> entries = {{"images", "", Entry::kDir}, {"samples.jsonl", jsonl}};
+      entries.insert(first ? entries.begin() : entries.end(), entry);
+      WriteTar(tmp_ / "evil.tar", entries, false);
+      auto set = LoadSampleSet((tmp_ / "evil.tar").string());
+      ASSERT_FALSE(set.ok()) << message;
+      EXPECT_EQ(set.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_THAT(std::string(set.status().message()), HasSubstr("tar entry " + message));
+    }
+  }
+  // Directories (also "./") are fine.
+  WriteTar(tmp_ / "dirs.tar",
+           {{"./", "", Entry::kDir},
+            {"./images", "", Entry::kDir},
+            {"./samples.jsonl", jsonl},
+            {"./images/x.png", "png"}},
            false);
-  auto set = LoadSampleSet((tmp_ / "evil.tar").string());
-  ASSERT_FALSE(set.ok());
-  EXPECT_THAT(std::string(set.status().message()), HasSubstr("samples.jsonl:1: field \"image\""));
-  EXPECT_THAT(std::string(set.status().message()), HasSubstr("not found"));
+  auto set = LoadSampleSet((tmp_ / "dirs.tar").string());
+  ASSERT_TRUE(set.ok()) << set.status();
 
   WriteTar(tmp_ / "dup.tar",
            {{"samples.jsonl", jsonl}, {"images/x.png", "one"}, {"./images/x.png", "two"}}, false);
