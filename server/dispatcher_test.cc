@@ -22,6 +22,7 @@
 #include "common/job_spec_proto.h"
 #include "common/sha256.h"
 #include "gtest/gtest.h"
+#include "server/search_checkpoint.h"
 #include "server/search_driver.h"
 #include "server/sqlite_job_store.h"
 
@@ -427,6 +428,57 @@ TEST(DispatcherTest, HigherPriorityStepsAreDispatchedFirst) {
   // C, which waited longer than B, got the worker only after B's step.
   const auto c_prepare = std::find(h.cluster.calls.begin(), h.cluster.calls.end(), c + "/prepare");
   EXPECT_GT(c_prepare - h.cluster.calls.begin(), 1);
+}
+
+// The checkpoint reader (issue 16): a round trip keeps every field; each malformed field is
+// DATA_LOSS naming it (the old reader threw std::invalid_argument on a non-numeric version).
+TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
+  const JobSpec spec = SmallSearch();
+  auto space = BuildPolicySpace(spec, Dims(), kStats, std::vector<DecoderLayerHeads>(4, {4, 2, 8}));
+  ASSERT_TRUE(space.ok()) << space.status();
+  auto search = search::EvolutionarySearch::Create(&*space, spec.ToSearchConfig(16));
+  ASSERT_TRUE(search.ok()) << search.status();
+  SearchCheckpoint c;
+  c.state = (*search)->state();
+  c.projector_blobs = {{1, "sha256:aa"}, {3, "sha256:bb"}};
+  c.evaluated = nlohmann::json::array({{{"hash", "h"}, {"projector_version", 1}}});
+  c.evaluations = 17;
+  const std::string text = SearchCheckpointToJson(c);
+  auto back = ParseSearchCheckpoint(text);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->state.ToJson(), c.state.ToJson());
+  EXPECT_EQ(back->projector_blobs, c.projector_blobs);
+  EXPECT_EQ(back->evaluated, c.evaluated);
+  EXPECT_EQ(back->evaluations, 17);
+  EXPECT_EQ(SearchCheckpointToJson(*back), text);
+
+  const nlohmann::json good = nlohmann::json::parse(text);
+  auto with = [&](const char* key, nlohmann::json value) {
+    nlohmann::json j = good;
+    j[key] = std::move(value);
+    return j.dump();
+  };
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"", "not a JSON object"},
+      {"[1]", "not a JSON object"},
+      {R"({"projector_blobs": {}})", "no search_state"},
+      {with("search_state", 3), "search_state"},
+      {with("projector_blobs", {{"x", "sha256:aa"}}), "projector_blobs key \"x\""},
+      {with("projector_blobs", {{"99999999999", "sha256:aa"}}), "projector_blobs key"},
+      {with("projector_blobs", {{"0", "sha256:aa"}}), "projector_blobs key \"0\""},
+      {with("projector_blobs", {{"2", 5}}), "projector_blobs[2]"},
+      {with("projector_blobs", "x"), "projector_blobs is not an object"},
+      {with("evaluated", 1), "evaluated is not an array"},
+      {with("evaluated", {1, 2}), "evaluated holds a non-object"},
+      {with("evaluations", -1), "evaluations"},
+      {with("evaluations", 1.5), "evaluations"},
+  };
+  for (const auto& [input, needle] : bad) {
+    auto r = ParseSearchCheckpoint(input);
+    ASSERT_FALSE(r.ok()) << input;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << input;
+    EXPECT_TRUE(absl::StrContains(r.status().message(), needle)) << r.status() << " / " << needle;
+  }
 }
 
 TEST(DispatcherTest, ResumesFromTheCheckpointWithTheSamePolicy) {

@@ -25,6 +25,7 @@
 #include "common/logging.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "server/dataset_validation.h"
 #include "server/image_header.h"
 #include "server/stream_reactors.h"
 #include "worker/model/samples.h"
@@ -390,25 +391,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
 
   // The torch-free loader over the spooled tar, then every image's header. Errors name the line
   // or file ("upload:samples.jsonl:3: …"); a missing image is INVALID_ARGUMENT here.
-  absl::StatusOr<model::SampleSet> Validate() {
-    absl::StatusOr<model::SampleSet> set = model::LoadSampleSet(path_);
-    if (!set.ok()) {
-      std::string msg = absl::StrReplaceAll(set.status().message(), {{path_, "upload"}});
-      if (absl::IsResourceExhausted(set.status())) return absl::ResourceExhaustedError(msg);
-      return absl::InvalidArgumentError(absl::StrCat("dataset: ", msg));
-    }
-    for (const model::Sample& s : set->samples) {
-      absl::string_view bytes(reinterpret_cast<const char*>(s.image_bytes.data()),
-                              s.image_bytes.size());
-      absl::Status h = CheckImageHeader(bytes);
-      if (!h.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("dataset: upload:samples.jsonl:", s.line,
-                                                       ": image \"", s.image_path,
-                                                       "\": ", h.message()));
-      }
-    }
-    return set;
-  }
+  absl::StatusOr<model::SampleSet> Validate() { return ValidateDatasetTar(path_, "upload"); }
 
   absl::StatusOr<BlobCommitResult> StoreBlob(const std::string& expected_id) {
     ASSIGN_OR_RETURN(std::unique_ptr<BlobWriter> writer,

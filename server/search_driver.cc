@@ -15,6 +15,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "server/dispatcher.h"
 #include "server/remote_policy_evaluator.h"
+#include "server/search_checkpoint.h"
 
 namespace prunesvc::server {
 namespace {
@@ -232,16 +233,14 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
   m.projector_version = g.projector_version;
   m.best = f->best();
   m.progress = 0.05 + 0.85 * double(g.generation + 1) / double(spec_.generations + 1);
-  json blobs = json::object();
-  for (const auto& [v, id] : projector_blobs_) blobs[std::to_string(v)] = id;
+  SearchCheckpoint sc;
+  sc.state = search.state();
+  sc.projector_blobs = projector_blobs_;
+  sc.evaluated = report_.value("evaluated", json::array());
+  sc.evaluations = evaluations_;
   Checkpoint c;
   c.generation = g.generation;
-  c.search_state_json = json{
-      {"search_state", search.state().ToJson()},
-      {"projector_blobs", blobs},
-      {"evaluated", report_.value("evaluated", json::array())},
-      {"evaluations",
-       evaluations_}}.dump();
+  c.search_state_json = SearchCheckpointToJson(sc);
   RETURN_IF_ERROR(Commit(m, std::move(events), c));
   FaultPoint("scheduler.checkpoint");
   return absl::OkStatus();
@@ -285,18 +284,12 @@ absl::Status SearchDriver::Search() {
   RemotePolicyEvaluator* evaluator = nullptr;
   std::unique_ptr<RemotePolicyEvaluator> owned;
   if (checkpoint.has_value()) {  // resume at the last generation boundary
-    json j = json::parse(checkpoint->search_state_json, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return absl::DataLossError("corrupt checkpoint");
-    ASSIGN_OR_RETURN(search::SearchState state, search::SearchState::FromJson(j["search_state"]));
-    const json blobs = j.value("projector_blobs", json::object());
-    for (const auto& [v, id] : blobs.items()) {
-      if (!id.is_string()) return absl::DataLossError("corrupt checkpoint: projector_blobs");
-      projector_blobs_[std::stoi(v)] = id.get<std::string>();
-      latest = std::max(latest, std::stoi(v));
-    }
-    report_["evaluated"] = j.value("evaluated", json::array());
-    evaluations_ = j.value("evaluations", int64_t{0});
-    ASSIGN_OR_RETURN(search, search::EvolutionarySearch::Resume(space_.get(), std::move(state)));
+    ASSIGN_OR_RETURN(SearchCheckpoint sc, ParseSearchCheckpoint(checkpoint->search_state_json));
+    projector_blobs_ = sc.projector_blobs;
+    if (!projector_blobs_.empty()) latest = projector_blobs_.rbegin()->first;
+    report_["evaluated"] = std::move(sc.evaluated);
+    evaluations_ = sc.evaluations;
+    ASSIGN_OR_RETURN(search, search::EvolutionarySearch::Resume(space_.get(), std::move(sc.state)));
     spdlog::info("job={} resumes its search at generation {}", job_id_, search->state().generation);
   } else {
     ASSIGN_OR_RETURN(search, search::EvolutionarySearch::Create(space_.get(), config));
