@@ -17,16 +17,26 @@
 #include "common/status_macros.h"
 
 namespace prunesvc::server {
+
+absl::Status StorageError(int err, absl::string_view what) {
+  std::string text = absl::StrCat(what, ": ", std::strerror(err));
+  if (err == ENOSPC || err == EDQUOT) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(text, " (the state dir is full: free space, then retry)"));
+  }
+  if (err == EROFS) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(text, " (the state dir is read-only: make it writable, then retry)"));
+  }
+  if (err == ENOENT) return absl::NotFoundError(text);
+  return absl::InternalError(text);
+}
+
 namespace {
 
 constexpr size_t kHexLength = 64;
 
-absl::Status ErrnoError(int err, absl::string_view what) {
-  std::string text = absl::StrCat(what, ": ", std::strerror(err));
-  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(text);
-  if (err == ENOENT) return absl::NotFoundError(text);
-  return absl::InternalError(text);
-}
+absl::Status ErrnoError(int err, absl::string_view what) { return StorageError(err, what); }
 
 // Makes a directory entry (a created, linked or removed file) durable.
 absl::Status SyncDir(const std::string& dir) {

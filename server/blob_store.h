@@ -30,6 +30,10 @@
 
 namespace prunesvc::server {
 
+// A failed file operation on the state dir as a status: ENOSPC/EDQUOT → RESOURCE_EXHAUSTED and
+// EROFS → FAILED_PRECONDITION, each saying what to do; ENOENT → NOT_FOUND; else INTERNAL.
+absl::Status StorageError(int err, absl::string_view what);
+
 inline constexpr absl::string_view kBlobIdPrefix = "sha256:";
 
 // OK iff `id` is "sha256:" followed by exactly 64 lowercase hex digits.

@@ -27,6 +27,11 @@ DispatcherMetrics::DispatcherMetrics(prometheus::Registry& registry) {
                  .Help("Steps re-run on another worker after a retryable failure")
                  .Register(registry)
                  .Add({});
+  commit_retries = &prometheus::BuildCounter()
+                        .Name("prunesvc_commit_retries_total")
+                        .Help("Job-state commits retried because the state dir was full")
+                        .Register(registry)
+                        .Add({});
   evaluations = &prometheus::BuildCounter()
                      .Name("prunesvc_evaluations_total")
                      .Help("Candidate policies evaluated for jobs")

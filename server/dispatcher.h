@@ -51,6 +51,11 @@ struct DispatcherOptions {
   absl::Duration retry_backoff = absl::Milliseconds(200);  // doubles per attempt
   absl::Duration quarantine = absl::Seconds(5);
   int max_running_jobs = 16;  // drivers running at once; further jobs wait QUEUED
+  // A commit the store refuses for want of space (RESOURCE_EXHAUSTED: the state dir is full) is
+  // retried after this, doubling up to commit_retry_max, until it succeeds or the job stops: a
+  // job waits for space rather than failing (its failure could not be recorded either).
+  absl::Duration commit_retry_backoff = absl::Seconds(1);
+  absl::Duration commit_retry_max = absl::Seconds(30);
 };
 
 // The scheduler's step metrics (docs/architecture.md §9; low-cardinality labels only).
@@ -59,6 +64,7 @@ struct DispatcherMetrics {
   prometheus::Family<prometheus::Counter>* steps;           // {step, outcome}
   prometheus::Family<prometheus::Histogram>* step_seconds;  // {step}
   prometheus::Counter* retries;
+  prometheus::Counter* commit_retries;  // store commits retried for want of space
   prometheus::Counter* evaluations;
   prometheus::Counter* split_evaluations;  // policies scored in sample slices
   prometheus::Gauge* queue_depth;          // steps waiting for a worker

@@ -209,6 +209,63 @@ class FakeConnector : public WorkerConnector {
   Cluster* const c_;
 };
 
+// The real store behind a switch that makes Commit fail as a full disk does (SQLITE_FULL).
+class FullDiskStore : public JobStore {
+ public:
+  explicit FullDiskStore(JobStore* real) : real_(real) {}
+  std::atomic<int> fail_commits{0};  // this many Commit calls fail, then they pass again
+  std::atomic<int> failed{0};
+
+  absl::StatusOr<CreateJobResult> CreateJob(absl::string_view t, const pb::JobSpec& s,
+                                            const std::vector<pb::JobEvent>& e) override {
+    return real_->CreateJob(t, s, e);
+  }
+  absl::StatusOr<pb::Job> GetJob(absl::string_view id) override { return real_->GetJob(id); }
+  absl::StatusOr<ListJobsPage> ListJobs(const ListJobsQuery& q) override {
+    return real_->ListJobs(q);
+  }
+  absl::StatusOr<CommitResult> Commit(absl::string_view id, const JobMutation& m,
+                                      const std::vector<pb::JobEvent>& e,
+                                      const std::optional<Checkpoint>& c) override {
+    if (fail_commits.load() > 0) {
+      fail_commits.fetch_sub(1);
+      failed.fetch_add(1);
+      return absl::ResourceExhaustedError("commit: database or disk is full");
+    }
+    return real_->Commit(id, m, e, c);
+  }
+  absl::StatusOr<std::vector<pb::JobEvent>> ReadEvents(absl::string_view id, int64_t after,
+                                                       int32_t limit) override {
+    return real_->ReadEvents(id, after, limit);
+  }
+  absl::StatusOr<std::optional<Checkpoint>> LoadCheckpoint(absl::string_view id) override {
+    return real_->LoadCheckpoint(id);
+  }
+  absl::StatusOr<std::vector<pb::Job>> ListNonTerminalJobs() override {
+    return real_->ListNonTerminalJobs();
+  }
+  absl::StatusOr<std::map<pb::JobState, int64_t>> CountJobsByState(absl::string_view t) override {
+    return real_->CountJobsByState(t);
+  }
+  absl::StatusOr<PutBlobResult> PutBlob(const BlobRecord& r) override { return real_->PutBlob(r); }
+  absl::StatusOr<BlobRecord> GetBlob(absl::string_view t, absl::string_view id) override {
+    return real_->GetBlob(t, id);
+  }
+  absl::StatusOr<std::vector<BlobRecord>> ListBlobs(absl::string_view t,
+                                                    std::optional<BlobKind> k) override {
+    return real_->ListBlobs(t, k);
+  }
+  absl::StatusOr<DeleteBlobResult> DeleteBlob(absl::string_view t, absl::string_view id) override {
+    return real_->DeleteBlob(t, id);
+  }
+  absl::StatusOr<int64_t> TenantBlobBytes(absl::string_view t) override {
+    return real_->TenantBlobBytes(t);
+  }
+
+ private:
+  JobStore* const real_;
+};
+
 struct Harness {
   explicit Harness(int workers, const std::string& dir = "") {
     owns_dir = dir.empty();
@@ -217,6 +274,7 @@ struct Harness {
                                   .string()
                             : dir;
     store = *SqliteJobStore::Create({.state_dir = state_dir});
+    full_disk = std::make_unique<FullDiskStore>(store.get());
     table = std::make_unique<WorkerTable>(
         WorkerTableOptions{.lost_after = absl::Hours(1), .forget_after = absl::Hours(2)},
         RealClock::Get());
@@ -229,11 +287,14 @@ struct Harness {
     DispatcherOptions o;
     o.retry_backoff = absl::Milliseconds(1);
     o.quarantine = absl::Milliseconds(1);
+    o.commit_retry_backoff = absl::Milliseconds(1);
+    o.commit_retry_max = absl::Milliseconds(4);
     dispatcher =
-        std::make_unique<Dispatcher>(o, store.get(), &hub, table.get(), &connector, &registry);
+        std::make_unique<Dispatcher>(o, full_disk.get(), &hub, table.get(), &connector, &registry);
   }
   ~Harness() {
     dispatcher.reset();
+    full_disk.reset();
     store.reset();
     std::error_code ec;
     if (owns_dir) fs::remove_all(state_dir, ec);
@@ -268,6 +329,7 @@ struct Harness {
   EventHub hub;
   prometheus::Registry registry;
   std::unique_ptr<SqliteJobStore> store;
+  std::unique_ptr<FullDiskStore> full_disk;  // what the dispatcher writes through
   std::unique_ptr<WorkerTable> table;
   std::unique_ptr<Dispatcher> dispatcher;
 };
@@ -479,6 +541,32 @@ TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << input;
     EXPECT_TRUE(absl::StrContains(r.status().message(), needle)) << r.status() << " / " << needle;
   }
+}
+
+// The state dir fills up mid-search (issue 16): the job's commits wait for space instead of
+// failing it, and the search ends as it would have, with every event once.
+TEST(DispatcherTest, CommitsWaitForSpaceAndTheJobEndsUndisturbed) {
+  Harness h(2);
+  h.cluster.block_evaluate = false;
+  JobSpec spec = SmallSearch();
+  spec.generations = 4;
+  const std::string id = h.Submit(spec);
+  ASSERT_TRUE(testing_internal_wait([&] {
+    auto c = h.store->LoadCheckpoint(id);
+    return c.ok() && c->has_value() && (*c)->generation >= 1;
+  }));
+  h.full_disk->fail_commits = 25;
+  const pb::Job job = h.WaitTerminal(id);
+  ASSERT_EQ(job.state(), pb::SUCCEEDED) << job.error();
+  EXPECT_GE(h.full_disk->failed.load(), 25);
+  EXPECT_EQ(FakeClient::final_ratios_[id], ExpectedFinalRatios(spec));
+  int64_t seq = 0;
+  int generations = 0;
+  for (const pb::JobEvent& e : h.Events(id)) {
+    EXPECT_EQ(e.sequence(), ++seq);
+    generations += e.has_generation_finished();
+  }
+  EXPECT_EQ(generations, spec.generations + 1);
 }
 
 TEST(DispatcherTest, ResumesFromTheCheckpointWithTheSamePolicy) {

@@ -311,7 +311,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     for (size_t off = 0; off < data.size();) {
       ssize_t n = write(fd_, data.data() + off, data.size() - off);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return absl::InternalError(absl::StrCat("spooling upload: ", strerror(errno)));
+      if (n < 0) return StorageError(errno, "spooling upload");
       off += static_cast<size_t>(n);
     }
     return absl::OkStatus();
@@ -329,7 +329,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     }
     std::string tmpl = options_.upload_dir + "/upload-XXXXXX";
     fd_ = mkstemp(tmpl.data());
-    if (fd_ < 0) return absl::InternalError(absl::StrCat("spooling upload: ", strerror(errno)));
+    if (fd_ < 0) return StorageError(errno, "spooling upload");
     path_ = tmpl;
     return absl::OkStatus();
   }
@@ -400,7 +400,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     for (off_t off = 0;;) {
       ssize_t n = pread(fd_, buf.data(), buf.size(), off);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return absl::InternalError(absl::StrCat("reading upload: ", strerror(errno)));
+      if (n < 0) return StorageError(errno, "reading upload");
       if (n == 0) break;
       RETURN_IF_ERROR(writer->Append(absl::string_view(buf.data(), static_cast<size_t>(n))));
       off += n;

@@ -104,11 +104,24 @@ absl::Status SearchDriver::RunStep(
 absl::Status SearchDriver::Commit(const JobMutation& mutation, std::vector<pb::JobEvent> events,
                                   const std::optional<Checkpoint>& checkpoint) {
   for (pb::JobEvent& e : events) e.set_job_id(job_id_);
-  ASSIGN_OR_RETURN(CommitResult r,
-                   dispatcher_->store()->Commit(job_id_, mutation, events, checkpoint));
-  state_ = r.job.state();
-  dispatcher_->hub()->Publish(r.events);
-  return absl::OkStatus();
+  const DispatcherOptions& o = dispatcher_->options();
+  for (absl::Duration wait = o.commit_retry_backoff;;
+       wait = std::min(2 * wait, o.commit_retry_max)) {
+    absl::StatusOr<CommitResult> r =
+        dispatcher_->store()->Commit(job_id_, mutation, events, checkpoint);
+    if (r.ok()) {
+      state_ = r->job.state();
+      dispatcher_->hub()->Publish(r->events);
+      return absl::OkStatus();
+    }
+    if (!absl::IsResourceExhausted(r.status()) || stopped()) return r.status();
+    spdlog::warn("job={} cannot commit, retrying in {}: {}", job_id_, absl::FormatDuration(wait),
+                 r.status().message());
+    dispatcher_->metrics().commit_retries->Increment();
+    for (absl::Time until = absl::Now() + wait; absl::Now() < until && !stopped();) {
+      absl::SleepFor(std::min(absl::Milliseconds(100), until - absl::Now()));
+    }
+  }
 }
 
 absl::Status SearchDriver::Transition(pb::JobState to, const std::string& reason) {

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -28,6 +29,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/job_spec.h"
+#include "common/job_spec_proto.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
@@ -326,6 +328,144 @@ TEST(E2eCrashTest, HungWorkerTimesOutAndItsBatchMovesOn) {
   const size_t begin = log.find("(pid ", at) + 5;
   ASSERT_TRUE(absl::SimpleAtoi(log.substr(begin, log.find(')', begin) - begin), &pid));
   kill(pid_t(pid), SIGKILL);
+}
+
+// ---- the state directory full or read-only ----------------------------------------------------
+
+// A scheduler (no workers) on a state dir that the test can fill or make read-only; the mounts
+// are undone on destruction. Needs root (CI runs as root); skipped with the reason otherwise.
+class StorageFailureTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = TheData().work + "/" + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    state_ = dir_ + "/state";
+    fs::create_directories(state_);
+  }
+  void TearDown() override {
+    service_.process.reset();  // SIGKILL before the mounts go
+    for (auto it = mounts_.rbegin(); it != mounts_.rend(); ++it) {
+      testing::RunShell("umount -l " + *it + " 2>/dev/null");
+    }
+  }
+  bool Mount(const std::string& command, const std::string& target) {
+    if (testing::RunShell(command + " 2>/dev/null") != 0) return false;
+    mounts_.push_back(target);
+    return true;
+  }
+  void Start() {
+    ServiceOptions o;
+    o.workers = 0;
+    o.state_dir = state_;
+    service_ = StartService(
+        std::string("storage-") + ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+        o);
+    ASSERT_NE(service_.stub, nullptr) << (service_.process ? service_.process->Log() : "");
+  }
+  // SubmitJob's status (code + message).
+  grpc::Status SubmitStatus(const std::string& dataset, const std::string& request_id) {
+    grpc::ClientContext ctx;
+    testing::Deadline(ctx, 30);
+    pb::SubmitJobRequest req;
+    *req.mutable_spec() = JobSpecToProto(UniformSpec(dataset));
+    req.mutable_spec()->set_request_id(request_id);
+    pb::SubmitJobResponse resp;
+    return service_.stub->SubmitJob(&ctx, req, &resp);
+  }
+  int CountJobs() {
+    grpc::ClientContext ctx;
+    testing::Deadline(ctx, 30);
+    pb::ListJobsRequest req;
+    req.set_page_size(100);
+    pb::ListJobsResponse resp;
+    if (!service_.stub->ListJobs(&ctx, req, &resp).ok()) return -1;
+    return resp.jobs_size();
+  }
+
+  std::string dir_, state_;
+  std::vector<std::string> mounts_;
+  Service service_;
+};
+
+TEST_F(StorageFailureTest, FullStateDirRefusesWritesClearlyAndRecoversWhenSpaceReturns) {
+  if (!Mount("mount -t tmpfs -o size=16m tmpfs " + state_, state_)) {
+    GTEST_SKIP() << "cannot mount a tmpfs (needs root; CI runs as root)";
+  }
+  Start();
+  auto dataset = testing::Upload(service_, TheData().search);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  ASSERT_TRUE(SubmitStatus(*dataset, "before").ok());
+  // Fill the file system.
+  testing::RunShell("dd if=/dev/zero of=" + state_ + "/filler bs=64k 2>/dev/null");
+  // Writes fail with a clear error, however many are tried; reads keep working.
+  int refused = 0;
+  for (int i = 0; i < 20; ++i) {
+    const grpc::Status st = SubmitStatus(*dataset, absl::StrCat("full-", i));
+    if (st.ok()) continue;  // a write that still fit in pages SQLite had already
+    ++refused;
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("full"), std::string::npos) << st.error_message();
+  }
+  EXPECT_GT(refused, 0);
+  std::printf("[storage full] %d of 20 submits refused while full\n", refused);
+  const int listed = CountJobs();
+  EXPECT_EQ(listed, 1 + 20 - refused) << "every acknowledged submit is listed, no other";
+  auto upload = testing::Upload(service_, TheData().eval);
+  EXPECT_FALSE(upload.ok());
+  // Space returns: the same scheduler accepts writes again.
+  fs::remove(state_ + "/filler");
+  EXPECT_TRUE(SubmitStatus(*dataset, "after").ok());
+  EXPECT_TRUE(testing::Upload(service_, TheData().eval).ok());
+  EXPECT_EQ(CountJobs(), listed + 1);
+  // And a restart opens the same, uncorrupted store.
+  service_.process.reset();
+  Start();
+  EXPECT_EQ(CountJobs(), listed + 1);
+  EXPECT_EQ(
+      testing::RunShell("/usr/bin/python3 -c \"import sqlite3, sys; sys.exit(sqlite3.connect("
+                        "sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0] != 'ok')\" " +
+                        state_ + "/jobs.db"),
+      0);
+}
+
+// Read-only, two ways. At start: the scheduler refuses, naming the directory. While running: a
+// read-only bind mount over the state dir (chmod proves nothing as root; the kernel refuses to
+// remount a mount read-only under open writers, so this is the way a running scheduler meets it)
+// makes every new file fail — uploads are refused with a clear error and store nothing; the
+// store's already-open database keeps working — and unmounting it brings uploads back.
+TEST_F(StorageFailureTest, ReadOnlyStateDirIsAClearErrorAndRecoversWhenWritable) {
+  const std::string ro = dir_ + "/ro";
+  fs::create_directories(ro);
+  if (!Mount("mount --bind " + ro + " " + ro + " && mount -o remount,bind,ro " + ro, ro)) {
+    GTEST_SKIP() << "cannot bind-mount read-only (needs root; CI runs as root)";
+  }
+  {
+    auto p = testing::TestProcess::Start({testing::BinDir() + "/prune-scheduler", "--port=0",
+                                          "--metrics-port=-1", "--state-dir=" + ro},
+                                         dir_ + "/ro.log");
+    ASSERT_TRUE(p.ok());
+    auto st = p->Wait(absl::Seconds(60));
+    ASSERT_TRUE(st.ok());
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2);
+    const std::string log = ReadFile(dir_ + "/ro.log");
+    EXPECT_NE(log.find(ro), std::string::npos) << log;
+    EXPECT_NE(log.find("Read-only file system"), std::string::npos) << log;
+  }
+
+  Start();
+  auto dataset = testing::Upload(service_, TheData().search);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  ASSERT_TRUE(SubmitStatus(*dataset, "before").ok());
+  ASSERT_TRUE(Mount(
+      "mount --bind " + state_ + " " + state_ + " && mount -o remount,bind,ro " + state_, state_));
+  auto upload = testing::Upload(service_, TheData().eval);
+  ASSERT_FALSE(upload.ok());
+  EXPECT_NE(std::string(upload.status().message()).find("read-only"), std::string::npos)
+      << upload.status();
+  EXPECT_TRUE(SubmitStatus(*dataset, "during").ok());  // the open database still writes
+  ASSERT_EQ(testing::RunShell("umount " + state_), 0);
+  mounts_.pop_back();
+  EXPECT_TRUE(testing::Upload(service_, TheData().eval).ok());
+  EXPECT_EQ(CountJobs(), 2);
 }
 
 }  // namespace
