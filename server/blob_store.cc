@@ -295,4 +295,23 @@ absl::Status FileBlobStore::Delete(absl::string_view blob_id) {
   return SyncDir(std::filesystem::path(path).parent_path().string());
 }
 
+absl::StatusOr<std::vector<StoredBlobFile>> FileBlobStore::List() {
+  std::vector<StoredBlobFile> out;
+  const std::filesystem::path root = std::filesystem::path(options_.root) / "sha256";
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    const std::string id = absl::StrCat("sha256:", it->path().filename().string());
+    if (!ValidateBlobId(id).ok() || PathOf(id) != it->path().string()) continue;  // not ours
+    struct stat st;
+    if (::stat(it->path().c_str(), &st) != 0) continue;  // deleted meanwhile
+    out.push_back(
+        {id, static_cast<int64_t>(st.st_size),
+         absl::FromUnixSeconds(st.st_mtim.tv_sec) + absl::Nanoseconds(st.st_mtim.tv_nsec)});
+  }
+  if (ec) return StorageError(ec.value(), absl::StrCat("listing ", root.string()));
+  return out;
+}
+
 }  // namespace prunesvc::server

@@ -23,10 +23,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace prunesvc::server {
 
@@ -73,6 +75,13 @@ class BlobReader {
   virtual absl::StatusOr<std::string> Read(int64_t offset, int64_t max_bytes) = 0;
 };
 
+// A committed blob file as List() sees it.
+struct StoredBlobFile {
+  std::string blob_id;
+  int64_t size_bytes = 0;
+  absl::Time modify_time;  // when it was committed
+};
+
 class BlobStore {
  public:
   virtual ~BlobStore() = default;
@@ -85,6 +94,8 @@ class BlobStore {
   virtual absl::StatusOr<int64_t> Size(absl::string_view blob_id) = 0;
   // NOT_FOUND when absent. Open readers keep reading the old file.
   virtual absl::Status Delete(absl::string_view blob_id) = 0;
+  // Every committed blob (not temp files), in no particular order (the storage sweep).
+  virtual absl::StatusOr<std::vector<StoredBlobFile>> List() = 0;
 };
 
 struct FileBlobStoreOptions {
@@ -105,6 +116,7 @@ class FileBlobStore : public BlobStore {
   absl::StatusOr<bool> Has(absl::string_view blob_id) override;
   absl::StatusOr<int64_t> Size(absl::string_view blob_id) override;
   absl::Status Delete(absl::string_view blob_id) override;
+  absl::StatusOr<std::vector<StoredBlobFile>> List() override;
 
   // Where a (valid) blob id lives. For diagnostics and tests.
   std::string PathOf(absl::string_view blob_id) const;

@@ -261,6 +261,13 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<int64_t> TenantBlobBytes(absl::string_view t) override {
     return real_->TenantBlobBytes(t);
   }
+  absl::Status DeleteJob(absl::string_view id) override { return real_->DeleteJob(id); }
+  absl::StatusOr<std::vector<std::string>> ListJobsFinishedBefore(absl::Time t) override {
+    return real_->ListJobsFinishedBefore(t);
+  }
+  absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReferencedBlobs() override {
+    return real_->ReferencedBlobs();
+  }
 
  private:
   JobStore* const real_;

@@ -21,7 +21,9 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -103,6 +105,7 @@ struct BlobRecord {
   // dataset's id is its sample-set hash (independent of how the tar was packed), while the stored
   // file is named by the hash of the uploaded bytes.
   std::string content_id;
+  std::string name;  // datasets: the display name of the first upload ("" before schema 2)
 };
 
 struct DeleteBlobResult {
@@ -176,6 +179,16 @@ class JobStore {
                                                       absl::string_view blob_id) = 0;
   // Sum of size_bytes over the tenant's records (per-tenant storage limits).
   virtual absl::StatusOr<int64_t> TenantBlobBytes(absl::string_view tenant) = 0;
+
+  // Lifecycle (issue 16). Removes a terminal job with its events, labels and checkpoint, in one
+  // transaction; FAILED_PRECONDITION for a job that is not terminal, NOT_FOUND for an unknown
+  // one. Blob records are not touched (the storage sweep removes what nothing references).
+  virtual absl::Status DeleteJob(absl::string_view job_id) = 0;
+  // Terminal jobs whose last change is before `t`, oldest first (retention).
+  virtual absl::StatusOr<std::vector<std::string>> ListJobsFinishedBefore(absl::Time t) = 0;
+  // Every (tenant, blob id) a stored job references: its datasets, its artifact and the
+  // projectors its ProjectorUpdated events name. What the storage sweep must keep.
+  virtual absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReferencedBlobs() = 0;
 };
 
 }  // namespace prunesvc::server

@@ -323,6 +323,10 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
           absl::StrCat("format: \"", info_.format(), "\" is not supported (use \"tar\")"));
     }
     if (info_.size_bytes() < 0) return absl::InvalidArgumentError("size_bytes: negative");
+    if (info_.name().size() > kMaxDatasetNameBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("name: at most ", kMaxDatasetNameBytes,
+                                                     " bytes, got ", info_.name().size()));
+    }
     if (info_.size_bytes() > options_.max_upload_bytes) return TooLarge();
     if (!info_.sha256().empty() && !IsContentId(absl::StrCat("sha256:", info_.sha256()))) {
       return absl::InvalidArgumentError("sha256: must be 64 lowercase hex digits (no prefix)");
@@ -375,6 +379,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     record.tenant = tenant_;
     record.num_samples = static_cast<int32_t>(set.samples.size());
     record.content_id = blob.blob_id;
+    record.name = info_.name();
     ASSIGN_OR_RETURN(PutBlobResult put, deps_.store->PutBlob(record));
     spdlog::info("dataset stored dataset_id={} samples={} bytes={} name={}", dataset_id,
                  record.num_samples, record.size_bytes, info_.name());
@@ -669,6 +674,82 @@ grpc::ServerUnaryReactor* PruningServiceImpl::ListWorkers(grpc::CallbackServerCo
                                                           pb::ListWorkersResponse* resp) {
   for (auto& w : deps_.workers->List()) *resp->add_workers() = std::move(w);
   return FinishUnary(ctx, grpc::Status::OK);
+}
+
+// ---- storage lifecycle -------------------------------------------------------------------------
+
+grpc::ServerUnaryReactor* PruningServiceImpl::DeleteJob(grpc::CallbackServerContext* ctx,
+                                                        const pb::DeleteJobRequest* req,
+                                                        pb::DeleteJobResponse* resp) {
+  return RunUnaryOnPool(
+      deps_.pool, ctx, resp,
+      [this, req, tenant = TenantOf(ctx)]() -> absl::StatusOr<pb::DeleteJobResponse> {
+        RETURN_IF_ERROR(DoGet(tenant, req->job_id()).status());
+        RETURN_IF_ERROR(deps_.store->DeleteJob(req->job_id()));
+        spdlog::info("job deleted job_id={}", req->job_id());
+        if (deps_.sweeper != nullptr) deps_.sweeper->Wake();
+        return pb::DeleteJobResponse();
+      });
+}
+
+grpc::ServerUnaryReactor* PruningServiceImpl::ListDatasets(grpc::CallbackServerContext* ctx,
+                                                           const pb::ListDatasetsRequest*,
+                                                           pb::ListDatasetsResponse* resp) {
+  return RunUnaryOnPool(
+      deps_.pool, ctx, resp,
+      [this, tenant = TenantOf(ctx)]() -> absl::StatusOr<pb::ListDatasetsResponse> {
+        ASSIGN_OR_RETURN(std::vector<BlobRecord> records,
+                         deps_.store->ListBlobs(tenant, BlobKind::kDataset));
+        pb::ListDatasetsResponse r;
+        for (const BlobRecord& b : records) {
+          if (b.tenant != tenant) continue;  // ListBlobs("") is every tenant's
+          pb::Dataset* d = r.add_datasets();
+          d->set_dataset_id(b.blob_id);
+          d->set_name(b.name);
+          d->set_num_samples(b.num_samples);
+          d->set_size_bytes(b.size_bytes);
+          const int64_t us = absl::ToUnixMicros(b.create_time);
+          d->mutable_create_time()->set_seconds(us / 1000000);
+          d->mutable_create_time()->set_nanos(int32_t(us % 1000000) * 1000);
+        }
+        return r;
+      });
+}
+
+grpc::ServerUnaryReactor* PruningServiceImpl::DeleteDataset(grpc::CallbackServerContext* ctx,
+                                                            const pb::DeleteDatasetRequest* req,
+                                                            pb::DeleteDatasetResponse* resp) {
+  return RunUnaryOnPool(
+      deps_.pool, ctx, resp,
+      [this, req, tenant = TenantOf(ctx)]() -> absl::StatusOr<pb::DeleteDatasetResponse> {
+        const std::string& id = req->dataset_id();
+        ASSIGN_OR_RETURN(BlobRecord record, deps_.store->GetBlob(tenant, id));
+        if (record.kind != BlobKind::kDataset) {
+          return absl::NotFoundError(absl::StrCat("dataset ", id, " not found"));
+        }
+        // A job that may still read it keeps it.
+        ASSIGN_OR_RETURN(std::vector<pb::Job> live, deps_.store->ListNonTerminalJobs());
+        for (const pb::Job& j : live) {
+          if (j.tenant() == tenant &&
+              (j.spec().dataset_id() == id || j.spec().eval_dataset_id() == id)) {
+            return absl::FailedPreconditionError(
+                absl::StrCat("dataset ", id, " is used by job ", j.job_id(), " (",
+                             pb::JobState_Name(j.state()), "): cancel it or wait for it to end"));
+          }
+        }
+        ASSIGN_OR_RETURN(DeleteBlobResult d, deps_.store->DeleteBlob(tenant, id));
+        if (d.remaining_references == 0) {
+          absl::Status s = deps_.blobs->Delete(d.content_id);
+          if (!s.ok() && !absl::IsNotFound(s)) {
+            // The record is gone; the file is an orphan the sweep removes.
+            spdlog::warn("dataset {}: deleting its file failed (the sweep retries): {}", id,
+                         s.message());
+          }
+        }
+        spdlog::info("dataset deleted dataset_id={} file_removed={}", id,
+                     d.remaining_references == 0);
+        return pb::DeleteDatasetResponse();
+      });
 }
 
 }  // namespace prunesvc::server

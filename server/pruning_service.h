@@ -28,6 +28,7 @@
 #include "server/job_runner.h"
 #include "server/job_store.h"
 #include "server/metrics.h"
+#include "server/storage_sweeper.h"
 #include "server/thread_pool.h"
 #include "server/worker_table.h"
 
@@ -35,6 +36,7 @@ namespace prunesvc::server {
 
 inline constexpr int64_t kDefaultMaxUploadBytes = int64_t{256} << 20;
 inline constexpr int64_t kMaxChunkBytes = int64_t{1} << 20;
+inline constexpr size_t kMaxDatasetNameBytes = 256;
 
 struct PruningServiceOptions {
   // Realpath'ed directories a job's model_uri must lie in; empty = every model is refused.
@@ -63,6 +65,8 @@ struct PruningServiceDeps {
   ThreadPool* upload_pool = nullptr;
   WorkerTable* workers = nullptr;
   SchedulerMetrics* metrics = nullptr;
+  // Woken after DeleteJob / DeleteDataset so freed blobs go soon; nullptr = none.
+  PeriodicSweeper* sweeper = nullptr;
 };
 
 class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackService {
@@ -94,6 +98,15 @@ class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackSer
   grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* ctx,
                                         const ::prune::v1::ListWorkersRequest* req,
                                         ::prune::v1::ListWorkersResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteJob(grpc::CallbackServerContext* ctx,
+                                      const ::prune::v1::DeleteJobRequest* req,
+                                      ::prune::v1::DeleteJobResponse* resp) override;
+  grpc::ServerUnaryReactor* ListDatasets(grpc::CallbackServerContext* ctx,
+                                         const ::prune::v1::ListDatasetsRequest* req,
+                                         ::prune::v1::ListDatasetsResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteDataset(grpc::CallbackServerContext* ctx,
+                                          const ::prune::v1::DeleteDatasetRequest* req,
+                                          ::prune::v1::DeleteDatasetResponse* resp) override;
 
   // The blocking bodies of the unary RPCs (run on the pool; public for tests).
   absl::StatusOr<::prune::v1::SubmitJobResponse> DoSubmit(const std::string& tenant,

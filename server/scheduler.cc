@@ -112,6 +112,9 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   if (options.dispatcher.max_attempts < 1) {
     return absl::InvalidArgumentError("--max-step-attempts must be at least 1");
   }
+  if (options.sweep.retain < absl::ZeroDuration() || options.sweep_interval < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("--retain-days must be ≥ 0 and --sweep-interval at least 1s");
+  }
   if (options.dispatcher.max_running_jobs < 1) {
     return absl::InvalidArgumentError("--max-running-jobs must be at least 1");
   }
@@ -129,6 +132,8 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   FileBlobStoreOptions blob_options;
   blob_options.root = options.state_dir + "/blobs";
   ASSIGN_OR_RETURN(s->blobs_, FileBlobStore::Create(blob_options));
+  s->sweeper_ = std::make_unique<PeriodicSweeper>(s->store_.get(), s->blobs_.get(), options.sweep,
+                                                  options.sweep_interval);
   s->hub_ = std::make_unique<EventHub>();
   s->pool_ = std::make_unique<ThreadPool>(std::max(1, options.service_threads));
   s->upload_pool_ = std::make_unique<ThreadPool>(2);
@@ -145,6 +150,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   deps.upload_pool = s->upload_pool_.get();
   deps.workers = s->table_.get();
   deps.metrics = s->metrics_.get();
+  deps.sweeper = s->sweeper_.get();
   s->pruning_service_ = std::make_unique<PruningServiceImpl>(deps, std::move(service_options));
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -236,6 +242,7 @@ void Scheduler::Shutdown(absl::Duration grace) {
   if (dispatcher_) dispatcher_->Shutdown();
   if (local_workers_) local_workers_->Stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
+  sweeper_.reset();  // no call can wake it any more
   exposer_.reset();
 }
 

@@ -23,6 +23,7 @@
 #include "server/metrics.h"
 #include "server/pruning_service.h"
 #include "server/registry_service.h"
+#include "server/storage_sweeper.h"
 #include "server/thread_pool.h"
 #include "server/worker_table.h"
 
@@ -40,6 +41,8 @@ struct SchedulerOptions {
   std::string log_level = "info";
   WorkerTableOptions workers;
   DispatcherOptions dispatcher;  // step deadlines, retries, running-job limit
+  SweepOptions sweep;            // retention and blob garbage collection
+  absl::Duration sweep_interval = absl::Hours(1);
   // Directories a job's model may lie in (realpath'ed at start; each must exist). Empty = every
   // model is refused.
   std::vector<std::string> allowed_model_roots;
@@ -77,6 +80,7 @@ class Scheduler {
   std::unique_ptr<EventHub> hub_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<ThreadPool> upload_pool_;
+  std::unique_ptr<PeriodicSweeper> sweeper_;  // before the services that wake it
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<PruningServiceImpl> pruning_service_;
   std::unique_ptr<grpc::Server> server_;

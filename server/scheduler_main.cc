@@ -43,6 +43,12 @@ ABSL_FLAG(int, max_step_attempts, 4,
 ABSL_FLAG(int, max_running_jobs, 16,
           "Jobs running at once; later ones wait QUEUED, in submission order, until one "
           "ends.");
+ABSL_FLAG(double, retain_days, 0,
+          "Finished jobs (with their events, artifact and projectors) are deleted this many days "
+          "after they ended; 0 keeps them until DeleteJob. Datasets go by DeleteDataset only.");
+ABSL_FLAG(absl::Duration, sweep_interval, absl::Hours(1),
+          "How often retention and blob garbage collection run (also at start and soon after "
+          "DeleteJob / DeleteDataset).");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
@@ -71,6 +77,8 @@ int main(int argc, char** argv) {
   options.dispatcher.finalize_deadline = absl::GetFlag(FLAGS_finalize_deadline);
   options.dispatcher.max_attempts = absl::GetFlag(FLAGS_max_step_attempts);
   options.dispatcher.max_running_jobs = absl::GetFlag(FLAGS_max_running_jobs);
+  options.sweep.retain = absl::Hours(24) * absl::GetFlag(FLAGS_retain_days);
+  options.sweep_interval = absl::GetFlag(FLAGS_sweep_interval);
 
   auto scheduler = prunesvc::server::Scheduler::Create(options);
   if (!scheduler.ok()) {

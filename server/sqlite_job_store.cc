@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/logging.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "server/blob_store.h"
@@ -80,11 +81,22 @@ CREATE TABLE blobs (
   create_time_us INTEGER NOT NULL,
   num_samples INTEGER NOT NULL DEFAULT 0,
   content_id TEXT NOT NULL,             -- BlobStore id of the bytes (datasets: != blob_id)
+  name TEXT NOT NULL DEFAULT '',        -- datasets: the display name of the first upload (v2)
   PRIMARY KEY (blob_id, tenant)
 ) WITHOUT ROWID;
 CREATE INDEX blobs_by_tenant ON blobs (tenant, create_time_us);
 CREATE INDEX blobs_by_content ON blobs (content_id);
+CREATE INDEX jobs_by_state_update ON jobs (state, update_time_us);
 )sql";
+
+// kMigrations[v - 1] takes a store from schema version v to v + 1, in the transaction that also
+// records the new version (a failed migration leaves the file as it was).
+constexpr const char* kMigrations[] = {
+    // 1 → 2: dataset display names (ListDatasets), and finished jobs by age (retention).
+    "ALTER TABLE blobs ADD COLUMN name TEXT NOT NULL DEFAULT '';"
+    "CREATE INDEX jobs_by_state_update ON jobs (state, update_time_us);",
+};
+static_assert(std::size(kMigrations) == SqliteJobStore::kSchemaVersion - 1);
 
 // Column order shared by every job query and RowToJob; `id` last (page tokens).
 constexpr char kJobColumns[] =
@@ -94,7 +106,7 @@ constexpr char kJobColumns[] =
 constexpr int kJobIdColumn = 15;
 
 constexpr char kBlobColumns[] =
-    "blob_id, tenant, kind, size_bytes, create_time_us, num_samples, content_id";
+    "blob_id, tenant, kind, size_bytes, create_time_us, num_samples, content_id, name";
 
 constexpr int32_t kDefaultPageSize = 50;
 constexpr int32_t kMaxPageSize = 500;
@@ -169,6 +181,7 @@ absl::StatusOr<BlobRecord> RowToBlob(const SqliteStatement& row) {
   record.create_time = absl::FromUnixMicros(row.Int64(4));
   record.num_samples = static_cast<int32_t>(row.Int64(5));
   record.content_id = row.Text(6);
+  record.name = row.Text(7);
   return record;
 }
 
@@ -342,10 +355,21 @@ absl::Status InitSchema(SqliteDb& db) {
         db.path(), " has schema version ", version, ", newer than this binary supports (",
         SqliteJobStore::kSchemaVersion, "): run a newer prune-scheduler"));
   }
-  if (version != SqliteJobStore::kSchemaVersion) {
+  if (version < 1) {
     return absl::FailedPreconditionError(absl::StrCat(db.path(), " has unknown schema version ",
-                                                      version, " (this binary reads ",
+                                                      version, " (this binary reads 1 to ",
                                                       SqliteJobStore::kSchemaVersion, ")"));
+  }
+  for (int64_t v = version; v < SqliteJobStore::kSchemaVersion; ++v) {
+    absl::Status s = db.Exec(kMigrations[v - 1]);
+    if (s.ok()) {
+      s = db.Exec(absl::StrCat("UPDATE schema_version SET version = ", v + 1));
+    }
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat(db.path(), ": migrating schema ", v, " → ", v + 1,
+                                                 " failed (nothing was changed): ", s.message()));
+    }
+    spdlog::info("{}: migrated the job store from schema {} to {}", db.path(), v, v + 1);
   }
   return txn.Commit();
 }
@@ -703,11 +727,11 @@ absl::StatusOr<PutBlobResult> SqliteJobStore::PutBlob(const BlobRecord& record) 
   stored.create_time = absl::FromUnixMicros(ToMicros(options_.clock->Now()));
   ASSIGN_OR_RETURN(SqliteStatement insert,
                    db_->Prepare("INSERT INTO blobs (blob_id, tenant, kind, size_bytes, "
-                                "create_time_us, num_samples, content_id) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)"));
+                                "create_time_us, num_samples, content_id, name) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"));
   insert.Bind(1, stored.blob_id).Bind(2, stored.tenant).Bind(3, BlobKindName(stored.kind));
   insert.Bind(4, stored.size_bytes).Bind(5, ToMicros(stored.create_time));
-  insert.Bind(6, stored.num_samples).Bind(7, stored.content_id);
+  insert.Bind(6, stored.num_samples).Bind(7, stored.content_id).Bind(8, stored.name);
   RETURN_IF_ERROR(insert.Run());
   RETURN_IF_ERROR(txn.Commit());
   return PutBlobResult{std::move(stored), false};
@@ -769,6 +793,78 @@ absl::StatusOr<int64_t> SqliteJobStore::TenantBlobBytes(absl::string_view tenant
   stmt.Bind(1, tenant);
   ASSIGN_OR_RETURN(bool row, stmt.Step());
   return row ? stmt.Int64(0) : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle
+
+absl::Status SqliteJobStore::DeleteJob(absl::string_view job_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Job job, GetJobLocked(job_id));
+  if (!IsTerminalState(job.state())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " is ", prune::v1::JobState_Name(job.state()),
+                     ": only finished jobs can be deleted (cancel it first)"));
+  }
+  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
+  for (const char* table : {"job_labels", "events", "checkpoints", "jobs"}) {
+    ASSIGN_OR_RETURN(SqliteStatement del,
+                     db_->Prepare(absl::StrCat("DELETE FROM ", table, " WHERE job_id = ?")));
+    del.Bind(1, job_id);
+    RETURN_IF_ERROR(del.Run());
+  }
+  return txn.Commit();
+}
+
+absl::StatusOr<std::vector<std::string>> SqliteJobStore::ListJobsFinishedBefore(absl::Time t) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("SELECT job_id FROM jobs WHERE state IN (?, ?, ?) AND "
+                                "update_time_us < ? ORDER BY update_time_us"));
+  stmt.Bind(1, int64_t{prune::v1::SUCCEEDED}).Bind(2, int64_t{prune::v1::FAILED});
+  stmt.Bind(3, int64_t{prune::v1::CANCELLED}).Bind(4, ToMicros(t));
+  std::vector<std::string> ids;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return ids;
+    ids.push_back(stmt.Text(0));
+  }
+}
+
+absl::StatusOr<std::set<std::pair<std::string, std::string>>> SqliteJobStore::ReferencedBlobs() {
+  absl::MutexLock lock(&mu_);
+  std::set<std::pair<std::string, std::string>> refs;
+  ASSIGN_OR_RETURN(SqliteStatement jobs,
+                   db_->Prepare("SELECT job_id, tenant, spec, artifact_id FROM jobs"));
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, jobs.Step());
+    if (!row) break;
+    const std::string tenant = jobs.Text(1);
+    prune::v1::JobSpec spec;
+    if (!spec.ParseFromString(jobs.Blob(2))) {
+      return absl::DataLossError(absl::StrCat("job ", jobs.Text(0), ": stored spec is corrupt"));
+    }
+    for (const std::string& id : {spec.dataset_id(), spec.eval_dataset_id(), jobs.Text(3)}) {
+      if (!id.empty()) refs.insert({tenant, id});
+    }
+  }
+  // Projectors: named by the jobs' ProjectorUpdated events (committed with their checkpoints).
+  ASSIGN_OR_RETURN(SqliteStatement events,
+                   db_->Prepare("SELECT e.job_id, j.tenant, e.event FROM events e JOIN jobs j "
+                                "ON e.job_id = j.job_id"));
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, events.Step());
+    if (!row) break;
+    JobEvent event;
+    if (!event.ParseFromString(events.Blob(2))) {
+      return absl::DataLossError(
+          absl::StrCat("job ", events.Text(0), ": a stored event is corrupt"));
+    }
+    if (event.has_projector_updated() && !event.projector_updated().blob_id().empty()) {
+      refs.insert({events.Text(1), event.projector_updated().blob_id()});
+    }
+  }
+  return refs;
 }
 
 }  // namespace prunesvc::server

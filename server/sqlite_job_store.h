@@ -45,7 +45,8 @@ struct SqliteJobStoreOptions {
 class SqliteJobStore : public JobStore {
  public:
   // The schema version this binary writes and reads.
-  static constexpr int kSchemaVersion = 1;
+  // 2: blobs.name and jobs_by_state_update; a version-1 store is migrated on open.
+  static constexpr int kSchemaVersion = 2;
   static constexpr const char* kFileName = "jobs.db";
 
   static absl::StatusOr<std::unique_ptr<SqliteJobStore>> Create(SqliteJobStoreOptions options);
@@ -73,6 +74,9 @@ class SqliteJobStore : public JobStore {
   absl::StatusOr<DeleteBlobResult> DeleteBlob(absl::string_view tenant,
                                               absl::string_view blob_id) override;
   absl::StatusOr<int64_t> TenantBlobBytes(absl::string_view tenant) override;
+  absl::Status DeleteJob(absl::string_view job_id) override;
+  absl::StatusOr<std::vector<std::string>> ListJobsFinishedBefore(absl::Time t) override;
+  absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReferencedBlobs() override;
 
   const std::string& path() const { return path_; }
 

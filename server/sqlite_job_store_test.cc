@@ -639,3 +639,121 @@ TEST_F(SqliteJobStoreTest, BlobIndexIsPerTenant) {
 
 }  // namespace
 }  // namespace prunesvc::server
+
+namespace prunesvc::server {
+namespace {
+
+// ---- lifecycle (issue 16) ----------------------------------------------------------------------
+
+TEST_F(SqliteJobStoreTest, DeleteJobRemovesAFinishedJobWholeAndRefusesALiveOne) {
+  const Job live = Create("t1", Spec("", {{"team", "a"}}));
+  const Job done = Create("t1", Spec("", {{"team", "a"}}));
+  Checkpoint c{3, "{}", clock_.Now()};
+  ASSERT_TRUE(store_->Commit(done.job_id(), ToState(prune::v1::SEARCHING), {}, c).ok());
+  ASSERT_TRUE(store_->Commit(done.job_id(), ToState(prune::v1::CANCELLED), {}, std::nullopt).ok());
+
+  absl::Status s = store_->DeleteJob(live.job_id());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("QUEUED"));
+  EXPECT_THAT(s.message(), HasSubstr("cancel it first"));
+  EXPECT_EQ(store_->DeleteJob("job-0000000000000000").code(), absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(store_->DeleteJob(done.job_id()).ok());
+  EXPECT_EQ(store_->GetJob(done.job_id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->ReadEvents(done.job_id(), 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteJob(done.job_id()).code(), absl::StatusCode::kNotFound);
+  // No row of it is left anywhere; the live job is untouched.
+  store_.reset();
+  auto db = SqliteDb::Open(DbPath());
+  ASSERT_TRUE(db.ok());
+  for (const char* table : {"jobs", "events", "checkpoints", "job_labels"}) {
+    auto n = (*db)->QueryText(
+        absl::StrCat("SELECT count(*) FROM ", table, " WHERE job_id = '", done.job_id(), "'"));
+    ASSERT_TRUE(n.ok());
+    EXPECT_EQ(*n, "0") << table;
+  }
+  db->reset();
+  Open();
+  EXPECT_TRUE(store_->GetJob(live.job_id()).ok());
+  auto page = store_->ListJobs({.tenant = "t1", .labels = {{"team", "a"}}});
+  ASSERT_TRUE(page.ok());
+  EXPECT_THAT(Ids(page->jobs), ElementsAre(live.job_id()));
+}
+
+TEST_F(SqliteJobStoreTest, FinishedBeforeAndReferencedBlobs) {
+  const Job a = Create();
+  clock_.Advance(absl::Hours(1));
+  const Job b = Create();
+  ASSERT_TRUE(store_->Commit(a.job_id(), ToState(prune::v1::FAILED), {}, std::nullopt).ok());
+  const absl::Time between = clock_.Now() + absl::Minutes(1);
+  clock_.Advance(absl::Hours(1));
+  JobMutation done = ToState(prune::v1::SUCCEEDED);
+  done.artifact_id = BlobIdFromHex(Sha256Hex("artifact"));
+  JobEvent projector;
+  projector.mutable_projector_updated()->set_version(1);
+  projector.mutable_projector_updated()->set_blob_id(BlobIdFromHex(Sha256Hex("projector")));
+  ASSERT_TRUE(store_->Commit(b.job_id(), done, {projector}, std::nullopt).ok());
+
+  auto old = store_->ListJobsFinishedBefore(between);
+  ASSERT_TRUE(old.ok());
+  EXPECT_THAT(*old, ElementsAre(a.job_id()));
+  auto all = store_->ListJobsFinishedBefore(clock_.Now() + absl::Seconds(1));
+  ASSERT_TRUE(all.ok());
+  EXPECT_THAT(*all, ElementsAre(a.job_id(), b.job_id()));
+
+  auto refs = store_->ReferencedBlobs();
+  ASSERT_TRUE(refs.ok()) << refs.status();
+  const std::set<std::pair<std::string, std::string>> want = {
+      {"t1", BlobIdFromHex(Sha256Hex("data"))},
+      {"t1", BlobIdFromHex(Sha256Hex("artifact"))},
+      {"t1", BlobIdFromHex(Sha256Hex("projector"))}};
+  EXPECT_EQ(*refs, want);
+}
+
+// A state dir written by the previous schema (server/testdata/state_v1: made by prune-scheduler
+// at schema 1 with `prunectl upload-dataset` / `submit` / `cancel`) opens, is migrated, and keeps
+// every job, event and blob record.
+TEST_F(SqliteJobStoreTest, OpensAndMigratesAStateDirOfThePreviousSchema) {
+  store_.reset();
+  const std::string dir = dir_.Sub("v1");
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(std::string(PRUNESVC_SOURCE_DIR) + "/server/testdata/state_v1/jobs.db",
+                             dir + "/jobs.db");
+  {
+    auto db = SqliteDb::Open(dir + "/jobs.db");
+    ASSERT_TRUE(db.ok());
+    EXPECT_EQ(*(*db)->QueryText("SELECT version FROM schema_version"), "1");
+  }
+  SqliteJobStoreOptions options{.state_dir = dir, .clock = &clock_};
+  auto store = SqliteJobStore::Create(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto page = (*store)->ListJobs({.tenant = ""});
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->jobs.size(), 2u);
+  std::map<std::string, JobState> states;
+  for (const Job& j : page->jobs) states[j.job_id()] = j.state();
+  EXPECT_EQ(states["job-0644e73bcdc6f0fc"], prune::v1::QUEUED);
+  EXPECT_EQ(states["job-7b430e672e387575"], prune::v1::CANCELLED);
+  auto events = (*store)->ReadEvents("job-7b430e672e387575", 0, 0);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[1].state_changed().reason(), "fixture");
+  auto blobs = (*store)->ListBlobs("", BlobKind::kDataset);
+  ASSERT_TRUE(blobs.ok()) << blobs.status();
+  ASSERT_EQ(blobs->size(), 1u);
+  EXPECT_EQ((*blobs)[0].num_samples, 2);
+  EXPECT_EQ((*blobs)[0].name, "");  // schema 1 did not keep names
+  // New writes use the new column; the old rows stay deletable.
+  BlobRecord named{.blob_id = BlobIdFromHex(Sha256Hex("x")), .tenant = "", .name = "mine"};
+  ASSERT_TRUE((*store)->PutBlob(named).ok());
+  EXPECT_EQ((*store)->GetBlob("", named.blob_id)->name, "mine");
+  EXPECT_TRUE((*store)->DeleteJob("job-7b430e672e387575").ok());
+  store->reset();
+  auto db = SqliteDb::Open(dir + "/jobs.db");
+  ASSERT_TRUE(db.ok());
+  EXPECT_EQ(*(*db)->QueryText("SELECT version FROM schema_version"),
+            std::to_string(SqliteJobStore::kSchemaVersion));
+}
+
+}  // namespace
+}  // namespace prunesvc::server

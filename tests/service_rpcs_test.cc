@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -486,6 +487,71 @@ TEST_F(ServiceRpcsTest, ListFiltersByStateAndLabelAndPages) {
   bad.set_page_token("garbage");
   EXPECT_EQ(api()->ListJobs(Ctx().get(), bad, &resp).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Storage lifecycle (issue 16): ListDatasets / DeleteDataset / DeleteJob over the real
+// scheduler. A dataset a live job uses and a job that has not ended are refused by name; what is
+// deleted is gone from every listing, and the dataset's file from the blob store.
+TEST_F(ServiceRpcsTest, DatasetsAndFinishedJobsAreListedAndDeleted) {
+  const std::string dir = *work_ + "/lifecycle";
+  ASSERT_EQ(
+      RunShell(absl::StrCat(BinDir(), "/shapes-vqa --seed 4242 --split search --count 3 --out ",
+                            dir, " >&2 && tar -C ", dir, " -cf ", dir, ".tar .")),
+      0);
+  Upload u = UploadBytes(api(), ReadFile(dir + ".tar"));
+  ASSERT_TRUE(u.status.ok()) << u.status.error_message();
+  const std::string id = u.resp.dataset_id();
+  auto listed = [&] {
+    pb::ListDatasetsResponse r;
+    EXPECT_TRUE(api()->ListDatasets(Ctx().get(), {}, &r).ok());
+    std::map<std::string, pb::Dataset> out;
+    for (const pb::Dataset& d : r.datasets()) out[d.dataset_id()] = d;
+    return out;
+  };
+  auto all = listed();
+  ASSERT_EQ(all.count(id), 1u);
+  EXPECT_EQ(all[id].name(), "test");
+  EXPECT_EQ(all[id].num_samples(), 3);
+  EXPECT_GT(all[id].size_bytes(), 0);
+  EXPECT_GT(all[id].create_time().seconds(), 0);
+  EXPECT_EQ(all.count(*dataset_), 1u);
+
+  pb::JobSpec spec = ValidSpec();
+  spec.set_dataset_id(id);
+  const pb::Job job = SubmitOk(spec);
+  pb::DeleteDatasetRequest dd;
+  dd.set_dataset_id(id);
+  pb::DeleteDatasetResponse ddr;
+  grpc::Status st = api()->DeleteDataset(Ctx().get(), dd, &ddr);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_NE(st.error_message().find(job.job_id()), std::string::npos) << st.error_message();
+  pb::DeleteJobRequest dj;
+  dj.set_job_id(job.job_id());
+  pb::DeleteJobResponse djr;
+  st = api()->DeleteJob(Ctx().get(), dj, &djr);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_NE(st.error_message().find("cancel it first"), std::string::npos) << st.error_message();
+
+  pb::Job cancelled;
+  ASSERT_TRUE(Cancel(job.job_id(), &cancelled).ok());
+  ASSERT_TRUE(api()->DeleteJob(Ctx().get(), dj, &djr).ok());
+  pb::GetJobRequest get;
+  get.set_job_id(job.job_id());
+  pb::Job gone;
+  EXPECT_EQ(api()->GetJob(Ctx().get(), get, &gone).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(api()->DeleteJob(Ctx().get(), dj, &djr).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  const int files = CountFiles(sched_->state + "/blobs");
+  ASSERT_TRUE(api()->DeleteDataset(Ctx().get(), dd, &ddr).ok());
+  EXPECT_EQ(listed().count(id), 0u);
+  EXPECT_EQ(CountFiles(sched_->state + "/blobs"), files - 1);
+  EXPECT_EQ(api()->DeleteDataset(Ctx().get(), dd, &ddr).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(listed().count(*dataset_), 1u);  // the others stay
+  // Jobs on a deleted dataset are refused at submit.
+  pb::SubmitJobResponse resp;
+  st = Submit(spec, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("dataset_id"), std::string::npos) << st.error_message();
 }
 
 TEST_F(ServiceRpcsTest, CancelIsIdempotentAndWatchEndsAfterTheTerminalEvent) {
