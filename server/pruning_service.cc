@@ -66,17 +66,27 @@ pb::JobEvent StateEvent(pb::JobState from, pb::JobState to, const std::string& r
 class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
  public:
   WatchReactor(const PruningServiceDeps& deps, std::string tenant, std::string job_id,
-               int64_t from_sequence, int max_backlog)
+               int64_t from_sequence, int max_backlog, WatcherCounts* watchers)
       : deps_(deps),
         tenant_(std::move(tenant)),
         job_id_(std::move(job_id)),
         max_backlog_(max_backlog),
+        watchers_(watchers),
         last_seq_(from_sequence) {
     if (from_sequence < 0) {
       busy_ = true;
       FinishOwned(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "from_sequence must be >= 0"));
       return;
     }
+    if (!watchers_->TryAdd(job_id_)) {
+      busy_ = true;
+      FinishOwned(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("max_watchers_per_job: job ", job_id_, " has ", watchers_->max(),
+                       " watchers already (the limit, --max-watchers-per-job)")));
+      return;
+    }
+    counted_ = true;
     busy_ = true;
     handle_ = deps_.hub->Subscribe(job_id_, [this](const pb::JobEvent& e) { OnLive(e); });
     deps_.pool->Schedule([this] { Pump(/*on_pool=*/true); });
@@ -106,6 +116,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
 
   void OnDone() override {
     if (handle_ != 0) deps_.hub->Unsubscribe(handle_);
+    if (counted_) watchers_->Remove(job_id_);
     delete this;
   }
 
@@ -237,6 +248,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
   const std::string job_id_;
   const int max_backlog_;
   int64_t handle_ = 0;  // set in the constructor, read in OnDone
+  WatcherCounts* const watchers_;
+  bool counted_ = false;  // set in the constructor, read in OnDone
 
   absl::Mutex mu_;
   bool busy_ ABSL_GUARDED_BY(mu_) = false;
@@ -494,7 +507,10 @@ class ArtifactProducer {
 // ---- PruningServiceImpl ------------------------------------------------------------------------
 
 PruningServiceImpl::PruningServiceImpl(PruningServiceDeps deps, PruningServiceOptions options)
-    : deps_(deps), options_(std::move(options)), runner_(&noop_runner_) {}
+    : deps_(deps),
+      options_(std::move(options)),
+      runner_(&noop_runner_),
+      watchers_(options_.max_watchers_per_job) {}
 
 void PruningServiceImpl::SetJobRunner(JobRunner* runner) {
   runner_.store(runner == nullptr ? &noop_runner_ : runner);
@@ -544,6 +560,12 @@ absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const std::st
   RETURN_IF_ERROR(CheckDataset(tenant, spec.dataset_id, "dataset_id"));
   if (spec.eval_dataset_id.has_value()) {
     RETURN_IF_ERROR(CheckDataset(tenant, *spec.eval_dataset_id, "eval_dataset_id"));
+  }
+  ASSIGN_OR_RETURN(auto counts, deps_.store->CountJobsByState(tenant));
+  if (counts[pb::QUEUED] >= options_.max_queued_jobs) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "max_queued_jobs: ", counts[pb::QUEUED], " jobs are QUEUED already (the limit is ",
+        options_.max_queued_jobs, ", --max-queued-jobs); wait for some to start, or cancel some"));
   }
   const pb::JobEvent queued = StateEvent(pb::JOB_STATE_UNSPECIFIED, pb::QUEUED, "submitted");
   ASSIGN_OR_RETURN(CreateJobResult created,
@@ -654,7 +676,7 @@ grpc::ServerUnaryReactor* PruningServiceImpl::CancelJob(grpc::CallbackServerCont
 grpc::ServerWriteReactor<pb::JobEvent>* PruningServiceImpl::WatchJob(
     grpc::CallbackServerContext* ctx, const pb::WatchJobRequest* req) {
   return new WatchReactor(deps_, TenantOf(ctx), req->job_id(), req->from_sequence(),
-                          options_.max_watch_backlog);
+                          options_.max_watch_backlog, &watchers_);
 }
 
 grpc::ServerReadReactor<pb::UploadDatasetRequest>* PruningServiceImpl::UploadDataset(
@@ -674,6 +696,20 @@ grpc::ServerUnaryReactor* PruningServiceImpl::ListWorkers(grpc::CallbackServerCo
                                                           pb::ListWorkersResponse* resp) {
   for (auto& w : deps_.workers->List()) *resp->add_workers() = std::move(w);
   return FinishUnary(ctx, grpc::Status::OK);
+}
+
+bool WatcherCounts::TryAdd(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  int& n = counts_[job_id];
+  if (n >= max_) return false;
+  ++n;
+  return true;
+}
+
+void WatcherCounts::Remove(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = counts_.find(job_id);
+  if (it != counts_.end() && --it->second <= 0) counts_.erase(it);
 }
 
 // ---- storage lifecycle -------------------------------------------------------------------------

@@ -46,6 +46,9 @@ struct PruningServiceOptions {
   std::string upload_dir;
   // A watcher more than this many live events behind drops its queue and re-reads the store.
   int max_watch_backlog = 256;
+  // Limits (issue 16); exceeding one is RESOURCE_EXHAUSTED naming it and its value.
+  int max_watchers_per_job = 256;  // concurrent WatchJob streams on one job
+  int max_queued_jobs = 1000;      // QUEUED jobs per tenant (checked before the insert)
 };
 
 // Jobs stay QUEUED: what the scheduler runs until a dispatcher is set.
@@ -67,6 +70,21 @@ struct PruningServiceDeps {
   SchedulerMetrics* metrics = nullptr;
   // Woken after DeleteJob / DeleteDataset so freed blobs go soon; nullptr = none.
   PeriodicSweeper* sweeper = nullptr;
+};
+
+// Concurrent WatchJob streams per job. Thread-safe.
+class WatcherCounts {
+ public:
+  explicit WatcherCounts(int max) : max_(max) {}
+  // False when the job has max_ already.
+  bool TryAdd(const std::string& job_id);
+  void Remove(const std::string& job_id);
+  int max() const { return max_; }
+
+ private:
+  const int max_;
+  absl::Mutex mu_;
+  std::map<std::string, int> counts_ ABSL_GUARDED_BY(mu_);
 };
 
 class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackService {
@@ -128,6 +146,7 @@ class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackSer
   const PruningServiceOptions options_;
   NoopJobRunner noop_runner_;
   std::atomic<JobRunner*> runner_;
+  WatcherCounts watchers_;
 };
 
 }  // namespace prunesvc::server

@@ -124,6 +124,15 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     spdlog::warn("no --allowed-model-roots: every SubmitJob will be refused");
   }
   service_options.max_upload_bytes = options.max_upload_bytes;
+  service_options.max_watchers_per_job = options.max_watchers_per_job;
+  service_options.max_queued_jobs = options.max_queued_jobs;
+  if (options.max_watchers_per_job < 1 || options.max_queued_jobs < 1) {
+    return absl::InvalidArgumentError("--max-watchers-per-job and --max-queued-jobs must be ≥ 1");
+  }
+  if (options.max_message_bytes < (2 << 20)) {
+    return absl::InvalidArgumentError(
+        "--max-message-bytes must be at least 2 MiB (upload and blob chunks are up to 1 MiB)");
+  }
   ASSIGN_OR_RETURN(service_options.upload_dir, PrepareUploadDir(options.state_dir));
 
   SqliteJobStoreOptions store_options;
@@ -159,6 +168,8 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   // gRPC sets SO_REUSEPORT by default: a second server on a taken port would start silently and
   // take half of the calls. Off, a taken port is an error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // gRPC answers a larger message RESOURCE_EXHAUSTED with both sizes in the message.
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
                            grpc::InsecureServerCredentials(), &s->port_);
   builder.RegisterService(s->registry_service_.get());

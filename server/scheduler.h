@@ -47,7 +47,10 @@ struct SchedulerOptions {
   // model is refused.
   std::vector<std::string> allowed_model_roots;
   int64_t max_upload_bytes = kDefaultMaxUploadBytes;
-  int service_threads = 4;  // the pool for blocking service work (SQLite, validation)
+  int max_watchers_per_job = 256;
+  int max_queued_jobs = 1000;
+  int max_message_bytes = 8 << 20;  // gRPC messages received (chunks are ≤ 1 MiB)
+  int service_threads = 4;          // the pool for blocking service work (SQLite, validation)
 };
 
 class Scheduler {

@@ -43,6 +43,13 @@ ABSL_FLAG(int, max_step_attempts, 4,
 ABSL_FLAG(int, max_running_jobs, 16,
           "Jobs running at once; later ones wait QUEUED, in submission order, until one "
           "ends.");
+ABSL_FLAG(int, max_watchers_per_job, 256,
+          "Concurrent WatchJob streams per job; more get RESOURCE_EXHAUSTED naming the limit.");
+ABSL_FLAG(int, max_queued_jobs, 1000,
+          "QUEUED jobs per tenant; SubmitJob beyond it gets RESOURCE_EXHAUSTED naming the limit.");
+ABSL_FLAG(int, max_message_bytes, 8 << 20,
+          "Largest gRPC message the scheduler accepts (bytes); larger ones get RESOURCE_EXHAUSTED "
+          "from gRPC with both sizes. Dataset and blob chunks are at most 1 MiB.");
 ABSL_FLAG(double, retain_days, 0,
           "Finished jobs (with their events, artifact and projectors) are deleted this many days "
           "after they ended; 0 keeps them until DeleteJob. Datasets go by DeleteDataset only.");
@@ -78,6 +85,9 @@ int main(int argc, char** argv) {
   options.dispatcher.max_attempts = absl::GetFlag(FLAGS_max_step_attempts);
   options.dispatcher.max_running_jobs = absl::GetFlag(FLAGS_max_running_jobs);
   options.sweep.retain = absl::Hours(24) * absl::GetFlag(FLAGS_retain_days);
+  options.max_watchers_per_job = absl::GetFlag(FLAGS_max_watchers_per_job);
+  options.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.sweep_interval = absl::GetFlag(FLAGS_sweep_interval);
 
   auto scheduler = prunesvc::server::Scheduler::Create(options);

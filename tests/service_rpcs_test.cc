@@ -64,13 +64,19 @@ struct Scheduler {
   int metrics_port = 0;
 };
 
-std::unique_ptr<Scheduler> StartScheduler(const std::string& dir, const std::string& state) {
+std::unique_ptr<Scheduler> StartScheduler(const std::string& dir, const std::string& state,
+                                          const std::vector<std::string>& extra = {}) {
   const std::string ready = dir + "/ready-" + std::to_string(std::rand());
-  auto p = TestProcess::Start(
-      {BinDir() + "/prune-scheduler", "--host=127.0.0.1", "--port=0", "--metrics-port=0",
-       "--state-dir=" + state, "--ready-file=" + ready,
-       "--allowed-model-roots=" + SourceDir() + "/models", "--max-upload-bytes=2000000"},
-      dir + "/scheduler.log");
+  std::vector<std::string> argv = {BinDir() + "/prune-scheduler",
+                                   "--host=127.0.0.1",
+                                   "--port=0",
+                                   "--metrics-port=0",
+                                   "--state-dir=" + state,
+                                   "--ready-file=" + ready,
+                                   "--allowed-model-roots=" + SourceDir() + "/models",
+                                   "--max-upload-bytes=2000000"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto p = TestProcess::Start(argv, dir + "/scheduler.log");
   if (!p.ok()) return nullptr;
   auto j = WaitForReadyFile(ready, absl::Seconds(30));
   if (!j.ok()) {
@@ -724,6 +730,108 @@ TEST_F(ServiceRpcsTest, PutBlobThenFetchArtifactResumesByOffset) {
   EXPECT_NE(metrics.find("prunesvc_uploads_total{outcome=\"stored\"} 1"), std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("prunesvc_jobs{state=\"queued\"}"), std::string::npos);
+}
+
+// Limits (issue 16): each one exceeded is RESOURCE_EXHAUSTED (or INVALID_ARGUMENT for a malformed
+// chunk) naming it and its value; below it everything works again.
+TEST(ServiceRpcsLimitsTest, EachLimitIsNamedWithItsValue) {
+  const std::string dir = MakeTempDir("service_limits");
+  auto sched = StartScheduler(
+      dir, dir + "/state",
+      {"--max-queued-jobs=2", "--max-watchers-per-job=2", "--max-message-bytes=2097152"});
+  ASSERT_NE(sched, nullptr);
+  ASSERT_EQ(RunShell(absl::StrCat(BinDir(), "/shapes-vqa --seed 77 --split search --count 2 --out ",
+                                  dir, "/data >&2 && tar -C ", dir, "/data -cf ", dir, "/d.tar .")),
+            0);
+  Upload u = UploadBytes(sched->api.get(), ReadFile(dir + "/d.tar"));
+  ASSERT_TRUE(u.status.ok()) << u.status.error_message();
+  pb::SubmitJobRequest req;
+  req.mutable_spec()->set_model_uri("file://" + SourceDir() + "/models/tiny-llava-shapes");
+  req.mutable_spec()->set_dataset_id(u.resp.dataset_id());
+  req.mutable_spec()->set_flops_budget(0.5);
+  pb::SubmitJobResponse first, resp;
+  ASSERT_TRUE(sched->api->SubmitJob(Ctx().get(), req, &first).ok());
+  ASSERT_TRUE(sched->api->SubmitJob(Ctx().get(), req, &resp).ok());
+  grpc::Status st = sched->api->SubmitJob(Ctx().get(), req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("max_queued_jobs"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("limit is 2"), std::string::npos) << st.error_message();
+  {  // a cancelled job frees its place
+    pb::CancelJobRequest c;
+    c.set_job_id(resp.job().job_id());
+    pb::Job j;
+    ASSERT_TRUE(sched->api->CancelJob(Ctx().get(), c, &j).ok());
+    EXPECT_TRUE(sched->api->SubmitJob(Ctx().get(), req, &resp).ok());
+  }
+
+  // Watchers: two streams stay open on the queued job; a third is refused until one ends.
+  pb::WatchJobRequest w;
+  w.set_job_id(first.job().job_id());
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<pb::JobEvent>>> open;
+  for (int i = 0; i < 2; ++i) {
+    ctxs.push_back(Ctx());
+    open.push_back(sched->api->WatchJob(ctxs.back().get(), w));
+    pb::JobEvent e;
+    ASSERT_TRUE(open.back()->Read(&e));  // the stream is live (QUEUED replayed)
+  }
+  auto third = Ctx();
+  auto reader = sched->api->WatchJob(third.get(), w);
+  pb::JobEvent e;
+  EXPECT_FALSE(reader->Read(&e));
+  st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("max_watchers_per_job"), std::string::npos)
+      << st.error_message();
+  ctxs[0]->TryCancel();
+  open[0]->Finish();
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        auto c = Ctx();
+        auto r = sched->api->WatchJob(c.get(), w);
+        pb::JobEvent ev;
+        const bool ok = r->Read(&ev);
+        c->TryCancel();
+        r->Finish();
+        return ok;
+      },
+      absl::Seconds(30)));
+
+  // Messages: over --max-message-bytes is gRPC's RESOURCE_EXHAUSTED with both sizes; a chunk
+  // over 1 MiB but under it is the service's INVALID_ARGUMENT naming the chunk limit.
+  Upload huge = UploadBytes(sched->api.get(), std::string(3 << 20, 'x'));  // 256 KiB chunks
+  EXPECT_FALSE(huge.status.ok());
+  {
+    auto ctx = Ctx();
+    pb::UploadDatasetResponse r;
+    auto writer = sched->api->UploadDataset(ctx.get(), &r);
+    pb::UploadDatasetRequest info;
+    info.mutable_info()->set_size_bytes(1000);  // under --max-upload-bytes: gRPC refuses first
+    writer->Write(info);
+    pb::UploadDatasetRequest big;
+    big.set_data(std::string((2 << 20) + 100, 'x'));
+    writer->Write(big);
+    writer->WritesDone();
+    st = writer->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("2097152"), std::string::npos) << st.error_message();
+  }
+  {
+    auto ctx = Ctx();
+    pb::UploadDatasetResponse r;
+    auto writer = sched->api->UploadDataset(ctx.get(), &r);
+    pb::UploadDatasetRequest info;
+    info.mutable_info()->set_size_bytes(1500000);
+    writer->Write(info);
+    pb::UploadDatasetRequest big;
+    big.set_data(std::string(1500000, 'x'));
+    writer->Write(big);
+    writer->WritesDone();
+    st = writer->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("at most 1 MiB"), std::string::npos) << st.error_message();
+  }
+  for (auto& c : ctxs) c->TryCancel();
 }
 
 TEST(ServiceRpcsRestartTest, JobsAndDatasetsSurviveARestart) {
