@@ -6,6 +6,9 @@ set -euo pipefail
 PACKAGES=(
   # toolchain
   build-essential cmake ninja-build ccache pkg-config git curl
+  # the sanitizer stage and fuzzing (scripts/test.sh, scripts/fuzz.sh): clang 14, its ASan/UBSan/
+  # libFuzzer runtimes, llvm-symbolizer for readable reports
+  clang libclang-rt-14-dev llvm
   # C++ libraries (docs/architecture.md §3)
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler

@@ -517,6 +517,8 @@ TEST(PreprocessorConfig, BadFieldsNameTheField) {
   };
   const Case cases[] = {
       {R"({"size": "336"})", "\"size\""},
+      // A number beyond a double (nlohmann out_of_range 406; image_fuzz found it uncaught).
+      {R"({"rescale_factor": 1e999})", "invalid JSON"},
       {R"({"size": {"shortest_edge": 0}})", "size.shortest_edge"},
       {R"({"size": {"shortest_edge": 33.5}})", "size.shortest_edge"},
       {R"({"size": {"shortest_edge": 336, "longest_edge": 500}})", "longest_edge"},

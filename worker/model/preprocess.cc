@@ -313,6 +313,8 @@ absl::StatusOr<ClipPreprocessConfig> ParsePreprocessorConfig(std::string_view js
   } catch (const nlohmann::json::parse_error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(source_name, ": invalid JSON at byte ", e.byte, ": ", e.what()));
+  } catch (const nlohmann::json::exception& e) {  // out_of_range.406: a number overflows a double
+    return absl::InvalidArgumentError(absl::StrCat(source_name, ": invalid JSON: ", e.what()));
   }
   if (!j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source_name, ": top level must be an object"));

@@ -137,7 +137,13 @@ using ArchivePtr = std::unique_ptr<archive, ArchiveDeleter>;
 absl::StatusOr<ArchivePtr> OpenArchive(const std::string& path) {
   ArchivePtr a(archive_read_new());
   if (!a) return absl::InternalError("archive_read_new failed");
-  archive_read_support_filter_all(a.get());
+  // The documented compressions only: libarchive's other filters (lrzip, lzop, grzip, lz4 via
+  // external programs) would run a program found on PATH for any upload that starts with their
+  // magic bytes.
+  archive_read_support_filter_gzip(a.get());
+  archive_read_support_filter_bzip2(a.get());
+  archive_read_support_filter_xz(a.get());
+  archive_read_support_filter_zstd(a.get());
   archive_read_support_format_tar(a.get());
   archive_read_support_format_gnutar(a.get());
   if (archive_read_open_filename(a.get(), path.c_str(), 1 << 16) != ARCHIVE_OK) {

@@ -366,6 +366,30 @@ TEST_F(SamplesTest, TarEntriesOutsideTheRootAndLinksAreRejectedByName) {
   EXPECT_THAT(std::string(set.status().message()), HasSubstr("several top-level folders"));
 }
 
+// Only gzip, bzip2, xz and zstd are read: an lrzip or lzop stream, which libarchive's other
+// filters hand to an external program found on PATH, is just not a tar — and no program runs
+// (fake lrzip / lzop first on PATH would leave a marker).
+TEST_F(SamplesTest, OnlyTheDocumentedCompressionsAreReadAndNoProgramRuns) {
+  const fs::path bin = tmp_ / "fakebin";
+  fs::create_directories(bin);
+  const fs::path marker = tmp_ / "ran";
+  for (const char* prog : {"lrzip", "lzop"}) {
+    WriteFile(bin / prog, "#!/bin/sh\ntouch " + marker.string() + "\ncat >/dev/null\n");
+    fs::permissions(bin / prog, fs::perms::owner_all);
+  }
+  const std::string old_path = getenv("PATH") != nullptr ? getenv("PATH") : "";
+  setenv("PATH", (bin.string() + ":" + old_path).c_str(), 1);
+  for (const std::string& magic :
+       {std::string("LRZI\x00\x06", 6), std::string("\x89LZO\x00\r\n\x1a\n", 9)}) {
+    WriteFile(tmp_ / "odd.tar", magic + std::string(600, '\0'));
+    auto set = LoadSampleSet((tmp_ / "odd.tar").string());
+    ASSERT_FALSE(set.ok());
+    EXPECT_EQ(set.status().code(), absl::StatusCode::kInvalidArgument) << set.status();
+  }
+  setenv("PATH", old_path.c_str(), 1);
+  EXPECT_FALSE(fs::exists(marker)) << "an external decompressor ran";
+}
+
 TEST_F(SamplesTest, CorruptArchivesAreErrors) {
   WriteTar(tmp_ / "good.tar.gz", SetEntries(), true);
   std::ifstream in(tmp_ / "good.tar.gz", std::ios::binary);
