@@ -213,7 +213,9 @@ class FakeConnector : public WorkerConnector {
 class FullDiskStore : public JobStore {
  public:
   explicit FullDiskStore(JobStore* real) : real_(real) {}
-  std::atomic<int> fail_commits{0};  // this many Commit calls fail, then they pass again
+  // After `pass_first` more Commit calls have passed, `fail_commits` calls fail, then they pass.
+  std::atomic<int> pass_first{0};
+  std::atomic<int> fail_commits{0};
   std::atomic<int> failed{0};
 
   absl::StatusOr<CreateJobResult> CreateJob(absl::string_view t, const pb::JobSpec& s,
@@ -227,7 +229,9 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<CommitResult> Commit(absl::string_view id, const JobMutation& m,
                                       const std::vector<pb::JobEvent>& e,
                                       const std::optional<Checkpoint>& c) override {
-    if (fail_commits.load() > 0) {
+    if (pass_first.load() > 0) {
+      pass_first.fetch_sub(1);
+    } else if (fail_commits.load() > 0) {
       fail_commits.fetch_sub(1);
       failed.fetch_add(1);
       return absl::ResourceExhaustedError("commit: database or disk is full");
@@ -557,12 +561,10 @@ TEST(DispatcherTest, CommitsWaitForSpaceAndTheJobEndsUndisturbed) {
   h.cluster.block_evaluate = false;
   JobSpec spec = SmallSearch();
   spec.generations = 4;
-  const std::string id = h.Submit(spec);
-  ASSERT_TRUE(testing_internal_wait([&] {
-    auto c = h.store->LoadCheckpoint(id);
-    return c.ok() && c->has_value() && (*c)->generation >= 1;
-  }));
+  // The disk fills after the first generations' commits (PREPARING, SEARCHING, generations 0-1).
+  h.full_disk->pass_first = 4;
   h.full_disk->fail_commits = 25;
+  const std::string id = h.Submit(spec);
   const pb::Job job = h.WaitTerminal(id);
   ASSERT_EQ(job.state(), pb::SUCCEEDED) << job.error();
   EXPECT_GE(h.full_disk->failed.load(), 25);
