@@ -16,9 +16,10 @@
 #   PRUNESVC_FUZZ_RSS_MB (default 2048), PRUNESVC_FUZZ_TIMEOUT_S (one input, default 10).
 #
 # Inputs: each target's source comment gives its format (several pick a parser by the first byte).
-# The targets without a committed corpus directory (safetensors, config, image, job_file) get seeds
-# derived here from committed files (the bundled model's JSON files, the images and samples.jsonl
-# of the dataset corpus, small inline documents); --update-corpus creates their directory.
+# Every target has a committed corpus directory (CORPUS below). derive_seeds is how the seeds of
+# safetensors, config, image and job_file were made (from the bundled model's JSON files, the
+# dataset corpus's images and samples.jsonl, small inline documents); it is used only when such
+# a directory is missing.
 # scripts/test.sh's sanitizer stage runs this with --seconds 10: ~2 min with a warm ccache (8 x 11 s
 # of fuzzing, the build from ccache), ~12 min cold.
 set -euo pipefail
