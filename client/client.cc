@@ -125,6 +125,33 @@ absl::StatusOr<pb::Job> Client::CancelJob(const std::string& job_id, const std::
   return job;
 }
 
+absl::Status Client::DeleteJob(const std::string& job_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.deadline);
+  pb::DeleteJobRequest req;
+  req.set_job_id(job_id);
+  pb::DeleteJobResponse resp;
+  return FromGrpcStatus(stub_->DeleteJob(&ctx, req, &resp));
+}
+
+absl::StatusOr<std::vector<pb::Dataset>> Client::ListDatasets() {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.deadline);
+  pb::ListDatasetsResponse resp;
+  grpc::Status s = stub_->ListDatasets(&ctx, pb::ListDatasetsRequest(), &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return std::vector<pb::Dataset>(resp.datasets().begin(), resp.datasets().end());
+}
+
+absl::Status Client::DeleteDataset(const std::string& dataset_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.deadline);
+  pb::DeleteDatasetRequest req;
+  req.set_dataset_id(dataset_id);
+  pb::DeleteDatasetResponse resp;
+  return FromGrpcStatus(stub_->DeleteDataset(&ctx, req, &resp));
+}
+
 absl::Status Client::WatchJob(const std::string& job_id, int64_t from_sequence,
                               const std::function<absl::Status(const pb::JobEvent&)>& on_event) {
   grpc::ClientContext ctx;

@@ -55,6 +55,10 @@ class Client {
   absl::StatusOr<::prune::v1::ListJobsResponse> ListJobs(
       const ::prune::v1::ListJobsRequest& request);
   absl::StatusOr<::prune::v1::Job> CancelJob(const std::string& job_id, const std::string& reason);
+  // Storage lifecycle: a finished job; the caller's datasets; one dataset.
+  absl::Status DeleteJob(const std::string& job_id);
+  absl::StatusOr<std::vector<::prune::v1::Dataset>> ListDatasets();
+  absl::Status DeleteDataset(const std::string& dataset_id);
   // One WatchJob connection: events after `from_sequence` go to `on_event` until the server
   // ends the stream (OK) or it fails; an `on_event` error cancels the call and is returned.
   absl::Status WatchJob(const std::string& job_id, int64_t from_sequence,

@@ -104,6 +104,9 @@ constexpr char kUsage[] =
     "  get JOB [--json]            one job\n"
     "  list [--state=S]... [--label=k=v]... [--page-size=N] [--all] [--json]\n"
     "  cancel JOB [--reason=R] [--json]\n"
+    "  delete JOB                  delete a finished job (its events, artifact, projectors)\n"
+    "  datasets [--json]           the datasets you uploaded\n"
+    "  delete-dataset DATASET      delete a dataset no unfinished job uses\n"
     "  fetch JOB --out=DIR [--json] download, verify (sha256, MANIFEST.sha256) and unpack the\n"
     "                              artifact of a SUCCEEDED job (resumes after a dropped\n"
     "                              connection and across runs)\n"
@@ -375,6 +378,37 @@ int CmdCancel(Context& c) {
   return 0;
 }
 
+int CmdDelete(Context& c) {
+  if (c.args.size() != 1) return Usage("delete takes one JOB");
+  if (absl::Status s = c.client.DeleteJob(c.args[0]); !s.ok()) return Fail(s);
+  std::printf("%s deleted\n", c.args[0].c_str());
+  return 0;
+}
+
+int CmdDatasets(Context& c) {
+  auto datasets = c.client.ListDatasets();
+  if (!datasets.ok()) return Fail(datasets.status());
+  if (c.json) {
+    pb::ListDatasetsResponse resp;
+    for (const auto& d : *datasets) *resp.add_datasets() = d;
+    PrintJson(resp);
+    return 0;
+  }
+  std::printf("%-71s %-20s %8s %10s\n", "DATASET", "NAME", "SAMPLES", "BYTES");
+  for (const auto& d : *datasets) {
+    std::printf("%-71s %-20s %8d %10lld\n", d.dataset_id().c_str(), d.name().c_str(),
+                d.num_samples(), static_cast<long long>(d.size_bytes()));
+  }
+  return 0;
+}
+
+int CmdDeleteDataset(Context& c) {
+  if (c.args.size() != 1) return Usage("delete-dataset takes one DATASET id");
+  if (absl::Status s = c.client.DeleteDataset(c.args[0]); !s.ok()) return Fail(s);
+  std::printf("%s deleted\n", c.args[0].c_str());
+  return 0;
+}
+
 int CmdWatch(Context& c) {
   if (c.args.size() != 1) return Usage("watch takes one JOB");
   FILE* out = c.json ? stderr : stdout;
@@ -441,13 +475,14 @@ int main(int argc, char** argv) {
   Context ctx{client, std::vector<std::string>(args.begin() + 2, args.end()), repeated,
               prunesvc::client::GivenFlagNames(raw), absl::GetFlag(FLAGS_json)};
   const std::map<std::string, std::function<int(Context&)>> commands = {
-      {"health", CmdHealth}, {"workers", CmdWorkers}, {"upload-dataset", CmdUpload},
-      {"submit", CmdSubmit}, {"watch", CmdWatch},     {"get", CmdGet},
-      {"list", CmdList},     {"cancel", CmdCancel},   {"fetch", CmdFetch},
+      {"health", CmdHealth}, {"workers", CmdWorkers},   {"upload-dataset", CmdUpload},
+      {"submit", CmdSubmit}, {"watch", CmdWatch},       {"get", CmdGet},
+      {"list", CmdList},     {"cancel", CmdCancel},     {"fetch", CmdFetch},
+      {"delete", CmdDelete}, {"datasets", CmdDatasets}, {"delete-dataset", CmdDeleteDataset},
   };
   auto it = commands.find(args[1]);
   if (it == commands.end()) return Usage("unknown command '" + args[1] + "'", /*full=*/true);
-  if (args[1] == "health" || args[1] == "workers") {
+  if (args[1] == "health" || args[1] == "workers" || args[1] == "datasets") {
     if (!ctx.args.empty()) return Usage(args[1] + " takes no positional arguments");
   }
   return it->second(ctx);

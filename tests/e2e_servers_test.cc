@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -223,6 +224,79 @@ TEST(E2eServersTest, PrunectlHealthExitCodes) {
   rc = bad->Wait(absl::Seconds(20));
   EXPECT_EQ(WEXITSTATUS(*rc), 2);
   EXPECT_NE(bad->Log().find("unknown command"), std::string::npos);
+}
+
+// prunectl's storage commands (issue 16) against a real scheduler: datasets, delete,
+// delete-dataset, with the refusals' exit code 2 and messages.
+TEST(E2eServersTest, PrunectlDeletesFinishedJobsAndUnusedDatasets) {
+  const std::string dir = MakeTempDir("e2e-");
+  const std::string ready = dir + "/ready.json";
+  auto p = TestProcess::Start(
+      {BinDir() + "/prune-scheduler", "--host=127.0.0.1", "--port=0", "--metrics-port=-1",
+       "--state-dir=" + dir + "/state", "--ready-file=" + ready,
+       "--allowed-model-roots=" + SourceDir() + "/models"},
+      dir + "/scheduler.log");
+  ASSERT_TRUE(p.ok());
+  auto j = WaitForReadyFile(ready, absl::Seconds(30));
+  ASSERT_TRUE(j.ok()) << p->Log();
+  const std::string addr = absl::StrCat("--addr=127.0.0.1:", (*j)["port"].get<int>());
+  int n = 0;
+  // Runs prunectl ARGS; its exit code and output.
+  auto run = [&](std::vector<std::string> args) -> std::pair<int, std::string> {
+    args.insert(args.begin(), BinDir() + "/prunectl");
+    args.push_back(addr);
+    const std::string log = absl::StrCat(dir, "/prunectl-", n++, ".out");
+    auto proc = TestProcess::Start(args, log);
+    if (!proc.ok()) return {-1, ""};
+    auto rc = proc->Wait(absl::Seconds(60));
+    return {rc.ok() ? WEXITSTATUS(*rc) : -1, proc->Log()};
+  };
+  ASSERT_EQ(RunShell(absl::StrCat(BinDir(), "/shapes-vqa --seed 9 --split search --count 2 --out ",
+                                  dir, "/data >/dev/null 2>&1")),
+            0);
+  auto [rc, out] = run({"upload-dataset", dir + "/data", "--name=mine"});
+  ASSERT_EQ(rc, 0) << out;
+  const size_t at = out.find("sha256:");
+  ASSERT_NE(at, std::string::npos) << out;
+  const std::string dataset = out.substr(at, 71);
+  std::tie(rc, out) = run({"datasets", "--json"});
+  ASSERT_EQ(rc, 0) << out;
+  nlohmann::json listed = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_TRUE(listed.is_object()) << out;
+  ASSERT_EQ(listed["datasets"].size(), 1u) << out;
+  EXPECT_EQ(listed["datasets"][0]["datasetId"], dataset);
+  EXPECT_EQ(listed["datasets"][0]["name"], "mine");
+  std::tie(rc, out) = run({"datasets"});
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(out.find("mine"), std::string::npos) << out;
+
+  std::tie(rc, out) = run({"submit", "--model=file://" + SourceDir() + "/models/tiny-llava-shapes",
+                           "--dataset=" + dataset, "--flops-budget=0.5"});
+  ASSERT_EQ(rc, 0) << out;
+  const size_t jat = out.find("job-");
+  ASSERT_NE(jat, std::string::npos) << out;
+  const std::string job = out.substr(jat, 20);
+
+  std::tie(rc, out) = run({"delete", job});
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("cancel it first"), std::string::npos) << out;
+  std::tie(rc, out) = run({"delete-dataset", dataset});
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find(job), std::string::npos) << out;
+
+  std::tie(rc, out) = run({"cancel", job});
+  ASSERT_EQ(rc, 0) << out;
+  std::tie(rc, out) = run({"delete", job});
+  EXPECT_EQ(rc, 0) << out;
+  std::tie(rc, out) = run({"get", job});
+  EXPECT_EQ(rc, 2) << out;  // NOT_FOUND
+  std::tie(rc, out) = run({"delete-dataset", dataset});
+  EXPECT_EQ(rc, 0) << out;
+  std::tie(rc, out) = run({"datasets", "--json"});
+  EXPECT_EQ(rc, 0);
+  listed = nlohmann::json::parse(out, nullptr, false);
+  EXPECT_TRUE(listed.is_object() && listed.value("datasets", nlohmann::json::array()).empty())
+      << out;
 }
 
 }  // namespace
