@@ -36,16 +36,14 @@ namespace {
 
 constexpr size_t kHexLength = 64;
 
-absl::Status ErrnoError(int err, absl::string_view what) { return StorageError(err, what); }
-
 // Makes a directory entry (a created, linked or removed file) durable.
 absl::Status SyncDir(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", dir));
+  if (fd < 0) return StorageError(errno, absl::StrCat("open ", dir));
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);
-  if (rc != 0) return ErrnoError(err, absl::StrCat("fsync ", dir));
+  if (rc != 0) return StorageError(err, absl::StrCat("fsync ", dir));
   return absl::OkStatus();
 }
 
@@ -53,14 +51,14 @@ absl::Status SyncDir(const std::string& dir) {
 absl::Status EnsureDir(const std::string& dir, const std::string& parent) {
   if (::mkdir(dir.c_str(), 0755) == 0) return SyncDir(parent);
   if (errno == EEXIST) return absl::OkStatus();
-  return ErrnoError(errno, absl::StrCat("mkdir ", dir));
+  return StorageError(errno, absl::StrCat("mkdir ", dir));
 }
 
 absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoError(errno, absl::StrCat("write ", path));
+    if (n < 0) return StorageError(errno, absl::StrCat("write ", path));
     data.remove_prefix(static_cast<size_t>(n));
   }
   return absl::OkStatus();
@@ -121,8 +119,8 @@ class FileBlobWriter : public BlobWriter {
       return absl::InvalidArgumentError(absl::StrCat(
           "content hash ", id, " (", size_, " bytes) does not match the expected ", *expected_id));
     }
-    if (::fchmod(fd_, 0444) != 0) return ErrnoError(errno, absl::StrCat("chmod ", temp_path_));
-    if (::fsync(fd_) != 0) return ErrnoError(errno, absl::StrCat("fsync ", temp_path_));
+    if (::fchmod(fd_, 0444) != 0) return StorageError(errno, absl::StrCat("chmod ", temp_path_));
+    if (::fsync(fd_) != 0) return StorageError(errno, absl::StrCat("fsync ", temp_path_));
     ASSIGN_OR_RETURN(bool already_present, Publish(id));
     return BlobCommitResult{id, size_, already_present};
   }
@@ -138,13 +136,13 @@ class FileBlobWriter : public BlobWriter {
     }
     if (errno == EEXIST) return true;
     if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOSYS) {
-      return ErrnoError(errno, absl::StrCat("link ", temp_path_, " -> ", final_path.string()));
+      return StorageError(errno, absl::StrCat("link ", temp_path_, " -> ", final_path.string()));
     }
     // File systems without hard links: rename, accepting that two identical concurrent commits
     // may both report a fresh blob (the content is the same either way).
     if (::access(final_path.c_str(), F_OK) == 0) return true;
     if (::rename(temp_path_.c_str(), final_path.c_str()) != 0) {
-      return ErrnoError(errno, absl::StrCat("rename ", temp_path_, " -> ", final_path.string()));
+      return StorageError(errno, absl::StrCat("rename ", temp_path_, " -> ", final_path.string()));
     }
     temp_renamed_ = true;
     RETURN_IF_ERROR(SyncDir(shard));
@@ -183,7 +181,7 @@ class FileBlobReader : public BlobReader {
       ssize_t n =
           ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return ErrnoError(errno, absl::StrCat("read ", path_));
+      if (n < 0) return StorageError(errno, absl::StrCat("read ", path_));
       if (n == 0) return absl::DataLossError(absl::StrCat(path_, " is shorter than recorded"));
       done += static_cast<size_t>(n);
     }
@@ -249,7 +247,7 @@ std::string FileBlobStore::TempDir() const {
 absl::StatusOr<std::unique_ptr<BlobWriter>> FileBlobStore::NewWriter(int64_t max_bytes) {
   std::string temp = (std::filesystem::path(TempDir()) / "blob-XXXXXX").string();
   int fd = ::mkostemp(temp.data(), O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("create temp file in ", TempDir()));
+  if (fd < 0) return StorageError(errno, absl::StrCat("create temp file in ", TempDir()));
   int64_t limit = max_bytes > 0 ? max_bytes : options_.default_max_bytes;
   return std::make_unique<FileBlobWriter>(this, fd, std::move(temp), limit);
 }
@@ -259,12 +257,12 @@ absl::StatusOr<std::unique_ptr<BlobReader>> FileBlobStore::Open(absl::string_vie
   std::string path = PathOf(blob_id);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", blob_id));
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", path));
+  if (fd < 0) return StorageError(errno, absl::StrCat("open ", path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     int err = errno;
     ::close(fd);
-    return ErrnoError(err, absl::StrCat("stat ", path));
+    return StorageError(err, absl::StrCat("stat ", path));
   }
   return std::make_unique<FileBlobReader>(fd, static_cast<int64_t>(st.st_size), std::move(path));
 }
@@ -282,7 +280,7 @@ absl::StatusOr<int64_t> FileBlobStore::Size(absl::string_view blob_id) {
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) return static_cast<int64_t>(st.st_size);
   if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", blob_id));
-  return ErrnoError(errno, absl::StrCat("stat ", path));
+  return StorageError(errno, absl::StrCat("stat ", path));
 }
 
 absl::Status FileBlobStore::Delete(absl::string_view blob_id) {
@@ -290,7 +288,7 @@ absl::Status FileBlobStore::Delete(absl::string_view blob_id) {
   std::string path = PathOf(blob_id);
   if (::unlink(path.c_str()) != 0) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", blob_id));
-    return ErrnoError(errno, absl::StrCat("unlink ", path));
+    return StorageError(errno, absl::StrCat("unlink ", path));
   }
   return SyncDir(std::filesystem::path(path).parent_path().string());
 }
