@@ -47,14 +47,30 @@ std::string ServingStatusName(ServingStatus s) {
 
 Client::Client(const std::string& address, ClientOptions options)
     : address_(address), options_(options) {
-  channel_ = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (options_.tls_enabled || !options_.tls.plaintext()) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =
+        options_.tls.plaintext() ? grpc::SslCredentials(grpc::SslCredentialsOptions())
+                                 : MakeChannelCredentials(options_.tls);
+    if (tls.ok()) {
+      creds = *tls;
+    } else {
+      setup_ = tls.status();
+    }
+  }
+  channel_ = grpc::CreateChannel(address, creds);
   stub_ = pb::PruningService::NewStub(channel_);
+}
+
+void Client::Prepare(grpc::ClientContext& ctx, absl::Duration deadline) const {
+  SetDeadline(ctx, deadline);
+  if (!options_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + options_.token);
 }
 
 absl::StatusOr<ServingStatus> Client::Health(const std::string& service) {
   auto stub = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   grpc::health::v1::HealthCheckRequest req;
   req.set_service(service);
   grpc::health::v1::HealthCheckResponse resp;
@@ -75,7 +91,7 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service) {
 
 absl::StatusOr<std::vector<pb::WorkerInfo>> Client::ListWorkers() {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::ListWorkersResponse resp;
   grpc::Status s = stub_->ListWorkers(&ctx, pb::ListWorkersRequest(), &resp);
   if (!s.ok()) return FromGrpcStatus(s);
@@ -84,7 +100,7 @@ absl::StatusOr<std::vector<pb::WorkerInfo>> Client::ListWorkers() {
 
 absl::StatusOr<pb::SubmitJobResponse> Client::SubmitJob(const pb::JobSpec& spec) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::SubmitJobRequest req;
   *req.mutable_spec() = spec;
   pb::SubmitJobResponse resp;
@@ -95,7 +111,7 @@ absl::StatusOr<pb::SubmitJobResponse> Client::SubmitJob(const pb::JobSpec& spec)
 
 absl::StatusOr<pb::Job> Client::GetJob(const std::string& job_id) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::GetJobRequest req;
   req.set_job_id(job_id);
   pb::Job job;
@@ -106,7 +122,7 @@ absl::StatusOr<pb::Job> Client::GetJob(const std::string& job_id) {
 
 absl::StatusOr<pb::ListJobsResponse> Client::ListJobs(const pb::ListJobsRequest& request) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::ListJobsResponse resp;
   grpc::Status s = stub_->ListJobs(&ctx, request, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
@@ -115,7 +131,7 @@ absl::StatusOr<pb::ListJobsResponse> Client::ListJobs(const pb::ListJobsRequest&
 
 absl::StatusOr<pb::Job> Client::CancelJob(const std::string& job_id, const std::string& reason) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::CancelJobRequest req;
   req.set_job_id(job_id);
   req.set_reason(reason);
@@ -127,7 +143,7 @@ absl::StatusOr<pb::Job> Client::CancelJob(const std::string& job_id, const std::
 
 absl::Status Client::DeleteJob(const std::string& job_id) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::DeleteJobRequest req;
   req.set_job_id(job_id);
   pb::DeleteJobResponse resp;
@@ -136,7 +152,7 @@ absl::Status Client::DeleteJob(const std::string& job_id) {
 
 absl::StatusOr<std::vector<pb::Dataset>> Client::ListDatasets() {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::ListDatasetsResponse resp;
   grpc::Status s = stub_->ListDatasets(&ctx, pb::ListDatasetsRequest(), &resp);
   if (!s.ok()) return FromGrpcStatus(s);
@@ -145,7 +161,7 @@ absl::StatusOr<std::vector<pb::Dataset>> Client::ListDatasets() {
 
 absl::Status Client::DeleteDataset(const std::string& dataset_id) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.deadline);
+  Prepare(ctx, options_.deadline);
   pb::DeleteDatasetRequest req;
   req.set_dataset_id(dataset_id);
   pb::DeleteDatasetResponse resp;
@@ -155,7 +171,7 @@ absl::Status Client::DeleteDataset(const std::string& dataset_id) {
 absl::Status Client::WatchJob(const std::string& job_id, int64_t from_sequence,
                               const std::function<absl::Status(const pb::JobEvent&)>& on_event) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.stream_deadline);
+  Prepare(ctx, options_.stream_deadline);
   pb::WatchJobRequest req;
   req.set_job_id(job_id);
   req.set_from_sequence(from_sequence);
@@ -169,7 +185,7 @@ absl::Status Client::WatchJob(const std::string& job_id, int64_t from_sequence,
 absl::StatusOr<pb::UploadDatasetResponse> Client::UploadDataset(const pb::DatasetInfo& info,
                                                                 const ChunkSource& next) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.stream_deadline);
+  Prepare(ctx, options_.stream_deadline);
   pb::UploadDatasetResponse resp;
   auto writer = stub_->UploadDataset(&ctx, &resp);
   pb::UploadDatasetRequest req;
@@ -196,7 +212,7 @@ absl::StatusOr<pb::UploadDatasetResponse> Client::UploadDataset(const pb::Datase
 absl::Status Client::FetchArtifact(const std::string& artifact_id, int64_t offset,
                                    const ArtifactSink& sink) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, options_.stream_deadline);
+  Prepare(ctx, options_.stream_deadline);
   pb::FetchArtifactRequest req;
   req.set_artifact_id(artifact_id);
   req.set_offset(offset);

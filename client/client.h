@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "grpcpp/channel.h"
 #include "prune/v1/pruning_service.grpc.pb.h"
 
@@ -25,6 +26,12 @@ struct ClientOptions {
   // Streaming calls: one upload, one fetch attempt, one WatchJob connection (watch reconnects
   // from the last sequence when it expires).
   absl::Duration stream_deadline = absl::Hours(1);
+  // Bearer token sent on every call (`authorization: Bearer <token>`); "" = none.
+  std::string token;
+  // TLS: empty = plain text; tls.ca verifies the server (empty with tls_enabled = the system
+  // roots); tls.cert/key present a client certificate.
+  TlsFiles tls;
+  bool tls_enabled = false;
 };
 
 // Where a FetchArtifact stream's messages go. Any callback's error cancels the call and is
@@ -71,10 +78,17 @@ class Client {
                              const ArtifactSink& sink);
 
   const std::string& address() const { return address_; }
+  // Not OK when the TLS files could not be read (the channel then is not usable): check it
+  // after construction.
+  const absl::Status& setup_status() const { return setup_; }
 
  private:
+  // The deadline and the credentials of one call.
+  void Prepare(grpc::ClientContext& ctx, absl::Duration deadline) const;
+
   std::string address_;
   ClientOptions options_;
+  absl::Status setup_;  // a TLS file that could not be read fails every call with it
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<::prune::v1::PruningService::Stub> stub_;
 };

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -28,10 +29,19 @@
 #include "client/progress.h"
 #include "common/cli_exit.h"
 #include "common/flags.h"
+#include "common/tls.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address host:port.");
+ABSL_FLAG(std::string, token, "",
+          "Bearer token for the scheduler's --auth-tokens (default: $PRUNESVC_TOKEN; prefer the "
+          "variable or --token-file: a flag shows in ps).");
+ABSL_FLAG(std::string, token_file, "", "File holding the bearer token (instead of --token).");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA that verifies the scheduler's certificate: turns on TLS (default: "
+          "$PRUNESVC_TLS_CA).");
+ABSL_FLAG(bool, tls, false, "TLS verified against the system's CA roots (without --tls-ca).");
 ABSL_FLAG(std::string, service, "",
           "health: the service to check (e.g. prune.v1.PruningService); empty = whole server.");
 ABSL_FLAG(double, timeout, 5.0, "Deadline for each unary call, seconds.");
@@ -110,9 +120,12 @@ constexpr char kUsage[] =
     "  fetch JOB --out=DIR [--json] download, verify (sha256, MANIFEST.sha256) and unpack the\n"
     "                              artifact of a SUCCEEDED job (resumes after a dropped\n"
     "                              connection and across runs)\n"
+    "Credentials (a scheduler with --auth-tokens / TLS): --token, --token-file or\n"
+    "  $PRUNESVC_TOKEN; --tls-ca=CA.pem or $PRUNESVC_TLS_CA (or --tls for the system roots)\n"
     "Exit codes (common/cli_exit.h):\n"
     "  0    success (watch: the job SUCCEEDED)\n"
-    "  1    other failures: server unreachable or unavailable, internal errors (health: not\n"
+    "  1    other failures: server unreachable or unavailable, internal errors, a missing or\n"
+    "       invalid token (UNAUTHENTICATED, PERMISSION_DENIED) (health: not\n"
     "       SERVING; watch: the job FAILED for an internal reason)\n"
     "  2    input to fix: bad flags, job file or spec (INVALID_ARGUMENT), unknown job or dataset\n"
     "       (NOT_FOUND), an existing --out, a corrupt download (DATA_LOSS), FAILED_PRECONDITION\n"
@@ -458,6 +471,28 @@ int CmdFetch(Context& c) {
   return 0;
 }
 
+// --token / --token-file / $PRUNESVC_TOKEN and --tls-ca / $PRUNESVC_TLS_CA / --tls into the
+// options; 2 (with a message) when a file cannot be read.
+int Credentials(prunesvc::client::ClientOptions& options) {
+  options.token = absl::GetFlag(FLAGS_token);
+  const std::string token_file = absl::GetFlag(FLAGS_token_file);
+  if (!token_file.empty()) {
+    if (!options.token.empty()) return Usage("--token and --token-file exclude each other");
+    absl::StatusOr<std::string> t = prunesvc::ReadTokenFile(token_file, "--token-file");
+    if (!t.ok()) return Usage(std::string(t.status().message()));
+    options.token = *t;
+  }
+  if (options.token.empty()) {
+    if (const char* env = std::getenv("PRUNESVC_TOKEN")) options.token = env;
+  }
+  options.tls.ca = absl::GetFlag(FLAGS_tls_ca);
+  if (options.tls.ca.empty()) {
+    if (const char* env = std::getenv("PRUNESVC_TLS_CA")) options.tls.ca = env;
+  }
+  options.tls_enabled = absl::GetFlag(FLAGS_tls) || !options.tls.ca.empty();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -471,7 +506,12 @@ int main(int argc, char** argv) {
   prunesvc::client::ClientOptions options;
   options.deadline = absl::Seconds(absl::GetFlag(FLAGS_timeout));
   options.stream_deadline = absl::Seconds(absl::GetFlag(FLAGS_stream_timeout));
+  if (int rc = Credentials(options); rc != 0) return rc;
   Client client(absl::GetFlag(FLAGS_addr), options);
+  if (!client.setup_status().ok()) {
+    std::fprintf(stderr, "prunectl: %s\n", std::string(client.setup_status().message()).c_str());
+    return prunesvc::kExitUsage;
+  }
   Context ctx{client, std::vector<std::string>(args.begin() + 2, args.end()), repeated,
               prunesvc::client::GivenFlagNames(raw), absl::GetFlag(FLAGS_json)};
   const std::map<std::string, std::function<int(Context&)>> commands = {

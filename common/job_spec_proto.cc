@@ -296,7 +296,15 @@ absl::StatusOr<std::string> FileUriPath(absl::string_view uri, absl::string_view
                                        "\" has an unsupported scheme; use file:///absolute/path"));
   }
   const absl::string_view path = uri.substr(kScheme.size());
-  if (path.empty() || path[0] != '/') {
+  if (!path.empty() && path[0] != '/') {
+    // file://HOST/path: a model on another machine; the scheduler and workers read local paths
+    // only (a host is not a way around --allowed-model-roots either).
+    const absl::string_view host = path.substr(0, path.find('/'));
+    return Invalid(
+        field, absl::StrCat("\"", uri.substr(0, 200), "\" names a host (\"", host.substr(0, 100),
+                            "\"); only local paths are accepted: file:///absolute/path"));
+  }
+  if (path.empty()) {
     return Invalid(field, absl::StrCat("\"", uri.substr(0, 200),
                                        "\" is not an absolute file URI (file:///absolute/path)"));
   }

@@ -303,6 +303,12 @@ TEST(JobSpecProtoTest, ContentIdsAndFileUris) {
   EXPECT_EQ(*FileUriPath("file:///a/b", "model_uri"), "/a/b");
   EXPECT_FALSE(FileUriPath("file://", "model_uri").ok());
   EXPECT_FALSE(FileUriPath("s3://bucket/m", "model_uri").ok());
+  // A host is refused by name (issue 17): models are read from local paths only.
+  for (const char* uri : {"file://localhost/etc", "file://example.com/models/m", "file://h"}) {
+    absl::StatusOr<std::string> p = FileUriPath(uri, "model_uri");
+    ASSERT_FALSE(p.ok()) << uri;
+    EXPECT_NE(p.status().message().find("names a host"), std::string::npos) << p.status();
+  }
 }
 
 }  // namespace

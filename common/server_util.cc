@@ -30,8 +30,9 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   return absl::OkStatus();
 }
 
-absl::Status WriteReadyFile(const std::string& path, int port, int metrics_port) {
+absl::Status WriteReadyFile(const std::string& path, int port, int metrics_port, int worker_port) {
   nlohmann::json j = {{"port", port}, {"metrics_port", metrics_port}, {"pid", getpid()}};
+  if (worker_port >= 0) j["worker_port"] = worker_port;
   return WriteFileAtomically(path, j.dump() + "\n");
 }
 

@@ -15,6 +15,8 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev nlohmann-json3-dev libyaml-cpp-dev libsentencepiece-dev
   libarchive-dev libspdlog-dev libcpp-httplib-dev libstb-dev libpng-dev libjpeg-dev
+  # TLS: certificate parsing (common/tls.cc); the openssl command makes the tests' certificates
+  libssl-dev openssl
   # Python reference scripts and standard-client tests (Debian's /usr/bin/python3)
   python3 python3-torch python3-numpy python3-pil python3-grpcio python3-grpc-tools
   python3-protobuf python3-sentencepiece grpc-proto sentencepiece

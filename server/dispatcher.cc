@@ -69,14 +69,42 @@ Dispatcher::Dispatcher(DispatcherOptions options, JobStore* store, EventHub* hub
 Dispatcher::~Dispatcher() { Shutdown(); }
 
 void Dispatcher::Enqueue(const std::string& job_id) {
+  // The tenant decides the quota; a job the store cannot read runs as tenant "" (its driver
+  // then fails it with the store's error).
+  std::string tenant;
+  if (options_.tenant_max_running) {
+    absl::StatusOr<pb::Job> job = store_->GetJob(job_id);
+    if (job.ok()) tenant = job->tenant();
+  }
   absl::MutexLock lock(&mu_);
   if (shutting_down_ || drivers_.count(job_id) > 0) return;
   if (std::find(queued_jobs_.begin(), queued_jobs_.end(), job_id) != queued_jobs_.end()) return;
-  if (int(drivers_.size()) >= options_.max_running_jobs) {
-    queued_jobs_.push_back(job_id);
-    return;
+  queued_jobs_.push_back(job_id);
+  tenant_of_[job_id] = tenant;
+  StartRunnableLocked();
+}
+
+bool Dispatcher::TenantHasRoomLocked(const std::string& tenant) const {
+  if (!options_.tenant_max_running) return true;
+  const int64_t quota = options_.tenant_max_running(tenant);
+  if (quota <= 0) return true;
+  auto it = running_by_tenant_.find(tenant);
+  return it == running_by_tenant_.end() || it->second < quota;
+}
+
+void Dispatcher::StartRunnableLocked() {
+  for (auto it = queued_jobs_.begin();
+       it != queued_jobs_.end() && int(drivers_.size()) < options_.max_running_jobs;) {
+    const std::string& tenant = tenant_of_[*it];
+    if (!TenantHasRoomLocked(tenant)) {
+      ++it;
+      continue;
+    }
+    ++running_by_tenant_[tenant];
+    const std::string job_id = *it;
+    it = queued_jobs_.erase(it);
+    StartDriver(job_id);
   }
-  StartDriver(job_id);
 }
 
 void Dispatcher::StartDriver(const std::string& job_id) {
@@ -99,12 +127,13 @@ void Dispatcher::DriverFinished(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   drivers_.erase(job_id);
   affinity_.erase(job_id);
-  metrics_.running_jobs->Set(double(drivers_.size()));
-  if (!shutting_down_ && !queued_jobs_.empty()) {
-    const std::string next = queued_jobs_.front();
-    queued_jobs_.erase(queued_jobs_.begin());
-    StartDriver(next);
+  job_blobs_.erase(job_id);
+  if (auto t = tenant_of_.find(job_id); t != tenant_of_.end()) {
+    if (--running_by_tenant_[t->second] <= 0) running_by_tenant_.erase(t->second);
+    tenant_of_.erase(t);
   }
+  metrics_.running_jobs->Set(double(drivers_.size()));
+  if (!shutting_down_) StartRunnableLocked();
   // The thread cannot join itself: park it for the next StartDriver (or Shutdown) to join. Done
   // after StartDriver, which joins the parked ones.
   auto t = threads_.find(job_id);
@@ -116,8 +145,11 @@ void Dispatcher::DriverFinished(const std::string& job_id) {
 
 void Dispatcher::Cancel(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
-  queued_jobs_.erase(std::remove(queued_jobs_.begin(), queued_jobs_.end(), job_id),
-                     queued_jobs_.end());
+  auto queued = std::find(queued_jobs_.begin(), queued_jobs_.end(), job_id);
+  if (queued != queued_jobs_.end()) {
+    queued_jobs_.erase(queued);
+    tenant_of_.erase(job_id);
+  }
   auto it = drivers_.find(job_id);
   if (it != drivers_.end()) it->second->Cancel();
 }
@@ -195,8 +227,8 @@ bool Dispatcher::IsHeadLocked(int64_t ticket) const {
   return head != nullptr && head->ticket == ticket;
 }
 
-WorkerLease Dispatcher::LeaseLocked(const pb::WorkerInfo& w) {
-  leased_.insert(w.worker_id());
+WorkerLease Dispatcher::LeaseLocked(const pb::WorkerInfo& w, const std::string& job_id) {
+  leased_[w.worker_id()] = job_id;
   return {w.worker_id(), w.address(), connector_->Connect(w.address())};
 }
 
@@ -221,7 +253,7 @@ absl::StatusOr<WorkerLease> Dispatcher::Acquire(const std::string& job_id, int p
       std::vector<pb::WorkerInfo> idle = IdleWorkersLocked(job_id);
       if (!idle.empty()) {
         leave();
-        return LeaseLocked(idle.front());
+        return LeaseLocked(idle.front(), job_id);
       }
     }
     // Woken by Release; the timeout picks up newly registered workers and stop().
@@ -241,9 +273,36 @@ std::vector<WorkerLease> Dispatcher::TryAcquireMore(const std::string& job_id, i
   }
   for (const pb::WorkerInfo& w : IdleWorkersLocked(job_id)) {
     if (int(out.size()) >= max) break;
-    out.push_back(LeaseLocked(w));
+    out.push_back(LeaseLocked(w, job_id));
   }
   return out;
+}
+
+void Dispatcher::SetJobBlobs(const std::string& job_id, const std::string& tenant,
+                             std::set<std::string> blob_ids) {
+  absl::MutexLock lock(&mu_);
+  job_blobs_[job_id] = {tenant, std::move(blob_ids)};
+}
+
+absl::StatusOr<std::string> Dispatcher::FetchTenant(const std::string& worker_id,
+                                                    const std::string& blob_id) const {
+  absl::MutexLock lock(&mu_);
+  auto lease = leased_.find(worker_id);
+  if (lease != leased_.end()) {
+    auto blobs = job_blobs_.find(lease->second);
+    if (blobs != job_blobs_.end() && blobs->second.second.count(blob_id) > 0) {
+      return blobs->second.first;
+    }
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("worker ", worker_id, " runs no step that references blob ", blob_id));
+}
+
+absl::Status Dispatcher::MayPut(const std::string& worker_id) const {
+  absl::MutexLock lock(&mu_);
+  if (leased_.count(worker_id) > 0) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat("worker ", worker_id, " runs no step: it has nothing to store"));
 }
 
 void Dispatcher::Release(const WorkerLease& lease, bool failed) {

@@ -34,6 +34,7 @@
 #include "server/event_hub.h"
 #include "server/job_runner.h"
 #include "server/job_store.h"
+#include "server/registry_service.h"
 #include "server/worker_client.h"
 #include "server/worker_table.h"
 
@@ -51,6 +52,9 @@ struct DispatcherOptions {
   absl::Duration retry_backoff = absl::Milliseconds(200);  // doubles per attempt
   absl::Duration quarantine = absl::Seconds(5);
   int max_running_jobs = 16;  // drivers running at once; further jobs wait QUEUED
+  // A tenant's running-jobs quota (0 = none beyond max_running_jobs); unset = no per-tenant
+  // quota. A job over its tenant's quota waits QUEUED while later jobs of other tenants start.
+  std::function<int64_t(const std::string& tenant)> tenant_max_running;
   // A commit the store refuses for want of space (RESOURCE_EXHAUSTED: the state dir is full) is
   // retried after this, doubling up to commit_retry_max, until it succeeds or the job stops: a
   // job waits for space rather than failing (its failure could not be recorded either).
@@ -71,7 +75,7 @@ struct DispatcherMetrics {
   prometheus::Gauge* running_jobs;
 };
 
-class Dispatcher : public JobRunner {
+class Dispatcher : public JobRunner, public BlobAccess {
  public:
   // None of the pointers is owned; all must outlive the dispatcher.
   Dispatcher(DispatcherOptions options, JobStore* store, EventHub* hub, WorkerTable* table,
@@ -94,6 +98,13 @@ class Dispatcher : public JobRunner {
   std::vector<WorkerLease> TryAcquireMore(const std::string& job_id, int priority, int max);
   // `failed`: the step failed in a retryable way on it (quarantined for a while).
   void Release(const WorkerLease& lease, bool failed);
+  // The blobs (datasets, projectors) the job's steps read, and whose index (tenant) resolves
+  // them: what a worker leased to the job may fetch (BlobAccess).
+  void SetJobBlobs(const std::string& job_id, const std::string& tenant,
+                   std::set<std::string> blob_ids);
+  absl::StatusOr<std::string> FetchTenant(const std::string& worker_id,
+                                          const std::string& blob_id) const override;
+  absl::Status MayPut(const std::string& worker_id) const override;
   // Workers that ran a step of the job (affinity), and recording one.
   void NoteAffinity(const std::string& job_id, const std::string& worker_id);
 
@@ -111,12 +122,16 @@ class Dispatcher : public JobRunner {
     std::string job_id;
   };
   void StartDriver(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts queued jobs, in order, while there is room overall and in their tenants' quotas.
+  void StartRunnableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool TenantHasRoomLocked(const std::string& tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DriverFinished(const std::string& job_id);
   // Idle workers (registered, not lost, not leased, not quarantined), affinity first.
   std::vector<::prune::v1::WorkerInfo> IdleWorkersLocked(const std::string& job_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsHeadLocked(int64_t ticket) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  WorkerLease LeaseLocked(const ::prune::v1::WorkerInfo& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  WorkerLease LeaseLocked(const ::prune::v1::WorkerInfo& w, const std::string& job_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   const DispatcherOptions options_;
@@ -131,10 +146,15 @@ class Dispatcher : public JobRunner {
   std::map<std::string, std::unique_ptr<SearchDriver>> drivers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> finished_threads_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::string> queued_jobs_ ABSL_GUARDED_BY(mu_);  // beyond max_running_jobs
+  std::vector<std::string> queued_jobs_ ABSL_GUARDED_BY(mu_);          // waiting for room, in order
+  std::map<std::string, std::string> tenant_of_ ABSL_GUARDED_BY(mu_);  // queued and running jobs
+  std::map<std::string, int> running_by_tenant_ ABSL_GUARDED_BY(mu_);
   std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   int64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
-  std::set<std::string> leased_ ABSL_GUARDED_BY(mu_);                   // worker ids
+  std::map<std::string, std::string> leased_ ABSL_GUARDED_BY(mu_);  // worker id → job id
+  // Per running job: its tenant and the blobs its steps may fetch (SetJobBlobs).
+  std::map<std::string, std::pair<std::string, std::set<std::string>>> job_blobs_
+      ABSL_GUARDED_BY(mu_);
   std::map<std::string, absl::Time> quarantined_ ABSL_GUARDED_BY(mu_);  // until
   std::map<std::string, std::set<std::string>> affinity_ ABSL_GUARDED_BY(mu_);
   bool wake_ ABSL_GUARDED_BY(mu_) = false;  // a worker was released

@@ -53,6 +53,18 @@ SchedulerMetrics::SchedulerMetrics() : registry(std::make_shared<prometheus::Reg
                        .Help("WatchJob streams that fell behind and re-read the job store.")
                        .Register(*registry)
                        .Add({});
+  auto& refused = prometheus::BuildCounter()
+                      .Name("prunesvc_auth_refused_total")
+                      .Help("Calls refused by authentication or authorization, by reason.")
+                      .Register(*registry);
+  auth_unauthenticated = &refused.Add({{"reason", "unauthenticated"}});
+  auth_worker_unauthenticated = &refused.Add({{"reason", "worker_unauthenticated"}});
+  auth_permission_denied = &refused.Add({{"reason", "permission_denied"}});
+  quota_exceeded = &prometheus::BuildCounter()
+                        .Name("prunesvc_quota_exceeded_total")
+                        .Help("Calls refused because a tenant quota was reached.")
+                        .Register(*registry)
+                        .Add({});
 }
 
 std::vector<prometheus::MetricFamily> JobsCollector::Collect() const {

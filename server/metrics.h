@@ -45,6 +45,12 @@ struct SchedulerMetrics {
   // prunesvc_watch_resyncs_total: a WatchJob client fell more than the backlog behind (or saw a
   // gap) and re-read the store.
   prometheus::Counter* watch_resyncs;
+  // Refused calls: no or unknown client token; no or wrong worker token (or a blob the worker
+  // may not fetch); a role or worker that may not do what it asked.
+  prometheus::Counter* auth_unauthenticated;
+  prometheus::Counter* auth_worker_unauthenticated;
+  prometheus::Counter* auth_permission_denied;
+  prometheus::Counter* quota_exceeded;
 };
 
 // prunesvc_jobs{state="queued|preparing|searching|finalizing|succeeded|failed|cancelled"}, from

@@ -35,8 +35,12 @@ namespace {
 
 namespace pb = ::prune::v1;
 
-// Until authentication exists every caller is the anonymous tenant.
-std::string TenantOf(grpc::CallbackServerContext*) { return ""; }
+// "quota NAME: ..." for a tenant at its limit.
+absl::Status QuotaError(absl::string_view quota, const std::string& tenant, absl::string_view what,
+                        int64_t limit, absl::string_view advice) {
+  return absl::ResourceExhaustedError(absl::StrCat("quota ", quota, ": tenant \"", tenant, "\" ",
+                                                   what, " (its limit is ", limit, "); ", advice));
+}
 
 constexpr int32_t kEventPage = 256;
 
@@ -65,10 +69,10 @@ pb::JobEvent StateEvent(pb::JobState from, pb::JobState to, const std::string& r
 // when nobody has it.
 class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
  public:
-  WatchReactor(const PruningServiceDeps& deps, std::string tenant, std::string job_id,
+  WatchReactor(const PruningServiceDeps& deps, Principal caller, std::string job_id,
                int64_t from_sequence, int max_backlog, WatcherCounts* watchers)
       : deps_(deps),
-        tenant_(std::move(tenant)),
+        caller_(std::move(caller)),
         job_id_(std::move(job_id)),
         max_backlog_(max_backlog),
         watchers_(watchers),
@@ -211,7 +215,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
   absl::Status ReadStore(int64_t after, bool check_job) {
     if (check_job) {
       absl::StatusOr<pb::Job> job = deps_.store->GetJob(job_id_);
-      if (!job.ok() || job->tenant() != tenant_) {
+      if (!job.ok() || (job->tenant() != caller_.tenant && !caller_.admin())) {
         return absl::NotFoundError(absl::StrCat("no job ", job_id_));
       }
     }
@@ -244,7 +248,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
   }
 
   const PruningServiceDeps deps_;
-  const std::string tenant_;
+  const Principal caller_;
   const std::string job_id_;
   const int max_backlog_;
   int64_t handle_ = 0;  // set in the constructor, read in OnDone
@@ -273,9 +277,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
 class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequest> {
  public:
   UploadReactor(grpc::CallbackServerContext* ctx, const PruningServiceDeps& deps,
-                const PruningServiceOptions& options, std::string tenant,
+                const PruningServiceOptions& options, std::string tenant, int64_t max_stored_bytes,
                 pb::UploadDatasetResponse* resp)
-      : ctx_(ctx), deps_(deps), options_(options), tenant_(std::move(tenant)), resp_(resp) {
+      : ctx_(ctx),
+        deps_(deps),
+        options_(options),
+        tenant_(std::move(tenant)),
+        max_stored_bytes_(max_stored_bytes),
+        resp_(resp) {
     StartRead(&req_);
   }
   ~UploadReactor() override {
@@ -384,6 +393,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     if (existing.ok() && existing->kind == BlobKind::kDataset) {
       return Respond(*existing, /*already_present=*/true);
     }
+    RETURN_IF_ERROR(CheckStoredBytes());
     ASSIGN_OR_RETURN(BlobCommitResult blob, StoreBlob(BlobIdFromHex(upload_hex)));
     BlobRecord record;
     record.blob_id = dataset_id;
@@ -397,6 +407,17 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     spdlog::info("dataset stored dataset_id={} samples={} bytes={} name={}", dataset_id,
                  record.num_samples, record.size_bytes, info_.name());
     return Respond(put.record, put.already_present);
+  }
+
+  // The tenant's stored bytes plus this upload stay within its max_stored_bytes quota.
+  absl::Status CheckStoredBytes() {
+    if (max_stored_bytes_ <= 0) return absl::OkStatus();
+    ASSIGN_OR_RETURN(int64_t stored, deps_.store->TenantBlobBytes(tenant_));
+    if (stored + received_ <= max_stored_bytes_) return absl::OkStatus();
+    deps_.metrics->quota_exceeded->Increment();
+    return QuotaError("max_stored_bytes", tenant_,
+                      absl::StrCat("stores ", stored, " bytes and this upload adds ", received_),
+                      max_stored_bytes_, "delete datasets or finished jobs first");
   }
 
   absl::Status Respond(const BlobRecord& record, bool already_present) {
@@ -432,6 +453,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
   const PruningServiceDeps deps_;
   const PruningServiceOptions& options_;
   const std::string tenant_;
+  const int64_t max_stored_bytes_;  // 0 = unlimited
   pb::UploadDatasetResponse* const resp_;
   pb::UploadDatasetRequest req_;
   bool got_info_ = false;
@@ -447,8 +469,8 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
 // info, data chunks from the offset, trailer. Runs on the pool, one message per call.
 class ArtifactProducer {
  public:
-  ArtifactProducer(const PruningServiceDeps& deps, std::string tenant, pb::FetchArtifactRequest req)
-      : deps_(deps), tenant_(std::move(tenant)), req_(std::move(req)) {}
+  ArtifactProducer(const PruningServiceDeps& deps, Principal caller, pb::FetchArtifactRequest req)
+      : deps_(deps), caller_(std::move(caller)), req_(std::move(req)) {}
 
   absl::StatusOr<std::optional<pb::FetchArtifactResponse>> operator()() {
     pb::FetchArtifactResponse r;
@@ -478,11 +500,7 @@ class ArtifactProducer {
  private:
   absl::Status Open() {
     const std::string& id = req_.artifact_id();
-    absl::StatusOr<BlobRecord> rec = deps_.store->GetBlob(tenant_, id);
-    if (!rec.ok() || rec->kind != BlobKind::kArtifact) {
-      return absl::NotFoundError(absl::StrCat("artifact_id: no artifact ", id));
-    }
-    record_ = *rec;
+    ASSIGN_OR_RETURN(record_, FindArtifact(id));
     ASSIGN_OR_RETURN(reader_, deps_.blobs->Open(record_.content_id));
     if (req_.offset() < 0) return absl::InvalidArgumentError("offset: negative");
     if (req_.offset() > reader_->size()) {
@@ -493,8 +511,23 @@ class ArtifactProducer {
     return absl::OkStatus();
   }
 
+  // The caller's artifact `id`; an admin's may be any tenant's.
+  absl::StatusOr<BlobRecord> FindArtifact(const std::string& id) {
+    absl::StatusOr<BlobRecord> rec = deps_.store->GetBlob(caller_.tenant, id);
+    if (rec.ok() && rec->kind == BlobKind::kArtifact) return rec;
+    if (!rec.ok() && !absl::IsNotFound(rec.status())) return rec.status();
+    if (caller_.admin()) {
+      ASSIGN_OR_RETURN(std::vector<BlobRecord> all,
+                       deps_.store->ListBlobs("", BlobKind::kArtifact));
+      for (BlobRecord& r : all) {
+        if (r.blob_id == id && !r.tenant.empty()) return std::move(r);
+      }
+    }
+    return absl::NotFoundError(absl::StrCat("artifact_id: no artifact ", id));
+  }
+
   const PruningServiceDeps deps_;
-  const std::string tenant_;
+  const Principal caller_;
   const pb::FetchArtifactRequest req_;
   BlobRecord record_;
   std::shared_ptr<BlobReader> reader_;
@@ -543,12 +576,51 @@ absl::Status PruningServiceImpl::CheckDataset(const std::string& tenant, const s
   absl::StatusOr<BlobRecord> rec = deps_.store->GetBlob(tenant, id);
   if (rec.ok() && rec->kind == BlobKind::kDataset) return absl::OkStatus();
   if (!rec.ok() && !absl::IsNotFound(rec.status())) return rec.status();
-  return absl::InvalidArgumentError(
+  // NOT_FOUND, like every other tenant's object: whether another tenant holds it stays hidden.
+  return absl::NotFoundError(
       absl::StrCat(field, ": unknown dataset ", id, " (upload it with UploadDataset first)"));
 }
 
-absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const std::string& tenant,
+absl::StatusOr<Principal> PruningServiceImpl::Caller(grpc::CallbackServerContext* ctx) const {
+  if (deps_.auth == nullptr) return Principal{"", Role::kAdmin};
+  absl::StatusOr<Principal> who = deps_.auth->Authenticate(*ctx);
+  if (!who.ok()) deps_.metrics->auth_unauthenticated->Increment();
+  return who;
+}
+
+TenantQuota PruningServiceImpl::QuotaOf(const std::string& tenant) const {
+  if (deps_.auth == nullptr) return TenantQuota{0, 0, 0};
+  return deps_.auth->QuotaOf(tenant);
+}
+
+absl::Status PruningServiceImpl::CheckSubmitQuotas(const std::string& tenant) const {
+  const TenantQuota quota = QuotaOf(tenant);
+  const int64_t max_queued = quota.max_queued_jobs.value_or(0);
+  if (max_queued > 0) {
+    ASSIGN_OR_RETURN(auto counts, deps_.store->CountJobsByState(tenant));
+    if (counts[pb::QUEUED] >= max_queued) {
+      deps_.metrics->quota_exceeded->Increment();
+      return QuotaError("max_queued_jobs", tenant,
+                        absl::StrCat("has ", counts[pb::QUEUED], " jobs QUEUED"), max_queued,
+                        "wait for some to start, or cancel some (--max-queued-jobs or the "
+                        "tokens file set it)");
+    }
+  }
+  const int64_t max_bytes = quota.max_stored_bytes.value_or(0);
+  if (max_bytes > 0) {
+    ASSIGN_OR_RETURN(int64_t stored, deps_.store->TenantBlobBytes(tenant));
+    if (stored >= max_bytes) {
+      deps_.metrics->quota_exceeded->Increment();
+      return QuotaError("max_stored_bytes", tenant, absl::StrCat("stores ", stored, " bytes"),
+                        max_bytes, "a job's artifact would not fit: delete datasets or jobs first");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const Principal& caller,
                                                                    const pb::JobSpec& proto) {
+  const std::string& tenant = caller.tenant;
   ASSIGN_OR_RETURN(JobSpec spec, JobSpecFromProto(proto));
   if (spec.uniform_guard) {
     // The guard scores UNIFORM's continuous ratios, which EvaluatePolicies (grid ratios) cannot
@@ -561,12 +633,7 @@ absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const std::st
   if (spec.eval_dataset_id.has_value()) {
     RETURN_IF_ERROR(CheckDataset(tenant, *spec.eval_dataset_id, "eval_dataset_id"));
   }
-  ASSIGN_OR_RETURN(auto counts, deps_.store->CountJobsByState(tenant));
-  if (counts[pb::QUEUED] >= options_.max_queued_jobs) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "max_queued_jobs: ", counts[pb::QUEUED], " jobs are QUEUED already (the limit is ",
-        options_.max_queued_jobs, ", --max-queued-jobs); wait for some to start, or cancel some"));
-  }
+  RETURN_IF_ERROR(CheckSubmitQuotas(tenant));
   const pb::JobEvent queued = StateEvent(pb::JOB_STATE_UNSPECIFIED, pb::QUEUED, "submitted");
   ASSIGN_OR_RETURN(CreateJobResult created,
                    deps_.store->CreateJob(tenant, JobSpecToProto(spec), {queued}));
@@ -585,19 +652,20 @@ absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const std::st
   return resp;
 }
 
-absl::StatusOr<pb::Job> PruningServiceImpl::DoGet(const std::string& tenant,
+absl::StatusOr<pb::Job> PruningServiceImpl::DoGet(const Principal& caller,
                                                   const std::string& job_id) {
   absl::StatusOr<pb::Job> job = deps_.store->GetJob(job_id);
-  if (absl::IsNotFound(job.status()) || (job.ok() && job->tenant() != tenant)) {
+  if (absl::IsNotFound(job.status()) ||
+      (job.ok() && job->tenant() != caller.tenant && !caller.admin())) {
     return absl::NotFoundError(absl::StrCat("no job ", job_id));
   }
   return job;
 }
 
-absl::StatusOr<pb::ListJobsResponse> PruningServiceImpl::DoList(const std::string& tenant,
+absl::StatusOr<pb::ListJobsResponse> PruningServiceImpl::DoList(const Principal& caller,
                                                                 const pb::ListJobsRequest& req) {
   ListJobsQuery q;
-  q.tenant = tenant;
+  q.tenant = caller.admin() ? "" : caller.tenant;  // "" lists every tenant's
   for (int s : req.states()) q.states.push_back(static_cast<pb::JobState>(s));
   q.labels.insert(req.labels().begin(), req.labels().end());
   q.page_size = req.page_size();
@@ -609,14 +677,14 @@ absl::StatusOr<pb::ListJobsResponse> PruningServiceImpl::DoList(const std::strin
   return resp;
 }
 
-absl::StatusOr<pb::Job> PruningServiceImpl::DoCancel(const std::string& tenant,
+absl::StatusOr<pb::Job> PruningServiceImpl::DoCancel(const Principal& caller,
                                                      const std::string& job_id,
                                                      const std::string& reason) {
   const std::string why = reason.empty() ? "cancelled by CancelJob" : reason;
   // The state may move between the read and the commit (the driver); expected_states makes the
   // commit fail rather than write a wrong `from`, and the loop reads again.
   for (int attempt = 0; attempt < 16; ++attempt) {
-    ASSIGN_OR_RETURN(pb::Job job, DoGet(tenant, job_id));
+    ASSIGN_OR_RETURN(pb::Job job, DoGet(caller, job_id));
     if (IsTerminalState(job.state())) return job;
     JobMutation m;
     m.expected_states = {job.state()};
@@ -637,8 +705,10 @@ absl::StatusOr<pb::Job> PruningServiceImpl::DoCancel(const std::string& tenant,
 grpc::ServerUnaryReactor* PruningServiceImpl::SubmitJob(grpc::CallbackServerContext* ctx,
                                                         const pb::SubmitJobRequest* req,
                                                         pb::SubmitJobResponse* resp) {
-  return RunUnaryOnPool(deps_.pool, ctx, resp, [this, req, tenant = TenantOf(ctx)] {
-    absl::StatusOr<pb::SubmitJobResponse> r = DoSubmit(tenant, req->spec());
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  return RunUnaryOnPool(deps_.pool, ctx, resp, [this, req, caller = *who] {
+    absl::StatusOr<pb::SubmitJobResponse> r = DoSubmit(caller, req->spec());
     SchedulerMetrics* m = deps_.metrics;
     if (r.ok()) {
       (r->deduplicated() ? m->submissions_deduplicated : m->submissions_accepted)->Increment();
@@ -653,40 +723,56 @@ grpc::ServerUnaryReactor* PruningServiceImpl::SubmitJob(grpc::CallbackServerCont
 
 grpc::ServerUnaryReactor* PruningServiceImpl::GetJob(grpc::CallbackServerContext* ctx,
                                                      const pb::GetJobRequest* req, pb::Job* resp) {
-  return RunUnaryOnPool(deps_.pool, ctx, resp, [this, req, tenant = TenantOf(ctx)] {
-    return DoGet(tenant, req->job_id());
-  });
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  return RunUnaryOnPool(deps_.pool, ctx, resp,
+                        [this, req, caller = *who] { return DoGet(caller, req->job_id()); });
 }
 
 grpc::ServerUnaryReactor* PruningServiceImpl::ListJobs(grpc::CallbackServerContext* ctx,
                                                        const pb::ListJobsRequest* req,
                                                        pb::ListJobsResponse* resp) {
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
   return RunUnaryOnPool(deps_.pool, ctx, resp,
-                        [this, req, tenant = TenantOf(ctx)] { return DoList(tenant, *req); });
+                        [this, req, caller = *who] { return DoList(caller, *req); });
 }
 
 grpc::ServerUnaryReactor* PruningServiceImpl::CancelJob(grpc::CallbackServerContext* ctx,
                                                         const pb::CancelJobRequest* req,
                                                         pb::Job* resp) {
-  return RunUnaryOnPool(deps_.pool, ctx, resp, [this, req, tenant = TenantOf(ctx)] {
-    return DoCancel(tenant, req->job_id(), req->reason());
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  return RunUnaryOnPool(deps_.pool, ctx, resp, [this, req, caller = *who] {
+    return DoCancel(caller, req->job_id(), req->reason());
   });
 }
 
 grpc::ServerWriteReactor<pb::JobEvent>* PruningServiceImpl::WatchJob(
     grpc::CallbackServerContext* ctx, const pb::WatchJobRequest* req) {
-  return new WatchReactor(deps_, TenantOf(ctx), req->job_id(), req->from_sequence(),
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return new FinishedWriteReactor<pb::JobEvent>(ToGrpcStatus(who.status()));
+  return new WatchReactor(deps_, *who, req->job_id(), req->from_sequence(),
                           options_.max_watch_backlog, &watchers_);
 }
 
 grpc::ServerReadReactor<pb::UploadDatasetRequest>* PruningServiceImpl::UploadDataset(
     grpc::CallbackServerContext* ctx, pb::UploadDatasetResponse* resp) {
-  return new UploadReactor(ctx, deps_, options_, TenantOf(ctx), resp);
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) {
+    return new FinishedReadReactor<pb::UploadDatasetRequest>(ToGrpcStatus(who.status()));
+  }
+  return new UploadReactor(ctx, deps_, options_, who->tenant,
+                           QuotaOf(who->tenant).max_stored_bytes.value_or(0), resp);
 }
 
 grpc::ServerWriteReactor<pb::FetchArtifactResponse>* PruningServiceImpl::FetchArtifact(
     grpc::CallbackServerContext* ctx, const pb::FetchArtifactRequest* req) {
-  auto producer = std::make_shared<ArtifactProducer>(deps_, TenantOf(ctx), *req);
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) {
+    return new FinishedWriteReactor<pb::FetchArtifactResponse>(ToGrpcStatus(who.status()));
+  }
+  auto producer = std::make_shared<ArtifactProducer>(deps_, *who, *req);
   return new ProducerWriteReactor<pb::FetchArtifactResponse>(deps_.pool,
                                                              [producer] { return (*producer)(); });
 }
@@ -694,6 +780,13 @@ grpc::ServerWriteReactor<pb::FetchArtifactResponse>* PruningServiceImpl::FetchAr
 grpc::ServerUnaryReactor* PruningServiceImpl::ListWorkers(grpc::CallbackServerContext* ctx,
                                                           const pb::ListWorkersRequest*,
                                                           pb::ListWorkersResponse* resp) {
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  if (!who->admin()) {
+    deps_.metrics->auth_permission_denied->Increment();
+    return FinishUnary(
+        ctx, grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "ListWorkers needs the admin role"));
+  }
   for (auto& w : deps_.workers->List()) *resp->add_workers() = std::move(w);
   return FinishUnary(ctx, grpc::Status::OK);
 }
@@ -717,47 +810,51 @@ void WatcherCounts::Remove(const std::string& job_id) {
 grpc::ServerUnaryReactor* PruningServiceImpl::DeleteJob(grpc::CallbackServerContext* ctx,
                                                         const pb::DeleteJobRequest* req,
                                                         pb::DeleteJobResponse* resp) {
-  return RunUnaryOnPool(
-      deps_.pool, ctx, resp,
-      [this, req, tenant = TenantOf(ctx)]() -> absl::StatusOr<pb::DeleteJobResponse> {
-        RETURN_IF_ERROR(DoGet(tenant, req->job_id()).status());
-        RETURN_IF_ERROR(deps_.store->DeleteJob(req->job_id()));
-        spdlog::info("job deleted job_id={}", req->job_id());
-        if (deps_.sweeper != nullptr) deps_.sweeper->Wake();
-        return pb::DeleteJobResponse();
-      });
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  return RunUnaryOnPool(deps_.pool, ctx, resp,
+                        [this, req, caller = *who]() -> absl::StatusOr<pb::DeleteJobResponse> {
+                          RETURN_IF_ERROR(DoGet(caller, req->job_id()).status());
+                          RETURN_IF_ERROR(deps_.store->DeleteJob(req->job_id()));
+                          spdlog::info("job deleted job_id={}", req->job_id());
+                          if (deps_.sweeper != nullptr) deps_.sweeper->Wake();
+                          return pb::DeleteJobResponse();
+                        });
 }
 
 grpc::ServerUnaryReactor* PruningServiceImpl::ListDatasets(grpc::CallbackServerContext* ctx,
                                                            const pb::ListDatasetsRequest*,
                                                            pb::ListDatasetsResponse* resp) {
-  return RunUnaryOnPool(
-      deps_.pool, ctx, resp,
-      [this, tenant = TenantOf(ctx)]() -> absl::StatusOr<pb::ListDatasetsResponse> {
-        ASSIGN_OR_RETURN(std::vector<BlobRecord> records,
-                         deps_.store->ListBlobs(tenant, BlobKind::kDataset));
-        pb::ListDatasetsResponse r;
-        for (const BlobRecord& b : records) {
-          if (b.tenant != tenant) continue;  // ListBlobs("") is every tenant's
-          pb::Dataset* d = r.add_datasets();
-          d->set_dataset_id(b.blob_id);
-          d->set_name(b.name);
-          d->set_num_samples(b.num_samples);
-          d->set_size_bytes(b.size_bytes);
-          const int64_t us = absl::ToUnixMicros(b.create_time);
-          d->mutable_create_time()->set_seconds(us / 1000000);
-          d->mutable_create_time()->set_nanos(int32_t(us % 1000000) * 1000);
-        }
-        return r;
-      });
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  return RunUnaryOnPool(deps_.pool, ctx, resp,
+                        [this, tenant = who->tenant]() -> absl::StatusOr<pb::ListDatasetsResponse> {
+                          ASSIGN_OR_RETURN(std::vector<BlobRecord> records,
+                                           deps_.store->ListBlobs(tenant, BlobKind::kDataset));
+                          pb::ListDatasetsResponse r;
+                          for (const BlobRecord& b : records) {
+                            if (b.tenant != tenant) continue;  // ListBlobs("") is every tenant's
+                            pb::Dataset* d = r.add_datasets();
+                            d->set_dataset_id(b.blob_id);
+                            d->set_name(b.name);
+                            d->set_num_samples(b.num_samples);
+                            d->set_size_bytes(b.size_bytes);
+                            const int64_t us = absl::ToUnixMicros(b.create_time);
+                            d->mutable_create_time()->set_seconds(us / 1000000);
+                            d->mutable_create_time()->set_nanos(int32_t(us % 1000000) * 1000);
+                          }
+                          return r;
+                        });
 }
 
 grpc::ServerUnaryReactor* PruningServiceImpl::DeleteDataset(grpc::CallbackServerContext* ctx,
                                                             const pb::DeleteDatasetRequest* req,
                                                             pb::DeleteDatasetResponse* resp) {
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
   return RunUnaryOnPool(
       deps_.pool, ctx, resp,
-      [this, req, tenant = TenantOf(ctx)]() -> absl::StatusOr<pb::DeleteDatasetResponse> {
+      [this, req, tenant = who->tenant]() -> absl::StatusOr<pb::DeleteDatasetResponse> {
         const std::string& id = req->dataset_id();
         ASSIGN_OR_RETURN(BlobRecord record, deps_.store->GetBlob(tenant, id));
         if (record.kind != BlobKind::kDataset) {

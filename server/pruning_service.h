@@ -8,8 +8,12 @@
 // chunks (<= 1 MiB) are read and written on reactor threads. Every streaming reactor keeps one
 // write in flight and frees itself in OnDone.
 //
-// Tenancy: every call acts for a tenant, "" until authentication exists (a later issue); jobs and
-// blobs of another tenant are NOT_FOUND.
+// Tenancy: every call is authenticated first (server/auth.h: UNAUTHENTICATED without a valid
+// token) and acts for the caller's tenant: another tenant's jobs, datasets and artifacts are
+// NOT_FOUND, also through ListJobs, WatchJob, CancelJob, FetchArtifact and a dataset id in
+// SubmitJob; dataset de-duplication is per tenant. The admin role sees every tenant's jobs and
+// the workers (ListWorkers is admin only). Quotas (queued jobs, stored bytes) are per tenant
+// and RESOURCE_EXHAUSTED names the quota; the running-jobs quota is the dispatcher's.
 //
 // Thread-safety: thread-safe; the dependencies must outlive the service and every call.
 #ifndef PRUNESVC_SERVER_PRUNING_SERVICE_H_
@@ -23,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "prune/v1/pruning_service.grpc.pb.h"
+#include "server/auth.h"
 #include "server/blob_store.h"
 #include "server/event_hub.h"
 #include "server/job_runner.h"
@@ -48,7 +53,6 @@ struct PruningServiceOptions {
   int max_watch_backlog = 256;
   // Limits (issue 16); exceeding one is RESOURCE_EXHAUSTED naming it and its value.
   int max_watchers_per_job = 256;  // concurrent WatchJob streams on one job
-  int max_queued_jobs = 1000;      // QUEUED jobs per tenant (checked before the insert)
 };
 
 // Jobs stay QUEUED: what the scheduler runs until a dispatcher is set.
@@ -70,6 +74,9 @@ struct PruningServiceDeps {
   SchedulerMetrics* metrics = nullptr;
   // Woken after DeleteJob / DeleteDataset so freed blobs go soon; nullptr = none.
   PeriodicSweeper* sweeper = nullptr;
+  // Who calls, and the tenants' quotas; nullptr = open (every caller the admin of tenant "",
+  // no quota).
+  const Authenticator* auth = nullptr;
 };
 
 // Concurrent WatchJob streams per job. Thread-safe.
@@ -127,15 +134,20 @@ class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackSer
                                           ::prune::v1::DeleteDatasetResponse* resp) override;
 
   // The blocking bodies of the unary RPCs (run on the pool; public for tests).
-  absl::StatusOr<::prune::v1::SubmitJobResponse> DoSubmit(const std::string& tenant,
+  absl::StatusOr<::prune::v1::SubmitJobResponse> DoSubmit(const Principal& caller,
                                                           const ::prune::v1::JobSpec& spec);
-  absl::StatusOr<::prune::v1::Job> DoGet(const std::string& tenant, const std::string& job_id);
-  absl::StatusOr<::prune::v1::ListJobsResponse> DoList(const std::string& tenant,
+  absl::StatusOr<::prune::v1::Job> DoGet(const Principal& caller, const std::string& job_id);
+  absl::StatusOr<::prune::v1::ListJobsResponse> DoList(const Principal& caller,
                                                        const ::prune::v1::ListJobsRequest& req);
-  absl::StatusOr<::prune::v1::Job> DoCancel(const std::string& tenant, const std::string& job_id,
+  absl::StatusOr<::prune::v1::Job> DoCancel(const Principal& caller, const std::string& job_id,
                                             const std::string& reason);
 
  private:
+  // The authenticated caller (counted in the metrics when refused).
+  absl::StatusOr<Principal> Caller(grpc::CallbackServerContext* ctx) const;
+  TenantQuota QuotaOf(const std::string& tenant) const;
+  // The queued-jobs and stored-bytes quotas admit one more job of `tenant`.
+  absl::Status CheckSubmitQuotas(const std::string& tenant) const;
   // model_uri resolves (realpath) inside an allowed root.
   absl::Status CheckModelUri(const std::string& uri) const;
   // `id` is a dataset the tenant has uploaded.

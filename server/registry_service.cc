@@ -21,9 +21,10 @@ namespace pb = ::prune::v1;
 constexpr int64_t kChunk = int64_t{1} << 20;
 
 // A dataset id resolves through the index to its tar; any other stored blob is its own id.
-absl::StatusOr<std::string> ResolveBlob(JobStore* store, BlobStore* blobs, const std::string& id) {
+absl::StatusOr<std::string> ResolveBlob(JobStore* store, BlobStore* blobs,
+                                        const std::string& tenant, const std::string& id) {
   RETURN_IF_ERROR(ValidateBlobId(id));
-  absl::StatusOr<BlobRecord> rec = store->GetBlob("", id);
+  absl::StatusOr<BlobRecord> rec = store->GetBlob(tenant, id);
   if (rec.ok()) return rec->content_id.empty() ? id : rec->content_id;
   ASSIGN_OR_RETURN(bool has, blobs->Has(id));
   if (!has) return absl::NotFoundError(absl::StrCat("blob_id: no blob ", id));
@@ -33,14 +34,19 @@ absl::StatusOr<std::string> ResolveBlob(JobStore* store, BlobStore* blobs, const
 // total_size and the first chunk, then chunks; always at least one message.
 class BlobProducer {
  public:
-  BlobProducer(JobStore* store, BlobStore* blobs, SchedulerMetrics* metrics,
+  BlobProducer(JobStore* store, BlobStore* blobs, SchedulerMetrics* metrics, std::string tenant,
                pb::FetchBlobRequest req)
-      : store_(store), blobs_(blobs), metrics_(metrics), req_(std::move(req)) {}
+      : store_(store),
+        blobs_(blobs),
+        metrics_(metrics),
+        tenant_(std::move(tenant)),
+        req_(std::move(req)) {}
 
   absl::StatusOr<std::optional<pb::FetchBlobResponse>> operator()() {
     pb::FetchBlobResponse r;
     if (reader_ == nullptr) {
-      ASSIGN_OR_RETURN(std::string content_id, ResolveBlob(store_, blobs_, req_.blob_id()));
+      ASSIGN_OR_RETURN(std::string content_id,
+                       ResolveBlob(store_, blobs_, tenant_, req_.blob_id()));
       ASSIGN_OR_RETURN(reader_, blobs_->Open(content_id));
       if (req_.offset() < 0 || req_.offset() > reader_->size()) {
         return absl::OutOfRangeError(
@@ -63,6 +69,7 @@ class BlobProducer {
   JobStore* const store_;
   BlobStore* const blobs_;
   SchedulerMetrics* const metrics_;
+  const std::string tenant_;  // whose dataset index resolves a dataset id
   const pb::FetchBlobRequest req_;
   std::unique_ptr<BlobReader> reader_;
   int64_t offset_ = 0;
@@ -142,13 +149,63 @@ class PutBlobReactor final : public grpc::ServerReadReactor<pb::PutBlobRequest> 
   std::string head_;  // the first 512 bytes, to tell an artifact (tar) from a projector
 };
 
+constexpr char kSessionKey[] = "prunesvc-worker-session";
+
 }  // namespace
+
+absl::Status RegistryService::CheckWorkerToken(const grpc::ServerContextBase& ctx) const {
+  if (!secured()) return absl::OkStatus();
+  absl::Status s = auth_->AuthenticateWorker(ctx);
+  if (!s.ok()) metrics_->auth_worker_unauthenticated->Increment();
+  return s;
+}
+
+absl::StatusOr<std::string> RegistryService::SessionWorker(
+    const grpc::ServerContextBase& ctx) const {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(kSessionKey);
+  const std::string session =
+      it == md.end() ? "" : std::string(it->second.data(), it->second.size());
+  return table_->WorkerOfSession(session);
+}
+
+absl::StatusOr<std::string> RegistryService::AuthorizeFetch(const grpc::ServerContextBase& ctx,
+                                                            const std::string& blob_id) const {
+  RETURN_IF_ERROR(CheckWorkerToken(ctx));
+  if (!secured()) return std::string();
+  absl::StatusOr<std::string> worker = SessionWorker(ctx);
+  const BlobAccess* access = access_.load();
+  absl::StatusOr<std::string> tenant =
+      !worker.ok()        ? absl::PermissionDeniedError(worker.status().message())
+      : access == nullptr ? absl::PermissionDeniedError("the scheduler runs no steps yet")
+                          : access->FetchTenant(*worker, blob_id);
+  if (!tenant.ok()) metrics_->auth_permission_denied->Increment();
+  return tenant;
+}
+
+absl::Status RegistryService::AuthorizePut(const grpc::ServerContextBase& ctx) const {
+  RETURN_IF_ERROR(CheckWorkerToken(ctx));
+  if (!secured()) return absl::OkStatus();
+  absl::StatusOr<std::string> worker = SessionWorker(ctx);
+  const BlobAccess* access = access_.load();
+  absl::Status s = !worker.ok()        ? absl::PermissionDeniedError(worker.status().message())
+                   : access == nullptr ? absl::PermissionDeniedError("no step is leased")
+                                       : access->MayPut(*worker);
+  if (!s.ok()) metrics_->auth_permission_denied->Increment();
+  return s;
+}
 
 grpc::ServerUnaryReactor* RegistryService::RegisterWorker(grpc::CallbackServerContext* ctx,
                                                           const pb::RegisterWorkerRequest* req,
                                                           pb::RegisterWorkerResponse* resp) {
+  if (absl::Status s = CheckWorkerToken(*ctx); !s.ok()) return FinishUnary(ctx, ToGrpcStatus(s));
   absl::StatusOr<std::string> id = table_->Register(req->info());
   if (!id.ok()) return FinishUnary(ctx, ToGrpcStatus(id.status()));
+  if (secured()) {
+    absl::StatusOr<std::string> session = table_->OpenSession(*id);
+    if (!session.ok()) return FinishUnary(ctx, ToGrpcStatus(session.status()));
+    resp->set_session_token(*session);
+  }
   metrics_->worker_registrations->Increment();
   spdlog::info("worker registered worker_id={} address={} device={} pid={} metrics_port={}", *id,
                req->info().address(), req->info().device(), req->info().pid(),
@@ -162,6 +219,14 @@ grpc::ServerUnaryReactor* RegistryService::RegisterWorker(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* RegistryService::Heartbeat(grpc::CallbackServerContext* ctx,
                                                      const pb::HeartbeatRequest* req,
                                                      pb::HeartbeatResponse* resp) {
+  if (absl::Status s = CheckWorkerToken(*ctx); !s.ok()) return FinishUnary(ctx, ToGrpcStatus(s));
+  if (secured()) {
+    absl::StatusOr<std::string> worker = SessionWorker(*ctx);
+    if (!worker.ok() || *worker != req->worker_id()) {  // a stale or foreign session
+      resp->set_reregister(true);
+      return FinishUnary(ctx, grpc::Status::OK);
+    }
+  }
   std::vector<std::string> models(req->cached_models().begin(), req->cached_models().end());
   absl::Status s = table_->Heartbeat(req->worker_id(), req->state(), models);
   if (absl::IsNotFound(s)) {
@@ -172,14 +237,21 @@ grpc::ServerUnaryReactor* RegistryService::Heartbeat(grpc::CallbackServerContext
 }
 
 grpc::ServerWriteReactor<pb::FetchBlobResponse>* RegistryService::FetchBlob(
-    grpc::CallbackServerContext*, const pb::FetchBlobRequest* req) {
-  auto producer = std::make_shared<BlobProducer>(store_, blobs_, metrics_, *req);
+    grpc::CallbackServerContext* ctx, const pb::FetchBlobRequest* req) {
+  absl::StatusOr<std::string> tenant = AuthorizeFetch(*ctx, req->blob_id());
+  if (!tenant.ok()) {
+    return new FinishedWriteReactor<pb::FetchBlobResponse>(ToGrpcStatus(tenant.status()));
+  }
+  auto producer = std::make_shared<BlobProducer>(store_, blobs_, metrics_, *tenant, *req);
   return new ProducerWriteReactor<pb::FetchBlobResponse>(pool_,
                                                          [producer] { return (*producer)(); });
 }
 
-grpc::ServerReadReactor<pb::PutBlobRequest>* RegistryService::PutBlob(grpc::CallbackServerContext*,
-                                                                      pb::PutBlobResponse* resp) {
+grpc::ServerReadReactor<pb::PutBlobRequest>* RegistryService::PutBlob(
+    grpc::CallbackServerContext* ctx, pb::PutBlobResponse* resp) {
+  if (absl::Status s = AuthorizePut(*ctx); !s.ok()) {
+    return new FinishedReadReactor<pb::PutBlobRequest>(ToGrpcStatus(s));
+  }
   return new PutBlobReactor(store_, blobs_, pool_, metrics_, resp);
 }
 

@@ -1,8 +1,9 @@
-// The prune-scheduler process: owns the gRPC server (PruningService, WorkerRegistry, health,
-// reflection), the job store (STATE_DIR/jobs.db), the blob store (STATE_DIR/blobs), the event
-// hub, the worker table, metrics and the --local-workers supervisor. main() only parses flags and
-// calls Create → Wait. Jobs stay QUEUED until a JobRunner (the dispatcher) is set.
-// Thread-safe.
+// The prune-scheduler process: owns the gRPC servers (PruningService for clients; WorkerRegistry
+// for workers, on the same port or on --worker-port with mutual TLS; health, reflection), the
+// authenticator (tokens, worker token, quotas; Reload on SIGHUP), the job store
+// (STATE_DIR/jobs.db), the blob store (STATE_DIR/blobs), the event hub, the worker table, metrics
+// and the --local-workers supervisor. main() only parses flags and calls Create → Wait. Jobs stay
+// QUEUED until a JobRunner (the dispatcher) is set. Thread-safe.
 #ifndef PRUNESVC_SERVER_SCHEDULER_H_
 #define PRUNESVC_SERVER_SCHEDULER_H_
 
@@ -12,8 +13,10 @@
 
 #include "absl/status/statusor.h"
 #include "common/subprocess.h"
+#include "common/tls.h"
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
+#include "server/auth.h"
 #include "server/blob_store.h"
 #include "server/dispatcher.h"
 #include "server/event_hub.h"
@@ -48,7 +51,16 @@ struct SchedulerOptions {
   std::vector<std::string> allowed_model_roots;
   int64_t max_upload_bytes = kDefaultMaxUploadBytes;
   int max_watchers_per_job = 256;
-  int max_queued_jobs = 1000;
+  int max_queued_jobs = 1000;           // per tenant (the tokens file may override it)
+  int64_t tenant_max_running_jobs = 0;  // per tenant; 0 = only --max-running-jobs
+  int64_t tenant_max_stored_bytes = 0;  // per tenant; 0 = unlimited
+  // Security (docs/operations.md "TLS and tokens"). tls.cert/key serve TLS on both ports;
+  // tls.ca requires client certificates on the worker port, verifies the workers' servers and
+  // (with tls.cert/key as the client certificate) is handed to local workers.
+  TlsFiles tls;
+  int worker_port = -1;             // -1 = WorkerRegistry shares `port`; 0 = a free port
+  std::string auth_tokens_file;     // empty = open: every caller is the admin of tenant ""
+  std::string worker_token_file;    // empty = workers register without a token
   int max_message_bytes = 8 << 20;  // gRPC messages received (chunks are ≤ 1 MiB)
   int service_threads = 4;          // the pool for blocking service work (SQLite, validation)
 };
@@ -59,6 +71,10 @@ class Scheduler {
   ~Scheduler();
 
   int port() const { return port_; }
+  // Where workers register: worker_port, or `port` when they share it.
+  int worker_port() const { return worker_port_; }
+  // Re-reads the tokens and worker token files (SIGHUP); on error the old ones stay.
+  absl::Status ReloadCredentials();
   int metrics_port() const { return metrics_port_; }
   JobStore* store() const { return store_.get(); }
   BlobStore* blobs() const { return blobs_.get(); }
@@ -71,10 +87,13 @@ class Scheduler {
 
  private:
   Scheduler() = default;
+  // The client server (and, with worker_port, the worker server), with their credentials.
+  absl::Status StartServers();
 
   SchedulerOptions options_;
   int lock_fd_ = -1;
   int port_ = 0;
+  int worker_port_ = 0;
   int metrics_port_ = -1;
   std::unique_ptr<SchedulerMetrics> metrics_;
   std::unique_ptr<WorkerTable> table_;
@@ -86,7 +105,9 @@ class Scheduler {
   std::unique_ptr<PeriodicSweeper> sweeper_;  // before the services that wake it
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<PruningServiceImpl> pruning_service_;
+  std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> worker_server_;  // when --worker-port is set
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<WorkerConnector> connector_;

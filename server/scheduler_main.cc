@@ -1,4 +1,5 @@
 // prune-scheduler: the control plane. See docs/architecture.md §1 and `prune-scheduler --help`.
+#include <csignal>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -56,6 +57,31 @@ ABSL_FLAG(double, retain_days, 0,
 ABSL_FLAG(absl::Duration, sweep_interval, absl::Hours(1),
           "How often retention and blob garbage collection run (also at start and soon after "
           "DeleteJob / DeleteDataset).");
+ABSL_FLAG(int64_t, tenant_max_running_jobs, 0,
+          "Jobs of one tenant running at once (more wait QUEUED while other tenants' start); "
+          "0 = only --max-running-jobs. The tokens file may set it per tenant.");
+ABSL_FLAG(int64_t, tenant_max_stored_bytes, 0,
+          "Bytes one tenant may store (datasets, artifacts, projectors); an upload or submission "
+          "beyond it gets RESOURCE_EXHAUSTED naming the quota. 0 = unlimited; the tokens file "
+          "may set it per tenant.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate (chain) served on --port and --worker-port; with --tls-key turns on "
+          "TLS. Local workers use it as their client and server certificate.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA that signs the workers' certificates: --worker-port then requires a client "
+          "certificate it verifies (mutual TLS), and the scheduler verifies the workers' servers "
+          "with it. Needs --worker-port.");
+ABSL_FLAG(int, worker_port, -1,
+          "Serve WorkerRegistry (registration, heartbeats, blobs) on this port instead of "
+          "--port; 0 = a free port; -1 = share --port.");
+ABSL_FLAG(std::string, auth_tokens, "",
+          "Tokens file: one 'TOKEN TENANT ROLE [max_queued_jobs=N] [max_running_jobs=N] "
+          "[max_stored_bytes=N]' per line (ROLE user|admin; # comments); re-read on SIGHUP. "
+          "Empty = no authentication (every client is the admin of one anonymous tenant).");
+ABSL_FLAG(std::string, worker_token_file, "",
+          "File holding the token every worker must present to register, heartbeat and move "
+          "blobs; re-read on SIGHUP. Required with --auth-tokens.");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
@@ -89,6 +115,13 @@ int main(int argc, char** argv) {
   options.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.sweep_interval = absl::GetFlag(FLAGS_sweep_interval);
+  options.tenant_max_running_jobs = absl::GetFlag(FLAGS_tenant_max_running_jobs);
+  options.tenant_max_stored_bytes = absl::GetFlag(FLAGS_tenant_max_stored_bytes);
+  options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                 absl::GetFlag(FLAGS_tls_ca)};
+  options.worker_port = absl::GetFlag(FLAGS_worker_port);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens);
+  options.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
 
   auto scheduler = prunesvc::server::Scheduler::Create(options);
   if (!scheduler.ok()) {
@@ -97,14 +130,18 @@ int main(int argc, char** argv) {
   }
   const std::string ready = absl::GetFlag(FLAGS_ready_file);
   if (!ready.empty()) {
-    if (auto s =
-            prunesvc::WriteReadyFile(ready, (*scheduler)->port(), (*scheduler)->metrics_port());
+    if (auto s = prunesvc::WriteReadyFile(ready, (*scheduler)->port(), (*scheduler)->metrics_port(),
+                                          (*scheduler)->worker_port());
         !s.ok()) {
       spdlog::critical("{}", s.message());
       return 2;
     }
   }
   int sig = prunesvc::WaitForShutdownSignal();
+  while (sig == SIGHUP) {  // re-read the credentials; a bad file keeps the old ones
+    (void)(*scheduler)->ReloadCredentials();
+    sig = prunesvc::WaitForShutdownSignal();
+  }
   spdlog::info("received signal {}", sig);
   (*scheduler)->Shutdown();
   return 0;

@@ -68,6 +68,7 @@ absl::Status SearchDriver::RunStep(
   Dispatcher& d = *dispatcher_;
   absl::Status last;
   absl::Duration backoff = d.options().retry_backoff;
+  d.SetJobBlobs(job_id_, tenant_, StepBlobs());
   for (int attempt = 1; attempt <= d.options().max_attempts; ++attempt) {
     if (stopped()) return absl::CancelledError("the job was cancelled");
     ASSIGN_OR_RETURN(WorkerLease lease,
@@ -99,6 +100,25 @@ absl::Status SearchDriver::RunStep(
   }
   return absl::Status(last.code(), absl::StrCat(kind, " failed on ", d.options().max_attempts,
                                                 " attempts; last: ", last.message()));
+}
+
+std::set<std::string> SearchDriver::StepBlobs() const {
+  std::set<std::string> ids;
+  for (const std::string& id : {spec_proto_.dataset_id(), spec_proto_.eval_dataset_id()}) {
+    if (!id.empty()) ids.insert(id);
+  }
+  for (const auto& [version, id] : projector_blobs_) ids.insert(id);
+  return ids;
+}
+
+absl::Status SearchDriver::IndexForTenant(const std::string& blob_id, BlobKind kind) {
+  if (tenant_.empty() || blob_id.empty()) return absl::OkStatus();  // PutBlob indexed it for ""
+  JobStore* store = dispatcher_->store();
+  ASSIGN_OR_RETURN(BlobRecord stored, store->GetBlob("", blob_id));
+  BlobRecord mine = stored;
+  mine.tenant = tenant_;
+  mine.kind = kind;
+  return store->PutBlob(mine).status();
 }
 
 absl::Status SearchDriver::Commit(const JobMutation& mutation, std::vector<pb::JobEvent> events,
@@ -154,6 +174,7 @@ absl::Status SearchDriver::RunJob() {
   ASSIGN_OR_RETURN(pb::Job job, dispatcher_->store()->GetJob(job_id_));
   if (IsTerminalState(job.state())) return absl::OkStatus();
   state_ = job.state();
+  tenant_ = job.tenant();
   spec_proto_ = job.spec();
   priority_ = spec_proto_.priority();
   ASSIGN_OR_RETURN(spec_, JobSpecFromProto(spec_proto_));
@@ -234,6 +255,7 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
   if (g.eta_cv_rho.has_value()) f->set_eta_cv_rho(*g.eta_cv_rho);
   std::vector<pb::JobEvent> events = {gen};
   if (trained) {
+    RETURN_IF_ERROR(IndexForTenant(projector_blobs_[g.projector_version], BlobKind::kProjector));
     pb::JobEvent p;
     p.mutable_projector_updated()->set_version(g.projector_version);
     p.mutable_projector_updated()->set_loss_before(g.projector_loss_before);
@@ -390,6 +412,7 @@ absl::Status SearchDriver::Finalize() {
                             return absl::OkStatus();
                           }));
   FaultPoint("scheduler.finalize");  // the artifact is stored, the job not yet SUCCEEDED
+  RETURN_IF_ERROR(IndexForTenant(resp.artifact_blob_id(), BlobKind::kArtifact));
   pb::JobEvent ready;
   pb::JobEvent::ArtifactReady* a = ready.mutable_artifact_ready();
   a->set_artifact_id(resp.artifact_blob_id());

@@ -91,6 +91,11 @@ class SearchDriver {
   void Fail(const absl::Status& status);
   absl::Status CommitGeneration(const search::EvolutionarySearch& search, bool trained);
   ::prune::v1::PolicyEvaluation BestProto(const search::ScoredPolicy& best) const;
+  // What a worker running one of the job's steps may fetch: its datasets and projectors.
+  std::set<std::string> StepBlobs() const;
+  // Indexes a blob a worker stored (under tenant "") for the job's tenant too, so that the
+  // tenant can fetch it and it counts against the tenant's stored bytes.
+  absl::Status IndexForTenant(const std::string& blob_id, BlobKind kind);
 
   Dispatcher* const dispatcher_;
   const std::string job_id_;
@@ -99,6 +104,7 @@ class SearchDriver {
   std::set<StepCancel*> cancels_ ABSL_GUARDED_BY(cancel_mu_);
 
   // The job, as the driver runs it.
+  std::string tenant_;
   ::prune::v1::JobSpec spec_proto_;
   JobSpec spec_;
   int priority_ = 0;

@@ -221,12 +221,13 @@ TEST_F(WatchJobTest, SubmitAndCancelReachTheRunnerAfterTheStore) {
   spec.set_model_uri(std::string("file://") + PRUNESVC_SOURCE_DIR + "/models/tiny-llava-shapes");
   spec.set_dataset_id(dataset.blob_id);
   spec.set_flops_budget(0.5);
-  auto submitted = service_->DoSubmit("", spec);
+  auto submitted = service_->DoSubmit(Principal{""}, spec);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   const std::string id = submitted->job().job_id();
-  auto cancelled = service_->DoCancel("", id, "");
+  auto cancelled = service_->DoCancel(Principal{""}, id, "");
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
-  ASSERT_TRUE(service_->DoCancel("", id, "").ok());  // terminal: the runner hears nothing more
+  ASSERT_TRUE(
+      service_->DoCancel(Principal{""}, id, "").ok());  // terminal: the runner hears nothing more
   EXPECT_EQ(runner.calls(),
             (std::vector<std::string>{"enqueue " + id + " QUEUED", "cancel " + id + " CANCELLED"}));
   auto events = store_->ReadEvents(id, 0, 10);
@@ -234,8 +235,8 @@ TEST_F(WatchJobTest, SubmitAndCancelReachTheRunnerAfterTheStore) {
   ASSERT_EQ(events->size(), 2u);
   EXPECT_EQ((*events)[1].state_changed().reason(), "cancelled by CancelJob");
   // Another tenant sees nothing.
-  EXPECT_TRUE(absl::IsNotFound(service_->DoGet("tenant-b", id).status()));
-  EXPECT_TRUE(absl::IsNotFound(service_->DoCancel("tenant-b", id, "").status()));
+  EXPECT_TRUE(absl::IsNotFound(service_->DoGet(Principal{"tenant-b"}, id).status()));
+  EXPECT_TRUE(absl::IsNotFound(service_->DoCancel(Principal{"tenant-b"}, id, "").status()));
   service_->SetJobRunner(nullptr);
 }
 

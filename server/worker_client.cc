@@ -48,9 +48,9 @@ absl::Status WithContext(absl::Duration deadline, StepCancel* cancel, Call call)
 
 class GrpcWorkerClient : public WorkerClient {
  public:
-  explicit GrpcWorkerClient(const std::string& address)
-      : stub_(pb::PruningWorker::NewStub(
-            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
+  GrpcWorkerClient(const std::string& address,
+                   const std::shared_ptr<grpc::ChannelCredentials>& credentials)
+      : stub_(pb::PruningWorker::NewStub(grpc::CreateChannel(address, credentials))) {}
 
   absl::StatusOr<pb::PrepareResponse> Prepare(const pb::PrepareRequest& req,
                                               absl::Duration deadline,
@@ -102,14 +102,18 @@ class GrpcWorkerClient : public WorkerClient {
 
 class GrpcWorkerConnector : public WorkerConnector {
  public:
+  explicit GrpcWorkerConnector(std::shared_ptr<grpc::ChannelCredentials> credentials)
+      : credentials_(std::move(credentials)) {}
+
   std::shared_ptr<WorkerClient> Connect(const std::string& address) override {
     absl::MutexLock lock(&mu_);
     std::shared_ptr<WorkerClient>& c = clients_[address];
-    if (c == nullptr) c = std::make_shared<GrpcWorkerClient>(address);
+    if (c == nullptr) c = std::make_shared<GrpcWorkerClient>(address, credentials_);
     return c;
   }
 
  private:
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<WorkerClient>> clients_ ABSL_GUARDED_BY(mu_);
 };
@@ -150,8 +154,10 @@ absl::Status WithRetryable(absl::Status status, bool retryable) {
   return status;
 }
 
-std::unique_ptr<WorkerConnector> NewGrpcWorkerConnector() {
-  return std::make_unique<GrpcWorkerConnector>();
+std::unique_ptr<WorkerConnector> NewGrpcWorkerConnector(
+    std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  if (credentials == nullptr) credentials = grpc::InsecureChannelCredentials();
+  return std::make_unique<GrpcWorkerConnector>(std::move(credentials));
 }
 
 }  // namespace prunesvc::server

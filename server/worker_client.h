@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
 #include "prune/v1/worker.pb.h"
 
 namespace prunesvc::server {
@@ -70,7 +71,10 @@ class WorkerConnector {
   virtual std::shared_ptr<WorkerClient> Connect(const std::string& address) = 0;
 };
 
-std::unique_ptr<WorkerConnector> NewGrpcWorkerConnector();
+// Dials workers with `credentials` (nullptr = plain text): with TLS, the scheduler's client
+// certificate, verifying each worker's certificate against the CA.
+std::unique_ptr<WorkerConnector> NewGrpcWorkerConnector(
+    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
 // A worker granted to one step by the dispatcher (dispatcher.h) until released.
 struct WorkerLease {

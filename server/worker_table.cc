@@ -1,10 +1,15 @@
 #include "server/worker_table.h"
 
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/sha256.h"
 
 namespace prunesvc::server {
 namespace {
@@ -20,6 +25,33 @@ bool ValidAddress(const std::string& address) {
 
 WorkerTable::WorkerTable(WorkerTableOptions options, const Clock* clock)
     : options_(options), clock_(clock) {}
+
+absl::StatusOr<std::string> WorkerTable::OpenSession(const std::string& worker_id) {
+  uint8_t bytes[32];
+  for (size_t got = 0; got < sizeof(bytes);) {
+    ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::InternalError(absl::StrCat("getrandom: ", strerror(errno)));
+    got += size_t(n);
+  }
+  std::string session = Sha256Hex(std::string_view(reinterpret_cast<char*>(bytes), 32));
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("no worker ", worker_id));
+  it->second.session = session;
+  return session;
+}
+
+absl::StatusOr<std::string> WorkerTable::WorkerOfSession(const std::string& session) {
+  absl::MutexLock lock(&mu_);
+  RefreshLocked();
+  if (!session.empty()) {
+    for (const auto& [id, e] : workers_) {
+      if (e.session.size() == session.size() && e.session == session) return id;
+    }
+  }
+  return absl::NotFoundError("unknown worker session (re-register)");
+}
 
 absl::StatusOr<std::string> WorkerTable::Register(const prune::v1::WorkerInfo& info) {
   if (!ValidAddress(info.address())) {

@@ -39,6 +39,13 @@ class WorkerTable {
   // Snapshot with states refreshed against the clock, ordered by id.
   std::vector<prune::v1::WorkerInfo> List();
 
+  // A fresh random session secret for a registered worker (replacing its previous one): with
+  // worker authentication on, the worker proves its id with it on heartbeats and blob calls.
+  // NOT_FOUND for an unknown id.
+  absl::StatusOr<std::string> OpenSession(const std::string& worker_id);
+  // The worker whose current session `session` is; NOT_FOUND when none (forgotten, replaced).
+  absl::StatusOr<std::string> WorkerOfSession(const std::string& session);
+
   // Counts by state after refreshing (for metrics).
   std::map<prune::v1::WorkerState, int> CountByState();
 
@@ -55,6 +62,7 @@ class WorkerTable {
   struct Entry {
     prune::v1::WorkerInfo info;
     absl::Time last_heartbeat;
+    std::string session;  // "" until OpenSession
   };
   std::map<std::string, Entry> workers_ ABSL_GUARDED_BY(mu_);
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;

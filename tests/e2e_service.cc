@@ -19,6 +19,13 @@ namespace prunesvc::testing {
 namespace fs = std::filesystem;
 namespace pb = ::prune::v1;
 
+namespace {
+// A gRPC status as absl::Status with the same code (the numbering is shared).
+absl::Status AsStatus(const grpc::Status& st) {
+  return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+}
+}  // namespace
+
 void Deadline(grpc::ClientContext& ctx, int seconds) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
 }
@@ -69,8 +76,10 @@ Service StartService(const std::string& name, const ServiceOptions& options) {
   if (!j.ok()) return s;
   s.port = (*j)["port"];
   s.metrics_port = (*j)["metrics_port"];
-  s.stub = pb::PruningService::NewStub(
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", s.port), grpc::InsecureChannelCredentials()));
+  s.worker_port = j->value("worker_port", s.port);
+  s.stub = pb::PruningService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", s.port),
+      options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials()));
   // Wait for the workers to register.
   WaitUntil(
       [&] {
@@ -106,7 +115,7 @@ absl::StatusOr<std::string> Upload(Service& s, const std::string& dir) {
   }
   writer->WritesDone();
   grpc::Status st = writer->Finish();
-  if (!st.ok()) return absl::InternalError(st.error_message());
+  if (!st.ok()) return AsStatus(st);
   return resp.dataset_id();
 }
 
@@ -117,7 +126,7 @@ absl::StatusOr<pb::Job> Submit(Service& s, const JobSpec& spec) {
   *req.mutable_spec() = JobSpecToProto(spec);
   pb::SubmitJobResponse resp;
   grpc::Status st = s.stub->SubmitJob(&ctx, req, &resp);
-  if (!st.ok()) return absl::InternalError(st.error_message());
+  if (!st.ok()) return AsStatus(st);
   return resp.job();
 }
 
@@ -128,7 +137,7 @@ absl::StatusOr<pb::Job> GetJob(Service& s, const std::string& job_id) {
   req.set_job_id(job_id);
   pb::Job j;
   grpc::Status st = s.stub->GetJob(&ctx, req, &j);
-  if (!st.ok()) return absl::InternalError(st.error_message());
+  if (!st.ok()) return AsStatus(st);
   return j;
 }
 
@@ -240,7 +249,7 @@ absl::StatusOr<std::string> Fetch(Service& s, const std::string& artifact, std::
       if (r.has_trailer()) *trailer = r.trailer().sha256();
     }
     grpc::Status st = reader->Finish();
-    if (pass == 1 && !st.ok()) return absl::InternalError(st.error_message());
+    if (pass == 1 && !st.ok()) return AsStatus(st);
   }
   return bytes;
 }

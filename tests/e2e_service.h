@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/job_spec.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
 #include "prune/v1/pruning_service.grpc.pb.h"
 #include "tests/process_harness.h"
 
@@ -34,11 +35,14 @@ struct ServiceOptions {
   std::string state_dir;                // default: DIR/state
   std::vector<std::string> extra_args;  // appended to the scheduler's command line
   std::vector<std::string> env;         // NAME=VALUE for the scheduler (and so its workers)
+  // The stub's channel credentials (TLS, a token) when the scheduler asks for them; the
+  // registration wait calls ListWorkers with them (an admin's). nullptr = plain text.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 struct Service {
   std::unique_ptr<TestProcess> process;
-  int port = 0, metrics_port = 0;
+  int port = 0, metrics_port = 0, worker_port = 0;
   std::unique_ptr<::prune::v1::PruningService::Stub> stub;
   std::string dir;
 };

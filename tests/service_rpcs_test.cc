@@ -413,7 +413,11 @@ TEST_F(ServiceRpcsTest, EveryInvalidSpecFieldIsNamed) {
     SCOPED_TRACE(spec.ShortDebugString());
     pb::SubmitJobResponse resp;
     grpc::Status s = Submit(spec, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    // A well-formed id the tenant has not uploaded is NOT_FOUND, like another tenant's (#17).
+    const bool unknown_id = spec.dataset_id() == unknown || spec.eval_dataset_id() == unknown;
+    EXPECT_EQ(s.error_code(),
+              unknown_id ? grpc::StatusCode::NOT_FOUND : grpc::StatusCode::INVALID_ARGUMENT)
+        << s.error_message();
     EXPECT_EQ(s.error_message().rfind(c.field, 0), 0u)
         << "expected the message to start with " << c.field << ": " << s.error_message();
   }
@@ -424,6 +428,41 @@ TEST_F(ServiceRpcsTest, EveryInvalidSpecFieldIsNamed) {
   EXPECT_NE(Submit(spec, &resp).error_message().find("not supported yet"), std::string::npos);
   // Nothing was created.
   EXPECT_EQ(CountJobs(), jobs_before);
+}
+
+// --allowed-model-roots is enforced on the realpath (issue 17): `..` and a symlink that leave the
+// only root, and a file:// URI with a host, are refused by model_uri; a directory inside the root
+// passes that check (and the submission fails on the next field, dataset_id, unknown there).
+TEST_F(ServiceRpcsTest, ModelPathsOutsideTheAllowedRootAreRefused) {
+  const std::string root = *work_ + "/roots/r";
+  ASSERT_EQ(RunShell(absl::StrCat("mkdir -p ", root, "/empty && ln -sfn ", SourceDir(),
+                                  "/models/tiny-llava-shapes ", root, "/escape")),
+            0);
+  auto sched =
+      StartScheduler(*work_ + "/roots", *work_ + "/roots/state", {"--allowed-model-roots=" + root});
+  ASSERT_NE(sched, nullptr);
+  const std::string model = SourceDir() + "/models/tiny-llava-shapes";
+  const struct {
+    std::string uri, needle;
+  } cases[] = {
+      {"file://" + root + "/../../../../../../../../" + model,
+       "is not under --allowed-model-roots"},
+      {"file://" + root + "/escape", "is not under --allowed-model-roots"},
+      {"file://localhost" + model, "names a host"},
+      {"file://example.com" + root + "/empty", "names a host"},
+      {"file://" + root + "/empty", "dataset_id"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.uri);
+    pb::SubmitJobRequest req;
+    *req.mutable_spec() = ValidSpec();
+    req.mutable_spec()->set_model_uri(c.uri);
+    pb::SubmitJobResponse resp;
+    auto ctx = Ctx();
+    const grpc::Status st = sched->api->SubmitJob(ctx.get(), req, &resp);
+    EXPECT_FALSE(st.ok());
+    EXPECT_NE(st.error_message().find(c.needle), std::string::npos) << st.error_message();
+  }
 }
 
 TEST_F(ServiceRpcsTest, SubmitStoresDefaultsAndDeduplicatesByRequestId) {
@@ -556,7 +595,7 @@ TEST_F(ServiceRpcsTest, DatasetsAndFinishedJobsAreListedAndDeleted) {
   // Jobs on a deleted dataset are refused at submit.
   pb::SubmitJobResponse resp;
   st = Submit(spec, &resp);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_NE(st.error_message().find("dataset_id"), std::string::npos) << st.error_message();
 }
 

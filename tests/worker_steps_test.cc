@@ -681,3 +681,48 @@ TEST(WorkerStepsTest, OutOfMemoryIsRetryableAndBadInputIsNot) {
 
 }  // namespace
 }  // namespace prunesvc
+
+namespace prunesvc {
+namespace {
+
+// --allowed-model-roots is enforced on the realpath (issue 17): `..` and a symlink that leave the
+// root are refused, and so is a file:// URI with a host; a directory inside the root passes the
+// check (and fails later, on what is missing in it).
+TEST(WorkerStepsTest, ModelPathsOutsideTheAllowedRootAreRefused) {
+  ASSERT_NE(Env().server, nullptr);
+  const std::string root = Env().work + "/roots/r";
+  ASSERT_EQ(testing::RunShell(absl::StrCat("mkdir -p ", root, "/empty && ln -sfn ", SourceDir(),
+                                           "/models/tiny-llava-shapes ", root, "/escape")),
+            0);
+  Worker w = StartWorker("roots", {"--allowed-model-roots=" + root});
+  ASSERT_NE(w.stub, nullptr);
+  const std::string model = SourceDir() + "/models/tiny-llava-shapes";
+  const struct {
+    std::string uri, needle;
+  } cases[] = {
+      {"file://" + root + "/../../../../../../../../" + model, "--allowed-model-roots"},
+      {"file://" + root + "/escape", "--allowed-model-roots"},
+      {"file://localhost" + model, "host"},
+      {"file://example.com" + root + "/empty", "host"},
+      {"file://" + root + "/empty", "config.json"},  // inside: past the root check
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.uri);
+    pb::PrepareRequest req;
+    *req.mutable_header() = Header("roots");
+    *req.mutable_spec() = JobSpecToProto(SmallSpec());
+    req.mutable_spec()->set_model_uri(c.uri);
+    pb::PrepareResponse resp;
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    const grpc::Status s = w.stub->Prepare(&ctx, req, &resp);
+    EXPECT_FALSE(s.ok());
+    EXPECT_TRUE(absl::StrContains(s.error_message(), c.needle)) << s.error_message();
+    if (c.needle != "config.json") {
+      EXPECT_FALSE(absl::StrContains(s.error_message(), "config.json")) << s.error_message();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace prunesvc

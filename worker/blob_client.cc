@@ -32,12 +32,16 @@ std::chrono::system_clock::time_point Deadline(int64_t bytes, int min_seconds) {
 
 class GrpcBlobClient : public BlobClient {
  public:
-  GrpcBlobClient(std::shared_ptr<grpc::Channel> channel, int min_seconds)
-      : stub_(pb::WorkerRegistry::NewStub(channel)), min_seconds_(min_seconds) {}
+  GrpcBlobClient(std::shared_ptr<grpc::Channel> channel,
+                 std::function<void(grpc::ClientContext&)> decorate, int min_seconds)
+      : stub_(pb::WorkerRegistry::NewStub(channel)),
+        decorate_(std::move(decorate)),
+        min_seconds_(min_seconds) {}
 
   absl::Status Fetch(const std::string& id, const std::string& path) override {
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(0, min_seconds_ * 10));
+    if (decorate_) decorate_(ctx);
     pb::FetchBlobRequest req;
     req.set_blob_id(id);
     std::unique_ptr<grpc::ClientReader<pb::FetchBlobResponse>> reader = stub_->FetchBlob(&ctx, req);
@@ -67,6 +71,7 @@ class GrpcBlobClient : public BlobClient {
     if (ec) return absl::InternalError(absl::StrCat(path, ": ", ec.message()));
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(size, min_seconds_));
+    if (decorate_) decorate_(ctx);
     pb::PutBlobResponse resp;
     std::unique_ptr<grpc::ClientWriter<pb::PutBlobRequest>> writer = stub_->PutBlob(&ctx, &resp);
     std::ifstream in(path, std::ios::binary);
@@ -93,14 +98,17 @@ class GrpcBlobClient : public BlobClient {
 
  private:
   std::unique_ptr<pb::WorkerRegistry::Stub> stub_;
+  const std::function<void(grpc::ClientContext&)> decorate_;
   const int min_seconds_;
 };
 
 }  // namespace
 
 std::unique_ptr<BlobClient> NewGrpcBlobClient(std::shared_ptr<grpc::Channel> channel,
+                                              std::function<void(grpc::ClientContext&)> decorate,
                                               int min_deadline_seconds) {
-  return std::make_unique<GrpcBlobClient>(std::move(channel), min_deadline_seconds);
+  return std::make_unique<GrpcBlobClient>(std::move(channel), std::move(decorate),
+                                          min_deadline_seconds);
 }
 
 absl::StatusOr<std::string> FileContentId(const std::string& path) {

@@ -12,6 +12,7 @@
 #ifndef PRUNESVC_WORKER_BLOB_CLIENT_H_
 #define PRUNESVC_WORKER_BLOB_CLIENT_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -19,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
 
 namespace prunesvc::worker {
 
@@ -33,8 +35,10 @@ class BlobClient {
 
 // WorkerRegistry.FetchBlob / PutBlob on `channel`, each call with a deadline proportional to the
 // size (at least `min_deadline_seconds`).
-std::unique_ptr<BlobClient> NewGrpcBlobClient(std::shared_ptr<grpc::Channel> channel,
-                                              int min_deadline_seconds = 60);
+// `decorate` (may be empty) adds the worker's credentials to each call's context.
+std::unique_ptr<BlobClient> NewGrpcBlobClient(
+    std::shared_ptr<grpc::Channel> channel,
+    std::function<void(grpc::ClientContext&)> decorate = nullptr, int min_deadline_seconds = 60);
 
 // "sha256:" + the hex digest of the file's bytes.
 absl::StatusOr<std::string> FileContentId(const std::string& path);

@@ -13,12 +13,24 @@ namespace {
 constexpr absl::Duration kCallDeadline = absl::Seconds(3);
 }  // namespace
 
-Registrar::Registrar(std::string scheduler_address, ::prune::v1::WorkerInfo info,
-                     HeartbeatHooks* hooks)
-    : scheduler_address_(std::move(scheduler_address)), info_(std::move(info)), hooks_(hooks) {
-  stub_ = ::prune::v1::WorkerRegistry::NewStub(
-      grpc::CreateChannel(scheduler_address_, grpc::InsecureChannelCredentials()));
+void SchedulerSession::Decorate(grpc::ClientContext& ctx) const {
+  if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+  absl::MutexLock lock(&mu_);
+  if (!session_.empty()) ctx.AddMetadata("prunesvc-worker-session", session_);
 }
+
+void SchedulerSession::SetSession(std::string session) {
+  absl::MutexLock lock(&mu_);
+  session_ = std::move(session);
+}
+
+Registrar::Registrar(std::string scheduler_address, std::shared_ptr<grpc::Channel> channel,
+                     ::prune::v1::WorkerInfo info, SchedulerSession* session, HeartbeatHooks* hooks)
+    : scheduler_address_(std::move(scheduler_address)),
+      info_(std::move(info)),
+      session_(session),
+      hooks_(hooks),
+      stub_(::prune::v1::WorkerRegistry::NewStub(std::move(channel))) {}
 
 Registrar::~Registrar() { Stop(); }
 
@@ -42,6 +54,7 @@ std::string Registrar::worker_id() const {
 bool Registrar::RegisterOnce() {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(kCallDeadline));
+  session_->Decorate(ctx);
   ::prune::v1::RegisterWorkerRequest req;
   *req.mutable_info() = info_;
   ::prune::v1::RegisterWorkerResponse resp;
@@ -51,6 +64,7 @@ bool Registrar::RegisterOnce() {
                  static_cast<int>(s.error_code()), s.error_message());
     return false;
   }
+  session_->SetSession(resp.session_token());
   absl::MutexLock lock(&mu_);
   worker_id_ = resp.worker_id();
   interval_ = absl::Milliseconds(std::max(100, resp.heartbeat_interval_ms()));
@@ -78,6 +92,7 @@ void Registrar::Loop() {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() +
                        absl::ToChronoMilliseconds(kCallDeadline));
+      session_->Decorate(ctx);
       ::prune::v1::HeartbeatRequest req;
       req.set_worker_id(id);
       req.set_state(::prune::v1::WORKER_IDLE);

@@ -13,9 +13,28 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
 #include "prune/v1/worker.grpc.pb.h"
 
 namespace prunesvc::worker {
+
+// The credentials of a worker's calls to the scheduler (worker.proto "Worker authentication"):
+// the worker token as `authorization: Bearer`, and the session RegisterWorker answered as
+// `prunesvc-worker-session`. Shared by the Registrar (which sets the session) and the blob
+// client. Thread-safe.
+class SchedulerSession {
+ public:
+  explicit SchedulerSession(std::string worker_token) : token_(std::move(worker_token)) {}
+  // Adds the token (when there is one) and the current session (when there is one).
+  void Decorate(grpc::ClientContext& ctx) const;
+  void SetSession(std::string session);
+
+ private:
+  const std::string token_;  // "" = the scheduler asks for none
+  mutable absl::Mutex mu_;
+  std::string session_ ABSL_GUARDED_BY(mu_);
+};
 
 // What the heartbeat reports and whom it tells about cancelled steps (the StepRunner).
 class HeartbeatHooks {
@@ -28,8 +47,10 @@ class HeartbeatHooks {
 
 class Registrar {
  public:
-  // `hooks` may be null (heartbeats then report an idle worker); not owned.
-  Registrar(std::string scheduler_address, ::prune::v1::WorkerInfo info,
+  // `hooks` may be null (heartbeats then report an idle worker); `session` carries the worker
+  // token and receives the session; neither is owned.
+  Registrar(std::string scheduler_address, std::shared_ptr<grpc::Channel> channel,
+            ::prune::v1::WorkerInfo info, SchedulerSession* session,
             HeartbeatHooks* hooks = nullptr);
   ~Registrar();
 
@@ -46,6 +67,7 @@ class Registrar {
   // Constant after construction.
   const std::string scheduler_address_;
   const ::prune::v1::WorkerInfo info_;
+  SchedulerSession* const session_;
   HeartbeatHooks* const hooks_;
   std::unique_ptr<::prune::v1::WorkerRegistry::Stub> stub_;
 

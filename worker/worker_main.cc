@@ -36,6 +36,17 @@ ABSL_FLAG(int, max_prepared_jobs, 2,
           "Prepared jobs (model + calibration + mask bank) kept in memory, least recently used "
           "evicted.");
 ABSL_FLAG(int, batch, 16, "Samples per forward pass.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate of this worker's PruningWorker server (with --tls-key: TLS), also its "
+          "client certificate towards the scheduler's --worker-port.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA that verifies the scheduler (its worker port, and its client certificate: "
+          "with it, only --scheduler-identity may call this worker).");
+ABSL_FLAG(std::string, scheduler_identity, "prune-scheduler",
+          "Common name of the scheduler's certificate; with --tls-ca no other client may call.");
+ABSL_FLAG(std::string, worker_token_file, "",
+          "File holding the scheduler's worker token (its --worker-token-file).");
 ABSL_FLAG(std::string, inject_fault, "",
           "Testing only: STEP:oom makes step STEP (prepare|evaluate|train|finalize) fail as an "
           "out-of-memory fault would.");
@@ -63,6 +74,10 @@ int main(int argc, char** argv) {
   options.max_prepared_jobs = size_t(std::max(1, absl::GetFlag(FLAGS_max_prepared_jobs)));
   options.batch_size = absl::GetFlag(FLAGS_batch);
   options.inject_fault = absl::GetFlag(FLAGS_inject_fault);
+  options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                 absl::GetFlag(FLAGS_tls_ca)};
+  options.scheduler_identity = absl::GetFlag(FLAGS_scheduler_identity);
+  options.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
 
   auto worker = prunesvc::worker::WorkerServer::Create(options);
   if (!worker.ok()) {

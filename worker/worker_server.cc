@@ -25,9 +25,19 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   ASSIGN_OR_RETURN(w->device_, model::OpenDevice(options.device, options.threads));
 
   w->registry_ = std::make_shared<prometheus::Registry>();
+  std::shared_ptr<grpc::Channel> to_scheduler;
   if (!options.scheduler.empty()) {
+    std::string token;
+    if (!options.worker_token_file.empty()) {
+      ASSIGN_OR_RETURN(token, ReadTokenFile(options.worker_token_file, "--worker-token-file"));
+    }
+    w->session_ = std::make_unique<SchedulerSession>(std::move(token));
+    ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> creds,
+                     MakeChannelCredentials(options.tls));
+    to_scheduler = grpc::CreateChannel(options.scheduler, creds);
+    SchedulerSession* session = w->session_.get();
     w->blob_client_ = NewGrpcBlobClient(
-        grpc::CreateChannel(options.scheduler, grpc::InsecureChannelCredentials()));
+        to_scheduler, [session](grpc::ClientContext& ctx) { session->Decorate(ctx); });
   }
   StepRunnerOptions ro;
   ro.cache_dir = options.cache_dir;
@@ -51,8 +61,13 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   // gRPC sets SO_REUSEPORT by default: a second server on a taken port would start silently and
   // take half of the calls. Off, a taken port is an error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
-                           grpc::InsecureServerCredentials(), &w->port_);
+  // With a CA, only the scheduler's certificate may call (mutual TLS + its common name).
+  const bool mutual = !options.tls.ca.empty();
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> server_creds,
+                   MakeServerCredentials(options.tls, mutual));
+  if (mutual)
+    server_creds->SetAuthMetadataProcessor(RequirePeerCommonName(options.scheduler_identity));
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port), server_creds, &w->port_);
   builder.RegisterService(w->service_.get());
   w->server_ = builder.BuildAndStart();
   if (w->server_ == nullptr || w->port_ == 0) {
@@ -84,7 +99,8 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
     char hostname[256] = {0};
     gethostname(hostname, sizeof(hostname) - 1);
     info.set_hostname(hostname);
-    w->registrar_ = std::make_unique<Registrar>(options.scheduler, info, w->runner_.get());
+    w->registrar_ = std::make_unique<Registrar>(options.scheduler, to_scheduler, info,
+                                                w->session_.get(), w->runner_.get());
     w->registrar_->Start();
   }
   // Per-service statuses must be set explicitly; SetServingStatus(bool) then flips them all.

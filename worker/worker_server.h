@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/tls.h"
 #include "grpcpp/server.h"
 #include "prometheus/registry.h"
 #include "worker/blob_client.h"
@@ -35,6 +36,13 @@ struct WorkerOptions {
   size_t max_prepared_jobs = 2;
   int batch_size = 16;
   std::string inject_fault;  // testing only (StepRunnerOptions::inject_fault)
+  // Security (docs/operations.md "TLS and tokens"): with tls.cert/key the PruningWorker server
+  // speaks TLS; with tls.ca it requires a client certificate the CA signed whose common name is
+  // scheduler_identity, and the calls to the scheduler verify it with the CA and present
+  // tls.cert. worker_token_file holds the scheduler's worker token.
+  TlsFiles tls;
+  std::string scheduler_identity = "prune-scheduler";
+  std::string worker_token_file;
 };
 
 class WorkerServer {
@@ -53,6 +61,7 @@ class WorkerServer {
   WorkerOptions options_;
   model::DeviceInfo device_;
   int port_ = 0;
+  std::unique_ptr<SchedulerSession> session_;
   std::unique_ptr<BlobClient> blob_client_;
   std::unique_ptr<BlobCache> blob_cache_;
   std::unique_ptr<StepRunner> runner_;
