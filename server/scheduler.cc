@@ -163,6 +163,8 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   ASSIGN_OR_RETURN(s->auth_, Authenticator::Create(auth));
   if (!s->auth_->enabled()) {
     spdlog::warn("no --auth-tokens: every client is the admin of the anonymous tenant");
+  } else if (options.tls.cert.empty()) {
+    spdlog::warn("--auth-tokens without --tls-cert: tokens cross the network in plain text");
   }
 
   if (options.max_upload_bytes <= 0) {
