@@ -382,3 +382,40 @@ TEST(PromptTemplateTest, Formats) {
 
 }  // namespace
 }  // namespace prunesvc::model
+
+namespace prunesvc::model {
+namespace {
+
+std::string RepoDir() { return Env("PRUNESVC_SOURCE", PRUNESVC_SOURCE_DIR); }
+
+// Issue 18: HF transformers' slow LlamaTokenizer (what LlavaProcessor uses for a model without a
+// tokenizer.json, like models/tiny-llava-shapes) must tokenize as llava-eval does. The ids in
+// testdata/hf_tokenizer_ids.json were produced with transformers 4.45.1 (not installable here):
+// `legacy_true` with LlamaTokenizer(legacy=True), `as_configured` with the "legacy": false the
+// model shipped until issue 18. llava-eval's ids must equal `legacy_true`, the committed
+// tokenizer_config.json must say "legacy": true, and the two HF settings must really differ (so
+// the flag matters and the fixture is what it claims).
+TEST(HfTokenizerIdsTest, TheCommittedModelTokenizesAsHfLegacyTrue) {
+  const std::string model = RepoDir() + "/models/tiny-llava-shapes";
+  auto tok = Tokenizer::Load(model);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const nlohmann::json fixture =
+      nlohmann::json::parse(ReadFile(RepoDir() + "/worker/model/testdata/hf_tokenizer_ids.json"));
+  ASSERT_GE(fixture["cases"].size(), 3u);
+  int differing = 0;
+  for (const nlohmann::json& c : fixture["cases"]) {
+    const std::string prompt = c["prompt"];
+    auto ids = (*tok)->EncodePrompt(prompt);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, c["legacy_true"].get<std::vector<int>>()) << prompt;
+    differing += c["legacy_true"] != c["as_configured"];
+  }
+  EXPECT_GT(differing, 0);
+  const nlohmann::json config = nlohmann::json::parse(ReadFile(model + "/tokenizer_config.json"));
+  EXPECT_EQ(config.value("legacy", false), true)
+      << "tokenizer_config.json must say \"legacy\": true (HF's slow tokenizer then segments "
+         "as the model was trained)";
+}
+
+}  // namespace
+}  // namespace prunesvc::model

@@ -153,6 +153,10 @@ TEST(JobGoldenTest, PruneLocalOutputsAreByteIdenticalToTheGoldens) {
                      absl::StrJoin(c.flags, " "), " >", out, ".stdout 2>", out, ".stderr");
     ASSERT_EQ(RunShell(cmd), 0) << c.name << ": " << ReadFile(out + ".stderr");
     actual["configs"][c.name] = Outputs(out);
+    // The artifact keeps the tokenizer files with which HF's slow tokenizer segments as the
+    // model was trained ("legacy": true; issue 18, HfTokenizerIdsTest).
+    EXPECT_TRUE(json::parse(ReadFile(out + "/model/tokenizer_config.json")).value("legacy", false))
+        << c.name;
     if (!update) {
       const json& want = golden["configs"][c.name];
       EXPECT_EQ(actual["configs"][c.name]["files"], want["files"]) << c.name;

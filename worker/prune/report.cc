@@ -193,7 +193,12 @@ std::string ModelCard(const JobSpec& spec, const std::string& model_dir, const j
         "tensors: every decoder layer's sizes are in config.json (`text_config."
         "prunesvc_intermediate_sizes`, `prunesvc_num_heads`; prunesvc's runtime reads them, "
         "stock transformers does not), so the model is **smaller on disk and faster with "
-        "ordinary dense kernels** on any hardware; the latency row above measures it.\n");
+        "ordinary dense kernels** on any hardware; the latency row above measures it.\n\n"
+        "**Loading**: HuggingFace transformers' LLaVA classes cannot load this checkpoint — "
+        "their config has one `intermediate_size` and one head count for every layer, so the "
+        "shrunk tensors fail the shape check. prunesvc's runtime loads it (`llava-eval`, "
+        "`llava-generate`, `prune-worker`, `prune-local --eval-samples`). UNSTRUCTURED and N:M "
+        "artifacts keep the original shapes and load in transformers as they are.\n");
   } else {
     absl::StrAppend(
         &out,

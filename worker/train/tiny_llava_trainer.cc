@@ -158,7 +158,11 @@ absl::Status TrainTokenizer(const std::vector<std::string>& corpus, int vocab_si
                                {"unk_token", "<unk>"},
                                {"pad_token", "<pad>"},
                                {"clean_up_tokenization_spaces", false},
-                               {"legacy", false},
+                               // The model is trained and evaluated with the legacy
+                               // segmentation (llava-eval, llava-hf's tokenizer.json); with
+                               // "legacy": false HF's slow LlamaTokenizer, used when there is no
+                               // tokenizer.json, splits "<image>\n" differently (issue 18).
+                               {"legacy", true},
                                {"model_max_length", 512},
                                {"padding_side", "left"},
                                {"processor_class", "LlavaProcessor"},
