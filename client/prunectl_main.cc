@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/batch.h"
 #include "client/cli_args.h"
 #include "client/client.h"
 #include "client/job_file.h"
@@ -120,6 +121,9 @@ constexpr char kUsage[] =
     "  fetch JOB --out=DIR [--json] download, verify (sha256, MANIFEST.sha256) and unpack the\n"
     "                              artifact of a SUCCEEDED job (resumes after a dropped\n"
     "                              connection and across runs)\n"
+    "  batch JOBS.yaml             submit a grid of jobs (models x budgets x strategies x ...),\n"
+    "                              follow them, fetch the artifacts, write summary.csv/.md;\n"
+    "                              a re-run submits and fetches only what is missing\n"
     "Credentials (a scheduler with --auth-tokens / TLS): --token, --token-file or\n"
     "  $PRUNESVC_TOKEN; --tls-ca=CA.pem or $PRUNESVC_TLS_CA (or --tls for the system roots)\n"
     "Exit codes (common/cli_exit.h):\n"
@@ -451,6 +455,13 @@ int CmdWatch(Context& c) {
   return prunesvc::client::ExitCodeForJob(*job);
 }
 
+int CmdBatch(Context& c) {
+  if (c.args.size() != 1) return Usage("batch takes one argument: the batch file (jobs.yaml)");
+  prunesvc::client::BatchOptions options;
+  options.tty = StderrIsTty();
+  return prunesvc::client::RunBatch(c.client, c.args[0], options);
+}
+
 int CmdFetch(Context& c) {
   if (c.args.size() != 1) return Usage("fetch takes one JOB");
   const std::string out = absl::GetFlag(FLAGS_out);
@@ -519,6 +530,7 @@ int main(int argc, char** argv) {
       {"submit", CmdSubmit}, {"watch", CmdWatch},       {"get", CmdGet},
       {"list", CmdList},     {"cancel", CmdCancel},     {"fetch", CmdFetch},
       {"delete", CmdDelete}, {"datasets", CmdDatasets}, {"delete-dataset", CmdDeleteDataset},
+      {"batch", CmdBatch},
   };
   auto it = commands.find(args[1]);
   if (it == commands.end()) return Usage("unknown command '" + args[1] + "'", /*full=*/true);
