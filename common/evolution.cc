@@ -777,6 +777,15 @@ int64_t NominalEvaluations(const SearchConfig& c) {
          c.slack_evaluations;
 }
 
+json EvaluatedJson(const std::string& hash, int projector_version, const EvalResult& result,
+                   double flops_ratio) {
+  return {{"hash", hash},
+          {"projector_version", projector_version},
+          {"loss", result.loss},
+          {"accuracy", result.accuracy},
+          {"flops_ratio", flops_ratio}};
+}
+
 json GenerationStats::ToJson() const {
   json j{{"generation", generation},
          {"population_size", population_size},

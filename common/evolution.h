@@ -99,6 +99,12 @@ struct EvalResult {
   std::vector<double> sample_losses;
 };
 
+// report.json's "evaluated" entry for one evaluation: {hash, projector_version, loss, accuracy,
+// flops_ratio} (the nominal FLOPs ratio of the grid policy). prune-local and the service write the
+// same entries (report.html plots them).
+nlohmann::json EvaluatedJson(const std::string& hash, int projector_version,
+                             const EvalResult& result, double flops_ratio);
+
 struct ProjectorUpdate {
   int version = 0;  // the new version; must be greater than the one trained from
   double loss_before = 0;

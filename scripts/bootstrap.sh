@@ -20,8 +20,8 @@ PACKAGES=(
   # Python reference scripts and standard-client tests (Debian's /usr/bin/python3)
   python3 python3-torch python3-numpy python3-pil python3-grpcio python3-grpc-tools
   python3-protobuf python3-sentencepiece grpc-proto sentencepiece
-  # real peers used by tests
-  prometheus
+  # real peers used by tests (chromium renders the artifacts' report.html headless)
+  prometheus chromium
 )
 
 missing=()

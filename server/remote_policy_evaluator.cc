@@ -125,9 +125,10 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
                                      }));
   }
   ASSIGN_OR_RETURN(std::vector<search::EvalResult> out, Reassemble(chunks, parts, num_samples));
-  for (const search::Policy& p : policies) {
-    ASSIGN_OR_RETURN(std::string hash, space_->Hash(p));
-    evaluated_.push_back({{"hash", hash}, {"projector_version", version}});
+  for (size_t i = 0; i < policies.size(); ++i) {
+    ASSIGN_OR_RETURN(std::string hash, space_->Hash(policies[i]));
+    ASSIGN_OR_RETURN(double flops, space_->FlopsRatio(policies[i]));
+    evaluated_.push_back(search::EvaluatedJson(hash, version, out[i], flops));
   }
   evaluations_ += int64_t(policies.size());
   d.metrics().evaluations->Increment(double(policies.size()));

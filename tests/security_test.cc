@@ -588,6 +588,35 @@ TEST_F(SecurityTest, PrunectlTakesTheTokenAndTheCa) {
   EXPECT_EQ(run(absl::StrCat("PRUNESVC_TOKEN=", kAlice), ""), 1) << ReadFile(out);
 }
 
+// The Python client (build/python) takes the token and the CA the same way.
+TEST_F(SecurityTest, ThePythonClientTakesTheTokenAndTheCa) {
+  const AliceJob& a = Alice();
+  const std::string script = *dir_ + "/client.py";
+  WriteText(script, absl::StrCat("import sys, prunesvc\n"
+                                 "c = prunesvc.Client('localhost:",
+                                 service_->port,
+                                 "', token=sys.argv[1] or None,"
+                                 " tls_ca=sys.argv[2])\n"
+                                 "try:\n"
+                                 "    print(c.get('",
+                                 a.job_id,
+                                 "').job_id)\n"
+                                 "except prunesvc.PrunesvcError as e:\n"
+                                 "    print(type(e).__name__)\n"));
+  const std::string out = *dir_ + "/python.out";
+  auto run = [&](const std::string& token) {
+    return RunShell(absl::StrCat("PYTHONPATH=", testing::BinDir(),
+                                 "/../python PRUNESVC_TOKEN= ", "/usr/bin/python3 ", script, " '",
+                                 token, "' ", ThePki().Path("ca.pem"), " >", out, " 2>&1"));
+  };
+  ASSERT_EQ(run(kAlice), 0) << ReadFile(out);
+  EXPECT_TRUE(absl::StrContains(ReadFile(out), a.job_id)) << ReadFile(out);
+  ASSERT_EQ(run(kBob), 0) << ReadFile(out);
+  EXPECT_TRUE(absl::StrContains(ReadFile(out), "NotFound")) << ReadFile(out);
+  ASSERT_EQ(run(""), 0) << ReadFile(out);
+  EXPECT_TRUE(absl::StrContains(ReadFile(out), "Unauthenticated")) << ReadFile(out);
+}
+
 TEST_F(SecurityTest, ARevokedTokenStopsWorkingAfterSighup) {
   const AliceJob& a = Alice();  // made before the revocation
   auto alice = Api(WithToken(kAlice));

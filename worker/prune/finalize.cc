@@ -28,6 +28,7 @@
 #include "worker/model/torch_guard.h"
 #include "worker/prune/artifact.h"
 #include "worker/prune/report.h"
+#include "worker/prune/report_html.h"
 #include "worker/prune/sparsegpt.h"
 #include "worker/prune/steps.h"
 #include "worker/prune/structured.h"
@@ -142,6 +143,9 @@ class Finalizer {
   absl::Status ComputeFinalMasks();
   absl::Status InstallFinalModel();
   absl::Status MeasurePruned();
+  // UNIFORM's continuous policy at the budget, scored as the candidates were (search samples,
+  // the final projector): report.html's reference point beside the evaluated policies.
+  absl::Status MeasureUniformPoint();
   absl::Status WriteModelFiles(const std::string& model_out);
   absl::Status WriteCheckpoint(const std::string& model_out);
   absl::StatusOr<json> UnstructuredPolicyJson();
@@ -174,6 +178,7 @@ class Finalizer {
   json copied_ = json::array();
   std::string policy_hash_;
   json policy_;
+  json uniform_point_;        // {ratio, accuracy, loss, flops_ratio} on the search samples
   int64_t input_params_ = 0;  // STRUCTURED: the input checkpoint's parameters
   int64_t dense_params_ = 0, pruned_params_ = 0, linear_weights_ = 0, linear_nonzero_ = 0;
   double flops_ratio_ = 0;
@@ -300,6 +305,22 @@ absl::Status Finalizer::InstallFinalModel() {
                      MedianLatencyMs(m, job_.latency_batch_, options_.latency_repeats));
   }
   return ctx_.CheckStop();
+}
+
+absl::Status Finalizer::MeasureUniformPoint() {
+  double r = space_.max_ratio();  // N:M: every unit N:M
+  if (spec_.granularity != search::Granularity::kNM) {
+    ASSIGN_OR_RETURN(r, space_.UniformContinuousRatio(spec_.flops_budget));
+  }
+  const std::vector<double> ratios(size_t(space_.num_units()), r);
+  ASSIGN_OR_RETURN(CandidateResult c, job_.local_->EvaluateUnitRatios(ratios));
+  ASSIGN_OR_RETURN(double flops, space_.FlopsOfRatios(ratios));
+  uniform_point_ = {{"ratio", r},
+                    {"accuracy", c.accuracy},
+                    {"loss", c.loss},
+                    {"flops_ratio", flops / space_.dense_flops()},
+                    {"samples", "search"}};
+  return absl::OkStatus();
 }
 
 absl::Status Finalizer::MeasurePruned() {
@@ -498,6 +519,7 @@ absl::StatusOr<json> Finalizer::BuildReport(const FinalizeResult& result) {
   report["latency_ratio"] = dense_latency_ > 0 ? pruned_latency_ / dense_latency_ : 0.0;
   report["policy"] = policy_;
   report["uniform_ratio"] = options_.uniform_ratio ? json(*options_.uniform_ratio) : json(nullptr);
+  report["uniform_point"] = uniform_point_;
   report["search"] = {{"unit", std::string(search::UnitKindName(spec_.unit))},
                       {"mask_method", std::string(MaskMethodName(spec_.mask_method))},
                       {"seed", spec_.seed},
@@ -563,6 +585,7 @@ absl::StatusOr<FinalizeResult> Finalizer::Run() {
   ctx_.Phase(JobPhase::kFinalize);
   // The final projector's calibration and mask bank cut the artifact.
   RETURN_IF_ERROR(job_.local_->SwitchTo(options_.projector_version));
+  RETURN_IF_ERROR(MeasureUniformPoint());
   RETURN_IF_ERROR(PlanLinears());
   RETURN_IF_ERROR(ComputeFinalMasks());
   job_.spent_ = true;  // from here on the model is modified
@@ -620,6 +643,7 @@ absl::StatusOr<FinalizeResult> Finalizer::Run() {
   RETURN_IF_ERROR(WriteTextFile(partial->path() + "/report.json", report.dump(1) + "\n"));
   RETURN_IF_ERROR(WriteTextFile(partial->path() + "/README.md",
                                 ModelCard(spec_, job_.options_.model_dir, report, policy_)));
+  RETURN_IF_ERROR(WriteTextFile(partial->path() + "/report.html", ReportHtml(report)));
   RETURN_IF_ERROR(WriteManifest(partial->path()));
   RETURN_IF_ERROR(ctx_.CheckStop());
   RETURN_IF_ERROR(partial->Commit());

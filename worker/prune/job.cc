@@ -38,9 +38,11 @@ class TrackingEvaluator : public search::PolicyEvaluator {
       const std::vector<search::Policy>& policies, int projector_version) override {
     ASSIGN_OR_RETURN(std::vector<search::EvalResult> out,
                      job_->Evaluate(policies, projector_version, *ctx_));
-    for (const search::Policy& p : policies) {
+    for (size_t i = 0; i < policies.size(); ++i) {
+      const search::Policy& p = policies[i];
       ASSIGN_OR_RETURN(std::string hash, job_->space().Hash(p));
-      evaluated_.push_back({{"hash", hash}, {"projector_version", projector_version}});
+      ASSIGN_OR_RETURN(double flops, job_->space().FlopsRatio(p));
+      evaluated_.push_back(search::EvaluatedJson(hash, projector_version, out[i], flops));
       if (seen_.insert(hash).second) distinct_.push_back(p);
     }
     return out;
