@@ -133,19 +133,20 @@ std::vector<std::string> SummaryRow(const Tracked& t) {
   if (t.last.state() == pb::SUCCEEDED && t.fetch_error.empty()) {
     report = json::parse(ReadFileOrEmpty(t.out + "/report.json"), nullptr, false);
   }
-  auto num = [&](std::initializer_list<const char*> path, const char* fmt) -> std::string {
+  auto num = [&](std::initializer_list<const char*> path, int decimals) -> std::string {
     const json* node = &report;
     for (const char* k : path) {
       if (!node->is_object() || !node->contains(k)) return "";
       node = &(*node)[k];
     }
-    return node->is_number() ? absl::StrFormat(fmt, node->get<double>()) : std::string();
+    return node->is_number() ? absl::StrFormat("%.*f", decimals, node->get<double>())
+                             : std::string();
   };
-  row.push_back(num({"dense", "accuracy"}, "%.4f"));
-  row.push_back(num({"pruned", "accuracy"}, "%.4f"));
-  row.push_back(num({"flops_ratio"}, "%.4f"));
-  row.push_back(num({"dense", "latency_ms"}, "%.2f"));
-  row.push_back(num({"pruned", "latency_ms"}, "%.2f"));
+  row.push_back(num({"dense", "accuracy"}, 4));
+  row.push_back(num({"pruned", "accuracy"}, 4));
+  row.push_back(num({"flops_ratio"}, 4));
+  row.push_back(num({"dense", "latency_ms"}, 2));
+  row.push_back(num({"pruned", "latency_ms"}, 2));
   row.push_back(t.last.state() == pb::SUCCEEDED && t.fetch_error.empty() ? t.out : t.fetch_error);
   return row;
 }

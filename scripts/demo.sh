@@ -105,5 +105,6 @@ print(f"{'latency ratio (worker)':26}{1.0:>10.3f}{p['latency_ms'] / d['latency_m
       "   (unstructured zeros: no dense-kernel speed-up)")
 assert abs(pruned["accuracy"] - rep["accuracy"]) < 1e-9, "llava-eval disagrees with report.json"
 print("policy (ratio per unit):", " ".join(f"{u['name']}={u['ratio']:.2f}" for u in rep["policy"]["units"]))
-print("artifact: pruned model, policy.json, report.json, MANIFEST.sha256, README.md (model card)")
+print("artifact: pruned model, policy.json, report.json, report.html (open it in a browser),"
+      " MANIFEST.sha256, README.md (model card)")
 PYEOF

@@ -258,8 +258,10 @@ std::string ParetoChart(const json& report) {
   return s;
 }
 
-std::string Cell(double v, const char* fmt) {
-  return std::isfinite(v) ? absl::StrFormat(fmt, v) : std::string("—");
+// A number with `decimals` decimals ("—" when absent); decimals < 0: three significant digits.
+std::string Cell(double v, int decimals) {
+  if (!std::isfinite(v)) return "—";
+  return decimals < 0 ? absl::StrFormat("%.3g", v) : absl::StrFormat("%.*f", decimals, v);
 }
 
 std::string DenseVsPruned(const json& report) {
@@ -267,17 +269,18 @@ std::string DenseVsPruned(const json& report) {
   const json& p = report.value("pruned", json::object());
   const double dense_flops = Num(d, "flops");
   std::string s = "<table id=\"dense-vs-pruned\"><tr><th></th><th>dense</th><th>pruned</th></tr>\n";
-  auto row = [&](const std::string& name, double a, double b, const char* fmt) {
-    absl::StrAppend(&s, "<tr><td>", Esc(name), "</td><td>", Cell(a, fmt), "</td><td>", Cell(b, fmt),
-                    "</td></tr>\n");
+  auto row = [&](const std::string& name, double a, double b, int decimals) {
+    absl::StrAppend(&s, "<tr><td>", Esc(name), "</td><td>", Cell(a, decimals), "</td><td>",
+                    Cell(b, decimals), "</td></tr>\n");
   };
+
   row(absl::StrCat("accuracy (", Text(report, "accuracy_set"), " set)"), Num(d, "accuracy"),
-      Num(p, "accuracy"), "%.4f");
-  row("mean answer loss", Num(d, "loss"), Num(p, "loss"), "%.4f");
-  row("FLOPs ratio", 1.0, Num(report, "flops_ratio"), "%.4f");
-  row("GFLOPs per sample", dense_flops / 1e9, Num(p, "flops") / 1e9, "%.3f");
-  row("parameters", Num(d, "params"), Num(p, "params"), "%.0f");
-  row("latency (ms per batch)", Num(d, "latency_ms"), Num(p, "latency_ms"), "%.2f");
+      Num(p, "accuracy"), 4);
+  row("mean answer loss", Num(d, "loss"), Num(p, "loss"), 4);
+  row("FLOPs ratio", 1.0, Num(report, "flops_ratio"), 4);
+  row("GFLOPs per sample", dense_flops / 1e9, Num(p, "flops") / 1e9, 3);
+  row("parameters", Num(d, "params"), Num(p, "params"), 0);
+  row("latency (ms per batch)", Num(d, "latency_ms"), Num(p, "latency_ms"), 2);
   return s + "</table>\n";
 }
 
@@ -313,9 +316,9 @@ std::string ReportHtml(const json& report) {
       "<title>prunesvc report</title><style>",
       kStyle, "</style></head><body>\n<h1>Pruning report</h1>\n<p>", Esc(Text(report, "strategy")),
       " · ", Esc(Text(report, "granularity")), " · FLOPs budget ",
-      Cell(Num(report, "flops_budget"), "%.3g"), ", reached ",
-      Cell(Num(report, "flops_ratio"), "%.4f"), " · model <code>",
-      Esc(Text(report.value("provenance", json::object()), "model_dir")), "</code></p>\n");
+      Cell(Num(report, "flops_budget"), -1), ", reached ", Cell(Num(report, "flops_ratio"), 4),
+      " · model <code>", Esc(Text(report.value("provenance", json::object()), "model_dir")),
+      "</code></p>\n");
   absl::StrAppend(&out, "<h2>Dense vs pruned</h2>\n", DenseVsPruned(report));
   const json& history = report.value("history", json::array());
   if (history.is_array() && !history.empty()) {
