@@ -249,8 +249,11 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(absl::string_view
 }
 
 std::string ModelUriFromArg(absl::string_view arg) {
-  if (absl::StrContains(arg, "://")) return std::string(arg);
-  std::filesystem::path p = std::filesystem::absolute(std::string(arg)).lexically_normal();
+  if (absl::StrContains(arg, "://") || arg.empty()) return std::string(arg);
+  // The non-throwing overload: absolute() of a path it cannot handle (e.g. "") throws.
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(std::string(arg), ec).lexically_normal();
+  if (ec) return std::string(arg);  // left as given: validation names model_uri
   std::string s = p.string();
   if (s.size() > 1 && s.back() == '/') s.pop_back();
   return "file://" + s;

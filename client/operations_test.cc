@@ -152,6 +152,9 @@ TEST(BatchFileTest, MalformedFilesNameTheLine) {
       {"dataset: d\nspec: [1, 2]\ngrid: {seed: [1]}\n", "b.yaml:2: spec: expected a mapping"},
       {"dataset: d\ngrid: {seed: [1}\n", "b.yaml:2"},
       {"name: a/b\ndataset: d\ngrid: {seed: [1]}\n", "name \"a/b\""},
+      // Found by batch_file_fuzz: an empty model path made std::filesystem throw.
+      {"dataset: d\ngrid:\n  model_uri: ['']\n", "model_uri"},
+      {std::string("dataset: d\xff\ngrid: {seed: [1]}\n"), "not UTF-8 text (byte 10)"},
   };
   for (const auto& c : cases) {
     absl::StatusOr<std::vector<BatchJob>> jobs = absl::InvalidArgumentError("unparsed");

@@ -63,11 +63,12 @@ declare -A CORPUS=(
   [checkpoint_fuzz]=server/testdata/checkpoint_corpus
   [auth_tokens_fuzz]=server/testdata/auth_tokens_corpus
   [job_file_fuzz]=client/testdata/job_file_corpus
+  [batch_file_fuzz]=client/testdata/batch_file_corpus
   [safetensors_fuzz]=worker/model/testdata/safetensors_corpus
   [config_fuzz]=worker/model/testdata/config_corpus
   [image_fuzz]=worker/model/testdata/image_corpus
 )
-TARGETS=(flags_fuzz job_spec_fuzz job_file_fuzz dataset_upload_fuzz checkpoint_fuzz auth_tokens_fuzz
+TARGETS=(flags_fuzz job_spec_fuzz job_file_fuzz batch_file_fuzz dataset_upload_fuzz checkpoint_fuzz auth_tokens_fuzz
   safetensors_fuzz config_fuzz image_fuzz)
 if ((${#SELECTED[@]} == 0)); then SELECTED=("${TARGETS[@]}"); fi
 for t in "${SELECTED[@]}"; do
