@@ -15,14 +15,18 @@
 
 namespace prunesvc {
 
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag) {
+absl::StatusOr<std::string> ReadCredentialFile(const std::string& path, const std::string& flag) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
-  }
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
   std::ostringstream out;
   out << in.rdbuf();
-  std::string pem = out.str();
+  return out.str();
+}
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag) {
+  absl::StatusOr<std::string> read = ReadCredentialFile(path, flag);
+  if (!read.ok()) return read.status();
+  std::string pem = *std::move(read);
   if (!absl::StrContains(pem, "-----BEGIN ")) {
     return absl::InvalidArgumentError(
         absl::StrCat(flag, ": ", path, " is not PEM (no -----BEGIN line)"));
@@ -93,12 +97,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  const std::string text = out.str();
-  std::string token(absl::StripAsciiWhitespace(text));
+  absl::StatusOr<std::string> text = ReadCredentialFile(path, flag);
+  if (!text.ok()) return text.status();
+  std::string token(absl::StripAsciiWhitespace(*text));
   bool printable = token.size() >= 16 && token.size() <= 4096;
   for (char c : token) printable = printable && c > ' ' && c <= '~';
   if (!printable) {

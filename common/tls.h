@@ -40,7 +40,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
     const TlsFiles& files, const std::string& flag_prefix = "--tls-");
 
-// The file's bytes; INVALID_ARGUMENT "FLAG: cannot read PATH: reason" otherwise.
+// A credential file's bytes (a certificate, a key, a tokens file); INVALID_ARGUMENT
+// "FLAG: cannot read PATH" otherwise.
+absl::StatusOr<std::string> ReadCredentialFile(const std::string& path, const std::string& flag);
+
+// The file's bytes, which must be PEM; INVALID_ARGUMENT naming FLAG and PATH otherwise.
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag);
 
 // The subject common name of the first certificate in `pem` (OpenSSL); INVALID_ARGUMENT when it

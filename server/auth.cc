@@ -1,7 +1,5 @@
 #include "server/auth.h"
 
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -71,14 +69,6 @@ std::optional<int64_t> ParseCount(absl::string_view v, bool allow_suffix) {
 
 absl::Status LineError(absl::string_view file, int line, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(file, ":", line, ": ", what));
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
 }
 
 // Sets `slot` from a quota field, refusing a second, different value for the tenant.
@@ -197,7 +187,7 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(AuthOptions
 absl::Status Authenticator::Reload() {
   std::shared_ptr<const TokenTable> tokens;
   if (enabled()) {
-    ASSIGN_OR_RETURN(std::string text, ReadFile(options_.tokens_file, "--auth-tokens"));
+    ASSIGN_OR_RETURN(std::string text, ReadCredentialFile(options_.tokens_file, "--auth-tokens"));
     ASSIGN_OR_RETURN(TokenTable table, ParseTokens(text, options_.tokens_file));
     if (table.by_hash.empty()) {
       spdlog::warn("--auth-tokens {} holds no token: every client call is refused",
