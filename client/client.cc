@@ -209,6 +209,33 @@ absl::StatusOr<pb::UploadDatasetResponse> Client::UploadDataset(const pb::Datase
   return resp;
 }
 
+absl::StatusOr<pb::UploadModelResponse> Client::UploadModel(const pb::ModelManifestInfo& manifest,
+                                                            const ModelDataSource& next) {
+  grpc::ClientContext ctx;
+  Prepare(ctx, options_.stream_deadline);
+  pb::UploadModelResponse resp;
+  auto writer = stub_->UploadModel(&ctx, &resp);
+  pb::UploadModelRequest req;
+  *req.mutable_manifest() = manifest;
+  bool open = writer->Write(req);
+  while (open && next) {
+    absl::StatusOr<std::optional<pb::ModelFileData>> msg = next();
+    if (!msg.ok()) {
+      ctx.TryCancel();
+      (void)writer->Finish();
+      return msg.status();
+    }
+    if (!msg->has_value()) break;
+    *req.mutable_data() = std::move(**msg);
+    open = writer->Write(req);
+  }
+  // A failed Write means the server ended the call; Finish returns its status.
+  (void)writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
 absl::Status Client::FetchArtifact(const std::string& artifact_id, int64_t offset,
                                    const ArtifactSink& sink) {
   grpc::ClientContext ctx;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,8 @@ struct ArtifactSink {
 
 // The next upload chunk (<= 1 MiB); an empty string ends the upload.
 using ChunkSource = std::function<absl::StatusOr<std::string>()>;
+// The next UploadModel data message; nullopt ends the upload.
+using ModelDataSource = std::function<absl::StatusOr<std::optional<::prune::v1::ModelFileData>>()>;
 
 class Client {
  public:
@@ -73,6 +76,10 @@ class Client {
   // Sends `info`, then the chunks `next` yields, then waits for the response.
   absl::StatusOr<::prune::v1::UploadDatasetResponse> UploadDataset(
       const ::prune::v1::DatasetInfo& info, const ChunkSource& next);
+  // Sends the manifest, then the messages `next` yields (none: the call only asks which files
+  // are missing), then waits for the response.
+  absl::StatusOr<::prune::v1::UploadModelResponse> UploadModel(
+      const ::prune::v1::ModelManifestInfo& manifest, const ModelDataSource& next);
   // One FetchArtifact call from `offset`.
   absl::Status FetchArtifact(const std::string& artifact_id, int64_t offset,
                              const ArtifactSink& sink);

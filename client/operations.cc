@@ -14,6 +14,7 @@
 #include "client/archive_util.h"
 #include "client/progress.h"
 #include "common/cli_exit.h"
+#include "common/model_manifest.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 
@@ -196,6 +197,109 @@ absl::StatusOr<pb::UploadDatasetResponse> UploadDatasetPath(Client& client, cons
     chunks = FileChunks(path, static_cast<int64_t>(size), progress);
   }
   return client.UploadDataset(info, chunks);
+}
+
+namespace {
+
+// The data messages for the missing files, one file after another, read lazily.
+ModelDataSource MissingFileData(const std::string& dir, const ModelManifest& manifest,
+                                const pb::UploadModelResponse& probe, const ProgressFn& progress) {
+  struct State {
+    std::vector<std::pair<std::string, std::string>> files;  // path, sha256
+    size_t next = 0;
+    std::unique_ptr<std::ifstream> in;
+    std::string sha256;
+    int64_t done = 0;
+    int64_t total = 0;
+  };
+  auto st = std::make_shared<State>();
+  for (const std::string& sha : probe.missing_sha256()) {
+    for (const ModelFileEntry& f : manifest.files) {
+      if (f.sha256 != sha) continue;
+      st->files.push_back({absl::StrCat(dir, "/", f.path), sha});
+      st->total += f.size;
+      break;
+    }
+  }
+  return [st, progress]() -> absl::StatusOr<std::optional<pb::ModelFileData>> {
+    while (true) {
+      if (st->in == nullptr) {
+        if (st->next == st->files.size()) return std::nullopt;
+        const auto& [path, sha] = st->files[st->next++];
+        st->in = std::make_unique<std::ifstream>(path, std::ios::binary);
+        if (!*st->in) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
+        st->sha256 = sha;
+        pb::ModelFileData first;  // an empty file: one empty message names it
+        first.set_sha256(sha);
+        std::string chunk(kUploadChunkBytes, '\0');
+        st->in->read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+        if (st->in->bad()) return absl::InternalError("read error on " + path);
+        chunk.resize(static_cast<size_t>(st->in->gcount()));
+        st->done += static_cast<int64_t>(chunk.size());
+        if (progress) progress(st->done, st->total);
+        if (chunk.size() < kUploadChunkBytes) st->in.reset();
+        first.set_data(std::move(chunk));
+        return first;
+      }
+      std::string chunk(kUploadChunkBytes, '\0');
+      st->in->read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+      if (st->in->bad()) return absl::InternalError("read error while uploading the model");
+      chunk.resize(static_cast<size_t>(st->in->gcount()));
+      if (chunk.size() < kUploadChunkBytes) st->in.reset();
+      if (chunk.empty()) continue;
+      st->done += static_cast<int64_t>(chunk.size());
+      if (progress) progress(st->done, st->total);
+      pb::ModelFileData msg;
+      msg.set_sha256(st->sha256);
+      msg.set_data(std::move(chunk));
+      return msg;
+    }
+  };
+}
+
+}  // namespace
+
+absl::StatusOr<pb::UploadModelResponse> UploadModelDir(
+    Client& client, const std::string& dir, const std::string& name, const ProgressFn& hashing,
+    const ProgressFn& progress, const RetryNotice& on_retry, const RetryPolicy& policy) {
+  const std::string base = fs::path(dir).lexically_normal().filename().string();
+  ASSIGN_OR_RETURN(
+      ModelManifest manifest,
+      ManifestOfDirectory(dir, name.empty() ? (base.empty() ? std::string("model") : base) : name,
+                          hashing));
+  pb::ModelManifestInfo info;
+  info.set_name(manifest.name);
+  for (const ModelFileEntry& f : manifest.files) {
+    pb::ModelFile* file = info.add_files();
+    file->set_path(f.path);
+    file->set_size_bytes(f.size);
+    file->set_sha256(f.sha256);
+  }
+  int failures = 0;
+  int64_t stored = -1;  // what the scheduler held at the last probe
+  while (true) {
+    // Ask what is missing, then send it; a dropped call asks again (resume by file).
+    absl::StatusOr<pb::UploadModelResponse> probe = client.UploadModel(info, nullptr);
+    if (probe.ok() && probe->missing_sha256_size() == 0) return probe;
+    if (probe.ok() && probe->stored_bytes() > stored) {
+      if (stored >= 0) failures = 0;  // the last attempt stored files: progress
+      stored = probe->stored_bytes();
+    }
+    absl::StatusOr<pb::UploadModelResponse> sent =
+        probe.ok() ? client.UploadModel(info, MissingFileData(dir, manifest, *probe, progress))
+                   : probe;
+    if (sent.ok() && sent->missing_sha256_size() == 0) return sent;
+    if (sent.ok()) {
+      return absl::DataLossError(absl::StrCat("the scheduler still lacks ",
+                                              sent->missing_sha256_size(),
+                                              " files of the model after they were sent"));
+    }
+    if (!IsRetryable(sent.status())) return sent.status();
+    if (++failures >= policy.max_attempts) return sent.status();
+    const absl::Duration delay = BackoffDelay(policy, failures);
+    if (on_retry) on_retry(sent.status(), delay);
+    policy.sleep(delay);
+  }
 }
 
 absl::StatusOr<pb::Job> WatchUntilTerminal(Client& client, const std::string& job_id,

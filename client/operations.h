@@ -50,6 +50,16 @@ absl::StatusOr<::prune::v1::UploadDatasetResponse> UploadDatasetPath(Client& cli
 // The dataset name for `path` when none is given: its base name without .tar/.tgz/... suffixes.
 std::string DefaultDatasetName(const std::string& path);
 
+// Uploads model directory `dir` (every file under it; see common/model_manifest.h) as model
+// `name` (empty: the directory's base name): hashes it (`hashing` progress), asks the scheduler
+// which files it lacks, and streams those (`progress`: bytes of the missing files). A dropped
+// connection resumes with the files still missing (`policy`, `on_retry`). The response carries
+// the blob:// model URI.
+absl::StatusOr<::prune::v1::UploadModelResponse> UploadModelDir(
+    Client& client, const std::string& dir, const std::string& name, const ProgressFn& hashing,
+    const ProgressFn& progress, const RetryNotice& on_retry = nullptr,
+    const RetryPolicy& policy = {});
+
 // Watches `job_id` after `from_sequence` until its terminal StateChanged event, reconnecting from
 // the last sequence seen. Each new event (in order, exactly once) goes to `on_event`. Returns
 // the job as GetJob reports it at the end.

@@ -51,7 +51,8 @@ ABSL_FLAG(double, stream_timeout, 3600.0,
           "watch and fetch reconnect and resume after it), seconds.");
 ABSL_FLAG(bool, json, false, "Read commands: print one JSON object on stdout (logs on stderr).");
 // upload-dataset
-ABSL_FLAG(std::string, name, "", "upload-dataset: display name (default: the path's base name).");
+ABSL_FLAG(std::string, name, "",
+          "upload-dataset, upload-model: display name (default: the path's base name).");
 // submit: every flag is sent only when given (the server fills the documented defaults).
 ABSL_FLAG(std::string, file, "",
           "submit: a JSON or YAML job file (JobSpec field names); flags "
@@ -108,6 +109,10 @@ constexpr char kUsage[] =
     "  upload-dataset DIR|TAR [--name=N] [--json]\n"
     "                              upload a sample set (a directory with samples.jsonl at its\n"
     "                              root is packed into a tar); prints the dataset id\n"
+    "  upload-model DIR [--name=N] [--json]\n"
+    "                              store a model directory in the scheduler (file by file,\n"
+    "                              resumable: a re-run sends only missing files); prints the\n"
+    "                              blob://sha256:... URI to submit with --model\n"
     "  submit [--file=job.yaml|job.json] [--model=... --dataset=... --flops-budget=...] [--json]\n"
     "                              submit a job (flags override the file); prints the job id\n"
     "  watch JOB [--from-sequence=N] [--json]\n"
@@ -239,6 +244,23 @@ int CmdUpload(Context& c) {
   } else {
     std::printf("%s\n", resp->dataset_id().c_str());
     std::fprintf(stderr, "%d samples, %s%s\n", resp->num_samples(),
+                 prunesvc::client::FormatBytes(resp->size_bytes()).c_str(),
+                 resp->already_present() ? ", already present" : "");
+  }
+  return 0;
+}
+
+int CmdUploadModel(Context& c) {
+  if (c.args.size() != 1) return Usage("upload-model takes one DIR");
+  auto resp =
+      prunesvc::client::UploadModelDir(c.client, c.args[0], absl::GetFlag(FLAGS_name),
+                                       TransferBar("hash"), TransferBar("upload"), NoteRetry);
+  if (!resp.ok()) return Fail(resp.status());
+  if (c.json) {
+    PrintJson(*resp);
+  } else {
+    std::printf("%s\n", resp->model_uri().c_str());
+    std::fprintf(stderr, "model %s, %s%s\n", resp->model_id().c_str(),
                  prunesvc::client::FormatBytes(resp->size_bytes()).c_str(),
                  resp->already_present() ? ", already present" : "");
   }
@@ -526,11 +548,20 @@ int main(int argc, char** argv) {
   Context ctx{client, std::vector<std::string>(args.begin() + 2, args.end()), repeated,
               prunesvc::client::GivenFlagNames(raw), absl::GetFlag(FLAGS_json)};
   const std::map<std::string, std::function<int(Context&)>> commands = {
-      {"health", CmdHealth}, {"workers", CmdWorkers},   {"upload-dataset", CmdUpload},
-      {"submit", CmdSubmit}, {"watch", CmdWatch},       {"get", CmdGet},
-      {"list", CmdList},     {"cancel", CmdCancel},     {"fetch", CmdFetch},
-      {"delete", CmdDelete}, {"datasets", CmdDatasets}, {"delete-dataset", CmdDeleteDataset},
+      {"health", CmdHealth},
+      {"workers", CmdWorkers},
+      {"upload-dataset", CmdUpload},
+      {"submit", CmdSubmit},
+      {"watch", CmdWatch},
+      {"get", CmdGet},
+      {"list", CmdList},
+      {"cancel", CmdCancel},
+      {"fetch", CmdFetch},
+      {"delete", CmdDelete},
+      {"datasets", CmdDatasets},
+      {"delete-dataset", CmdDeleteDataset},
       {"batch", CmdBatch},
+      {"upload-model", CmdUploadModel},
   };
   auto it = commands.find(args[1]);
   if (it == commands.end()) return Usage("unknown command '" + args[1] + "'", /*full=*/true);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/model_manifest.h"
 #include "common/status_macros.h"
 
 namespace prunesvc {
@@ -230,8 +231,16 @@ void SearchOptionsFromProto(const pb::JobSpec& p, JobSpec& s) {
 }
 
 absl::Status ReferencesFromProto(const pb::JobSpec& p, JobSpec& s) {
-  if (p.model_uri().empty()) return Invalid("model_uri", "is required (file:///path/to/model)");
-  RETURN_IF_ERROR(FileUriPath(p.model_uri(), "model_uri").status());
+  if (p.model_uri().empty()) {
+    return Invalid("model_uri",
+                   "is required (file:///path/to/model, or the blob://sha256:... URI that "
+                   "prunectl upload-model printed)");
+  }
+  if (IsBlobModelUri(p.model_uri())) {
+    RETURN_IF_ERROR(BlobModelId(p.model_uri(), "model_uri").status());
+  } else {
+    RETURN_IF_ERROR(FileUriPath(p.model_uri(), "model_uri").status());
+  }
   s.model_uri = p.model_uri();
   if (p.dataset_id().empty()) return Invalid("dataset_id", "is required (from UploadDataset)");
   if (!IsContentId(p.dataset_id())) {

@@ -24,6 +24,10 @@ PACKAGES=(
   prometheus chromium
 )
 
+# Debian's kubectl 1.20 (kustomize v2.0.3) for tests/k8s_render_test.sh, unpacked into a cache dir
+# because it conflicts with Google's kubectl package over /usr/bin/kubectl.
+"$(dirname "${BASH_SOURCE[0]}")/debian_kubectl.sh" --install >/dev/null
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -59,6 +59,7 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 declare -A CORPUS=(
   [flags_fuzz]=common/testdata/flags_corpus
   [job_spec_fuzz]=common/testdata/job_spec_corpus
+  [model_manifest_fuzz]=common/testdata/model_manifest_corpus
   [dataset_upload_fuzz]=server/testdata/dataset_upload_corpus
   [checkpoint_fuzz]=server/testdata/checkpoint_corpus
   [auth_tokens_fuzz]=server/testdata/auth_tokens_corpus
@@ -68,7 +69,7 @@ declare -A CORPUS=(
   [config_fuzz]=worker/model/testdata/config_corpus
   [image_fuzz]=worker/model/testdata/image_corpus
 )
-TARGETS=(flags_fuzz job_spec_fuzz job_file_fuzz batch_file_fuzz dataset_upload_fuzz checkpoint_fuzz auth_tokens_fuzz
+TARGETS=(flags_fuzz job_spec_fuzz model_manifest_fuzz job_file_fuzz batch_file_fuzz dataset_upload_fuzz checkpoint_fuzz auth_tokens_fuzz
   safetensors_fuzz config_fuzz image_fuzz)
 if ((${#SELECTED[@]} == 0)); then SELECTED=("${TARGETS[@]}"); fi
 for t in "${SELECTED[@]}"; do

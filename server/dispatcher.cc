@@ -54,13 +54,26 @@ DispatcherMetrics::DispatcherMetrics(prometheus::Registry& registry) {
                       .Help("Jobs with a search driver running")
                       .Register(registry)
                       .Add({});
+  search_best_accuracy = &prometheus::BuildGauge()
+                              .Name("prunesvc_search_best_accuracy")
+                              .Help(
+                                  "Running search: accuracy (0-1, search samples) of the best "
+                                  "policy so far, by job")
+                              .Register(registry);
+  search_best_flops_ratio = &prometheus::BuildGauge()
+                                 .Name("prunesvc_search_best_flops_ratio")
+                                 .Help(
+                                     "Running search: FLOPs ratio (pruned / dense) of the best "
+                                     "policy so far, by job")
+                                 .Register(registry);
 }
 
 Dispatcher::Dispatcher(DispatcherOptions options, JobStore* store, EventHub* hub,
                        WorkerTable* table, WorkerConnector* connector,
-                       prometheus::Registry* registry)
+                       prometheus::Registry* registry, BlobStore* blobs)
     : options_(std::move(options)),
       store_(store),
+      blobs_(blobs),
       hub_(hub),
       table_(table),
       connector_(connector),
@@ -123,9 +136,26 @@ void Dispatcher::StartDriver(const std::string& job_id) {
   });
 }
 
+void Dispatcher::ReportSearchBest(const std::string& job_id, double accuracy, double flops_ratio) {
+  absl::MutexLock lock(&mu_);
+  if (drivers_.count(job_id) == 0) return;  // finished meanwhile: no series left behind
+  auto [it, added] = search_gauges_.try_emplace(job_id);
+  if (added) {
+    it->second = {&metrics_.search_best_accuracy->Add({{"job_id", job_id}}),
+                  &metrics_.search_best_flops_ratio->Add({{"job_id", job_id}})};
+  }
+  it->second.first->Set(accuracy);
+  it->second.second->Set(flops_ratio);
+}
+
 void Dispatcher::DriverFinished(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   drivers_.erase(job_id);
+  if (auto g = search_gauges_.find(job_id); g != search_gauges_.end()) {
+    metrics_.search_best_accuracy->Remove(g->second.first);
+    metrics_.search_best_flops_ratio->Remove(g->second.second);
+    search_gauges_.erase(g);
+  }
   affinity_.erase(job_id);
   job_blobs_.erase(job_id);
   if (auto t = tenant_of_.find(job_id); t != tenant_of_.end()) {

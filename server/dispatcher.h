@@ -31,6 +31,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/blob_store.h"
 #include "server/event_hub.h"
 #include "server/job_runner.h"
 #include "server/job_store.h"
@@ -73,13 +74,19 @@ struct DispatcherMetrics {
   prometheus::Counter* split_evaluations;  // policies scored in sample slices
   prometheus::Gauge* queue_depth;          // steps waiting for a worker
   prometheus::Gauge* running_jobs;
+  // Per running search (the dashboard's one per-job series; removed when its driver ends):
+  // prunesvc_search_best_accuracy / _best_flops_ratio {job_id}, the best policy so far.
+  prometheus::Family<prometheus::Gauge>* search_best_accuracy;
+  prometheus::Family<prometheus::Gauge>* search_best_flops_ratio;
 };
 
 class Dispatcher : public JobRunner, public BlobAccess {
  public:
-  // None of the pointers is owned; all must outlive the dispatcher.
+  // None of the pointers is owned; all must outlive the dispatcher. `blobs` (may be null: then
+  // jobs on blob:// models fail) holds uploaded models' manifests.
   Dispatcher(DispatcherOptions options, JobStore* store, EventHub* hub, WorkerTable* table,
-             WorkerConnector* connector, prometheus::Registry* registry);
+             WorkerConnector* connector, prometheus::Registry* registry,
+             BlobStore* blobs = nullptr);
   ~Dispatcher() override;
 
   void Enqueue(const std::string& job_id) override;
@@ -105,12 +112,15 @@ class Dispatcher : public JobRunner, public BlobAccess {
   absl::StatusOr<std::string> FetchTenant(const std::string& worker_id,
                                           const std::string& blob_id) const override;
   absl::Status MayPut(const std::string& worker_id) const override;
+  // The running search's best policy so far, for the per-job gauges (DispatcherMetrics).
+  void ReportSearchBest(const std::string& job_id, double accuracy, double flops_ratio);
   // Workers that ran a step of the job (affinity), and recording one.
   void NoteAffinity(const std::string& job_id, const std::string& worker_id);
 
   const DispatcherOptions& options() const { return options_; }
   DispatcherMetrics& metrics() { return metrics_; }
   JobStore* store() { return store_; }
+  BlobStore* blobs() { return blobs_; }
   EventHub* hub() { return hub_; }
   // Steps waiting for a worker (tests wait on it).
   int waiting() const;
@@ -136,6 +146,7 @@ class Dispatcher : public JobRunner, public BlobAccess {
   // Constant after construction.
   const DispatcherOptions options_;
   JobStore* const store_;
+  BlobStore* const blobs_;
   EventHub* const hub_;
   WorkerTable* const table_;
   WorkerConnector* const connector_;
@@ -153,6 +164,9 @@ class Dispatcher : public JobRunner, public BlobAccess {
   int64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, std::string> leased_ ABSL_GUARDED_BY(mu_);  // worker id → job id
   // Per running job: its tenant and the blobs its steps may fetch (SetJobBlobs).
+  // Per running search: its best-accuracy and best-FLOPs gauges (ReportSearchBest).
+  std::map<std::string, std::pair<prometheus::Gauge*, prometheus::Gauge*>> search_gauges_
+      ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::pair<std::string, std::set<std::string>>> job_blobs_
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, absl::Time> quarantined_ ABSL_GUARDED_BY(mu_);  // until

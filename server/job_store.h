@@ -89,8 +89,10 @@ struct ListJobsPage {
   std::string next_page_token;       // empty when there are no more
 };
 
-enum class BlobKind { kDataset, kProjector, kArtifact };
-absl::string_view BlobKindName(BlobKind kind);  // "dataset", "projector", "artifact"
+// kModel: a model's manifest (server/model_upload.h); kModelFile: one file of a model.
+enum class BlobKind { kDataset, kProjector, kArtifact, kModel, kModelFile };
+// "dataset", "projector", "artifact", "model", "model_file"
+absl::string_view BlobKindName(BlobKind kind);
 
 // One tenant's reference to a content-addressed blob. The same content uploaded by two tenants
 // is one file on disk (BlobStore) and two index records, so each sees only its own.
@@ -105,7 +107,9 @@ struct BlobRecord {
   // dataset's id is its sample-set hash (independent of how the tar was packed), while the stored
   // file is named by the hash of the uploaded bytes.
   std::string content_id;
-  std::string name;  // datasets: the display name of the first upload ("" before schema 2)
+  // datasets: the display name of the first upload ("" before schema 2); models: the manifest's
+  // name; model files: the path of the file (of the first model that stored it).
+  std::string name;
 };
 
 struct DeleteBlobResult {

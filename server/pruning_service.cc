@@ -27,20 +27,21 @@
 #include "common/status_macros.h"
 #include "server/dataset_validation.h"
 #include "server/image_header.h"
+#include "server/model_upload.h"
 #include "server/stream_reactors.h"
 #include "worker/model/samples.h"
 
 namespace prunesvc::server {
-namespace {
 
-namespace pb = ::prune::v1;
-
-// "quota NAME: ..." for a tenant at its limit.
 absl::Status QuotaError(absl::string_view quota, const std::string& tenant, absl::string_view what,
                         int64_t limit, absl::string_view advice) {
   return absl::ResourceExhaustedError(absl::StrCat("quota ", quota, ": tenant \"", tenant, "\" ",
                                                    what, " (its limit is ", limit, "); ", advice));
 }
+
+namespace {
+
+namespace pb = ::prune::v1;
 
 constexpr int32_t kEventPage = 256;
 
@@ -549,7 +550,12 @@ void PruningServiceImpl::SetJobRunner(JobRunner* runner) {
   runner_.store(runner == nullptr ? &noop_runner_ : runner);
 }
 
-absl::Status PruningServiceImpl::CheckModelUri(const std::string& uri) const {
+absl::Status PruningServiceImpl::CheckModelUri(const std::string& tenant,
+                                               const std::string& uri) const {
+  if (IsBlobModelUri(uri)) {
+    ASSIGN_OR_RETURN(std::string model_id, BlobModelId(uri, "model_uri"));
+    return LoadModelManifest(*deps_.store, *deps_.blobs, tenant, model_id).status();
+  }
   ASSIGN_OR_RETURN(std::string path, FileUriPath(uri, "model_uri"));
   if (options_.allowed_model_roots.empty()) {
     return absl::InvalidArgumentError(
@@ -628,7 +634,7 @@ absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const Princip
     return absl::InvalidArgumentError(
         "uniform_guard is not supported by the service yet (prune-local --uniform-guard has it)");
   }
-  RETURN_IF_ERROR(CheckModelUri(spec.model_uri));
+  RETURN_IF_ERROR(CheckModelUri(tenant, spec.model_uri));
   RETURN_IF_ERROR(CheckDataset(tenant, spec.dataset_id, "dataset_id"));
   if (spec.eval_dataset_id.has_value()) {
     RETURN_IF_ERROR(CheckDataset(tenant, *spec.eval_dataset_id, "eval_dataset_id"));
@@ -764,6 +770,16 @@ grpc::ServerReadReactor<pb::UploadDatasetRequest>* PruningServiceImpl::UploadDat
   }
   return new UploadReactor(ctx, deps_, options_, who->tenant,
                            QuotaOf(who->tenant).max_stored_bytes.value_or(0), resp);
+}
+
+grpc::ServerReadReactor<pb::UploadModelRequest>* PruningServiceImpl::UploadModel(
+    grpc::CallbackServerContext* ctx, pb::UploadModelResponse* resp) {
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) {
+    return new FinishedReadReactor<pb::UploadModelRequest>(ToGrpcStatus(who.status()));
+  }
+  return NewModelUploadReactor(ctx, deps_, who->tenant,
+                               QuotaOf(who->tenant).max_stored_bytes.value_or(0), resp);
 }
 
 grpc::ServerWriteReactor<pb::FetchArtifactResponse>* PruningServiceImpl::FetchArtifact(

@@ -55,6 +55,10 @@ struct PruningServiceOptions {
   int max_watchers_per_job = 256;  // concurrent WatchJob streams on one job
 };
 
+// RESOURCE_EXHAUSTED "quota NAME: tenant "T" WHAT (its limit is LIMIT); ADVICE".
+absl::Status QuotaError(absl::string_view quota, const std::string& tenant, absl::string_view what,
+                        int64_t limit, absl::string_view advice);
+
 // Jobs stay QUEUED: what the scheduler runs until a dispatcher is set.
 class NoopJobRunner final : public JobRunner {
  public:
@@ -118,6 +122,8 @@ class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackSer
       grpc::CallbackServerContext* ctx, const ::prune::v1::WatchJobRequest* req) override;
   grpc::ServerReadReactor<::prune::v1::UploadDatasetRequest>* UploadDataset(
       grpc::CallbackServerContext* ctx, ::prune::v1::UploadDatasetResponse* resp) override;
+  grpc::ServerReadReactor<::prune::v1::UploadModelRequest>* UploadModel(
+      grpc::CallbackServerContext* ctx, ::prune::v1::UploadModelResponse* resp) override;
   grpc::ServerWriteReactor<::prune::v1::FetchArtifactResponse>* FetchArtifact(
       grpc::CallbackServerContext* ctx, const ::prune::v1::FetchArtifactRequest* req) override;
   grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* ctx,
@@ -148,8 +154,9 @@ class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackSer
   TenantQuota QuotaOf(const std::string& tenant) const;
   // The queued-jobs and stored-bytes quotas admit one more job of `tenant`.
   absl::Status CheckSubmitQuotas(const std::string& tenant) const;
-  // model_uri resolves (realpath) inside an allowed root.
-  absl::Status CheckModelUri(const std::string& uri) const;
+  // A file:// model_uri resolves (realpath) inside an allowed root; a blob:// one names a model
+  // the tenant uploaded.
+  absl::Status CheckModelUri(const std::string& tenant, const std::string& uri) const;
   // `id` is a dataset the tenant has uploaded.
   absl::Status CheckDataset(const std::string& tenant, const std::string& id,
                             const char* field) const;

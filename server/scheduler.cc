@@ -294,7 +294,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   };
   s->dispatcher_ = std::make_unique<Dispatcher>(dispatcher_options, s->store_.get(), s->hub_.get(),
                                                 s->table_.get(), s->connector_.get(),
-                                                s->metrics_->registry.get());
+                                                s->metrics_->registry.get(), s->blobs_.get());
   s->registry_service_->SetBlobAccess(s->dispatcher_.get());
   RETURN_IF_ERROR(s->SetJobRunner(s->dispatcher_.get()));
   // Per-service statuses must be set explicitly; SetServingStatus(bool) then flips them all.

@@ -10,10 +10,12 @@
 #include "common/fault.h"
 #include "common/job_spec_proto.h"
 #include "common/logging.h"
+#include "common/model_manifest.h"
 #include "common/owl.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/dispatcher.h"
+#include "server/model_upload.h"
 #include "server/remote_policy_evaluator.h"
 #include "server/search_checkpoint.h"
 
@@ -108,6 +110,7 @@ std::set<std::string> SearchDriver::StepBlobs() const {
     if (!id.empty()) ids.insert(id);
   }
   for (const auto& [version, id] : projector_blobs_) ids.insert(id);
+  ids.insert(model_blobs_.begin(), model_blobs_.end());
   return ids;
 }
 
@@ -178,6 +181,7 @@ absl::Status SearchDriver::RunJob() {
   spec_proto_ = job.spec();
   priority_ = spec_proto_.priority();
   ASSIGN_OR_RETURN(spec_, JobSpecFromProto(spec_proto_));
+  RETURN_IF_ERROR(LoadModelBlobs());
   RETURN_IF_ERROR(Prepare());
   // A job resumed in FINALIZING re-derives its policy from the finished checkpoint (Search() runs
   // no generation) and must not step back to SEARCHING.
@@ -191,6 +195,19 @@ absl::Status SearchDriver::RunJob() {
   }
   RETURN_IF_ERROR(Transition(pb::FINALIZING, "writing the artifact"));
   return Finalize();
+}
+
+absl::Status SearchDriver::LoadModelBlobs() {
+  if (!IsBlobModelUri(spec_.model_uri)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::string model_id, BlobModelId(spec_.model_uri, "model_uri"));
+  if (dispatcher_->blobs() == nullptr) {
+    return absl::FailedPreconditionError("this scheduler has no blob store for blob:// models");
+  }
+  ASSIGN_OR_RETURN(
+      ModelManifest manifest,
+      LoadModelManifest(*dispatcher_->store(), *dispatcher_->blobs(), tenant_, model_id));
+  model_blobs_ = ModelBlobIds(model_id, manifest);
+  return absl::OkStatus();
 }
 
 absl::Status SearchDriver::Prepare() {
@@ -277,6 +294,7 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
   c.generation = g.generation;
   c.search_state_json = SearchCheckpointToJson(sc);
   RETURN_IF_ERROR(Commit(m, std::move(events), c));
+  dispatcher_->ReportSearchBest(job_id_, m.best->accuracy(), m.best->flops_ratio());
   FaultPoint("scheduler.checkpoint");
   return absl::OkStatus();
 }

@@ -76,6 +76,8 @@ class SearchDriver {
 
  private:
   absl::Status RunJob();
+  // A blob:// model's blobs, from its manifest (model_blobs_).
+  absl::Status LoadModelBlobs();
   absl::Status Prepare();
   absl::Status Search();
   absl::Status SolveUniform();
@@ -91,7 +93,8 @@ class SearchDriver {
   void Fail(const absl::Status& status);
   absl::Status CommitGeneration(const search::EvolutionarySearch& search, bool trained);
   ::prune::v1::PolicyEvaluation BestProto(const search::ScoredPolicy& best) const;
-  // What a worker running one of the job's steps may fetch: its datasets and projectors.
+  // What a worker running one of the job's steps may fetch: its datasets, projectors and (a
+  // blob:// model) the model's manifest and files.
   std::set<std::string> StepBlobs() const;
   // Indexes a blob a worker stored (under tenant "") for the job's tenant too, so that the
   // tenant can fetch it and it counts against the tenant's stored bytes.
@@ -112,6 +115,8 @@ class SearchDriver {
   ::prune::v1::PrepareResponse prepared_;
   std::unique_ptr<search::PolicySpace> space_;
   std::map<int, std::string> projector_blobs_;
+  // A blob:// model's manifest and files (empty for file:// models).
+  std::set<std::string> model_blobs_;
   std::atomic<int64_t> step_counter_{0};
   // What Finalize embeds in report.json.
   nlohmann::json report_ = nlohmann::json::object();

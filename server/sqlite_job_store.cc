@@ -76,7 +76,7 @@ CREATE TABLE checkpoints (
 CREATE TABLE blobs (
   blob_id TEXT NOT NULL,
   tenant TEXT NOT NULL,
-  kind TEXT NOT NULL,                   -- dataset | projector | artifact
+  kind TEXT NOT NULL,                   -- dataset | projector | artifact | model | model_file
   size_bytes INTEGER NOT NULL,
   create_time_us INTEGER NOT NULL,
   num_samples INTEGER NOT NULL DEFAULT 0,
@@ -160,7 +160,8 @@ absl::StatusOr<Job> RowToJob(const SqliteStatement& row) {
 }
 
 std::optional<BlobKind> ParseBlobKind(absl::string_view name) {
-  for (BlobKind kind : {BlobKind::kDataset, BlobKind::kProjector, BlobKind::kArtifact}) {
+  for (BlobKind kind : {BlobKind::kDataset, BlobKind::kProjector, BlobKind::kArtifact,
+                        BlobKind::kModel, BlobKind::kModelFile}) {
     if (BlobKindName(kind) == name) return kind;
   }
   return std::nullopt;
@@ -403,6 +404,10 @@ absl::string_view BlobKindName(BlobKind kind) {
       return "projector";
     case BlobKind::kArtifact:
       return "artifact";
+    case BlobKind::kModel:
+      return "model";
+    case BlobKind::kModelFile:
+      return "model_file";
   }
   return "unknown";
 }

@@ -28,8 +28,11 @@ absl::StatusOr<SweepReport> SweepStorage(JobStore& store, BlobStore& blobs,
   ASSIGN_OR_RETURN(std::vector<BlobRecord> records, store.ListBlobs("", std::nullopt));
   std::set<std::string> named;  // content ids a remaining record names
   for (const BlobRecord& r : records) {
-    const bool keep = r.kind == BlobKind::kDataset || referenced.count({r.tenant, r.blob_id}) > 0 ||
-                      r.create_time > now - options.grace;
+    // Datasets and models stay until their owner deletes them.
+    const bool owned = r.kind == BlobKind::kDataset || r.kind == BlobKind::kModel ||
+                       r.kind == BlobKind::kModelFile;
+    const bool keep =
+        owned || referenced.count({r.tenant, r.blob_id}) > 0 || r.create_time > now - options.grace;
     if (keep) {
       named.insert(r.content_id);
       continue;

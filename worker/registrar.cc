@@ -46,6 +46,12 @@ void Registrar::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void Registrar::SetDraining() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  kick_ = true;
+}
+
 std::string Registrar::worker_id() const {
   absl::MutexLock lock(&mu_);
   return worker_id_;
@@ -84,10 +90,12 @@ void Registrar::Loop() {
       if (!registered) backoff = std::min(backoff * 2, absl::Seconds(5));
     } else {
       std::string id;
+      bool draining = false;
       {
         absl::MutexLock lock(&mu_);
         id = worker_id_;
         wait = interval_;
+        draining = draining_;
       }
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() +
@@ -101,6 +109,7 @@ void Registrar::Loop() {
         for (const std::string& job : hooks_->CachedJobs()) req.add_cached_models(job);
         if (req.active_steps_size() > 0) req.set_state(::prune::v1::WORKER_BUSY);
       }
+      if (draining) req.set_state(::prune::v1::WORKER_DRAINING);
       ::prune::v1::HeartbeatResponse resp;
       grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
       if (s.ok() && resp.reregister()) {
@@ -118,7 +127,9 @@ void Registrar::Loop() {
       }
     }
     absl::MutexLock lock(&mu_);
-    if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait)) return;
+    mu_.AwaitWithTimeout(absl::Condition(this, &Registrar::WakeLocked), wait);
+    if (stopping_) return;
+    kick_ = false;
   }
 }
 

@@ -56,6 +56,9 @@ class Registrar {
 
   void Start();
   void Stop();
+  // From now on heartbeats report WORKER_DRAINING (the scheduler leases no new step here); one
+  // is sent at once.
+  void SetDraining();
 
   // Empty until the first successful registration.
   std::string worker_id() const;
@@ -63,6 +66,7 @@ class Registrar {
  private:
   void Loop();
   bool RegisterOnce();
+  bool WakeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || kick_; }
 
   // Constant after construction.
   const std::string scheduler_address_;
@@ -73,6 +77,8 @@ class Registrar {
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool kick_ ABSL_GUARDED_BY(mu_) = false;  // heartbeat now, not after the interval
   std::string worker_id_ ABSL_GUARDED_BY(mu_);
   absl::Duration interval_ ABSL_GUARDED_BY(mu_) = absl::Seconds(1);
   std::thread thread_;

@@ -17,6 +17,7 @@
 #include "common/fault.h"
 #include "common/job_spec_proto.h"
 #include "common/logging.h"
+#include "common/model_manifest.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -318,7 +319,61 @@ StepRunner::~StepRunner() {
   cache_.clear();
 }
 
-absl::StatusOr<std::string> StepRunner::ResolveModelDir(const std::string& uri) const {
+absl::StatusOr<std::string> StepRunner::EnsureBlobModel(const std::string& model_id) {
+  const std::string hex = model_id.substr(std::string_view("sha256:").size());
+  const std::string models = options_.cache_dir + "/models";
+  const std::string dir = absl::StrCat(models, "/", hex);
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return dir;  // renamed into place only when complete
+  absl::StatusOr<std::string> manifest_path = blobs_->Get(model_id, /*verify_bytes=*/true);
+  if (!manifest_path.ok()) {
+    return absl::Status(
+        manifest_path.status().code(),
+        absl::StrCat("model_uri blob://", model_id, ": ", manifest_path.status().message()));
+  }
+  std::ifstream in(*manifest_path, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  absl::StatusOr<ModelManifest> manifest =
+      ParseModelManifest(text, absl::StrCat("manifest ", model_id));
+  if (!manifest.ok()) return absl::DataLossError(manifest.status().message());
+  const std::string tmp = absl::StrCat(models, "/.tmp-", hex, "-", getpid());
+  fs::remove_all(tmp, ec);
+  for (const ModelFileEntry& f : manifest->files) {
+    const std::string id = absl::StrCat("sha256:", f.sha256);
+    absl::StatusOr<std::string> blob = blobs_->Get(id, /*verify_bytes=*/true);
+    if (!blob.ok()) {
+      fs::remove_all(tmp, ec);
+      return absl::Status(blob.status().code(), absl::StrCat("model ", model_id, " file ", f.path,
+                                                             ": ", blob.status().message()));
+    }
+    const fs::path target = fs::path(tmp) / f.path;  // ValidateModelPath: stays under tmp
+    fs::create_directories(target.parent_path(), ec);
+    if (!ec) fs::create_hard_link(*blob, target, ec);
+    if (ec) {  // another file system: copy instead
+      ec.clear();
+      fs::copy_file(*blob, target, fs::copy_options::overwrite_existing, ec);
+    }
+    if (ec) {
+      fs::remove_all(tmp, ec);
+      return absl::InternalError(
+          absl::StrCat(target.string(), ": cannot lay out the model: ", ec.message()));
+    }
+  }
+  fs::rename(tmp, dir, ec);
+  if (ec && !fs::is_directory(dir)) {
+    return absl::InternalError(absl::StrCat(dir, ": ", ec.message()));
+  }
+  fs::remove_all(tmp, ec);
+  spdlog::info("model {} laid out in {} ({} files, {} bytes)", model_id, dir,
+               manifest->files.size(), manifest->total_bytes());
+  return dir;
+}
+
+absl::StatusOr<std::string> StepRunner::ResolveModelDir(const std::string& uri) {
+  if (IsBlobModelUri(uri)) {
+    ASSIGN_OR_RETURN(std::string model_id, BlobModelId(uri, "model_uri"));
+    return EnsureBlobModel(model_id);
+  }
   ASSIGN_OR_RETURN(std::string path, FileUriPath(uri, "model_uri"));
   char* real = realpath(path.c_str(), nullptr);
   if (real == nullptr) {

@@ -8,9 +8,13 @@
 //  - Datasets and projectors arrive as blob ids, fetched through the BlobCache (local disk, by
 //    sha256); a dataset's content hash must equal its id. Trained projectors and artifacts are
 //    uploaded with PutBlob.
-//  - model_uri must be file:// and, resolved with realpath, lie under one of
-//    `allowed_model_roots` (also resolved): on a cluster the worker may see other paths than the
-//    scheduler, so it checks again. No roots = every model is refused.
+//  - A file:// model_uri, resolved with realpath, must lie under one of `allowed_model_roots`
+//    (also resolved): on a cluster the worker may see other paths than the scheduler, so it
+//    checks again. No roots = every file:// model is refused. A blob:// model_uri (uploaded with
+//    UploadModel) is fetched through the BlobCache — the manifest, then each file, verified
+//    against its sha256 — and laid out once as CACHE_DIR/models/<hex>/ (hard links to the cached
+//    blobs, built in a temp directory and renamed into place, so a directory there is complete);
+//    later jobs on the same model reuse it. No shared volume is needed.
 //  - Steps run one at a time (one device): a step waits for the device, polling its stop
 //    function. A step stops at the next safe point when its stop function says so — the call's
 //    context was cancelled — or when CancelSteps named its step id (the heartbeat's
@@ -99,7 +103,9 @@ class StepRunner : public HeartbeatHooks {
                                                    const ::prune::v1::JobSpec& spec,
                                                    prune::StepContext& ctx, bool* cache_hit);
   absl::StatusOr<prune::PrepareOptions> ResolvePrepareOptions(const ::prune::v1::JobSpec& spec);
-  absl::StatusOr<std::string> ResolveModelDir(const std::string& uri) const;
+  absl::StatusOr<std::string> ResolveModelDir(const std::string& uri);
+  // CACHE_DIR/models/<hex> for model id "sha256:<hex>", fetched and laid out first if needed.
+  absl::StatusOr<std::string> EnsureBlobModel(const std::string& model_id);
   absl::StatusOr<std::string> FetchDataset(const std::string& id, const std::string& field);
   absl::Status EnsureProjector(prune::PreparedJob& job, int version, const std::string& blob_id);
   absl::StatusOr<std::string> UploadProjector(const prune::ProjectorWeights& w, int version);

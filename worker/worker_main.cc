@@ -47,6 +47,10 @@ ABSL_FLAG(std::string, scheduler_identity, "prune-scheduler",
           "Common name of the scheduler's certificate; with --tls-ca no other client may call.");
 ABSL_FLAG(std::string, worker_token_file, "",
           "File holding the scheduler's worker token (its --worker-token-file).");
+ABSL_FLAG(int, drain_timeout, 25,
+          "Seconds a SIGTERMed worker gives its running step to finish (it takes no new step and "
+          "reports DRAINING meanwhile) before stopping it for another worker to redo; keep it "
+          "under Kubernetes' terminationGracePeriodSeconds. 0 = stop at once.");
 ABSL_FLAG(std::string, inject_fault, "",
           "Testing only: STEP:oom makes step STEP (prepare|evaluate|train|finalize) fail as an "
           "out-of-memory fault would.");
@@ -94,6 +98,7 @@ int main(int argc, char** argv) {
   }
   int sig = prunesvc::WaitForShutdownSignal();
   spdlog::info("received signal {}", sig);
+  (*worker)->Drain(absl::Seconds(absl::GetFlag(FLAGS_drain_timeout)));
   (*worker)->Shutdown();
   return 0;
 }

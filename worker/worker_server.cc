@@ -110,6 +110,24 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   return w;
 }
 
+bool WorkerServer::Drain(absl::Duration timeout) {
+  if (shut_down_ || !service_) return true;
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+  service_->StopAccepting();
+  if (registrar_) registrar_->SetDraining();
+  const std::vector<std::string> active =
+      runner_ ? runner_->ActiveSteps() : std::vector<std::string>{};
+  spdlog::info("draining: {} step(s) running, waiting up to {}", active.size(),
+               absl::FormatDuration(timeout));
+  const bool idle = service_->WaitIdle(timeout);
+  if (idle) {
+    spdlog::info("drained: no step is running");
+  } else {
+    spdlog::warn("drain timeout: stopping the steps still running (the scheduler retries them)");
+  }
+  return idle;
+}
+
 void WorkerServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;

@@ -53,6 +53,11 @@ class WorkerServer {
   int port() const { return port_; }
   int metrics_port() const { return metrics_ ? metrics_->port() : -1; }
   const model::DeviceInfo& device() const { return device_; }
+  // Scale-down without losing work: health turns NOT_SERVING, heartbeats say DRAINING (no new
+  // step is leased here), new step calls are refused as retryable, and the running steps get up
+  // to `timeout` to finish. Returns whether they all did; call Shutdown next (it stops what is
+  // left, and the scheduler retries that on another worker).
+  bool Drain(absl::Duration timeout);
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
  private:

@@ -14,13 +14,23 @@ namespace {
 
 namespace pb = ::prune::v1;
 
+absl::Status DrainingError() {
+  return absl::UnavailableError(
+      "the worker is draining (it was asked to stop); the step can run on another worker");
+}
+
 // Unary steps: the default reactor, finished from the step's thread.
 template <typename Response, typename Run>
 grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx, Response* resp,
                                    std::string_view phase, Run run,
                                    const std::function<void(std::function<void()>)>& spawn,
-                                   const std::atomic<bool>* draining) {
+                                   const std::atomic<bool>* draining,
+                                   const std::atomic<bool>* refusing) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (refusing->load()) {
+    reactor->Finish(StepStatus(DrainingError(), phase));
+    return reactor;
+  }
   spawn([ctx, resp, reactor, phase, draining, run = std::move(run)] {
     absl::StatusOr<Response> out = run([ctx] { return ctx->IsCancelled(); });
     if (out.ok()) {
@@ -137,6 +147,13 @@ PruningWorkerService::~PruningWorkerService() {
       +[](int* n) { return *n == 0; }, &in_flight_));
 }
 
+bool PruningWorkerService::WaitIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(
+                                  +[](int* n) { return *n == 0; }, &in_flight_),
+                              timeout);
+}
+
 void PruningWorkerService::Spawn(std::function<void()> work) {
   {
     absl::MutexLock lock(&mu_);
@@ -155,12 +172,16 @@ grpc::ServerUnaryReactor* PruningWorkerService::Prepare(grpc::CallbackServerCont
   return RunUnary(
       ctx, resp, "prepare",
       [this, req](StepRunner::StopFn stop) { return runner_->Prepare(*req, stop); },
-      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_);
+      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_, &refusing_);
 }
 
 grpc::ServerWriteReactor<pb::EvaluatePoliciesResponse>* PruningWorkerService::EvaluatePolicies(
     grpc::CallbackServerContext* ctx, const pb::EvaluatePoliciesRequest* req) {
   auto* reactor = new EvaluateReactor(ctx);
+  if (refusing_.load()) {
+    reactor->Done(StepStatus(DrainingError(), "evaluate"));
+    return reactor;
+  }
   Spawn([this, reactor, req] {
     absl::Status s = runner_->EvaluatePolicies(
         *req, [reactor] { return reactor->Cancelled(); },
@@ -176,7 +197,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::TrainProjector(grpc::CallbackSer
   return RunUnary(
       ctx, resp, "train",
       [this, req](StepRunner::StopFn stop) { return runner_->TrainProjector(*req, stop); },
-      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_);
+      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_, &refusing_);
 }
 
 grpc::ServerUnaryReactor* PruningWorkerService::Finalize(grpc::CallbackServerContext* ctx,
@@ -185,7 +206,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::Finalize(grpc::CallbackServerCon
   return RunUnary(
       ctx, resp, "finalize",
       [this, req](StepRunner::StopFn stop) { return runner_->Finalize(*req, stop); },
-      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_);
+      [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_, &refusing_);
 }
 
 }  // namespace prunesvc::worker

@@ -31,6 +31,11 @@ class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackSe
 
   // Shutdown has begun: steps stopped from now on are reported as retryable (StepStatus).
   void Drain() { draining_.store(true); }
+  // New steps are refused with a retryable UNAVAILABLE (the scheduler runs them elsewhere);
+  // steps already running go on.
+  void StopAccepting() { refusing_.store(true); }
+  // Waits up to `timeout` for the running steps to end; true when none is left.
+  bool WaitIdle(absl::Duration timeout);
 
   grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx,
                                     const ::prune::v1::PrepareRequest* req,
@@ -50,6 +55,7 @@ class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackSe
 
   StepRunner* const runner_;
   std::atomic<bool> draining_{false};
+  std::atomic<bool> refusing_{false};
   absl::Mutex mu_;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };

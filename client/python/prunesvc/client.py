@@ -246,6 +246,51 @@ class Client:
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e) from None
 
+    def upload_model(self, directory, name=None):
+        """Stores a model directory in the scheduler (UploadModel): every file is hashed, the
+        scheduler says which it lacks, and only those are sent; a rerun after an interruption
+        resumes file by file. Returns the UploadModelResponse; its model_uri
+        ("blob://sha256:...") is what submit(model_uri=...) takes."""
+        if not os.path.isdir(directory):
+            raise errors.InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT,
+                                         "%s: not a directory" % directory)
+        manifest = pruning_service_pb2.ModelManifestInfo(
+            name=name or os.path.basename(os.path.normpath(directory)))
+        paths = {}
+        for root, _, files in os.walk(directory, followlinks=True):
+            for f in sorted(files):
+                full = os.path.join(root, f)
+                rel = os.path.relpath(full, directory).replace(os.sep, "/")
+                sha = _sha256_file(full)
+                manifest.files.add(path=rel, size_bytes=os.path.getsize(full), sha256=sha)
+                paths.setdefault(sha, full)
+
+        def call(missing):
+            def requests():
+                yield pruning_service_pb2.UploadModelRequest(manifest=manifest)
+                for sha in missing:
+                    with open(paths[sha], "rb") as f:
+                        first = True
+                        while True:
+                            chunk = f.read(CHUNK)
+                            if not chunk and not first:
+                                break
+                            first = False
+                            yield pruning_service_pb2.UploadModelRequest(
+                                data=pruning_service_pb2.ModelFileData(sha256=sha, data=chunk))
+                            if len(chunk) < CHUNK:
+                                break
+            try:
+                return self._stub.UploadModel(requests(), timeout=self.stream_timeout,
+                                              metadata=self._metadata)
+            except grpc.RpcError as e:
+                raise errors.from_rpc_error(e) from None
+
+        probe = call([])
+        if not probe.missing_sha256:
+            return probe
+        return call(list(probe.missing_sha256))
+
     def watch(self, job_id, from_sequence=0, max_backoff=5.0, give_up_after=None):
         """Yields the job's events after `from_sequence` until its terminal state's event. A
         dropped connection (UNAVAILABLE, a stream deadline) reconnects with backoff from the last
