@@ -168,6 +168,26 @@ absl::Status Client::DeleteDataset(const std::string& dataset_id) {
   return FromGrpcStatus(stub_->DeleteDataset(&ctx, req, &resp));
 }
 
+absl::StatusOr<std::vector<pb::Model>> Client::ListModels() {
+  grpc::ClientContext ctx;
+  Prepare(ctx, options_.deadline);
+  pb::ListModelsResponse resp;
+  grpc::Status s = stub_->ListModels(&ctx, pb::ListModelsRequest(), &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return std::vector<pb::Model>(resp.models().begin(), resp.models().end());
+}
+
+absl::StatusOr<pb::DeleteModelResponse> Client::DeleteModel(const std::string& model_id) {
+  grpc::ClientContext ctx;
+  Prepare(ctx, options_.deadline);
+  pb::DeleteModelRequest req;
+  req.set_model_id(model_id);
+  pb::DeleteModelResponse resp;
+  grpc::Status s = stub_->DeleteModel(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
 absl::Status Client::WatchJob(const std::string& job_id, int64_t from_sequence,
                               const std::function<absl::Status(const pb::JobEvent&)>& on_event) {
   grpc::ClientContext ctx;

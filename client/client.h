@@ -69,6 +69,9 @@ class Client {
   absl::Status DeleteJob(const std::string& job_id);
   absl::StatusOr<std::vector<::prune::v1::Dataset>> ListDatasets();
   absl::Status DeleteDataset(const std::string& dataset_id);
+  // Uploaded models: the caller's; one (by "sha256:..." id or blob:// URI).
+  absl::StatusOr<std::vector<::prune::v1::Model>> ListModels();
+  absl::StatusOr<::prune::v1::DeleteModelResponse> DeleteModel(const std::string& model_id);
   // One WatchJob connection: events after `from_sequence` go to `on_event` until the server
   // ends the stream (OK) or it fails; an `on_event` error cancels the call and is returned.
   absl::Status WatchJob(const std::string& job_id, int64_t from_sequence,

@@ -123,6 +123,8 @@ constexpr char kUsage[] =
     "  delete JOB                  delete a finished job (its events, artifact, projectors)\n"
     "  datasets [--json]           the datasets you uploaded\n"
     "  delete-dataset DATASET      delete a dataset no unfinished job uses\n"
+    "  models [--json]             the models you uploaded (upload-model)\n"
+    "  delete-model MODEL          delete an uploaded model no unfinished job uses\n"
     "  fetch JOB --out=DIR [--json] download, verify (sha256, MANIFEST.sha256) and unpack the\n"
     "                              artifact of a SUCCEEDED job (resumes after a dropped\n"
     "                              connection and across runs)\n"
@@ -448,6 +450,31 @@ int CmdDeleteDataset(Context& c) {
   return 0;
 }
 
+int CmdModels(Context& c) {
+  auto models = c.client.ListModels();
+  if (!models.ok()) return Fail(models.status());
+  if (c.json) {
+    pb::ListModelsResponse resp;
+    for (const auto& m : *models) *resp.add_models() = m;
+    PrintJson(resp);
+    return 0;
+  }
+  std::printf("%-78s %-20s %6s %12s\n", "MODEL", "NAME", "FILES", "BYTES");
+  for (const auto& m : *models) {
+    std::printf("%-78s %-20s %6d %12lld\n", m.model_uri().c_str(), m.name().c_str(), m.num_files(),
+                static_cast<long long>(m.size_bytes()));
+  }
+  return 0;
+}
+
+int CmdDeleteModel(Context& c) {
+  if (c.args.size() != 1) return Usage("delete-model takes one MODEL (sha256:... or blob://...)");
+  auto resp = c.client.DeleteModel(c.args[0]);
+  if (!resp.ok()) return Fail(resp.status());
+  std::printf("%s deleted\n", c.args[0].c_str());
+  return 0;
+}
+
 int CmdWatch(Context& c) {
   if (c.args.size() != 1) return Usage("watch takes one JOB");
   FILE* out = c.json ? stderr : stdout;
@@ -562,10 +589,12 @@ int main(int argc, char** argv) {
       {"delete-dataset", CmdDeleteDataset},
       {"batch", CmdBatch},
       {"upload-model", CmdUploadModel},
+      {"models", CmdModels},
+      {"delete-model", CmdDeleteModel},
   };
   auto it = commands.find(args[1]);
   if (it == commands.end()) return Usage("unknown command '" + args[1] + "'", /*full=*/true);
-  if (args[1] == "health" || args[1] == "workers" || args[1] == "datasets") {
+  if (args[1] == "health" || args[1] == "workers" || args[1] == "datasets" || args[1] == "models") {
     if (!ctx.args.empty()) return Usage(args[1] + " takes no positional arguments");
   }
   return it->second(ctx);

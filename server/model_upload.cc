@@ -281,6 +281,73 @@ absl::StatusOr<ModelManifest> LoadModelManifest(JobStore& store, BlobStore& blob
   return m;
 }
 
+absl::StatusOr<pb::ListModelsResponse> ListModels(JobStore& store, BlobStore& blobs,
+                                                  const std::string& tenant) {
+  ASSIGN_OR_RETURN(std::vector<BlobRecord> records, store.ListBlobs(tenant, BlobKind::kModel));
+  pb::ListModelsResponse r;
+  for (const BlobRecord& b : records) {
+    if (b.tenant != tenant) continue;  // ListBlobs("") is every tenant's
+    absl::StatusOr<ModelManifest> m = LoadModelManifest(store, blobs, tenant, b.blob_id);
+    if (!m.ok()) {
+      spdlog::warn("model {}: {}", b.blob_id, m.status().message());
+      continue;
+    }
+    pb::Model* model = r.add_models();
+    model->set_model_id(b.blob_id);
+    model->set_model_uri(BlobModelUri(b.blob_id));
+    model->set_name(b.name);
+    model->set_num_files(static_cast<int32_t>(m->files.size()));
+    model->set_size_bytes(m->total_bytes());
+    const int64_t us = absl::ToUnixMicros(b.create_time);
+    model->mutable_create_time()->set_seconds(us / 1000000);
+    model->mutable_create_time()->set_nanos(int32_t(us % 1000000) * 1000);
+  }
+  return r;
+}
+
+absl::StatusOr<pb::DeleteModelResponse> DeleteModel(JobStore& store, BlobStore& blobs,
+                                                    const std::string& tenant,
+                                                    const std::string& id_or_uri) {
+  std::string id = id_or_uri;
+  if (IsBlobModelUri(id_or_uri)) {
+    ASSIGN_OR_RETURN(id, BlobModelId(id_or_uri, "model_id"));
+  }
+  RETURN_IF_ERROR(ValidateBlobId(id));
+  ASSIGN_OR_RETURN(ModelManifest manifest, LoadModelManifest(store, blobs, tenant, id));
+  // A job that may still read it keeps it.
+  const std::string uri = BlobModelUri(id);
+  ASSIGN_OR_RETURN(std::vector<pb::Job> live, store.ListNonTerminalJobs());
+  for (const pb::Job& j : live) {
+    if (j.tenant() == tenant && j.spec().model_uri() == uri) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model ", id, " is used by job ", j.job_id(), " (",
+                       pb::JobState_Name(j.state()), "): cancel it or wait for it to end"));
+    }
+  }
+  RETURN_IF_ERROR(store.DeleteBlob(tenant, id).status());
+  // Files another of the tenant's models lists stay.
+  std::set<std::string> kept;
+  ASSIGN_OR_RETURN(std::vector<BlobRecord> others, store.ListBlobs(tenant, BlobKind::kModel));
+  for (const BlobRecord& b : others) {
+    if (b.tenant != tenant) continue;
+    absl::StatusOr<ModelManifest> m = LoadModelManifest(store, blobs, tenant, b.blob_id);
+    if (!m.ok()) return m.status();  // unsure what it lists: keep everything
+    for (const ModelFileEntry& f : m->files) kept.insert(f.sha256);
+  }
+  pb::DeleteModelResponse resp;
+  std::set<std::string> done;
+  for (const ModelFileEntry& f : manifest.files) {
+    if (kept.count(f.sha256) > 0 || !done.insert(f.sha256).second) continue;
+    absl::StatusOr<DeleteBlobResult> d =
+        store.DeleteBlob(tenant, absl::StrCat(kBlobIdPrefix, f.sha256));
+    if (!d.ok() && !absl::IsNotFound(d.status())) return d.status();
+    if (d.ok()) resp.set_files_removed(resp.files_removed() + 1);
+  }
+  spdlog::info("model deleted model_id={} tenant={} file_records_removed={}", id, tenant,
+               resp.files_removed());
+  return resp;
+}
+
 std::set<std::string> ModelBlobIds(const std::string& model_id, const ModelManifest& manifest) {
   std::set<std::string> ids = {model_id};
   for (const ModelFileEntry& f : manifest.files) ids.insert(absl::StrCat(kBlobIdPrefix, f.sha256));

@@ -6,7 +6,7 @@
 // record of kind "model_file" per file (blob id = sha256 of the file's bytes). A model record is
 // written only once every file record of the tenant exists, so a model id a tenant holds always
 // names files it holds. Like datasets, models are the tenant's until deleted: the storage sweep
-// keeps both kinds (there is no DeleteModel yet; docs/deploy.md).
+// keeps both kinds; DeleteModel removes them.
 //
 // UploadModel's reactor handles one message at a time: each is processed on the upload pool
 // (writes and commits fsync), then the next read starts, so no reactor thread blocks on disk and
@@ -42,6 +42,17 @@ grpc::ServerReadReactor<::prune::v1::UploadModelRequest>* NewModelUploadReactor(
 absl::StatusOr<ModelManifest> LoadModelManifest(JobStore& store, BlobStore& blobs,
                                                 const std::string& tenant,
                                                 const std::string& model_id);
+
+// ListModels: the tenant's complete models, oldest first.
+absl::StatusOr<::prune::v1::ListModelsResponse> ListModels(JobStore& store, BlobStore& blobs,
+                                                           const std::string& tenant);
+// DeleteModel: drops the model's record and the records of its files that no other model of the
+// tenant lists; the storage sweep frees the bytes nothing references any more. `id_or_uri` is
+// "sha256:<hex>" or "blob://sha256:<hex>". FAILED_PRECONDITION while an unfinished job of the
+// tenant runs on it.
+absl::StatusOr<::prune::v1::DeleteModelResponse> DeleteModel(JobStore& store, BlobStore& blobs,
+                                                             const std::string& tenant,
+                                                             const std::string& id_or_uri);
 
 // The blob ids a worker fetches to run a job on the model: the manifest and every file.
 std::set<std::string> ModelBlobIds(const std::string& model_id, const ModelManifest& manifest);

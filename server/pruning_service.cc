@@ -782,6 +782,29 @@ grpc::ServerReadReactor<pb::UploadModelRequest>* PruningServiceImpl::UploadModel
                                QuotaOf(who->tenant).max_stored_bytes.value_or(0), resp);
 }
 
+grpc::ServerUnaryReactor* PruningServiceImpl::ListModels(grpc::CallbackServerContext* ctx,
+                                                         const pb::ListModelsRequest*,
+                                                         pb::ListModelsResponse* resp) {
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  return RunUnaryOnPool(deps_.pool, ctx, resp, [this, tenant = who->tenant] {
+    return server::ListModels(*deps_.store, *deps_.blobs, tenant);
+  });
+}
+
+grpc::ServerUnaryReactor* PruningServiceImpl::DeleteModel(grpc::CallbackServerContext* ctx,
+                                                          const pb::DeleteModelRequest* req,
+                                                          pb::DeleteModelResponse* resp) {
+  absl::StatusOr<Principal> who = Caller(ctx);
+  if (!who.ok()) return FinishUnary(ctx, ToGrpcStatus(who.status()));
+  return RunUnaryOnPool(deps_.pool, ctx, resp, [this, req, tenant = who->tenant] {
+    absl::StatusOr<pb::DeleteModelResponse> r =
+        server::DeleteModel(*deps_.store, *deps_.blobs, tenant, req->model_id());
+    if (r.ok() && deps_.sweeper != nullptr) deps_.sweeper->Wake();
+    return r;
+  });
+}
+
 grpc::ServerWriteReactor<pb::FetchArtifactResponse>* PruningServiceImpl::FetchArtifact(
     grpc::CallbackServerContext* ctx, const pb::FetchArtifactRequest* req) {
   absl::StatusOr<Principal> who = Caller(ctx);

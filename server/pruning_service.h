@@ -124,6 +124,12 @@ class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackSer
       grpc::CallbackServerContext* ctx, ::prune::v1::UploadDatasetResponse* resp) override;
   grpc::ServerReadReactor<::prune::v1::UploadModelRequest>* UploadModel(
       grpc::CallbackServerContext* ctx, ::prune::v1::UploadModelResponse* resp) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
+                                       const ::prune::v1::ListModelsRequest* req,
+                                       ::prune::v1::ListModelsResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx,
+                                        const ::prune::v1::DeleteModelRequest* req,
+                                        ::prune::v1::DeleteModelResponse* resp) override;
   grpc::ServerWriteReactor<::prune::v1::FetchArtifactResponse>* FetchArtifact(
       grpc::CallbackServerContext* ctx, const ::prune::v1::FetchArtifactRequest* req) override;
   grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* ctx,

@@ -125,6 +125,29 @@ TEST_F(StorageSweeperTest, KeepsWhatJobsReferenceAndRemovesTheRest) {
   EXPECT_EQ(r->jobs_deleted + r->records_deleted + r->files_deleted, 0);
 }
 
+// Uploaded models (issue 19) are their owner's, like datasets: no sweep removes them however old,
+// and once their records are deleted (DeleteModel) the next sweep frees the bytes.
+TEST_F(StorageSweeperTest, ModelsStayUntilDeletedThenTheirBytesGo) {
+  const std::string manifest = PutBlob("{\"manifest\": 1}", BlobKind::kModel);
+  const std::string file = PutBlob("weights", BlobKind::kModelFile);
+  SweepOptions o{.retain = absl::Hours(24), .grace = absl::Hours(1)};
+  auto r = SweepStorage(*store_, *blobs_, o, absl::Now() + absl::Hours(1000));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->records_deleted, 0);
+  EXPECT_EQ(r->files_deleted, 0);
+  for (const std::string& kept : {manifest, file}) {
+    EXPECT_TRUE(store_->GetBlob("t", kept).ok()) << kept;
+    EXPECT_TRUE(*blobs_->Has(kept)) << kept;
+  }
+  ASSERT_TRUE(store_->DeleteBlob("t", manifest).ok());
+  ASSERT_TRUE(store_->DeleteBlob("t", file).ok());
+  r = SweepStorage(*store_, *blobs_, o, absl::Now() + absl::Hours(1000));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->files_deleted, 2);
+  EXPECT_FALSE(*blobs_->Has(manifest));
+  EXPECT_FALSE(*blobs_->Has(file));
+}
+
 TEST_F(StorageSweeperTest, RetentionZeroKeepsFinishedJobs) {
   const std::string dataset = PutBlob("dataset", BlobKind::kDataset);
   const std::string artifact = PutBlob("artifact", BlobKind::kArtifact);

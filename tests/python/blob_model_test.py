@@ -256,6 +256,37 @@ class BlobModelTest(unittest.TestCase):
         self.assertEqual(run.returncode, 2, run.stderr)
         self.assertIn("blob://sha256:<64 lowercase hex digits>", run.stderr)
 
+    def test_list_and_delete_models(self):
+        shared = ("config.json", b'{"shared": true}')
+        a = self.manifest([shared, ("a.bin", b"only in a")], name="model-a")
+        b = self.manifest([shared, ("b.bin", b"only in b")], name="model-b")
+        for m, files in ((a, [shared, ("a.bin", b"only in a")]),
+                         (b, [shared, ("b.bin", b"only in b")])):
+            done = self.upload(m, [(hashlib.sha256(d).hexdigest(), d) for _, d in files])
+            self.assertTrue(done.model_uri)
+        uri_a = self.upload(a).model_uri
+        listed = json.loads(self.prunectl("models", "--json", check=True).stdout)["models"]
+        names = {m["name"]: m for m in listed}
+        self.assertIn("model-a", names)
+        self.assertEqual(names["model-a"]["numFiles"], 2)
+        self.assertEqual(int(names["model-a"]["sizeBytes"]), len(b'{"shared": true}') + 9)
+        # Bob sees none of Alice's models and cannot delete them.
+        bob = json.loads(self.prunectl("models", "--json", token=BOB, check=True).stdout)
+        self.assertEqual(bob.get("models", []), [])
+        run = self.prunectl("delete-model", uri_a, token=BOB)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("NOT_FOUND", run.stderr)
+        # Deleting A drops a.bin; config.json stays, model B still lists it.
+        self.prunectl("delete-model", uri_a, check=True)
+        listed = json.loads(self.prunectl("models", "--json", check=True).stdout)["models"]
+        self.assertNotIn("model-a", [m["name"] for m in listed])
+        probe = self.upload(a)
+        self.assertEqual(sorted(probe.missing_sha256),
+                         [hashlib.sha256(b"only in a").hexdigest()])
+        run = self.prunectl("delete-model", uri_a)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("NOT_FOUND", run.stderr)
+
     def test_tenants_do_not_see_each_others_files(self):
         files = [("config.json", b'{"tenant": "alice"}'), ("w", b"alice's weights")]
         m = self.manifest(files, name="private")

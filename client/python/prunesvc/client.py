@@ -187,6 +187,15 @@ class Client:
         self._unary(self._stub.DeleteDataset,
                     pruning_service_pb2.DeleteDatasetRequest(dataset_id=dataset_id))
 
+    def models(self):
+        return list(self._unary(self._stub.ListModels,
+                                pruning_service_pb2.ListModelsRequest()).models)
+
+    def delete_model(self, model_id):
+        """`model_id`: "sha256:..." or the model's blob:// URI."""
+        return self._unary(self._stub.DeleteModel,
+                           pruning_service_pb2.DeleteModelRequest(model_id=model_id))
+
     def submit(self, job_file=None, **fields):
         """Submits a job from a YAML or JSON job file and/or JobSpec fields as keyword arguments
         (proto field names; enums by name; keywords override the file). A plain model path is
