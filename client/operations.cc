@@ -262,7 +262,9 @@ ModelDataSource MissingFileData(const std::string& dir, const ModelManifest& man
 absl::StatusOr<pb::UploadModelResponse> UploadModelDir(
     Client& client, const std::string& dir, const std::string& name, const ProgressFn& hashing,
     const ProgressFn& progress, const RetryNotice& on_retry, const RetryPolicy& policy) {
-  const std::string base = fs::path(dir).lexically_normal().filename().string();
+  fs::path normal = fs::path(dir).lexically_normal();
+  if (!normal.has_filename()) normal = normal.parent_path();  // "models/llava/"
+  const std::string base = normal.filename().string();
   ASSIGN_OR_RETURN(
       ModelManifest manifest,
       ManifestOfDirectory(dir, name.empty() ? (base.empty() ? std::string("model") : base) : name,

@@ -2,7 +2,8 @@
 // counters, a scrape-time collector for workers by state, and the process collector. Served by
 // prometheus-cpp's pull Exposer (fine here: the scheduler never loads libtorch,
 // docs/architecture.md §3). Counter/gauge handles are thread-safe; labels stay low-cardinality (no
-// job or worker ids).
+// worker ids; job ids only on the dispatcher's two per-running-search gauges, removed when the
+// search ends).
 #ifndef PRUNESVC_SERVER_METRICS_H_
 #define PRUNESVC_SERVER_METRICS_H_
 

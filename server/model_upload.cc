@@ -126,12 +126,13 @@ class ModelUploadReactor final : public grpc::ServerReadReactor<pb::UploadModelR
     return FinishFile();
   }
 
-  // Whether the tenant lacks the file's record (or the store lost its bytes).
+  // Whether the tenant lacks the file's bytes: no record naming them (a dataset's id is a
+  // sample-set hash, not a byte hash), or the store lost them.
   absl::StatusOr<bool> IsMissing(const std::string& id) {
     absl::StatusOr<BlobRecord> rec = deps_.store->GetBlob(tenant_, id);
     if (absl::IsNotFound(rec.status())) return true;
     RETURN_IF_ERROR(rec.status());
-    if (rec->kind != BlobKind::kModelFile) return true;
+    if (rec->kind == BlobKind::kDataset) return true;
     ASSIGN_OR_RETURN(bool has, deps_.blobs->Has(rec->content_id));
     return !has;
   }
@@ -338,6 +339,9 @@ absl::StatusOr<pb::DeleteModelResponse> DeleteModel(JobStore& store, BlobStore& 
   std::set<std::string> done;
   for (const ModelFileEntry& f : manifest.files) {
     if (kept.count(f.sha256) > 0 || !done.insert(f.sha256).second) continue;
+    // Only a model file's record: the same bytes indexed as a projector or artifact stay.
+    absl::StatusOr<BlobRecord> rec = store.GetBlob(tenant, absl::StrCat(kBlobIdPrefix, f.sha256));
+    if (!rec.ok() || rec->kind != BlobKind::kModelFile) continue;
     absl::StatusOr<DeleteBlobResult> d =
         store.DeleteBlob(tenant, absl::StrCat(kBlobIdPrefix, f.sha256));
     if (!d.ok() && !absl::IsNotFound(d.status())) return d.status();
