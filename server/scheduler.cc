@@ -86,6 +86,10 @@ absl::Status CheckSecurityOptions(const SchedulerOptions& o) {
   if (!o.tls.ca.empty() && (o.tls.cert.empty() || o.tls.key.empty())) {
     return absl::InvalidArgumentError("--tls-ca needs --tls-cert and --tls-key");
   }
+  if (!o.worker_identity.empty() && o.tls.ca.empty()) {
+    return absl::InvalidArgumentError(
+        "--worker-identity needs --tls-ca: it names the workers' TLS certificates");
+  }
   if (!o.tls.ca.empty() && o.worker_port < 0) {
     return absl::InvalidArgumentError(
         "--tls-ca needs --worker-port: client certificates are required on the worker port "
@@ -286,7 +290,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   if (!options.tls.ca.empty()) {
     ASSIGN_OR_RETURN(to_workers, MakeChannelCredentials(options.tls));
   }
-  s->connector_ = NewGrpcWorkerConnector(to_workers);
+  s->connector_ = NewGrpcWorkerConnector(to_workers, options.worker_identity);
   DispatcherOptions dispatcher_options = options.dispatcher;
   Authenticator* auth_ptr = s->auth_.get();
   dispatcher_options.tenant_max_running = [auth_ptr](const std::string& tenant) {

@@ -58,6 +58,9 @@ struct SchedulerOptions {
   // tls.ca requires client certificates on the worker port, verifies the workers' servers and
   // (with tls.cert/key as the client certificate) is handed to local workers.
   TlsFiles tls;
+  // With tls.ca: the name every worker's certificate must carry (checked instead of the host the
+  // worker advertises, so workers may advertise pod IPs); empty = the advertised host.
+  std::string worker_identity;
   int worker_port = -1;             // -1 = WorkerRegistry shares `port`; 0 = a free port
   std::string auth_tokens_file;     // empty = open: every caller is the admin of tenant ""
   std::string worker_token_file;    // empty = workers register without a token

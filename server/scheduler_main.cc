@@ -72,6 +72,11 @@ ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA that signs the workers' certificates: --worker-port then requires a client "
           "certificate it verifies (mutual TLS), and the scheduler verifies the workers' servers "
           "with it. Needs --worker-port.");
+ABSL_FLAG(std::string, worker_identity, "",
+          "With --tls-ca: the name (DNS SAN) every worker's certificate carries, checked instead "
+          "of the host each worker advertises, so workers may advertise pod IPs and share one "
+          "certificate. With --local-workers the scheduler's certificate must carry it too "
+          "(local workers present it). Empty = the advertised host.");
 ABSL_FLAG(int, worker_port, -1,
           "Serve WorkerRegistry (registration, heartbeats, blobs) on this port instead of "
           "--port; 0 = a free port; -1 = share --port.");
@@ -120,6 +125,7 @@ int main(int argc, char** argv) {
   options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
                  absl::GetFlag(FLAGS_tls_ca)};
   options.worker_port = absl::GetFlag(FLAGS_worker_port);
+  options.worker_identity = absl::GetFlag(FLAGS_worker_identity);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens);
   options.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
 

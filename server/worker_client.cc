@@ -49,8 +49,19 @@ absl::Status WithContext(absl::Duration deadline, StepCancel* cancel, Call call)
 class GrpcWorkerClient : public WorkerClient {
  public:
   GrpcWorkerClient(const std::string& address,
-                   const std::shared_ptr<grpc::ChannelCredentials>& credentials)
-      : stub_(pb::PruningWorker::NewStub(grpc::CreateChannel(address, credentials))) {}
+                   const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+                   const std::string& identity)
+      : stub_(pb::PruningWorker::NewStub(Dial(address, credentials, identity))) {}
+
+  // With an identity, TLS checks the worker's certificate for that name, not the address's host.
+  static std::shared_ptr<grpc::Channel> Dial(
+      const std::string& address, const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+      const std::string& identity) {
+    if (identity.empty()) return grpc::CreateChannel(address, credentials);
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride(identity);
+    return grpc::CreateCustomChannel(address, credentials, args);
+  }
 
   absl::StatusOr<pb::PrepareResponse> Prepare(const pb::PrepareRequest& req,
                                               absl::Duration deadline,
@@ -102,18 +113,19 @@ class GrpcWorkerClient : public WorkerClient {
 
 class GrpcWorkerConnector : public WorkerConnector {
  public:
-  explicit GrpcWorkerConnector(std::shared_ptr<grpc::ChannelCredentials> credentials)
-      : credentials_(std::move(credentials)) {}
+  GrpcWorkerConnector(std::shared_ptr<grpc::ChannelCredentials> credentials, std::string identity)
+      : credentials_(std::move(credentials)), identity_(std::move(identity)) {}
 
   std::shared_ptr<WorkerClient> Connect(const std::string& address) override {
     absl::MutexLock lock(&mu_);
     std::shared_ptr<WorkerClient>& c = clients_[address];
-    if (c == nullptr) c = std::make_shared<GrpcWorkerClient>(address, credentials_);
+    if (c == nullptr) c = std::make_shared<GrpcWorkerClient>(address, credentials_, identity_);
     return c;
   }
 
  private:
   const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const std::string identity_;
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<WorkerClient>> clients_ ABSL_GUARDED_BY(mu_);
 };
@@ -155,9 +167,9 @@ absl::Status WithRetryable(absl::Status status, bool retryable) {
 }
 
 std::unique_ptr<WorkerConnector> NewGrpcWorkerConnector(
-    std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    std::shared_ptr<grpc::ChannelCredentials> credentials, std::string worker_identity) {
   if (credentials == nullptr) credentials = grpc::InsecureChannelCredentials();
-  return std::make_unique<GrpcWorkerConnector>(std::move(credentials));
+  return std::make_unique<GrpcWorkerConnector>(std::move(credentials), std::move(worker_identity));
 }
 
 }  // namespace prunesvc::server

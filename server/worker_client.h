@@ -72,9 +72,12 @@ class WorkerConnector {
 };
 
 // Dials workers with `credentials` (nullptr = plain text): with TLS, the scheduler's client
-// certificate, verifying each worker's certificate against the CA.
+// certificate, verifying each worker's certificate against the CA and — unless
+// `worker_identity` names the one name every worker's certificate carries — against the host of
+// the address the worker advertised.
 std::unique_ptr<WorkerConnector> NewGrpcWorkerConnector(
-    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
+    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
+    std::string worker_identity = "");
 
 // A worker granted to one step by the dispatcher (dispatcher.h) until released.
 struct WorkerLease {

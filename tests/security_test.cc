@@ -77,11 +77,13 @@ const Pki& ThePki() {
         "ca() { key $1.key; openssl req -x509 -new -key $1.key -out $1.pem -days 2 -subj "
         "/CN=$1 2>/dev/null; }\n",
         "leaf() { key $1.key; openssl req -new -key $1.key -out $1.csr -subj /CN=$3 2>/dev/null; "
-        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > $1.ext; "
+        "printf 'subjectAltName=%s\\n' \"${4:-IP:127.0.0.1,DNS:localhost}\" > $1.ext; "
         "openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key -CAcreateserial -out $1.pem "
         "-days 2 -extfile $1.ext 2>/dev/null; }\n",
         "ca ca; ca other-ca\n", "leaf scheduler ca prune-scheduler\n", "leaf rogue ca rogue\n",
-        "leaf stranger other-ca prune-scheduler\n");
+        "leaf stranger other-ca prune-scheduler\n",
+        // A worker certificate that names no address, only the workers' shared identity.
+        "leaf worker-dns ca prune-worker DNS:prune-worker\n");
     EXPECT_EQ(RunShell(script), 0) << "openssl failed in " << p->dir;
     return p;
   }();
@@ -662,6 +664,58 @@ namespace {
 // Last (it registers a worker that cannot be reached): a registered worker with its own session
 // still reads no blob unless a step leased to it references the blob, and stores none without a
 // step.
+// --worker-identity (issue 19, for Kubernetes): the scheduler checks every worker's certificate
+// for one fixed name instead of the host the worker advertised, so workers may advertise pod IPs
+// and share one certificate. This worker's certificate names only "prune-worker" (no address),
+// and it advertises 127.0.0.1: without the flag its TLS handshake fails and no step runs.
+TEST_F(SecurityTest, WorkerIdentityNamesTheWorkersCertificate) {
+  const Pki& pki = ThePki();
+  ServiceOptions o;
+  o.workers = 0;
+  o.extra_args = {
+      "--auth-tokens=" + *dir_ + "/tokens",      "--worker-token-file=" + *dir_ + "/worker-token",
+      "--tls-cert=" + pki.Path("scheduler.pem"), "--tls-key=" + pki.Path("scheduler.key"),
+      "--tls-ca=" + pki.Path("ca.pem"),          "--worker-port=0",
+      "--worker-identity=prune-worker"};
+  o.credentials = WithToken(kAdmin);
+  Service s = StartService("worker-identity", o);
+  ASSERT_NE(s.stub, nullptr) << ReadFile(s.dir + "/scheduler.log");
+  auto worker = testing::TestProcess::Start(
+      {testing::BinDir() + "/prune-worker", "--host=127.0.0.1", "--port=0", "--metrics-port=-1",
+       "--threads=1", "--advertise-host=127.0.0.1",
+       absl::StrCat("--scheduler=127.0.0.1:", s.worker_port),
+       "--tls-cert=" + pki.Path("worker-dns.pem"), "--tls-key=" + pki.Path("worker-dns.key"),
+       "--tls-ca=" + pki.Path("ca.pem"), "--scheduler-identity=prune-scheduler",
+       "--worker-token-file=" + *dir_ + "/worker-token", "--cache-dir=" + s.dir + "/worker-cache",
+       "--allowed-model-roots=" + SourceDir() + "/models"},
+      s.dir + "/worker.log");
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        grpc::ClientContext ctx;
+        Deadline(ctx, 5);
+        pb::ListWorkersResponse resp;
+        return s.stub->ListWorkers(&ctx, pb::ListWorkersRequest(), &resp).ok() &&
+               resp.workers_size() == 1;
+      },
+      absl::Seconds(30)))
+      << worker->Log();
+  Service alice;
+  alice.port = s.port;
+  alice.dir = s.dir;
+  alice.stub = pb::PruningService::NewStub(Channel(s.port, WithToken(kAlice)));
+  auto dataset = testing::Upload(alice, TheData().search);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  JobSpec spec = SmallSpec(*dataset, *dataset);
+  SetStrategy(spec, search::Strategy::kUniform);
+  auto job = testing::Submit(alice, spec);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::vector<pb::JobEvent> events = testing::Watch(alice, job->job_id());
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().state_changed().to(), pb::SUCCEEDED)
+      << ReadFile(s.dir + "/scheduler.log") << worker->Log();
+}
+
 TEST_F(SecurityTest, ARegisteredWorkerReadsOnlyWhatItsStepsReference) {
   const AliceJob& a = Alice();
   auto stub = pb::WorkerRegistry::NewStub(Channel(service_->worker_port, Tls("ca", "rogue")));
