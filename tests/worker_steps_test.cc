@@ -9,6 +9,7 @@
 // input error not, and model_uri outside --allowed-model-roots is refused by the worker.
 #include <archive.h>
 #include <archive_entry.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -75,6 +76,7 @@ class FakeRegistry final : public pb::WorkerRegistry::Service {
                          pb::HeartbeatResponse* resp) override {
     absl::MutexLock lock(&mu_);
     last_active_.assign(req->active_steps().begin(), req->active_steps().end());
+    if (req->state() == pb::WORKER_DRAINING) ++draining_heartbeats_;
     for (const std::string& s : cancel_) resp->add_cancel_steps(s);
     ++heartbeats_;
     return grpc::Status::OK;
@@ -132,6 +134,11 @@ class FakeRegistry final : public pb::WorkerRegistry::Service {
     absl::MutexLock lock(&mu_);
     return last_active_;
   }
+  // Heartbeats so far that reported WORKER_DRAINING.
+  int draining_heartbeats() {
+    absl::MutexLock lock(&mu_);
+    return draining_heartbeats_;
+  }
 
  private:
   absl::Mutex mu_;
@@ -139,6 +146,7 @@ class FakeRegistry final : public pb::WorkerRegistry::Service {
   std::vector<std::string> cancel_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> last_active_ ABSL_GUARDED_BY(mu_);
   int heartbeats_ ABSL_GUARDED_BY(mu_) = 0;
+  int draining_heartbeats_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // samples.jsonl + images of `dir` as a tar (what UploadDataset stores).
@@ -541,6 +549,44 @@ double CancelledEvaluations(Worker& w, const std::function<void(grpc::ClientCont
       },
       absl::Seconds(120)));
   return MetricValue(Metrics(w), "prunesvc_worker_evaluations_total") - before;
+}
+
+// Scale-down (issue 19): a SIGTERMed worker drains. Its heartbeats say DRAINING at once, a new
+// step is refused as retryable, the running step finishes with every result, then it exits 0.
+TEST(WorkerStepsTest, SigtermDrainsTheRunningStepAndRefusesNewOnes) {
+  ASSERT_NE(Env().server, nullptr);
+  Fixture& f = Env();
+  Worker w = StartWorker("drain", {"--drain-timeout=600"});
+  ASSERT_NE(w.stub, nullptr);
+  constexpr int kCount = 24;
+  grpc::ClientContext ctx;
+  SetContext(ctx);
+  auto reader = w.stub->EvaluatePolicies(&ctx, ManyPolicies("drain-running", kCount));
+  pb::EvaluatePoliciesResponse r;
+  ASSERT_TRUE(reader->Read(&r));  // the step is running
+  int got = 1;
+  const int draining_before = f.registry->draining_heartbeats();
+  ASSERT_EQ(kill(w.process->pid(), SIGTERM), 0);
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] { return f.registry->draining_heartbeats() > draining_before; }, absl::Seconds(30)));
+  grpc::ClientContext pctx;
+  SetContext(pctx, 30);
+  pb::PrepareRequest prepare;
+  *prepare.mutable_header() = Header("drain-new");
+  *prepare.mutable_spec() = JobSpecToProto(SmallSpec());
+  pb::PrepareResponse prepared;
+  const grpc::Status refused = w.stub->Prepare(&pctx, prepare, &prepared);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_TRUE(ErrorOf(refused).retryable());
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "draining")) << refused.error_message();
+  while (reader->Read(&r)) ++got;
+  const grpc::Status finished = reader->Finish();
+  EXPECT_TRUE(finished.ok()) << finished.error_message();
+  EXPECT_EQ(got, kCount);  // nothing of the running step was lost
+  absl::StatusOr<int> exit = w.process->Wait(absl::Seconds(120));
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0) << w.process->Log();
+  EXPECT_TRUE(absl::StrContains(w.process->Log(), "drained: no step is running"));
 }
 
 TEST(WorkerStepsTest, CancelStopsEvaluationAtTheNextCandidate) {
