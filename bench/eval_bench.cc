@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/malloc_tuning.h"
 #include "worker/model/scoring.h"
 #include "worker/prune/evaluator.h"
 #include "worker/prune/random_llava.h"
@@ -54,6 +55,7 @@ double TimeIt(const std::function<bool()>& f, double seconds, int min_calls, boo
 }  // namespace
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   int threads = int(std::thread::hardware_concurrency());
   int num_samples = 64;
   double seconds = 3.0;

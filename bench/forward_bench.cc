@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/flops.h"
+#include "common/malloc_tuning.h"
 #include "worker/model/config.h"
 #include "worker/model/llava_model.h"
 #include "worker/model/random_llava.h"
@@ -66,6 +67,7 @@ LlavaConfig SmallConfig() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   int threads = int(std::thread::hardware_concurrency());
   double seconds = 2.0;
   for (int i = 1; i < argc; ++i) {

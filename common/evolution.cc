@@ -146,7 +146,8 @@ json ConfigToJson(const SearchConfig& c) {
               {"seed_unit_ratios", c.seed_unit_ratios},
               {"repair_uniform_seed", c.repair_uniform_seed},
               {"mutation_step", c.mutation_step},
-              {"slack_evaluations", c.slack_evaluations}};
+              {"slack_evaluations", c.slack_evaluations},
+              {"race", c.race}};
 }
 
 // The version 2 keys of the config (absent from version 1 checkpoints: defaults).
@@ -167,6 +168,11 @@ absl::Status OptionsFromJson(const json& j, const std::string& path, SearchConfi
   ASSIGN_OR_RETURN(c.repair_uniform_seed, GetBool(j, path, "repair_uniform_seed"));
   ASSIGN_OR_RETURN(c.mutation_step, GetDouble(j, path, "mutation_step"));
   ASSIGN_OR_RETURN(c.slack_evaluations, GetInt(j, path, "slack_evaluations", 0, kMaxInt));
+  // Written since issue 20; a checkpoint from before it was exhaustive and stays so.
+  c.race = false;
+  if (j.contains("race")) {
+    ASSIGN_OR_RETURN(c.race, GetBool(j, path, "race"));
+  }
   return absl::OkStatus();
 }
 
@@ -303,9 +309,11 @@ absl::Status CheckResult(const EvalResult& r, const std::string& hash, const Sea
   return absl::OkStatus();
 }
 
-// Evaluates the cache misses of `policies` under `version` in one batch.
+// Evaluates the cache misses of `policies` under `version` in one batch, with `race` (inactive =
+// exhaustive; its per-policy terms are filled here for the misses).
 absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& evaluator,
-                   const std::vector<Policy>& policies, int version, GenerationStats& stats) {
+                   const std::vector<Policy>& policies, int version, GenerationStats& stats,
+                   RaceLimit race = {}) {
   std::vector<Policy> misses;
   std::vector<std::string> miss_hashes;
   std::set<std::string> pending;
@@ -319,13 +327,30 @@ absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& ev
     }
   }
   if (misses.empty()) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::vector<EvalResult> results, evaluator.Evaluate(misses, version));
+  if (race.active() && s.config.estimator == Estimator::kCapacity) {
+    // η as KnownEta (below) gives it: resolved, RANDOM_SEARCH's 0, or explicit.
+    const double eta = s.eta.has_value()                              ? *s.eta
+                       : s.config.strategy == Strategy::kRandomSearch ? 0.0
+                                                                      : s.config.eta.value_or(0.0);
+    const std::vector<int> order = SampleOrder(s.config);
+    for (const Policy& p : misses) {
+      race.extra.push_back(eta == 0 ? 0.0 : eta * Term(space, s.config, order, p, EvalResult{}));
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<EvalResult> results,
+                   race.active() ? evaluator.EvaluateRaced(misses, version, race)
+                                 : evaluator.Evaluate(misses, version));
   if (results.size() != misses.size()) {
     return absl::InternalError(absl::StrCat("evaluator returned ", results.size(), " results for ",
                                             misses.size(), " policies"));
   }
   for (size_t i = 0; i < results.size(); ++i) {
     RETURN_IF_ERROR(CheckResult(results[i], miss_hashes[i], s));
+    if (results[i].raced_out && !race.active()) {
+      return absl::InternalError(
+          absl::StrCat("evaluator raced out policy ", miss_hashes[i], " without a race limit"));
+    }
+    stats.raced_out += results[i].raced_out;
   }
   for (size_t i = 0; i < results.size(); ++i) s.cache[{miss_hashes[i], version}] = results[i];
   stats.evaluations += static_cast<int>(misses.size());
@@ -333,11 +358,13 @@ absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& ev
   return absl::OkStatus();
 }
 
-// Ranks policies already in the cache under `version`: fitness ascending, ties by hash.
+// Ranks policies already in the cache under `version`: fitness ascending, ties by hash. η is the
+// state's (0 before it is resolved) unless `eta` is given.
 std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
-                               const std::vector<Policy>& policies, int version) {
+                               const std::vector<Policy>& policies, int version,
+                               std::optional<double> eta_given = std::nullopt) {
   std::vector<ScoredPolicy> out;
-  const double eta = s.eta.value_or(0.0);
+  const double eta = eta_given.has_value() ? *eta_given : s.eta.value_or(0.0);
   const std::vector<int> order = SampleOrder(s.config);
   for (const Policy& p : policies) {
     ScoredPolicy sp;
@@ -355,6 +382,74 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
     return a.hash < b.hash;
   });
   return out;
+}
+
+// The η the fitness will use, when it is known before the generation is scored: resolved, or
+// explicit, or RANDOM_SEARCH's 0 (AUTO and CV resolve it from the first population's results).
+std::optional<double> KnownEta(const SearchState& s) {
+  if (s.eta.has_value()) return s.eta;
+  if (s.config.strategy == Strategy::kRandomSearch) return 0.0;
+  if (s.config.eta.has_value()) return s.config.eta;
+  return std::nullopt;
+}
+
+// Whether racing may run for the search at all (racing.h: a mean loss plus a policy-only term).
+bool MayRace(const SearchState& s) {
+  const SearchConfig& c = s.config;
+  const bool sound = c.estimator == Estimator::kNorm || c.estimator == Estimator::kCapacity;
+  return c.race && sound && c.parents >= 1 && KnownEta(s).has_value();
+}
+
+// The fully scored (not raced-out) policies of `policies` in the cache under `version`.
+std::vector<Policy> FullyScored(const PolicySpace& space, const SearchState& s,
+                                const std::vector<Policy>& policies, int version) {
+  std::vector<Policy> known;
+  for (const Policy& p : policies) {
+    auto it = s.cache.find({HashOf(space, p), version});
+    if (it != s.cache.end() && !it->second.raced_out) known.push_back(p);
+  }
+  return known;
+}
+
+// The racing limit for scoring `policies` under `version` (racing.h): the `parents`-th best
+// fitness among the fully scored policies of `policies` already cached (the survivors);
+// inactive when racing may not run or fewer than `parents` are known.
+RaceLimit RaceFor(const PolicySpace& space, const SearchState& s,
+                  const std::vector<Policy>& policies, int version) {
+  const SearchConfig& c = s.config;
+  if (!MayRace(s)) return {};
+  const double eta = *KnownEta(s);
+  const std::vector<ScoredPolicy> ranked =
+      Rank(space, s, FullyScored(space, s, policies, version), version, eta);
+  if (ranked.size() < static_cast<size_t>(c.parents)) return {};
+  RaceLimit race;
+  race.threshold = ranked[c.parents - 1].fitness;
+  race.num_samples = c.num_samples;
+  if (c.estimator == Estimator::kNorm) race.norm_eta = eta;
+  return race;
+}
+
+// Scores the population: with racing, when fewer than `parents` of it are known (the first
+// population), its first uncached policies in population order are scored whole until `parents`
+// are, then the rest race against them; without racing, in one batch.
+absl::Status ScorePopulation(const PolicySpace& space, SearchState& s, PolicyEvaluator& evaluator,
+                             GenerationStats& stats) {
+  const int version = s.projector_version;
+  RaceLimit race = RaceFor(space, s, s.population, version);
+  if (!race.active() && MayRace(s)) {
+    const size_t known = FullyScored(space, s, s.population, version).size();
+    std::vector<Policy> first;
+    std::set<std::string> seen;
+    for (const Policy& p : s.population) {
+      if (known + first.size() >= static_cast<size_t>(s.config.parents)) break;
+      const std::string h = HashOf(space, p);
+      if (s.cache.count({h, version}) == 0 && seen.insert(h).second) first.push_back(p);
+    }
+    RETURN_IF_ERROR(Score(space, s, evaluator, first, version, stats));
+    race = RaceFor(space, s, s.population, version);
+  }
+  if (race.active()) stats.race_threshold = race.threshold;
+  return Score(space, s, evaluator, s.population, version, stats, race);
 }
 
 double AutoEta(const PolicySpace& space, const SearchConfig& c,
@@ -603,8 +698,11 @@ absl::StatusOr<std::vector<ScoredPolicy>> TrainAndRescore(const PolicySpace& spa
 // The generation's summary from its final ranking (best first).
 void RecordBest(const std::vector<ScoredPolicy>& ranked, const SearchState& s,
                 GenerationStats& stats) {
+  // Over the fully scored policies (a raced-out candidate's fitness is only a bound).
   std::vector<double> fitness;
-  for (const ScoredPolicy& sp : ranked) fitness.push_back(sp.fitness);
+  for (const ScoredPolicy& sp : ranked) {
+    if (!sp.result.raced_out) fitness.push_back(sp.fitness);
+  }
   const auto [mean, sd] = MeanStd(fitness);
   const ScoredPolicy& best = ranked.front();
   stats.best_fitness = best.fitness;
@@ -779,11 +877,16 @@ int64_t NominalEvaluations(const SearchConfig& c) {
 
 json EvaluatedJson(const std::string& hash, int projector_version, const EvalResult& result,
                    double flops_ratio) {
-  return {{"hash", hash},
-          {"projector_version", projector_version},
-          {"loss", result.loss},
-          {"accuracy", result.accuracy},
-          {"flops_ratio", flops_ratio}};
+  json j{{"hash", hash},
+         {"projector_version", projector_version},
+         {"loss", result.loss},
+         {"accuracy", result.accuracy},
+         {"flops_ratio", flops_ratio}};
+  if (result.raced_out) {  // racing.h: loss is a lower bound after samples_scored samples
+    j["raced_out"] = true;
+    j["samples_scored"] = result.samples_scored;
+  }
+  return j;
 }
 
 json GenerationStats::ToJson() const {
@@ -815,6 +918,8 @@ json GenerationStats::ToJson() const {
   }
   if (slack_evaluations != 0) j["slack_evaluations"] = slack_evaluations;
   if (slack_steps != 0) j["slack_steps"] = slack_steps;
+  if (raced_out != 0) j["raced_out"] = raced_out;
+  if (race_threshold.has_value()) j["race_threshold"] = *race_threshold;
   return j;
 }
 
@@ -854,6 +959,12 @@ absl::Status OptionalStatsFromJson(const json& j, const std::string& path, Gener
   if (j.contains("slack_steps")) {
     ASSIGN_OR_RETURN(g.slack_steps, GetInt(j, path, "slack_steps", 0, kMaxInt));
   }
+  if (j.contains("raced_out")) {
+    ASSIGN_OR_RETURN(g.raced_out, GetInt(j, path, "raced_out", 0, kMaxInt));
+  }
+  if (j.contains("race_threshold")) {
+    ASSIGN_OR_RETURN(g.race_threshold, GetDouble(j, path, "race_threshold"));
+  }
   return absl::OkStatus();
 }
 
@@ -887,12 +998,10 @@ absl::StatusOr<GenerationStats> GenerationStats::FromJson(const json& j) {
 json SearchState::ToJson() const {
   json cache_json = json::array();
   for (const auto& [key, r] : cache) {
-    cache_json.push_back(json{{"hash", key.first},
-                              {"version", key.second},
-                              {"loss", r.loss},
-                              {"accuracy", r.accuracy},
-                              {"omega", r.omega},
-                              {"sample_losses", r.sample_losses}});
+    json e{{"hash", key.first},      {"version", key.second}, {"loss", r.loss},
+           {"accuracy", r.accuracy}, {"omega", r.omega},      {"sample_losses", r.sample_losses}};
+    if (r.raced_out) e["samples_scored"] = r.samples_scored;  // racing.h: a lower bound
+    cache_json.push_back(std::move(e));
   }
   json history_json = json::array();
   for (const GenerationStats& g : history) history_json.push_back(g.ToJson());
@@ -935,6 +1044,10 @@ absl::Status CacheFromJson(const json& j, int state_version, SearchState& s) {
       ASSIGN_OR_RETURN(r.sample_losses, GetDoubles(e, p, "sample_losses"));
     } else if (e.contains("sample_losses")) {
       return FieldError(p + ".sample_losses", "not part of a version 1 checkpoint");
+    }
+    if (e.contains("samples_scored")) {
+      ASSIGN_OR_RETURN(r.samples_scored, GetInt(e, p, "samples_scored", 1, kMaxInt));
+      r.raced_out = true;
     }
     if (!s.cache.emplace(std::make_pair(hash, version), r).second) {
       return FieldError(p, "duplicate (hash, version)");
@@ -1104,7 +1217,7 @@ absl::Status EvolutionarySearch::Step(PolicyEvaluator& evaluator) {
   const SearchConfig& c = s.config;
   GenerationStats stats;
   stats.generation = s.generation;
-  RETURN_IF_ERROR(Score(*space_, s, evaluator, s.population, s.projector_version, stats));
+  RETURN_IF_ERROR(ScorePopulation(*space_, s, evaluator, stats));
   if (!s.eta.has_value()) RETURN_IF_ERROR(ResolveEta(*space_, s, stats));
   std::vector<ScoredPolicy> ranked = Rank(*space_, s, s.population, s.projector_version);
   if (ProjectorDue(c, s.generation)) {

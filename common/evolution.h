@@ -78,6 +78,7 @@
 #include "common/estimators.h"
 #include "common/policy.h"
 #include "common/prng.h"
+#include "common/racing.h"
 #include "nlohmann/json.hpp"
 
 namespace prunesvc::search {
@@ -97,6 +98,11 @@ struct EvalResult {
   // not provide them. The UCB and SPLIT estimators and cross-validated η need them (one per
   // search sample); the default NORM fitness does not read them.
   std::vector<double> sample_losses;
+  // Racing (racing.h): the evaluator stopped after `samples_scored` samples because the policy
+  // cannot reach the top `parents`; then loss is the lower bound S_k / n, accuracy is 0 (not
+  // measured) and sample_losses holds those k. False: a whole-set result.
+  bool raced_out = false;
+  int samples_scored = 0;  // raced out only
 };
 
 // report.json's "evaluated" entry for one evaluation: {hash, projector_version, loss, accuracy,
@@ -118,6 +124,14 @@ class PolicyEvaluator {
   // one finite result per policy, in order. An error fails the Step.
   virtual absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& policies,
                                                            int projector_version) = 0;
+  // Evaluate with a racing limit (racing.h): a policy whose bound exceeds race.threshold may come
+  // back raced out. The default ignores the limit (whole-set results are always valid).
+  virtual absl::StatusOr<std::vector<EvalResult>> EvaluateRaced(const std::vector<Policy>& policies,
+                                                                int projector_version,
+                                                                const RaceLimit& race) {
+    (void)race;
+    return Evaluate(policies, projector_version);
+  }
   // Projector training on the top-k (EFFICIENTLLAVA only); returns the new version.
   virtual absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>& top_k,
                                                          int from_version) = 0;
@@ -163,6 +177,14 @@ struct SearchConfig {
   // last generation, so NominalEvaluations counts them and the baseline never gets fewer
   // evaluations than the search (see the file comment).
   int slack_evaluations = 0;
+  // Racing (racing.h, issue 20): from the generation after η is resolved, each generation's
+  // misses are scored with a limit at the `parents`-th best fitness of the population's
+  // fully-scored policies, so candidates that cannot survive stop early. Same top `parents`, in
+  // the same order, and the same final policy as exhaustive evaluation; only raced-out
+  // candidates' results (lower bounds) and the generation's mean/std fitness differ. Applies to
+  // NORM and CAPACITY (a mean loss plus a policy-only term); off for UCB and SPLIT, the
+  // projector's re-scoring and the slack step.
+  bool race = true;
 
   // Ranges only (the budget is checked against the model by EvolutionarySearch::Create).
   absl::Status Validate() const;
@@ -217,7 +239,11 @@ struct GenerationStats {
   std::optional<double> eta_cv_rho;
   std::vector<std::optional<double>> eta_cv_rhos;
   int slack_evaluations = 0;  // spent by the final slack step (also in `evaluations`)
-  int slack_steps = 0;        // lowering steps it accepted
+  // Racing: candidates raced out in this generation (0, and absent from the JSON, without
+  // racing) and the race's threshold τ (unset: no race this generation).
+  int raced_out = 0;
+  std::optional<double> race_threshold;
+  int slack_steps = 0;  // lowering steps it accepted
 
   nlohmann::json ToJson() const;
   static absl::StatusOr<GenerationStats> FromJson(const nlohmann::json& j);

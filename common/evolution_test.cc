@@ -12,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/search_test_util.h"
+#include "common/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -159,6 +161,189 @@ RunResult RunAll(const PolicySpace& space, const SearchConfig& config, int per_s
   const absl::Status st = (*search)->Run(ev);
   EXPECT_TRUE(st.ok()) << st;
   return {ev.log, (*search)->Best()->policy, (*search)->history(), (*search)->state().ToJson()};
+}
+
+// SyntheticEvaluator as a racing worker would answer (racing.h): each loss is the in-order mean
+// of its sample losses (what the bound is a bound of), and EvaluateRaced cuts a policy back to
+// its first k samples when the bound replayed at every `batch` samples exceeds the threshold.
+class RacingEvaluator : public SyntheticEvaluator {
+ public:
+  RacingEvaluator(const PolicySpace& space, int samples)
+      : SyntheticEvaluator(space, Sensitivities(space.num_units())) {
+    num_samples = samples;
+  }
+
+  absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& policies,
+                                                   int version) override {
+    ASSIGN_OR_RETURN(std::vector<EvalResult> out, SyntheticEvaluator::Evaluate(policies, version));
+    for (EvalResult& r : out) {
+      double sum = 0;
+      for (double x : r.sample_losses) sum += x;
+      r.loss = sum / num_samples;
+    }
+    return out;
+  }
+
+  absl::StatusOr<std::vector<EvalResult>> EvaluateRaced(const std::vector<Policy>& policies,
+                                                        int version,
+                                                        const RaceLimit& race) override {
+    ++raced_calls;
+    thresholds.push_back(race.threshold);
+    ASSIGN_OR_RETURN(std::vector<EvalResult> out, Evaluate(policies, version));
+    for (size_t i = 0; i < out.size(); ++i) {
+      EvalResult& r = out[i];
+      const std::optional<int> k =
+          ReplayRace(r.sample_losses, batch, race.Term(i, r.omega), race.threshold);
+      if (!k) continue;
+      r.sample_losses.resize(*k);
+      double sum = 0;
+      for (double x : r.sample_losses) sum += x;
+      r.loss = sum / num_samples;
+      r.accuracy = 0;
+      r.raced_out = true;
+      r.samples_scored = *k;
+    }
+    return out;
+  }
+
+  int batch = 4;
+  int raced_calls = 0;
+  std::vector<double> thresholds;
+};
+
+struct RaceRun {
+  std::vector<std::vector<std::string>> top;  // per generation, the top `parents` hashes
+  std::vector<std::vector<double>> top_fitness;
+  std::vector<std::string> evaluated;  // every policy sent, in order
+  Policy best;
+  int raced_out = 0;
+  int raced_calls = 0;
+  int64_t samples_scored = 0;
+};
+
+RaceRun RunRacing(const PolicySpace& space, SearchConfig config, bool race) {
+  config.race = race;
+  RacingEvaluator ev(space, config.num_samples);
+  auto search = EvolutionarySearch::Create(&space, config);
+  EXPECT_TRUE(search.ok()) << search.status();
+  RaceRun out;
+  while (!(*search)->done()) {
+    const absl::Status st = (*search)->Step(ev);
+    EXPECT_TRUE(st.ok()) << st;
+    if (!st.ok()) break;
+    std::vector<std::string> top;
+    std::vector<double> fit;
+    for (const ScoredPolicy& sp : (*search)->Ranking()) {
+      if (int(top.size()) == config.parents) break;
+      EXPECT_FALSE(sp.result.raced_out) << "a raced-out policy among the top parents";
+      top.push_back(sp.hash);
+      fit.push_back(sp.fitness);
+    }
+    out.top.push_back(top);
+    out.top_fitness.push_back(fit);
+    out.raced_out += (*search)->history().back().raced_out;
+  }
+  for (const auto& [key, r] : (*search)->state().cache) {
+    out.samples_scored += r.raced_out ? r.samples_scored : config.num_samples;
+  }
+  for (const std::string& line : ev.log) {  // "E v<version> h1,h2,…"
+    if (line[0] != 'E') continue;
+    for (absl::string_view h : absl::StrSplit(line.substr(line.rfind(' ') + 1), ',')) {
+      out.evaluated.emplace_back(h);
+    }
+  }
+  out.best = (*search)->Best()->policy;
+  out.raced_calls = ev.raced_calls;
+  return out;
+}
+
+// Racing keeps the top `parents` of every generation (same policies, same order, same fitness),
+// hence every later population, the evaluated policies and the final policy, of exhaustive
+// evaluation — and scores fewer samples. NORM with an explicit η (the first population races
+// too, after its first `parents` policies), CAPACITY, RANDOM_SEARCH and η = 0.
+TEST(EvolutionRacingTest, SameTopParentsEveryGenerationAndSameFinalPolicyAsExhaustive) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLayer);
+  struct Case {
+    const char* name;
+    SearchConfig config;
+  };
+  std::vector<Case> cases;
+  SearchConfig norm = DefaultConfig(MidBudget(space));
+  norm.num_samples = 24;
+  norm.eta = 0.5;
+  cases.push_back({"NORM eta 0.5", norm});
+  SearchConfig zero = norm;
+  zero.eta = 0.0;
+  cases.push_back({"eta 0", zero});
+  SearchConfig capacity = norm;
+  capacity.estimator = Estimator::kCapacity;
+  capacity.eta = 0.3;
+  cases.push_back({"CAPACITY", capacity});
+  SearchConfig random = norm;
+  random.strategy = Strategy::kRandomSearch;
+  random.eta.reset();
+  cases.push_back({"RANDOM_SEARCH", random});
+  SearchConfig auto_eta = norm;
+  auto_eta.eta.reset();  // AUTO: the first population is scored whole, later ones race
+  cases.push_back({"AUTO", auto_eta});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const RaceRun exhaustive = RunRacing(space, c.config, false);
+    const RaceRun raced = RunRacing(space, c.config, true);
+    EXPECT_EQ(exhaustive.raced_calls, 0);
+    EXPECT_EQ(exhaustive.raced_out, 0);
+    EXPECT_GT(raced.raced_out, 0);  // racing did cut (the comparisons below are not vacuous)
+    EXPECT_LT(raced.samples_scored, exhaustive.samples_scored);
+    EXPECT_EQ(raced.top, exhaustive.top);
+    EXPECT_EQ(raced.top_fitness, exhaustive.top_fitness);
+    EXPECT_EQ(raced.best, exhaustive.best);
+    // The same policies are sent, in the same order (the first population in two batches when
+    // racing).
+    EXPECT_EQ(raced.evaluated, exhaustive.evaluated);
+    std::printf("[racing %s] raced out %d, samples scored %lld of %lld\n", c.name, raced.raced_out,
+                (long long)raced.samples_scored, (long long)exhaustive.samples_scored);
+  }
+}
+
+// UCB and SPLIT rank with sample-dependent terms: racing is never asked for.
+TEST(EvolutionRacingTest, OffForSampleDependentEstimators) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLayer);
+  for (Estimator e : {Estimator::kUcb, Estimator::kSplit}) {
+    SearchConfig c = DefaultConfig(MidBudget(space));
+    c.num_samples = 24;
+    c.estimator = e;
+    c.eta = 0.5;
+    const RaceRun run = RunRacing(space, c, true);
+    EXPECT_EQ(run.raced_calls, 0);
+    EXPECT_EQ(run.raced_out, 0);
+  }
+}
+
+// A raced-out result survives the checkpoint (and its JSON text) as a raced-out result.
+TEST(EvolutionRacingTest, RacedOutResultsRoundTripThroughTheCheckpoint) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLayer);
+  SearchConfig c = DefaultConfig(MidBudget(space));
+  c.num_samples = 24;
+  c.eta = 0.5;
+  RacingEvaluator ev(space, 24);
+  auto search = EvolutionarySearch::Create(&space, c);
+  ASSERT_TRUE(search.ok());
+  for (int g = 0; g < 3; ++g) ASSERT_TRUE((*search)->Step(ev).ok());
+  const SearchState& st = (*search)->state();
+  int raced = 0;
+  for (const auto& [key, r] : st.cache) raced += r.raced_out;
+  ASSERT_GT(raced, 0);
+  auto back = SearchState::FromJson(json::parse(st.ToJson().dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  for (const auto& [key, r] : st.cache) {
+    const EvalResult& b = back->cache.at(key);
+    EXPECT_EQ(b.raced_out, r.raced_out);
+    EXPECT_EQ(b.samples_scored, r.samples_scored);
+    EXPECT_EQ(b.loss, r.loss);
+    EXPECT_EQ(b.sample_losses, r.sample_losses);
+  }
+  EXPECT_TRUE(back->config.race);
+  EXPECT_EQ(back->history, st.history);
 }
 
 TEST(EvolutionTest, SameSeedTwiceGivesIdenticalSequence) {
@@ -567,6 +752,9 @@ TEST(EvolutionTest, DefaultOptionsReplayTodaysSearchesBitForBit) {
     SearchConfig config = DefaultConfig(MidBudget(space));
     config.strategy = k.strategy;
     config.seed = k.seed;
+    // Racing (issue 20) scores RANDOM_SEARCH's first population in two batches; off, the
+    // evaluator sees today's batches.
+    config.race = false;
     const RunResult r = RunAll(space, config);
     json history = json::array();
     for (const GenerationStats& g : r.history) history.push_back(g.ToJson());

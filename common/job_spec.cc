@@ -242,6 +242,7 @@ search::SearchConfig JobSpec::ToSearchConfig(int num_samples) const {
   c.repair_uniform_seed = repair_uniform_seed;
   c.mutation_step = mutation_step;
   c.slack_evaluations = slack_evaluations;
+  c.race = race;
   return c;
 }
 
@@ -331,6 +332,10 @@ nlohmann::json SearchOptionsJson(const JobSpec& spec,
   if (spec.mutation_step != 0) o["mutation_step"] = spec.mutation_step;
   if (spec.uniform_guard) o["uniform_guard"] = true;
   if (spec.uniform_ratio_choice) o["uniform_ratio_choice"] = true;
+  if (!spec.race) o["race"] = false;
+  int raced = 0;
+  for (const search::GenerationStats& g : history) raced += g.raced_out;
+  if (raced > 0) o["raced_out"] = raced;
   if (spec.slack_evaluations != 0) {
     o["slack_evaluations"] = spec.slack_evaluations;
     int spent = 0, steps = 0;

@@ -128,6 +128,9 @@ struct JobSpec {
   // Add UNIFORM's continuous ratio at the budget to the ratio choices (BuildPolicySpace), so
   // UNIFORM's own policy is in the search space. EFFICIENTLLAVA only; no effect under N_M.
   bool uniform_ratio_choice = false;
+  // Race each generation's candidates (common/racing.h; SearchConfig::race): same survivors and
+  // final policy as exhaustive evaluation, fewer forwards. Default on.
+  bool race = true;
   // 0 = never, the default: re-training the projector did not raise held-out accuracy on the
   // bundled model (docs/results/FINDINGS.md) and is most of a search's time.
   int projector_every = 0;

@@ -72,4 +72,15 @@ absl::StatusOr<search::EvalResult> CombineSlices(absl::Span<const SliceResult> s
   return out;
 }
 
+search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_samples) {
+  whole.sample_losses.resize(size_t(scored));
+  double sum = 0;
+  for (double x : whole.sample_losses) sum += x;
+  whole.loss = sum / num_samples;
+  whole.accuracy = 0;
+  whole.raced_out = true;
+  whole.samples_scored = scored;
+  return whole;
+}
+
 }  // namespace prunesvc::server

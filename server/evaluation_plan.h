@@ -55,6 +55,11 @@ struct SliceResult {
 absl::StatusOr<search::EvalResult> CombineSlices(absl::Span<const SliceResult> slices,
                                                  int num_samples);
 
+// A whole-set result cut back to what a worker racing it reports when it stops after the first
+// `scored` samples (common/racing.h): loss = their in-order sum / num_samples, accuracy 0,
+// sample_losses the first `scored`, raced_out set. `whole` must have num_samples sample losses.
+search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_samples);
+
 }  // namespace prunesvc::server
 
 #endif  // PRUNESVC_SERVER_EVALUATION_PLAN_H_

@@ -19,7 +19,8 @@ namespace pb = ::prune::v1;
 absl::StatusOr<pb::EvaluatePoliciesRequest> ChunkRequest(SearchDriver& driver,
                                                          const search::PolicySpace& space,
                                                          const std::vector<search::Policy>& ps,
-                                                         const EvalChunk& chunk, int version) {
+                                                         const EvalChunk& chunk, int version,
+                                                         const search::RaceLimit& race) {
   pb::EvaluatePoliciesRequest req;
   req.mutable_header()->set_job_id(driver.job_id());
   *req.mutable_spec() = driver.spec_proto();
@@ -32,40 +33,56 @@ absl::StatusOr<pb::EvaluatePoliciesRequest> ChunkRequest(SearchDriver& driver,
   }
   req.set_sample_begin(chunk.sample_begin);
   req.set_sample_end(chunk.sample_end);
+  if (race.active() && chunk.whole()) {  // slices are raced after CombineSlices
+    req.set_race_threshold(race.threshold);
+    req.set_race_norm_eta(race.norm_eta);
+    if (!race.extra.empty()) {
+      req.mutable_race_extra()->Assign(race.extra.begin() + chunk.policy_begin,
+                                       race.extra.begin() + chunk.policy_end);
+    }
+  }
   return req;
 }
 
-// One chunk on one lease: one SliceResult per policy of the chunk into `out`.
+// One chunk on one lease: one SliceResult per policy of the chunk into `out`, in request order
+// (the worker streams them in any order, each with its index).
 absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req,
                       const WorkerLease& lease, StepCancel* cancel, std::vector<SliceResult>& out) {
   req.mutable_header()->set_step_id(driver.NextStepId("evaluate"));
-  out.clear();
   const size_t want = size_t(req.policies_size());
+  out.assign(want, SliceResult{});
+  std::vector<bool> seen(want, false);
+  size_t got = 0;
   absl::Status order = absl::OkStatus();
   absl::Status s = lease.client->EvaluatePolicies(
       req, driver.dispatcher()->options().evaluate_deadline, cancel,
       [&](const pb::EvaluatePoliciesResponse& r) {
-        if (r.index() != int(out.size()) || out.size() >= want) {
+        if (r.index() < 0 || size_t(r.index()) >= want || seen[r.index()]) {
           order = absl::InternalError(absl::StrCat("worker ", lease.worker_id, " sent result ",
-                                                   r.index(), " out of order"));
+                                                   r.index(), " twice or outside the ", want,
+                                                   " policies of the request"));
           return;
         }
+        seen[r.index()] = true;
+        ++got;
         const pb::PolicyEvaluation& e = r.evaluation();
-        out.push_back(
-            {.result = {.loss = e.loss(),
-                        .accuracy = e.accuracy(),
-                        .omega = e.omega(),
-                        .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()}},
-             .num_correct = r.num_correct(),
-             .num_multiple_choice = r.num_multiple_choice()});
+        out[r.index()] = SliceResult{
+            .result = {.loss = e.loss(),
+                       .accuracy = e.accuracy(),
+                       .omega = e.omega(),
+                       .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()},
+                       .raced_out = e.raced_out(),
+                       .samples_scored = e.samples_scored()},
+            .num_correct = r.num_correct(),
+            .num_multiple_choice = r.num_multiple_choice()};
         FaultPoint("scheduler.evaluate");  // a batch is half answered
       });
   RETURN_IF_ERROR(s);
   RETURN_IF_ERROR(order);
-  if (out.size() != want) {
+  if (got != want) {
     return WithRetryable(
-        absl::UnavailableError(absl::StrCat("worker ", lease.worker_id, " returned ", out.size(),
-                                            " of ", want, " results")),
+        absl::UnavailableError(
+            absl::StrCat("worker ", lease.worker_id, " returned ", got, " of ", want, " results")),
         true);
   }
   return absl::OkStatus();
@@ -75,6 +92,11 @@ absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req,
 
 absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
     const std::vector<search::Policy>& policies, int version) {
+  return EvaluateRaced(policies, version, {});
+}
+
+absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateRaced(
+    const std::vector<search::Policy>& policies, int version, const search::RaceLimit& race) {
   if (policies.empty()) return std::vector<search::EvalResult>{};
   Dispatcher& d = *driver_->dispatcher();
   const int num_samples = driver_->prepared().num_samples();
@@ -102,7 +124,7 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
     threads.emplace_back([&, c] {
       StepCancel* cancel = driver_->NewCancel();
       absl::StatusOr<pb::EvaluatePoliciesRequest> req =
-          ChunkRequest(*driver_, *space_, policies, chunks[c], version);
+          ChunkRequest(*driver_, *space_, policies, chunks[c], version, race);
       results[c] = req.ok() ? RunChunk(*driver_, *std::move(req), leases[c], cancel, parts[c])
                             : req.status();
       driver_->DropCancel(cancel);
@@ -118,13 +140,14 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
     spdlog::warn("job={} evaluate on worker={} failed (retrying elsewhere): {}", driver_->job_id(),
                  leases[c].worker_id, results[c].message());
     d.metrics().retries->Increment();
-    ASSIGN_OR_RETURN(auto req, ChunkRequest(*driver_, *space_, policies, chunks[c], version));
+    ASSIGN_OR_RETURN(auto req, ChunkRequest(*driver_, *space_, policies, chunks[c], version, race));
     RETURN_IF_ERROR(driver_->RunStep("evaluate", d.options().evaluate_deadline,
                                      [&](const WorkerLease& lease, StepCancel* cancel) {
                                        return RunChunk(*driver_, req, lease, cancel, parts[c]);
                                      }));
   }
-  ASSIGN_OR_RETURN(std::vector<search::EvalResult> out, Reassemble(chunks, parts, num_samples));
+  ASSIGN_OR_RETURN(std::vector<search::EvalResult> out,
+                   Reassemble(chunks, parts, num_samples, race));
   for (size_t i = 0; i < policies.size(); ++i) {
     ASSIGN_OR_RETURN(std::string hash, space_->Hash(policies[i]));
     ASSIGN_OR_RETURN(double flops, space_->FlopsRatio(policies[i]));
@@ -137,7 +160,7 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Evaluate(
 
 absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Reassemble(
     const std::vector<EvalChunk>& chunks, const std::vector<std::vector<SliceResult>>& parts,
-    int num_samples) const {
+    int num_samples, const search::RaceLimit& race) const {
   std::vector<search::EvalResult> out;
   std::vector<SliceResult> slices;  // of the policy being combined, in sample order
   for (size_t c = 0; c < chunks.size(); ++c) {
@@ -147,9 +170,18 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Reassembl
     }
     slices.push_back(parts[c].at(0));
     if (c + 1 < chunks.size() && chunks[c + 1].policy_begin == chunks[c].policy_begin) continue;
-    ASSIGN_OR_RETURN(out.emplace_back(), CombineSlices(slices, num_samples));
+    search::EvalResult r;
+    ASSIGN_OR_RETURN(r, CombineSlices(slices, num_samples));
     if (slices.size() > 1) driver_->dispatcher()->metrics().split_evaluations->Increment();
     slices.clear();
+    if (race.active()) {
+      const size_t i = out.size();
+      const std::optional<int> k =
+          search::ReplayRace(r.sample_losses, driver_->prepared().scoring_batch_size(),
+                             race.Term(i, r.omega), race.threshold);
+      if (k.has_value()) r = RacedOutResult(std::move(r), *k, num_samples);
+    }
+    out.push_back(std::move(r));
   }
   return out;
 }

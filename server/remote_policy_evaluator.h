@@ -5,6 +5,7 @@
 // policies, slices of each policy's samples (evaluation_plan.h; the slices combine into exactly
 // the whole-set result) — runs them in parallel and reassembles the results in request order; a
 // chunk whose worker failed in a retryable way is re-run (with retries) on another worker.
+// EvaluateRaced passes a racing limit along (common/racing.h).
 // TrainProjector names the new version (latest + 1) so every worker agrees, and records the
 // uploaded projector's blob for later steps.
 //
@@ -31,6 +32,12 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
 
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int projector_version) override;
+  // Racing (common/racing.h): whole-set chunks carry the limit to their workers; a policy split
+  // into sample slices is combined and then raced by replaying the checkpoints (ReplayRace), so
+  // either way its result is what one worker racing it would report.
+  absl::StatusOr<std::vector<search::EvalResult>> EvaluateRaced(
+      const std::vector<search::Policy>& policies, int projector_version,
+      const search::RaceLimit& race) override;
   absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,
                                                          int from_version) override;
 
@@ -44,7 +51,7 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   // The per-policy results, in request order, from each chunk's slice results.
   absl::StatusOr<std::vector<search::EvalResult>> Reassemble(
       const std::vector<EvalChunk>& chunks, const std::vector<std::vector<SliceResult>>& parts,
-      int num_samples) const;
+      int num_samples, const search::RaceLimit& race) const;
 
   SearchDriver* const driver_;
   const search::PolicySpace* const space_;

@@ -286,9 +286,13 @@ class RemoteEvaluator : public search::PolicyEvaluator {
     auto reader = stub_->EvaluatePolicies(&ctx, req);
     std::vector<search::EvalResult> out(policies.size());
     pb::EvaluatePoliciesResponse r;
-    int got = 0, expected_index = 0;
-    while (reader->Read(&r)) {
-      if (r.index() != expected_index++) return absl::InternalError("results out of order");
+    int got = 0;
+    std::vector<bool> seen(policies.size(), false);
+    while (reader->Read(&r)) {  // in any order, each with its index
+      if (r.index() < 0 || size_t(r.index()) >= seen.size() || seen[r.index()]) {
+        return absl::InternalError("a result twice or outside the request");
+      }
+      seen[r.index()] = true;
       const pb::PolicyEvaluation& e = r.evaluation();
       out[r.index()] = {
           .loss = e.loss(),

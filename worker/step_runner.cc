@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <new>
@@ -96,7 +97,27 @@ absl::StatusOr<pb::PolicyEvaluation> EvaluationProto(const search::PolicySpace& 
   e.set_projector_version(version);
   // The scheduler's UCB / SPLIT / CV fitness needs them (issue 14).
   e.mutable_sample_losses()->Add(r.sample_losses.begin(), r.sample_losses.end());
+  e.set_raced_out(r.raced_out);
+  e.set_samples_scored(r.samples_scored);
   return e;
+}
+
+// The request's racing limit (inactive without race_threshold).
+absl::StatusOr<search::RaceLimit> RequestedRace(const pb::EvaluatePoliciesRequest& req, int n) {
+  search::RaceLimit race;
+  if (!req.has_race_threshold()) return race;
+  if (std::isnan(req.race_threshold()) || !std::isfinite(req.race_norm_eta()) ||
+      (req.race_extra_size() != 0 && req.race_extra_size() != req.policies_size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("race_threshold / race_norm_eta / race_extra: a threshold that is a number, "
+                     "a finite eta and one extra term per policy (or none) are required; got ",
+                     req.race_extra_size(), " extra terms for ", req.policies_size(), " policies"));
+  }
+  race.threshold = req.race_threshold();
+  race.norm_eta = req.race_norm_eta();
+  race.num_samples = n;
+  race.extra.assign(req.race_extra().begin(), req.race_extra().end());
+  return race;
 }
 
 // The request's sample slice: both bounds 0 = every search sample.
@@ -559,12 +580,8 @@ absl::Status StepRunner::EvaluatePolicies(
                      RequestedRange(req, job->summary().num_samples));
     auto on_result = [&](int i, const prune::CandidateResult& r) {
       evaluations_->Increment();
-      absl::StatusOr<pb::PolicyEvaluation> e = EvaluationProto(job->space(), policies[i],
-                                                               {.loss = r.loss,
-                                                                .accuracy = r.accuracy,
-                                                                .omega = r.omega,
-                                                                .sample_losses = r.sample_losses},
-                                                               req.projector_version());
+      absl::StatusOr<pb::PolicyEvaluation> e = EvaluationProto(
+          job->space(), policies[i], prune::ToEvalResult(r), req.projector_version());
       if (!e.ok()) {
         emitted.Update(e.status());
         return;
@@ -577,8 +594,10 @@ absl::Status StepRunner::EvaluatePolicies(
       emit(resp);
       FaultPoint("worker.evaluate");  // a result sent, the batch not finished
     };
+    ASSIGN_OR_RETURN(const search::RaceLimit race, RequestedRace(req, job->summary().num_samples));
     RETURN_IF_ERROR(
-        job->Evaluate(policies, req.projector_version(), scope.ctx(), on_result, range).status());
+        job->Evaluate(policies, req.projector_version(), scope.ctx(), on_result, range, race)
+            .status());
     return emitted;
   };
   return scope.Done(run());

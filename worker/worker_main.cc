@@ -9,6 +9,7 @@
 #include "absl/flags/marshalling.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/server_util.h"
 #include "worker/worker_server.h"
 
@@ -56,6 +57,7 @@ ABSL_FLAG(std::string, inject_fault, "",
           "out-of-memory fault would.");
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   prunesvc::BlockShutdownSignals();
   prunesvc::ParseFlags(argc, argv,
                        "prune-worker: runs prunesvc's expensive steps on one device.\n"

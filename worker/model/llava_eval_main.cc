@@ -13,6 +13,7 @@
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "worker/model/llava_eval.h"
 
 ABSL_FLAG(std::string, model, "",
@@ -66,6 +67,7 @@ class ProgressBar {
 }  // namespace
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   prunesvc::ParseFlags(
       argc, argv,
       "llava-eval --model DIR --samples DIR|TAR [--batch N] [--threads N] [--device cpu|cuda:N] "

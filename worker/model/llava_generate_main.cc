@@ -9,6 +9,7 @@
 #include "common/cli_exit.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "worker/model/llava_eval.h"
 
 ABSL_FLAG(std::string, model, "", "LLaVA model directory, or a prunesvc artifact directory");
@@ -25,6 +26,7 @@ ABSL_FLAG(std::string, device, "cpu",
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   prunesvc::ParseFlags(
       argc, argv,
       "llava-generate --model DIR --image FILE --prompt TEXT [--max-new-tokens 32] [--raw]\n\n"

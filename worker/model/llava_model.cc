@@ -520,12 +520,11 @@ at::Tensor LlavaModel::EmbedSequence(const SequenceInput& input) const {
   return at::cat(parts, 0);
 }
 
-at::Tensor LlavaModel::RunDecoder(at::Tensor x, const at::Tensor& positions,
-                                  const at::Tensor& key_valid, KvCache* cache,
-                                  const ForwardOptions& options) const {
+void LlavaModel::DecoderTables(const at::Tensor& positions, const at::Tensor& key_valid,
+                               int64_t past, at::Tensor* cos, at::Tensor* sin,
+                               at::Tensor* blocked) const {
   const TextConfig& tc = config_.text;
-  const int64_t B = x.size(0), T = x.size(1), hd = tc.head_dim;
-  const int64_t past = cache ? cache->length : 0;
+  const int64_t B = positions.size(0), T = positions.size(1), hd = tc.head_dim;
   const int64_t Tk = past + T;
   // RoPE tables (HF: inv_freq in float32, angles = positions × inv_freq, emb = cat(f, f)).
   at::Tensor inv_freq =
@@ -533,7 +532,8 @@ at::Tensor LlavaModel::RunDecoder(at::Tensor x, const at::Tensor& positions,
       at::pow(tc.rope_theta, at::arange(0, hd, 2, at::TensorOptions(at::kFloat)) / double(hd));
   at::Tensor ang = positions.to(at::kFloat).unsqueeze(-1) * inv_freq.to(device_).view({1, 1, -1});
   at::Tensor emb = at::cat({ang, ang}, -1).unsqueeze(1);  // [B, 1, T, hd]
-  at::Tensor cos = emb.cos(), sin = emb.sin();
+  *cos = emb.cos();
+  *sin = emb.sin();
   // Mask: query t (absolute past + t) sees key j ≤ past + t that is not padding. A padding query
   // also sees itself so its softmax row is finite (its output is never read, but NaNs there
   // would reach real rows through 0 × NaN in the next layer's AV product).
@@ -543,72 +543,91 @@ at::Tensor LlavaModel::RunDecoder(at::Tensor x, const at::Tensor& positions,
   at::Tensor diag = kpos.view({1, Tk}) == qpos.view({T, 1});
   at::Tensor allowed =
       (causal.view({1, 1, T, Tk}) & key_valid.view({B, 1, 1, Tk})) | diag.view({1, 1, T, Tk});
-  at::Tensor blocked = allowed.logical_not();
+  *blocked = allowed.logical_not();
+}
+
+at::Tensor LlavaModel::LayerForward(int li, at::Tensor x, const at::Tensor& cos,
+                                    const at::Tensor& sin, const at::Tensor& blocked,
+                                    KvCache* cache, const LayerObserver& observe) const {
+  const TextConfig& tc = config_.text;
+  const int64_t B = x.size(0), T = x.size(1), hd = tc.head_dim;
   const double scale = 1.0 / std::sqrt(double(hd));
-
-  // Rows of real (non-pad) queries, for the calibration observer.
-  at::Tensor real_rows;
-  if (options.observer) {
-    real_rows = key_valid.narrow(1, past, T).reshape({-1}).nonzero().view({-1});
+  const DecoderLayer& l = decoder_[li];
+  if (l.num_heads > 0) {
+    at::Tensor h = RmsNorm(x, l.input_norm, tc.rms_norm_eps);
+    if (observe) {
+      observe(li, DecoderLinear::kQ, h);
+      observe(li, DecoderLinear::kK, h);
+      observe(li, DecoderLinear::kV, h);
+    }
+    at::Tensor q = Lin(h, l.q).view({B, T, l.num_heads, hd}).transpose(1, 2);
+    at::Tensor k = Lin(h, l.k).view({B, T, l.num_kv_heads, hd}).transpose(1, 2);
+    at::Tensor v = Lin(h, l.v).view({B, T, l.num_kv_heads, hd}).transpose(1, 2);
+    q = q * cos + RotateHalf(q) * sin;
+    k = k * cos + RotateHalf(k) * sin;
+    if (cache) {
+      if (cache->keys[li].defined()) {
+        k = at::cat({cache->keys[li], k}, 2);
+        v = at::cat({cache->values[li], v}, 2);
+      }
+      cache->keys[li] = k;
+      cache->values[li] = v;
+    }
+    const int groups = l.num_heads / l.num_kv_heads;
+    if (groups > 1) {
+      // HF's repeat_kv: query head h reads kv head h / groups.
+      k = k.repeat_interleave(groups, 1);
+      v = v.repeat_interleave(groups, 1);
+    }
+    at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;
+    scores = scores.masked_fill(blocked, -std::numeric_limits<float>::infinity());
+    at::Tensor a = at::matmul(at::softmax(scores, -1), v);
+    a = a.transpose(1, 2).reshape({B, T, int64_t(l.num_heads) * hd});
+    if (observe) observe(li, DecoderLinear::kO, a);
+    x = x + Lin(a, l.o);
+  } else if (cache) {
+    cache->keys[li] = at::Tensor();
+    cache->values[li] = at::Tensor();
   }
-  std::vector<NamedLinear> names;
-  if (options.observer) names = const_cast<LlavaModel*>(this)->DecoderLinears();
-  auto observe = [&](int layer, DecoderLinear kind, const at::Tensor& input) {
-    if (!options.observer) return;
-    at::Tensor rows = input.reshape({B * T, input.size(-1)}).index_select(0, real_rows);
-    options.observer(names[layer * kNumDecoderLinears + int(kind)], rows);
-  };
+  if (l.gate.weight.size(0) > 0) {
+    at::Tensor h = RmsNorm(x, l.post_attention_norm, tc.rms_norm_eps);
+    if (observe) {
+      observe(li, DecoderLinear::kGate, h);
+      observe(li, DecoderLinear::kUp, h);
+    }
+    at::Tensor m = at::silu(Lin(h, l.gate)) * Lin(h, l.up);
+    if (observe) observe(li, DecoderLinear::kDown, m);
+    x = x + Lin(m, l.down);
+  }
+  return x;
+}
 
+at::Tensor LlavaModel::RunDecoder(at::Tensor x, const at::Tensor& positions,
+                                  const at::Tensor& key_valid, KvCache* cache,
+                                  const ForwardOptions& options) const {
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t past = cache ? cache->length : 0;
+  at::Tensor cos, sin, blocked;
+  DecoderTables(positions, key_valid, past, &cos, &sin, &blocked);
+
+  LayerObserver observe;
+  if (options.observer) {
+    // Rows of real (non-pad) queries, for the calibration observer.
+    at::Tensor real_rows = key_valid.narrow(1, past, T).reshape({-1}).nonzero().view({-1});
+    std::vector<NamedLinear> names = const_cast<LlavaModel*>(this)->DecoderLinears();
+    observe = [&, real_rows, names](int layer, DecoderLinear kind, const at::Tensor& input) {
+      at::Tensor rows = input.reshape({B * T, input.size(-1)}).index_select(0, real_rows);
+      options.observer(names[layer * kNumDecoderLinears + int(kind)], rows);
+    };
+  }
   if (cache) {
     cache->keys.resize(decoder_.size());
     cache->values.resize(decoder_.size());
   }
   for (int li = 0; li < int(decoder_.size()); ++li) {
-    const DecoderLayer& l = decoder_[li];
-    if (l.num_heads > 0) {
-      at::Tensor h = RmsNorm(x, l.input_norm, tc.rms_norm_eps);
-      observe(li, DecoderLinear::kQ, h);
-      observe(li, DecoderLinear::kK, h);
-      observe(li, DecoderLinear::kV, h);
-      at::Tensor q = Lin(h, l.q).view({B, T, l.num_heads, hd}).transpose(1, 2);
-      at::Tensor k = Lin(h, l.k).view({B, T, l.num_kv_heads, hd}).transpose(1, 2);
-      at::Tensor v = Lin(h, l.v).view({B, T, l.num_kv_heads, hd}).transpose(1, 2);
-      q = q * cos + RotateHalf(q) * sin;
-      k = k * cos + RotateHalf(k) * sin;
-      if (cache) {
-        if (cache->keys[li].defined()) {
-          k = at::cat({cache->keys[li], k}, 2);
-          v = at::cat({cache->values[li], v}, 2);
-        }
-        cache->keys[li] = k;
-        cache->values[li] = v;
-      }
-      const int groups = l.num_heads / l.num_kv_heads;
-      if (groups > 1) {
-        // HF's repeat_kv: query head h reads kv head h / groups.
-        k = k.repeat_interleave(groups, 1);
-        v = v.repeat_interleave(groups, 1);
-      }
-      at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;
-      scores = scores.masked_fill(blocked, -std::numeric_limits<float>::infinity());
-      at::Tensor a = at::matmul(at::softmax(scores, -1), v);
-      a = a.transpose(1, 2).reshape({B, T, int64_t(l.num_heads) * hd});
-      observe(li, DecoderLinear::kO, a);
-      x = x + Lin(a, l.o);
-    } else if (cache) {
-      cache->keys[li] = at::Tensor();
-      cache->values[li] = at::Tensor();
-    }
-    if (l.gate.weight.size(0) > 0) {
-      at::Tensor h = RmsNorm(x, l.post_attention_norm, tc.rms_norm_eps);
-      observe(li, DecoderLinear::kGate, h);
-      observe(li, DecoderLinear::kUp, h);
-      at::Tensor m = at::silu(Lin(h, l.gate)) * Lin(h, l.up);
-      observe(li, DecoderLinear::kDown, m);
-      x = x + Lin(m, l.down);
-    }
+    x = LayerForward(li, x, cos, sin, blocked, cache, observe);
   }
-  if (cache) cache->length = Tk;
+  if (cache) cache->length = past + T;
   return x;
 }
 
@@ -675,9 +694,8 @@ absl::StatusOr<std::vector<int64_t>> CheckSequence(const SequenceInput& s, const
 
 }  // namespace
 
-absl::StatusOr<std::vector<at::Tensor>> LlavaModel::Forward(absl::Span<const SequenceInput> batch,
-                                                            const ForwardOptions& options) const {
-  if (batch.empty()) return std::vector<at::Tensor>{};
+absl::StatusOr<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> LlavaModel::PadBatch(
+    absl::Span<const SequenceInput> batch) const {
   std::vector<std::vector<int64_t>> expanded;
   int64_t max_len = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -685,43 +703,100 @@ absl::StatusOr<std::vector<at::Tensor>> LlavaModel::Forward(absl::Span<const Seq
     max_len = std::max(max_len, e.back() + 1);
     expanded.push_back(std::move(e));
   }
+  const int64_t B = batch.size(), H = config_.text.hidden_size;
+  std::vector<at::Tensor> rows;
+  std::vector<int64_t> valid(B * max_len, 0), positions(B * max_len, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    at::Tensor e = EmbedSequence(batch[b]);
+    const int64_t len = e.size(0), pad = max_len - len;
+    if (pad > 0) e = at::cat({at::zeros({pad, H}, e.options()), e}, 0);  // left padding
+    rows.push_back(e);
+    for (int64_t t = 0; t < len; ++t) {
+      valid[b * max_len + pad + t] = 1;
+      positions[b * max_len + pad + t] = t;  // = cumsum(mask) − 1 on real tokens
+    }
+  }
+  at::Tensor x = at::stack(rows, 0);
+  at::Tensor key_valid = at::tensor(valid, at::kLong).view({B, max_len}).to(device_).to(at::kBool);
+  at::Tensor pos = at::tensor(positions, at::kLong).view({B, max_len}).to(device_);
+  // The requested rows, to gather before the final norm and lm_head.
+  std::vector<int64_t> flat;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t pad = max_len - (expanded[b].back() + 1);
+    for (int p : batch[b].logit_positions) flat.push_back(b * max_len + pad + expanded[b][p]);
+  }
+  at::Tensor idx = at::tensor(flat, at::kLong).to(device_);
+  return std::make_tuple(x, key_valid, pos, idx);
+}
+
+std::vector<at::Tensor> LlavaModel::SplitLogits(const at::Tensor& x, const at::Tensor& rows,
+                                                absl::Span<const int64_t> counts) const {
+  const int64_t H = config_.text.hidden_size;
+  at::Tensor logits = Logits(x.reshape({x.size(0) * x.size(1), H}).index_select(0, rows));
+  std::vector<at::Tensor> out;
+  int64_t off = 0;
+  for (int64_t n : counts) {
+    out.push_back(logits.narrow(0, off, n));
+    off += n;
+  }
+  return out;
+}
+
+namespace {
+
+std::vector<int64_t> LogitCounts(absl::Span<const SequenceInput> batch) {
+  std::vector<int64_t> counts;
+  for (const SequenceInput& s : batch) counts.push_back(int64_t(s.logit_positions.size()));
+  return counts;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<at::Tensor>> LlavaModel::Forward(absl::Span<const SequenceInput> batch,
+                                                            const ForwardOptions& options) const {
+  if (batch.empty()) return std::vector<at::Tensor>{};
   return TorchGuarded("decoder forward", [&]() -> absl::StatusOr<std::vector<at::Tensor>> {
     std::optional<at::NoGradGuard> no_grad;
     if (!options.enable_grad) no_grad.emplace();
-    const int64_t B = batch.size(), H = config_.text.hidden_size;
-    std::vector<at::Tensor> rows;
-    std::vector<int64_t> valid(B * max_len, 0), positions(B * max_len, 0);
-    for (int64_t b = 0; b < B; ++b) {
-      at::Tensor e = EmbedSequence(batch[b]);
-      const int64_t len = e.size(0), pad = max_len - len;
-      if (pad > 0) e = at::cat({at::zeros({pad, H}, e.options()), e}, 0);  // left padding
-      rows.push_back(e);
-      for (int64_t t = 0; t < len; ++t) {
-        valid[b * max_len + pad + t] = 1;
-        positions[b * max_len + pad + t] = t;  // = cumsum(mask) − 1 on real tokens
-      }
-    }
-    at::Tensor x = at::stack(rows, 0);
-    at::Tensor key_valid =
-        at::tensor(valid, at::kLong).view({B, max_len}).to(device_).to(at::kBool);
-    at::Tensor pos = at::tensor(positions, at::kLong).view({B, max_len}).to(device_);
+    ASSIGN_OR_RETURN(auto padded, PadBatch(batch));
+    auto& [x, key_valid, pos, rows] = padded;
     x = RunDecoder(x, pos, key_valid, nullptr, options);
-    // Gather only the requested rows before the final norm and lm_head.
-    std::vector<int64_t> flat;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t pad = max_len - (expanded[b].back() + 1);
-      for (int p : batch[b].logit_positions) flat.push_back(b * max_len + pad + expanded[b][p]);
-    }
-    at::Tensor idx = at::tensor(flat, at::kLong).to(device_);
-    at::Tensor logits = Logits(x.reshape({B * max_len, H}).index_select(0, idx));
-    std::vector<at::Tensor> out;
-    int64_t off = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t n = batch[b].logit_positions.size();
-      out.push_back(logits.narrow(0, off, n));
-      off += n;
-    }
-    return out;
+    return SplitLogits(x, rows, LogitCounts(batch));
+  });
+}
+
+absl::StatusOr<DecoderPass> LlavaModel::StartPass(absl::Span<const SequenceInput> batch) const {
+  if (batch.empty()) return absl::InvalidArgumentError("StartPass: empty batch");
+  return TorchGuarded("decoder pass", [&]() -> absl::StatusOr<DecoderPass> {
+    at::NoGradGuard no_grad;
+    ASSIGN_OR_RETURN(auto padded, PadBatch(batch));
+    auto& [x, key_valid, pos, rows] = padded;
+    DecoderPass pass;
+    pass.input_ = x;
+    DecoderTables(pos, key_valid, 0, &pass.cos_, &pass.sin_, &pass.blocked_);
+    pass.logit_rows_ = rows;
+    pass.logit_counts_ = LogitCounts(batch);
+    return pass;
+  });
+}
+
+absl::StatusOr<at::Tensor> LlavaModel::RunLayer(const DecoderPass& pass, int layer,
+                                                const at::Tensor& x) const {
+  if (layer < 0 || layer >= int(decoder_.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RunLayer: layer ", layer, " outside [0, ", decoder_.size(), ")"));
+  }
+  return TorchGuarded("decoder layer", [&]() -> absl::StatusOr<at::Tensor> {
+    at::NoGradGuard no_grad;
+    return LayerForward(layer, x, pass.cos_, pass.sin_, pass.blocked_, nullptr, {});
+  });
+}
+
+absl::StatusOr<std::vector<at::Tensor>> LlavaModel::FinishPass(const DecoderPass& pass,
+                                                               const at::Tensor& x) const {
+  return TorchGuarded("decoder pass logits", [&]() -> absl::StatusOr<std::vector<at::Tensor>> {
+    at::NoGradGuard no_grad;
+    return SplitLogits(x, pass.logit_rows_, pass.logit_counts_);
   });
 }
 

@@ -29,6 +29,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -99,6 +100,25 @@ struct KvCache {
   int64_t length = 0;                    // expanded positions already processed
 };
 
+// A batch's decoder pass split into steps (LlavaModel::StartPass / RunLayer / FinishPass), so
+// evaluations whose weights agree on the leading layers can share those layers' activations (the
+// candidate evaluator's prefix tree, worker/prune/evaluator.h). StartPass → RunLayer(0 … L−1) →
+// FinishPass computes, op for op, what Forward computes: bitwise the same logits for the same
+// weights. No autograd history, no observer. Holds only tensors of the batch (the embeddings, the
+// RoPE tables and the attention mask); the model's weights are read when each step runs.
+class DecoderPass {
+ public:
+  // The embedded, left-padded batch [B, T, hidden]: the input of layer 0.
+  const at::Tensor& input() const { return input_; }
+
+ private:
+  friend class LlavaModel;
+  at::Tensor input_;
+  at::Tensor cos_, sin_, blocked_;     // RoPE tables [B, 1, T, head_dim]; mask [B, 1, T, T]
+  at::Tensor logit_rows_;              // flat row indices into [B·T] of the requested logits
+  std::vector<int64_t> logit_counts_;  // per sequence
+};
+
 // Stacks preprocessed images (CHW float) into a pixel batch [N, C, H, W] on `device`. All images
 // must have the same shape and data.size() == C·H·W.
 absl::StatusOr<at::Tensor> StackPixels(absl::Span<const PixelValues> images,
@@ -137,6 +157,16 @@ class LlavaModel {
   absl::StatusOr<std::vector<at::Tensor>> Forward(absl::Span<const SequenceInput> batch,
                                                   const ForwardOptions& options = {}) const;
 
+  // Forward in steps (DecoderPass above). RunLayer's `x` is the pass's input or a previous
+  // RunLayer's output (layer − 1); `layer` in [0, num_hidden_layers). FinishPass returns, per
+  // sample in input order, the logits [logit_positions.size(), vocab], like Forward. Errors as
+  // Forward's (invalid sequences name the sample; torch failures are Internal).
+  absl::StatusOr<DecoderPass> StartPass(absl::Span<const SequenceInput> batch) const;
+  absl::StatusOr<at::Tensor> RunLayer(const DecoderPass& pass, int layer,
+                                      const at::Tensor& x) const;
+  absl::StatusOr<std::vector<at::Tensor>> FinishPass(const DecoderPass& pass,
+                                                     const at::Tensor& x) const;
+
   // Incremental decoding of one sequence: processes `chunk.token_ids` (with images, if any)
   // after the `cache->length` positions already in `cache`, appends their keys/values, and
   // returns the logits of the chunk's last position [vocab]. `chunk.logit_positions` is ignored.
@@ -173,6 +203,22 @@ class LlavaModel {
   // positions [B, T]. `cache` (batch 1 only) supplies past keys/values and receives the new ones.
   at::Tensor RunDecoder(at::Tensor x, const at::Tensor& positions, const at::Tensor& key_valid,
                         KvCache* cache, const ForwardOptions& options) const;
+  // RoPE tables [B, 1, T, head_dim] and the attention mask (true = blocked) [B, 1, T, past + T]
+  // of RunDecoder's inputs.
+  void DecoderTables(const at::Tensor& positions, const at::Tensor& key_valid, int64_t past,
+                     at::Tensor* cos, at::Tensor* sin, at::Tensor* blocked) const;
+  // One decoder layer of RunDecoder. `observe` (may be empty) sees each linear's input.
+  using LayerObserver = std::function<void(int layer, DecoderLinear kind, const at::Tensor&)>;
+  at::Tensor LayerForward(int li, at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                          const at::Tensor& blocked, KvCache* cache,
+                          const LayerObserver& observe) const;
+  // The padded batch of Forward: embeddings [B, T, H], key_valid [B, T], positions [B, T] and
+  // the flat indices of the requested logit rows (validated sequences).
+  absl::StatusOr<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> PadBatch(
+      absl::Span<const SequenceInput> batch) const;
+  // Final norm + lm_head of the requested rows of x [B, T, H], split per sequence.
+  std::vector<at::Tensor> SplitLogits(const at::Tensor& x, const at::Tensor& rows,
+                                      absl::Span<const int64_t> counts) const;
   at::Tensor Logits(const at::Tensor& hidden_rows) const;
 
   // Constant after construction.

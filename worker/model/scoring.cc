@@ -36,6 +36,62 @@ absl::Status CheckSample(const ScoringSample& s, int vocab, size_t index) {
 
 }  // namespace
 
+std::vector<SequenceInput> ScoringInputs(absl::Span<const ScoringSample> samples) {
+  std::vector<SequenceInput> batch;
+  for (const ScoringSample& s : samples) {
+    SequenceInput in;
+    // The last answer token predicts nothing we score, so it is not fed.
+    in.token_ids.assign(s.token_ids.begin(), s.token_ids.begin() + s.answer_end - 1);
+    in.image_features = s.image_features;
+    for (int p = s.answer_begin - 1; p < s.answer_end - 1; ++p) in.logit_positions.push_back(p);
+    batch.push_back(std::move(in));
+  }
+  return batch;
+}
+
+absl::Status ScoresFromLogits(absl::Span<const ScoringSample> samples,
+                              absl::Span<const at::Tensor> logits, int vocab, bool keep_logits,
+                              absl::Span<SampleScore> out, size_t first_index) {
+  try {
+    for (size_t i = 0; i < samples.size(); ++i) {
+      const ScoringSample& s = samples[i];
+      SampleScore& r = out[i];
+      at::Tensor logp = at::log_softmax(logits[i].to(at::kCPU), -1);  // [n, V]
+      at::Tensor targets = at::tensor(std::vector<int64_t>(s.token_ids.begin() + s.answer_begin,
+                                                           s.token_ids.begin() + s.answer_end),
+                                      at::kLong);
+      for (int64_t t : std::vector<int64_t>(targets.data_ptr<int64_t>(),
+                                            targets.data_ptr<int64_t>() + targets.numel())) {
+        if (t < 0 || t >= vocab) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "sample ", first_index + i, ": answer token id ", t, " outside the vocabulary"));
+        }
+      }
+      at::Tensor picked = logp.gather(1, targets.view({-1, 1}));
+      r.loss = -picked.mean().item<double>();
+      if (keep_logits) r.answer_logits = logits[i][0].to(at::kCPU).clone();
+      if (!s.option_token_ids.empty()) {
+        r.multiple_choice = true;
+        at::Tensor first = logp[0];
+        const float* lp = first.data_ptr<float>();
+        for (int id : s.option_token_ids) r.option_log_probs.push_back(lp[id]);
+        r.predicted_option =
+            int(std::max_element(r.option_log_probs.begin(), r.option_log_probs.end()) -
+                r.option_log_probs.begin());
+        r.correct = r.predicted_option == s.correct_option;
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("scoring: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckScoringSamples(absl::Span<const ScoringSample> samples, int vocab) {
+  for (size_t i = 0; i < samples.size(); ++i) RETURN_IF_ERROR(CheckSample(samples[i], vocab, i));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<SampleScore>> ScoreSamples(const LlavaModel& model,
                                                       absl::Span<const ScoringSample> samples,
                                                       const ScoreOptions& options) {
@@ -44,55 +100,14 @@ absl::StatusOr<std::vector<SampleScore>> ScoreSamples(const LlavaModel& model,
         absl::StrCat("batch size must be at least 1, got ", options.batch_size));
   }
   const int vocab = model.config().text.vocab_size;
-  for (size_t i = 0; i < samples.size(); ++i) {
-    RETURN_IF_ERROR(CheckSample(samples[i], vocab, i));
-  }
+  RETURN_IF_ERROR(CheckScoringSamples(samples, vocab));
   std::vector<SampleScore> out(samples.size());
   for (size_t start = 0; start < samples.size(); start += options.batch_size) {
     const size_t end = std::min(samples.size(), start + size_t(options.batch_size));
-    std::vector<SequenceInput> batch;
-    for (size_t i = start; i < end; ++i) {
-      const ScoringSample& s = samples[i];
-      SequenceInput in;
-      // The last answer token predicts nothing we score, so it is not fed.
-      in.token_ids.assign(s.token_ids.begin(), s.token_ids.begin() + s.answer_end - 1);
-      in.image_features = s.image_features;
-      for (int p = s.answer_begin - 1; p < s.answer_end - 1; ++p) in.logit_positions.push_back(p);
-      batch.push_back(std::move(in));
-    }
-    ASSIGN_OR_RETURN(std::vector<at::Tensor> logits, model.Forward(batch));
-    try {
-      for (size_t i = start; i < end; ++i) {
-        const ScoringSample& s = samples[i];
-        SampleScore& r = out[i];
-        at::Tensor logp = at::log_softmax(logits[i - start].to(at::kCPU), -1);  // [n, V]
-        at::Tensor targets = at::tensor(std::vector<int64_t>(s.token_ids.begin() + s.answer_begin,
-                                                             s.token_ids.begin() + s.answer_end),
-                                        at::kLong);
-        for (int64_t t : std::vector<int64_t>(targets.data_ptr<int64_t>(),
-                                              targets.data_ptr<int64_t>() + targets.numel())) {
-          if (t < 0 || t >= vocab) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("sample ", i, ": answer token id ", t, " outside the vocabulary"));
-          }
-        }
-        at::Tensor picked = logp.gather(1, targets.view({-1, 1}));
-        r.loss = -picked.mean().item<double>();
-        if (options.keep_logits) r.answer_logits = logits[i - start][0].to(at::kCPU).clone();
-        if (!s.option_token_ids.empty()) {
-          r.multiple_choice = true;
-          at::Tensor first = logp[0];
-          const float* lp = first.data_ptr<float>();
-          for (int id : s.option_token_ids) r.option_log_probs.push_back(lp[id]);
-          r.predicted_option =
-              int(std::max_element(r.option_log_probs.begin(), r.option_log_probs.end()) -
-                  r.option_log_probs.begin());
-          r.correct = r.predicted_option == s.correct_option;
-        }
-      }
-    } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat("scoring: ", e.what_without_backtrace()));
-    }
+    const auto part = samples.subspan(start, end - start);
+    ASSIGN_OR_RETURN(std::vector<at::Tensor> logits, model.Forward(ScoringInputs(part)));
+    RETURN_IF_ERROR(ScoresFromLogits(part, logits, vocab, options.keep_logits,
+                                     absl::MakeSpan(out).subspan(start, end - start), start));
   }
   return out;
 }

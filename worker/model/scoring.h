@@ -58,6 +58,17 @@ absl::StatusOr<std::vector<SampleScore>> ScoreSamples(const LlavaModel& model,
                                                       absl::Span<const ScoringSample> samples,
                                                       const ScoreOptions& options = {});
 
+// ScoreSamples in pieces, for callers that run the forward themselves (the evaluator's prefix
+// tree runs LlavaModel::StartPass / RunLayer / FinishPass): the checks ScoreSamples makes, the
+// model inputs of a batch of samples, and the scores from that batch's logits (out[i] for
+// samples[i]; `logits` as Forward returns them; errors name sample first_index + i). Bitwise
+// what ScoreSamples computes.
+absl::Status CheckScoringSamples(absl::Span<const ScoringSample> samples, int vocab);
+std::vector<SequenceInput> ScoringInputs(absl::Span<const ScoringSample> samples);
+absl::Status ScoresFromLogits(absl::Span<const ScoringSample> samples,
+                              absl::Span<const at::Tensor> logits, int vocab, bool keep_logits,
+                              absl::Span<SampleScore> out, size_t first_index = 0);
+
 struct ScoreSummary {
   int num_samples = 0;
   int num_multiple_choice = 0;

@@ -391,6 +391,127 @@ absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(absl::Span<const do
   return r;
 }
 
+search::EvalResult ToEvalResult(CandidateResult r) {
+  return {.loss = r.loss,
+          .accuracy = r.accuracy,
+          .omega = r.omega,
+          .sample_losses = std::move(r.sample_losses),
+          .raced_out = r.raced_out,
+          .samples_scored = r.samples_scored};
+}
+
+namespace {
+
+// Leading decoder layers on which two per-linear ratio vectors agree.
+int CommonLayers(absl::Span<const double> a, absl::Span<const double> b, int num_layers) {
+  for (int l = 0; l < num_layers; ++l) {
+    for (int i = l * kNumDecoderLinears; i < (l + 1) * kNumDecoderLinears; ++i) {
+      if (a[i] != b[i]) return l;
+    }
+  }
+  return num_layers;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<CandidateResult>> CandidateEvaluator::EvaluateMany(
+    const std::vector<std::vector<double>>& candidates, const search::RaceLimit& race,
+    const std::function<absl::Status()>& poll) {
+  const auto t0 = Clock::now();
+  many_timing_ = ManyTiming{};
+  const int n = int(samples_.size());
+  const int num_layers = model_->config().text.num_hidden_layers;
+  const int c = int(candidates.size());
+  std::vector<CandidateResult> out(c);
+  for (int i = 0; i < c; ++i) {
+    RETURN_IF_ERROR(ValidateRatios(candidates[i]));
+    ASSIGN_OR_RETURN(out[i].omega, Omega(candidates[i]));
+    out[i].num_samples = n;
+  }
+  const int vocab = model_->config().text.vocab_size;
+  RETURN_IF_ERROR(model::CheckScoringSamples(samples_, vocab));
+  // Lexicographic order of the ratio vectors = a depth-first walk of the prefix tree.
+  std::vector<int> order(c);
+  for (int i = 0; i < c; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return candidates[a] < candidates[b]; });
+  std::vector<bool> alive(c, true);
+  std::vector<double> partial(c, 0.0);
+  const int bs = options_.batch_size;
+  for (int start = 0; start < n; start += bs) {
+    const int end = std::min(n, start + bs);
+    if (poll) RETURN_IF_ERROR(poll());
+    const auto part = absl::MakeConstSpan(samples_).subspan(start, end - start);
+    ASSIGN_OR_RETURN(model::DecoderPass pass, model_->StartPass(model::ScoringInputs(part)));
+    std::vector<at::Tensor> after(num_layers + 1);  // after[l]: the input of layer l
+    after[0] = pass.input();
+    int prev = -1;
+    for (int i : order) {
+      if (!alive[i]) continue;
+      const int shared = prev < 0 || !prefix_sharing_
+                             ? 0
+                             : CommonLayers(candidates[i], candidates[prev], num_layers);
+      RETURN_IF_ERROR(ApplyRatios(candidates[i]));
+      const auto tl = Clock::now();
+      for (int l = shared; l < num_layers; ++l) {
+        ASSIGN_OR_RETURN(after[l + 1], model_->RunLayer(pass, l, after[l]));
+        ++many_timing_.layer_runs;
+      }
+      const auto ts = Clock::now();
+      many_timing_.layer_seconds += std::chrono::duration<double>(ts - tl).count();
+      ASSIGN_OR_RETURN(std::vector<at::Tensor> logits, model_->FinishPass(pass, after[num_layers]));
+      std::vector<model::SampleScore> scores(part.size());
+      RETURN_IF_ERROR(model::ScoresFromLogits(part, logits, vocab, false, absl::MakeSpan(scores),
+                                              size_t(start)));
+      many_timing_.scoring_seconds += Seconds(ts);
+      CandidateResult& r = out[i];
+      for (const model::SampleScore& sc : scores) {
+        partial[i] += sc.loss;
+        r.sample_losses.push_back(sc.loss);
+        if (sc.multiple_choice) {
+          ++r.num_multiple_choice;
+          r.num_correct += sc.correct;
+        }
+      }
+      many_timing_.layer_runs_exhaustive += num_layers;
+      prev = i;
+    }
+    // Candidates raced out now stop (also counted as exhaustive work that was skipped).
+    for (int i = 0; i < c; ++i) {
+      if (!alive[i]) {
+        many_timing_.layer_runs_exhaustive += num_layers;
+        continue;
+      }
+      if (race.active() && search::RacedOut(partial[i], end, n, race.Term(size_t(i), out[i].omega),
+                                            race.threshold)) {
+        alive[i] = false;
+        out[i].raced_out = true;
+        out[i].samples_scored = end;
+        ++many_timing_.raced_out;
+      }
+    }
+  }
+  for (int i = 0; i < c; ++i) {
+    CandidateResult& r = out[i];
+    // Summarize's mean: the in-order sum over the n samples (or the bound over those scored).
+    r.loss = partial[i] / n;
+    if (r.raced_out) {
+      r.num_multiple_choice = 0;
+      r.num_correct = 0;
+    }
+    r.accuracy = r.num_multiple_choice > 0 ? double(r.num_correct) / r.num_multiple_choice : 0.0;
+  }
+  many_timing_.seconds = Seconds(t0);
+  ManyTiming& t = total_many_timing_;
+  t.layer_runs += many_timing_.layer_runs;
+  t.layer_runs_exhaustive += many_timing_.layer_runs_exhaustive;
+  t.raced_out += many_timing_.raced_out;
+  t.seconds += many_timing_.seconds;
+  t.layer_seconds += many_timing_.layer_seconds;
+  t.scoring_seconds += many_timing_.scoring_seconds;
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // STRUCTURED
 

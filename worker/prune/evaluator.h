@@ -41,6 +41,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -48,7 +49,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/evolution.h"
 #include "common/policy.h"
+#include "common/racing.h"
 #include "worker/model/llava_bundle.h"
 #include "worker/model/llava_model.h"
 #include "worker/model/scoring.h"
@@ -107,6 +110,25 @@ struct CandidateResult {
   int num_multiple_choice = 0;
   int num_correct = 0;  // multiple-choice samples answered correctly
   std::vector<double> sample_losses;
+  // Racing (common/racing.h): scoring stopped after samples_scored samples; loss is then the
+  // bound Σ scored / n, accuracy and the multiple-choice counts are 0 (not measured),
+  // sample_losses holds the scored ones, num_samples is n.
+  bool raced_out = false;
+  int samples_scored = 0;
+};
+
+// The search's view of a candidate result.
+search::EvalResult ToEvalResult(CandidateResult r);
+
+// What EvaluateMany did: decoder layers run (a whole-set evaluation of one candidate runs
+// num_layers per batch) and candidates raced out.
+struct ManyTiming {
+  int64_t layer_runs = 0;
+  int64_t layer_runs_exhaustive = 0;  // candidates × batches × layers
+  int raced_out = 0;
+  double seconds = 0;
+  double layer_seconds = 0;    // in RunLayer
+  double scoring_seconds = 0;  // final norm, lm_head and the per-sample losses
 };
 
 // Where the time of the last ApplyRatios / Evaluate went.
@@ -145,6 +167,25 @@ class CandidateEvaluator {
   // whole set does) + Ω. Errors: a range outside the samples or empty.
   absl::StatusOr<CandidateResult> Evaluate(absl::Span<const double> linear_ratios,
                                            SampleRange range = {});
+  // Evaluate for several candidates at once on all samples, cheaper than one Evaluate each:
+  //  - prefix sharing: per scoring batch, the candidates are visited in lexicographic order of
+  //    their ratios (layer-major), and the decoder activations after each layer are kept, so a
+  //    candidate whose leading layers' ratios equal the previous one's starts where they differ
+  //    (a depth-first walk of the candidates' prefix tree, one stack of activations per batch);
+  //  - racing (common/racing.h): batch by batch, after every batch but the last, a candidate
+  //    with RacedOut(Σ scored losses, k, n, race.Term(i, Ω_i), race.threshold) stops.
+  // Results are in `candidates` order; a whole-set result is bitwise Evaluate's (same batches,
+  // same ops), a raced-out one is as CandidateResult describes. Errors as Evaluate's.
+  // `poll` (may be empty) runs before each batch; its error stops the call (cancellation).
+  absl::StatusOr<std::vector<CandidateResult>> EvaluateMany(
+      const std::vector<std::vector<double>>& candidates, const search::RaceLimit& race = {},
+      const std::function<absl::Status()>& poll = nullptr);
+  const ManyTiming& last_many_timing() const { return many_timing_; }
+  // Summed over every EvaluateMany call so far.
+  const ManyTiming& total_many_timing() const { return total_many_timing_; }
+  // Off: EvaluateMany runs every candidate through every layer (benchmarks compare).
+  void set_prefix_sharing(bool on) { prefix_sharing_ = on; }
+
   // Back to the dense weights (all k = 0).
   absl::Status RestoreDense();
 
@@ -209,6 +250,9 @@ class CandidateEvaluator {
   std::unique_ptr<StructuredBank> sbank_;
   std::vector<StructuredCut> applied_cut_;  // per layer
   EvalTiming timing_;
+  ManyTiming many_timing_;
+  ManyTiming total_many_timing_;
+  bool prefix_sharing_ = true;
 };
 
 }  // namespace prunesvc::prune

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -246,6 +247,148 @@ TEST_P(EvaluatorTest, OmegaEqualsBruteForce) {
     ASSERT_TRUE(dense_omega.ok());
     EXPECT_DOUBLE_EQ(*dense_omega, 1.0);
   }
+}
+
+// Candidates that share leading layers in various ways: per layer, a ratio from a small set, so
+// many pairs agree on layer 0 or on layers 0-1 (3 layers of 7 linears). `per_layer` = one ratio
+// for the whole layer (what STRUCTURED needs); otherwise each linear its own.
+std::vector<std::vector<double>> PrefixCandidates(int count, bool per_layer, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<double>> out;
+  while (int(out.size()) < count) {
+    std::vector<double> r;
+    for (int l = 0; l < 3; ++l) {
+      const double base = 0.2 * double(rng() % 3);  // {0, .2, .4}
+      for (int i = 0; i < kNumDecoderLinears; ++i) {
+        // Per linear: the last layer's linears differ among themselves.
+        r.push_back(per_layer || l < 2 ? base : base + 0.1 * double(rng() % 2));
+      }
+    }
+    if (std::find(out.begin(), out.end(), r) == out.end()) out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// One Evaluate per candidate, in order: the exhaustive reference.
+std::vector<CandidateResult> EvaluateEach(CandidateEvaluator& ev,
+                                          const std::vector<std::vector<double>>& cands) {
+  std::vector<CandidateResult> out;
+  for (const auto& c : cands) {
+    auto r = ev.Evaluate(c);
+    EXPECT_TRUE(r.ok()) << r.status();
+    out.push_back(r.ok() ? *r : CandidateResult{});
+  }
+  return out;
+}
+
+void ExpectSameResult(const CandidateResult& got, const CandidateResult& want, size_t i) {
+  EXPECT_FALSE(got.raced_out) << i;
+  EXPECT_EQ(got.loss, want.loss) << i;  // bitwise: same batches, same ops
+  EXPECT_EQ(got.sample_losses, want.sample_losses) << i;
+  EXPECT_EQ(got.accuracy, want.accuracy) << i;
+  EXPECT_EQ(got.omega, want.omega) << i;
+  EXPECT_EQ(got.num_samples, want.num_samples) << i;
+  EXPECT_EQ(got.num_correct, want.num_correct) << i;
+  EXPECT_EQ(got.num_multiple_choice, want.num_multiple_choice) << i;
+}
+
+// EvaluateMany (prefix sharing) returns bitwise what one Evaluate per candidate returns, in the
+// candidates' order, while running fewer decoder layers.
+TEST_P(EvaluatorTest, EvaluateManyEqualsEvaluateBitwiseWithFewerLayers) {
+  Problem p = MakeProblem(12);
+  auto ev =
+      CandidateEvaluator::Create(p.model.get(), p.samples, {.method = GetParam(), .batch_size = 5});
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  const auto cands = PrefixCandidates(14, false, 7);
+  auto many = (*ev)->EvaluateMany(cands);
+  ASSERT_TRUE(many.ok()) << many.status();
+  const ManyTiming t = (*ev)->last_many_timing();
+  const std::vector<CandidateResult> each = EvaluateEach(**ev, cands);
+  ASSERT_EQ(many->size(), cands.size());
+  for (size_t i = 0; i < cands.size(); ++i) ExpectSameResult((*many)[i], each[i], i);
+  // 3 batches (5, 5, 2 samples) × 3 layers × 14 candidates without sharing.
+  EXPECT_EQ(t.layer_runs_exhaustive, 3 * 3 * 14);
+  EXPECT_LT(t.layer_runs, t.layer_runs_exhaustive);
+  EXPECT_EQ(t.raced_out, 0);
+  std::printf("[evaluate-many %s] layer runs %lld of %lld\n",
+              std::string(MaskMethodName(GetParam())).c_str(), (long long)t.layer_runs,
+              (long long)t.layer_runs_exhaustive);
+}
+
+// STRUCTURED evaluation through the same walk: bitwise Evaluate's results.
+TEST_P(EvaluatorTest, EvaluateManyStructuredEqualsEvaluate) {
+  Problem p = MakeProblem(9);
+  auto ev = CandidateEvaluator::Create(
+      p.model.get(), p.samples,
+      {.method = GetParam(), .granularity = search::Granularity::kStructured, .batch_size = 4});
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  const auto cands = PrefixCandidates(8, true, 11);
+  auto many = (*ev)->EvaluateMany(cands);
+  ASSERT_TRUE(many.ok()) << many.status();
+  const std::vector<CandidateResult> each = EvaluateEach(**ev, cands);
+  for (size_t i = 0; i < cands.size(); ++i) ExpectSameResult((*many)[i], each[i], i);
+}
+
+// Racing against the exhaustive results: a candidate is raced out exactly when the replayed
+// bound (common/racing.h) says so — and then its exhaustive fitness is above the threshold —
+// its result is the bound over its scored prefix; every other result is bitwise exhaustive.
+TEST_P(EvaluatorTest, EvaluateManyRacesOutOnlyCandidatesAboveTheThreshold) {
+  Problem p = MakeProblem(12);
+  auto ev =
+      CandidateEvaluator::Create(p.model.get(), p.samples, {.method = GetParam(), .batch_size = 4});
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  std::vector<std::vector<double>> cands = PrefixCandidates(10, false, 3);
+  for (int i = 0; i < 4; ++i) cands.push_back(std::vector<double>(21, 0.7 + 0.03 * i));
+  const std::vector<CandidateResult> each = EvaluateEach(**ev, cands);
+  search::RaceLimit race;
+  race.norm_eta = 0.5;
+  race.num_samples = 12;
+  // Races with `threshold`; checks every result against the exhaustive one; the raced count.
+  auto race_with = [&](double threshold) -> int {
+    race.threshold = threshold;
+    auto many = (*ev)->EvaluateMany(cands, race);
+    EXPECT_TRUE(many.ok()) << many.status();
+    if (!many.ok()) return -1;
+    int raced = 0;
+    for (size_t i = 0; i < cands.size(); ++i) {
+      const CandidateResult& w = each[i];
+      const double term = race.Term(i, w.omega);
+      const std::optional<int> k = search::ReplayRace(w.sample_losses, 4, term, threshold);
+      const CandidateResult& g = (*many)[i];
+      EXPECT_EQ(g.raced_out, k.has_value()) << i;
+      if (!k || !g.raced_out) {
+        ExpectSameResult(g, w, i);
+        continue;
+      }
+      ++raced;
+      EXPECT_GT(w.loss + term, threshold) << i;  // truly worse than the threshold
+      EXPECT_EQ(g.samples_scored, *k) << i;
+      const std::vector<double> prefix(w.sample_losses.begin(), w.sample_losses.begin() + *k);
+      EXPECT_EQ(g.sample_losses, prefix) << i;
+      double sum = 0;
+      for (double x : prefix) sum += x;
+      EXPECT_EQ(g.loss, sum / 12) << i;
+      EXPECT_LE(g.loss, w.loss) << i;
+      EXPECT_EQ(g.accuracy, 0.0) << i;
+      EXPECT_EQ(g.omega, w.omega) << i;
+    }
+    EXPECT_EQ(raced, (*ev)->last_many_timing().raced_out);
+    return raced;
+  };
+  // As the search sets it: the 4th best fitness ("parents = 4"): the best 4 are never raced out.
+  std::vector<double> fitness;
+  for (size_t i = 0; i < cands.size(); ++i)
+    fitness.push_back(each[i].loss + race.Term(i, each[i].omega));
+  std::sort(fitness.begin(), fitness.end());
+  EXPECT_LE(race_with(fitness[3]), int(cands.size()) - 4);
+  // The median of the bounds after the first batch: at least half go after it.
+  std::vector<double> first_bounds;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    const auto& l = each[i].sample_losses;
+    first_bounds.push_back((l[0] + l[1] + l[2] + l[3]) / 12 + race.Term(i, each[i].omega));
+  }
+  std::sort(first_bounds.begin(), first_bounds.end());
+  EXPECT_GE(race_with(first_bounds[first_bounds.size() / 2]), int(cands.size()) / 2 - 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, EvaluatorTest,

@@ -36,8 +36,14 @@ class TrackingEvaluator : public search::PolicyEvaluator {
 
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int projector_version) override {
+    return EvaluateRaced(policies, projector_version, {});
+  }
+
+  absl::StatusOr<std::vector<search::EvalResult>> EvaluateRaced(
+      const std::vector<search::Policy>& policies, int projector_version,
+      const search::RaceLimit& race) override {
     ASSIGN_OR_RETURN(std::vector<search::EvalResult> out,
-                     job_->Evaluate(policies, projector_version, *ctx_));
+                     job_->Evaluate(policies, projector_version, *ctx_, nullptr, {}, race));
     for (size_t i = 0; i < policies.size(); ++i) {
       const search::Policy& p = policies[i];
       ASSIGN_OR_RETURN(std::string hash, job_->space().Hash(p));

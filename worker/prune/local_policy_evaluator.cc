@@ -82,16 +82,40 @@ absl::Status LocalPolicyEvaluator::SwitchTo(int version) {
 
 absl::StatusOr<std::vector<search::EvalResult>> LocalPolicyEvaluator::Evaluate(
     const std::vector<search::Policy>& policies, int projector_version) {
+  return EvaluateRaced(policies, projector_version, {});
+}
+
+absl::StatusOr<std::vector<search::EvalResult>> LocalPolicyEvaluator::EvaluateRaced(
+    const std::vector<search::Policy>& policies, int projector_version,
+    const search::RaceLimit& race) {
+  ASSIGN_OR_RETURN(std::vector<CandidateResult> results,
+                   EvaluateCandidates(policies, projector_version, race));
   std::vector<search::EvalResult> out;
-  out.reserve(policies.size());
-  for (const search::Policy& p : policies) {
-    ASSIGN_OR_RETURN(CandidateResult r, EvaluateSlice(p, projector_version, {}));
-    out.push_back({.loss = r.loss,
-                   .accuracy = r.accuracy,
-                   .omega = r.omega,
-                   .sample_losses = std::move(r.sample_losses)});
-  }
+  out.reserve(results.size());
+  for (CandidateResult& r : results) out.push_back(ToEvalResult(std::move(r)));
   return out;
+}
+
+absl::StatusOr<std::vector<CandidateResult>> LocalPolicyEvaluator::EvaluateCandidates(
+    const std::vector<search::Policy>& policies, int projector_version,
+    const search::RaceLimit& race, const std::function<absl::Status()>& poll) {
+  RETURN_IF_ERROR(SwitchTo(projector_version));
+  std::vector<std::vector<double>> ratios;
+  ratios.reserve(policies.size());
+  for (const search::Policy& p : policies) {
+    ASSIGN_OR_RETURN(std::vector<double> unit_ratios, space_->UnitRatios(p));
+    ASSIGN_OR_RETURN(ratios.emplace_back(), LinearRatios(unit_ratios));
+  }
+  ASSIGN_OR_RETURN(std::vector<CandidateResult> results,
+                   evaluator_->EvaluateMany(ratios, race, poll));
+  evaluations_ += int64_t(policies.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (!std::isfinite(results[i].loss) || !std::isfinite(results[i].omega)) {
+      return absl::InternalError(absl::StrCat("non-finite loss ", results[i].loss, " for policy ",
+                                              space_->Hash(policies[i]).value_or("?")));
+    }
+  }
+  return results;
 }
 
 absl::StatusOr<CandidateResult> LocalPolicyEvaluator::EvaluateSlice(const search::Policy& policy,

@@ -44,8 +44,17 @@ class LocalPolicyEvaluator : public search::PolicyEvaluator {
       CandidateEvaluator* evaluator, const search::PolicySpace* space,
       const ProjectorTrainingOptions& training = {});
 
+  // All policies on all samples in one CandidateEvaluator::EvaluateMany (prefix sharing; with
+  // EvaluateRaced, racing too).
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int projector_version) override;
+  absl::StatusOr<std::vector<search::EvalResult>> EvaluateRaced(
+      const std::vector<search::Policy>& policies, int projector_version,
+      const search::RaceLimit& race) override;
+  // The same with the evaluator's whole results (counts included), in policy order.
+  absl::StatusOr<std::vector<CandidateResult>> EvaluateCandidates(
+      const std::vector<search::Policy>& policies, int projector_version,
+      const search::RaceLimit& race, const std::function<absl::Status()>& poll = nullptr);
   // One policy under `projector_version` on the search samples in `range` (a worker's share of
   // a policy the scheduler split by samples), with the counts a whole-set result is combined from.
   absl::StatusOr<CandidateResult> EvaluateSlice(const search::Policy& policy, int projector_version,

@@ -24,6 +24,7 @@
 #include "common/flags.h"
 #include "common/job_spec.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 #include "worker/model/llava_bundle.h"
 #include "worker/model/llava_eval.h"
@@ -91,6 +92,9 @@ ABSL_FLAG(int, slack_evaluations, kDefaults.slack_evaluations,
           "evaluations the final slack step may spend lowering units into the FLOPs left under "
           "the budget (RANDOM_SEARCH: exactly this many more random policies); 0 = off, "
           "[0, 100000]");
+ABSL_FLAG(bool, race, kDefaults.race,
+          "race each generation's candidates: stop scoring one that provably cannot reach the "
+          "top --parents (same survivors and final policy as --race=false, fewer forwards)");
 ABSL_FLAG(bool, uniform_guard, kDefaults.uniform_guard,
           "before finalizing, score UNIFORM's policy on the search samples with the search's "
           "fitness and keep it if it beats the search's pick (report.json \"guard\"; one more "
@@ -246,6 +250,7 @@ absl::Status SearchOptionsFromFlags(prunesvc::prune::LocalJobSpec& spec) {
   Override(FLAGS_slack_evaluations, spec.slack_evaluations);
   Override(FLAGS_uniform_guard, spec.uniform_guard);
   Override(FLAGS_uniform_ratio_choice, spec.uniform_ratio_choice);
+  Override(FLAGS_race, spec.race);
   return absl::OkStatus();
 }
 
@@ -362,6 +367,7 @@ std::string ShellQuoted(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   const std::vector<std::string> positional = prunesvc::ParseFlags(
       argc, argv,
       "prune-local --model DIR --samples DIR|TAR [--eval-samples DIR|TAR] --flops-budget B "

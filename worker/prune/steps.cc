@@ -177,7 +177,8 @@ absl::Status PreparedJob::CheckUsable() const {
 
 absl::StatusOr<std::vector<search::EvalResult>> PreparedJob::Evaluate(
     const std::vector<search::Policy>& policies, int version, StepContext& ctx,
-    const std::function<void(int, const CandidateResult&)>& on_result, SampleRange range) {
+    const std::function<void(int, const CandidateResult&)>& on_result, SampleRange range,
+    const search::RaceLimit& race) {
   RETURN_IF_ERROR(CheckUsable());
   if (!HasProjector(version)) {
     return absl::FailedPreconditionError(
@@ -185,6 +186,35 @@ absl::StatusOr<std::vector<search::EvalResult>> PreparedJob::Evaluate(
   }
   return model::TorchGuarded("evaluate", [&]() -> absl::StatusOr<std::vector<search::EvalResult>> {
     std::vector<search::EvalResult> out;
+    const int n = summary_.num_samples;
+    if (range.begin == 0 && (range.end < 0 || range.end == n)) {
+      // In lexicographic order of the policies (neighbours share the longest prefixes), groups
+      // of kEvaluateGroup scored together, each group's results reported as it completes.
+      std::vector<int> order(policies.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int a, int b) { return policies[a] < policies[b]; });
+      out.resize(policies.size());
+      for (size_t g = 0; g < order.size(); g += kEvaluateGroup) {
+        const size_t end = std::min(order.size(), g + kEvaluateGroup);
+        std::vector<search::Policy> group;
+        search::RaceLimit group_race = race;
+        group_race.extra.clear();
+        for (size_t k = g; k < end; ++k) {
+          group.push_back(policies[order[k]]);
+          if (!race.extra.empty()) group_race.extra.push_back(race.extra[order[k]]);
+        }
+        ASSIGN_OR_RETURN(std::vector<CandidateResult> results,
+                         local_->EvaluateCandidates(group, version, group_race,
+                                                    [&] { return ctx.CheckStop(); }));
+        for (size_t k = g; k < end; ++k) {
+          ctx.Evaluated();
+          if (on_result) on_result(order[k], results[k - g]);
+          out[order[k]] = ToEvalResult(std::move(results[k - g]));
+        }
+      }
+      return out;
+    }
     for (size_t i = 0; i < policies.size(); ++i) {
       RETURN_IF_ERROR(ctx.CheckStop());
       ASSIGN_OR_RETURN(CandidateResult r, local_->EvaluateSlice(policies[i], version, range));

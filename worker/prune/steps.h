@@ -134,6 +134,10 @@ struct FinalizeResult {
 // (and, under N_M, that N:M alone cannot go lower).
 absl::Status CheckBudget(const JobSpec& spec, const search::PolicySpace& space);
 
+// Policies scored together per EvaluateMany call: results stream (and cancellation is seen) at
+// least every group, while neighbours in lexicographic order still share their prefixes.
+inline constexpr size_t kEvaluateGroup = 8;
+
 class PreparedJob {
  public:
   static absl::StatusOr<std::unique_ptr<PreparedJob>> Prepare(const PrepareOptions& options,
@@ -150,12 +154,16 @@ class PreparedJob {
   const search::PolicySpace& space() const { return *space_; }
 
   // Scores `policies` under projector `version` (registered) on the search samples in `range`
-  // (default: all; a slice's loss and accuracy are the slice's); `on_result(i, result)` after
-  // each, with the counts a scheduler combines slices from.
+  // (default: all; a slice's loss and accuracy are the slice's); `on_result(i, result)` for
+  // each policy i, with the counts a scheduler combines slices from. On all samples the policies
+  // are scored kEvaluateGroup at a time in lexicographic order (CandidateEvaluator::EvaluateMany:
+  // shared prefixes, and racing with an active `race`), so `on_result` comes group by group and
+  // not in request order; a slice scores one policy at a time, in order, and ignores `race`.
+  // The results are the same either way (bitwise).
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int version, StepContext& ctx,
       const std::function<void(int, const CandidateResult&)>& on_result = nullptr,
-      SampleRange range = {});
+      SampleRange range = {}, const search::RaceLimit& race = {});
   // Trains from `from_version` on `top_k` and registers the result as `new_version`
   // (> every registered version).
   absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,

@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 #include "worker/model/llava_bundle.h"
@@ -136,6 +137,7 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   prunesvc::ParseFlags(argc, argv,
                        "magnitude-curve: accuracy of a LLaVA model under uniform per-matrix "
                        "magnitude pruning of its decoder linears.\nUsage: magnitude-curve "

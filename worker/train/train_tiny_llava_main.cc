@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "spdlog/spdlog.h"
 #include "worker/train/tiny_llava_trainer.h"
 
@@ -64,6 +65,7 @@ ABSL_FLAG(int, log_every, 10, "Progress line every N steps.");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   std::string command = "train-tiny-llava";
   for (int i = 1; i < argc; ++i) absl::StrAppend(&command, " ", argv[i]);
   prunesvc::ParseFlags(argc, argv,

@@ -1,0 +1,89 @@
+#include "common/racing.h"
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace prunesvc::search {
+namespace {
+
+TEST(RacingTest, RacedOutComparesTheBoundStrictlyAndNeverAfterTheLastSample) {
+  // Bound after 16 of 64 samples summing to 8: 8/64 + 0.25 = 0.375.
+  EXPECT_TRUE(RacedOut(8.0, 16, 64, 0.25, 0.374));
+  EXPECT_FALSE(RacedOut(8.0, 16, 64, 0.25, 0.375));  // a tie is not out
+  EXPECT_FALSE(RacedOut(8.0, 16, 64, 0.25, 0.5));
+  EXPECT_FALSE(RacedOut(1e9, 64, 64, 0.0, 0.0));  // the whole set was scored
+  EXPECT_FALSE(RacedOut(1e9, 16, 64, 0.0, std::numeric_limits<double>::infinity()));
+}
+
+TEST(RacingTest, TermIsTheSearchsNormTermPlusTheExtra) {
+  RaceLimit race;
+  race.threshold = 1;
+  race.norm_eta = 2;
+  race.num_samples = 16;
+  EXPECT_TRUE(race.active());
+  EXPECT_EQ(race.Term(0, 0.8), 2 * 0.8 / std::sqrt(16.0));  // bit for bit the fitness's term
+  race.extra = {0.5, 0.25};
+  EXPECT_EQ(race.Term(1, 0.8), 2 * 0.8 / std::sqrt(16.0) + 0.25);
+  EXPECT_FALSE(RaceLimit{}.active());
+  EXPECT_EQ(RaceLimit{}.Term(3, 0.9), 0.0);
+}
+
+TEST(RacingTest, ReplayChecksOnlyAtBatchBoundariesBeforeTheLast) {
+  const std::vector<double> losses = {1, 1, 1, 1, 1, 1};  // n = 6, mean 1
+  // Batch 2: checkpoints after 2 and 4 samples (bounds 1/3, 2/3), never after 6.
+  EXPECT_EQ(ReplayRace(losses, 2, 0, 0.3), 2);
+  EXPECT_EQ(ReplayRace(losses, 2, 0, 0.5), 4);
+  EXPECT_EQ(ReplayRace(losses, 2, 0, 0.9), std::nullopt);  // 1 > 0.9 only after all 6
+  EXPECT_EQ(ReplayRace(losses, 4, 0, 0.5), 4);
+  EXPECT_EQ(ReplayRace(losses, 0, 0, 0.1), 1);    // batch ≤ 0: every sample
+  EXPECT_EQ(ReplayRace(losses, 2, 0.5, 0.7), 2);  // the term counts from the start
+}
+
+// Soundness against brute force: over random non-negative per-sample losses, a candidate is
+// raced out only when its whole-set fitness (the in-order mean plus the term, computed as the
+// search computes it) is above the threshold, and the replay agrees with a checkpoint-by-
+// checkpoint recomputation of the bound.
+TEST(RacingTest, ARacedOutCandidateIsWorseThanTheThresholdBruteForce) {
+  std::mt19937_64 rng(20);
+  std::exponential_distribution<double> loss(1.5);
+  std::uniform_real_distribution<double> unit(0, 1);
+  int raced = 0, survived = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    const int n = 1 + int(rng() % 70);
+    const int batch = 1 + int(rng() % 17);
+    std::vector<double> s(n);
+    for (double& x : s) x = unit(rng) < 0.1 ? 0.0 : loss(rng);
+    const double term = unit(rng) < 0.5 ? 0.0 : unit(rng) * 0.3;
+    double full = 0;
+    for (double x : s) full += x;
+    const double fitness = full / n + term;
+    const double threshold = fitness * (0.3 + 1.2 * unit(rng));
+    const std::optional<int> k = ReplayRace(s, batch, term, threshold);
+    std::optional<int> expect;
+    double sum = 0;
+    for (int i = 0; i < n && !expect; ++i) {
+      sum += s[i];
+      if ((i + 1) % batch == 0 && i + 1 < n && sum / n + term > threshold) expect = i + 1;
+    }
+    ASSERT_EQ(k, expect) << "trial " << trial;
+    if (k) {
+      ++raced;
+      ASSERT_GT(fitness, threshold) << "trial " << trial << ": raced out at " << *k;
+      ASSERT_LT(*k, n);
+      ASSERT_EQ(*k % batch, 0);
+    } else {
+      ++survived;
+    }
+  }
+  // Both outcomes occur, so the checks above are not vacuous.
+  EXPECT_GT(raced, 1000);
+  EXPECT_GT(survived, 1000);
+}
+
+}  // namespace
+}  // namespace prunesvc::search
