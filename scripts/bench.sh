@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 20's performance figures on this machine, each a ratio measured side by side in one run
-# (docs/PERFORMANCE.md explains them, their targets and what limits each). Bounded: about 6
-# minutes on 2 cores. Nothing here asserts a time; a figure that is not measured says so.
+# (docs/PERFORMANCE.md explains them, their targets and what limits each). Bounded: about 5
+# minutes on 2 cores. Nothing here asserts a time.
 #
 # Usage: scripts/bench.sh [--threads N]     (default: 2)
 set -euo pipefail
@@ -15,8 +15,8 @@ while (($#)); do
   esac
 done
 "$ROOT/scripts/bootstrap.sh" >/dev/null
-configure_and_build forward-bench search-bench sparsegpt-bench prune-local llava-eval shapes-vqa \
-  >/dev/null
+configure_and_build forward-bench search-bench sparsegpt-bench dispatch-bench prune-local \
+  llava-eval shapes-vqa >/dev/null
 BIN="$BUILD_DIR/bin"
 MODEL="$ROOT/models/tiny-llava-shapes"
 work="$(mktemp -d)"
@@ -49,9 +49,21 @@ print(f'at the GEMM rate it could be     {could:.2f}  (the same work, {flops * f
 print(f'ratio measured / GEMM-bound      {1000 / per_ms / could:.3f}')
 "
 
-log "4. scheduler overhead with fake gRPC workers: NOT MEASURED (issue 20 open: needs the"
-log "   simulated worker; docs/PERFORMANCE.md)"
-log "5. scaling with 1/4/16/64 simulated workers: NOT MEASURED (issue 20 open)"
+log "4. scheduler overhead: workers answering at once over gRPC (dispatch-bench)"
+"$BIN/dispatch-bench" --workers=1,8,64 --jobs=8 --population=32 --generations=4 --cost-ms=0 \
+  2>/dev/null
+
+log "5. scaling: steps of a fixed simulated cost (20 ms per policy on the whole sample set)"
+log "   population 512, one job:"
+"$BIN/dispatch-bench" --workers=1,4,16,64 --jobs=1 --population=512 --generations=2 \
+  --cost-ms=20 2>/dev/null
+log "   8 concurrent jobs of population 32:"
+"$BIN/dispatch-bench" --workers=64 --jobs=8 --population=32 --generations=2 --cost-ms=20 \
+  2>/dev/null
+log "   sample-slice sharding: one job of population 16 on 64 workers (at most 4 slices per"
+log "   policy: efficiency is capped by the work available, not by the scheduler alone):"
+"$BIN/dispatch-bench" --workers=64 --jobs=1 --population=16 --generations=2 --cost-ms=20 \
+  2>/dev/null
 
 log "6. STRUCTURED artifacts: measured latency against dense, held-out accuracy (256 samples)"
 printf '%-7s %-10s %-12s %-14s %-14s %-10s\n' budget flops report-lat llava-eval-s/s dense-s/s \

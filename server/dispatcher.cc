@@ -273,6 +273,7 @@ absl::StatusOr<WorkerLease> Dispatcher::Acquire(const std::string& job_id, int p
                                   [&](const Waiter& w) { return w.ticket == ticket; }),
                    waiters_.end());
     metrics_.queue_depth->Set(double(waiters_.size()));
+    ++wake_seq_;  // the next waiter may now be the head
   };
   while (true) {
     if (shutting_down_ || (stop && stop())) {
@@ -286,11 +287,16 @@ absl::StatusOr<WorkerLease> Dispatcher::Acquire(const std::string& job_id, int p
         return LeaseLocked(idle.front(), job_id);
       }
     }
-    // Woken by Release; the timeout picks up newly registered workers and stop().
+    // Woken by every Release and every waiter leaving (each waiter sees each change: a
+    // sequence number, not a flag one waiter could clear before the head saw it); the timeout
+    // picks up newly registered workers and stop().
+    struct Changed {
+      const int64_t* seq;
+      int64_t seen;
+    } changed{&wake_seq_, wake_seq_};
     mu_.AwaitWithTimeout(absl::Condition(
-                             +[](bool* b) { return *b; }, &wake_),
+                             +[](Changed* c) { return *c->seq != c->seen; }, &changed),
                          absl::Milliseconds(50));
-    wake_ = false;
   }
 }
 
@@ -339,7 +345,7 @@ void Dispatcher::Release(const WorkerLease& lease, bool failed) {
   absl::MutexLock lock(&mu_);
   leased_.erase(lease.worker_id);
   if (failed) quarantined_[lease.worker_id] = absl::Now() + options_.quarantine;
-  wake_ = true;
+  ++wake_seq_;
 }
 
 }  // namespace prunesvc::server

@@ -171,7 +171,8 @@ class Dispatcher : public JobRunner, public BlobAccess {
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, absl::Time> quarantined_ ABSL_GUARDED_BY(mu_);  // until
   std::map<std::string, std::set<std::string>> affinity_ ABSL_GUARDED_BY(mu_);
-  bool wake_ ABSL_GUARDED_BY(mu_) = false;  // a worker was released
+  // Bumped when a worker is released or a waiter leaves: Acquire's waiters wait for a change.
+  int64_t wake_seq_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace prunesvc::server

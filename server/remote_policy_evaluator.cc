@@ -1,6 +1,7 @@
 #include "server/remote_policy_evaluator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -125,8 +126,12 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
       StepCancel* cancel = driver_->NewCancel();
       absl::StatusOr<pb::EvaluatePoliciesRequest> req =
           ChunkRequest(*driver_, *space_, policies, chunks[c], version, race);
+      const auto t0 = std::chrono::steady_clock::now();
       results[c] = req.ok() ? RunChunk(*driver_, *std::move(req), leases[c], cancel, parts[c])
                             : req.status();
+      driver_->RecordStep(
+          "evaluate", results[c],
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       driver_->DropCancel(cancel);
       d.NoteAffinity(driver_->job_id(), leases[c].worker_id);
       d.Release(leases[c], IsRetryable(results[c]));

@@ -64,6 +64,19 @@ std::string SearchDriver::NextStepId(const std::string& kind) {
   return absl::StrCat(job_id_, "/", kind, "-", ++step_counter_);
 }
 
+void SearchDriver::RecordStep(const std::string& kind, const absl::Status& status, double seconds) {
+  const std::string outcome = status.ok()           ? "ok"
+                              : IsRetryable(status) ? "retryable_error"
+                              : stopped()           ? "cancelled"
+                                                    : "error";
+  DispatcherMetrics& m = dispatcher_->metrics();
+  m.steps->Add({{"step", kind}, {"outcome", outcome}}).Increment();
+  m.step_seconds
+      ->Add({{"step", kind}}, prometheus::Histogram::BucketBoundaries{0.001, 0.01, 0.1, 0.5, 1, 5,
+                                                                      15, 60, 300, 1200, 3600})
+      .Observe(seconds);
+}
+
 absl::Status SearchDriver::RunStep(
     const std::string& kind, absl::Duration deadline,
     const std::function<absl::Status(const WorkerLease&, StepCancel*)>& call) {
@@ -79,18 +92,8 @@ absl::Status SearchDriver::RunStep(
     const auto t0 = std::chrono::steady_clock::now();
     last = call(lease, cancel);
     DropCancel(cancel);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const std::string outcome = last.ok()           ? "ok"
-                                : IsRetryable(last) ? "retryable_error"
-                                : stopped()         ? "cancelled"
-                                                    : "error";
-    d.metrics().steps->Add({{"step", kind}, {"outcome", outcome}}).Increment();
-    d.metrics()
-        .step_seconds
-        ->Add({{"step", kind}},
-              prometheus::Histogram::BucketBoundaries{0.1, 0.5, 1, 5, 15, 60, 300, 1200, 3600})
-        .Observe(seconds);
+    RecordStep(kind, last,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     d.NoteAffinity(job_id_, lease.worker_id);
     d.Release(lease, IsRetryable(last));
     if (last.ok() || !IsRetryable(last) || stopped()) return last;

@@ -62,6 +62,9 @@ class SearchDriver {
   absl::Status RunStep(const std::string& kind, absl::Duration deadline,
                        const std::function<absl::Status(const WorkerLease&, StepCancel*)>& call);
   bool stopped() const { return stop_.load(); }
+  // Counts one step and its wall time (prunesvc_steps_total, prunesvc_step_seconds); RunStep
+  // does it for its attempts, the evaluator for the chunks it runs in parallel.
+  void RecordStep(const std::string& kind, const absl::Status& status, double seconds);
   // A fresh StepCancel that Cancel() reaches; release with DropCancel.
   StepCancel* NewCancel();
   void DropCancel(StepCancel* c);

@@ -43,6 +43,7 @@
 #include "worker/blob_client.h"
 #include "worker/prune/steps.h"
 #include "worker/registrar.h"
+#include "worker/step_executor.h"
 
 namespace prunesvc::worker {
 
@@ -61,10 +62,8 @@ struct StepRunnerOptions {
 // How the scheduler should treat a failed step.
 ::prune::v1::StepError StepErrorOf(const absl::Status& status, std::string_view phase);
 
-class StepRunner : public HeartbeatHooks {
+class StepRunner : public StepExecutor {
  public:
-  using StopFn = std::function<bool()>;
-
   // `blobs` is not owned and must outlive the runner.
   static absl::StatusOr<std::unique_ptr<StepRunner>> Create(StepRunnerOptions options,
                                                             BlobCache* blobs,
@@ -72,15 +71,15 @@ class StepRunner : public HeartbeatHooks {
   ~StepRunner();
 
   absl::StatusOr<::prune::v1::PrepareResponse> Prepare(const ::prune::v1::PrepareRequest& req,
-                                                       const StopFn& stop);
-  // `emit` is called with each policy's result as soon as it is ready, in request order.
-  absl::Status EvaluatePolicies(
-      const ::prune::v1::EvaluatePoliciesRequest& req, const StopFn& stop,
-      const std::function<void(const ::prune::v1::EvaluatePoliciesResponse&)>& emit);
+                                                       const StopFn& stop) override;
+  // `emit` is called with each policy's result as soon as it is ready (PreparedJob::Evaluate:
+  // group by group on the whole sample set, each with its index).
+  absl::Status EvaluatePolicies(const ::prune::v1::EvaluatePoliciesRequest& req, const StopFn& stop,
+                                const EmitFn& emit) override;
   absl::StatusOr<::prune::v1::TrainProjectorResponse> TrainProjector(
-      const ::prune::v1::TrainProjectorRequest& req, const StopFn& stop);
+      const ::prune::v1::TrainProjectorRequest& req, const StopFn& stop) override;
   absl::StatusOr<::prune::v1::FinalizeResponse> Finalize(const ::prune::v1::FinalizeRequest& req,
-                                                         const StopFn& stop);
+                                                         const StopFn& stop) override;
 
   // Steps whose id is named stop at their next safe point (also ones not started yet).
   void CancelSteps(const std::vector<std::string>& step_ids) override;

@@ -53,7 +53,12 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   ro.threads = options.threads;
   ro.batch_size = options.batch_size;
   ro.inject_fault = options.inject_fault;
-  ASSIGN_OR_RETURN(w->runner_, StepRunner::Create(ro, w->blob_cache_.get(), w->registry_.get()));
+  if (options.executor_factory) {
+    ASSIGN_OR_RETURN(w->runner_,
+                     options.executor_factory(w->blob_cache_.get(), w->registry_.get()));
+  } else {
+    ASSIGN_OR_RETURN(w->runner_, StepRunner::Create(ro, w->blob_cache_.get(), w->registry_.get()));
+  }
   w->service_ = std::make_unique<PruningWorkerService>(w->runner_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

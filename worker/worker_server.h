@@ -4,6 +4,7 @@
 #ifndef PRUNESVC_WORKER_WORKER_SERVER_H_
 #define PRUNESVC_WORKER_WORKER_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,6 +44,10 @@ struct WorkerOptions {
   TlsFiles tls;
   std::string scheduler_identity = "prune-scheduler";
   std::string worker_token_file;
+  // Test and benchmark seam: builds the step executor instead of a StepRunner (bench/
+  // dispatch_bench.cc's simulated workers). Gets the worker's blob cache and metrics registry.
+  std::function<absl::StatusOr<std::unique_ptr<StepExecutor>>(BlobCache*, prometheus::Registry*)>
+      executor_factory;
 };
 
 class WorkerServer {
@@ -69,7 +74,7 @@ class WorkerServer {
   std::unique_ptr<SchedulerSession> session_;
   std::unique_ptr<BlobClient> blob_client_;
   std::unique_ptr<BlobCache> blob_cache_;
-  std::unique_ptr<StepRunner> runner_;
+  std::unique_ptr<StepExecutor> runner_;
   std::unique_ptr<PruningWorkerService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<prometheus::Registry> registry_;

@@ -171,7 +171,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::Prepare(grpc::CallbackServerCont
                                                         pb::PrepareResponse* resp) {
   return RunUnary(
       ctx, resp, "prepare",
-      [this, req](StepRunner::StopFn stop) { return runner_->Prepare(*req, stop); },
+      [this, req](StepExecutor::StopFn stop) { return runner_->Prepare(*req, stop); },
       [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_, &refusing_);
 }
 
@@ -196,7 +196,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::TrainProjector(grpc::CallbackSer
                                                                pb::TrainProjectorResponse* resp) {
   return RunUnary(
       ctx, resp, "train",
-      [this, req](StepRunner::StopFn stop) { return runner_->TrainProjector(*req, stop); },
+      [this, req](StepExecutor::StopFn stop) { return runner_->TrainProjector(*req, stop); },
       [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_, &refusing_);
 }
 
@@ -205,7 +205,7 @@ grpc::ServerUnaryReactor* PruningWorkerService::Finalize(grpc::CallbackServerCon
                                                          pb::FinalizeResponse* resp) {
   return RunUnary(
       ctx, resp, "finalize",
-      [this, req](StepRunner::StopFn stop) { return runner_->Finalize(*req, stop); },
+      [this, req](StepExecutor::StopFn stop) { return runner_->Finalize(*req, stop); },
       [this](std::function<void()> w) { Spawn(std::move(w)); }, &draining_, &refusing_);
 }
 

@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "prune/v1/worker.grpc.pb.h"
+#include "worker/step_executor.h"
 #include "worker/step_runner.h"
 
 namespace prunesvc::worker {
@@ -26,7 +27,7 @@ grpc::Status StepStatus(absl::Status status, std::string_view phase, bool draini
 class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackService {
  public:
   // `runner` is not owned and must outlive the service.
-  explicit PruningWorkerService(StepRunner* runner) : runner_(runner) {}
+  explicit PruningWorkerService(StepExecutor* runner) : runner_(runner) {}
   ~PruningWorkerService() override;
 
   // Shutdown has begun: steps stopped from now on are reported as retryable (StepStatus).
@@ -53,7 +54,7 @@ class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackSe
   // Runs `work` on a new thread, counted so the destructor can wait for it.
   void Spawn(std::function<void()> work);
 
-  StepRunner* const runner_;
+  StepExecutor* const runner_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> refusing_{false};
   absl::Mutex mu_;

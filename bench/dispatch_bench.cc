@@ -1,0 +1,311 @@
+// dispatch-bench (issue 20, figures 4 and 5): the scheduler with many workers that speak the real
+// gRPC protocol but whose steps cost a simulated, fixed time, so the 2 cores are not the limit.
+//
+// A real prune-scheduler process (no local workers) and N in-process workers, each a real
+// WorkerServer (its own gRPC server, Registrar and heartbeats) whose StepExecutor is simulated:
+//  - Prepare runs once per job for real (a StepRunner on the bundled model: the scheduler builds
+//    its policy space from it) and is remembered for the job;
+//  - EvaluatePolicies sleeps cost × policies × (slice samples / n), then answers every policy with
+//    deterministic losses (a function of its ratios; per-sample losses included, so slices
+//    combine) — cost 0 = at once;
+//  - Finalize is not simulated (the job ends FAILED after its search; only the search is timed).
+// Per round: W workers, J jobs of population P and G generations submitted at once.
+//  dispatches/s  EvaluatePolicies RPCs answered / the span from the first request's arrival to
+//                the last answer, over all workers;
+//  latency/step  the scheduler's mean prunesvc_step_seconds{step="evaluate"} minus the simulated
+//                cost of the mean step: what the scheduler and the RPC add to each step;
+//  efficiency    (simulated work / W) / that span: 1.0 = every worker busy all the time.
+//
+// Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
+//                       [--cost-ms=0] [--samples=64]
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/job_spec.h"
+#include "common/malloc_tuning.h"
+#include "common/status_macros.h"
+#include "tests/e2e_service.h"
+#include "tests/process_harness.h"
+#include "worker/step_runner.h"
+#include "worker/worker_server.h"
+
+namespace prunesvc {
+namespace {
+
+namespace pb = ::prune::v1;
+using Clock = std::chrono::steady_clock;
+
+// What every simulated worker of the process shares: the jobs' sample counts and the timings.
+struct Shared {
+  absl::Mutex mu;
+  std::map<std::string, pb::PrepareResponse> prepared ABSL_GUARDED_BY(mu);
+  int64_t dispatches ABSL_GUARDED_BY(mu) = 0;
+  double work_seconds ABSL_GUARDED_BY(mu) = 0;  // simulated
+  Clock::time_point first, last;
+  bool any ABSL_GUARDED_BY(mu) = false;
+  double cost_ms = 0;
+  std::string cache_root;
+
+  void Reset() {
+    absl::MutexLock l(&mu);
+    dispatches = 0;
+    work_seconds = 0;
+    any = false;
+  }
+};
+
+class SimulatedExecutor : public worker::StepExecutor {
+ public:
+  SimulatedExecutor(Shared* shared, worker::BlobCache* blobs, prometheus::Registry* registry,
+                    int id)
+      : shared_(shared), blobs_(blobs), registry_(registry), id_(id) {}
+
+  absl::StatusOr<pb::PrepareResponse> Prepare(const pb::PrepareRequest& req,
+                                              const StopFn& stop) override {
+    {
+      absl::MutexLock l(&shared_->mu);
+      auto it = shared_->prepared.find(req.header().job_id());
+      if (it != shared_->prepared.end()) return it->second;
+    }
+    absl::MutexLock device(&real_mu_);
+    if (real_ == nullptr) {
+      worker::StepRunnerOptions o;
+      o.cache_dir = absl::StrCat(shared_->cache_root, "/w", id_);
+      o.allowed_model_roots = {testing::SourceDir() + "/models"};
+      o.max_prepared_jobs = 16;
+      o.threads = 1;
+      ASSIGN_OR_RETURN(real_, worker::StepRunner::Create(o, blobs_, registry_));
+    }
+    ASSIGN_OR_RETURN(pb::PrepareResponse r, real_->Prepare(req, stop));
+    absl::MutexLock l(&shared_->mu);
+    shared_->prepared[req.header().job_id()] = r;
+    return r;
+  }
+
+  absl::Status EvaluatePolicies(const pb::EvaluatePoliciesRequest& req, const StopFn& stop,
+                                const EmitFn& emit) override {
+    const Clock::time_point arrived = Clock::now();
+    int n = 0;
+    {
+      absl::MutexLock l(&shared_->mu);
+      auto it = shared_->prepared.find(req.header().job_id());
+      if (it == shared_->prepared.end()) {
+        return absl::FailedPreconditionError("dispatch-bench: evaluate before prepare");
+      }
+      n = it->second.num_samples();
+    }
+    const int begin = req.sample_end() == 0 ? 0 : req.sample_begin();
+    const int end = req.sample_end() == 0 ? n : req.sample_end();
+    const double seconds =
+        shared_->cost_ms / 1e3 * req.policies_size() * double(end - begin) / double(n);
+    if (seconds > 0) std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    if (stop()) return absl::CancelledError("stopped");
+    for (int i = 0; i < req.policies_size(); ++i) {
+      const auto& ratios = req.policies(i).ratios();
+      double loss = 0.3, mean_r = 0;
+      for (int u = 0; u < ratios.size(); ++u) {
+        loss += (1 + u % 3) * ratios[u] * ratios[u];
+        mean_r += ratios[u] / ratios.size();
+      }
+      pb::EvaluatePoliciesResponse resp;
+      resp.set_index(i);
+      pb::PolicyEvaluation* e = resp.mutable_evaluation();
+      double sum = 0;
+      for (int s = begin; s < end; ++s) {
+        const double l = loss * (0.5 + (s % 4) / 3.0);
+        e->add_sample_losses(l);
+        sum += l;
+      }
+      e->set_loss(sum / (end - begin));
+      e->set_accuracy(std::exp(-loss));
+      e->set_omega(1 - mean_r / 2);
+      e->mutable_ratios()->CopyFrom(ratios);
+      emit(resp);
+    }
+    const Clock::time_point done = Clock::now();
+    absl::MutexLock l(&shared_->mu);
+    if (!shared_->any || arrived < shared_->first) shared_->first = arrived;
+    if (!shared_->any || done > shared_->last) shared_->last = done;
+    shared_->any = true;
+    ++shared_->dispatches;
+    shared_->work_seconds += seconds;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<pb::TrainProjectorResponse> TrainProjector(const pb::TrainProjectorRequest&,
+                                                            const StopFn&) override {
+    return absl::UnimplementedError("dispatch-bench: projector training is not simulated");
+  }
+  absl::StatusOr<pb::FinalizeResponse> Finalize(const pb::FinalizeRequest&,
+                                                const StopFn&) override {
+    return absl::FailedPreconditionError("dispatch-bench: finalize is not simulated");
+  }
+  std::vector<std::string> ActiveSteps() override { return {}; }
+  std::vector<std::string> CachedJobs() override { return {}; }
+  void CancelSteps(const std::vector<std::string>&) override {}
+
+ private:
+  Shared* const shared_;
+  worker::BlobCache* const blobs_;
+  prometheus::Registry* const registry_;
+  const int id_;
+  absl::Mutex real_mu_;
+  std::unique_ptr<worker::StepRunner> real_ ABSL_GUARDED_BY(real_mu_);
+};
+
+std::string Flag(int argc, char** argv, const char* name, const char* def) {
+  const std::string p = std::string("--") + name + "=";
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], p.c_str(), p.size()) == 0) return argv[i] + p.size();
+  }
+  return def;
+}
+
+int Main(int argc, char** argv) {
+  int jobs = 0, population = 0, generations = 0, samples = 0;
+  double cost_ms = 0;
+  std::vector<int> worker_counts;
+  for (absl::string_view w : absl::StrSplit(Flag(argc, argv, "workers", "1,8,64"), ',')) {
+    int v = 0;
+    if (!absl::SimpleAtoi(w, &v) || v < 1) {
+      std::fprintf(stderr, "dispatch-bench: --workers takes counts ≥ 1, e.g. 1,8,64\n");
+      return 2;
+    }
+    worker_counts.push_back(v);
+  }
+  if (!absl::SimpleAtoi(Flag(argc, argv, "jobs", "8"), &jobs) ||
+      !absl::SimpleAtoi(Flag(argc, argv, "population", "32"), &population) ||
+      !absl::SimpleAtoi(Flag(argc, argv, "generations", "4"), &generations) ||
+      !absl::SimpleAtoi(Flag(argc, argv, "samples", "64"), &samples) ||
+      !absl::SimpleAtod(Flag(argc, argv, "cost-ms", "0"), &cost_ms) || jobs < 1 || population < 2 ||
+      samples < 1) {
+    std::fprintf(stderr,
+                 "usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] "
+                 "[--generations=4] [--cost-ms=0] [--samples=64]\n");
+    return 2;
+  }
+  Shared shared;
+  shared.cost_ms = cost_ms;
+  const std::string work = testing::TheData().work + "/dispatch";
+  shared.cache_root = work + "/cache";
+  const std::string search = work + "/search";
+  if (testing::RunShell(absl::StrCat(testing::BinDir(), "/shapes-vqa --seed=1000 --split=search ",
+                                     "--count=", samples, " --out=", search, " >/dev/null 2>&1")) !=
+      0) {
+    std::fprintf(stderr, "dispatch-bench: shapes-vqa failed\n");
+    return 1;
+  }
+  std::printf(
+      "jobs %d x population %d x %d generations, %d samples, step cost %.1f ms per policy\n", jobs,
+      population, generations, samples, cost_ms);
+  std::printf("%-8s %-11s %-13s %-15s %-11s %s\n", "workers", "dispatches", "dispatches/s",
+              "latency/step ms", "efficiency", "span s");
+  for (int w : worker_counts) {
+    testing::ServiceOptions so;
+    so.workers = 0;
+    so.extra_args = {"--max-running-jobs=64"};
+    testing::Service svc = testing::StartService(absl::StrCat("dispatch-", w), so);
+    if (svc.stub == nullptr) {
+      std::fprintf(stderr, "dispatch-bench: the scheduler did not start\n");
+      return 1;
+    }
+    std::vector<std::unique_ptr<worker::WorkerServer>> servers;
+    for (int k = 0; k < w; ++k) {
+      worker::WorkerOptions o;
+      o.host = "127.0.0.1";
+      o.port = 0;
+      o.metrics_port = -1;
+      o.scheduler = absl::StrCat("127.0.0.1:", svc.worker_port);
+      o.cache_dir = absl::StrCat(work, "/w", w, "-", k);
+      o.threads = 1;
+      o.executor_factory = [&shared, k](worker::BlobCache* blobs, prometheus::Registry* registry)
+          -> absl::StatusOr<std::unique_ptr<worker::StepExecutor>> {
+        return std::make_unique<SimulatedExecutor>(&shared, blobs, registry, k);
+      };
+      auto server = worker::WorkerServer::Create(o);
+      if (!server.ok()) {
+        std::fprintf(stderr, "dispatch-bench: %s\n", server.status().ToString().c_str());
+        return 1;
+      }
+      servers.push_back(std::move(*server));
+    }
+    const bool registered = testing::WaitUntil(
+        [&] {
+          grpc::ClientContext ctx;
+          testing::Deadline(ctx, 5);
+          pb::ListWorkersResponse r;
+          return svc.stub->ListWorkers(&ctx, {}, &r).ok() && r.workers_size() >= w;
+        },
+        absl::Seconds(120));
+    absl::StatusOr<std::string> dataset = testing::Upload(svc, search);
+    if (!registered || !dataset.ok()) {
+      std::fprintf(stderr, "dispatch-bench: workers did not register or the upload failed\n");
+      return 1;
+    }
+    shared.Reset();
+    std::vector<std::string> ids;
+    for (int j = 0; j < jobs; ++j) {
+      JobSpec s;
+      s.model_uri = "file://" + testing::SourceDir() + "/models/tiny-llava-shapes";
+      s.dataset_id = *dataset;
+      s.flops_budget = 0.5;
+      s.population = population;
+      s.parents = std::max(1, population / 4);
+      s.generations = generations;
+      s.seed = uint64_t(j);
+      absl::StatusOr<pb::Job> job = testing::Submit(svc, s);
+      if (!job.ok()) {
+        std::fprintf(stderr, "dispatch-bench: %s\n", job.status().ToString().c_str());
+        return 1;
+      }
+      ids.push_back(job->job_id());
+    }
+    const bool done = testing::WaitUntil(
+        [&] {
+          for (const std::string& id : ids) {
+            absl::StatusOr<pb::Job> j = testing::GetJob(svc, id);
+            if (!j.ok()) return false;
+            const pb::JobState st = j->state();
+            if (st != pb::FAILED && st != pb::SUCCEEDED && st != pb::CANCELLED) return false;
+          }
+          return true;
+        },
+        absl::Seconds(1800));
+    const double sum =
+        testing::Metric(svc.metrics_port, "prunesvc_step_seconds_sum{step=\"evaluate\"}");
+    const double count =
+        testing::Metric(svc.metrics_port, "prunesvc_step_seconds_count{step=\"evaluate\"}");
+    for (auto& s : servers) s->Shutdown(absl::Seconds(1));
+    servers.clear();
+    absl::MutexLock l(&shared.mu);
+    const double span = std::chrono::duration<double>(shared.last - shared.first).count();
+    const double mean_step = count > 0 ? sum / count : 0;
+    const double mean_cost = shared.dispatches > 0 ? shared.work_seconds / shared.dispatches : 0;
+    std::printf("%-8d %-11lld %-13.0f %-15.2f %-11.3f %.2f%s\n", w, (long long)shared.dispatches,
+                double(shared.dispatches) / span, (mean_step - mean_cost) * 1e3,
+                shared.work_seconds / w / span, span, done ? "" : "  (jobs did not finish)");
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace prunesvc
+
+int main(int argc, char** argv) {
+  prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
+  return prunesvc::Main(argc, argv);
+}
