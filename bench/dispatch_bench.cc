@@ -37,6 +37,7 @@
 #include "common/job_spec.h"
 #include "common/malloc_tuning.h"
 #include "common/status_macros.h"
+#include "spdlog/spdlog.h"
 #include "tests/e2e_service.h"
 #include "tests/process_harness.h"
 #include "worker/step_runner.h"
@@ -307,5 +308,7 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
+  spdlog::set_level(
+      spdlog::level::warn);  // the in-process workers' step logs would drown the table
   return prunesvc::Main(argc, argv);
 }
