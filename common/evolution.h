@@ -4,7 +4,9 @@
 //
 // One Step() = one generation g (0 = the initial population, then `generations` more):
 //  1. score the population under the current projector version: the cache misses, deduplicated,
-//     in population order, go to PolicyEvaluator::Evaluate in one batch;
+//     in population order, go to PolicyEvaluator::Evaluate in one batch — or, with racing
+//     (SearchConfig::race, racing.h), to EvaluateRaced with the survivors' threshold; a first
+//     population with η known in advance sends its first `parents` misses whole first;
 //  2. on the first population, resolve η (explicit, 0 for RANDOM_SEARCH, else auto:
 //     η = std(L)·√n / std(Ω) with population stds (÷ N) over the first population, so
 //     std(η·Ω/√n) = std(L); 0 when std(Ω) = 0, i.e. ≤ 1e-12·max(1, |mean Ω|), rounding level);

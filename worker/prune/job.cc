@@ -28,8 +28,9 @@ namespace {
 
 using nlohmann::json;
 
-// The search's evaluator: PreparedJob's steps, one candidate at a time (so the context is polled
-// between candidates), with a record of every evaluated policy for report.json and the audit.
+// The search's evaluator: PreparedJob's steps (groups of candidates scored together, the context
+// polled between scoring batches; racing when the search asks), with a record of every
+// evaluated policy for report.json and the audit.
 class TrackingEvaluator : public search::PolicyEvaluator {
  public:
   TrackingEvaluator(PreparedJob* job, StepContext* ctx) : job_(job), ctx_(ctx) {}

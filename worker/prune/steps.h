@@ -10,9 +10,10 @@
 //    (CandidateEvaluator) and, for OWL or seed_with_owl, the dense model's outlier ratios. Its
 //    Summary is what PrepareResponse carries: everything the torch-free scheduler needs to build
 //    the same PolicySpace (common/job_spec.h BuildPolicySpace) and to solve UNIFORM / OWL.
-//  - Evaluate scores discrete policies under a projector version (results in order; `on_result`
-//    is called after each, so a stream can send it at once); the context is polled between
-//    candidates.
+//  - Evaluate scores discrete policies under a projector version: on the whole sample set in
+//    groups that share decoder prefixes and may race (CandidateEvaluator::EvaluateMany), each
+//    group's results reported through `on_result` as it completes; the context is polled between
+//    scoring batches.
 //  - TrainProjector trains from one version on the top-k policies and registers the result under
 //    the version number the CALLER names, so versions agree across workers; RegisterProjector
 //    installs a version trained elsewhere (fetched as a blob). Training is deterministic: its seed
