@@ -309,6 +309,15 @@ absl::Status CheckResult(const EvalResult& r, const std::string& hash, const Sea
   return absl::OkStatus();
 }
 
+// The η the fitness will use, when it is known before the generation is scored: resolved, or
+// explicit, or RANDOM_SEARCH's 0 (AUTO and CV resolve it from the first population's results).
+std::optional<double> KnownEta(const SearchState& s) {
+  if (s.eta.has_value()) return s.eta;
+  if (s.config.strategy == Strategy::kRandomSearch) return 0.0;
+  if (s.config.eta.has_value()) return s.config.eta;
+  return std::nullopt;
+}
+
 // Evaluates the cache misses of `policies` under `version` in one batch, with `race` (inactive =
 // exhaustive; its per-policy terms are filled here for the misses).
 absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& evaluator,
@@ -328,10 +337,7 @@ absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& ev
   }
   if (misses.empty()) return absl::OkStatus();
   if (race.active() && s.config.estimator == Estimator::kCapacity) {
-    // η as KnownEta (below) gives it: resolved, RANDOM_SEARCH's 0, or explicit.
-    const double eta = s.eta.has_value()                              ? *s.eta
-                       : s.config.strategy == Strategy::kRandomSearch ? 0.0
-                                                                      : s.config.eta.value_or(0.0);
+    const double eta = KnownEta(s).value_or(0.0);  // racing runs only when it is known
     const std::vector<int> order = SampleOrder(s.config);
     for (const Policy& p : misses) {
       race.extra.push_back(eta == 0 ? 0.0 : eta * Term(space, s.config, order, p, EvalResult{}));
@@ -382,15 +388,6 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
     return a.hash < b.hash;
   });
   return out;
-}
-
-// The η the fitness will use, when it is known before the generation is scored: resolved, or
-// explicit, or RANDOM_SEARCH's 0 (AUTO and CV resolve it from the first population's results).
-std::optional<double> KnownEta(const SearchState& s) {
-  if (s.eta.has_value()) return s.eta;
-  if (s.config.strategy == Strategy::kRandomSearch) return 0.0;
-  if (s.config.eta.has_value()) return s.config.eta;
-  return std::nullopt;
 }
 
 // Whether racing may run for the search at all (racing.h: a mean loss plus a policy-only term).

@@ -220,10 +220,7 @@ absl::StatusOr<std::vector<search::EvalResult>> PreparedJob::Evaluate(
       ASSIGN_OR_RETURN(CandidateResult r, local_->EvaluateSlice(policies[i], version, range));
       ctx.Evaluated();
       if (on_result) on_result(int(i), r);
-      out.push_back({.loss = r.loss,
-                     .accuracy = r.accuracy,
-                     .omega = r.omega,
-                     .sample_losses = std::move(r.sample_losses)});
+      out.push_back(ToEvalResult(std::move(r)));
     }
     return out;
   });
