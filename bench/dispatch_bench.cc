@@ -52,13 +52,18 @@ using Clock = std::chrono::steady_clock;
 // What every simulated worker of the process shares: the jobs' sample counts and the timings.
 struct Shared {
   absl::Mutex mu;
-  std::map<std::string, pb::PrepareResponse> prepared ABSL_GUARDED_BY(mu);
+  std::map<std::string, pb::PrepareResponse> prepared ABSL_GUARDED_BY(mu);  // by job id
+  std::map<std::string, pb::PrepareResponse> prepared_by_spec ABSL_GUARDED_BY(mu);
   int64_t dispatches ABSL_GUARDED_BY(mu) = 0;
   double work_seconds ABSL_GUARDED_BY(mu) = 0;  // simulated
   Clock::time_point first, last;
   bool any ABSL_GUARDED_BY(mu) = false;
   double cost_ms = 0;
   std::string cache_root;
+  absl::Mutex real_mu;  // one real Prepare at a time
+  // The real worker's StepRunner (blob cache and registry of the worker that created it; they
+  // outlive the round's Prepares).
+  std::unique_ptr<worker::StepRunner> real ABSL_GUARDED_BY(real_mu);
 
   void Reset() {
     absl::MutexLock l(&mu);
@@ -76,23 +81,42 @@ class SimulatedExecutor : public worker::StepExecutor {
 
   absl::StatusOr<pb::PrepareResponse> Prepare(const pb::PrepareRequest& req,
                                               const StopFn& stop) override {
+    // Jobs that differ only in their seed prepare the same (the response depends on the model,
+    // the samples and the spec's pruning choices): one real Prepare serves them all.
+    pb::JobSpec key_spec = req.spec();
+    key_spec.clear_seed();
+    const std::string key = key_spec.SerializeAsString();
     {
       absl::MutexLock l(&shared_->mu);
-      auto it = shared_->prepared.find(req.header().job_id());
-      if (it != shared_->prepared.end()) return it->second;
+      auto it = shared_->prepared_by_spec.find(key);
+      if (it != shared_->prepared_by_spec.end()) {
+        shared_->prepared[req.header().job_id()] = it->second;
+        return it->second;
+      }
     }
-    absl::MutexLock device(&real_mu_);
-    if (real_ == nullptr) {
+    // One real StepRunner for the process, one Prepare at a time: the first job of a spec pays,
+    // the jobs that wait behind it find it cached.
+    absl::MutexLock device(&shared_->real_mu);
+    {
+      absl::MutexLock l(&shared_->mu);
+      auto it = shared_->prepared_by_spec.find(key);
+      if (it != shared_->prepared_by_spec.end()) {
+        shared_->prepared[req.header().job_id()] = it->second;
+        return it->second;
+      }
+    }
+    if (shared_->real == nullptr) {
       worker::StepRunnerOptions o;
       o.cache_dir = absl::StrCat(shared_->cache_root, "/w", id_);
       o.allowed_model_roots = {testing::SourceDir() + "/models"};
       o.max_prepared_jobs = 16;
       o.threads = 1;
-      ASSIGN_OR_RETURN(real_, worker::StepRunner::Create(o, blobs_, registry_));
+      ASSIGN_OR_RETURN(shared_->real, worker::StepRunner::Create(o, blobs_, registry_));
     }
-    ASSIGN_OR_RETURN(pb::PrepareResponse r, real_->Prepare(req, stop));
+    ASSIGN_OR_RETURN(pb::PrepareResponse r, shared_->real->Prepare(req, stop));
     absl::MutexLock l(&shared_->mu);
     shared_->prepared[req.header().job_id()] = r;
+    shared_->prepared_by_spec[key] = r;
     return r;
   }
 
@@ -163,8 +187,6 @@ class SimulatedExecutor : public worker::StepExecutor {
   worker::BlobCache* const blobs_;
   prometheus::Registry* const registry_;
   const int id_;
-  absl::Mutex real_mu_;
-  std::unique_ptr<worker::StepRunner> real_ ABSL_GUARDED_BY(real_mu_);
 };
 
 std::string Flag(int argc, char** argv, const char* name, const char* def) {
@@ -290,6 +312,10 @@ int Main(int argc, char** argv) {
     const double count =
         testing::Metric(svc.metrics_port, "prunesvc_step_seconds_count{step=\"evaluate\"}");
     for (auto& s : servers) s->Shutdown(absl::Seconds(1));
+    {
+      absl::MutexLock l(&shared.real_mu);
+      shared.real.reset();  // before the worker whose blob cache it uses
+    }
     servers.clear();
     absl::MutexLock l(&shared.mu);
     const double span = std::chrono::duration<double>(shared.last - shared.first).count();

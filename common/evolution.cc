@@ -992,14 +992,21 @@ absl::StatusOr<GenerationStats> GenerationStats::FromJson(const json& j) {
   return g;
 }
 
+json SearchState::CacheEntryJson(const std::pair<std::string, int>& key, const EvalResult& r) {
+  json e{{"hash", key.first},      {"version", key.second}, {"loss", r.loss},
+         {"accuracy", r.accuracy}, {"omega", r.omega},      {"sample_losses", r.sample_losses}};
+  if (r.raced_out) e["samples_scored"] = r.samples_scored;  // racing.h: a lower bound
+  return e;
+}
+
 json SearchState::ToJson() const {
-  json cache_json = json::array();
-  for (const auto& [key, r] : cache) {
-    json e{{"hash", key.first},      {"version", key.second}, {"loss", r.loss},
-           {"accuracy", r.accuracy}, {"omega", r.omega},      {"sample_losses", r.sample_losses}};
-    if (r.raced_out) e["samples_scored"] = r.samples_scored;  // racing.h: a lower bound
-    cache_json.push_back(std::move(e));
-  }
+  json j = ToJsonWithoutCache();
+  json& cache_json = j["cache"];
+  for (const auto& [key, r] : cache) cache_json.push_back(CacheEntryJson(key, r));
+  return j;
+}
+
+json SearchState::ToJsonWithoutCache() const {
   json history_json = json::array();
   for (const GenerationStats& g : history) history_json.push_back(g.ToJson());
   return json{{"format", kStateFormat},
@@ -1015,7 +1022,7 @@ json SearchState::ToJson() const {
               {"eta", eta.has_value() ? json(*eta) : json(nullptr)},
               {"population", population},
               {"ranked", ranked},
-              {"cache", std::move(cache_json)},
+              {"cache", json::array()},
               {"history", std::move(history_json)},
               {"total_evaluations", total_evaluations}};
 }

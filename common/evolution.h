@@ -286,6 +286,12 @@ struct SearchState {
   int64_t total_evaluations = 0;
 
   nlohmann::json ToJson() const;
+  // ToJson with an empty "cache": the head of an incremental checkpoint, whose cache entries are
+  // stored once each (CacheEntryJson) and put back into "cache" before FromJson.
+  nlohmann::json ToJsonWithoutCache() const;
+  // One entry of ToJson's "cache".
+  static nlohmann::json CacheEntryJson(const std::pair<std::string, int>& key,
+                                       const EvalResult& result);
   // Checks types and ranges of every field; errors name the field. Consistency with a
   // PolicySpace is checked by EvolutionarySearch::Resume.
   static absl::StatusOr<SearchState> FromJson(const nlohmann::json& j);

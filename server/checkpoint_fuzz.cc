@@ -4,15 +4,18 @@
 // seeds (real checkpoints written by SearchCheckpointToJson, and variants) in
 // server/testdata/checkpoint_corpus.
 //
-// Input: the checkpoint's text (JSON), as JobStore::Checkpoint holds it. Any input must give a
-// checkpoint or DATA_LOSS, never a crash or an exception (ASan/UBSan). An accepted checkpoint must
-// survive a round trip: SearchCheckpointToJson of it parses again, to the same text (a violation
-// aborts, i.e. is a finding).
+// Input: the checkpoint as JobStore::Checkpoint holds it: its head (JSON) up to the first NUL
+// byte, then its log records separated by NULs (no NUL: a head alone, the whole-text form). Any
+// input must give a checkpoint or DATA_LOSS, never a crash or an exception (ASan/UBSan). An
+// accepted checkpoint must survive two round trips to the same text (a violation aborts, i.e. is
+// a finding): SearchCheckpointToJson of it parses again, and so does the head and log that a fresh
+// CheckpointLog writes for it.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "server/search_checkpoint.h"
 
@@ -28,8 +31,17 @@ void Check(bool ok, const char* what) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string text(reinterpret_cast<const char*>(data), size);
-  auto checkpoint = prunesvc::server::ParseSearchCheckpoint(text);
+  const std::string input(reinterpret_cast<const char*>(data), size);
+  std::vector<std::string> parts;
+  for (size_t begin = 0;;) {
+    const size_t nul = input.find('\0', begin);
+    parts.push_back(input.substr(begin, nul == std::string::npos ? nul : nul - begin));
+    if (nul == std::string::npos) break;
+    begin = nul + 1;
+  }
+  const std::string head = parts.front();
+  parts.erase(parts.begin());
+  auto checkpoint = prunesvc::server::ParseSearchCheckpoint(head, parts);
   if (!checkpoint.ok()) {
     Check(absl::IsDataLoss(checkpoint.status()), "a rejected checkpoint is not DATA_LOSS");
     return 0;
@@ -42,5 +54,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Check(back.ok(), "an accepted checkpoint, written again, does not parse");
   Check(prunesvc::server::SearchCheckpointToJson(*back) == written,
         "an accepted checkpoint, written again, reads back differently");
+  const prunesvc::server::CheckpointDelta delta =
+      prunesvc::server::CheckpointLog().Delta(checkpoint->state, checkpoint->projector_blobs,
+                                              checkpoint->evaluated, checkpoint->evaluations);
+  auto logged = prunesvc::server::ParseSearchCheckpoint(delta.head, delta.records);
+  Check(logged.ok(), "an accepted checkpoint, written as head and log, does not parse");
+  Check(prunesvc::server::SearchCheckpointToJson(*logged) == written,
+        "an accepted checkpoint, written as head and log, reads back differently");
   return 0;
 }

@@ -554,6 +554,72 @@ TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
   }
 }
 
+// Incremental checkpoints (issue 20): each cache entry and evaluated record is written once, as a
+// log record; the head and the log parse to the checkpoint the whole text holds; an uncommitted
+// delta is written again; a malformed record is DATA_LOSS naming it.
+TEST(SearchCheckpointTest, LogWritesEachRecordOnceAndParsesToTheWholeCheckpoint) {
+  const JobSpec spec = SmallSearch();
+  auto space = BuildPolicySpace(spec, Dims(), kStats, std::vector<DecoderLayerHeads>(4, {4, 2, 8}));
+  ASSERT_TRUE(space.ok()) << space.status();
+  auto search = search::EvolutionarySearch::Create(&*space, spec.ToSearchConfig(16));
+  ASSERT_TRUE(search.ok()) << search.status();
+  search::SearchState state = (*search)->state();
+  nlohmann::json evaluated = nlohmann::json::array();
+  auto add = [&](const std::string& hash, int version, double loss) {
+    state.cache[{hash, version}] = search::EvalResult{
+        .loss = loss, .accuracy = 0.5, .omega = 0.25, .sample_losses = {loss, loss / 3}};
+    evaluated.push_back({{"hash", hash}, {"projector_version", version}});
+  };
+  const std::map<int, std::string> blobs = {{1, "sha256:aa"}};
+  add("00000000000000a1", 0, 0.1);
+  add("00000000000000b2", 0, 0.2);
+  CheckpointLog log;
+  const CheckpointDelta first = log.Delta(state, blobs, evaluated, 2);
+  EXPECT_EQ(first.records.size(), 4u);  // two cache entries, two evaluated records
+  log.Committed(first);
+  add("00000000000000c3", 1, 1.0 / 3);
+  const CheckpointDelta second = log.Delta(state, blobs, evaluated, 3);
+  ASSERT_EQ(second.records.size(), 2u);  // only what the "generation" added
+  EXPECT_TRUE(absl::StrContains(second.records[0], "00000000000000c3"));
+  EXPECT_EQ(log.Delta(state, blobs, evaluated, 3).records, second.records);  // not committed yet
+  log.Committed(second);
+  EXPECT_TRUE(log.Delta(state, blobs, evaluated, 3).records.empty());
+
+  std::vector<std::string> all = first.records;
+  all.insert(all.end(), second.records.begin(), second.records.end());
+  auto back = ParseSearchCheckpoint(second.head, all);
+  ASSERT_TRUE(back.ok()) << back.status();
+  SearchCheckpoint whole;
+  whole.state = state;
+  whole.projector_blobs = blobs;
+  whole.evaluated = evaluated;
+  whole.evaluations = 3;
+  EXPECT_EQ(SearchCheckpointToJson(*back), SearchCheckpointToJson(whole));  // bitwise losses
+  EXPECT_EQ(back->state.cache.at({"00000000000000c3", 1}).sample_losses[1], 1.0 / 9);
+  // Resumed from it, nothing is logged twice.
+  EXPECT_TRUE(CheckpointLog(*back).Delta(state, blobs, evaluated, 3).records.empty());
+  // The whole text is a head with an empty log (checkpoints written before the log).
+  auto old = ParseSearchCheckpoint(SearchCheckpointToJson(whole), {});
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(SearchCheckpointToJson(*old), SearchCheckpointToJson(whole));
+
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
+      {{"x"}, "log record 0 is not a one-key JSON object"},
+      {{first.records[0], R"({"cache":{},"evaluated":{}})"}, "log record 1 is not a one-key"},
+      {{R"({"other":1})"}, "log record 0 is neither"},
+      {{R"({"cache":5})"}, "state.cache[0]"},
+      {{first.records[0], first.records[0]}, "duplicate"},
+  };
+  for (const auto& [records, needle] : bad) {
+    auto r = ParseSearchCheckpoint(second.head, records);
+    ASSERT_FALSE(r.ok()) << needle;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), needle)) << r.status() << " / " << needle;
+  }
+  auto no_state = ParseSearchCheckpoint(R"({"evaluations":1})", {first.records[0]});
+  EXPECT_EQ(no_state.status().code(), absl::StatusCode::kDataLoss);
+}
+
 // The state dir fills up mid-search (issue 16): the job's commits wait for space instead of
 // failing it, and the search ends as it would have, with every event once.
 TEST(DispatcherTest, CommitsWaitForSpaceAndTheJobEndsUndisturbed) {

@@ -63,9 +63,13 @@ struct JobMutation {
 
 // A job's latest search checkpoint: the SearchState JSON (common/evolution.h) as text, and the
 // generation it was taken after. The store does not parse the JSON.
+// A search's checkpoint: a head that each commit replaces and a log that commits append to
+// (server/search_checkpoint.h: the records each written once, so a commit costs what changed).
 struct Checkpoint {
   int32_t generation = 0;
-  std::string search_state_json;
+  std::string search_state_json;  // the head
+  // Commit: records to append to the job's log, in order. LoadCheckpoint: the whole log.
+  std::vector<std::string> log;
   absl::Time update_time;  // when it was stored; set by the store (ignored on input)
 };
 

@@ -13,21 +13,18 @@ absl::Status Corrupt(const std::string& what) {
   return absl::DataLossError(absl::StrCat("corrupt checkpoint: ", what));
 }
 
-}  // namespace
-
-std::string SearchCheckpointToJson(const SearchCheckpoint& c) {
+json HeadJson(json state, const std::map<int, std::string>& projector_blobs, json evaluated,
+              int64_t evaluations) {
   json blobs = json::object();
-  for (const auto& [v, id] : c.projector_blobs) blobs[std::to_string(v)] = id;
-  return json{{"search_state", c.state.ToJson()},
+  for (const auto& [v, id] : projector_blobs) blobs[std::to_string(v)] = id;
+  return json{{"search_state", std::move(state)},
               {"projector_blobs", blobs},
-              {"evaluated", c.evaluated},
-              {"evaluations", c.evaluations}}
-      .dump();
+              {"evaluated", std::move(evaluated)},
+              {"evaluations", evaluations}};
 }
 
-absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& text) {
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return Corrupt("not a JSON object");
+absl::StatusOr<SearchCheckpoint> FromJson(const json& j) {
+  if (!j.is_object()) return Corrupt("not a JSON object");
   SearchCheckpoint c;
   auto state = j.find("search_state");
   if (state == j.end()) return Corrupt("no search_state");
@@ -61,6 +58,73 @@ absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& text) 
     c.evaluations = n->get<int64_t>();
   }
   return c;
+}
+
+}  // namespace
+
+std::string SearchCheckpointToJson(const SearchCheckpoint& c) {
+  return HeadJson(c.state.ToJson(), c.projector_blobs, c.evaluated, c.evaluations).dump();
+}
+
+absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& text) {
+  return ParseSearchCheckpoint(text, {});
+}
+
+// Log records are {"cache": <SearchState cache entry>} or {"evaluated": <evaluated record>}; each
+// goes back where SearchCheckpointToJson would have written it, in log order.
+absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& head,
+                                                       const std::vector<std::string>& log) {
+  json j = json::parse(head, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return Corrupt("not a JSON object");
+  for (size_t i = 0; i < log.size(); ++i) {
+    json r = json::parse(log[i], nullptr, /*allow_exceptions=*/false);
+    if (r.is_discarded() || !r.is_object() || r.size() != 1) {
+      return Corrupt(absl::StrCat("log record ", i, " is not a one-key JSON object"));
+    }
+    if (auto e = r.find("cache"); e != r.end()) {
+      json* state = nullptr;
+      if (auto s = j.find("search_state"); s != j.end() && s->is_object()) state = &*s;
+      if (state == nullptr) return Corrupt(absl::StrCat("log record ", i, ": no search_state"));
+      json& cache = (*state)["cache"];
+      if (cache.is_null()) cache = json::array();
+      if (!cache.is_array()) return Corrupt("search_state.cache is not an array");
+      cache.push_back(std::move(*e));
+    } else if (auto e = r.find("evaluated"); e != r.end()) {
+      json& evaluated = j["evaluated"];
+      if (evaluated.is_null()) evaluated = json::array();
+      if (!evaluated.is_array()) return Corrupt("evaluated is not an array");
+      evaluated.push_back(std::move(*e));
+    } else {
+      return Corrupt(absl::StrCat("log record ", i, " is neither \"cache\" nor \"evaluated\""));
+    }
+  }
+  return FromJson(j);
+}
+
+CheckpointLog::CheckpointLog(const SearchCheckpoint& c) : evaluated_(c.evaluated.size()) {
+  for (const auto& [key, result] : c.state.cache) cache_.insert(key);
+}
+
+CheckpointDelta CheckpointLog::Delta(const search::SearchState& state,
+                                     const std::map<int, std::string>& projector_blobs,
+                                     const json& evaluated, int64_t evaluations) const {
+  CheckpointDelta d;
+  d.head = HeadJson(state.ToJsonWithoutCache(), projector_blobs, json::array(), evaluations).dump();
+  for (const auto& [key, result] : state.cache) {
+    if (cache_.count(key) != 0) continue;
+    d.records.push_back(json{{"cache", search::SearchState::CacheEntryJson(key, result)}}.dump());
+    d.cache_keys.push_back(key);
+  }
+  d.evaluated_size = evaluated.size();
+  for (size_t i = evaluated_; i < evaluated.size(); ++i) {
+    d.records.push_back(json{{"evaluated", evaluated[i]}}.dump());
+  }
+  return d;
+}
+
+void CheckpointLog::Committed(const CheckpointDelta& delta) {
+  cache_.insert(delta.cache_keys.begin(), delta.cache_keys.end());
+  evaluated_ = delta.evaluated_size;
 }
 
 }  // namespace prunesvc::server

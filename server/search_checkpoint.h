@@ -1,16 +1,28 @@
-// A search job's checkpoint as the scheduler stores it (JobStore::Checkpoint's text, committed
-// with each generation; docs/architecture.md §7): the SearchState (common/evolution.h), the
-// projector blobs by version, the record of evaluated policies and the evaluation count.
+// A search job's checkpoint as the scheduler stores it (JobStore::Checkpoint, committed with each
+// generation; docs/architecture.md §7): the SearchState (common/evolution.h), the projector blobs
+// by version, the record of evaluated policies and the evaluation count.
+//
+// Stored incrementally: a search's cache entries (each with its per-sample losses) and its
+// evaluated records only grow, so each is written once, as one record of the job's checkpoint
+// log, and every commit replaces only the head — the rest of the state, a few KiB. A generation's
+// commit then costs what the generation added, not everything the search has seen (a full
+// rewrite made the commits, serialized in the job store, the scheduler's bottleneck: issue 20,
+// docs/PERFORMANCE.md). CheckpointLog tracks what is logged; ParseSearchCheckpoint(head, log)
+// puts the records back. A head alone with its cache inside (the format before the log) still
+// parses.
 //
 // ParseSearchCheckpoint never throws and never trusts the text: anything malformed is DATA_LOSS
-// naming the field ("corrupt checkpoint: projector_blobs key \"x\" …"). The fuzz target
-// checkpoint_fuzz drives it. Pure functions; thread-safe.
+// naming the field ("corrupt checkpoint: projector_blobs key \"x\" …", "log record 3: …"). The
+// fuzz target checkpoint_fuzz drives it. Pure functions; CheckpointLog is thread-compatible.
 #ifndef PRUNESVC_SERVER_SEARCH_CHECKPOINT_H_
 #define PRUNESVC_SERVER_SEARCH_CHECKPOINT_H_
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/evolution.h"
@@ -25,8 +37,40 @@ struct SearchCheckpoint {
   int64_t evaluations = 0;
 };
 
+// The whole checkpoint as one text (cache and evaluated records inside the head).
 std::string SearchCheckpointToJson(const SearchCheckpoint& c);
 absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& text);
+// A head and its log records, in log order.
+absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& head,
+                                                       const std::vector<std::string>& log);
+
+// What one commit stores: the new head and the records to append to the log.
+struct CheckpointDelta {
+  std::string head;
+  std::vector<std::string> records;
+  // Bookkeeping for CheckpointLog::Committed.
+  std::vector<std::pair<std::string, int>> cache_keys;
+  size_t evaluated_size = 0;
+};
+
+// Which cache entries and evaluated records are in the stored log already.
+class CheckpointLog {
+ public:
+  CheckpointLog() = default;
+  // After a resume: everything `c` holds is logged.
+  explicit CheckpointLog(const SearchCheckpoint& c);
+
+  // The head of the state and the records not logged yet. `evaluated` only grows between calls.
+  CheckpointDelta Delta(const search::SearchState& state,
+                        const std::map<int, std::string>& projector_blobs,
+                        const nlohmann::json& evaluated, int64_t evaluations) const;
+  // The delta's commit succeeded: its records are logged.
+  void Committed(const CheckpointDelta& delta);
+
+ private:
+  std::set<std::pair<std::string, int>> cache_;
+  size_t evaluated_ = 0;
+};
 
 }  // namespace prunesvc::server
 

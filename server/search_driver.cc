@@ -252,7 +252,7 @@ pb::PolicyEvaluation SearchDriver::BestProto(const search::ScoredPolicy& best) c
 }
 
 absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& search,
-                                            bool trained) {
+                                            const json& evaluated, bool trained) {
   const search::GenerationStats& g = search.history().back();
   ASSIGN_OR_RETURN(search::ScoredPolicy best, search.Best());
   pb::JobEvent gen;
@@ -288,15 +288,15 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
   m.projector_version = g.projector_version;
   m.best = f->best();
   m.progress = 0.05 + 0.85 * double(g.generation + 1) / double(spec_.generations + 1);
-  SearchCheckpoint sc;
-  sc.state = search.state();
-  sc.projector_blobs = projector_blobs_;
-  sc.evaluated = report_.value("evaluated", json::array());
-  sc.evaluations = evaluations_;
+  // Incremental: the head and what this generation added (server/search_checkpoint.h).
+  CheckpointDelta delta =
+      checkpoint_log_.Delta(search.state(), projector_blobs_, evaluated, evaluations_);
   Checkpoint c;
   c.generation = g.generation;
-  c.search_state_json = SearchCheckpointToJson(sc);
+  c.search_state_json = std::move(delta.head);
+  c.log = std::move(delta.records);
   RETURN_IF_ERROR(Commit(m, std::move(events), c));
+  checkpoint_log_.Committed(delta);
   dispatcher_->ReportSearchBest(job_id_, m.best->accuracy(), m.best->flops_ratio());
   FaultPoint("scheduler.checkpoint");
   return absl::OkStatus();
@@ -340,7 +340,9 @@ absl::Status SearchDriver::Search() {
   RemotePolicyEvaluator* evaluator = nullptr;
   std::unique_ptr<RemotePolicyEvaluator> owned;
   if (checkpoint.has_value()) {  // resume at the last generation boundary
-    ASSIGN_OR_RETURN(SearchCheckpoint sc, ParseSearchCheckpoint(checkpoint->search_state_json));
+    ASSIGN_OR_RETURN(SearchCheckpoint sc,
+                     ParseSearchCheckpoint(checkpoint->search_state_json, checkpoint->log));
+    checkpoint_log_ = CheckpointLog(sc);
     projector_blobs_ = sc.projector_blobs;
     if (!projector_blobs_.empty()) latest = projector_blobs_.rbegin()->first;
     report_["evaluated"] = std::move(sc.evaluated);
@@ -359,10 +361,11 @@ absl::Status SearchDriver::Search() {
     if (stopped()) return absl::CancelledError("the job was cancelled");
     const int before = evaluator->latest_version();
     RETURN_IF_ERROR(search->Step(*evaluator));
-    report_["evaluated"] = evaluator->evaluated();
     evaluations_ = evaluator->evaluations();
-    RETURN_IF_ERROR(CommitGeneration(*search, evaluator->latest_version() != before));
+    RETURN_IF_ERROR(
+        CommitGeneration(*search, evaluator->evaluated(), evaluator->latest_version() != before));
   }
+  report_["evaluated"] = evaluator->evaluated();
   ASSIGN_OR_RETURN(search::ScoredPolicy best, search->Best());
   ASSIGN_OR_RETURN(unit_ratios_, space_->UnitRatios(best.policy));
   for (const auto& g : search->history()) history.push_back(g.ToJson());

@@ -6,10 +6,11 @@
 // a worker (the artifact arrives as a blob) → SUCCEEDED.
 //
 // Durability: every state change, generation and projector update is one JobStore::Commit of the
-// job row, its events and (during the search) the checkpoint (SearchState JSON plus the projector
-// blobs and the evaluation record), so a restarted scheduler resumes the search at the last
-// generation boundary with no event lost or renumbered. Events are published to the EventHub
-// after each commit.
+// job row, its events and (during the search) the checkpoint — its head (the SearchState less its
+// cache, the projector blobs) and the generation's new cache entries and evaluation records,
+// appended to the job's checkpoint log (server/search_checkpoint.h) — so a restarted scheduler
+// resumes the search at the last generation boundary with no event lost or renumbered. Events are
+// published to the EventHub after each commit.
 //
 // Failures: a step is retried on another worker with backoff up to max_attempts when the failure
 // is retryable (worker died, timed out, out of memory); bad input fails the job at once with the
@@ -41,6 +42,7 @@
 #include "nlohmann/json.hpp"
 #include "prune/v1/worker.pb.h"
 #include "server/job_store.h"
+#include "server/search_checkpoint.h"
 #include "server/worker_client.h"
 
 namespace prunesvc::server {
@@ -94,7 +96,9 @@ class SearchDriver {
                       const std::optional<Checkpoint>& checkpoint = std::nullopt);
   absl::Status Transition(::prune::v1::JobState to, const std::string& reason);
   void Fail(const absl::Status& status);
-  absl::Status CommitGeneration(const search::EvolutionarySearch& search, bool trained);
+  // `evaluated`: report.json's record of evaluations so far (RemotePolicyEvaluator::evaluated).
+  absl::Status CommitGeneration(const search::EvolutionarySearch& search,
+                                const nlohmann::json& evaluated, bool trained);
   ::prune::v1::PolicyEvaluation BestProto(const search::ScoredPolicy& best) const;
   // What a worker running one of the job's steps may fetch: its datasets, projectors and (a
   // blob:// model) the model's manifest and files.
@@ -118,6 +122,8 @@ class SearchDriver {
   ::prune::v1::PrepareResponse prepared_;
   std::unique_ptr<search::PolicySpace> space_;
   std::map<int, std::string> projector_blobs_;
+  // What of the search's checkpoint the store holds already (the log's records).
+  CheckpointLog checkpoint_log_;
   // A blob:// model's manifest and files (empty for file:// models).
   std::set<std::string> model_blobs_;
   std::atomic<int64_t> step_counter_{0};

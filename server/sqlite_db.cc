@@ -99,6 +99,11 @@ absl::Status SqliteStatement::Run() {
   return absl::OkStatus();
 }
 
+void SqliteStatement::Reset() {
+  sqlite3_reset(stmt_);
+  bind_rc_ = 0;
+}
+
 int64_t SqliteStatement::Int64(int column) const { return sqlite3_column_int64(stmt_, column); }
 
 double SqliteStatement::Double(int column) const { return sqlite3_column_double(stmt_, column); }

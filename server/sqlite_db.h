@@ -44,6 +44,8 @@ class SqliteStatement {
   absl::StatusOr<bool> Step();
   // Steps to completion, expecting no row (INSERT / UPDATE / DELETE).
   absl::Status Run();
+  // Rewinds for another run with new binds (those not rebound keep their values).
+  void Reset();
 
   // Columns are 0-based, read from the current row; Text and Blob return copies.
   int64_t Int64(int column) const;

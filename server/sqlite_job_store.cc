@@ -70,9 +70,15 @@ CREATE TABLE events (
 CREATE TABLE checkpoints (
   job_id TEXT PRIMARY KEY REFERENCES jobs (job_id),
   generation INTEGER NOT NULL,
-  search_state TEXT NOT NULL,           -- SearchState JSON
+  search_state TEXT NOT NULL,           -- the checkpoint's head (server/search_checkpoint.h)
   update_time_us INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE checkpoint_log (           -- records appended by checkpoint commits (v3)
+  job_id TEXT NOT NULL REFERENCES jobs (job_id),
+  sequence INTEGER NOT NULL,            -- 1, 2, … per job, in commit order
+  record TEXT NOT NULL,
+  PRIMARY KEY (job_id, sequence)
+);
 CREATE TABLE blobs (
   blob_id TEXT NOT NULL,
   tenant TEXT NOT NULL,
@@ -95,6 +101,10 @@ constexpr const char* kMigrations[] = {
     // 1 → 2: dataset display names (ListDatasets), and finished jobs by age (retention).
     "ALTER TABLE blobs ADD COLUMN name TEXT NOT NULL DEFAULT '';"
     "CREATE INDEX jobs_by_state_update ON jobs (state, update_time_us);",
+    // 2 → 3: incremental checkpoints (a v2 checkpoint is a head with everything inside: it
+    // still loads, with an empty log).
+    "CREATE TABLE checkpoint_log (job_id TEXT NOT NULL REFERENCES jobs (job_id), "
+    "sequence INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (job_id, sequence));",
 };
 static_assert(std::size(kMigrations) == SqliteJobStore::kSchemaVersion - 1);
 
@@ -557,7 +567,23 @@ absl::Status SqliteJobStore::PutCheckpointLocked(absl::string_view job_id,
                                 "VALUES (?, ?, ?, ?)"));
   stmt.Bind(1, job_id).Bind(2, int64_t{checkpoint.generation});
   stmt.Bind(3, checkpoint.search_state_json).Bind(4, ToMicros(options_.clock->Now()));
-  return stmt.Run();
+  RETURN_IF_ERROR(stmt.Run());
+  if (checkpoint.log.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(SqliteStatement last,
+                   db_->Prepare("SELECT COALESCE(MAX(sequence), 0) FROM checkpoint_log "
+                                "WHERE job_id = ?"));
+  last.Bind(1, job_id);
+  ASSIGN_OR_RETURN(bool row, last.Step());
+  int64_t sequence = row ? last.Int64(0) : 0;
+  ASSIGN_OR_RETURN(SqliteStatement append,
+                   db_->Prepare("INSERT INTO checkpoint_log (job_id, sequence, record) "
+                                "VALUES (?, ?, ?)"));
+  for (const std::string& record : checkpoint.log) {
+    append.Reset();
+    append.Bind(1, job_id).Bind(2, ++sequence).Bind(3, record);
+    RETURN_IF_ERROR(append.Run());
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<CreateJobResult> SqliteJobStore::CreateJob(
@@ -663,8 +689,19 @@ absl::StatusOr<std::optional<Checkpoint>> SqliteJobStore::LoadCheckpoint(absl::s
   stmt.Bind(1, job_id);
   ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return std::nullopt;
-  return Checkpoint{static_cast<int32_t>(stmt.Int64(0)), stmt.Text(1),
-                    absl::FromUnixMicros(stmt.Int64(2))};
+  Checkpoint c{.generation = static_cast<int32_t>(stmt.Int64(0)),
+               .search_state_json = stmt.Text(1),
+               .update_time = absl::FromUnixMicros(stmt.Int64(2))};
+  ASSIGN_OR_RETURN(SqliteStatement log,
+                   db_->Prepare("SELECT record FROM checkpoint_log WHERE job_id = ? "
+                                "ORDER BY sequence"));
+  log.Bind(1, job_id);
+  while (true) {
+    ASSIGN_OR_RETURN(bool more, log.Step());
+    if (!more) break;
+    c.log.push_back(log.Text(0));
+  }
+  return c;
 }
 
 absl::StatusOr<std::vector<Job>> SqliteJobStore::ListNonTerminalJobs() {
@@ -812,7 +849,7 @@ absl::Status SqliteJobStore::DeleteJob(absl::string_view job_id) {
                      ": only finished jobs can be deleted (cancel it first)"));
   }
   ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
-  for (const char* table : {"job_labels", "events", "checkpoints", "jobs"}) {
+  for (const char* table : {"job_labels", "events", "checkpoint_log", "checkpoints", "jobs"}) {
     ASSIGN_OR_RETURN(SqliteStatement del,
                      db_->Prepare(absl::StrCat("DELETE FROM ", table, " WHERE job_id = ?")));
     del.Bind(1, job_id);

@@ -46,7 +46,7 @@ class SqliteJobStore : public JobStore {
  public:
   // The schema version this binary writes and reads.
   // 2: blobs.name and jobs_by_state_update; a version-1 store is migrated on open.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
   static constexpr const char* kFileName = "jobs.db";
 
   static absl::StatusOr<std::unique_ptr<SqliteJobStore>> Create(SqliteJobStoreOptions options);

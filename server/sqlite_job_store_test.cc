@@ -242,7 +242,7 @@ TEST_F(SqliteJobStoreTest, CommitUpdatesAppendsAndCheckpointsTogether) {
   auto result = store_->Commit(
       job.job_id(), m,
       {StateEvent(prune::v1::QUEUED, prune::v1::SEARCHING), LogEvent("generation 3")},
-      Checkpoint{.generation = 3, .search_state_json = R"({"g":3})"});
+      Checkpoint{.generation = 3, .search_state_json = R"({"g":3})", .log = {"a", "b"}});
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->events.size(), 2u);
   EXPECT_EQ(result->events[0].sequence(), 2);
@@ -265,6 +265,7 @@ TEST_F(SqliteJobStoreTest, CommitUpdatesAppendsAndCheckpointsTogether) {
   ASSERT_TRUE(checkpoint->has_value());
   EXPECT_EQ((*checkpoint)->generation, 3);
   EXPECT_EQ((*checkpoint)->search_state_json, R"({"g":3})");
+  EXPECT_THAT((*checkpoint)->log, ElementsAre("a", "b"));
 
   auto tail = store_->ReadEvents(job.job_id(), 1, 1);
   ASSERT_TRUE(tail.ok());
@@ -275,13 +276,26 @@ TEST_F(SqliteJobStoreTest, CommitUpdatesAppendsAndCheckpointsTogether) {
   ASSERT_TRUE(tail.ok());
   EXPECT_TRUE(tail->empty());
 
-  // A later checkpoint replaces the earlier one; an expected state that holds lets it through.
+  // A later checkpoint replaces the earlier head and appends to the log; an expected state that
+  // holds lets it through.
   JobMutation guarded;
   guarded.expected_states = {prune::v1::PREPARING, prune::v1::SEARCHING};
-  ASSERT_TRUE(store_->Commit(job.job_id(), guarded, {}, Checkpoint{4, "{}", {}}).ok());
+  ASSERT_TRUE(store_->Commit(job.job_id(), guarded, {}, Checkpoint{4, "{}", {"c"}, {}}).ok());
+  ASSERT_TRUE(store_->Commit(job.job_id(), guarded, {}, Checkpoint{5, "{5}", {}, {}}).ok());
   checkpoint = store_->LoadCheckpoint(job.job_id());
   ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
-  EXPECT_EQ((*checkpoint)->generation, 4);
+  EXPECT_EQ((*checkpoint)->generation, 5);
+  EXPECT_EQ((*checkpoint)->search_state_json, "{5}");
+  EXPECT_THAT((*checkpoint)->log, ElementsAre("a", "b", "c"));
+  // Another job's log is its own.
+  const Job other = Create();
+  ASSERT_TRUE(store_
+                  ->Commit(other.job_id(), ToState(prune::v1::SEARCHING), {},
+                           Checkpoint{0, "{}", {"x"}, {}})
+                  .ok());
+  auto theirs = store_->LoadCheckpoint(other.job_id());
+  ASSERT_TRUE(theirs.ok() && theirs->has_value());
+  EXPECT_THAT((*theirs)->log, ElementsAre("x"));
 }
 
 TEST_F(SqliteJobStoreTest, FailedCommitWritesNothing) {
@@ -305,13 +319,13 @@ TEST_F(SqliteJobStoreTest, FailedCommitWritesNothing) {
   JobEvent foreign = LogEvent("foreign");
   foreign.set_job_id("job-other");
   auto bad = store_->Commit(job.job_id(), ToState(prune::v1::SEARCHING), {LogEvent("ok"), foreign},
-                            Checkpoint{1, "{}", {}});
+                            Checkpoint{1, "{}", {}, {}});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(snapshot(), before);
 
   JobMutation guarded = ToState(prune::v1::CANCELLED);
   guarded.expected_states = {prune::v1::SEARCHING};
-  bad = store_->Commit(job.job_id(), guarded, {LogEvent("cancel")}, Checkpoint{1, "{}", {}});
+  bad = store_->Commit(job.job_id(), guarded, {LogEvent("cancel")}, Checkpoint{1, "{}", {}, {}});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(bad.status().message(), HasSubstr("QUEUED"));
   EXPECT_EQ(snapshot(), before);
@@ -405,7 +419,7 @@ TEST_F(SqliteJobStoreTest, EverythingSurvivesReopen) {
   Job done = Create("t2");
   ASSERT_TRUE(store_
                   ->Commit(running.job_id(), ToState(prune::v1::SEARCHING), {LogEvent("g1")},
-                           Checkpoint{1, R"({"generation":1})", {}})
+                           Checkpoint{1, R"({"generation":1})", {}, {}})
                   .ok());
   ASSERT_TRUE(
       store_->Commit(done.job_id(), ToState(prune::v1::SUCCEEDED), {LogEvent("end")}, {}).ok());
@@ -472,7 +486,7 @@ TEST_F(SqliteJobStoreTest, AcknowledgedWritesSurviveAKilledProcess) {
     if (!created.ok()) ::_exit(1);
     std::string id = created->job.job_id();
     auto committed = (*store)->Commit(id, ToState(prune::v1::SEARCHING), {LogEvent("g1")},
-                                      Checkpoint{1, "{}", {}});
+                                      Checkpoint{1, "{}", {}, {}});
     if (!committed.ok()) ::_exit(1);
     if (::write(fds[1], id.data(), id.size()) != static_cast<ssize_t>(id.size())) ::_exit(1);
     ::raise(SIGKILL);
@@ -648,7 +662,7 @@ namespace {
 TEST_F(SqliteJobStoreTest, DeleteJobRemovesAFinishedJobWholeAndRefusesALiveOne) {
   const Job live = Create("t1", Spec("", {{"team", "a"}}));
   const Job done = Create("t1", Spec("", {{"team", "a"}}));
-  Checkpoint c{3, "{}", clock_.Now()};
+  Checkpoint c{3, "{}", {"r1", "r2"}, clock_.Now()};
   ASSERT_TRUE(store_->Commit(done.job_id(), ToState(prune::v1::SEARCHING), {}, c).ok());
   ASSERT_TRUE(store_->Commit(done.job_id(), ToState(prune::v1::CANCELLED), {}, std::nullopt).ok());
 
@@ -666,7 +680,7 @@ TEST_F(SqliteJobStoreTest, DeleteJobRemovesAFinishedJobWholeAndRefusesALiveOne) 
   store_.reset();
   auto db = SqliteDb::Open(DbPath());
   ASSERT_TRUE(db.ok());
-  for (const char* table : {"jobs", "events", "checkpoints", "job_labels"}) {
+  for (const char* table : {"jobs", "events", "checkpoints", "checkpoint_log", "job_labels"}) {
     auto n = (*db)->QueryText(
         absl::StrCat("SELECT count(*) FROM ", table, " WHERE job_id = '", done.job_id(), "'"));
     ASSERT_TRUE(n.ok());
@@ -748,6 +762,14 @@ TEST_F(SqliteJobStoreTest, OpensAndMigratesAStateDirOfThePreviousSchema) {
   ASSERT_TRUE((*store)->PutBlob(named).ok());
   EXPECT_EQ((*store)->GetBlob("", named.blob_id)->name, "mine");
   EXPECT_TRUE((*store)->DeleteJob("job-7b430e672e387575").ok());
+  // Schema 3's checkpoint log is there.
+  ASSERT_TRUE((*store)
+                  ->Commit("job-0644e73bcdc6f0fc", ToState(prune::v1::SEARCHING), {},
+                           Checkpoint{0, "{}", {"r"}, {}})
+                  .ok());
+  auto checkpoint = (*store)->LoadCheckpoint("job-0644e73bcdc6f0fc");
+  ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
+  EXPECT_THAT((*checkpoint)->log, ElementsAre("r"));
   store->reset();
   auto db = SqliteDb::Open(dir + "/jobs.db");
   ASSERT_TRUE(db.ok());
