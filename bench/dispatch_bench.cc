@@ -12,6 +12,8 @@
 // Per round: W workers, J jobs of population P and G generations submitted at once.
 //  dispatches/s  EvaluatePolicies RPCs answered / the span from the first request's arrival to
 //                the last answer, over all workers;
+//  policies/s    policies those RPCs answered / the same span (a dispatch carries a chunk of a
+//                generation's policies: fewer idle workers, larger chunks, fewer dispatches);
 //  latency/step  the scheduler's mean prunesvc_step_seconds{step="evaluate"} minus the simulated
 //                cost of the mean step: what the scheduler and the RPC add to each step;
 //  efficiency    (simulated work / W) / that span: 1.0 = every worker busy all the time.
@@ -55,6 +57,7 @@ struct Shared {
   std::map<std::string, pb::PrepareResponse> prepared ABSL_GUARDED_BY(mu);  // by job id
   std::map<std::string, pb::PrepareResponse> prepared_by_spec ABSL_GUARDED_BY(mu);
   int64_t dispatches ABSL_GUARDED_BY(mu) = 0;
+  int64_t policies ABSL_GUARDED_BY(mu) = 0;     // answered, over all dispatches
   double work_seconds ABSL_GUARDED_BY(mu) = 0;  // simulated
   Clock::time_point first, last;
   bool any ABSL_GUARDED_BY(mu) = false;
@@ -68,6 +71,7 @@ struct Shared {
   void Reset() {
     absl::MutexLock l(&mu);
     dispatches = 0;
+    policies = 0;
     work_seconds = 0;
     any = false;
   }
@@ -166,6 +170,7 @@ class SimulatedExecutor : public worker::StepExecutor {
     if (!shared_->any || done > shared_->last) shared_->last = done;
     shared_->any = true;
     ++shared_->dispatches;
+    shared_->policies += req.policies_size();
     shared_->work_seconds += seconds;
     return absl::OkStatus();
   }
@@ -234,8 +239,8 @@ int Main(int argc, char** argv) {
   std::printf(
       "jobs %d x population %d x %d generations, %d samples, step cost %.1f ms per policy\n", jobs,
       population, generations, samples, cost_ms);
-  std::printf("%-8s %-11s %-13s %-15s %-11s %s\n", "workers", "dispatches", "dispatches/s",
-              "latency/step ms", "efficiency", "span s");
+  std::printf("%-8s %-11s %-13s %-11s %-15s %-11s %s\n", "workers", "dispatches", "dispatches/s",
+              "policies/s", "latency/step ms", "efficiency", "span s");
   for (int w : worker_counts) {
     testing::ServiceOptions so;
     so.workers = 0;
@@ -321,8 +326,9 @@ int Main(int argc, char** argv) {
     const double span = std::chrono::duration<double>(shared.last - shared.first).count();
     const double mean_step = count > 0 ? sum / count : 0;
     const double mean_cost = shared.dispatches > 0 ? shared.work_seconds / shared.dispatches : 0;
-    std::printf("%-8d %-11lld %-13.0f %-15.2f %-11.3f %.2f%s\n", w, (long long)shared.dispatches,
-                double(shared.dispatches) / span, (mean_step - mean_cost) * 1e3,
+    std::printf("%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %.2f%s\n", w,
+                (long long)shared.dispatches, double(shared.dispatches) / span,
+                double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
                 shared.work_seconds / w / span, span, done ? "" : "  (jobs did not finish)");
     std::fflush(stdout);
   }

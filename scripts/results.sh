@@ -329,6 +329,12 @@ STUDY_TERMS=("uniform:UNIFORM:" "default:EFFICIENTLLAVA:" "cv:EFFICIENTLLAVA:--e
   "split-cv:EFFICIENTLLAVA:--estimator=SPLIT --eta-rule=CV"
   "capacity-cv:EFFICIENTLLAVA:--estimator=CAPACITY --eta-rule=CV"
   "auto:EFFICIENTLLAVA:--eta=auto")
+# The selection's candidate for the next default (docs/results/SELECTION.md "eta0-grid": within a
+# point of UNIFORM at every selection budget of both granularities, where the η = 0 default loses
+# 2.5 points at STRUCTURED 0.7): UNIFORM's continuous ratio in the grid and its policy, repaired,
+# in the initial population.
+# shellcheck disable=SC2034  # read through config_runs' ${!arr}
+STUDY_GRID=("grid:EFFICIENTLLAVA:--seed-with-uniform --repair-uniform-seed --uniform-ratio-choice")
 # Budgets per stage, ${NAME}_<granularity>; "" skips the granularity.
 # shellcheck disable=SC2034  # read through config_runs' ${!var}
 {
@@ -338,7 +344,7 @@ STUDY_TERMS=("uniform:UNIFORM:" "default:EFFICIENTLLAVA:" "cv:EFFICIENTLLAVA:--e
   LINEAR_UNSTRUCTURED=0.35 LINEAR_STRUCTURED=""
   LOW_UNSTRUCTURED="" LOW_STRUCTURED=0.35
 }
-STUDY_STAGES="${STUDY_STAGES:-hard linear n16 main more n32}"
+STUDY_STAGES="${STUDY_STAGES:-hard linear n16 main more n32 grid}"
 study_stage() {
   local stage="$1" s
   for s in $SEEDS; do
@@ -349,6 +355,9 @@ study_stage() {
       n32) SEARCH_N=32 ONLY="uniform default cv ucb-cv" \
         config_runs study STUDY_TERMS FEW "$s" n32 ;;
       linear) config_runs study STUDY_BASE LINEAR "$s" linear --unit=linear ;;
+      grid)
+        config_runs study STUDY_GRID HARD "$s"
+        config_runs study STUDY_GRID MAIN "$s" ;;
       more)
         config_runs study STUDY_MORE MAIN "$s"
         ONLY=owl config_runs study STUDY_MORE HARD "$s"

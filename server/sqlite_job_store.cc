@@ -637,21 +637,76 @@ absl::StatusOr<ListJobsPage> SqliteJobStore::ListJobs(const ListJobsQuery& query
   return page;
 }
 
+struct SqliteJobStore::Writer {
+  absl::string_view job_id;
+  const JobMutation& mutation;
+  const std::vector<JobEvent>& events;
+  const std::optional<Checkpoint>& checkpoint;
+  bool head = false;  // first in the queue: writes the next batch
+  std::optional<absl::StatusOr<CommitResult>> result;
+};
+
+namespace {
+
+// Commits written together at most (one transaction's size stays bounded).
+constexpr size_t kMaxCommitBatch = 64;
+
+}  // namespace
+
 absl::StatusOr<CommitResult> SqliteJobStore::Commit(absl::string_view job_id,
                                                     const JobMutation& mutation,
                                                     const std::vector<JobEvent>& events,
                                                     const std::optional<Checkpoint>& checkpoint) {
+  Writer w{job_id, mutation, events, checkpoint};
+  std::vector<Writer*> batch;
+  {
+    absl::MutexLock lock(&writers_mu_);
+    w.head = writers_.empty();
+    writers_.push_back(&w);
+    writers_mu_.Await(absl::Condition(
+        +[](Writer* x) { return x->head || x->result.has_value(); }, &w));
+    if (w.result.has_value()) return *std::move(w.result);  // a head wrote it
+    const size_t n = std::min(writers_.size(), kMaxCommitBatch);
+    batch.assign(writers_.begin(), writers_.begin() + n);
+  }
+  WriteBatch(batch);
+  absl::MutexLock lock(&writers_mu_);
+  writers_.erase(writers_.begin(), writers_.begin() + batch.size());
+  if (!writers_.empty()) writers_.front()->head = true;
+  return *std::move(w.result);
+}
+
+void SqliteJobStore::WriteBatch(const std::vector<Writer*>& batch) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
-  ASSIGN_OR_RETURN(Job job, GetJobLocked(job_id));
-  RETURN_IF_ERROR(CheckMutable(job, mutation));
-  ApplyMutation(mutation, options_.clock->Now(), job);
-  CommitResult result;
-  ASSIGN_OR_RETURN(result.events, AppendEventsLocked(job, events));
-  RETURN_IF_ERROR(WriteJobLocked(job));
-  if (checkpoint.has_value()) RETURN_IF_ERROR(PutCheckpointLocked(job_id, *checkpoint));
-  RETURN_IF_ERROR(txn.Commit());
-  result.job = std::move(job);
+  absl::StatusOr<SqliteTransaction> txn = SqliteTransaction::Begin(db_.get());
+  if (txn.ok()) {
+    for (Writer* w : batch) w->result = CommitOneLocked(*w);
+    const absl::Status committed = txn->Commit();
+    if (committed.ok()) return;
+    txn = committed;
+  }
+  for (Writer* w : batch) w->result = txn.status();  // nothing of the batch was written
+}
+
+absl::StatusOr<CommitResult> SqliteJobStore::CommitOneLocked(const Writer& w) {
+  RETURN_IF_ERROR(db_->Exec("SAVEPOINT one_commit"));
+  absl::StatusOr<CommitResult> result = [&]() -> absl::StatusOr<CommitResult> {
+    ASSIGN_OR_RETURN(Job job, GetJobLocked(w.job_id));
+    RETURN_IF_ERROR(CheckMutable(job, w.mutation));
+    ApplyMutation(w.mutation, options_.clock->Now(), job);
+    CommitResult r;
+    ASSIGN_OR_RETURN(r.events, AppendEventsLocked(job, w.events));
+    RETURN_IF_ERROR(WriteJobLocked(job));
+    if (w.checkpoint.has_value()) RETURN_IF_ERROR(PutCheckpointLocked(w.job_id, *w.checkpoint));
+    r.job = std::move(job);
+    return r;
+  }();
+  if (result.ok())
+    result = [&]() -> absl::StatusOr<CommitResult> {
+      RETURN_IF_ERROR(db_->Exec("RELEASE one_commit"));
+      return result;
+    }();
+  if (!result.ok()) db_->Exec("ROLLBACK TO one_commit; RELEASE one_commit").IgnoreError();
   return result;
 }
 

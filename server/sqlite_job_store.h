@@ -10,9 +10,12 @@
 // Thread-safety: thread-safe. One connection, serialised by mu_; each write is one
 // BEGIN IMMEDIATE transaction, so another process opening the same file (a second scheduler is
 // locked out by Scheduler, but e.g. a backup tool) waits up to busy_timeout, then UNAVAILABLE.
+// Concurrent Commits are grouped: whatever queued while one transaction was written goes into
+// the next, one fsync for all, each commit still all-or-nothing on its own (see Writer).
 #ifndef PRUNESVC_SERVER_SQLITE_JOB_STORE_H_
 #define PRUNESVC_SERVER_SQLITE_JOB_STORE_H_
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -101,6 +104,16 @@ class SqliteJobStore : public JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PutCheckpointLocked(absl::string_view job_id, const Checkpoint& checkpoint)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Group commit (leveldb's DBImpl::Write): a Commit that arrives while another is being written
+  // queues; the queue's head writes every queued commit in one transaction, one fsync, each in
+  // its own savepoint (so each succeeds or fails alone, as if written by itself), and hands each
+  // waiter its result.
+  struct Writer;
+  // Writes `batch` (the queue's first commits) in one transaction; sets every result.
+  void WriteBatch(const std::vector<Writer*>& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  // One commit inside the open transaction, in a savepoint rolled back if it fails.
+  absl::StatusOr<CommitResult> CommitOneLocked(const Writer& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<prune::v1::Job>> QueryJobsLocked(SqliteStatement& stmt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<BlobRecord>> QueryBlobsLocked(SqliteStatement& stmt)
@@ -115,6 +128,9 @@ class SqliteJobStore : public JobStore {
   // The connection; its use (not the pointer) is guarded by mu_.
   const std::unique_ptr<SqliteDb> db_ ABSL_PT_GUARDED_BY(mu_);
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);  // for job ids
+
+  absl::Mutex writers_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::deque<Writer*> writers_ ABSL_GUARDED_BY(writers_mu_);  // waiting Commits, in order
 };
 
 }  // namespace prunesvc::server

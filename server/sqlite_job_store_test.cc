@@ -298,6 +298,61 @@ TEST_F(SqliteJobStoreTest, CommitUpdatesAppendsAndCheckpointsTogether) {
   EXPECT_THAT((*theirs)->log, ElementsAre("x"));
 }
 
+// Group commit: commits from many threads at once (they queue behind each other's transactions
+// and are written in batches) each land whole, in order per job, with their events numbered
+// without gaps; one that fails (its job is terminal) writes nothing and fails nobody else's.
+TEST_F(SqliteJobStoreTest, ConcurrentCommitsAreGroupedAndEachAllOrNothing) {
+  constexpr int kThreads = 12, kCommits = 25;
+  std::vector<Job> jobs;
+  for (int t = 0; t < kThreads; ++t) jobs.push_back(Create());
+  ASSERT_TRUE(store_->Commit(jobs[0].job_id(), ToState(prune::v1::CANCELLED), {}, {}).ok());
+  std::vector<int> failed(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCommits; ++i) {
+        JobMutation m;
+        m.generation = i;
+        auto r = store_->Commit(jobs[t].job_id(), m, {LogEvent(absl::StrCat(t, "/", i))},
+                                Checkpoint{i, absl::StrCat("{", i, "}"), {absl::StrCat(i)}, {}});
+        if (!r.ok()) {
+          EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+          ++failed[t];
+          continue;
+        }
+        EXPECT_EQ(r->job.generation(), i);
+        ASSERT_EQ(r->events.size(), 1u);
+        EXPECT_EQ(r->events[0].sequence(), r->job.last_event_sequence());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed[0], kCommits);
+  for (int t = 0; t < kThreads; ++t) {
+    auto events = store_->ReadEvents(jobs[t].job_id(), 0, 0);
+    ASSERT_TRUE(events.ok());
+    auto checkpoint = store_->LoadCheckpoint(jobs[t].job_id());
+    ASSERT_TRUE(checkpoint.ok());
+    if (t == 0) {
+      EXPECT_FALSE(checkpoint->has_value());  // every commit of the cancelled job failed whole
+      continue;
+    }
+    EXPECT_EQ(failed[t], 0);
+    // The creation event, then one per commit in the thread's order.
+    ASSERT_EQ(events->size(), size_t{kCommits} + jobs[t].last_event_sequence());
+    std::vector<std::string> log;
+    for (int i = 0; i < kCommits; ++i) {
+      const JobEvent& e = (*events)[jobs[t].last_event_sequence() + i];
+      EXPECT_EQ(e.sequence(), jobs[t].last_event_sequence() + i + 1);
+      EXPECT_EQ(e.log().message(), absl::StrCat(t, "/", i));
+      log.push_back(absl::StrCat(i));
+    }
+    ASSERT_TRUE(checkpoint->has_value());
+    EXPECT_EQ((*checkpoint)->generation, kCommits - 1);
+    EXPECT_EQ((*checkpoint)->log, log);
+  }
+}
+
 TEST_F(SqliteJobStoreTest, FailedCommitWritesNothing) {
   Job job = Create();
   auto snapshot = [&] {
