@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/thread_cache.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -122,6 +123,8 @@ class Dispatcher : public JobRunner, public BlobAccess {
   JobStore* store() { return store_; }
   BlobStore* blobs() { return blobs_; }
   EventHub* hub() { return hub_; }
+  // Threads for the drivers' parallel step calls (a generation's chunks), reused across steps.
+  ThreadCache& step_threads() { return step_threads_; }
   // Steps waiting for a worker (tests wait on it).
   int waiting() const;
 
@@ -173,6 +176,7 @@ class Dispatcher : public JobRunner, public BlobAccess {
   std::map<std::string, std::set<std::string>> affinity_ ABSL_GUARDED_BY(mu_);
   // Bumped when a worker is released or a waiter leaves: Acquire's waiters wait for a change.
   int64_t wake_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  ThreadCache step_threads_;  // thread-safe
 };
 
 }  // namespace prunesvc::server

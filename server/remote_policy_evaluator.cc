@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "common/fault.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -120,9 +120,9 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
   const size_t k = chunks.size();
   std::vector<std::vector<SliceResult>> parts(k);
   std::vector<absl::Status> results(k);
-  std::vector<std::thread> threads;
+  absl::BlockingCounter running{static_cast<int>(k)};
   for (size_t c = 0; c < k; ++c) {
-    threads.emplace_back([&, c] {
+    d.step_threads().Run([&, c] {
       StepCancel* cancel = driver_->NewCancel();
       absl::StatusOr<pb::EvaluatePoliciesRequest> req =
           ChunkRequest(*driver_, *space_, policies, chunks[c], version, race);
@@ -135,9 +135,10 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
       driver_->DropCancel(cancel);
       d.NoteAffinity(driver_->job_id(), leases[c].worker_id);
       d.Release(leases[c], IsRetryable(results[c]));
+      running.DecrementCount();
     });
   }
-  for (std::thread& t : threads) t.join();
+  running.Wait();
   // A chunk lost with its worker runs again elsewhere (retries with backoff).
   for (size_t c = 0; c < k; ++c) {
     if (results[c].ok()) continue;
