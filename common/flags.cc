@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,9 +54,19 @@ void AppendWrapped(absl::string_view text, size_t indent, size_t width, std::str
   if (line.size() > indent) absl::StrAppend(&out, line, "\n");
 }
 
+// The flags the last ParseCommandLineArgs set (FlagGiven); written from main before any other
+// thread starts (the flags.h thread contract).
+std::set<std::string>& GivenFlags() {
+  static auto* given = new std::set<std::string>();
+  return *given;
+}
+
 }  // namespace
 
+bool FlagGiven(absl::string_view name) { return GivenFlags().count(std::string(name)) != 0; }
+
 absl::StatusOr<ParsedCommandLine> ParseCommandLineArgs(const std::vector<std::string>& args) {
+  GivenFlags().clear();
   ParsedCommandLine parsed;
   if (!args.empty()) parsed.positional.push_back(args[0]);
   for (size_t i = 1; i < args.size(); ++i) {
@@ -115,6 +126,8 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLineArgs(const std::vector<std::st
       return absl::InvalidArgumentError(
           absl::StrCat("invalid value '", value, "' for ", shown, ": ", error));
     }
+    parsed.given.insert(std::string(flag->Name()));
+    GivenFlags().insert(std::string(flag->Name()));
   }
   return parsed;
 }

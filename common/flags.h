@@ -13,6 +13,7 @@
 #ifndef PRUNESVC_COMMON_FLAGS_H_
 #define PRUNESVC_COMMON_FLAGS_H_
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@ struct ParsedCommandLine {
   enum class Action { kRun, kHelp, kVersion };
   Action action = Action::kRun;
   std::vector<std::string> positional;  // argv[0] first, then the non-flag arguments in order
+  std::set<std::string> given;          // abseil names (underscores) of the flags it set
 };
 
 // Parses `args` (argv[0] first) and sets the flags it names. INVALID_ARGUMENT, naming the flag
@@ -44,6 +46,11 @@ std::string VersionString();
 // "PROGRAM: MESSAGE (see PROGRAM --help)" to stderr and exits 2. Returns the positional
 // arguments (argv[0] first).
 std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage);
+
+// Whether the last parse set the flag (abseil name, underscores), even to its default value: a
+// flag given as its default still counts as the user's choice (e.g. prune-local's
+// --seed-with-uniform with --strategy=RANDOM_SEARCH is an error, not a no-op).
+bool FlagGiven(absl::string_view name);
 
 }  // namespace prunesvc
 

@@ -1,5 +1,6 @@
 #include "common/flags.h"
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,18 @@ TEST_F(FlagsTest, BooleanForms) {
   ASSERT_TRUE(parsed.ok());
   EXPECT_TRUE(absl::GetFlag(FLAGS_test_switch));
   EXPECT_EQ(parsed->positional, (std::vector<std::string>{"prog", "false"}));
+}
+
+// A flag set to its default value is still given (the user chose it); the next parse forgets.
+TEST_F(FlagsTest, GivenFlagsIncludeDefaultValues) {
+  auto parsed = ParseCommandLineArgs({"prog", "--test-budget=0.5", "--notest-switch"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->given, (std::set<std::string>{"test_budget", "test_switch"}));
+  EXPECT_TRUE(FlagGiven("test_budget") && FlagGiven("test_switch"));
+  EXPECT_FALSE(FlagGiven("test_name"));
+  ASSERT_TRUE(ParseCommandLineArgs({"prog", "--test-name=x"}).ok());
+  EXPECT_FALSE(FlagGiven("test_budget"));
+  EXPECT_TRUE(FlagGiven("test_name"));
 }
 
 TEST_F(FlagsTest, EverythingAfterDoubleDashIsPositional) {

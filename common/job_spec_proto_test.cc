@@ -153,7 +153,7 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
     p.set_estimator(proto);
     ASSERT_EQ(JobSpecFromProto(p)->estimator, native);
   }
-  // Defaults are written explicitly, as AUTO / false / 0, and η = 0.
+  // Defaults are written explicitly, as AUTO / false / 0 (the uniform options: true), and η = 0.
   const pb::JobSpec d = JobSpecToProto(*JobSpecFromProto(Minimal()));
   EXPECT_EQ(d.eta_rule(), pb::AUTO);
   EXPECT_TRUE(d.has_eta() && d.eta() == 0 && !d.eta_auto());
@@ -163,8 +163,10 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
   EXPECT_FALSE(JobSpecFromProto(ucb)->eta.has_value());
   ucb.set_eta(1.5);
   EXPECT_EQ(JobSpecFromProto(ucb)->eta, 1.5);
-  EXPECT_FALSE(d.seed_with_uniform() || d.seed_with_owl() || d.repair_uniform_seed() ||
-               d.uniform_guard());
+  // UNIFORM inside the search by default (issue 14), written explicitly like every default.
+  EXPECT_TRUE(d.has_seed_with_uniform() && d.seed_with_uniform() && d.repair_uniform_seed() &&
+              d.uniform_ratio_choice());
+  EXPECT_FALSE(d.seed_with_owl() || d.uniform_guard());
   EXPECT_EQ(d.mutation_step(), 0);
   EXPECT_EQ(d.slack_evaluations(), 0);
 }

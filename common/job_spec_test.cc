@@ -66,7 +66,7 @@ std::vector<BadCase> BadCases() {
       {"request_id", [](JobSpec& s) { s.request_id.assign(129, 'x'); }, "request_id"},
       {"owl linear",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kOwl;
+         SetStrategy(s, search::Strategy::kOwl);
          s.unit = search::UnitKind::kLinear;
        },
        "unit"},
@@ -108,31 +108,31 @@ std::vector<BadCase> BadCases() {
        "eta_rule"},
       {"estimator with UNIFORM",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kUniform;
+         SetStrategy(s, search::Strategy::kUniform);
          s.estimator = Estimator::kUcb;
        },
        "estimator"},
       {"guard with OWL",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kOwl;
+         SetStrategy(s, search::Strategy::kOwl);
          s.uniform_guard = true;
        },
        "uniform_guard"},
       {"slack with UNIFORM",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kUniform;
+         SetStrategy(s, search::Strategy::kUniform);
          s.slack_evaluations = 4;
        },
        "slack_evaluations"},
       {"uniform seed with RANDOM_SEARCH",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kRandomSearch;
+         SetStrategy(s, search::Strategy::kRandomSearch);
          s.seed_with_uniform = true;
        },
        "seed_with_uniform"},
       {"owl seed with RANDOM_SEARCH",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kRandomSearch;
+         SetStrategy(s, search::Strategy::kRandomSearch);
          s.seed_with_owl = true;
        },
        "seed_with_owl"},
@@ -144,13 +144,13 @@ std::vector<BadCase> BadCases() {
        "seed_with_owl"},
       {"repair with UNIFORM",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kUniform;
+         SetStrategy(s, search::Strategy::kUniform);
          s.repair_uniform_seed = true;
        },
        "repair_uniform_seed"},
       {"mutation_step with RANDOM_SEARCH",
        [](JobSpec& s) {
-         s.strategy = search::Strategy::kRandomSearch;
+         SetStrategy(s, search::Strategy::kRandomSearch);
          s.mutation_step = 0.5;
        },
        "mutation_step"},
@@ -173,19 +173,23 @@ TEST(JobSpecTest, DefaultsAreValidAndDocumented) {
   EXPECT_TRUE(s.searching());
   EXPECT_EQ(s.estimator, Estimator::kNorm);
   EXPECT_EQ(s.eta_rule, search::EtaRule::kAuto);
-  EXPECT_FALSE(s.seed_with_uniform || s.seed_with_owl || s.repair_uniform_seed || s.uniform_guard);
+  // Issue 14: UNIFORM inside the search (docs/results/SELECTION.md "eta0-grid").
+  EXPECT_TRUE(s.seed_with_uniform && s.repair_uniform_seed && s.uniform_ratio_choice);
+  EXPECT_FALSE(s.seed_with_owl || s.uniform_guard);
   EXPECT_EQ(s.mutation_step, 0);
   EXPECT_EQ(s.slack_evaluations, 0);
 }
 
 // Every estimator is supported now (SPLIT included), and the options reach the search's config;
-// the defaults map to the search's defaults.
+// the defaults map to the search's defaults but for the uniform seed's repair (on by default
+// since issue 14; the seeds themselves are added by the caller, from the policy space).
 TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
   const search::SearchConfig d = Valid().ToSearchConfig(16);
   const search::SearchConfig plain;
   EXPECT_EQ(d.estimator, plain.estimator);
   EXPECT_EQ(d.eta_rule, plain.eta_rule);
-  EXPECT_EQ(d.repair_uniform_seed, plain.repair_uniform_seed);
+  EXPECT_TRUE(d.repair_uniform_seed);
+  EXPECT_FALSE(plain.repair_uniform_seed);
   EXPECT_EQ(d.mutation_step, plain.mutation_step);
   EXPECT_EQ(d.slack_evaluations, plain.slack_evaluations);
   EXPECT_TRUE(d.seed_unit_ratios.empty());

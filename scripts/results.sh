@@ -230,6 +230,12 @@ ablation_runs() {
   done
 }
 
+# Since UNIFORM moved into the search by default (issue 14: SELECTION.md's eta0-grid became
+# prune-local's default), the configurations below that were measured without it spell out
+# --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false (whichever
+# they do not set), so that re-running one measures what its rows already hold. The main,
+# ablation and b10 phases run the current defaults.
+
 # The search options of issue 14 as named configurations, "NAME:STRATEGY:prune-local flags".
 # Each run's study.strategy is NAME (its group method-NAME), so tables can put the configurations
 # beside UNIFORM / RANDOM_SEARCH / EFFICIENTLLAVA_ETA0 of the main phase at the same budgets and
@@ -237,17 +243,17 @@ ablation_runs() {
 # random-slack8 gives RANDOM_SEARCH exactly; the guard spends one.
 # shellcheck disable=SC2034  # read through config_runs' ${!arr}
 METHOD_CONFIGS=(
-  "cv:EFFICIENTLLAVA:--eta-rule=CV"
-  "ucb-cv:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV"
-  "split-cv:EFFICIENTLLAVA:--estimator=SPLIT --eta-rule=CV"
-  "capacity-cv:EFFICIENTLLAVA:--estimator=CAPACITY --eta-rule=CV"
-  "capacity-auto:EFFICIENTLLAVA:--estimator=CAPACITY"
-  "eta0-seeds:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --seed-with-owl --repair-uniform-seed"
-  "eta0-step:EFFICIENTLLAVA:--eta=0 --mutation-step=0.5"
-  "eta0-slack:EFFICIENTLLAVA:--eta=0 --slack-evaluations=8"
-  "eta0-guard:EFFICIENTLLAVA:--eta=0 --uniform-guard"
-  "eta0-all:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --seed-with-owl --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --uniform-guard"
-  "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --seed-with-owl --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --uniform-guard"
+  "cv:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "ucb-cv:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "split-cv:EFFICIENTLLAVA:--estimator=SPLIT --eta-rule=CV --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "capacity-cv:EFFICIENTLLAVA:--estimator=CAPACITY --eta-rule=CV --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "capacity-auto:EFFICIENTLLAVA:--estimator=CAPACITY --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "eta0-seeds:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --seed-with-owl --repair-uniform-seed --uniform-ratio-choice=false"
+  "eta0-step:EFFICIENTLLAVA:--eta=0 --mutation-step=0.5 --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "eta0-slack:EFFICIENTLLAVA:--eta=0 --slack-evaluations=8 --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "eta0-guard:EFFICIENTLLAVA:--eta=0 --uniform-guard --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "eta0-all:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --seed-with-owl --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --uniform-guard --uniform-ratio-choice=false"
+  "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --seed-with-owl --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --uniform-guard --uniform-ratio-choice=false"
   "random-slack8:RANDOM_SEARCH:--slack-evaluations=8"
 )
 # Budgets per granularity: the main ones and the hard ones (0.35 UNSTRUCTURED, 0.6 STRUCTURED).
@@ -301,10 +307,10 @@ method_runs() { config_runs method METHOD_CONFIGS METHOD_BUDGETS "$1"; }
 SELECT_CONFIGS=(
   "uniform:UNIFORM:"
   "random:RANDOM_SEARCH:--slack-evaluations=8"
-  "eta0:EFFICIENTLLAVA:--eta=0 --projector-every=0"
-  "eta0-all:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
-  "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
-  "ucb-cv-all:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0"
+  "eta0:EFFICIENTLLAVA:--eta=0 --projector-every=0 --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "eta0-all:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0 --uniform-ratio-choice=false"
+  "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0 --uniform-ratio-choice=false"
+  "ucb-cv-all:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0 --uniform-ratio-choice=false"
   "eta0-grid:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
 )
 # SELECT_ONLY="name ..." runs only those configurations (the others' runs stay as they are).

@@ -72,7 +72,7 @@ JobSpec UniformSpec(const std::string& dataset) {
   s.model_uri = "file://" + SourceDir() + "/models/tiny-llava-shapes";
   s.dataset_id = dataset;
   s.flops_budget = 0.5;
-  s.strategy = search::Strategy::kUniform;
+  SetStrategy(s, search::Strategy::kUniform);
   return s;
 }
 

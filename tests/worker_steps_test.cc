@@ -488,7 +488,7 @@ TEST(WorkerStepsTest, PrepareCarriesOwlOutliersAndTheHeadLayout) {
   Worker w = StartWorker("layout");
   ASSERT_NE(w.stub, nullptr);
   JobSpec spec = SmallSpec();
-  spec.strategy = search::Strategy::kOwl;
+  SetStrategy(spec, search::Strategy::kOwl);
   SetGranularity(spec, search::Granularity::kStructured);
   spec.flops_budget = 0.8;
   pb::PrepareRequest req;

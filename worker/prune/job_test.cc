@@ -1487,19 +1487,24 @@ TEST(PruneLocalOptionsTest, EachOptionIsDeterministicAndRecorded) {
 }
 
 // Without the options, report.json has none of their keys (the goldens pin the bytes).
-TEST(PruneLocalOptionsTest, DefaultReportHasNoOptionKeys) {
+// The default report names the options the default turns on (UNIFORM inside the search, issue
+// 14) and none of the others.
+TEST(PruneLocalOptionsTest, DefaultReportNamesOnlyTheDefaultOptions) {
   ASSERT_EQ(MainRun().code, 0) << MainRun().err;
   const json r = ReadJson(WorkDir() + "/main/report.json");
   EXPECT_FALSE(r.contains("guard"));
-  for (const char* k :
-       {"estimator", "eta_rule", "seed_with_uniform", "seed_with_owl", "seed_unit_ratios",
-        "repair_uniform_seed", "mutation_step", "slack_evaluations", "uniform_guard"}) {
+  for (const char* k : {"seed_with_uniform", "repair_uniform_seed", "uniform_ratio_choice"}) {
+    EXPECT_EQ(r["search"].value(k, false), true) << k;
+  }
+  ASSERT_TRUE(r["search"].contains("seed_unit_ratios"));
+  EXPECT_TRUE(r["search"]["seed_unit_ratios"].contains("UNIFORM"));
+  for (const char* k : {"estimator", "eta_rule", "seed_with_owl", "mutation_step",
+                        "slack_evaluations", "uniform_guard"}) {
     EXPECT_FALSE(r["search"].contains(k)) << k;
   }
   for (const char* k : {"estimator", "eta_rule", "cv_rho", "grid"}) {
     EXPECT_FALSE(r["eta"].contains(k)) << k;
   }
-  EXPECT_FALSE(r["history"][0].contains("estimator"));
 }
 
 // Bad values of each new flag exit 2 naming the flag.

@@ -79,12 +79,13 @@ ABSL_FLAG(std::string, eta_rule, std::string(prunesvc::search::EtaRuleName(kDefa
           "0,0.1,0.3,1,3,10,30,100)");
 ABSL_FLAG(bool, seed_with_uniform, kDefaults.seed_with_uniform,
           "EFFICIENTLLAVA: start the population with UNIFORM's continuous solution, snapped to "
-          "the ratio grid and repaired into the budget band");
+          "the ratio grid and repaired into the budget band (default on; "
+          "--seed-with-uniform=false turns it off)");
 ABSL_FLAG(bool, seed_with_owl, kDefaults.seed_with_owl,
           "EFFICIENTLLAVA, --unit layer: start the population with OWL's solution too");
 ABSL_FLAG(bool, repair_uniform_seed, kDefaults.repair_uniform_seed,
           "EFFICIENTLLAVA: repair the discrete uniform seed into the budget band like every other "
-          "policy (by default it may sit a whole ratio step under the budget)");
+          "policy (default on; off, it may sit a whole ratio step under the budget)");
 ABSL_FLAG(double, mutation_step, kDefaults.mutation_step,
           "EFFICIENTLLAVA: probability in [0, 1] that a mutation moves one grid step instead of "
           "jumping to a random other ratio (0 = always jump)");
@@ -101,9 +102,8 @@ ABSL_FLAG(bool, uniform_guard, kDefaults.uniform_guard,
           "evaluation)");
 ABSL_FLAG(bool, uniform_ratio_choice, kDefaults.uniform_ratio_choice,
           "EFFICIENTLLAVA (no effect under N_M): add UNIFORM's continuous ratio at the budget to "
-          "the ratio "
-          "choices, so UNIFORM's own policy is in the search space (with --seed-with-uniform: "
-          "in the initial population)");
+          "the ratio choices, so UNIFORM's own policy is in the search space (with "
+          "--seed-with-uniform: in the initial population); default on");
 ABSL_FLAG(int, projector_every, kDefaults.projector_every,
           "train the projector every N generations (0 = never)");
 ABSL_FLAG(int, projector_steps, 50, "Adam steps per projector training");
@@ -215,10 +215,10 @@ int Fail(const absl::Status& status) {
 // strategy's (prunesvc::SetStrategy; the flags' defaults are EFFICIENTLLAVA's, from JobSpec{}),
 // and a flag overrides them only then: `--strategy RANDOM_SEARCH --slack-evaluations 0` turns
 // RANDOM_SEARCH's slack off, a flag left alone keeps each strategy's own default.
+// On the command line, even at its default value (common/flags.h FlagGiven).
 template <typename T>
 bool Given(const absl::Flag<T>& flag) {
-  const absl::CommandLineFlag& f = absl::GetFlagReflectionHandle(flag);
-  return f.CurrentValue() != f.DefaultValue();
+  return prunesvc::FlagGiven(absl::GetFlagReflectionHandle(flag).Name());
 }
 
 template <typename T>
