@@ -597,11 +597,20 @@ TEST(SearchCheckpointTest, LogWritesEachRecordOnceAndParsesToTheWholeCheckpoint)
   EXPECT_EQ(SearchCheckpointToJson(*back), SearchCheckpointToJson(whole));  // bitwise losses
   EXPECT_EQ(back->state.cache.at({"00000000000000c3", 1}).sample_losses[1], 1.0 / 9);
   // Resumed from it, nothing is logged twice.
-  EXPECT_TRUE(CheckpointLog(*back).Delta(state, blobs, evaluated, 3).records.empty());
-  // The whole text is a head with an empty log (checkpoints written before the log).
-  auto old = ParseSearchCheckpoint(SearchCheckpointToJson(whole), {});
+  EXPECT_TRUE(CheckpointLog::Resumed(*back, all).Delta(state, blobs, evaluated, 3).records.empty());
+  // The whole text is a head with an empty log (checkpoints written before the log). Resumed from
+  // it, the next commit's head leaves the cache out, so everything goes into the log then: no
+  // entry is lost across the upgrade.
+  const std::string whole_text = SearchCheckpointToJson(whole);
+  auto old = ParseSearchCheckpoint(whole_text, {});
   ASSERT_TRUE(old.ok()) << old.status();
-  EXPECT_EQ(SearchCheckpointToJson(*old), SearchCheckpointToJson(whole));
+  EXPECT_EQ(SearchCheckpointToJson(*old), whole_text);
+  const CheckpointDelta upgrade =
+      CheckpointLog::Resumed(*old, {}).Delta(state, blobs, evaluated, 3);
+  EXPECT_EQ(upgrade.records.size(), 6u);  // 3 cache entries, 3 evaluated records
+  auto upgraded = ParseSearchCheckpoint(upgrade.head, upgrade.records);
+  ASSERT_TRUE(upgraded.ok()) << upgraded.status();
+  EXPECT_EQ(SearchCheckpointToJson(*upgraded), whole_text);
 
   const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
       {{"x"}, "log record 0 is not a one-key JSON object"},

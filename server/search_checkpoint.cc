@@ -101,8 +101,13 @@ absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& head,
   return FromJson(j);
 }
 
-CheckpointLog::CheckpointLog(const SearchCheckpoint& c) : evaluated_(c.evaluated.size()) {
-  for (const auto& [key, result] : c.state.cache) cache_.insert(key);
+CheckpointLog CheckpointLog::Resumed(const SearchCheckpoint& c,
+                                     const std::vector<std::string>& log) {
+  CheckpointLog l;
+  if (log.empty()) return l;
+  l.evaluated_ = c.evaluated.size();
+  for (const auto& [key, result] : c.state.cache) l.cache_.insert(key);
+  return l;
 }
 
 CheckpointDelta CheckpointLog::Delta(const search::SearchState& state,

@@ -57,8 +57,11 @@ struct CheckpointDelta {
 class CheckpointLog {
  public:
   CheckpointLog() = default;
-  // After a resume: everything `c` holds is logged.
-  explicit CheckpointLog(const SearchCheckpoint& c);
+  // After a resume from `c`, parsed from a head and `log`: everything `c` holds is in the log when
+  // the log has records. A checkpoint written before the log (its head carries everything, the log
+  // is empty) has nothing logged: the next commit's head leaves the cache out, so every entry must
+  // go into the log then.
+  static CheckpointLog Resumed(const SearchCheckpoint& c, const std::vector<std::string>& log);
 
   // The head of the state and the records not logged yet. `evaluated` only grows between calls.
   CheckpointDelta Delta(const search::SearchState& state,

@@ -342,7 +342,7 @@ absl::Status SearchDriver::Search() {
   if (checkpoint.has_value()) {  // resume at the last generation boundary
     ASSIGN_OR_RETURN(SearchCheckpoint sc,
                      ParseSearchCheckpoint(checkpoint->search_state_json, checkpoint->log));
-    checkpoint_log_ = CheckpointLog(sc);
+    checkpoint_log_ = CheckpointLog::Resumed(sc, checkpoint->log);
     projector_blobs_ = sc.projector_blobs;
     if (!projector_blobs_.empty()) latest = projector_blobs_.rbegin()->first;
     report_["evaluated"] = std::move(sc.evaluated);

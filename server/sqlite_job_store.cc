@@ -642,7 +642,8 @@ struct SqliteJobStore::Writer {
   const JobMutation& mutation;
   const std::vector<JobEvent>& events;
   const std::optional<Checkpoint>& checkpoint;
-  bool head = false;  // first in the queue: writes the next batch
+  // Under writers_mu_: first in the queue (writes the next batch); written by a head.
+  bool head = false;
   std::optional<absl::StatusOr<CommitResult>> result;
 };
 
@@ -669,23 +670,27 @@ absl::StatusOr<CommitResult> SqliteJobStore::Commit(absl::string_view job_id,
     const size_t n = std::min(writers_.size(), kMaxCommitBatch);
     batch.assign(writers_.begin(), writers_.begin() + n);
   }
-  WriteBatch(batch);
-  absl::MutexLock lock(&writers_mu_);
+  std::vector<absl::StatusOr<CommitResult>> results = WriteBatch(batch);
+  absl::MutexLock lock(&writers_mu_);  // the waiters read their results under it
+  for (size_t i = 0; i < batch.size(); ++i) batch[i]->result = std::move(results[i]);
   writers_.erase(writers_.begin(), writers_.begin() + batch.size());
   if (!writers_.empty()) writers_.front()->head = true;
   return *std::move(w.result);
 }
 
-void SqliteJobStore::WriteBatch(const std::vector<Writer*>& batch) {
+std::vector<absl::StatusOr<CommitResult>> SqliteJobStore::WriteBatch(
+    const std::vector<Writer*>& batch) {
   absl::MutexLock lock(&mu_);
+  std::vector<absl::StatusOr<CommitResult>> results;
   absl::StatusOr<SqliteTransaction> txn = SqliteTransaction::Begin(db_.get());
   if (txn.ok()) {
-    for (Writer* w : batch) w->result = CommitOneLocked(*w);
+    for (const Writer* w : batch) results.push_back(CommitOneLocked(*w));
     const absl::Status committed = txn->Commit();
-    if (committed.ok()) return;
+    if (committed.ok()) return results;
     txn = committed;
   }
-  for (Writer* w : batch) w->result = txn.status();  // nothing of the batch was written
+  // Nothing of the batch was written.
+  return std::vector<absl::StatusOr<CommitResult>>(batch.size(), txn.status());
 }
 
 absl::StatusOr<CommitResult> SqliteJobStore::CommitOneLocked(const Writer& w) {

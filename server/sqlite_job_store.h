@@ -110,8 +110,9 @@ class SqliteJobStore : public JobStore {
   // its own savepoint (so each succeeds or fails alone, as if written by itself), and hands each
   // waiter its result.
   struct Writer;
-  // Writes `batch` (the queue's first commits) in one transaction; sets every result.
-  void WriteBatch(const std::vector<Writer*>& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes `batch` (the queue's first commits) in one transaction: each one's result, in order.
+  std::vector<absl::StatusOr<CommitResult>> WriteBatch(const std::vector<Writer*>& batch)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // One commit inside the open transaction, in a savepoint rolled back if it fails.
   absl::StatusOr<CommitResult> CommitOneLocked(const Writer& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<prune::v1::Job>> QueryJobsLocked(SqliteStatement& stmt)
