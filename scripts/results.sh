@@ -312,6 +312,8 @@ SELECT_CONFIGS=(
   "cv-all:EFFICIENTLLAVA:--eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0 --uniform-ratio-choice=false"
   "ucb-cv-all:EFFICIENTLLAVA:--estimator=UCB --eta-rule=CV --seed-with-uniform --repair-uniform-seed --mutation-step=0.5 --slack-evaluations=8 --projector-every=0 --uniform-ratio-choice=false"
   "eta0-grid:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
+  "eta0-seed:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice=false --projector-every=0"
+  "eta0-ratio:EFFICIENTLLAVA:--eta=0 --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice --projector-every=0"
 )
 # SELECT_ONLY="name ..." runs only those configurations (the others' runs stay as they are).
 SELECT_BUDGETS_UNSTRUCTURED="${SELECT_BUDGETS_UNSTRUCTURED:-0.35 0.5 0.7}"
