@@ -337,10 +337,10 @@ STUDY_TERMS=("uniform:UNIFORM:" "default:EFFICIENTLLAVA:" "cv:EFFICIENTLLAVA:--e
   "split-cv:EFFICIENTLLAVA:--estimator=SPLIT --eta-rule=CV"
   "capacity-cv:EFFICIENTLLAVA:--estimator=CAPACITY --eta-rule=CV"
   "auto:EFFICIENTLLAVA:--eta=auto")
-# The selection's candidate for the next default (docs/results/SELECTION.md "eta0-grid": within a
-# point of UNIFORM at every selection budget of both granularities, where the η = 0 default loses
-# 2.5 points at STRUCTURED 0.7): UNIFORM's continuous ratio in the grid and its policy, repaired,
-# in the initial population.
+# Stage `grid` ran the selection's candidate (docs/results/SELECTION.md "eta0-grid") with its flags
+# spelled out, before it became prune-local's default on 2026-12-05; its rows were then relabelled
+# `default`, and the rows of the η = 0 default before it `eta0` (results/study). Not in the
+# default stage list: the `default` configuration of the other stages now runs it.
 # shellcheck disable=SC2034  # read through config_runs' ${!arr}
 STUDY_GRID=("grid:EFFICIENTLLAVA:--seed-with-uniform --repair-uniform-seed --uniform-ratio-choice")
 # Budgets per stage, ${NAME}_<granularity>; "" skips the granularity.
@@ -352,7 +352,7 @@ STUDY_GRID=("grid:EFFICIENTLLAVA:--seed-with-uniform --repair-uniform-seed --uni
   LINEAR_UNSTRUCTURED=0.35 LINEAR_STRUCTURED=""
   LOW_UNSTRUCTURED="" LOW_STRUCTURED=0.35
 }
-STUDY_STAGES="${STUDY_STAGES:-hard linear n16 main more n32 grid}"
+STUDY_STAGES="${STUDY_STAGES:-hard linear n16 main more n32}"
 study_stage() {
   local stage="$1" s
   for s in $SEEDS; do
