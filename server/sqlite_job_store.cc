@@ -706,11 +706,10 @@ absl::StatusOr<CommitResult> SqliteJobStore::CommitOneLocked(const Writer& w) {
     r.job = std::move(job);
     return r;
   }();
-  if (result.ok())
-    result = [&]() -> absl::StatusOr<CommitResult> {
-      RETURN_IF_ERROR(db_->Exec("RELEASE one_commit"));
-      return result;
-    }();
+  if (result.ok()) {
+    absl::Status released = db_->Exec("RELEASE one_commit");
+    if (!released.ok()) result = std::move(released);
+  }
   if (!result.ok()) db_->Exec("ROLLBACK TO one_commit; RELEASE one_commit").IgnoreError();
   return result;
 }
