@@ -90,14 +90,6 @@ class SimulatedExecutor : public worker::StepExecutor {
     pb::JobSpec key_spec = req.spec();
     key_spec.clear_seed();
     const std::string key = key_spec.SerializeAsString();
-    {
-      absl::MutexLock l(&shared_->mu);
-      auto it = shared_->prepared_by_spec.find(key);
-      if (it != shared_->prepared_by_spec.end()) {
-        shared_->prepared[req.header().job_id()] = it->second;
-        return it->second;
-      }
-    }
     // One real StepRunner for the process, one Prepare at a time: the first job of a spec pays,
     // the jobs that wait behind it find it cached.
     absl::MutexLock device(&shared_->real_mu);

@@ -126,7 +126,6 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLineArgs(const std::vector<std::st
       return absl::InvalidArgumentError(
           absl::StrCat("invalid value '", value, "' for ", shown, ": ", error));
     }
-    parsed.given.insert(std::string(flag->Name()));
     GivenFlags().insert(std::string(flag->Name()));
   }
   return parsed;

@@ -13,7 +13,6 @@
 #ifndef PRUNESVC_COMMON_FLAGS_H_
 #define PRUNESVC_COMMON_FLAGS_H_
 
-#include <set>
 #include <string>
 #include <vector>
 
@@ -27,7 +26,6 @@ struct ParsedCommandLine {
   enum class Action { kRun, kHelp, kVersion };
   Action action = Action::kRun;
   std::vector<std::string> positional;  // argv[0] first, then the non-flag arguments in order
-  std::set<std::string> given;          // abseil names (underscores) of the flags it set
 };
 
 // Parses `args` (argv[0] first) and sets the flags it names. INVALID_ARGUMENT, naming the flag

@@ -1,6 +1,5 @@
 #include "common/flags.h"
 
-#include <set>
 #include <string>
 #include <vector>
 
@@ -50,7 +49,6 @@ TEST_F(FlagsTest, BooleanForms) {
 TEST_F(FlagsTest, GivenFlagsIncludeDefaultValues) {
   auto parsed = ParseCommandLineArgs({"prog", "--test-budget=0.5", "--notest-switch"});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->given, (std::set<std::string>{"test_budget", "test_switch"}));
   EXPECT_TRUE(FlagGiven("test_budget") && FlagGiven("test_switch"));
   EXPECT_FALSE(FlagGiven("test_name"));
   ASSERT_TRUE(ParseCommandLineArgs({"prog", "--test-name=x"}).ok());

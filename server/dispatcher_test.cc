@@ -21,6 +21,7 @@
 #include "common/job_spec.h"
 #include "common/job_spec_proto.h"
 #include "common/sha256.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "server/search_checkpoint.h"
 #include "server/search_driver.h"
@@ -503,16 +504,24 @@ TEST(DispatcherTest, HigherPriorityStepsAreDispatchedFirst) {
   EXPECT_GT(c_prepare - h.cluster.calls.begin(), 1);
 }
 
+// The state of a fresh SmallSearch over 16 samples: what the checkpoint tests write and read.
+absl::StatusOr<search::SearchState> SmallSearchState() {
+  const JobSpec spec = SmallSearch();
+  ASSIGN_OR_RETURN(
+      search::PolicySpace space,
+      BuildPolicySpace(spec, Dims(), kStats, std::vector<DecoderLayerHeads>(4, {4, 2, 8})));
+  ASSIGN_OR_RETURN(auto search,
+                   search::EvolutionarySearch::Create(&space, spec.ToSearchConfig(16)));
+  return search->state();
+}
+
 // The checkpoint reader (issue 16): a round trip keeps every field; each malformed field is
 // DATA_LOSS naming it (the old reader threw std::invalid_argument on a non-numeric version).
 TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
-  const JobSpec spec = SmallSearch();
-  auto space = BuildPolicySpace(spec, Dims(), kStats, std::vector<DecoderLayerHeads>(4, {4, 2, 8}));
-  ASSERT_TRUE(space.ok()) << space.status();
-  auto search = search::EvolutionarySearch::Create(&*space, spec.ToSearchConfig(16));
-  ASSERT_TRUE(search.ok()) << search.status();
+  auto state = SmallSearchState();
+  ASSERT_TRUE(state.ok()) << state.status();
   SearchCheckpoint c;
-  c.state = (*search)->state();
+  c.state = *state;
   c.projector_blobs = {{1, "sha256:aa"}, {3, "sha256:bb"}};
   c.evaluated = nlohmann::json::array({{{"hash", "h"}, {"projector_version", 1}}});
   c.evaluations = 17;
@@ -558,12 +567,9 @@ TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
 // log record; the head and the log parse to the checkpoint the whole text holds; an uncommitted
 // delta is written again; a malformed record is DATA_LOSS naming it.
 TEST(SearchCheckpointTest, LogWritesEachRecordOnceAndParsesToTheWholeCheckpoint) {
-  const JobSpec spec = SmallSearch();
-  auto space = BuildPolicySpace(spec, Dims(), kStats, std::vector<DecoderLayerHeads>(4, {4, 2, 8}));
-  ASSERT_TRUE(space.ok()) << space.status();
-  auto search = search::EvolutionarySearch::Create(&*space, spec.ToSearchConfig(16));
-  ASSERT_TRUE(search.ok()) << search.status();
-  search::SearchState state = (*search)->state();
+  auto fresh = SmallSearchState();
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  search::SearchState state = *fresh;
   nlohmann::json evaluated = nlohmann::json::array();
   auto add = [&](const std::string& hash, int version, double loss) {
     state.cache[{hash, version}] = search::EvalResult{
