@@ -18,8 +18,11 @@
 //                cost of the mean step: what the scheduler and the RPC add to each step;
 //  efficiency    (simulated work / W) / that span: 1.0 = every worker busy all the time.
 //
+// --trace=true also prints each wave of dispatches (cut wherever none is in flight): its first and
+// last arrival at the workers and first and last answer, in ms from the round's first arrival.
+//
 // Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
-//                       [--cost-ms=0] [--samples=64]
+//                       [--cost-ms=0] [--samples=64] [--trace=false]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -63,6 +66,9 @@ struct Shared {
   bool any ABSL_GUARDED_BY(mu) = false;
   double cost_ms = 0;
   std::string cache_root;
+  // --trace: every dispatch's (arrival, answer) times, printed after the round.
+  bool trace = false;
+  std::vector<std::pair<Clock::time_point, Clock::time_point>> spans ABSL_GUARDED_BY(mu);
   absl::Mutex real_mu;  // one real Prepare at a time
   // The real worker's StepRunner (blob cache and registry of the worker that created it; they
   // outlive the round's Prepares).
@@ -72,6 +78,7 @@ struct Shared {
     absl::MutexLock l(&mu);
     dispatches = 0;
     policies = 0;
+    spans.clear();
     work_seconds = 0;
     any = false;
   }
@@ -164,6 +171,7 @@ class SimulatedExecutor : public worker::StepExecutor {
     ++shared_->dispatches;
     shared_->policies += req.policies_size();
     shared_->work_seconds += seconds;
+    if (shared_->trace) shared_->spans.emplace_back(arrived, done);
     return absl::OkStatus();
   }
 
@@ -185,6 +193,33 @@ class SimulatedExecutor : public worker::StepExecutor {
   prometheus::Registry* const registry_;
   const int id_;
 };
+
+// --trace: the dispatches in arrival order, cut into waves wherever no dispatch is in flight;
+// per wave its first and last arrival and answer (ms from the round's first arrival).
+void PrintTrace(std::vector<std::pair<Clock::time_point, Clock::time_point>> spans,
+                Clock::time_point t0) {
+  std::sort(spans.begin(), spans.end());
+  auto ms = [&](Clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(t - t0).count();
+  };
+  std::printf("  wave  dispatches  first-in  last-in  first-out  last-out (ms)\n");
+  size_t i = 0;
+  int wave = 0;
+  while (i < spans.size()) {
+    size_t j = i;
+    Clock::time_point last_in = spans[i].first, first_out = spans[i].second,
+                      last_out = spans[i].second;
+    while (j + 1 < spans.size() && spans[j + 1].first < last_out) {
+      ++j;
+      last_in = spans[j].first;
+      first_out = std::min(first_out, spans[j].second);
+      last_out = std::max(last_out, spans[j].second);
+    }
+    std::printf("  %-5d %-11zu %-9.1f %-8.1f %-10.1f %.1f\n", wave++, j - i + 1, ms(spans[i].first),
+                ms(last_in), ms(first_out), ms(last_out));
+    i = j + 1;
+  }
+}
 
 std::string Flag(int argc, char** argv, const char* name, const char* def) {
   const std::string p = std::string("--") + name + "=";
@@ -214,11 +249,12 @@ int Main(int argc, char** argv) {
       samples < 1) {
     std::fprintf(stderr,
                  "usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] "
-                 "[--generations=4] [--cost-ms=0] [--samples=64]\n");
+                 "[--generations=4] [--cost-ms=0] [--samples=64] [--trace=false]\n");
     return 2;
   }
   Shared shared;
   shared.cost_ms = cost_ms;
+  shared.trace = Flag(argc, argv, "trace", "false") == "true";
   const std::string work = testing::TheData().work + "/dispatch";
   shared.cache_root = work + "/cache";
   const std::string search = work + "/search";
@@ -322,6 +358,7 @@ int Main(int argc, char** argv) {
                 (long long)shared.dispatches, double(shared.dispatches) / span,
                 double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
                 shared.work_seconds / w / span, span, done ? "" : "  (jobs did not finish)");
+    if (shared.trace) PrintTrace(shared.spans, shared.first);
     std::fflush(stdout);
   }
   return 0;

@@ -1,6 +1,7 @@
 #include "common/thread_cache.h"
 
 #include <atomic>
+#include <thread>
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -35,6 +36,28 @@ TEST(ThreadCacheTest, RunsEveryClosureAtOnceThenReusesTheThreads) {
     EXPECT_GE(cache.threads(), size_t{kClosures});
   }
   EXPECT_LT(cache.threads(), size_t{3 * kClosures});
+}
+
+// One closure at a time: each goes to the one idle thread (no thread is started after the
+// first), and the closure runs on that same thread every time.
+TEST(ThreadCacheTest, SequentialClosuresReuseTheIdleThread) {
+  ThreadCache cache;
+  std::thread::id first;
+  for (int i = 0; i < 50; ++i) {
+    absl::Notification ran;
+    std::thread::id id;
+    cache.Run([&] {
+      id = std::this_thread::get_id();
+      ran.Notify();
+    });
+    ASSERT_TRUE(ran.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    if (i == 0) first = id;
+    EXPECT_EQ(id, first) << i;
+    // Wait until the thread is idle again (a hang guard, not a timing assertion).
+    for (int k = 0; k < 60000 && cache.idle() == 0; ++k) absl::SleepFor(absl::Milliseconds(1));
+    ASSERT_EQ(cache.idle(), 1u);
+  }
+  EXPECT_EQ(cache.threads(), 1u);
 }
 
 TEST(ThreadCacheTest, DestructorRunsWhatIsQueuedAndClosuresMayRunMore) {

@@ -57,6 +57,9 @@ log "5. scaling: steps of a fixed simulated cost (20 ms per policy on the whole 
 log "   population 512, one job:"
 "$BIN/dispatch-bench" --workers=1,4,16,64 --jobs=1 --population=512 --generations=2 \
   --cost-ms=20 2>/dev/null
+log "   the same on 64 workers at 80 ms per policy (a real candidate evaluation here is ~73 ms):"
+"$BIN/dispatch-bench" --workers=64 --jobs=1 --population=512 --generations=2 --cost-ms=80 \
+  2>/dev/null | tail -n 1
 log "   8 concurrent jobs of population 32:"
 "$BIN/dispatch-bench" --workers=64 --jobs=8 --population=32 --generations=2 --cost-ms=20 \
   2>/dev/null

@@ -157,6 +157,7 @@ void Dispatcher::DriverFinished(const std::string& job_id) {
     search_gauges_.erase(g);
   }
   affinity_.erase(job_id);
+  priority_of_.erase(job_id);
   job_blobs_.erase(job_id);
   if (auto t = tenant_of_.find(job_id); t != tenant_of_.end()) {
     if (--running_by_tenant_[t->second] <= 0) running_by_tenant_.erase(t->second);
@@ -246,6 +247,22 @@ std::vector<pb::WorkerInfo> Dispatcher::IdleWorkersLocked(const std::string& job
   return idle;
 }
 
+int Dispatcher::FairShareLocked(const std::string& job_id, int priority) const {
+  int live = 0;
+  for (const pb::WorkerInfo& w : table_->List()) {
+    live += w.state() != pb::WORKER_LOST && w.state() != pb::WORKER_DRAINING;
+  }
+  int competing = 1;  // the job itself
+  for (const auto& [job, p] : priority_of_) competing += job != job_id && p >= priority;
+  return std::max(1, (live + competing - 1) / competing);
+}
+
+int Dispatcher::LeasesOfLocked(const std::string& job_id) const {
+  int n = 0;
+  for (const auto& [worker, job] : leased_) n += job == job_id;
+  return n;
+}
+
 bool Dispatcher::IsHeadLocked(int64_t ticket) const {
   const Waiter* head = nullptr;
   for (const Waiter& w : waiters_) {
@@ -265,6 +282,7 @@ WorkerLease Dispatcher::LeaseLocked(const pb::WorkerInfo& w, const std::string& 
 absl::StatusOr<WorkerLease> Dispatcher::Acquire(const std::string& job_id, int priority,
                                                 const std::function<bool()>& stop) {
   absl::MutexLock lock(&mu_);
+  if (drivers_.count(job_id) > 0) priority_of_[job_id] = priority;
   const int64_t ticket = next_ticket_++;
   waiters_.push_back({priority, ticket, job_id});
   metrics_.queue_depth->Set(double(waiters_.size()));
@@ -307,6 +325,8 @@ std::vector<WorkerLease> Dispatcher::TryAcquireMore(const std::string& job_id, i
   for (const Waiter& w : waiters_) {
     if (w.priority >= priority) return out;  // someone else needs a worker
   }
+  max = std::min(max, FairShareLocked(job_id, priority) - LeasesOfLocked(job_id));
+  if (max <= 0) return out;
   for (const pb::WorkerInfo& w : IdleWorkersLocked(job_id)) {
     if (int(out.size()) >= max) break;
     out.push_back(LeaseLocked(w, job_id));

@@ -7,7 +7,11 @@
 // longest — so jobs of one priority take turns (round robin), and a higher-priority job's steps
 // are dispatched before a lower one's. A step prefers workers that already prepared its job
 // (affinity: their prepared state is warm). A generation's evaluations may take several idle
-// workers at once (TryAcquireMore), but only when nobody of equal or higher priority is waiting.
+// workers at once (TryAcquireMore), but only when nobody of equal or higher priority is waiting,
+// and only up to the job's fair share: the live workers divided among the running jobs of equal
+// or higher priority (rounded up). Without the cap the first of 8 jobs to reach its generation
+// took 32 of 64 workers for one-policy chunks while the others waited for them; with it each
+// takes 8, four policies each (issue 20, figure 5's 8-job row).
 // A worker whose step failed in a retryable way (died, timed out, out of memory) is avoided for
 // `quarantine` before it is leased again.
 //
@@ -102,7 +106,8 @@ class Dispatcher : public JobRunner, public BlobAccess {
   // Blocks until a worker is granted (see the file comment) or `stop()` → Cancelled.
   absl::StatusOr<WorkerLease> Acquire(const std::string& job_id, int priority,
                                       const std::function<bool()>& stop);
-  // Up to `max` more idle workers now, when no waiter of equal or higher priority waits.
+  // Up to `max` more idle workers now, when no waiter of equal or higher priority waits, and no
+  // more than the job's fair share in all (the file comment).
   std::vector<WorkerLease> TryAcquireMore(const std::string& job_id, int priority, int max);
   // `failed`: the step failed in a retryable way on it (quarantined for a while).
   void Release(const WorkerLease& lease, bool failed);
@@ -143,6 +148,10 @@ class Dispatcher : public JobRunner, public BlobAccess {
   std::vector<::prune::v1::WorkerInfo> IdleWorkersLocked(const std::string& job_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsHeadLocked(int64_t ticket) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The most workers TryAcquireMore lets a job of `priority` hold (≥ 1), and how many it holds.
+  int FairShareLocked(const std::string& job_id, int priority) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int LeasesOfLocked(const std::string& job_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   WorkerLease LeaseLocked(const ::prune::v1::WorkerInfo& w, const std::string& job_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -174,6 +183,8 @@ class Dispatcher : public JobRunner, public BlobAccess {
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, absl::Time> quarantined_ ABSL_GUARDED_BY(mu_);  // until
   std::map<std::string, std::set<std::string>> affinity_ ABSL_GUARDED_BY(mu_);
+  // Per running job that asked for a worker: the priority it asked with (fair shares).
+  std::map<std::string, int> priority_of_ ABSL_GUARDED_BY(mu_);
   // Bumped when a worker is released or a waiter leaves: Acquire's waiters wait for a change.
   int64_t wake_seq_ ABSL_GUARDED_BY(mu_) = 0;
   ThreadCache step_threads_;  // thread-safe

@@ -82,6 +82,11 @@ struct Cluster {
   absl::Notification* gate = nullptr;        // blocks prepare calls until notified
   bool block_evaluate = false;               // evaluate waits until cancelled
   std::atomic<int> evaluations{0};
+  // Concurrent evaluate calls per job, and the most seen while `shared()` held (fair shares).
+  absl::Duration evaluate_delay = absl::ZeroDuration();
+  std::function<bool()> shared;
+  std::map<std::string, int> in_flight ABSL_GUARDED_BY(mu);
+  std::map<std::string, int> max_in_flight_shared ABSL_GUARDED_BY(mu);
 };
 
 class FakeClient : public WorkerClient {
@@ -132,14 +137,27 @@ class FakeClient : public WorkerClient {
       const pb::EvaluatePoliciesRequest& req, absl::Duration, StepCancel* cancel,
       const std::function<void(const pb::EvaluatePoliciesResponse&)>& on_result) override {
     Record(req.header().job_id(), "evaluate");
+    const std::string& job = req.header().job_id();
     {
+      const bool shared = c_->shared && c_->shared();
       absl::MutexLock lock(&c_->mu);
       int& fails = c_->fail_evaluate[address_];
       if (fails > 0) {
         --fails;
         return WithRetryable(absl::UnavailableError("worker died"), true);
       }
+      const int n = ++c_->in_flight[job];
+      if (shared) c_->max_in_flight_shared[job] = std::max(c_->max_in_flight_shared[job], n);
     }
+    absl::SleepFor(c_->evaluate_delay);
+    struct Leave {
+      Cluster* c;
+      const std::string& job;
+      ~Leave() {
+        absl::MutexLock lock(&c->mu);
+        --c->in_flight[job];
+      }
+    } leave{c_, job};
     for (int i = 0; i < req.policies_size(); ++i) {
       while (c_->block_evaluate && !cancel->cancelled()) absl::SleepFor(absl::Milliseconds(5));
       if (cancel->cancelled()) return WithRetryable(absl::CancelledError("cancelled"), false);
@@ -502,6 +520,42 @@ TEST(DispatcherTest, HigherPriorityStepsAreDispatchedFirst) {
   // C, which waited longer than B, got the worker only after B's step.
   const auto c_prepare = std::find(h.cluster.calls.begin(), h.cluster.calls.end(), c + "/prepare");
   EXPECT_GT(c_prepare - h.cluster.calls.begin(), 1);
+}
+
+// Two jobs of one priority on 8 workers: while both run, neither holds more than its fair share
+// (4) for a generation's chunks, though each generation has 12 policies to spread; alone, a job
+// may take more.
+TEST(DispatcherTest, ConcurrentJobsSplitTheWorkersByFairShare) {
+  Harness h(8);
+  absl::Notification gate;
+  h.cluster.gate = &gate;  // both jobs ask for workers (their prepare) before either searches
+  h.cluster.evaluate_delay = absl::Milliseconds(5);
+  JobSpec spec = SmallSearch();
+  spec.population = 12;
+  spec.parents = 3;
+  const std::string a = h.Submit(spec);
+  spec.seed = 12;
+  const std::string b = h.Submit(spec);
+  h.cluster.shared = [&] {
+    for (const std::string& id : {a, b}) {
+      absl::StatusOr<pb::Job> j = h.store->GetJob(id);
+      if (!j.ok() || IsTerminalState(j->state())) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(testing_internal_wait([&] {
+    absl::MutexLock lock(&h.cluster.mu);
+    return h.cluster.calls.size() == 2;  // both prepares started
+  }));
+  gate.Notify();
+  for (const std::string& id : {a, b}) EXPECT_EQ(h.WaitTerminal(id).state(), pb::SUCCEEDED);
+  absl::MutexLock lock(&h.cluster.mu);
+  int most = 0;
+  for (const std::string& id : {a, b}) {
+    EXPECT_LE(h.cluster.max_in_flight_shared[id], 4) << id;
+    most = std::max(most, h.cluster.max_in_flight_shared[id]);
+  }
+  EXPECT_GE(most, 2);  // generations were split while both ran: the bound was exercised
 }
 
 // The state of a fresh SmallSearch over 16 samples: what the checkpoint tests write and read.

@@ -110,20 +110,28 @@ CheckpointLog CheckpointLog::Resumed(const SearchCheckpoint& c,
   return l;
 }
 
-CheckpointDelta CheckpointLog::Delta(const search::SearchState& state,
-                                     const std::map<int, std::string>& projector_blobs,
-                                     const json& evaluated, int64_t evaluations) const {
+CheckpointSnapshot CheckpointLog::Snapshot(const search::SearchState& state,
+                                           const std::map<int, std::string>& projector_blobs,
+                                           const json& evaluated, int64_t evaluations) const {
+  CheckpointSnapshot s;
+  s.head = HeadJson(state.ToJsonWithoutCache(), projector_blobs, json::array(), evaluations);
+  for (const auto& entry : state.cache) {
+    if (cache_.count(entry.first) == 0) s.cache.push_back(entry);
+  }
+  s.evaluated_size = evaluated.size();
+  for (size_t i = evaluated_; i < evaluated.size(); ++i) s.evaluated.push_back(evaluated[i]);
+  return s;
+}
+
+CheckpointDelta CheckpointSnapshot::Serialize() const {
   CheckpointDelta d;
-  d.head = HeadJson(state.ToJsonWithoutCache(), projector_blobs, json::array(), evaluations).dump();
-  for (const auto& [key, result] : state.cache) {
-    if (cache_.count(key) != 0) continue;
+  d.head = head.dump();
+  for (const auto& [key, result] : cache) {
     d.records.push_back(json{{"cache", search::SearchState::CacheEntryJson(key, result)}}.dump());
     d.cache_keys.push_back(key);
   }
-  d.evaluated_size = evaluated.size();
-  for (size_t i = evaluated_; i < evaluated.size(); ++i) {
-    d.records.push_back(json{{"evaluated", evaluated[i]}}.dump());
-  }
+  d.evaluated_size = evaluated_size;
+  for (const json& e : evaluated) d.records.push_back(json{{"evaluated", e}}.dump());
   return d;
 }
 

@@ -53,6 +53,20 @@ struct CheckpointDelta {
   size_t evaluated_size = 0;
 };
 
+// A delta before serialization: copies of what the commit stores (the state's head as JSON
+// values, the new cache entries, the new evaluated records). Taking one is cheap; Serialize —
+// the JSON text of every new entry's per-sample losses, milliseconds at population 512 — may
+// run on another thread, while the search goes on (SearchDriver writes each generation beside
+// the next one's evaluation).
+struct CheckpointSnapshot {
+  nlohmann::json head;
+  std::vector<std::pair<std::pair<std::string, int>, search::EvalResult>> cache;
+  std::vector<nlohmann::json> evaluated;
+  size_t evaluated_size = 0;
+
+  CheckpointDelta Serialize() const;
+};
+
 // Which cache entries and evaluated records are in the stored log already.
 class CheckpointLog {
  public:
@@ -66,7 +80,13 @@ class CheckpointLog {
   // The head of the state and the records not logged yet. `evaluated` only grows between calls.
   CheckpointDelta Delta(const search::SearchState& state,
                         const std::map<int, std::string>& projector_blobs,
-                        const nlohmann::json& evaluated, int64_t evaluations) const;
+                        const nlohmann::json& evaluated, int64_t evaluations) const {
+    return Snapshot(state, projector_blobs, evaluated, evaluations).Serialize();
+  }
+  // The same, not serialized yet.
+  CheckpointSnapshot Snapshot(const search::SearchState& state,
+                              const std::map<int, std::string>& projector_blobs,
+                              const nlohmann::json& evaluated, int64_t evaluations) const;
   // The delta's commit succeeded: its records are logged.
   void Committed(const CheckpointDelta& delta);
 

@@ -251,8 +251,8 @@ pb::PolicyEvaluation SearchDriver::BestProto(const search::ScoredPolicy& best) c
   return e;
 }
 
-absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& search,
-                                            const json& evaluated, bool trained) {
+absl::StatusOr<SearchDriver::GenerationCommit> SearchDriver::PrepareGenerationCommit(
+    const search::EvolutionarySearch& search, const json& evaluated, bool trained) {
   const search::GenerationStats& g = search.history().back();
   ASSIGN_OR_RETURN(search::ScoredPolicy best, search.Best());
   pb::JobEvent gen;
@@ -283,23 +283,44 @@ absl::Status SearchDriver::CommitGeneration(const search::EvolutionarySearch& se
     p.mutable_projector_updated()->set_blob_id(projector_blobs_[g.projector_version]);
     events.push_back(p);
   }
-  JobMutation m;
+  GenerationCommit gc;
+  gc.events = std::move(events);
+  JobMutation& m = gc.mutation;
   m.generation = g.generation;
   m.projector_version = g.projector_version;
   m.best = f->best();
   m.progress = 0.05 + 0.85 * double(g.generation + 1) / double(spec_.generations + 1);
   // Incremental: the head and what this generation added (server/search_checkpoint.h).
-  CheckpointDelta delta =
-      checkpoint_log_.Delta(search.state(), projector_blobs_, evaluated, evaluations_);
-  Checkpoint c;
-  c.generation = g.generation;
-  c.search_state_json = std::move(delta.head);
-  c.log = std::move(delta.records);
-  RETURN_IF_ERROR(Commit(m, std::move(events), c));
-  checkpoint_log_.Committed(delta);
-  dispatcher_->ReportSearchBest(job_id_, m.best->accuracy(), m.best->flops_ratio());
-  FaultPoint("scheduler.checkpoint");
-  return absl::OkStatus();
+  gc.snapshot = checkpoint_log_.Snapshot(search.state(), projector_blobs_, evaluated, evaluations_);
+  gc.generation = g.generation;
+  return gc;
+}
+
+void SearchDriver::StartCommit(GenerationCommit gc) {
+  pending_commit_ = std::make_unique<PendingCommit>();
+  dispatcher_->step_threads().Run([this, gc = std::move(gc), p = pending_commit_.get()]() mutable {
+    CheckpointDelta delta = gc.snapshot.Serialize();
+    Checkpoint c;
+    c.generation = gc.generation;
+    c.search_state_json = std::move(delta.head);
+    c.log = std::move(delta.records);
+    p->status = Commit(gc.mutation, std::move(gc.events), c);
+    if (p->status.ok()) {
+      checkpoint_log_.Committed(delta);
+      dispatcher_->ReportSearchBest(job_id_, gc.mutation.best->accuracy(),
+                                    gc.mutation.best->flops_ratio());
+      FaultPoint("scheduler.checkpoint");
+    }
+    p->done.Notify();
+  });
+}
+
+absl::Status SearchDriver::AwaitCommit() {
+  if (pending_commit_ == nullptr) return absl::OkStatus();
+  pending_commit_->done.WaitForNotification();
+  absl::Status s = std::move(pending_commit_->status);
+  pending_commit_.reset();
+  return s;
 }
 
 absl::StatusOr<std::vector<double>> SearchDriver::UniformRatios() const {
@@ -321,6 +342,13 @@ absl::StatusOr<std::vector<double>> SearchDriver::OwlRatios() const {
 }
 
 absl::Status SearchDriver::Search() {
+  absl::Status s = SearchGenerations();
+  // Never leave with a write in flight: whatever the driver commits next comes after it.
+  absl::Status written = AwaitCommit();
+  return s.ok() ? written : s;
+}
+
+absl::Status SearchDriver::SearchGenerations() {
   search::SearchConfig config = spec_.ToSearchConfig(prepared_.num_samples());
   // The continuous seeds prune-local's --seed-with-uniform / --seed-with-owl add, in that order,
   // recorded like prune-local's (report.json's search.seed_unit_ratios).
@@ -362,8 +390,13 @@ absl::Status SearchDriver::Search() {
     const int before = evaluator->latest_version();
     RETURN_IF_ERROR(search->Step(*evaluator));
     evaluations_ = evaluator->evaluations();
-    RETURN_IF_ERROR(
-        CommitGeneration(*search, evaluator->evaluated(), evaluator->latest_version() != before));
+    // Generation g is written while g + 1 is evaluated; g - 1's write must be done first (its
+    // records are what g's delta leaves out).
+    RETURN_IF_ERROR(AwaitCommit());
+    ASSIGN_OR_RETURN(GenerationCommit gc,
+                     PrepareGenerationCommit(*search, evaluator->evaluated(),
+                                             evaluator->latest_version() != before));
+    StartCommit(std::move(gc));
   }
   report_["evaluated"] = evaluator->evaluated();
   ASSIGN_OR_RETURN(search::ScoredPolicy best, search->Best());

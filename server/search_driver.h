@@ -9,7 +9,9 @@
 // job row, its events and (during the search) the checkpoint — its head (the SearchState less its
 // cache, the projector blobs) and the generation's new cache entries and evaluation records,
 // appended to the job's checkpoint log (server/search_checkpoint.h) — so a restarted scheduler
-// resumes the search at the last generation boundary with no event lost or renumbered. Events are
+// resumes the search at the last committed generation boundary with no event lost or renumbered.
+// A generation's commit runs while the next generation is evaluated (one in flight; a crash may
+// resume one generation earlier), every other commit on the driver's thread after it. Events are
 // published to the EventHub after each commit.
 //
 // Failures: a step is retried on another worker with backoff up to max_attempts when the failure
@@ -37,6 +39,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "common/evolution.h"
 #include "common/job_spec.h"
 #include "nlohmann/json.hpp"
@@ -96,9 +99,30 @@ class SearchDriver {
                       const std::optional<Checkpoint>& checkpoint = std::nullopt);
   absl::Status Transition(::prune::v1::JobState to, const std::string& reason);
   void Fail(const absl::Status& status);
-  // `evaluated`: report.json's record of evaluations so far (RemotePolicyEvaluator::evaluated).
-  absl::Status CommitGeneration(const search::EvolutionarySearch& search,
-                                const nlohmann::json& evaluated, bool trained);
+  // The generations, each written (its checkpoint, events and job row) while the next one is
+  // evaluated: at most one write in flight (pending_commit_), awaited before the next is
+  // prepared and before Search returns. A crash therefore resumes at most one generation earlier
+  // than with a write on the critical path; nothing the search decides depends on the write.
+  absl::Status SearchGenerations();
+  struct GenerationCommit {
+    JobMutation mutation;
+    std::vector<::prune::v1::JobEvent> events;
+    int generation = 0;
+    CheckpointSnapshot snapshot;  // serialized on the commit's thread
+  };
+  struct PendingCommit {
+    absl::Notification done;
+    absl::Status status;  // written before done is notified
+  };
+  // What the generation just stepped writes. `evaluated`: report.json's record of evaluations so
+  // far (RemotePolicyEvaluator::evaluated).
+  absl::StatusOr<GenerationCommit> PrepareGenerationCommit(const search::EvolutionarySearch& search,
+                                                           const nlohmann::json& evaluated,
+                                                           bool trained);
+  // Writes `gc` on one of the dispatcher's step threads (pending_commit_).
+  void StartCommit(GenerationCommit gc);
+  // Waits for the write in flight, if any: its status.
+  absl::Status AwaitCommit();
   ::prune::v1::PolicyEvaluation BestProto(const search::ScoredPolicy& best) const;
   // What a worker running one of the job's steps may fetch: its datasets, projectors and (a
   // blob:// model) the model's manifest and files.
@@ -123,7 +147,9 @@ class SearchDriver {
   std::unique_ptr<search::PolicySpace> space_;
   std::map<int, std::string> projector_blobs_;
   // What of the search's checkpoint the store holds already (the log's records).
+  // Written by the commit in flight (StartCommit), read only after AwaitCommit.
   CheckpointLog checkpoint_log_;
+  std::unique_ptr<PendingCommit> pending_commit_;
   // A blob:// model's manifest and files (empty for file:// models).
   std::set<std::string> model_blobs_;
   std::atomic<int64_t> step_counter_{0};

@@ -93,15 +93,26 @@ class EvaluateReactor : public grpc::ServerWriteReactor<pb::EvaluatePoliciesResp
  private:
   struct Action {
     const pb::EvaluatePoliciesResponse* write = nullptr;
-    std::optional<grpc::Status> finish;
+    grpc::WriteOptions options;
+    std::optional<grpc::Status> finish;  // with `write`: the last write carries the status
   };
 
+  // Results that queue up while a write is in flight go out together: each write with more
+  // behind it is buffered (buffer_hint), and the last one carries the final status — one
+  // transport flush for a chunk whose policies finish at once, each result still as soon as it
+  // is ready when they do not.
   Action NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Action a;
     if (writing_ || finished_) return a;
     if (!queue_.empty() && !broken_) {
       writing_ = true;
       a.write = &queue_.front();  // stays valid: only OnWriteDone pops it
+      if (queue_.size() > 1) {
+        a.options.set_buffer_hint();
+      } else if (finishing_) {
+        finished_ = true;
+        a.finish = final_;
+      }
     } else if (finishing_) {
       finished_ = true;
       a.finish =
@@ -110,8 +121,13 @@ class EvaluateReactor : public grpc::ServerWriteReactor<pb::EvaluatePoliciesResp
     return a;
   }
   void Perform(const Action& a) {
-    if (a.write != nullptr) StartWrite(a.write);
-    if (a.finish.has_value()) Finish(*a.finish);
+    if (a.write != nullptr && a.finish.has_value()) {
+      StartWriteAndFinish(a.write, a.options, *a.finish);
+    } else if (a.write != nullptr) {
+      StartWrite(a.write, a.options);
+    } else if (a.finish.has_value()) {
+      Finish(*a.finish);
+    }
   }
   void Unref() {
     if (refs_.fetch_sub(1) == 1) delete this;
@@ -159,11 +175,11 @@ void PruningWorkerService::Spawn(std::function<void()> work) {
     absl::MutexLock lock(&mu_);
     ++in_flight_;
   }
-  std::thread([this, work = std::move(work)] {
+  threads_.Run([this, work = std::move(work)] {
     work();
     absl::MutexLock lock(&mu_);
     --in_flight_;
-  }).detach();
+  });
 }
 
 grpc::ServerUnaryReactor* PruningWorkerService::Prepare(grpc::CallbackServerContext* ctx,

@@ -1,8 +1,9 @@
 // The PruningWorker gRPC service (callback API): each step call is handed to a thread of its own
-// that runs it through the StepRunner (which serializes steps on the device), so no reactor
-// thread ever blocks; EvaluatePolicies streams each policy's result as soon as it is scored, one
-// write in flight at a time. A client's cancellation reaches the step through its stop function.
-// Failed steps carry a serialized prune.v1.StepError in the status details (retryable or not).
+// (reused from a ThreadCache: creating one per step staggered a generation's dispatches) that runs
+// it through the StepRunner (which serializes steps on the device), so no reactor thread ever
+// blocks; EvaluatePolicies streams each policy's result as soon as it is scored, one write in
+// flight at a time. A client's cancellation reaches the step through its stop function. Failed
+// steps carry a serialized prune.v1.StepError in the status details (retryable or not).
 //
 // Thread-safe. The destructor cancels the steps still running and waits for their threads.
 #ifndef PRUNESVC_WORKER_WORKER_SERVICE_H_
@@ -13,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "common/thread_cache.h"
 #include "prune/v1/worker.grpc.pb.h"
 #include "worker/step_executor.h"
 #include "worker/step_runner.h"
@@ -27,7 +29,9 @@ grpc::Status StepStatus(absl::Status status, std::string_view phase, bool draini
 class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackService {
  public:
   // `runner` is not owned and must outlive the service.
-  explicit PruningWorkerService(StepExecutor* runner) : runner_(runner) {}
+  explicit PruningWorkerService(StepExecutor* runner) : runner_(runner) {
+    threads_.Reserve(1);  // the first step does not wait for a thread's start
+  }
   ~PruningWorkerService() override;
 
   // Shutdown has begun: steps stopped from now on are reported as retryable (StepStatus).
@@ -51,7 +55,7 @@ class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackSe
                                      ::prune::v1::FinalizeResponse* resp) override;
 
  private:
-  // Runs `work` on a new thread, counted so the destructor can wait for it.
+  // Runs `work` on a thread of its own, counted so the destructor can wait for it.
   void Spawn(std::function<void()> work);
 
   StepExecutor* const runner_;
@@ -59,6 +63,8 @@ class PruningWorkerService final : public ::prune::v1::PruningWorker::CallbackSe
   std::atomic<bool> refusing_{false};
   absl::Mutex mu_;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // Last: destroyed (its idle threads joined) first, after the destructor waited for the steps.
+  ThreadCache threads_;
 };
 
 }  // namespace prunesvc::worker
