@@ -18,11 +18,16 @@
 //                cost of the mean step: what the scheduler and the RPC add to each step;
 //  efficiency    (simulated work / W) / that span: 1.0 = every worker busy all the time.
 //
+// --budgets=0.7,0.5,0.35 gives job j the budget budgets[j mod 3] (a budget grid); --resubmit=true
+// then submits the same jobs again on the same scheduler: the line under the row says how many
+// policies the evaluation cache across jobs answered (prunesvc_evaluation_cache_total) and how
+// many were dispatched, in the first round (across the grid) and in the second.
 // --trace=true also prints each wave of dispatches (cut wherever none is in flight): its first and
 // last arrival at the workers and first and last answer, in ms from the round's first arrival.
 //
 // Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
-//                       [--cost-ms=0] [--samples=64] [--trace=false]
+//                       [--cost-ms=0] [--samples=64] [--trace=false] [--budgets=0.5]
+//                       [--resubmit=false]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -37,6 +42,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/job_spec.h"
@@ -196,13 +202,13 @@ class SimulatedExecutor : public worker::StepExecutor {
 
 // --trace: the dispatches in arrival order, cut into waves wherever no dispatch is in flight;
 // per wave its first and last arrival and answer (ms from the round's first arrival).
-void PrintTrace(std::vector<std::pair<Clock::time_point, Clock::time_point>> spans,
-                Clock::time_point t0) {
+std::string TraceText(std::vector<std::pair<Clock::time_point, Clock::time_point>> spans,
+                      Clock::time_point t0) {
   std::sort(spans.begin(), spans.end());
   auto ms = [&](Clock::time_point t) {
     return std::chrono::duration<double, std::milli>(t - t0).count();
   };
-  std::printf("  wave  dispatches  first-in  last-in  first-out  last-out (ms)\n");
+  std::string out = "  wave  dispatches  first-in  last-in  first-out  last-out (ms)";
   size_t i = 0;
   int wave = 0;
   while (i < spans.size()) {
@@ -215,10 +221,11 @@ void PrintTrace(std::vector<std::pair<Clock::time_point, Clock::time_point>> spa
       first_out = std::min(first_out, spans[j].second);
       last_out = std::max(last_out, spans[j].second);
     }
-    std::printf("  %-5d %-11zu %-9.1f %-8.1f %-10.1f %.1f\n", wave++, j - i + 1, ms(spans[i].first),
-                ms(last_in), ms(first_out), ms(last_out));
+    absl::StrAppendFormat(&out, "\n  %-5d %-11zu %-9.1f %-8.1f %-10.1f %.1f", wave++, j - i + 1,
+                          ms(spans[i].first), ms(last_in), ms(first_out), ms(last_out));
     i = j + 1;
   }
+  return out;
 }
 
 std::string Flag(int argc, char** argv, const char* name, const char* def) {
@@ -249,12 +256,24 @@ int Main(int argc, char** argv) {
       samples < 1) {
     std::fprintf(stderr,
                  "usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] "
-                 "[--generations=4] [--cost-ms=0] [--samples=64] [--trace=false]\n");
+                 "[--generations=4] [--cost-ms=0] [--samples=64] [--trace=false] "
+                 "[--budgets=0.5] [--resubmit=false]\n");
     return 2;
   }
   Shared shared;
   shared.cost_ms = cost_ms;
   shared.trace = Flag(argc, argv, "trace", "false") == "true";
+  const bool resubmit = Flag(argc, argv, "resubmit", "false") == "true";
+  std::vector<double> budgets;
+  for (absl::string_view b : absl::StrSplit(Flag(argc, argv, "budgets", "0.5"), ',')) {
+    double v = 0;
+    if (!absl::SimpleAtod(b, &v) || !(v > 0 && v <= 1)) {
+      std::fprintf(stderr,
+                   "dispatch-bench: --budgets takes FLOPs budgets in (0, 1], e.g. 0.7,0.5\n");
+      return 2;
+    }
+    budgets.push_back(v);
+  }
   const std::string work = testing::TheData().work + "/dispatch";
   shared.cache_root = work + "/cache";
   const std::string search = work + "/search";
@@ -273,6 +292,7 @@ int Main(int argc, char** argv) {
     testing::ServiceOptions so;
     so.workers = 0;
     so.extra_args = {"--max-running-jobs=64"};
+    if (resubmit || budgets.size() > 1) so.extra_args.push_back("--evaluation-cache=true");
     testing::Service svc = testing::StartService(absl::StrCat("dispatch-", w), so);
     if (svc.stub == nullptr) {
       std::fprintf(stderr, "dispatch-bench: the scheduler did not start\n");
@@ -311,55 +331,89 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "dispatch-bench: workers did not register or the upload failed\n");
       return 1;
     }
-    shared.Reset();
-    std::vector<std::string> ids;
-    for (int j = 0; j < jobs; ++j) {
-      JobSpec s;
-      s.model_uri = "file://" + testing::SourceDir() + "/models/tiny-llava-shapes";
-      s.dataset_id = *dataset;
-      s.flops_budget = 0.5;
-      s.population = population;
-      s.parents = std::max(1, population / 4);
-      s.generations = generations;
-      s.seed = uint64_t(j);
-      absl::StatusOr<pb::Job> job = testing::Submit(svc, s);
-      if (!job.ok()) {
-        std::fprintf(stderr, "dispatch-bench: %s\n", job.status().ToString().c_str());
-        return 1;
+    // Submits every job (job j: seed j, budget budgets[j mod |budgets|]) and waits for them.
+    auto run_jobs = [&]() -> absl::StatusOr<bool> {
+      std::vector<std::string> ids;
+      for (int j = 0; j < jobs; ++j) {
+        JobSpec s;
+        s.model_uri = "file://" + testing::SourceDir() + "/models/tiny-llava-shapes";
+        s.dataset_id = *dataset;
+        s.flops_budget = budgets[size_t(j) % budgets.size()];
+        s.population = population;
+        s.parents = std::max(1, population / 4);
+        s.generations = generations;
+        s.seed = uint64_t(j);
+        ASSIGN_OR_RETURN(pb::Job job, testing::Submit(svc, s));
+        ids.push_back(job.job_id());
       }
-      ids.push_back(job->job_id());
+      return testing::WaitUntil(
+          [&] {
+            for (const std::string& id : ids) {
+              absl::StatusOr<pb::Job> j = testing::GetJob(svc, id);
+              if (!j.ok()) return false;
+              const pb::JobState st = j->state();
+              if (st != pb::FAILED && st != pb::SUCCEEDED && st != pb::CANCELLED) return false;
+            }
+            return true;
+          },
+          absl::Seconds(1800));
+    };
+    auto cache_metric = [&](const char* result) {
+      return std::max(0.0, testing::Metric(svc.metrics_port,
+                                           absl::StrCat("prunesvc_evaluation_cache_total{result=\"",
+                                                        result, "\"}")));
+    };
+    shared.Reset();
+    absl::StatusOr<bool> ran = run_jobs();
+    if (!ran.ok()) {
+      std::fprintf(stderr, "dispatch-bench: %s\n", ran.status().ToString().c_str());
+      return 1;
     }
-    const bool done = testing::WaitUntil(
-        [&] {
-          for (const std::string& id : ids) {
-            absl::StatusOr<pb::Job> j = testing::GetJob(svc, id);
-            if (!j.ok()) return false;
-            const pb::JobState st = j->state();
-            if (st != pb::FAILED && st != pb::SUCCEEDED && st != pb::CANCELLED) return false;
-          }
-          return true;
-        },
-        absl::Seconds(1800));
+    const bool done = *ran;
     const double sum =
         testing::Metric(svc.metrics_port, "prunesvc_step_seconds_sum{step=\"evaluate\"}");
     const double count =
         testing::Metric(svc.metrics_port, "prunesvc_step_seconds_count{step=\"evaluate\"}");
+    const double hits = cache_metric("hit"), misses = cache_metric("miss");
+    // The round's row, from the counters as the round left them.
+    std::string row;
+    int64_t first_policies = 0;
+    {
+      absl::MutexLock l(&shared.mu);
+      const double span = std::chrono::duration<double>(shared.last - shared.first).count();
+      const double mean_step = count > 0 ? sum / count : 0;
+      const double mean_cost = shared.dispatches > 0 ? shared.work_seconds / shared.dispatches : 0;
+      row = absl::StrFormat("%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %.2f%s", w,
+                            (long long)shared.dispatches, double(shared.dispatches) / span,
+                            double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
+                            shared.work_seconds / w / span, span,
+                            done ? "" : "  (jobs did not finish)");
+      if (shared.trace) row += "\n" + TraceText(shared.spans, shared.first);
+      first_policies = shared.policies;
+    }
+    std::printf("%s\n", row.c_str());
+    if (budgets.size() > 1 || resubmit) {
+      std::printf("  evaluation cache across jobs, first round: %.0f hits of %.0f lookups\n", hits,
+                  hits + misses);
+    }
+    if (resubmit) {  // the same jobs again: what the evaluation cache across jobs saves
+      shared.Reset();
+      absl::StatusOr<bool> again = run_jobs();
+      absl::MutexLock l(&shared.mu);
+      std::printf(
+          "  resubmitted: %lld policies dispatched (first round %lld), cache hits %.0f of %.0f "
+          "lookups%s\n",
+          (long long)shared.policies, (long long)first_policies, cache_metric("hit") - hits,
+          cache_metric("hit") + cache_metric("miss") - hits - misses,
+          again.ok() && *again ? "" : " (jobs did not finish)");
+    }
+    std::fflush(stdout);
     for (auto& s : servers) s->Shutdown(absl::Seconds(1));
     {
       absl::MutexLock l(&shared.real_mu);
       shared.real.reset();  // before the worker whose blob cache it uses
     }
     servers.clear();
-    absl::MutexLock l(&shared.mu);
-    const double span = std::chrono::duration<double>(shared.last - shared.first).count();
-    const double mean_step = count > 0 ? sum / count : 0;
-    const double mean_cost = shared.dispatches > 0 ? shared.work_seconds / shared.dispatches : 0;
-    std::printf("%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %.2f%s\n", w,
-                (long long)shared.dispatches, double(shared.dispatches) / span,
-                double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
-                shared.work_seconds / w / span, span, done ? "" : "  (jobs did not finish)");
-    if (shared.trace) PrintTrace(shared.spans, shared.first);
-    std::fflush(stdout);
   }
   return 0;
 }

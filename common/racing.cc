@@ -1,5 +1,6 @@
 #include "common/racing.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace prunesvc::search {
@@ -18,13 +19,18 @@ bool RacedOut(double partial_sum, int scored, int num_samples, double term, doub
 
 std::optional<int> ReplayRace(std::span<const double> sample_losses, int batch, double term,
                               double threshold) {
-  const int n = int(sample_losses.size());
+  return ReplayRacePrefix(sample_losses, int(sample_losses.size()), batch, term, threshold);
+}
+
+std::optional<int> ReplayRacePrefix(std::span<const double> sample_losses, int num_samples,
+                                    int batch, double term, double threshold) {
+  const int m = std::min(int(sample_losses.size()), num_samples);
   const int step = batch > 0 ? batch : 1;
   double sum = 0;
-  for (int k = 0; k < n; ++k) {
+  for (int k = 0; k < m; ++k) {
     sum += sample_losses[k];
     const int scored = k + 1;
-    if (scored % step == 0 && RacedOut(sum, scored, n, term, threshold)) return scored;
+    if (scored % step == 0 && RacedOut(sum, scored, num_samples, term, threshold)) return scored;
   }
   return std::nullopt;
 }

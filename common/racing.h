@@ -57,6 +57,12 @@ bool RacedOut(double partial_sum, int scored, int num_samples, double term, doub
 // when it survives. batch ≤ 0 = one checkpoint per sample.
 std::optional<int> ReplayRace(std::span<const double> sample_losses, int batch, double term,
                               double threshold);
+// The same over the first sample_losses.size() ≤ num_samples losses of a policy scored on
+// `num_samples`: the checkpoints within that prefix. A cut it finds is the cut the whole set's
+// replay finds; nullopt says nothing about the samples after the prefix (a raced-out result
+// reused under another threshold: RemotePolicyEvaluator's cache across jobs).
+std::optional<int> ReplayRacePrefix(std::span<const double> sample_losses, int num_samples,
+                                    int batch, double term, double threshold);
 
 }  // namespace prunesvc::search
 

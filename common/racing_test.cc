@@ -44,6 +44,37 @@ TEST(RacingTest, ReplayChecksOnlyAtBatchBoundariesBeforeTheLast) {
   EXPECT_EQ(ReplayRace(losses, 2, 0.5, 0.7), 2);  // the term counts from the start
 }
 
+// A replay over a prefix of the losses (a raced-out result reused under another threshold) cuts
+// exactly where the whole set's replay cuts when that cut lies within the prefix, and does not
+// cut otherwise: brute force over random losses, prefixes and thresholds.
+TEST(RacingTest, APrefixReplayAgreesWithTheWholeSetsWithinThePrefix) {
+  std::mt19937_64 rng(21);
+  std::exponential_distribution<double> loss(1.5);
+  std::uniform_real_distribution<double> unit(0, 1);
+  int cut_inside = 0, no_cut = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    const int n = 1 + int(rng() % 70);
+    const int batch = 1 + int(rng() % 17);
+    const int m = int(rng() % (n + 1));  // the prefix known
+    std::vector<double> s(n);
+    for (double& x : s) x = loss(rng);
+    const double term = unit(rng) * 0.3;
+    const double threshold = unit(rng) * 2;
+    const std::optional<int> whole = ReplayRace(s, batch, term, threshold);
+    const std::optional<int> prefix =
+        ReplayRacePrefix(std::span<const double>(s.data(), size_t(m)), n, batch, term, threshold);
+    if (whole.has_value() && *whole <= m) {
+      ASSERT_EQ(prefix, whole) << "trial " << trial;
+      ++cut_inside;
+    } else {
+      ASSERT_EQ(prefix, std::nullopt) << "trial " << trial;
+      ++no_cut;
+    }
+  }
+  EXPECT_GT(cut_inside, 1000);
+  EXPECT_GT(no_cut, 1000);
+}
+
 // Soundness against brute force: over random non-negative per-sample losses, a candidate is
 // raced out only when its whole-set fitness (the in-order mean plus the term, computed as the
 // search computes it) is above the threshold, and the replay agrees with a checkpoint-by-

@@ -68,6 +68,13 @@ log "   policy: efficiency is capped by the work available, not by the scheduler
 "$BIN/dispatch-bench" --workers=64 --jobs=1 --population=16 --generations=2 --cost-ms=20 \
   2>/dev/null
 
+log "   work done once across jobs (the evaluation cache): a 3-budget grid, then the same jobs"
+log "   resubmitted; and a 4-seed sweep at one budget, then resubmitted:"
+"$BIN/dispatch-bench" --workers=8 --jobs=3 --population=32 --generations=12 \
+  --budgets=0.7,0.5,0.35 --resubmit=true 2>/dev/null | tail -n 2
+"$BIN/dispatch-bench" --workers=8 --jobs=4 --population=32 --generations=12 --resubmit=true \
+  2>/dev/null | tail -n 2
+
 log "6. STRUCTURED artifacts: measured latency against dense, held-out accuracy (256 samples)"
 printf '%-7s %-10s %-12s %-14s %-14s %-10s\n' budget flops report-lat llava-eval-s/s dense-s/s \
   accuracy

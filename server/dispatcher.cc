@@ -44,6 +44,12 @@ DispatcherMetrics::DispatcherMetrics(prometheus::Registry& registry) {
                                "workers than policies)")
                            .Register(registry)
                            .Add({});
+  auto& cache = prometheus::BuildCounter()
+                    .Name("prunesvc_evaluation_cache_total")
+                    .Help("Policies looked up in the evaluation cache across jobs, by result")
+                    .Register(registry);
+  evaluation_cache_hits = &cache.Add({{"result", "hit"}});
+  evaluation_cache_misses = &cache.Add({{"result", "miss"}});
   queue_depth = &prometheus::BuildGauge()
                      .Name("prunesvc_step_queue_depth")
                      .Help("Steps waiting for a free worker")

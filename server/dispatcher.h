@@ -58,6 +58,9 @@ struct DispatcherOptions {
   absl::Duration retry_backoff = absl::Milliseconds(200);  // doubles per attempt
   absl::Duration quarantine = absl::Seconds(5);
   int max_running_jobs = 16;  // drivers running at once; further jobs wait QUEUED
+  // Reuse evaluations across a tenant's jobs (RemotePolicyEvaluator; JobStore's cache). Off by
+  // default (--evaluation-cache): docs/PERFORMANCE.md measures its cost.
+  bool evaluation_cache = false;
   // A tenant's running-jobs quota (0 = none beyond max_running_jobs); unset = no per-tenant
   // quota. A job over its tenant's quota waits QUEUED while later jobs of other tenants start.
   std::function<int64_t(const std::string& tenant)> tenant_max_running;
@@ -77,7 +80,10 @@ struct DispatcherMetrics {
   prometheus::Counter* commit_retries;  // store commits retried for want of space
   prometheus::Counter* evaluations;
   prometheus::Counter* split_evaluations;  // policies scored in sample slices
-  prometheus::Gauge* queue_depth;          // steps waiting for a worker
+  // Policies found in / missing from the evaluation cache across jobs ({result="hit"|"miss"}).
+  prometheus::Counter* evaluation_cache_hits;
+  prometheus::Counter* evaluation_cache_misses;
+  prometheus::Gauge* queue_depth;  // steps waiting for a worker
   prometheus::Gauge* running_jobs;
   // Per running search (the dashboard's one per-job series; removed when its driver ends):
   // prunesvc_search_best_accuracy / _best_flops_ratio {job_id}, the best policy so far.

@@ -20,9 +20,11 @@
 #include "common/evolution.h"
 #include "common/job_spec.h"
 #include "common/job_spec_proto.h"
+#include "common/racing.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
+#include "server/evaluation_plan.h"
 #include "server/search_checkpoint.h"
 #include "server/search_driver.h"
 #include "server/sqlite_job_store.h"
@@ -87,6 +89,7 @@ struct Cluster {
   std::function<bool()> shared;
   std::map<std::string, int> in_flight ABSL_GUARDED_BY(mu);
   std::map<std::string, int> max_in_flight_shared ABSL_GUARDED_BY(mu);
+  std::string evaluation_key;  // PrepareResponse.evaluation_key (empty: no cache across jobs)
 };
 
 class FakeClient : public WorkerClient {
@@ -129,6 +132,7 @@ class FakeClient : public WorkerClient {
     r.mutable_token_stats()->set_mean_tokens_sq(kStats.mean_tokens_sq);
     r.mutable_token_stats()->set_mean_answer_tokens(kStats.mean_answer_tokens);
     r.set_num_samples(16);
+    r.set_evaluation_key(c_->evaluation_key);
     for (int l = 0; l < 4; ++l) r.add_owl_outlier_ratios(0.01 * (l + 1));
     return r;
   }
@@ -162,7 +166,16 @@ class FakeClient : public WorkerClient {
       while (c_->block_evaluate && !cancel->cancelled()) absl::SleepFor(absl::Milliseconds(5));
       if (cancel->cancelled()) return WithRetryable(absl::CancelledError("cancelled"), false);
       std::vector<double> ratios(req.policies(i).ratios().begin(), req.policies(i).ratios().end());
-      const search::EvalResult e = Score(ratios, req.projector_version());
+      search::EvalResult e = Score(ratios, req.projector_version());
+      if (req.has_race_threshold()) {  // race as a worker does (checkpoints after every sample)
+        search::RaceLimit race{.threshold = req.race_threshold(),
+                               .norm_eta = req.race_norm_eta(),
+                               .num_samples = int(e.sample_losses.size()),
+                               .extra = {req.race_extra().begin(), req.race_extra().end()}};
+        const std::optional<int> k =
+            search::ReplayRace(e.sample_losses, 0, race.Term(size_t(i), e.omega), race.threshold);
+        if (k.has_value()) e = RacedOutResult(std::move(e), *k, race.num_samples);
+      }
       pb::EvaluatePoliciesResponse r;
       r.set_index(i);
       r.mutable_evaluation()->set_loss(e.loss);
@@ -170,6 +183,8 @@ class FakeClient : public WorkerClient {
       r.mutable_evaluation()->set_omega(e.omega);
       r.mutable_evaluation()->mutable_sample_losses()->Add(e.sample_losses.begin(),
                                                            e.sample_losses.end());
+      r.mutable_evaluation()->set_raced_out(e.raced_out);
+      r.mutable_evaluation()->set_samples_scored(e.samples_scored);
       on_result(r);
       ++c_->evaluations;
     }
@@ -202,10 +217,12 @@ class FakeClient : public WorkerClient {
     r.set_report_json(req.search_report_json());
     absl::MutexLock lock(&c_->mu);
     final_ratios_[req.header().job_id()] = ratios;
+    reports_[req.header().job_id()] = req.search_report_json();
     return r;
   }
 
   static std::map<std::string, std::string> final_ratios_;
+  static std::map<std::string, std::string> reports_;  // search_report_json by job
 
  private:
   void Record(const std::string& job, const std::string& kind) {
@@ -216,6 +233,7 @@ class FakeClient : public WorkerClient {
   const std::string address_;
 };
 std::map<std::string, std::string> FakeClient::final_ratios_;
+std::map<std::string, std::string> FakeClient::reports_;
 
 class FakeConnector : public WorkerConnector {
  public:
@@ -291,13 +309,21 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReferencedBlobs() override {
     return real_->ReferencedBlobs();
   }
+  absl::StatusOr<std::map<std::string, std::string>> GetCachedEvaluations(
+      const std::vector<std::string>& keys) override {
+    return real_->GetCachedEvaluations(keys);
+  }
+  absl::Status PutCachedEvaluations(
+      const std::vector<std::pair<std::string, std::string>>& entries) override {
+    return real_->PutCachedEvaluations(entries);
+  }
 
  private:
   JobStore* const real_;
 };
 
 struct Harness {
-  explicit Harness(int workers, const std::string& dir = "") {
+  explicit Harness(int workers, const std::string& dir = "", bool evaluation_cache = false) {
     owns_dir = dir.empty();
     state_dir = dir.empty() ? (fs::temp_directory_path() /
                                absl::StrCat("dispatcher_test_", getpid(), "_", counter++))
@@ -319,6 +345,7 @@ struct Harness {
     o.quarantine = absl::Milliseconds(1);
     o.commit_retry_backoff = absl::Milliseconds(1);
     o.commit_retry_max = absl::Milliseconds(4);
+    o.evaluation_cache = evaluation_cache;
     dispatcher =
         std::make_unique<Dispatcher>(o, full_disk.get(), &hub, table.get(), &connector, &registry);
   }
@@ -330,12 +357,12 @@ struct Harness {
     if (owns_dir) fs::remove_all(state_dir, ec);
   }
 
-  std::string Submit(JobSpec spec) {
+  std::string Submit(JobSpec spec, const std::string& tenant = "") {
     spec.model_uri = "file:///models/fake";
     spec.dataset_id = "sha256:" + std::string(64, 'a');
     pb::JobEvent queued;
     queued.mutable_state_changed()->set_to(pb::QUEUED);
-    auto r = store->CreateJob("", JobSpecToProto(spec), {queued});
+    auto r = store->CreateJob(tenant, JobSpecToProto(spec), {queued});
     EXPECT_TRUE(r.ok()) << r.status();
     dispatcher->Enqueue(r->job.job_id());
     return r->job.job_id();
@@ -520,6 +547,65 @@ TEST(DispatcherTest, HigherPriorityStepsAreDispatchedFirst) {
   // C, which waited longer than B, got the worker only after B's step.
   const auto c_prepare = std::find(h.cluster.calls.begin(), h.cluster.calls.end(), c + "/prepare");
   EXPECT_GT(c_prepare - h.cluster.calls.begin(), 1);
+}
+
+// The evaluation cache across jobs: the same job again (same tenant, same worker evaluation key)
+// dispatches no evaluation and records exactly the first one's evaluations and policy, racing
+// included (a hit is raced by replaying it); another tenant shares nothing; without a worker key
+// nothing is cached.
+TEST(DispatcherTest, ASecondJobReusesTheFirstJobsEvaluations) {
+  Harness h(2, "", /*evaluation_cache=*/true);
+  h.cluster.evaluation_key = "sha256:" + std::string(64, 'e');
+  const JobSpec spec = SmallSearch();
+  auto evaluated = [](const std::string& id) {
+    return nlohmann::json::parse(FakeClient::reports_[id]).at("evaluated");
+  };
+  auto reused = [](const std::string& id) {
+    return nlohmann::json::parse(FakeClient::reports_[id]).value("evaluations_reused", -1);
+  };
+  const std::string a = h.Submit(spec);
+  ASSERT_EQ(h.WaitTerminal(a).state(), pb::SUCCEEDED);
+  const int after_a = h.cluster.evaluations.load();
+  ASSERT_GT(after_a, 0);
+  EXPECT_EQ(reused(a), 0);
+  const std::string b = h.Submit(spec);
+  ASSERT_EQ(h.WaitTerminal(b).state(), pb::SUCCEEDED);
+  EXPECT_EQ(h.cluster.evaluations.load(), after_a);  // every policy came from the cache
+  EXPECT_EQ(evaluated(b), evaluated(a));             // bitwise the same results, raced the same
+  EXPECT_EQ(FakeClient::final_ratios_[b], FakeClient::final_ratios_[a]);
+  EXPECT_EQ(reused(b), int(evaluated(b).size()));
+  // The fake's projectors and artifact, stored for tenant "" as a worker's PutBlob stores them
+  // (a tenant's job indexes them for its tenant).
+  for (const std::string& id : {Sha256Hex("projector-1"), Sha256Hex("projector-2"),
+                                Sha256Hex(FakeClient::final_ratios_[a])}) {
+    BlobRecord blob;
+    blob.blob_id = "sha256:" + id;
+    blob.kind = BlobKind::kProjector;
+    blob.size_bytes = 1;
+    ASSERT_TRUE(h.store->PutBlob(blob).ok());
+  }
+  const std::string c = h.Submit(spec, "another-tenant");
+  const pb::Job job_c = h.WaitTerminal(c);
+  ASSERT_EQ(job_c.state(), pb::SUCCEEDED) << job_c.error();
+  EXPECT_EQ(h.cluster.evaluations.load(), 2 * after_a);  // nothing shared across tenants
+  EXPECT_EQ(evaluated(c), evaluated(a));
+
+  Harness off(2, "", /*evaluation_cache=*/true);  // no evaluation key from the workers: no reuse
+  const std::string d = off.Submit(spec);
+  ASSERT_EQ(off.WaitTerminal(d).state(), pb::SUCCEEDED);
+  const std::string e = off.Submit(spec);
+  ASSERT_EQ(off.WaitTerminal(e).state(), pb::SUCCEEDED);
+  EXPECT_EQ(off.cluster.evaluations.load(), 2 * after_a);
+  EXPECT_EQ(reused(e), 0);
+
+  Harness disabled(2);  // the default: --evaluation-cache=false, whatever the workers report
+  disabled.cluster.evaluation_key = h.cluster.evaluation_key;
+  const std::string f = disabled.Submit(spec);
+  ASSERT_EQ(disabled.WaitTerminal(f).state(), pb::SUCCEEDED);
+  const std::string g = disabled.Submit(spec);
+  ASSERT_EQ(disabled.WaitTerminal(g).state(), pb::SUCCEEDED);
+  EXPECT_EQ(disabled.cluster.evaluations.load(), 2 * after_a);
+  EXPECT_EQ(reused(g), 0);
 }
 
 // Two jobs of one priority on 8 workers: while both run, neither holds more than its fair share

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "prune/v1/worker.pb.h"
 
 namespace prunesvc::server {
 namespace {
@@ -81,6 +82,46 @@ search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_
   whole.raced_out = true;
   whole.samples_scored = scored;
   return whole;
+}
+
+std::string CachedEvaluationValue(const search::EvalResult& r) {
+  ::prune::v1::PolicyEvaluation e;
+  e.set_loss(r.loss);
+  e.set_accuracy(r.accuracy);
+  e.set_omega(r.omega);
+  e.mutable_sample_losses()->Assign(r.sample_losses.begin(), r.sample_losses.end());
+  e.set_raced_out(r.raced_out);
+  e.set_samples_scored(r.samples_scored);
+  return e.SerializeAsString();
+}
+
+bool CachedEvaluationStorable(const search::EvalResult& r, int num_samples) {
+  return r.raced_out ? r.samples_scored > 0 && r.samples_scored < num_samples &&
+                           int(r.sample_losses.size()) == r.samples_scored
+                     : int(r.sample_losses.size()) == num_samples;
+}
+
+std::optional<search::EvalResult> CachedEvaluationResult(const std::string& value, int num_samples,
+                                                         int batch, const search::RaceLimit& race,
+                                                         size_t i) {
+  ::prune::v1::PolicyEvaluation e;
+  if (!e.ParseFromString(value)) return std::nullopt;
+  search::EvalResult r{.loss = e.loss(),
+                       .accuracy = e.accuracy(),
+                       .omega = e.omega(),
+                       .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()},
+                       .raced_out = e.raced_out(),
+                       .samples_scored = e.samples_scored()};
+  if (!CachedEvaluationStorable(r, num_samples)) return std::nullopt;
+  if (!race.active()) {
+    if (r.raced_out) return std::nullopt;
+    return r;
+  }
+  const std::optional<int> k = search::ReplayRacePrefix(r.sample_losses, num_samples, batch,
+                                                        race.Term(i, r.omega), race.threshold);
+  if (k.has_value()) return RacedOutResult(std::move(r), *k, num_samples);
+  if (r.raced_out) return std::nullopt;  // survives the prefix: the rest is unknown
+  return r;
 }
 
 }  // namespace prunesvc::server

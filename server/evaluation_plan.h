@@ -12,11 +12,14 @@
 #ifndef PRUNESVC_SERVER_EVALUATION_PLAN_H_
 #define PRUNESVC_SERVER_EVALUATION_PLAN_H_
 
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/evolution.h"
+#include "common/racing.h"
 
 namespace prunesvc::server {
 
@@ -59,6 +62,20 @@ absl::StatusOr<search::EvalResult> CombineSlices(absl::Span<const SliceResult> s
 // `scored` samples (common/racing.h): loss = their in-order sum / num_samples, accuracy 0,
 // sample_losses the first `scored`, raced_out set. `whole` must have num_samples sample losses.
 search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_samples);
+
+// The evaluation cache across jobs (remote_policy_evaluator.h) stores a policy's result as a
+// serialized prune.v1.PolicyEvaluation: a whole-set result (num_samples losses) or a raced-out
+// one (its first samples_scored < num_samples losses, a prefix of the whole set's).
+bool CachedEvaluationStorable(const search::EvalResult& r, int num_samples);
+std::string CachedEvaluationValue(const search::EvalResult& r);
+// What a worker would return, under `race` (for policy i of the request), for a policy whose
+// stored value is `value`: a whole-set value as stored, or raced out by replaying its
+// checkpoints; a raced-out prefix only when the replay under `race` cuts inside it. nullopt: the
+// value cannot answer (a prefix the race does not cut, a prefix without a race) or is malformed
+// (does not parse, or its losses do not match num_samples / samples_scored) — evaluate afresh.
+std::optional<search::EvalResult> CachedEvaluationResult(const std::string& value, int num_samples,
+                                                         int batch, const search::RaceLimit& race,
+                                                         size_t i);
 
 }  // namespace prunesvc::server
 

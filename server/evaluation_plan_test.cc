@@ -114,5 +114,74 @@ TEST(EvaluationPlanTest, MissingSamplesAreAnError) {
   EXPECT_TRUE(CombineSlices(std::vector<SliceResult>{a, b}, 3).ok());
 }
 
+// The evaluation cache's values: what a worker would return under the asking job's race, from a
+// stored whole-set result or a stored raced-out prefix, against the worker's own cut
+// (ReplayRace over the whole set, RacedOutResult) as the reference; malformed values answer
+// nothing.
+TEST(EvaluationPlanTest, CachedEvaluationsAnswerAsARacingWorkerWouldOrNotAtAll) {
+  constexpr int kSamples = 16, kBatch = 4;
+  search::EvalResult whole{.loss = 0, .accuracy = 0.75, .omega = 0.6};
+  for (int s = 0; s < kSamples; ++s) whole.sample_losses.push_back(0.1 * (s % 5) + 0.3);
+  for (double l : whole.sample_losses) whole.loss += l;
+  whole.loss /= kSamples;
+  auto race_at = [&](double threshold) {
+    return search::RaceLimit{.threshold = threshold, .norm_eta = 0, .num_samples = kSamples};
+  };
+  const search::RaceLimit none;
+  // A whole-set value: as stored without a race; under a race, cut as the worker would cut it.
+  const std::string value = CachedEvaluationValue(whole);
+  ASSERT_TRUE(CachedEvaluationStorable(whole, kSamples));
+  std::optional<search::EvalResult> got = CachedEvaluationResult(value, kSamples, kBatch, none, 0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->sample_losses, whole.sample_losses);
+  EXPECT_EQ(got->loss, whole.loss);
+  EXPECT_EQ(got->accuracy, whole.accuracy);
+  EXPECT_FALSE(got->raced_out);
+  for (double threshold : {0.05, 0.1, 0.2, 0.3, 0.45, 10.0}) {
+    SCOPED_TRACE(threshold);
+    const search::RaceLimit race = race_at(threshold);
+    const std::optional<int> k = search::ReplayRace(whole.sample_losses, kBatch, 0, threshold);
+    const search::EvalResult worker = k ? RacedOutResult(whole, *k, kSamples) : whole;
+    got = CachedEvaluationResult(value, kSamples, kBatch, race, 0);
+    ASSERT_TRUE(got.has_value());
+    EXPECT_EQ(got->raced_out, worker.raced_out);
+    EXPECT_EQ(got->samples_scored, worker.samples_scored);
+    EXPECT_EQ(got->sample_losses, worker.sample_losses);
+    EXPECT_EQ(got->loss, worker.loss);  // bitwise: the same in-order sum
+    EXPECT_EQ(got->accuracy, worker.accuracy);
+    // The worker's raced-out answer stored in turn answers any race that cuts inside it, and
+    // nothing else.
+    if (!worker.raced_out) continue;
+    ASSERT_TRUE(CachedEvaluationStorable(worker, kSamples));
+    const std::string prefix = CachedEvaluationValue(worker);
+    EXPECT_FALSE(CachedEvaluationResult(prefix, kSamples, kBatch, none, 0).has_value());
+    for (double other : {threshold / 2, threshold, threshold * 1.5, 10.0}) {
+      const std::optional<int> cut = search::ReplayRace(whole.sample_losses, kBatch, 0, other);
+      const std::optional<search::EvalResult> again =
+          CachedEvaluationResult(prefix, kSamples, kBatch, race_at(other), 0);
+      if (cut.has_value() && *cut <= worker.samples_scored) {
+        ASSERT_TRUE(again.has_value()) << other;
+        EXPECT_EQ(again->samples_scored, *cut);
+        EXPECT_EQ(again->loss, RacedOutResult(whole, *cut, kSamples).loss);
+      } else {
+        EXPECT_FALSE(again.has_value()) << other;
+      }
+    }
+  }
+  // Malformed values are misses, not crashes.
+  search::EvalResult short_one = whole;
+  short_one.sample_losses.pop_back();
+  search::EvalResult bad_prefix = RacedOutResult(whole, 8, kSamples);
+  bad_prefix.samples_scored = 12;  // says 12, holds 8
+  for (const std::string& bad :
+       {std::string("\xff\xff\xff garbage"), CachedEvaluationValue(short_one),
+        CachedEvaluationValue(bad_prefix), std::string()}) {
+    EXPECT_FALSE(CachedEvaluationResult(bad, kSamples, kBatch, none, 0).has_value());
+    EXPECT_FALSE(CachedEvaluationResult(bad, kSamples, kBatch, race_at(0.1), 0).has_value());
+  }
+  EXPECT_FALSE(CachedEvaluationStorable(short_one, kSamples));
+  EXPECT_FALSE(CachedEvaluationStorable(bad_prefix, kSamples));
+}
+
 }  // namespace
 }  // namespace prunesvc::server

@@ -197,6 +197,16 @@ class JobStore {
   // Every (tenant, blob id) a stored job references: its datasets, its artifact and the
   // projectors its ProjectorUpdated events name. What the storage sweep must keep.
   virtual absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReferencedBlobs() = 0;
+
+  // The evaluation cache across jobs (issue 20; server/remote_policy_evaluator.h composes the
+  // keys and values). Get: the stored values of those `keys` that are stored. Put: stores each
+  // entry — under an existing key only when the new value is longer (a whole-set result replaces
+  // a raced-out prefix of it) — and keeps only the newest entries beyond the store's bound. The
+  // cache is an optimization: callers go on without it when it fails.
+  virtual absl::StatusOr<std::map<std::string, std::string>> GetCachedEvaluations(
+      const std::vector<std::string>& keys) = 0;
+  virtual absl::Status PutCachedEvaluations(
+      const std::vector<std::pair<std::string, std::string>>& entries) = 0;
 };
 
 }  // namespace prunesvc::server

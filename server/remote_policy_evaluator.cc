@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "common/fault.h"
 #include "common/logging.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "server/dispatcher.h"
 #include "server/evaluation_plan.h"
@@ -101,6 +105,115 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
   if (policies.empty()) return std::vector<search::EvalResult>{};
   Dispatcher& d = *driver_->dispatcher();
   const int num_samples = driver_->prepared().num_samples();
+  AwaitStored();
+  const std::vector<std::string> keys = CacheKeys(policies, version);
+  std::map<std::string, std::string> stored;
+  if (!keys.empty()) {
+    absl::StatusOr<std::map<std::string, std::string>> got = d.store()->GetCachedEvaluations(keys);
+    if (got.ok()) {
+      stored = *std::move(got);
+    } else {
+      spdlog::warn("job={} evaluation cache unreadable (evaluating everything): {}",
+                   driver_->job_id(), got.status().message());
+    }
+  }
+  // Hits come from the cache, raced as a worker would race them; the rest go to the workers.
+  std::vector<std::optional<search::EvalResult>> out(policies.size());
+  std::vector<search::Policy> missing;
+  std::vector<size_t> missing_at;
+  search::RaceLimit missing_race = race;
+  missing_race.extra.clear();
+  const int batch = driver_->prepared().scoring_batch_size();
+  for (size_t i = 0; i < policies.size(); ++i) {
+    auto it = keys.empty() ? stored.end() : stored.find(keys[i]);
+    if (it != stored.end())
+      out[i] = CachedEvaluationResult(it->second, num_samples, batch, race, i);
+    if (out[i].has_value()) continue;
+    missing.push_back(policies[i]);
+    missing_at.push_back(i);
+    if (!race.extra.empty()) missing_race.extra.push_back(race.extra[i]);
+  }
+  if (!keys.empty()) {
+    reused_ += int64_t(policies.size() - missing.size());
+    d.metrics().evaluation_cache_hits->Increment(double(policies.size() - missing.size()));
+    d.metrics().evaluation_cache_misses->Increment(double(missing.size()));
+  }
+  if (!missing.empty()) {
+    ASSIGN_OR_RETURN(std::vector<search::EvalResult> fresh,
+                     Dispatch(missing, version, missing_race));
+    std::vector<std::pair<std::string, std::string>> to_store;
+    for (size_t j = 0; j < fresh.size(); ++j) {
+      const size_t i = missing_at[j];
+      if (!keys.empty() && CachedEvaluationStorable(fresh[j], num_samples)) {
+        to_store.emplace_back(keys[i], CachedEvaluationValue(fresh[j]));
+      }
+      out[i] = std::move(fresh[j]);
+    }
+    StoreCached(std::move(to_store));
+  }
+  std::vector<search::EvalResult> results;
+  results.reserve(out.size());
+  for (size_t i = 0; i < policies.size(); ++i) {
+    ASSIGN_OR_RETURN(std::string hash, space_->Hash(policies[i]));
+    ASSIGN_OR_RETURN(double flops, space_->FlopsRatio(policies[i]));
+    evaluated_.push_back(search::EvaluatedJson(hash, version, *out[i], flops));
+    results.push_back(*std::move(out[i]));
+  }
+  evaluations_ += int64_t(policies.size());
+  d.metrics().evaluations->Increment(double(policies.size()));
+  return results;
+}
+
+RemotePolicyEvaluator::~RemotePolicyEvaluator() { AwaitStored(); }
+
+void RemotePolicyEvaluator::StoreCached(std::vector<std::pair<std::string, std::string>> entries) {
+  if (entries.empty()) return;
+  stored_ = std::make_unique<absl::Notification>();
+  driver_->dispatcher()->step_threads().Run([store = driver_->dispatcher()->store(),
+                                             job = driver_->job_id(), done = stored_.get(),
+                                             entries = std::move(entries)] {
+    if (absl::Status s = store->PutCachedEvaluations(entries); !s.ok()) {
+      spdlog::warn("job={} evaluation cache not written (the search goes on): {}", job,
+                   s.message());
+    }
+    done->Notify();
+  });
+}
+
+void RemotePolicyEvaluator::AwaitStored() {
+  if (stored_ == nullptr) return;
+  stored_->WaitForNotification();
+  stored_.reset();
+}
+
+std::vector<std::string> RemotePolicyEvaluator::CacheKeys(
+    const std::vector<search::Policy>& policies, int version) const {
+  const std::string& evaluation_key = driver_->prepared().evaluation_key();
+  if (!driver_->dispatcher()->options().evaluation_cache || evaluation_key.empty()) return {};
+  std::string projector = "model";  // version 0: the model's own projector
+  if (version != 0) {
+    auto blob = driver_->projector_blobs().find(version);
+    if (blob == driver_->projector_blobs().end() || blob->second.empty()) return {};
+    projector = blob->second;
+  }
+  std::vector<std::string> keys;
+  for (const search::Policy& p : policies) {
+    absl::StatusOr<std::vector<double>> ratios = space_->UnitRatios(p);
+    if (!ratios.ok()) return {};
+    // The exact doubles the worker is sent (their bits, not a decimal rendering).
+    std::string bits(ratios->size() * sizeof(double), '\0');
+    std::memcpy(bits.data(), ratios->data(), bits.size());
+    keys.push_back(Sha256Hex(absl::StrCat("prunesvc cached evaluation v1\ntenant ",
+                                          driver_->tenant(), "\nworker ", evaluation_key,
+                                          "\nprojector ", projector, "\nratios ", bits)));
+  }
+  return keys;
+}
+
+absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Dispatch(
+    const std::vector<search::Policy>& policies, int version, const search::RaceLimit& race) {
+  Dispatcher& d = *driver_->dispatcher();
+  const int num_samples = driver_->prepared().num_samples();
   const int batch = driver_->prepared().scoring_batch_size();
   // One worker at least (waiting for it), then as many more as are idle and have work: a policy
   // each, or, with more workers than policies, a slice of a policy's samples each.
@@ -152,16 +265,7 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
                                        return RunChunk(*driver_, req, lease, cancel, parts[c]);
                                      }));
   }
-  ASSIGN_OR_RETURN(std::vector<search::EvalResult> out,
-                   Reassemble(chunks, parts, num_samples, race));
-  for (size_t i = 0; i < policies.size(); ++i) {
-    ASSIGN_OR_RETURN(std::string hash, space_->Hash(policies[i]));
-    ASSIGN_OR_RETURN(double flops, space_->FlopsRatio(policies[i]));
-    evaluated_.push_back(search::EvaluatedJson(hash, version, out[i], flops));
-  }
-  evaluations_ += int64_t(policies.size());
-  d.metrics().evaluations->Increment(double(policies.size()));
-  return out;
+  return Reassemble(chunks, parts, num_samples, race);
 }
 
 absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Reassemble(

@@ -6,6 +6,16 @@
 // the whole-set result) — runs them in parallel and reassembles the results in request order; a
 // chunk whose worker failed in a retryable way is re-run (with retries) on another worker.
 // EvaluateRaced passes a racing limit along (common/racing.h).
+//
+// Evaluations across jobs (DispatcherOptions::evaluation_cache): a policy whose result the
+// tenant's earlier jobs stored under the same key — the worker's PrepareResponse.evaluation_key
+// (model files, samples, granularity, N:M, unit, mask method, worker batch / threads / device /
+// build), the projector (the model's own, or the trained projector's blob id) and the exact unit
+// ratios — is not dispatched. Whole-set results and raced-out ones (the prefix of losses scored)
+// are stored; a hit is raced by replaying its checkpoints (ReplayRacePrefix), as a combined slice
+// is, and a raced-out prefix is used only when the replay cuts within it — so every result is
+// bitwise what a worker would have returned, and the search, its report and its events are
+// unchanged. A longer result replaces a shorter one under the same key.
 // TrainProjector names the new version (latest + 1) so every worker agrees, and records the
 // uploaded projector's blob for later steps.
 //
@@ -13,8 +23,12 @@
 #ifndef PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_
 #define PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_
 
+#include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "common/evolution.h"
 #include "common/policy.h"
 #include "nlohmann/json.hpp"
@@ -29,6 +43,8 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   // Neither pointer is owned.
   RemotePolicyEvaluator(SearchDriver* driver, const search::PolicySpace* space, int latest_version)
       : driver_(driver), space_(space), latest_(latest_version) {}
+  // Waits for its last write to the evaluation cache.
+  ~RemotePolicyEvaluator() override;
 
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
       const std::vector<search::Policy>& policies, int projector_version) override;
@@ -46,8 +62,22 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   nlohmann::json& evaluated() { return evaluated_; }
   int64_t evaluations() const { return evaluations_; }
   void set_evaluations(int64_t n) { evaluations_ = n; }
+  // Policies answered from the evaluation cache across jobs (report.json).
+  int64_t reused() const { return reused_; }
 
  private:
+  // Runs `policies` on workers (no cache): chunks, retries, reassembly.
+  absl::StatusOr<std::vector<search::EvalResult>> Dispatch(
+      const std::vector<search::Policy>& policies, int projector_version,
+      const search::RaceLimit& race);
+  // The cache key of each policy under `projector_version`; empty when this job cannot use the
+  // cache (off, an old worker without an evaluation key, an unknown projector blob).
+  std::vector<std::string> CacheKeys(const std::vector<search::Policy>& policies,
+                                     int projector_version) const;
+  // Writes new entries to the cache on a step thread, off the search's critical path (one write
+  // in flight: the next Evaluate and the destructor wait for it); a failed write is logged.
+  void StoreCached(std::vector<std::pair<std::string, std::string>> entries);
+  void AwaitStored();
   // The per-policy results, in request order, from each chunk's slice results.
   absl::StatusOr<std::vector<search::EvalResult>> Reassemble(
       const std::vector<EvalChunk>& chunks, const std::vector<std::vector<SliceResult>>& parts,
@@ -58,6 +88,8 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   int latest_;
   nlohmann::json evaluated_ = nlohmann::json::array();
   int64_t evaluations_ = 0;
+  int64_t reused_ = 0;
+  std::unique_ptr<absl::Notification> stored_;  // the cache write in flight, if any
 };
 
 }  // namespace prunesvc::server

@@ -215,6 +215,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
 
   SqliteJobStoreOptions store_options;
   store_options.state_dir = options.state_dir;
+  store_options.max_cached_evaluations = options.evaluation_cache_entries;
   ASSIGN_OR_RETURN(s->store_, SqliteJobStore::Create(store_options));
   FileBlobStoreOptions blob_options;
   blob_options.root = options.state_dir + "/blobs";

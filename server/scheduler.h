@@ -51,9 +51,10 @@ struct SchedulerOptions {
   std::vector<std::string> allowed_model_roots;
   int64_t max_upload_bytes = kDefaultMaxUploadBytes;
   int max_watchers_per_job = 256;
-  int max_queued_jobs = 1000;           // per tenant (the tokens file may override it)
-  int64_t tenant_max_running_jobs = 0;  // per tenant; 0 = only --max-running-jobs
-  int64_t tenant_max_stored_bytes = 0;  // per tenant; 0 = unlimited
+  int max_queued_jobs = 1000;                 // per tenant (the tokens file may override it)
+  int64_t tenant_max_running_jobs = 0;        // per tenant; 0 = only --max-running-jobs
+  int64_t tenant_max_stored_bytes = 0;        // per tenant; 0 = unlimited
+  int64_t evaluation_cache_entries = 200000;  // the evaluation cache's bound (the store's)
   // Security (docs/operations.md "TLS and tokens"). tls.cert/key serve TLS on both ports;
   // tls.ca requires client certificates on the worker port, verifies the workers' servers and
   // (with tls.cert/key as the client certificate) is handed to local workers.

@@ -44,6 +44,16 @@ ABSL_FLAG(int, max_step_attempts, 4,
 ABSL_FLAG(int, max_running_jobs, 16,
           "Jobs running at once; later ones wait QUEUED, in submission order, until one "
           "ends.");
+ABSL_FLAG(
+    bool, evaluation_cache, false,
+    "Reuse a policy's evaluation across jobs of one tenant when the worker reports the same "
+    "evaluation key (same model files, samples, granularity, N:M, unit, mask method, worker "
+    "batch, threads, device and build) and the projector is the same: a re-submitted job or a "
+    "seed sweep does not pay twice. Results are bitwise those a fresh evaluation gives. Off by "
+    "default: its store lookups sit on each generation's critical path (docs/PERFORMANCE.md).");
+ABSL_FLAG(int64_t, evaluation_cache_entries, 200000,
+          "Entries the evaluation cache keeps in the state dir (the oldest go first; ~1 KB each "
+          "with 64 search samples).");
 ABSL_FLAG(int, max_watchers_per_job, 256,
           "Concurrent WatchJob streams per job; more get RESOURCE_EXHAUSTED naming the limit.");
 ABSL_FLAG(int, max_queued_jobs, 1000,
@@ -115,6 +125,8 @@ int main(int argc, char** argv) {
   options.dispatcher.finalize_deadline = absl::GetFlag(FLAGS_finalize_deadline);
   options.dispatcher.max_attempts = absl::GetFlag(FLAGS_max_step_attempts);
   options.dispatcher.max_running_jobs = absl::GetFlag(FLAGS_max_running_jobs);
+  options.dispatcher.evaluation_cache = absl::GetFlag(FLAGS_evaluation_cache);
+  options.evaluation_cache_entries = absl::GetFlag(FLAGS_evaluation_cache_entries);
   options.sweep.retain = absl::Hours(24) * absl::GetFlag(FLAGS_retain_days);
   options.max_watchers_per_job = absl::GetFlag(FLAGS_max_watchers_per_job);
   options.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);

@@ -399,6 +399,13 @@ absl::Status SearchDriver::SearchGenerations() {
     StartCommit(std::move(gc));
   }
   report_["evaluated"] = evaluator->evaluated();
+  // Of those, answered from the evaluation cache across jobs (this run of the driver; the
+  // scheduler's record: the worker's report.json keeps prune-local's fields only).
+  report_["evaluations_reused"] = evaluator->reused();
+  if (evaluator->reused() > 0) {
+    spdlog::info("job={} reused {} evaluations from the tenant's earlier jobs", job_id_,
+                 evaluator->reused());
+  }
   ASSIGN_OR_RETURN(search::ScoredPolicy best, search->Best());
   ASSIGN_OR_RETURN(unit_ratios_, space_->UnitRatios(best.policy));
   for (const auto& g : search->history()) history.push_back(g.ToJson());

@@ -61,6 +61,7 @@ class SearchDriver {
   // From any thread: stop at the next step; in-flight worker calls are cancelled.
   void Cancel();
   const std::string& job_id() const { return job_id_; }
+  const std::string& tenant() const { return tenant_; }
 
   // ---- for RemotePolicyEvaluator ----
   // One step with retries on other workers (see the file comment). `call` runs on a lease.

@@ -93,6 +93,11 @@ CREATE TABLE blobs (
 CREATE INDEX blobs_by_tenant ON blobs (tenant, create_time_us);
 CREATE INDEX blobs_by_content ON blobs (content_id);
 CREATE INDEX jobs_by_state_update ON jobs (state, update_time_us);
+CREATE TABLE evaluation_cache (         -- results shared across jobs (v4); id = insertion order
+  id    INTEGER PRIMARY KEY,
+  key   TEXT NOT NULL UNIQUE,
+  value BLOB NOT NULL
+);
 )sql";
 
 // kMigrations[v - 1] takes a store from schema version v to v + 1, in the transaction that also
@@ -105,6 +110,9 @@ constexpr const char* kMigrations[] = {
     // still loads, with an empty log).
     "CREATE TABLE checkpoint_log (job_id TEXT NOT NULL REFERENCES jobs (job_id), "
     "sequence INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (job_id, sequence));",
+    // 3 → 4: the evaluation cache across jobs (starts empty).
+    "CREATE TABLE evaluation_cache (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, "
+    "value BLOB NOT NULL);",
 };
 static_assert(std::size(kMigrations) == SqliteJobStore::kSchemaVersion - 1);
 
@@ -914,6 +922,56 @@ absl::Status SqliteJobStore::DeleteJob(absl::string_view job_id) {
     del.Bind(1, job_id);
     RETURN_IF_ERROR(del.Run());
   }
+  return txn.Commit();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> SqliteJobStore::GetCachedEvaluations(
+    const std::vector<std::string>& keys) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("SELECT value FROM evaluation_cache WHERE key = ?"));
+  std::map<std::string, std::string> out;
+  for (const std::string& key : keys) {
+    stmt.Reset();
+    stmt.Bind(1, key);
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (row) out[key] = stmt.Blob(0);
+  }
+  return out;
+}
+
+absl::Status SqliteJobStore::PutCachedEvaluations(
+    const std::vector<std::pair<std::string, std::string>>& entries) {
+  if (entries.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  // The cache is an optimization: its writes skip the fsync (WAL with synchronous = NORMAL stays
+  // consistent; a power cut may lose the newest entries, which are then evaluated again). The next
+  // job commit, at FULL, syncs them with it.
+  RETURN_IF_ERROR(db_->Exec("PRAGMA synchronous = NORMAL"));
+  absl::Status written = PutCachedEvaluationsLocked(entries);
+  absl::Status restored = db_->Exec("PRAGMA synchronous = FULL");
+  return written.ok() ? restored : written;
+}
+
+absl::Status SqliteJobStore::PutCachedEvaluationsLocked(
+    const std::vector<std::pair<std::string, std::string>>& entries) {
+  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
+  ASSIGN_OR_RETURN(SqliteStatement put,
+                   db_->Prepare("INSERT INTO evaluation_cache (key, value) VALUES (?, ?) "
+                                "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+                                "WHERE length(excluded.value) > length(evaluation_cache.value)"));
+  for (const auto& [key, value] : entries) {
+    put.Reset();
+    put.Bind(1, key).BindBlob(2, value);
+    RETURN_IF_ERROR(put.Run());
+  }
+  // ids grow with insertion and the newest row is never deleted, so this keeps the newest
+  // max_cached_evaluations entries.
+  ASSIGN_OR_RETURN(SqliteStatement trim,
+                   db_->Prepare("DELETE FROM evaluation_cache WHERE id <= "
+                                "(SELECT max(id) FROM evaluation_cache) - ?"));
+  trim.Bind(1, std::max<int64_t>(1, options_.max_cached_evaluations));
+  RETURN_IF_ERROR(trim.Run());
   return txn.Commit();
 }
 

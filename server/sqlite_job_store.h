@@ -43,13 +43,17 @@ struct SqliteJobStoreOptions {
   // Returns a fresh job id ("job-" + 16 random lowercase hex when unset). Tests make it
   // deterministic; a collision with an existing id is retried a few times.
   std::function<std::string()> new_job_id;
+  // Entries the evaluation cache across jobs keeps (the oldest go first); ~1 KB each with 64
+  // search samples.
+  int64_t max_cached_evaluations = 200000;
 };
 
 class SqliteJobStore : public JobStore {
  public:
   // The schema version this binary writes and reads.
-  // 2: blobs.name and jobs_by_state_update; a version-1 store is migrated on open.
-  static constexpr int kSchemaVersion = 3;
+  // 2: blobs.name and jobs_by_state_update; a version-1 store is migrated on open. 3: the
+  // checkpoint log. 4: the evaluation cache across jobs.
+  static constexpr int kSchemaVersion = 4;
   static constexpr const char* kFileName = "jobs.db";
 
   static absl::StatusOr<std::unique_ptr<SqliteJobStore>> Create(SqliteJobStoreOptions options);
@@ -80,6 +84,10 @@ class SqliteJobStore : public JobStore {
   absl::Status DeleteJob(absl::string_view job_id) override;
   absl::StatusOr<std::vector<std::string>> ListJobsFinishedBefore(absl::Time t) override;
   absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReferencedBlobs() override;
+  absl::StatusOr<std::map<std::string, std::string>> GetCachedEvaluations(
+      const std::vector<std::string>& keys) override;
+  absl::Status PutCachedEvaluations(
+      const std::vector<std::pair<std::string, std::string>>& entries) override;
 
   const std::string& path() const { return path_; }
 
@@ -103,6 +111,9 @@ class SqliteJobStore : public JobStore {
       prune::v1::Job& job, const std::vector<prune::v1::JobEvent>& events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PutCheckpointLocked(absl::string_view job_id, const Checkpoint& checkpoint)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status PutCachedEvaluationsLocked(
+      const std::vector<std::pair<std::string, std::string>>& entries)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Group commit (leveldb's DBImpl::Write): a Commit that arrives while another is being written

@@ -782,6 +782,33 @@ TEST_F(SqliteJobStoreTest, FinishedBeforeAndReferencedBlobs) {
 // A state dir written by the previous schema (server/testdata/state_v1: made by prune-scheduler
 // at schema 1 with `prunectl upload-dataset` / `submit` / `cancel`) opens, is migrated, and keeps
 // every job, event and blob record.
+// The evaluation cache across jobs: what is put comes back (and survives a reopen); a longer
+// value replaces a shorter one under its key, never the other way; only the newest entries
+// beyond the bound are kept.
+TEST_F(SqliteJobStoreTest, EvaluationCacheKeepsTheLongestValueAndTheNewestEntries) {
+  ASSERT_TRUE(store_->PutCachedEvaluations({{"a", "12"}, {"b", "1"}}).ok());
+  ASSERT_TRUE(store_->PutCachedEvaluations({{"a", "1"}, {"b", "123"}}).ok());
+  auto got = store_->GetCachedEvaluations({"a", "b", "missing"});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, (std::map<std::string, std::string>{{"a", "12"}, {"b", "123"}}));
+  Open();
+  EXPECT_EQ(store_->GetCachedEvaluations({"a"})->at("a"), "12");
+
+  store_.reset();
+  SqliteJobStoreOptions options{.state_dir = dir_.Sub("bounded"), .clock = &clock_};
+  options.max_cached_evaluations = 3;
+  auto bounded = SqliteJobStore::Create(options);
+  ASSERT_TRUE(bounded.ok()) << bounded.status();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE((*bounded)->PutCachedEvaluations({{absl::StrCat("k", i), "v"}}).ok());
+  }
+  auto kept = (*bounded)->GetCachedEvaluations({"k0", "k1", "k2", "k3", "k4"});
+  ASSERT_TRUE(kept.ok());
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : *kept) keys.push_back(k);
+  EXPECT_THAT(keys, ElementsAre("k2", "k3", "k4"));
+}
+
 TEST_F(SqliteJobStoreTest, OpensAndMigratesAStateDirOfThePreviousSchema) {
   store_.reset();
   const std::string dir = dir_.Sub("v1");
@@ -825,6 +852,9 @@ TEST_F(SqliteJobStoreTest, OpensAndMigratesAStateDirOfThePreviousSchema) {
   auto checkpoint = (*store)->LoadCheckpoint("job-0644e73bcdc6f0fc");
   ASSERT_TRUE(checkpoint.ok() && checkpoint->has_value());
   EXPECT_THAT((*checkpoint)->log, ElementsAre("r"));
+  // Schema 4's evaluation cache is there (empty).
+  ASSERT_TRUE((*store)->PutCachedEvaluations({{"k", "v"}}).ok());
+  EXPECT_EQ((*(*store)->GetCachedEvaluations({"k"}))["k"], "v");
   store->reset();
   auto db = SqliteDb::Open(dir + "/jobs.db");
   ASSERT_TRUE(db.ok());

@@ -519,6 +519,44 @@ TEST(WorkerStepsTest, PrepareCarriesOwlOutliersAndTheHeadLayout) {
   EXPECT_DOUBLE_EQ(space->dense_flops(), resp.dense_flops());
 }
 
+// PrepareResponse.evaluation_key (the evaluation cache across jobs): what does not change a
+// policy's scores leaves it alone (another job id, seed, budget, search options); what does
+// changes it (granularity, mask method, unit).
+TEST(WorkerStepsTest, EvaluationKeyNamesWhatDecidesAPolicysScores) {
+  ASSERT_NE(Env().server, nullptr);
+  Worker w = StartWorker("evalkey");
+  ASSERT_NE(w.stub, nullptr);
+  int step = 0;
+  auto key_of = [&](const JobSpec& spec) -> std::string {
+    pb::PrepareRequest req;
+    *req.mutable_header() = Header(absl::StrCat("evalkey-", ++step));
+    req.mutable_header()->set_job_id(absl::StrCat("job-evalkey-", step));
+    *req.mutable_spec() = JobSpecToProto(spec);
+    pb::PrepareResponse resp;
+    grpc::ClientContext ctx;
+    SetContext(ctx);
+    const grpc::Status s = w.stub->Prepare(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.evaluation_key();
+  };
+  const JobSpec base = SmallSpec();
+  const std::string key = key_of(base);
+  EXPECT_TRUE(absl::StartsWith(key, "sha256:")) << key;
+  EXPECT_EQ(key.size(), 7u + 64u);
+  JobSpec other = base;  // another job of the same inputs: seed, budget and search options
+  other.seed = base.seed + 1;
+  other.flops_budget = 0.6;
+  other.population = base.population + 4;
+  other.eta = 0.5;
+  EXPECT_EQ(key_of(other), key);
+  JobSpec structured = base;
+  SetGranularity(structured, search::Granularity::kStructured);
+  EXPECT_NE(key_of(structured), key);
+  JobSpec magnitude = base;
+  magnitude.mask_method = MaskMethod::kMagnitude;
+  EXPECT_NE(key_of(magnitude), key);
+}
+
 pb::EvaluatePoliciesRequest ManyPolicies(const std::string& step, int count) {
   pb::EvaluatePoliciesRequest req;
   *req.mutable_header() = Header(step);

@@ -24,6 +24,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "spdlog/spdlog.h"
+#include "torch/version.h"
 #include "worker/model/device.h"
 #include "worker/model/safetensors.h"
 #include "worker/model/torch_guard.h"
@@ -514,11 +515,29 @@ absl::StatusOr<pb::PrepareResponse> StepRunner::Prepare(const pb::PrepareRequest
     for (double d : s.owl_outlier_ratios) resp.add_owl_outlier_ratios(d);
     resp.set_cache_hit(hit);
     resp.set_scoring_batch_size(options_.batch_size);
+    ASSIGN_OR_RETURN(std::string key, EvaluationKey(*job, model_hash.first));
+    resp.set_evaluation_key(key);
     return resp;
   };
   absl::StatusOr<pb::PrepareResponse> out = run();
   scope.Done(out.status()).IgnoreError();
   return out;
+}
+
+absl::StatusOr<std::string> StepRunner::EvaluationKey(const prune::PreparedJob& job,
+                                                      const std::string& model_sha256) const {
+  const JobSpec& spec = job.options().spec;
+  ASSIGN_OR_RETURN(std::string side_files, prune::ModelSideFilesSha256(job.options().model_dir));
+  ASSIGN_OR_RETURN(int threads, model::SetTorchThreads(options_.threads));  // the count in effect
+  // One field per line, named: what decides a policy's scores on this worker (worker.proto).
+  const std::string material = absl::StrCat(
+      "prunesvc evaluation key v1\nmodel_weights ", model_sha256, "\nmodel_side_files ", side_files,
+      "\ndataset ", job.summary().dataset_sha256, "\ngranularity ", int(spec.granularity), "\nnm ",
+      spec.nm.n, ":", spec.nm.m, "\nunit ", int(spec.unit), "\nmask_method ",
+      std::string(MaskMethodName(spec.mask_method)), "\nbatch ", options_.batch_size, "\nthreads ",
+      threads, "\ndevice ", options_.device, "\ndevice_name ", options_.device_name, "\nbuild ",
+      PRUNESVC_VERSION, " torch ", TORCH_VERSION, "\n");
+  return "sha256:" + Sha256Hex(material);
 }
 
 absl::Status StepRunner::EnsureProjector(prune::PreparedJob& job, int version,

@@ -52,6 +52,7 @@ struct StepRunnerOptions {
   std::vector<std::string> allowed_model_roots;  // realpath'ed at Create
   size_t max_prepared_jobs = 2;
   std::string device = "cpu";
+  std::string device_name;  // CPU model or GPU name (model::DeviceInfo), in the evaluation key
   int threads = 0;
   int batch_size = 16;
   // Testing only: "STEP:oom" throws std::bad_alloc inside step STEP ("prepare", "evaluate",
@@ -107,6 +108,10 @@ class StepRunner : public StepExecutor {
   absl::StatusOr<std::string> EnsureBlobModel(const std::string& model_id);
   absl::StatusOr<std::string> FetchDataset(const std::string& id, const std::string& field);
   absl::Status EnsureProjector(prune::PreparedJob& job, int version, const std::string& blob_id);
+  // PrepareResponse.evaluation_key of `job` on this worker (worker.proto); on a step's thread
+  // (it reads the thread count in effect).
+  absl::StatusOr<std::string> EvaluationKey(const prune::PreparedJob& job,
+                                            const std::string& model_sha256) const;
   absl::StatusOr<std::string> UploadProjector(const prune::ProjectorWeights& w, int version);
   absl::Status MaybeInjectFault(std::string_view step) const;
 

@@ -50,6 +50,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   ro.allowed_model_roots = options.allowed_model_roots;
   ro.max_prepared_jobs = options.max_prepared_jobs;
   ro.device = options.device;
+  ro.device_name = w->device_.name;
   ro.threads = options.threads;
   ro.batch_size = options.batch_size;
   ro.inject_fault = options.inject_fault;

@@ -89,6 +89,24 @@ absl::StatusOr<std::pair<std::string, json>> ModelSha256(const std::string& mode
   return std::make_pair(Sha256Hex(lines), files);
 }
 
+absl::StatusOr<std::string> ModelSideFilesSha256(const std::string& model_dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(model_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_regular_file() || name.empty() || name[0] == '.' || IsWeightFile(name)) continue;
+    names.push_back(name);
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat(model_dir, ": ", ec.message()));
+  std::sort(names.begin(), names.end());
+  std::string lines;
+  for (const std::string& name : names) {
+    ASSIGN_OR_RETURN(std::string hex, Sha256OfFile(model_dir + "/" + name));
+    absl::StrAppend(&lines, hex, "  ", name, "\n");
+  }
+  return Sha256Hex(lines);
+}
+
 absl::StatusOr<json> CopyModelSideFiles(const std::string& model_dir,
                                         const std::string& model_out) {
   std::vector<fs::path> files;

@@ -31,6 +31,10 @@ std::vector<std::string> WeightFiles(const std::string& model_dir);
 // the per-file digests as {name: hex}.
 absl::StatusOr<std::pair<std::string, nlohmann::json>> ModelSha256(const std::string& model_dir);
 
+// sha256 over "HEX  NAME\n" lines of every regular, non-hidden, non-weight file of `model_dir`
+// (config, tokenizer and processor files: what ModelSha256 leaves out), sorted by name.
+absl::StatusOr<std::string> ModelSideFilesSha256(const std::string& model_dir);
+
 // Copies every regular, non-hidden, non-weight file of `model_dir` (config, tokenizer, processor
 // files) into `model_out`, sorted by name; returns their names.
 absl::StatusOr<nlohmann::json> CopyModelSideFiles(const std::string& model_dir,
