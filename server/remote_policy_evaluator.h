@@ -62,7 +62,8 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   nlohmann::json& evaluated() { return evaluated_; }
   int64_t evaluations() const { return evaluations_; }
   void set_evaluations(int64_t n) { evaluations_ = n; }
-  // Policies answered from the evaluation cache across jobs (report.json).
+  // Policies answered from the evaluation cache across jobs (the driver logs it and keeps it in its
+  // search report; the worker copies only prune-local's fields into report.json).
   int64_t reused() const { return reused_; }
 
  private:
