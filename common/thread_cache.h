@@ -108,7 +108,7 @@ class ThreadCache {
 
   mutable absl::Mutex mu_;
   std::vector<Slot*> idle_ ABSL_GUARDED_BY(mu_);  // a stack: the most recently idle last
-  size_t starting_ ABSL_GUARDED_BY(mu_) = 0;  // Reserve's threads not yet idle
+  size_t starting_ ABSL_GUARDED_BY(mu_) = 0;      // Reserve's threads not yet idle
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
 };

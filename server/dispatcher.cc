@@ -255,8 +255,8 @@ std::vector<pb::WorkerInfo> Dispatcher::IdleWorkersLocked(const std::string& job
 
 int Dispatcher::FairShareLocked(const std::string& job_id, int priority) const {
   int live = 0;
-  for (const pb::WorkerInfo& w : table_->List()) {
-    live += w.state() != pb::WORKER_LOST && w.state() != pb::WORKER_DRAINING;
+  for (const auto& [state, n] : table_->CountByState()) {
+    if (state != pb::WORKER_LOST && state != pb::WORKER_DRAINING) live += n;
   }
   int competing = 1;  // the job itself
   for (const auto& [job, p] : priority_of_) competing += job != job_id && p >= priority;

@@ -172,9 +172,7 @@ class FakeClient : public WorkerClient {
                                .norm_eta = req.race_norm_eta(),
                                .num_samples = int(e.sample_losses.size()),
                                .extra = {req.race_extra().begin(), req.race_extra().end()}};
-        const std::optional<int> k =
-            search::ReplayRace(e.sample_losses, 0, race.Term(size_t(i), e.omega), race.threshold);
-        if (k.has_value()) e = RacedOutResult(std::move(e), *k, race.num_samples);
+        e = *RaceAsWorker(std::move(e), race.num_samples, 0, race, size_t(i));
       }
       pb::EvaluatePoliciesResponse r;
       r.set_index(i);
@@ -590,22 +588,20 @@ TEST(DispatcherTest, ASecondJobReusesTheFirstJobsEvaluations) {
   EXPECT_EQ(h.cluster.evaluations.load(), 2 * after_a);  // nothing shared across tenants
   EXPECT_EQ(evaluated(c), evaluated(a));
 
-  Harness off(2, "", /*evaluation_cache=*/true);  // no evaluation key from the workers: no reuse
-  const std::string d = off.Submit(spec);
-  ASSERT_EQ(off.WaitTerminal(d).state(), pb::SUCCEEDED);
-  const std::string e = off.Submit(spec);
-  ASSERT_EQ(off.WaitTerminal(e).state(), pb::SUCCEEDED);
-  EXPECT_EQ(off.cluster.evaluations.load(), 2 * after_a);
-  EXPECT_EQ(reused(e), 0);
-
+  // The same job twice on a fresh cluster that must not reuse: both evaluate everything.
+  auto expect_no_reuse = [&](Harness& x) {
+    const std::string first = x.Submit(spec);
+    ASSERT_EQ(x.WaitTerminal(first).state(), pb::SUCCEEDED);
+    const std::string second = x.Submit(spec);
+    ASSERT_EQ(x.WaitTerminal(second).state(), pb::SUCCEEDED);
+    EXPECT_EQ(x.cluster.evaluations.load(), 2 * after_a);
+    EXPECT_EQ(reused(second), 0);
+  };
+  Harness off(2, "", /*evaluation_cache=*/true);  // no evaluation key from the workers
+  expect_no_reuse(off);
   Harness disabled(2);  // the default: --evaluation-cache=false, whatever the workers report
   disabled.cluster.evaluation_key = h.cluster.evaluation_key;
-  const std::string f = disabled.Submit(spec);
-  ASSERT_EQ(disabled.WaitTerminal(f).state(), pb::SUCCEEDED);
-  const std::string g = disabled.Submit(spec);
-  ASSERT_EQ(disabled.WaitTerminal(g).state(), pb::SUCCEEDED);
-  EXPECT_EQ(disabled.cluster.evaluations.load(), 2 * after_a);
-  EXPECT_EQ(reused(g), 0);
+  expect_no_reuse(disabled);
 }
 
 // Two jobs of one priority on 8 workers: while both run, neither holds more than its fair share

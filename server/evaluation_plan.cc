@@ -84,6 +84,17 @@ search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_
   return whole;
 }
 
+std::optional<search::EvalResult> RaceAsWorker(search::EvalResult r, int num_samples, int batch,
+                                               const search::RaceLimit& race, size_t i) {
+  if (race.active()) {
+    const std::optional<int> k = search::ReplayRacePrefix(r.sample_losses, num_samples, batch,
+                                                          race.Term(i, r.omega), race.threshold);
+    if (k.has_value()) return RacedOutResult(std::move(r), *k, num_samples);
+  }
+  if (int(r.sample_losses.size()) != num_samples) return std::nullopt;  // the rest is unknown
+  return r;
+}
+
 std::string CachedEvaluationValue(const search::EvalResult& r) {
   ::prune::v1::PolicyEvaluation e;
   e.set_loss(r.loss);
@@ -113,15 +124,7 @@ std::optional<search::EvalResult> CachedEvaluationResult(const std::string& valu
                        .raced_out = e.raced_out(),
                        .samples_scored = e.samples_scored()};
   if (!CachedEvaluationStorable(r, num_samples)) return std::nullopt;
-  if (!race.active()) {
-    if (r.raced_out) return std::nullopt;
-    return r;
-  }
-  const std::optional<int> k = search::ReplayRacePrefix(r.sample_losses, num_samples, batch,
-                                                        race.Term(i, r.omega), race.threshold);
-  if (k.has_value()) return RacedOutResult(std::move(r), *k, num_samples);
-  if (r.raced_out) return std::nullopt;  // survives the prefix: the rest is unknown
-  return r;
+  return RaceAsWorker(std::move(r), num_samples, batch, race, i);
 }
 
 }  // namespace prunesvc::server

@@ -63,6 +63,14 @@ absl::StatusOr<search::EvalResult> CombineSlices(absl::Span<const SliceResult> s
 // sample_losses the first `scored`, raced_out set. `whole` must have num_samples sample losses.
 search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_samples);
 
+// What a worker racing policy i of a request under `race` reports, from a result holding the
+// policy's first sample_losses.size() losses in sample order (all num_samples of them, or a
+// raced-out prefix): raced out where the replayed checkpoints (search::ReplayRacePrefix) cut
+// inside what is known; the result itself when it holds every sample and is not cut (always the
+// case with an inactive race); nullopt for a prefix the race does not cut (the rest is unknown).
+std::optional<search::EvalResult> RaceAsWorker(search::EvalResult r, int num_samples, int batch,
+                                               const search::RaceLimit& race, size_t i);
+
 // The evaluation cache across jobs (remote_policy_evaluator.h) stores a policy's result as a
 // serialized prune.v1.PolicyEvaluation: a whole-set result (num_samples losses) or a raced-out
 // one (its first samples_scored < num_samples losses, a prefix of the whole set's).

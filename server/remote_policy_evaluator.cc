@@ -284,14 +284,11 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Reassembl
     ASSIGN_OR_RETURN(r, CombineSlices(slices, num_samples));
     if (slices.size() > 1) driver_->dispatcher()->metrics().split_evaluations->Increment();
     slices.clear();
-    if (race.active()) {
-      const size_t i = out.size();
-      const std::optional<int> k =
-          search::ReplayRace(r.sample_losses, driver_->prepared().scoring_batch_size(),
-                             race.Term(i, r.omega), race.threshold);
-      if (k.has_value()) r = RacedOutResult(std::move(r), *k, num_samples);
-    }
-    out.push_back(std::move(r));
+    // CombineSlices gives every sample's loss, so the race's answer is always known.
+    std::optional<search::EvalResult> raced = RaceAsWorker(
+        std::move(r), num_samples, driver_->prepared().scoring_batch_size(), race, out.size());
+    if (!raced.has_value()) return absl::InternalError("combined slices lack sample losses");
+    out.push_back(*std::move(raced));
   }
   return out;
 }
