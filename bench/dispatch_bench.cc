@@ -18,16 +18,17 @@
 //                cost of the mean step: what the scheduler and the RPC add to each step;
 //  efficiency    (simulated work / W) / that span: 1.0 = every worker busy all the time.
 //
-// --budgets=0.7,0.5,0.35 gives job j the budget budgets[j mod 3] (a budget grid); --resubmit=true
-// then submits the same jobs again on the same scheduler: the line under the row says how many
-// policies the evaluation cache across jobs answered (prunesvc_evaluation_cache_total) and how
-// many were dispatched, in the first round (across the grid) and in the second.
+// Under each row: how many policies the evaluation cache across jobs answered
+// (prunesvc_evaluation_cache_total; jobs differ in their seeds, so they meet some of the same
+// policies). --evaluation-cache=false turns it off. --budgets=0.7,0.5,0.35 gives job j the budget
+// budgets[j mod 3] (a budget grid); --resubmit=true then submits the same jobs again on the same
+// scheduler and says how many policies were dispatched in the first round and in the second.
 // --trace=true also prints each wave of dispatches (cut wherever none is in flight): its first and
 // last arrival at the workers and first and last answer, in ms from the round's first arrival.
 //
 // Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
 //                       [--cost-ms=0] [--samples=64] [--trace=false] [--budgets=0.5]
-//                       [--resubmit=false]
+//                       [--resubmit=false] [--evaluation-cache=true|false]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -257,13 +258,16 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] "
                  "[--generations=4] [--cost-ms=0] [--samples=64] [--trace=false] "
-                 "[--budgets=0.5] [--resubmit=false]\n");
+                 "[--budgets=0.5] [--resubmit=false] [--evaluation-cache=true|false]\n");
     return 2;
   }
   Shared shared;
   shared.cost_ms = cost_ms;
   shared.trace = Flag(argc, argv, "trace", "false") == "true";
   const bool resubmit = Flag(argc, argv, "resubmit", "false") == "true";
+  // The scheduler's --evaluation-cache: its default unless given (true where the round measures
+  // the cache: --resubmit, or a budget grid).
+  const std::string evaluation_cache = Flag(argc, argv, "evaluation-cache", "");
   std::vector<double> budgets;
   for (absl::string_view b : absl::StrSplit(Flag(argc, argv, "budgets", "0.5"), ',')) {
     double v = 0;
@@ -292,7 +296,11 @@ int Main(int argc, char** argv) {
     testing::ServiceOptions so;
     so.workers = 0;
     so.extra_args = {"--max-running-jobs=64"};
-    if (resubmit || budgets.size() > 1) so.extra_args.push_back("--evaluation-cache=true");
+    if (!evaluation_cache.empty()) {
+      so.extra_args.push_back("--evaluation-cache=" + evaluation_cache);
+    } else if (resubmit || budgets.size() > 1) {
+      so.extra_args.push_back("--evaluation-cache=true");
+    }
     testing::Service svc = testing::StartService(absl::StrCat("dispatch-", w), so);
     if (svc.stub == nullptr) {
       std::fprintf(stderr, "dispatch-bench: the scheduler did not start\n");
@@ -392,9 +400,9 @@ int Main(int argc, char** argv) {
       first_policies = shared.policies;
     }
     std::printf("%s\n", row.c_str());
-    if (budgets.size() > 1 || resubmit) {
-      std::printf("  evaluation cache across jobs, first round: %.0f hits of %.0f lookups\n", hits,
-                  hits + misses);
+    if (hits + misses > 0) {
+      std::printf("  evaluation cache across jobs%s: %.0f hits of %.0f lookups\n",
+                  resubmit ? ", first round" : "", hits, hits + misses);
     }
     if (resubmit) {  // the same jobs again: what the evaluation cache across jobs saves
       shared.Reset();

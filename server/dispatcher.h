@@ -58,9 +58,9 @@ struct DispatcherOptions {
   absl::Duration retry_backoff = absl::Milliseconds(200);  // doubles per attempt
   absl::Duration quarantine = absl::Seconds(5);
   int max_running_jobs = 16;  // drivers running at once; further jobs wait QUEUED
-  // Reuse evaluations across a tenant's jobs (RemotePolicyEvaluator; JobStore's cache). Off by
-  // default (--evaluation-cache): docs/PERFORMANCE.md measures its cost.
-  bool evaluation_cache = false;
+  // Reuse evaluations across a tenant's jobs (RemotePolicyEvaluator; JobStore's cache;
+  // --evaluation-cache): docs/PERFORMANCE.md measures what it saves and costs.
+  bool evaluation_cache = true;
   // A tenant's running-jobs quota (0 = none beyond max_running_jobs); unset = no per-tenant
   // quota. A job over its tenant's quota waits QUEUED while later jobs of other tenants start.
   std::function<int64_t(const std::string& tenant)> tenant_max_running;

@@ -65,12 +65,20 @@ struct JobMutation {
 // generation it was taken after. The store does not parse the JSON.
 // A search's checkpoint: a head that each commit replaces and a log that commits append to
 // (server/search_checkpoint.h: the records each written once, so a commit costs what changed).
+// Entries of the evaluation cache across jobs: (key, value) pairs (JobStore::PutCachedEvaluations).
+using CacheEntries = std::vector<std::pair<std::string, std::string>>;
+
 struct Checkpoint {
   int32_t generation = 0;
   std::string search_state_json;  // the head
   // Commit: records to append to the job's log, in order. LoadCheckpoint: the whole log.
   std::vector<std::string> log;
   absl::Time update_time;  // when it was stored; set by the store (ignored on input)
+  // Commit only: evaluation cache entries (key, value) written with it, as PutCachedEvaluations
+  // would, in the same transaction — the generation's new evaluations ride along with its
+  // checkpoint instead of a write of their own. If they cannot be written the commit still
+  // stands. LoadCheckpoint leaves it empty.
+  CacheEntries cache_entries;
 };
 
 struct CommitResult {
@@ -205,8 +213,7 @@ class JobStore {
   // cache is an optimization: callers go on without it when it fails.
   virtual absl::StatusOr<std::map<std::string, std::string>> GetCachedEvaluations(
       const std::vector<std::string>& keys) = 0;
-  virtual absl::Status PutCachedEvaluations(
-      const std::vector<std::pair<std::string, std::string>>& entries) = 0;
+  virtual absl::Status PutCachedEvaluations(const CacheEntries& entries) = 0;
 };
 
 }  // namespace prunesvc::server

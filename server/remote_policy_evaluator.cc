@@ -105,7 +105,6 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
   if (policies.empty()) return std::vector<search::EvalResult>{};
   Dispatcher& d = *driver_->dispatcher();
   const int num_samples = driver_->prepared().num_samples();
-  AwaitStored();
   const std::vector<std::string> keys = CacheKeys(policies, version);
   std::map<std::string, std::string> stored;
   if (!keys.empty()) {
@@ -141,15 +140,13 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
   if (!missing.empty()) {
     ASSIGN_OR_RETURN(std::vector<search::EvalResult> fresh,
                      Dispatch(missing, version, missing_race));
-    std::vector<std::pair<std::string, std::string>> to_store;
     for (size_t j = 0; j < fresh.size(); ++j) {
       const size_t i = missing_at[j];
       if (!keys.empty() && CachedEvaluationStorable(fresh[j], num_samples)) {
-        to_store.emplace_back(keys[i], CachedEvaluationValue(fresh[j]));
+        pending_cache_.emplace_back(keys[i], CachedEvaluationValue(fresh[j]));
       }
       out[i] = std::move(fresh[j]);
     }
-    StoreCached(std::move(to_store));
   }
   std::vector<search::EvalResult> results;
   results.reserve(out.size());
@@ -164,27 +161,17 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::EvaluateR
   return results;
 }
 
-RemotePolicyEvaluator::~RemotePolicyEvaluator() { AwaitStored(); }
-
-void RemotePolicyEvaluator::StoreCached(std::vector<std::pair<std::string, std::string>> entries) {
-  if (entries.empty()) return;
-  stored_ = std::make_unique<absl::Notification>();
-  driver_->dispatcher()->step_threads().Run([store = driver_->dispatcher()->store(),
-                                             job = driver_->job_id(), done = stored_.get(),
-                                             entries = std::move(entries)] {
-    if (absl::Status s = store->PutCachedEvaluations(entries); !s.ok()) {
-      spdlog::warn("job={} evaluation cache not written (the search goes on): {}", job,
-                   s.message());
-    }
-    done->Notify();
-  });
+RemotePolicyEvaluator::~RemotePolicyEvaluator() {
+  // Entries no generation's commit took (the search stopped early): written on their own.
+  if (pending_cache_.empty()) return;
+  if (absl::Status s = driver_->dispatcher()->store()->PutCachedEvaluations(pending_cache_);
+      !s.ok()) {
+    spdlog::warn("job={} evaluation cache not written (the job goes on): {}", driver_->job_id(),
+                 s.message());
+  }
 }
 
-void RemotePolicyEvaluator::AwaitStored() {
-  if (stored_ == nullptr) return;
-  stored_->WaitForNotification();
-  stored_.reset();
-}
+CacheEntries RemotePolicyEvaluator::TakeCacheEntries() { return std::exchange(pending_cache_, {}); }
 
 std::vector<std::string> RemotePolicyEvaluator::CacheKeys(
     const std::vector<search::Policy>& policies, int version) const {

@@ -28,11 +28,11 @@
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "common/evolution.h"
 #include "common/policy.h"
 #include "nlohmann/json.hpp"
 #include "server/evaluation_plan.h"
+#include "server/job_store.h"
 
 namespace prunesvc::server {
 
@@ -43,7 +43,7 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   // Neither pointer is owned.
   RemotePolicyEvaluator(SearchDriver* driver, const search::PolicySpace* space, int latest_version)
       : driver_(driver), space_(space), latest_(latest_version) {}
-  // Waits for its last write to the evaluation cache.
+  // Writes the cache entries nobody took (TakeCacheEntries).
   ~RemotePolicyEvaluator() override;
 
   absl::StatusOr<std::vector<search::EvalResult>> Evaluate(
@@ -65,6 +65,10 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   // Policies answered from the evaluation cache across jobs (the driver logs it and keeps it in its
   // search report; the worker copies only prune-local's fields into report.json).
   int64_t reused() const { return reused_; }
+  // The evaluation cache entries of the results evaluated since the last call: the driver writes
+  // them with the generation's commit (Checkpoint::cache_entries), off the search's critical path
+  // and without a transaction of their own. Empty when the job does not use the cache.
+  CacheEntries TakeCacheEntries();
 
  private:
   // Runs `policies` on workers (no cache): chunks, retries, reassembly.
@@ -75,10 +79,6 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   // cache (off, an old worker without an evaluation key, an unknown projector blob).
   std::vector<std::string> CacheKeys(const std::vector<search::Policy>& policies,
                                      int projector_version) const;
-  // Writes new entries to the cache on a step thread, off the search's critical path (one write
-  // in flight: the next Evaluate and the destructor wait for it); a failed write is logged.
-  void StoreCached(std::vector<std::pair<std::string, std::string>> entries);
-  void AwaitStored();
   // The per-policy results, in request order, from each chunk's slice results.
   absl::StatusOr<std::vector<search::EvalResult>> Reassemble(
       const std::vector<EvalChunk>& chunks, const std::vector<std::vector<SliceResult>>& parts,
@@ -90,7 +90,9 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   nlohmann::json evaluated_ = nlohmann::json::array();
   int64_t evaluations_ = 0;
   int64_t reused_ = 0;
-  std::unique_ptr<absl::Notification> stored_;  // the cache write in flight, if any
+  // New cache entries not yet taken. This job never looks them up itself (its SearchState cache
+  // answers a policy it evaluated first), so they need not be stored before the next Evaluate.
+  CacheEntries pending_cache_;
 };
 
 }  // namespace prunesvc::server

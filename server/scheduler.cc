@@ -207,6 +207,11 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     return absl::InvalidArgumentError(
         "--tenant-max-running-jobs and --tenant-max-stored-bytes must be ≥ 0 (0 = no limit)");
   }
+  if (options.evaluation_cache_entries < 1 || options.evaluation_cache_memory_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "--evaluation-cache-entries must be ≥ 1 and --evaluation-cache-memory-mib ≥ 0 (turn the "
+        "cache off with --evaluation-cache=false)");
+  }
   if (options.max_message_bytes < (2 << 20)) {
     return absl::InvalidArgumentError(
         "--max-message-bytes must be at least 2 MiB (upload and blob chunks are up to 1 MiB)");
@@ -216,6 +221,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
   SqliteJobStoreOptions store_options;
   store_options.state_dir = options.state_dir;
   store_options.max_cached_evaluations = options.evaluation_cache_entries;
+  store_options.cached_evaluation_memory_bytes = options.evaluation_cache_memory_bytes;
   ASSIGN_OR_RETURN(s->store_, SqliteJobStore::Create(store_options));
   FileBlobStoreOptions blob_options;
   blob_options.root = options.state_dir + "/blobs";

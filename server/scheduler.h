@@ -55,6 +55,7 @@ struct SchedulerOptions {
   int64_t tenant_max_running_jobs = 0;        // per tenant; 0 = only --max-running-jobs
   int64_t tenant_max_stored_bytes = 0;        // per tenant; 0 = unlimited
   int64_t evaluation_cache_entries = 200000;  // the evaluation cache's bound (the store's)
+  int64_t evaluation_cache_memory_bytes = int64_t{64} << 20;  // its values kept in memory
   // Security (docs/operations.md "TLS and tokens"). tls.cert/key serve TLS on both ports;
   // tls.ca requires client certificates on the worker port, verifies the workers' servers and
   // (with tls.cert/key as the client certificate) is handed to local workers.

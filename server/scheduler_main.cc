@@ -1,4 +1,5 @@
 // prune-scheduler: the control plane. See docs/architecture.md §1 and `prune-scheduler --help`.
+#include <algorithm>
 #include <csignal>
 #include <cstdint>
 #include <string>
@@ -45,15 +46,18 @@ ABSL_FLAG(int, max_running_jobs, 16,
           "Jobs running at once; later ones wait QUEUED, in submission order, until one "
           "ends.");
 ABSL_FLAG(
-    bool, evaluation_cache, false,
+    bool, evaluation_cache, true,
     "Reuse a policy's evaluation across jobs of one tenant when the worker reports the same "
     "evaluation key (same model files, samples, granularity, N:M, unit, mask method, worker "
     "batch, threads, device and build) and the projector is the same: a re-submitted job or a "
-    "seed sweep does not pay twice. Results are bitwise those a fresh evaluation gives. Off by "
-    "default: its store lookups sit on each generation's critical path (docs/PERFORMANCE.md).");
+    "seed sweep does not pay twice. Results are bitwise those a fresh evaluation gives "
+    "(docs/PERFORMANCE.md measures what it saves and costs).");
 ABSL_FLAG(int64_t, evaluation_cache_entries, 200000,
-          "Entries the evaluation cache keeps in the state dir (the oldest go first; ~1 KB each "
-          "with 64 search samples).");
+          "Entries the evaluation cache keeps in the state dir (the oldest go first; ~0.6 KB "
+          "each with 64 search samples).");
+ABSL_FLAG(int64_t, evaluation_cache_memory_mib, 64,
+          "MiB of the evaluation cache's newest values also kept in memory; older hits are read "
+          "from the state dir. Every entry's key is in memory too (~0.1 KB each).");
 ABSL_FLAG(int, max_watchers_per_job, 256,
           "Concurrent WatchJob streams per job; more get RESOURCE_EXHAUSTED naming the limit.");
 ABSL_FLAG(int, max_queued_jobs, 1000,
@@ -127,6 +131,9 @@ int main(int argc, char** argv) {
   options.dispatcher.max_running_jobs = absl::GetFlag(FLAGS_max_running_jobs);
   options.dispatcher.evaluation_cache = absl::GetFlag(FLAGS_evaluation_cache);
   options.evaluation_cache_entries = absl::GetFlag(FLAGS_evaluation_cache_entries);
+  const int64_t cache_mib = absl::GetFlag(FLAGS_evaluation_cache_memory_mib);
+  options.evaluation_cache_memory_bytes =
+      std::clamp<int64_t>(cache_mib, -1, int64_t{1} << 40) * (int64_t{1} << 20);
   options.sweep.retain = absl::Hours(24) * absl::GetFlag(FLAGS_retain_days);
   options.max_watchers_per_job = absl::GetFlag(FLAGS_max_watchers_per_job);
   options.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);

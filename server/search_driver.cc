@@ -304,6 +304,7 @@ void SearchDriver::StartCommit(GenerationCommit gc) {
     c.generation = gc.generation;
     c.search_state_json = std::move(delta.head);
     c.log = std::move(delta.records);
+    c.cache_entries = std::move(gc.cache_entries);
     p->status = Commit(gc.mutation, std::move(gc.events), c);
     if (p->status.ok()) {
       checkpoint_log_.Committed(delta);
@@ -396,6 +397,7 @@ absl::Status SearchDriver::SearchGenerations() {
     ASSIGN_OR_RETURN(GenerationCommit gc,
                      PrepareGenerationCommit(*search, evaluator->evaluated(),
                                              evaluator->latest_version() != before));
+    gc.cache_entries = evaluator->TakeCacheEntries();
     StartCommit(std::move(gc));
   }
   report_["evaluated"] = evaluator->evaluated();

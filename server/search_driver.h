@@ -110,6 +110,7 @@ class SearchDriver {
     std::vector<::prune::v1::JobEvent> events;
     int generation = 0;
     CheckpointSnapshot snapshot;  // serialized on the commit's thread
+    CacheEntries cache_entries;   // the generation's new evaluations, for the cache across jobs
   };
   struct PendingCommit {
     absl::Notification done;

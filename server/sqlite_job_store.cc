@@ -442,7 +442,40 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Create(
   }
   std::string path = (std::filesystem::path(options.state_dir) / kFileName).string();
   ASSIGN_OR_RETURN(std::unique_ptr<SqliteDb> db, OpenDb(path, options.busy_timeout));
-  return std::unique_ptr<SqliteJobStore>(new SqliteJobStore(std::move(options), std::move(db)));
+  std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(std::move(options), std::move(db)));
+  RETURN_IF_ERROR(store->LoadCacheMirror());
+  return store;
+}
+
+absl::Status SqliteJobStore::LoadCacheMirror() {
+  absl::MutexLock lock(&mu_);
+  absl::MutexLock mirror_lock(&cache_mu_);
+  // Oldest first; a value only where it and every newer one fit the budget.
+  ASSIGN_OR_RETURN(SqliteStatement stmt,
+                   db_->Prepare("SELECT key, CASE WHEN sum(length(value)) OVER (ORDER BY id DESC) "
+                                "<= ? THEN value END FROM evaluation_cache ORDER BY id"));
+  stmt.Bind(1, options_.cached_evaluation_memory_bytes);
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return absl::OkStatus();
+    AppendMirrorLocked(stmt.Text(0), stmt.Blob(1));
+  }
+}
+
+SqliteJobStore::CacheMirrorStats SqliteJobStore::cache_mirror_stats() {
+  absl::MutexLock mirror_lock(&cache_mu_);
+  return {.entries = int64_t(cached_order_.size()),
+          .resident_entries = int64_t(cached_order_.size() - first_resident_),
+          .resident_bytes = resident_bytes_};
+}
+
+void SqliteJobStore::AppendMirrorLocked(std::string key, std::string value) {
+  const bool resident = !value.empty();
+  auto [it, added] = cached_.try_emplace(std::move(key), std::move(value));
+  if (!added) return;
+  if (!resident && first_resident_ == cached_order_.size()) ++first_resident_;
+  resident_bytes_ += int64_t(it->second.size());
+  cached_order_.push_back(&it->first);
 }
 
 SqliteJobStore::SqliteJobStore(SqliteJobStoreOptions options, std::unique_ptr<SqliteDb> db)
@@ -646,10 +679,16 @@ absl::StatusOr<ListJobsPage> SqliteJobStore::ListJobs(const ListJobsQuery& query
 }
 
 struct SqliteJobStore::Writer {
+  // A job's commit (mutation, events, checkpoint set) or, with cache_entries set instead, entries
+  // for the evaluation cache.
   absl::string_view job_id;
-  const JobMutation& mutation;
-  const std::vector<JobEvent>& events;
-  const std::optional<Checkpoint>& checkpoint;
+  const JobMutation* mutation = nullptr;
+  const std::vector<JobEvent>* events = nullptr;
+  const std::optional<Checkpoint>* checkpoint = nullptr;
+  const CacheEntries* cache_entries = nullptr;
+  // Under mu_: the entries to mirror once the transaction committed (cache_entries', or the
+  // checkpoint's), null when none were written.
+  const CacheEntries* cache_written = nullptr;
   // Under writers_mu_: first in the queue (writes the next batch); written by a head.
   bool head = false;
   std::optional<absl::StatusOr<CommitResult>> result;
@@ -666,7 +705,11 @@ absl::StatusOr<CommitResult> SqliteJobStore::Commit(absl::string_view job_id,
                                                     const JobMutation& mutation,
                                                     const std::vector<JobEvent>& events,
                                                     const std::optional<Checkpoint>& checkpoint) {
-  Writer w{job_id, mutation, events, checkpoint};
+  Writer w{.job_id = job_id, .mutation = &mutation, .events = &events, .checkpoint = &checkpoint};
+  return Write(w);
+}
+
+absl::StatusOr<CommitResult> SqliteJobStore::Write(Writer& w) {
   std::vector<Writer*> batch;
   {
     absl::MutexLock lock(&writers_mu_);
@@ -692,25 +735,38 @@ std::vector<absl::StatusOr<CommitResult>> SqliteJobStore::WriteBatch(
   std::vector<absl::StatusOr<CommitResult>> results;
   absl::StatusOr<SqliteTransaction> txn = SqliteTransaction::Begin(db_.get());
   if (txn.ok()) {
-    for (const Writer* w : batch) results.push_back(CommitOneLocked(*w));
+    for (Writer* w : batch) results.push_back(CommitOneLocked(*w));
     const absl::Status committed = txn->Commit();
-    if (committed.ok()) return results;
+    if (committed.ok()) {
+      absl::MutexLock mirror_lock(&cache_mu_);
+      for (const Writer* w : batch) {
+        if (w->cache_written != nullptr) MirrorCachedLocked(*w->cache_written);
+      }
+      return results;
+    }
     txn = committed;
   }
   // Nothing of the batch was written.
   return std::vector<absl::StatusOr<CommitResult>>(batch.size(), txn.status());
 }
 
-absl::StatusOr<CommitResult> SqliteJobStore::CommitOneLocked(const Writer& w) {
+absl::StatusOr<CommitResult> SqliteJobStore::CommitOneLocked(Writer& w) {
+  if (w.cache_entries != nullptr) {
+    RETURN_IF_ERROR(PutCachedInSavepointLocked(*w.cache_entries));
+    w.cache_written = w.cache_entries;
+    return CommitResult{};
+  }
   RETURN_IF_ERROR(db_->Exec("SAVEPOINT one_commit"));
   absl::StatusOr<CommitResult> result = [&]() -> absl::StatusOr<CommitResult> {
     ASSIGN_OR_RETURN(Job job, GetJobLocked(w.job_id));
-    RETURN_IF_ERROR(CheckMutable(job, w.mutation));
-    ApplyMutation(w.mutation, options_.clock->Now(), job);
+    RETURN_IF_ERROR(CheckMutable(job, *w.mutation));
+    ApplyMutation(*w.mutation, options_.clock->Now(), job);
     CommitResult r;
-    ASSIGN_OR_RETURN(r.events, AppendEventsLocked(job, w.events));
+    ASSIGN_OR_RETURN(r.events, AppendEventsLocked(job, *w.events));
     RETURN_IF_ERROR(WriteJobLocked(job));
-    if (w.checkpoint.has_value()) RETURN_IF_ERROR(PutCheckpointLocked(w.job_id, *w.checkpoint));
+    if (w.checkpoint->has_value()) {
+      RETURN_IF_ERROR(PutCheckpointLocked(w.job_id, **w.checkpoint));
+    }
     r.job = std::move(job);
     return r;
   }();
@@ -718,8 +774,34 @@ absl::StatusOr<CommitResult> SqliteJobStore::CommitOneLocked(const Writer& w) {
     absl::Status released = db_->Exec("RELEASE one_commit");
     if (!released.ok()) result = std::move(released);
   }
-  if (!result.ok()) db_->Exec("ROLLBACK TO one_commit; RELEASE one_commit").IgnoreError();
+  if (!result.ok()) {
+    db_->Exec("ROLLBACK TO one_commit; RELEASE one_commit").IgnoreError();
+    return result;
+  }
+  // The evaluations that ride along (an optimization: the commit stands without them).
+  if (w.checkpoint->has_value() && !(*w.checkpoint)->cache_entries.empty()) {
+    if (absl::Status s = PutCachedInSavepointLocked((*w.checkpoint)->cache_entries); s.ok()) {
+      w.cache_written = &(*w.checkpoint)->cache_entries;
+    } else {
+      spdlog::warn("job={} evaluation cache entries not written (the commit stands): {}", w.job_id,
+                   s.message());
+    }
+  }
   return result;
+}
+
+absl::Status SqliteJobStore::PutCachedInSavepointLocked(const CacheEntries& entries) {
+  for (const auto& [key, value] : entries) {
+    if (value.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("evaluation cache entry ", key, " has an empty value (not stored)"));
+    }
+  }
+  RETURN_IF_ERROR(db_->Exec("SAVEPOINT cache_entries"));
+  absl::Status s = PutCachedEvaluationsLocked(entries);
+  if (s.ok()) s = db_->Exec("RELEASE cache_entries");
+  if (!s.ok()) db_->Exec("ROLLBACK TO cache_entries; RELEASE cache_entries").IgnoreError();
+  return s;
 }
 
 absl::StatusOr<std::vector<JobEvent>> SqliteJobStore::ReadEvents(absl::string_view job_id,
@@ -927,11 +1009,26 @@ absl::Status SqliteJobStore::DeleteJob(absl::string_view job_id) {
 
 absl::StatusOr<std::map<std::string, std::string>> SqliteJobStore::GetCachedEvaluations(
     const std::vector<std::string>& keys) {
+  std::map<std::string, std::string> out;
+  std::vector<const std::string*> in_table;  // stored, value not resident
+  {
+    absl::MutexLock mirror_lock(&cache_mu_);
+    for (const std::string& key : keys) {
+      auto it = cached_.find(key);
+      if (it == cached_.end()) continue;
+      if (it->second.empty()) {
+        in_table.push_back(&key);
+      } else {
+        out[key] = it->second;
+      }
+    }
+  }
+  if (in_table.empty()) return out;
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(SqliteStatement stmt,
                    db_->Prepare("SELECT value FROM evaluation_cache WHERE key = ?"));
-  std::map<std::string, std::string> out;
-  for (const std::string& key : keys) {
+  for (const std::string* key_in_table : in_table) {
+    const std::string& key = *key_in_table;
     stmt.Reset();
     stmt.Bind(1, key);
     ASSIGN_OR_RETURN(bool row, stmt.Step());
@@ -940,22 +1037,40 @@ absl::StatusOr<std::map<std::string, std::string>> SqliteJobStore::GetCachedEval
   return out;
 }
 
-absl::Status SqliteJobStore::PutCachedEvaluations(
-    const std::vector<std::pair<std::string, std::string>>& entries) {
+absl::Status SqliteJobStore::PutCachedEvaluations(const CacheEntries& entries) {
   if (entries.empty()) return absl::OkStatus();
-  absl::MutexLock lock(&mu_);
-  // The cache is an optimization: its writes skip the fsync (WAL with synchronous = NORMAL stays
-  // consistent; a power cut may lose the newest entries, which are then evaluated again). The next
-  // job commit, at FULL, syncs them with it.
-  RETURN_IF_ERROR(db_->Exec("PRAGMA synchronous = NORMAL"));
-  absl::Status written = PutCachedEvaluationsLocked(entries);
-  absl::Status restored = db_->Exec("PRAGMA synchronous = FULL");
-  return written.ok() ? restored : written;
+  // Written with the commits queued beside it: one transaction, one fsync for all.
+  Writer w{.cache_entries = &entries};
+  return Write(w).status();
 }
 
-absl::Status SqliteJobStore::PutCachedEvaluationsLocked(
-    const std::vector<std::pair<std::string, std::string>>& entries) {
-  ASSIGN_OR_RETURN(SqliteTransaction txn, SqliteTransaction::Begin(db_.get()));
+void SqliteJobStore::MirrorCachedLocked(const CacheEntries& entries) {
+  for (const auto& [key, value] : entries) {
+    auto it = cached_.find(key);
+    if (it == cached_.end()) {
+      AppendMirrorLocked(key, value);
+    } else if (!it->second.empty() && value.size() > it->second.size()) {
+      resident_bytes_ += int64_t(value.size()) - int64_t(it->second.size());
+      it->second = value;
+    }
+  }
+  const size_t keep = size_t(std::max<int64_t>(1, options_.max_cached_evaluations));
+  while (cached_order_.size() > keep) {
+    auto oldest = cached_.find(*cached_order_.front());
+    resident_bytes_ -= int64_t(oldest->second.size());
+    cached_.erase(oldest);
+    cached_order_.pop_front();
+    if (first_resident_ > 0) --first_resident_;
+  }
+  while (resident_bytes_ > options_.cached_evaluation_memory_bytes &&
+         first_resident_ < cached_order_.size()) {
+    std::string& value = cached_.find(*cached_order_[first_resident_++])->second;
+    resident_bytes_ -= int64_t(value.size());
+    std::string().swap(value);
+  }
+}
+
+absl::Status SqliteJobStore::PutCachedEvaluationsLocked(const CacheEntries& entries) {
   ASSIGN_OR_RETURN(SqliteStatement put,
                    db_->Prepare("INSERT INTO evaluation_cache (key, value) VALUES (?, ?) "
                                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
@@ -971,8 +1086,7 @@ absl::Status SqliteJobStore::PutCachedEvaluationsLocked(
                    db_->Prepare("DELETE FROM evaluation_cache WHERE id <= "
                                 "(SELECT max(id) FROM evaluation_cache) - ?"));
   trim.Bind(1, std::max<int64_t>(1, options_.max_cached_evaluations));
-  RETURN_IF_ERROR(trim.Run());
-  return txn.Commit();
+  return trim.Run();
 }
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ListJobsFinishedBefore(absl::Time t) {

@@ -12,6 +12,9 @@
 // locked out by Scheduler, but e.g. a backup tool) waits up to busy_timeout, then UNAVAILABLE.
 // Concurrent Commits are grouped: whatever queued while one transaction was written goes into
 // the next, one fsync for all, each commit still all-or-nothing on its own (see Writer).
+// The evaluation cache is mirrored in memory (loaded at Create): every key, and the values of the
+// newest entries within a byte budget. A lookup reads the table (under mu_, which a group commit
+// holds through its fsync) only for a stored key whose value is not resident.
 #ifndef PRUNESVC_SERVER_SQLITE_JOB_STORE_H_
 #define PRUNESVC_SERVER_SQLITE_JOB_STORE_H_
 
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -43,9 +47,12 @@ struct SqliteJobStoreOptions {
   // Returns a fresh job id ("job-" + 16 random lowercase hex when unset). Tests make it
   // deterministic; a collision with an existing id is retried a few times.
   std::function<std::string()> new_job_id;
-  // Entries the evaluation cache across jobs keeps (the oldest go first); ~1 KB each with 64
+  // Entries the evaluation cache across jobs keeps (the oldest go first); ~0.6 KB each with 64
   // search samples.
   int64_t max_cached_evaluations = 200000;
+  // Bytes of those entries' values also kept in memory (the newest first; older hits are read
+  // from the table). Every key is in memory too (~0.1 KB each).
+  int64_t cached_evaluation_memory_bytes = int64_t{64} << 20;
 };
 
 class SqliteJobStore : public JobStore {
@@ -86,10 +93,18 @@ class SqliteJobStore : public JobStore {
   absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReferencedBlobs() override;
   absl::StatusOr<std::map<std::string, std::string>> GetCachedEvaluations(
       const std::vector<std::string>& keys) override;
-  absl::Status PutCachedEvaluations(
-      const std::vector<std::pair<std::string, std::string>>& entries) override;
+  absl::Status PutCachedEvaluations(const CacheEntries& entries) override;
 
   const std::string& path() const { return path_; }
+
+  // The evaluation cache's memory mirror: entries indexed, how many of their values are resident
+  // and those values' bytes (≤ cached_evaluation_memory_bytes once a write returned).
+  struct CacheMirrorStats {
+    int64_t entries = 0;
+    int64_t resident_entries = 0;
+    int64_t resident_bytes = 0;
+  };
+  CacheMirrorStats cache_mirror_stats() ABSL_LOCKS_EXCLUDED(cache_mu_);
 
  private:
   SqliteJobStore(SqliteJobStoreOptions options, std::unique_ptr<SqliteDb> db);
@@ -112,20 +127,36 @@ class SqliteJobStore : public JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PutCheckpointLocked(absl::string_view job_id, const Checkpoint& checkpoint)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status PutCachedEvaluationsLocked(
-      const std::vector<std::pair<std::string, std::string>>& entries)
+  // The entries' rows, inside the caller's transaction.
+  absl::Status PutCachedEvaluationsLocked(const CacheEntries& entries)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads the evaluation cache into memory at Create: every key, oldest first, and the newest
+  // values that fit the budget.
+  absl::Status LoadCacheMirror() ABSL_LOCKS_EXCLUDED(mu_, cache_mu_);
+  // Records in memory what PutCachedEvaluationsLocked stored, with the table's rules (a new key is
+  // the newest; a stored key keeps its place and the longer value; the oldest go beyond
+  // max_cached_evaluations), then drops the oldest resident values beyond the byte budget.
+  void MirrorCachedLocked(const CacheEntries& entries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache_mu_);
+  // Appends a key (oldest first) with its value ("" when not resident).
+  void AppendMirrorLocked(std::string key, std::string value)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache_mu_);
 
-  // Group commit (leveldb's DBImpl::Write): a Commit that arrives while another is being written
-  // queues; the queue's head writes every queued commit in one transaction, one fsync, each in
-  // its own savepoint (so each succeeds or fails alone, as if written by itself), and hands each
-  // waiter its result.
+  // Group commit (leveldb's DBImpl::Write): a Commit (or a PutCachedEvaluations) that arrives
+  // while another is being written queues; the queue's head writes every queued one in one
+  // transaction, one fsync, each in its own savepoint (so each succeeds or fails alone, as if
+  // written by itself), and hands each waiter its result.
   struct Writer;
+  // Queues `w` and returns its result once a head (maybe this call) wrote it.
+  absl::StatusOr<CommitResult> Write(Writer& w) ABSL_LOCKS_EXCLUDED(writers_mu_, mu_);
   // Writes `batch` (the queue's first commits) in one transaction: each one's result, in order.
   std::vector<absl::StatusOr<CommitResult>> WriteBatch(const std::vector<Writer*>& batch)
       ABSL_LOCKS_EXCLUDED(mu_);
   // One commit inside the open transaction, in a savepoint rolled back if it fails.
-  absl::StatusOr<CommitResult> CommitOneLocked(const Writer& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<CommitResult> CommitOneLocked(Writer& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evaluation cache entries inside the open transaction, in a savepoint rolled back if it fails
+  // (an empty value is refused: the mirror reads "" as "not resident").
+  absl::Status PutCachedInSavepointLocked(const CacheEntries& entries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<prune::v1::Job>> QueryJobsLocked(SqliteStatement& stmt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<BlobRecord>> QueryBlobsLocked(SqliteStatement& stmt)
@@ -143,6 +174,17 @@ class SqliteJobStore : public JobStore {
 
   absl::Mutex writers_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   std::deque<Writer*> writers_ ABSL_GUARDED_BY(writers_mu_);  // waiting Commits, in order
+
+  // The evaluation cache's mirror. It follows the table: changed (under mu_ too) only after the
+  // table's transaction committed, so a key the table has since dropped reads as a miss.
+  // Invariants: cached_order_ holds every key of cached_ once, in the table's id order (pointers
+  // to cached_'s keys, whose nodes do not move); the values of cached_order_[0, first_resident_)
+  // are "" and the rest are resident (stored values are never empty), resident_bytes_ their sum.
+  absl::Mutex cache_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  absl::node_hash_map<std::string, std::string> cached_ ABSL_GUARDED_BY(cache_mu_);
+  std::deque<const std::string*> cached_order_ ABSL_GUARDED_BY(cache_mu_);
+  size_t first_resident_ ABSL_GUARDED_BY(cache_mu_) = 0;
+  int64_t resident_bytes_ ABSL_GUARDED_BY(cache_mu_) = 0;
 };
 
 }  // namespace prunesvc::server

@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -807,6 +809,97 @@ TEST_F(SqliteJobStoreTest, EvaluationCacheKeepsTheLongestValueAndTheNewestEntrie
   std::vector<std::string> keys;
   for (const auto& [k, v] : *kept) keys.push_back(k);
   EXPECT_THAT(keys, ElementsAre("k2", "k3", "k4"));
+}
+
+// The cache's memory mirror (every key; the newest values within a byte budget) answers as the
+// table would, checked against a brute-force model of the table's rules over random puts — some
+// riding along with a job's checkpoint, some in commits that fail — and across reopens, which
+// rebuild the mirror from the table.
+TEST_F(SqliteJobStoreTest, EvaluationCacheMirrorAnswersAsTheTableWithinItsMemoryBudget) {
+  store_.reset();
+  SqliteJobStoreOptions options{.state_dir = dir_.Sub("mirror"), .clock = &clock_};
+  options.max_cached_evaluations = 7;
+  options.cached_evaluation_memory_bytes = 40;
+  auto open = [&] {
+    auto s = SqliteJobStore::Create(options);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *std::move(s) : nullptr;
+  };
+  std::unique_ptr<SqliteJobStore> store = open();
+  ASSERT_NE(store, nullptr);
+  auto created = store->CreateJob("t1", Spec(), {});
+  ASSERT_TRUE(created.ok()) << created.status();
+  const std::string job = created->job.job_id();
+
+  // The model: key → value, and the keys in first-insertion order (the newest 7 kept).
+  std::map<std::string, std::string> model;
+  std::deque<std::string> order;
+  auto model_put = [&](const CacheEntries& entries) {
+    for (const auto& [k, v] : entries) {
+      auto it = model.find(k);
+      if (it == model.end()) {
+        model[k] = v;
+        order.push_back(k);
+      } else if (v.size() > it->second.size()) {
+        it->second = v;
+      }
+    }
+    while (order.size() > 7) {
+      model.erase(order.front());
+      order.pop_front();
+    }
+  };
+  std::vector<std::string> pool;
+  for (int i = 0; i < 12; ++i) pool.push_back(absl::StrCat("key", i));
+  std::mt19937 rng(7);
+  bool some_not_resident = false;
+  for (int round = 0; round < 300; ++round) {
+    CacheEntries entries;
+    const int n = 1 + int(rng() % 3);
+    for (int i = 0; i < n; ++i) {
+      entries.emplace_back(pool[rng() % pool.size()],
+                           std::string(1 + rng() % 15, 'a' + rng() % 26));
+    }
+    switch (rng() % 4) {
+      case 0: {  // with a checkpoint
+        Checkpoint c{.generation = round, .search_state_json = "{}", .cache_entries = entries};
+        ASSERT_TRUE(store->Commit(job, {}, {}, c).ok());
+        model_put(entries);
+        break;
+      }
+      case 1: {  // with a commit that fails: nothing of it is written
+        JobEvent foreign = LogEvent("foreign");
+        foreign.set_job_id("job-other");
+        Checkpoint c{.generation = round, .search_state_json = "{}", .cache_entries = entries};
+        EXPECT_FALSE(store->Commit(job, {}, {foreign}, c).ok());
+        break;
+      }
+      default:
+        ASSERT_TRUE(store->PutCachedEvaluations(entries).ok());
+        model_put(entries);
+    }
+    if (rng() % 25 == 0) {
+      store.reset();
+      store = open();
+      ASSERT_NE(store, nullptr);
+    }
+    auto got = store->GetCachedEvaluations(pool);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(*got, model) << "round " << round;
+    const SqliteJobStore::CacheMirrorStats stats = store->cache_mirror_stats();
+    EXPECT_EQ(stats.entries, int64_t(model.size()));
+    EXPECT_LE(stats.resident_bytes, 40);
+    some_not_resident |= stats.resident_entries < stats.entries;
+  }
+  EXPECT_TRUE(some_not_resident) << "the budget never left a value to the table";
+
+  // An empty value cannot be stored (the mirror reads "" as "not resident"); a checkpoint that
+  // carries one still commits, without its entries.
+  EXPECT_EQ(store->PutCachedEvaluations({{"key0", ""}}).code(), absl::StatusCode::kInvalidArgument);
+  Checkpoint c{.generation = 999, .search_state_json = "{}", .cache_entries = {{"fresh", ""}}};
+  ASSERT_TRUE(store->Commit(job, {}, {}, c).ok());
+  EXPECT_EQ(store->LoadCheckpoint(job)->value().generation, 999);
+  EXPECT_TRUE(store->GetCachedEvaluations({"fresh"})->empty());
 }
 
 TEST_F(SqliteJobStoreTest, OpensAndMigratesAStateDirOfThePreviousSchema) {

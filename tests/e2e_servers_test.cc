@@ -186,6 +186,17 @@ TEST(E2eServersTest, TakenPortsAreErrorsThatNameThem) {
   EXPECT_NE(HttpGet(wmetrics, "/metrics").find("prunesvc_"), std::string::npos);
 }
 
+TEST(E2eServersTest, EvaluationCacheBoundsOutOfRangeAreRefused) {
+  std::string dir = MakeTempDir("e2e-");
+  const std::string sched = BinDir() + "/prune-scheduler";
+  ExpectRefusedWith({sched, "--host=127.0.0.1", "--port=0", "--metrics-port=-1",
+                     "--state-dir=" + dir + "/a", "--evaluation-cache-entries=0"},
+                    dir + "/a.log", "--evaluation-cache-entries must be ≥ 1");
+  ExpectRefusedWith({sched, "--host=127.0.0.1", "--port=0", "--metrics-port=-1",
+                     "--state-dir=" + dir + "/b", "--evaluation-cache-memory-mib=-1"},
+                    dir + "/b.log", "--evaluation-cache-memory-mib ≥ 0");
+}
+
 TEST(E2eServersTest, PrunectlHealthExitCodes) {
   std::string dir = MakeTempDir("e2e-");
   Scheduler s = StartScheduler(0, dir);
