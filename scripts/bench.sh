@@ -59,7 +59,7 @@ log "   population 512, one job:"
   --cost-ms=20 2>/dev/null
 log "   the same on 64 workers at 80 ms per policy (a real candidate evaluation here is ~73 ms):"
 "$BIN/dispatch-bench" --workers=64 --jobs=1 --population=512 --generations=2 --cost-ms=80 \
-  2>/dev/null | tail -n 1
+  2>/dev/null | sed -n 3p
 log "   8 concurrent jobs of population 32:"
 "$BIN/dispatch-bench" --workers=64 --jobs=8 --population=32 --generations=2 --cost-ms=20 \
   2>/dev/null
@@ -74,6 +74,12 @@ log "   resubmitted; and a 4-seed sweep at one budget, then resubmitted:"
   --budgets=0.7,0.5,0.35 --resubmit=true 2>/dev/null | tail -n 2
 "$BIN/dispatch-bench" --workers=8 --jobs=4 --population=32 --generations=12 --resubmit=true \
   2>/dev/null | tail -n 2
+log "   what the cache costs the scheduler: 64 jobs (seeds 0-63) of population 32 x 12"
+log "   generations on 64 instant workers, the cache off, then on (the default):"
+for cache in false true; do
+  "$BIN/dispatch-bench" --workers=64 --jobs=64 --population=32 --generations=12 \
+    --evaluation-cache=$cache 2>/dev/null | tail -n +3
+done
 
 log "6. STRUCTURED artifacts: measured latency against dense, held-out accuracy (256 samples)"
 printf '%-7s %-10s %-12s %-14s %-14s %-10s\n' budget flops report-lat llava-eval-s/s dense-s/s \

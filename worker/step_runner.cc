@@ -33,6 +33,27 @@
 namespace prunesvc::worker {
 namespace {
 
+// The sha256 of this process's executable ("" when it cannot be read), computed once: prunesvc's
+// code is linked into it, so any change to it — a development build without a version bump
+// included — changes the evaluation key.
+const std::string& ExecutableSha256() {
+  static const std::string* const hash = [] {
+    std::ifstream in("/proc/self/exe", std::ios::binary);
+    Sha256 h;
+    std::string buf(1 << 20, '\0');
+    while (in) {
+      in.read(buf.data(), std::streamsize(buf.size()));
+      h.Update(std::string_view(buf.data(), size_t(in.gcount())));
+    }
+    if (!in.eof()) {
+      spdlog::warn("cannot read /proc/self/exe: evaluations are not shared across jobs");
+      return new std::string();
+    }
+    return new std::string(DigestHex(h.Final()));
+  }();
+  return *hash;
+}
+
 namespace fs = std::filesystem;
 namespace pb = ::prune::v1;
 using nlohmann::json;
@@ -527,6 +548,7 @@ absl::StatusOr<pb::PrepareResponse> StepRunner::Prepare(const pb::PrepareRequest
 absl::StatusOr<std::string> StepRunner::EvaluationKey(const prune::PreparedJob& job,
                                                       const std::string& model_sha256) const {
   const JobSpec& spec = job.options().spec;
+  if (ExecutableSha256().empty()) return std::string();  // no key: nothing is shared
   ASSIGN_OR_RETURN(std::string side_files, prune::ModelSideFilesSha256(job.options().model_dir));
   ASSIGN_OR_RETURN(int threads, model::SetTorchThreads(options_.threads));  // the count in effect
   // One field per line, named: what decides a policy's scores on this worker (worker.proto).
@@ -536,7 +558,7 @@ absl::StatusOr<std::string> StepRunner::EvaluationKey(const prune::PreparedJob& 
       spec.nm.n, ":", spec.nm.m, "\nunit ", int(spec.unit), "\nmask_method ",
       std::string(MaskMethodName(spec.mask_method)), "\nbatch ", options_.batch_size, "\nthreads ",
       threads, "\ndevice ", options_.device, "\ndevice_name ", options_.device_name, "\nbuild ",
-      PRUNESVC_VERSION, " torch ", TORCH_VERSION, "\n");
+      PRUNESVC_VERSION, " torch ", TORCH_VERSION, "\nexecutable ", ExecutableSha256(), "\n");
   return "sha256:" + Sha256Hex(material);
 }
 
