@@ -307,6 +307,7 @@ const std::vector<std::pair<std::string, std::string>>& SubmitFlagFields() {
       {"priority", "priority"},
       {"label", "labels"},
       {"request-id", "request_id"},
+      {"warm-start", "warm_start_job_id"},
   };
   return *kFlags;
 }

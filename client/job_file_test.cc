@@ -151,10 +151,12 @@ TEST(JobFileTest, FlagsSetPresenceAndOverrideTheFile) {
                                 {"label", "a=y"},
                                 {"label", "b=c=d"},
                                 {"model", "rel/../models/tiny/"},
-                                {"nm", "2:4"}},
+                                {"nm", "2:4"},
+                                {"warm-start", "job-0123456789abcdef"}},
                                r)
                   .ok());
   EXPECT_EQ(r.spec.population(), 16);
+  EXPECT_EQ(r.spec.warm_start_job_id(), "job-0123456789abcdef");
   EXPECT_THAT(r.spec.ratio_choices(), ::testing::ElementsAre(0, 0.1, 0.2));
   EXPECT_TRUE(r.spec.eta_auto());
   EXPECT_FALSE(r.spec.has_eta());

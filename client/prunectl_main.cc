@@ -82,6 +82,9 @@ ABSL_FLAG(std::string, projector_decay, "", "submit: projector weight decay mu."
 ABSL_FLAG(std::string, seed, "", "submit: random seed (unsigned).");
 ABSL_FLAG(std::string, priority, "", "submit: priority, [-100, 100].");
 ABSL_FLAG(std::string, request_id, "", "submit: idempotency key.");
+ABSL_FLAG(std::string, warm_start, "",
+          "submit: a SUCCEEDED job of the same model, dataset, granularity and unit whose ranked "
+          "policies join the initial population (warm_start_job_id).");
 ABSL_FLAG(std::vector<std::string>, label, {},
           "submit: a label k=v; list: a label filter k=v. Repeatable.");
 // watch, list, cancel, fetch

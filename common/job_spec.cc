@@ -127,7 +127,8 @@ absl::Status ValidateSearchOptions(const JobSpec& s, FieldNaming naming) {
       {"seed_with_owl", s.seed_with_owl},
       {"repair_uniform_seed", s.repair_uniform_seed},
       {"mutation_step", s.mutation_step != 0},
-      {"uniform_ratio_choice", s.uniform_ratio_choice}};
+      {"uniform_ratio_choice", s.uniform_ratio_choice},
+      {"warm_start_job_id", !s.warm_start_job_id.empty()}};
   for (const auto& [field, set] : evolution_only) {
     if (set && s.strategy != search::Strategy::kEfficientLlava) {
       return Invalid(field, naming,
@@ -135,6 +136,11 @@ absl::Status ValidateSearchOptions(const JobSpec& s, FieldNaming naming) {
                                   "evolutionary population), not ",
                                   search::StrategyName(s.strategy)));
     }
+  }
+  if (s.warm_start_job_id.size() > 128) {
+    return Invalid("warm_start_job_id", naming,
+                   absl::StrCat("is ", s.warm_start_job_id.size(),
+                                " characters long: not a job id (SubmitJob returned it)"));
   }
   if (s.seed_with_owl && s.unit != search::UnitKind::kLayer) {
     return Invalid("seed_with_owl", naming,
@@ -332,6 +338,7 @@ nlohmann::json SearchOptionsJson(const JobSpec& spec,
   if (spec.mutation_step != 0) o["mutation_step"] = spec.mutation_step;
   if (spec.uniform_guard) o["uniform_guard"] = true;
   if (spec.uniform_ratio_choice) o["uniform_ratio_choice"] = true;
+  if (!spec.warm_start_job_id.empty()) o["warm_start_job_id"] = spec.warm_start_job_id;
   if (!spec.race) o["race"] = false;
   int raced = 0;
   for (const search::GenerationStats& g : history) raced += g.raced_out;

@@ -133,6 +133,10 @@ struct JobSpec {
   // UNIFORM's own policy is in the search space. EFFICIENTLLAVA only; no effect under N_M.
   // Default on.
   bool uniform_ratio_choice = true;
+  // EFFICIENTLLAVA only: a SUCCEEDED job of the same tenant and inputs whose ranked policies join
+  // the initial population (repaired into this job's band); empty = none. The service checks the
+  // job; prune-local has no jobs (and no flag for it).
+  std::string warm_start_job_id;
   // Race each generation's candidates (common/racing.h; SearchConfig::race): same survivors and
   // final policy as exhaustive evaluation, fewer forwards. Default on.
   bool race = true;

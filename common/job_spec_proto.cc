@@ -229,6 +229,7 @@ void SearchOptionsFromProto(const pb::JobSpec& p, JobSpec& s) {
   if (p.has_uniform_guard()) s.uniform_guard = p.uniform_guard();
   if (p.has_uniform_ratio_choice()) s.uniform_ratio_choice = p.uniform_ratio_choice();
   if (p.has_race()) s.race = p.race();
+  s.warm_start_job_id = p.warm_start_job_id();
 }
 
 absl::Status ReferencesFromProto(const pb::JobSpec& p, JobSpec& s) {
@@ -393,6 +394,7 @@ pb::JobSpec JobSpecToProto(const JobSpec& s) {
   p.set_slack_evaluations(s.slack_evaluations);
   p.set_uniform_guard(s.uniform_guard);
   p.set_uniform_ratio_choice(s.uniform_ratio_choice);
+  p.set_warm_start_job_id(s.warm_start_job_id);
   p.set_race(s.race);
   return p;
 }

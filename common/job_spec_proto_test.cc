@@ -122,8 +122,10 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
     p.set_slack_evaluations(7);
     p.set_uniform_guard(true);
     p.set_uniform_ratio_choice(true);
+    p.set_warm_start_job_id("job-0123456789abcdef");
     auto s = JobSpecFromProto(p);
     ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->warm_start_job_id, "job-0123456789abcdef");
     EXPECT_EQ(s->eta_rule, search::EtaRule::kCrossValidated);
     EXPECT_TRUE(s->seed_with_uniform);
     EXPECT_TRUE(s->seed_with_owl);
@@ -270,6 +272,14 @@ TEST(JobSpecProtoTest, EveryInvalidFieldIsNamed) {
          p.set_repair_uniform_seed(true);
        },
        "repair_uniform_seed"},
+      {"warm_start_job_id RANDOM_SEARCH",
+       [](pb::JobSpec& p) {
+         p.set_strategy(pb::RANDOM_SEARCH);
+         p.set_warm_start_job_id("job-0123456789abcdef");
+       },
+       "warm_start_job_id"},
+      {"warm_start_job_id huge",
+       [](pb::JobSpec& p) { p.set_warm_start_job_id(std::string(200, 'j')); }, "warm_start_job_id"},
       {"uniform_guard UNIFORM",
        [](pb::JobSpec& p) {
          p.set_strategy(pb::UNIFORM);

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "common/racing.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/evaluation_plan.h"
 #include "server/search_checkpoint.h"
@@ -599,9 +601,68 @@ TEST(DispatcherTest, ASecondJobReusesTheFirstJobsEvaluations) {
   };
   Harness off(2, "", /*evaluation_cache=*/true);  // no evaluation key from the workers
   expect_no_reuse(off);
-  Harness disabled(2);  // the default: --evaluation-cache=false, whatever the workers report
+  Harness disabled(2);  // --evaluation-cache=false, whatever the workers report
   disabled.cluster.evaluation_key = h.cluster.evaluation_key;
   expect_no_reuse(disabled);
+}
+
+// warm_start_job_id: the second search's initial population holds the first one's ranked
+// policies (repaired into its band), so the first job's pick is among the second's first
+// generation; the same start is deterministic; another budget repairs them into its own band.
+TEST(DispatcherTest, AWarmStartedSearchBeginsWithTheFinishedJobsRankedPolicies) {
+  Harness h(2);
+  JobSpec spec = SmallSearch();
+  spec.projector_every = 0;  // every evaluation under the model's own projector
+  auto report = [](const std::string& id) {
+    return nlohmann::json::parse(FakeClient::reports_[id]);
+  };
+  auto first_generation = [&](const std::string& id) {
+    std::set<std::string> hashes;
+    const nlohmann::json evaluated = report(id).at("evaluated");
+    for (size_t i = 0; i < evaluated.size() && i < size_t(spec.population); ++i) {
+      hashes.insert(evaluated[i].at("hash").get<std::string>());
+    }
+    return hashes;
+  };
+  const std::string a = h.Submit(spec);
+  ASSERT_EQ(h.WaitTerminal(a).state(), pb::SUCCEEDED);
+  const std::string best_a = report(a).at("search_best").at("hash");
+  EXPECT_FALSE(first_generation(a).contains(best_a)) << "the test needs a pick the search found";
+
+  JobSpec warm = spec;
+  warm.seed = spec.seed + 1;
+  warm.warm_start_job_id = a;
+  const std::string b = h.Submit(warm);
+  const pb::Job job_b = h.WaitTerminal(b);
+  ASSERT_EQ(job_b.state(), pb::SUCCEEDED) << job_b.error();
+  EXPECT_TRUE(first_generation(b).contains(best_a));
+  EXPECT_LE(report(b).at("search_best").at("fitness").get<double>(),
+            report(a).at("search_best").at("fitness").get<double>());
+  EXPECT_EQ(report(b).at("search_options").at("warm_start_job_id"), a);
+  const std::string b2 = h.Submit(warm);
+  ASSERT_EQ(h.WaitTerminal(b2).state(), pb::SUCCEEDED);
+  EXPECT_EQ(report(b2).at("evaluated"), report(b).at("evaluated"));
+
+  JobSpec other_budget = warm;
+  other_budget.flops_budget = 0.5;
+  const std::string c = h.Submit(other_budget);
+  const pb::Job job_c = h.WaitTerminal(c);
+  ASSERT_EQ(job_c.state(), pb::SUCCEEDED) << job_c.error();
+  for (const auto& g : report(c).at("history")) {
+    EXPECT_LE(g.at("best_flops_ratio").get<double>(), 0.5 + 1e-9) << g.dump();
+  }
+
+  // A job with no search state to start from fails saying so.
+  JobSpec uniform = spec;
+  uniform.strategy = search::Strategy::kUniform;
+  uniform.seed_with_uniform = uniform.repair_uniform_seed = uniform.uniform_ratio_choice = false;
+  const std::string u = h.Submit(uniform);
+  ASSERT_EQ(h.WaitTerminal(u).state(), pb::SUCCEEDED);
+  JobSpec from_uniform = spec;
+  from_uniform.warm_start_job_id = u;
+  const pb::Job failed = h.WaitTerminal(h.Submit(from_uniform));
+  EXPECT_EQ(failed.state(), pb::FAILED);
+  EXPECT_THAT(failed.error(), ::testing::HasSubstr("left no search state"));
 }
 
 // Two jobs of one priority on 8 workers: while both run, neither holds more than its fair share

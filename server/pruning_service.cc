@@ -587,6 +587,42 @@ absl::Status PruningServiceImpl::CheckDataset(const std::string& tenant, const s
       absl::StrCat(field, ": unknown dataset ", id, " (upload it with UploadDataset first)"));
 }
 
+absl::Status PruningServiceImpl::CheckWarmStart(const std::string& tenant,
+                                                const JobSpec& spec) const {
+  const std::string& id = spec.warm_start_job_id;
+  if (id.empty()) return absl::OkStatus();
+  absl::StatusOr<pb::Job> source = deps_.store->GetJob(id);
+  if (absl::IsNotFound(source.status()) || (source.ok() && source->tenant() != tenant)) {
+    return absl::NotFoundError(absl::StrCat("warm_start_job_id: no job ", id));
+  }
+  if (!source.ok()) return source.status();
+  if (source->state() != pb::SUCCEEDED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("warm_start_job_id: job ", id, " is ", pb::JobState_Name(source->state()),
+                     "; only a SUCCEEDED job's ranked policies can start another search"));
+  }
+  ASSIGN_OR_RETURN(JobSpec from, JobSpecFromProto(source->spec()));
+  const std::pair<const char*, bool> same[] = {
+      {"model_uri", from.model_uri == spec.model_uri},
+      {"dataset_id", from.dataset_id == spec.dataset_id},
+      {"granularity", from.granularity == spec.granularity},
+      {"nm_pattern", NmPatternName(from.nm) == NmPatternName(spec.nm)},
+      {"unit", from.unit == spec.unit}};
+  for (const auto& [field, equal] : same) {
+    if (!equal) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "warm_start_job_id: job ", id, " has another ", field,
+          "; a search starts only from a job of the same model, samples, granularity and unit"));
+    }
+  }
+  if (!from.searching()) {
+    return absl::InvalidArgumentError(absl::StrCat("warm_start_job_id: job ", id, " ran strategy ",
+                                                   search::StrategyName(from.strategy),
+                                                   ", which ranks no policies"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Principal> PruningServiceImpl::Caller(grpc::CallbackServerContext* ctx) const {
   if (deps_.auth == nullptr) return Principal{"", Role::kAdmin};
   absl::StatusOr<Principal> who = deps_.auth->Authenticate(*ctx);
@@ -639,6 +675,7 @@ absl::StatusOr<pb::SubmitJobResponse> PruningServiceImpl::DoSubmit(const Princip
   if (spec.eval_dataset_id.has_value()) {
     RETURN_IF_ERROR(CheckDataset(tenant, *spec.eval_dataset_id, "eval_dataset_id"));
   }
+  RETURN_IF_ERROR(CheckWarmStart(tenant, spec));
   RETURN_IF_ERROR(CheckSubmitQuotas(tenant));
   const pb::JobEvent queued = StateEvent(pb::JOB_STATE_UNSPECIFIED, pb::QUEUED, "submitted");
   ASSIGN_OR_RETURN(CreateJobResult created,

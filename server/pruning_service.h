@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/job_spec.h"
 #include "prune/v1/pruning_service.grpc.pb.h"
 #include "server/auth.h"
 #include "server/blob_store.h"
@@ -164,6 +165,8 @@ class PruningServiceImpl final : public ::prune::v1::PruningService::CallbackSer
   // the tenant uploaded.
   absl::Status CheckModelUri(const std::string& tenant, const std::string& uri) const;
   // `id` is a dataset the tenant has uploaded.
+  // spec.warm_start_job_id, when set: a SUCCEEDED job of `tenant` with the same inputs.
+  absl::Status CheckWarmStart(const std::string& tenant, const JobSpec& spec) const;
   absl::Status CheckDataset(const std::string& tenant, const std::string& id,
                             const char* field) const;
 

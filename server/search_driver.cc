@@ -342,6 +342,40 @@ absl::StatusOr<std::vector<double>> SearchDriver::OwlRatios() const {
   return space_->ShiftToBudget(deviations, spec_.flops_budget);
 }
 
+absl::StatusOr<std::vector<std::vector<double>>> SearchDriver::WarmStartRatios(size_t limit) const {
+  const std::string& id = spec_.warm_start_job_id;
+  ASSIGN_OR_RETURN(std::optional<Checkpoint> c, dispatcher_->store()->LoadCheckpoint(id));
+  if (!c.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("warm_start_job_id: job ", id, " left no search state to start from"));
+  }
+  absl::StatusOr<SearchCheckpoint> sc = ParseSearchCheckpoint(c->search_state_json, c->log);
+  if (!sc.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("warm_start_job_id: job ", id, "'s search state: ", sc.status().message()));
+  }
+  const search::SearchState& from = sc->state;
+  if (from.num_units != space_->num_units()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("warm_start_job_id: job ", id, " searched ", from.num_units,
+                     " units, this job's model has ", space_->num_units()));
+  }
+  std::vector<std::vector<double>> out;
+  for (const search::Policy& p : from.ranked) {
+    if (out.size() >= limit) break;
+    std::vector<double>& ratios = out.emplace_back();
+    for (int choice : p) {
+      if (choice < 0 || size_t(choice) >= from.ratio_choices.size()) {
+        return absl::DataLossError(absl::StrCat("warm_start_job_id: job ", id,
+                                                "'s ranked policies name ratio choice ", choice,
+                                                " of ", from.ratio_choices.size()));
+      }
+      ratios.push_back(from.ratio_choices[size_t(choice)]);
+    }
+  }
+  return out;
+}
+
 absl::Status SearchDriver::Search() {
   absl::Status s = SearchGenerations();
   // Never leave with a write in flight: whatever the driver commits next comes after it.
@@ -379,6 +413,13 @@ absl::Status SearchDriver::SearchGenerations() {
     ASSIGN_OR_RETURN(search, search::EvolutionarySearch::Resume(space_.get(), std::move(sc.state)));
     spdlog::info("job={} resumes its search at generation {}", job_id_, search->state().generation);
   } else {
+    if (!spec_.warm_start_job_id.empty()) {
+      const size_t room = size_t(std::max(0, spec_.population - 1));
+      ASSIGN_OR_RETURN(std::vector<std::vector<double>> warm, WarmStartRatios(room));
+      spdlog::info("job={} starts from {} ranked policies of job {}", job_id_, warm.size(),
+                   spec_.warm_start_job_id);
+      for (std::vector<double>& r : warm) config.seed_unit_ratios.push_back(std::move(r));
+    }
     ASSIGN_OR_RETURN(search, search::EvolutionarySearch::Create(space_.get(), config));
   }
   owned = std::make_unique<RemotePolicyEvaluator>(this, space_.get(), latest);

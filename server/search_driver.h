@@ -93,6 +93,9 @@ class SearchDriver {
   // UNIFORM's and OWL's continuous per-unit ratios at the budget (strategies and search seeds).
   absl::StatusOr<std::vector<double>> UniformRatios() const;
   absl::StatusOr<std::vector<double>> OwlRatios() const;
+  // spec_.warm_start_job_id's ranked policies (its last scored generation, best first, at most
+  // `limit`) as unit ratios of its own grid, for SearchConfig::seed_unit_ratios.
+  absl::StatusOr<std::vector<std::vector<double>>> WarmStartRatios(size_t limit) const;
   absl::Status SolveOwl();
   absl::Status Finalize();
   // Commits (publishing the events); FAILED_PRECONDITION when the job turned terminal.

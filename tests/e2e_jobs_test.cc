@@ -24,6 +24,7 @@
 #include "common/job_spec.h"
 #include "common/job_spec_proto.h"
 #include "common/sha256.h"
+#include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -178,6 +179,56 @@ TEST(E2eJobsTest, MoreWorkersThanPoliciesReproducePruneLocal) { RunAndCompare(3,
 // UCB with cross-validated η, the UNIFORM seed, step mutations and the slack step: the scheduler
 // computes the same fitness from the workers' per-sample losses as prune-local does.
 TEST(E2eJobsTest, SearchOptionsReproducePruneLocal) { RunAndCompare(2, 4, "options", 0, true); }
+
+// warm_start_job_id through the service: checked at submit against the finished job (unknown,
+// not finished, other inputs: each refused naming the field), then a search that starts from it
+// succeeds and says so in its report.
+TEST(E2eJobsTest, ASearchStartsFromAFinishedOne) {
+  Service s = StartService("warm", 2, 0);
+  ASSERT_NE(s.stub, nullptr) << (s.process ? s.process->Log() : "");
+  auto dataset = Upload(s, TheData().search);
+  auto eval = Upload(s, TheData().eval);
+  ASSERT_TRUE(dataset.ok() && eval.ok()) << dataset.status() << eval.status();
+  const JobSpec spec = SmallSpec(*dataset, *eval, 4);
+  auto first = Submit(s, spec);
+  ASSERT_TRUE(first.ok()) << first.status();
+  JobSpec warm = spec;
+  warm.seed = 6;
+  warm.flops_budget = 0.45;
+  warm.warm_start_job_id = first->job_id();
+  auto early = Submit(s, warm);  // the first job is not finished yet
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition) << early.status();
+  EXPECT_THAT(std::string(early.status().message()), ::testing::HasSubstr("warm_start_job_id"));
+  const std::vector<pb::JobEvent> events = Watch(s, first->job_id());
+  ASSERT_FALSE(events.empty());
+  ASSERT_EQ(events.back().state_changed().to(), pb::SUCCEEDED) << s.process->Log();
+
+  JobSpec unknown = warm;
+  unknown.warm_start_job_id = "job-0000000000000000";
+  EXPECT_EQ(Submit(s, unknown).status().code(), absl::StatusCode::kNotFound);
+  JobSpec other_samples = warm;
+  other_samples.dataset_id = *eval;
+  auto refused = Submit(s, other_samples);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("another dataset_id"));
+
+  auto second = Submit(s, warm);
+  ASSERT_TRUE(second.ok()) << second.status();
+  const std::vector<pb::JobEvent> second_events = Watch(s, second->job_id());
+  ASSERT_FALSE(second_events.empty());
+  ASSERT_EQ(second_events.back().state_changed().to(), pb::SUCCEEDED) << s.process->Log();
+  std::string artifact, trailer;
+  for (const pb::JobEvent& e : second_events) {
+    if (e.has_artifact_ready()) artifact = e.artifact_ready().artifact_id();
+  }
+  auto bytes = Fetch(s, artifact, &trailer);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  const std::string dir = s.dir + "/warm-artifact";
+  ASSERT_TRUE(Untar(*bytes, dir));
+  const nlohmann::json report = nlohmann::json::parse(ReadFile(dir + "/report.json"));
+  EXPECT_EQ(report["search"]["warm_start_job_id"], first->job_id()) << report.dump();
+  EXPECT_NE(s.process->Log().find("starts from"), std::string::npos);
+}
 
 TEST(E2eJobsTest, WorkerKilledMidSearchJobStillSucceedsWithTheSamePolicy) {
   Service s = StartService("kill", 2);
