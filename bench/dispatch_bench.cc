@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -423,6 +424,10 @@ int Main(int argc, char** argv) {
     }
     servers.clear();
   }
+  // Its scratch (state dirs, worker caches, logs) goes with a successful run; a failed one keeps
+  // it for the logs.
+  std::error_code ec;
+  std::filesystem::remove_all(testing::TheData().work, ec);
   return 0;
 }
 

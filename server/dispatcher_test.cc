@@ -648,7 +648,8 @@ TEST(DispatcherTest, AWarmStartedSearchBeginsWithTheFinishedJobsRankedPolicies) 
   const std::string c = h.Submit(other_budget);
   const pb::Job job_c = h.WaitTerminal(c);
   ASSERT_EQ(job_c.state(), pb::SUCCEEDED) << job_c.error();
-  for (const auto& g : report(c).at("history")) {
+  const nlohmann::json report_c = report(c);
+  for (const auto& g : report_c.at("history")) {
     EXPECT_LE(g.at("best_flops_ratio").get<double>(), 0.5 + 1e-9) << g.dump();
   }
 

@@ -344,12 +344,17 @@ absl::StatusOr<std::vector<double>> SearchDriver::OwlRatios() const {
 
 absl::StatusOr<std::vector<std::vector<double>>> SearchDriver::WarmStartRatios(size_t limit) const {
   const std::string& id = spec_.warm_start_job_id;
-  ASSIGN_OR_RETURN(std::optional<Checkpoint> c, dispatcher_->store()->LoadCheckpoint(id));
-  if (!c.has_value()) {
+  absl::StatusOr<std::optional<Checkpoint>> c = dispatcher_->store()->LoadCheckpoint(id);
+  if (absl::IsNotFound(c.status())) {  // deleted since SubmitJob checked it
+    return absl::FailedPreconditionError(
+        absl::StrCat("warm_start_job_id: job ", id, " was deleted before this job started"));
+  }
+  if (!c.ok()) return c.status();
+  if (!c->has_value()) {
     return absl::FailedPreconditionError(
         absl::StrCat("warm_start_job_id: job ", id, " left no search state to start from"));
   }
-  absl::StatusOr<SearchCheckpoint> sc = ParseSearchCheckpoint(c->search_state_json, c->log);
+  absl::StatusOr<SearchCheckpoint> sc = ParseSearchCheckpoint((*c)->search_state_json, (*c)->log);
   if (!sc.ok()) {
     return absl::DataLossError(
         absl::StrCat("warm_start_job_id: job ", id, "'s search state: ", sc.status().message()));

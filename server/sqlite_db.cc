@@ -33,16 +33,19 @@ absl::Status SqliteError(int rc, absl::string_view what, absl::string_view messa
 // ---------------------------------------------------------------------------------------------
 // SqliteStatement
 
-SqliteStatement::SqliteStatement(sqlite3* db, sqlite3_stmt* stmt, std::string sql)
-    : db_(db), stmt_(stmt), sql_(std::move(sql)) {}
+SqliteStatement::SqliteStatement(SqliteDb* owner, sqlite3* db, sqlite3_stmt* stmt, std::string sql)
+    : owner_(owner), db_(db), stmt_(stmt), sql_(std::move(sql)) {}
 
 SqliteStatement::SqliteStatement(SqliteStatement&& other) noexcept
-    : db_(other.db_),
+    : owner_(other.owner_),
+      db_(other.db_),
       stmt_(std::exchange(other.stmt_, nullptr)),
       sql_(std::move(other.sql_)),
       bind_rc_(other.bind_rc_) {}
 
-SqliteStatement::~SqliteStatement() { sqlite3_finalize(stmt_); }
+SqliteStatement::~SqliteStatement() {
+  if (stmt_ != nullptr) owner_->Recycle(std::move(sql_), stmt_);
+}
 
 absl::Status SqliteStatement::Error(int rc) const {
   const char* file = sqlite3_db_filename(db_, "main");
@@ -141,7 +144,32 @@ absl::StatusOr<std::unique_ptr<SqliteDb>> SqliteDb::Open(const std::string& path
   return std::unique_ptr<SqliteDb>(new SqliteDb(db, path));
 }
 
-SqliteDb::~SqliteDb() { sqlite3_close(db_); }
+SqliteDb::~SqliteDb() {
+  for (auto& [sql, stmts] : idle_) {
+    for (sqlite3_stmt* s : stmts) sqlite3_finalize(s);
+  }
+  sqlite3_close(db_);
+}
+
+namespace {
+
+// Idle statements kept per SQL text: enough for the statements one store call holds at once.
+constexpr size_t kIdlePerSql = 4;
+
+}  // namespace
+
+void SqliteDb::Recycle(std::string sql, sqlite3_stmt* stmt) {
+  std::vector<sqlite3_stmt*>& idle = idle_[sql];
+  // A reset releases the statement's read of the database (as finalizing would); its error code
+  // repeats the last step's, already reported.
+  sqlite3_reset(stmt);
+  sqlite3_clear_bindings(stmt);
+  if (idle.size() < kIdlePerSql) {
+    idle.push_back(stmt);
+  } else {
+    sqlite3_finalize(stmt);
+  }
+}
 
 absl::Status SqliteDb::Exec(absl::string_view sql) {
   char* message = nullptr;
@@ -154,14 +182,25 @@ absl::Status SqliteDb::Exec(absl::string_view sql) {
 }
 
 absl::StatusOr<SqliteStatement> SqliteDb::Prepare(absl::string_view sql) {
+  auto idle = idle_.find(sql);
+  if (idle != idle_.end() && !idle->second.empty()) {
+    sqlite3_stmt* stmt = idle->second.back();
+    idle->second.pop_back();
+    return SqliteStatement(this, db_, stmt, std::string(sql));
+  }
   sqlite3_stmt* stmt = nullptr;
-  int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+  int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
+                              SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
   if (rc != SQLITE_OK) {
     sqlite3_finalize(stmt);
     return SqliteError(rc, absl::StrCat(path_, ": prepare ", sql.substr(0, 80)),
                        sqlite3_errmsg(db_));
   }
-  return SqliteStatement(db_, stmt, std::string(sql));
+  if (stmt == nullptr) {  // only whitespace or a comment: nothing to run
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": prepare \"", sql.substr(0, 80), "\": no statement"));
+  }
+  return SqliteStatement(this, db_, stmt, std::string(sql));
 }
 
 absl::StatusOr<std::string> SqliteDb::QueryText(absl::string_view sql) {

@@ -4,14 +4,21 @@
 // RESOURCE_EXHAUSTED, corrupt / not a database → DATA_LOSS, constraint → ALREADY_EXISTS, else
 // INTERNAL).
 // Thread-compatible: a SqliteDb and its statements must be used by one thread at a time (the
-// owner serialises with its own mutex; the connection is opened with SQLITE_OPEN_NOMUTEX).
+// owner serialises with its own mutex; the connection is opened with SQLITE_OPEN_NOMUTEX), and a
+// statement must not outlive its SqliteDb.
+//
+// Prepared statements are reused: a SqliteStatement that ends goes back to its SqliteDb, reset
+// and with its binds cleared, and the next Prepare of the same SQL text takes it instead of
+// compiling the SQL again (a few idle statements per text are kept).
 #ifndef PRUNESVC_SERVER_SQLITE_DB_H_
 #define PRUNESVC_SERVER_SQLITE_DB_H_
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -24,6 +31,8 @@ namespace prunesvc::server {
 
 // Maps an SQLite result code (primary or extended) to a Status: "<what>: <message> (<code name>)".
 absl::Status SqliteError(int rc, absl::string_view what, absl::string_view message);
+
+class SqliteDb;
 
 class SqliteStatement {
  public:
@@ -56,9 +65,10 @@ class SqliteStatement {
 
  private:
   friend class SqliteDb;
-  SqliteStatement(sqlite3* db, sqlite3_stmt* stmt, std::string sql);
+  SqliteStatement(SqliteDb* owner, sqlite3* db, sqlite3_stmt* stmt, std::string sql);
   absl::Status Error(int rc) const;
 
+  SqliteDb* owner_;  // takes the statement back when it ends
   sqlite3* db_;
   sqlite3_stmt* stmt_;
   std::string sql_;
@@ -83,10 +93,15 @@ class SqliteDb {
   const std::string& path() const { return path_; }
 
  private:
+  friend class SqliteStatement;
   SqliteDb(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  // Keeps `stmt` (reset, binds cleared) for the next Prepare of `sql`, or finalizes it.
+  void Recycle(std::string sql, sqlite3_stmt* stmt);
 
   sqlite3* const db_;
   const std::string path_;
+  // Idle prepared statements by SQL text.
+  absl::flat_hash_map<std::string, std::vector<sqlite3_stmt*>> idle_;
 };
 
 // BEGIN IMMEDIATE on construction (through Begin), ROLLBACK on destruction unless committed. An

@@ -902,6 +902,58 @@ TEST_F(SqliteJobStoreTest, EvaluationCacheMirrorAnswersAsTheTableWithinItsMemory
   EXPECT_TRUE(store->GetCachedEvaluations({"fresh"})->empty());
 }
 
+// SqliteDb reuses prepared statements: a reused one starts fresh (reset, binds cleared), sees
+// what was written since, survives a schema change, and two of one SQL text live side by side.
+TEST(SqliteDbTest, ReusedStatementsStartFresh) {
+  ScopedTempDir dir;
+  auto opened = SqliteDb::Open(dir.Sub("db") + ".sqlite");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  SqliteDb& db = **opened;
+  ASSERT_TRUE(db.Exec("CREATE TABLE t (a INTEGER, b TEXT)").ok());
+  const char* insert = "INSERT INTO t (a, b) VALUES (?, ?)";
+  const char* select = "SELECT a, b FROM t ORDER BY a";
+  {
+    auto s = db.Prepare(insert);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(s->Bind(1, int64_t{1}).Bind(2, "one").Run().ok());
+  }
+  {
+    auto s = db.Prepare(insert);  // the same statement again: its binds were cleared
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(s->Bind(1, int64_t{2}).Run().ok());
+  }
+  auto rows = [&] {
+    std::vector<std::string> out;
+    auto s = db.Prepare(select);
+    EXPECT_TRUE(s.ok());
+    while (s.ok() && *s->Step()) {
+      out.push_back(absl::StrCat(s->Int64(0), s->IsNull(1) ? "/null" : "/" + s->Text(1)));
+    }
+    return out;
+  };
+  EXPECT_THAT(rows(), ElementsAre("1/one", "2/null"));
+  {
+    auto s = db.Prepare(select);  // left after one of two rows
+    ASSERT_TRUE(s.ok() && *s->Step());
+    auto t = db.Prepare(select);  // the same text while the first is live: another statement
+    ASSERT_TRUE(t.ok() && *t->Step());
+    EXPECT_EQ(t->Int64(0), 1);
+    ASSERT_TRUE(*t->Step());
+    EXPECT_EQ(t->Int64(0), 2);
+  }
+  ASSERT_TRUE(db.Exec("INSERT INTO t VALUES (3, 'three')").ok());
+  EXPECT_THAT(rows(), ElementsAre("1/one", "2/null", "3/three"));  // from the first row again
+  ASSERT_TRUE(db.Exec("ALTER TABLE t ADD COLUMN c INTEGER DEFAULT 7").ok());
+  {
+    auto s = db.Prepare("SELECT * FROM t ORDER BY a");
+    ASSERT_TRUE(s.ok() && *s->Step());
+    EXPECT_EQ(s->Int64(2), 7);
+  }
+  EXPECT_THAT(rows(), ElementsAre("1/one", "2/null", "3/three"));
+  EXPECT_EQ(db.Prepare("  -- nothing ").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(db.Prepare("SELEKT 1").status().code(), absl::StatusCode::kInternal);
+}
+
 TEST_F(SqliteJobStoreTest, OpensAndMigratesAStateDirOfThePreviousSchema) {
   store_.reset();
   const std::string dir = dir_.Sub("v1");
