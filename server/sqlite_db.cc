@@ -153,22 +153,28 @@ SqliteDb::~SqliteDb() {
 
 namespace {
 
-// Idle statements kept per SQL text: enough for the statements one store call holds at once.
+// Idle statements kept per SQL text (enough for the statements one store call holds at once) and
+// in all: SQL built from a request (ListJobs' state and label filters) has many texts.
 constexpr size_t kIdlePerSql = 4;
+constexpr size_t kMaxIdle = 256;
 
 }  // namespace
 
 void SqliteDb::Recycle(std::string sql, sqlite3_stmt* stmt) {
-  std::vector<sqlite3_stmt*>& idle = idle_[sql];
+  auto it = idle_.find(sql);
+  const bool room =
+      idle_count_ < kMaxIdle && (it == idle_.end() || it->second.size() < kIdlePerSql);
+  if (!room) {
+    sqlite3_finalize(stmt);
+    return;
+  }
   // A reset releases the statement's read of the database (as finalizing would); its error code
   // repeats the last step's, already reported.
   sqlite3_reset(stmt);
   sqlite3_clear_bindings(stmt);
-  if (idle.size() < kIdlePerSql) {
-    idle.push_back(stmt);
-  } else {
-    sqlite3_finalize(stmt);
-  }
+  if (it == idle_.end()) it = idle_.emplace(std::move(sql), std::vector<sqlite3_stmt*>()).first;
+  it->second.push_back(stmt);
+  ++idle_count_;
 }
 
 absl::Status SqliteDb::Exec(absl::string_view sql) {
@@ -186,6 +192,8 @@ absl::StatusOr<SqliteStatement> SqliteDb::Prepare(absl::string_view sql) {
   if (idle != idle_.end() && !idle->second.empty()) {
     sqlite3_stmt* stmt = idle->second.back();
     idle->second.pop_back();
+    if (idle->second.empty()) idle_.erase(idle);  // the map holds idle statements only
+    --idle_count_;
     return SqliteStatement(this, db_, stmt, std::string(sql));
   }
   sqlite3_stmt* stmt = nullptr;

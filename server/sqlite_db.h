@@ -9,7 +9,7 @@
 //
 // Prepared statements are reused: a SqliteStatement that ends goes back to its SqliteDb, reset
 // and with its binds cleared, and the next Prepare of the same SQL text takes it instead of
-// compiling the SQL again (a few idle statements per text are kept).
+// compiling the SQL again (a few idle statements per text, and at most 256 in all, are kept).
 #ifndef PRUNESVC_SERVER_SQLITE_DB_H_
 #define PRUNESVC_SERVER_SQLITE_DB_H_
 
@@ -91,6 +91,8 @@ class SqliteDb {
   absl::Status SetBusyTimeout(absl::Duration timeout);
 
   const std::string& path() const { return path_; }
+  // Prepared statements kept for reuse (at most 256; 4 per SQL text).
+  size_t idle_statements() const { return idle_count_; }
 
  private:
   friend class SqliteStatement;
@@ -100,8 +102,9 @@ class SqliteDb {
 
   sqlite3* const db_;
   const std::string path_;
-  // Idle prepared statements by SQL text.
+  // Idle prepared statements by SQL text, idle_count_ of them in all.
   absl::flat_hash_map<std::string, std::vector<sqlite3_stmt*>> idle_;
+  size_t idle_count_ = 0;
 };
 
 // BEGIN IMMEDIATE on construction (through Begin), ROLLBACK on destruction unless committed. An

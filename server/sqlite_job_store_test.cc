@@ -950,6 +950,22 @@ TEST(SqliteDbTest, ReusedStatementsStartFresh) {
     EXPECT_EQ(s->Int64(2), 7);
   }
   EXPECT_THAT(rows(), ElementsAre("1/one", "2/null", "3/three"));
+  // The statements kept are bounded per text and in all, however many texts a caller builds.
+  {
+    std::vector<SqliteStatement> live;
+    for (int i = 0; i < 300; ++i) live.push_back(*db.Prepare(absl::StrCat("SELECT ", i)));
+    for (int i = 0; i < 6; ++i) live.push_back(*db.Prepare(select));
+  }
+  EXPECT_EQ(db.idle_statements(), 256u);
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(db.Prepare(absl::StrCat("SELECT ", i)).ok());
+  EXPECT_LE(db.idle_statements(), 256u);
+  {
+    std::vector<SqliteStatement> live;
+    for (int i = 0; i < 6; ++i) live.push_back(*db.Prepare("SELECT 'x'"));
+    const size_t before = db.idle_statements();
+    live.clear();
+    EXPECT_LE(db.idle_statements(), std::min<size_t>(256, before + 4));
+  }
   EXPECT_EQ(db.Prepare("  -- nothing ").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(db.Prepare("SELEKT 1").status().code(), absl::StatusCode::kInternal);
 }
