@@ -266,8 +266,7 @@ int Main(int argc, char** argv) {
   shared.cost_ms = cost_ms;
   shared.trace = Flag(argc, argv, "trace", "false") == "true";
   const bool resubmit = Flag(argc, argv, "resubmit", "false") == "true";
-  // The scheduler's --evaluation-cache: its default unless given (true where the round measures
-  // the cache: --resubmit, or a budget grid).
+  // The scheduler's --evaluation-cache when given (its default: on).
   const std::string evaluation_cache = Flag(argc, argv, "evaluation-cache", "");
   std::vector<double> budgets;
   for (absl::string_view b : absl::StrSplit(Flag(argc, argv, "budgets", "0.5"), ',')) {
@@ -297,11 +296,8 @@ int Main(int argc, char** argv) {
     testing::ServiceOptions so;
     so.workers = 0;
     so.extra_args = {"--max-running-jobs=64"};
-    if (!evaluation_cache.empty()) {
+    if (!evaluation_cache.empty())
       so.extra_args.push_back("--evaluation-cache=" + evaluation_cache);
-    } else if (resubmit || budgets.size() > 1) {
-      so.extra_args.push_back("--evaluation-cache=true");
-    }
     testing::Service svc = testing::StartService(absl::StrCat("dispatch-", w), so);
     if (svc.stub == nullptr) {
       std::fprintf(stderr, "dispatch-bench: the scheduler did not start\n");

@@ -313,8 +313,7 @@ class FullDiskStore : public JobStore {
       const std::vector<std::string>& keys) override {
     return real_->GetCachedEvaluations(keys);
   }
-  absl::Status PutCachedEvaluations(
-      const std::vector<std::pair<std::string, std::string>>& entries) override {
+  absl::Status PutCachedEvaluations(const CacheEntries& entries) override {
     return real_->PutCachedEvaluations(entries);
   }
 
@@ -549,6 +548,11 @@ TEST(DispatcherTest, HigherPriorityStepsAreDispatchedFirst) {
   EXPECT_GT(c_prepare - h.cluster.calls.begin(), 1);
 }
 
+// The search report a job's driver sent with its Finalize.
+nlohmann::json SearchReport(const std::string& job_id) {
+  return nlohmann::json::parse(FakeClient::reports_[job_id]);
+}
+
 // The evaluation cache across jobs: the same job again (same tenant, same worker evaluation key)
 // dispatches no evaluation and records exactly the first one's evaluations and policy, racing
 // included (a hit is raced by replaying it); another tenant shares nothing; without a worker key
@@ -557,11 +561,9 @@ TEST(DispatcherTest, ASecondJobReusesTheFirstJobsEvaluations) {
   Harness h(2, "", /*evaluation_cache=*/true);
   h.cluster.evaluation_key = "sha256:" + std::string(64, 'e');
   const JobSpec spec = SmallSearch();
-  auto evaluated = [](const std::string& id) {
-    return nlohmann::json::parse(FakeClient::reports_[id]).at("evaluated");
-  };
+  auto evaluated = [](const std::string& id) { return SearchReport(id).at("evaluated"); };
   auto reused = [](const std::string& id) {
-    return nlohmann::json::parse(FakeClient::reports_[id]).value("evaluations_reused", -1);
+    return SearchReport(id).value("evaluations_reused", -1);
   };
   const std::string a = h.Submit(spec);
   ASSERT_EQ(h.WaitTerminal(a).state(), pb::SUCCEEDED);
@@ -613,12 +615,9 @@ TEST(DispatcherTest, AWarmStartedSearchBeginsWithTheFinishedJobsRankedPolicies) 
   Harness h(2);
   JobSpec spec = SmallSearch();
   spec.projector_every = 0;  // every evaluation under the model's own projector
-  auto report = [](const std::string& id) {
-    return nlohmann::json::parse(FakeClient::reports_[id]);
-  };
   auto first_generation = [&](const std::string& id) {
     std::set<std::string> hashes;
-    const nlohmann::json evaluated = report(id).at("evaluated");
+    const nlohmann::json evaluated = SearchReport(id).at("evaluated");
     for (size_t i = 0; i < evaluated.size() && i < size_t(spec.population); ++i) {
       hashes.insert(evaluated[i].at("hash").get<std::string>());
     }
@@ -626,7 +625,7 @@ TEST(DispatcherTest, AWarmStartedSearchBeginsWithTheFinishedJobsRankedPolicies) 
   };
   const std::string a = h.Submit(spec);
   ASSERT_EQ(h.WaitTerminal(a).state(), pb::SUCCEEDED);
-  const std::string best_a = report(a).at("search_best").at("hash");
+  const std::string best_a = SearchReport(a).at("search_best").at("hash");
   EXPECT_FALSE(first_generation(a).contains(best_a)) << "the test needs a pick the search found";
 
   JobSpec warm = spec;
@@ -636,19 +635,19 @@ TEST(DispatcherTest, AWarmStartedSearchBeginsWithTheFinishedJobsRankedPolicies) 
   const pb::Job job_b = h.WaitTerminal(b);
   ASSERT_EQ(job_b.state(), pb::SUCCEEDED) << job_b.error();
   EXPECT_TRUE(first_generation(b).contains(best_a));
-  EXPECT_LE(report(b).at("search_best").at("fitness").get<double>(),
-            report(a).at("search_best").at("fitness").get<double>());
-  EXPECT_EQ(report(b).at("search_options").at("warm_start_job_id"), a);
+  EXPECT_LE(SearchReport(b).at("search_best").at("fitness").get<double>(),
+            SearchReport(a).at("search_best").at("fitness").get<double>());
+  EXPECT_EQ(SearchReport(b).at("search_options").at("warm_start_job_id"), a);
   const std::string b2 = h.Submit(warm);
   ASSERT_EQ(h.WaitTerminal(b2).state(), pb::SUCCEEDED);
-  EXPECT_EQ(report(b2).at("evaluated"), report(b).at("evaluated"));
+  EXPECT_EQ(SearchReport(b2).at("evaluated"), SearchReport(b).at("evaluated"));
 
   JobSpec other_budget = warm;
   other_budget.flops_budget = 0.5;
   const std::string c = h.Submit(other_budget);
   const pb::Job job_c = h.WaitTerminal(c);
   ASSERT_EQ(job_c.state(), pb::SUCCEEDED) << job_c.error();
-  const nlohmann::json report_c = report(c);
+  const nlohmann::json report_c = SearchReport(c);
   for (const auto& g : report_c.at("history")) {
     EXPECT_LE(g.at("best_flops_ratio").get<double>(), 0.5 + 1e-9) << g.dump();
   }

@@ -95,6 +95,15 @@ std::optional<search::EvalResult> RaceAsWorker(search::EvalResult r, int num_sam
   return r;
 }
 
+search::EvalResult EvalResultFromProto(const ::prune::v1::PolicyEvaluation& e) {
+  return {.loss = e.loss(),
+          .accuracy = e.accuracy(),
+          .omega = e.omega(),
+          .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()},
+          .raced_out = e.raced_out(),
+          .samples_scored = e.samples_scored()};
+}
+
 std::string CachedEvaluationValue(const search::EvalResult& r) {
   ::prune::v1::PolicyEvaluation e;
   e.set_loss(r.loss);
@@ -117,12 +126,7 @@ std::optional<search::EvalResult> CachedEvaluationResult(const std::string& valu
                                                          size_t i) {
   ::prune::v1::PolicyEvaluation e;
   if (!e.ParseFromString(value)) return std::nullopt;
-  search::EvalResult r{.loss = e.loss(),
-                       .accuracy = e.accuracy(),
-                       .omega = e.omega(),
-                       .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()},
-                       .raced_out = e.raced_out(),
-                       .samples_scored = e.samples_scored()};
+  search::EvalResult r = EvalResultFromProto(e);
   if (!CachedEvaluationStorable(r, num_samples)) return std::nullopt;
   return RaceAsWorker(std::move(r), num_samples, batch, race, i);
 }

@@ -21,6 +21,10 @@
 #include "common/evolution.h"
 #include "common/racing.h"
 
+namespace prune::v1 {
+class PolicyEvaluation;
+}  // namespace prune::v1
+
 namespace prunesvc::server {
 
 // One worker request: policies [policy_begin, policy_end) on search samples
@@ -70,6 +74,10 @@ search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_
 // case with an inactive race); nullopt for a prefix the race does not cut (the rest is unknown).
 std::optional<search::EvalResult> RaceAsWorker(search::EvalResult r, int num_samples, int batch,
                                                const search::RaceLimit& race, size_t i);
+
+// The result fields of a worker's (or the cache's) PolicyEvaluation: loss, accuracy, Ω, sample
+// losses, raced_out and samples_scored.
+search::EvalResult EvalResultFromProto(const ::prune::v1::PolicyEvaluation& e);
 
 // The evaluation cache across jobs (remote_policy_evaluator.h) stores a policy's result as a
 // serialized prune.v1.PolicyEvaluation: a whole-set result (num_samples losses) or a raced-out

@@ -70,16 +70,9 @@ absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req,
         }
         seen[r.index()] = true;
         ++got;
-        const pb::PolicyEvaluation& e = r.evaluation();
-        out[r.index()] = SliceResult{
-            .result = {.loss = e.loss(),
-                       .accuracy = e.accuracy(),
-                       .omega = e.omega(),
-                       .sample_losses = {e.sample_losses().begin(), e.sample_losses().end()},
-                       .raced_out = e.raced_out(),
-                       .samples_scored = e.samples_scored()},
-            .num_correct = r.num_correct(),
-            .num_multiple_choice = r.num_multiple_choice()};
+        out[r.index()] = SliceResult{.result = EvalResultFromProto(r.evaluation()),
+                                     .num_correct = r.num_correct(),
+                                     .num_multiple_choice = r.num_multiple_choice()};
         FaultPoint("scheduler.evaluate");  // a batch is half answered
       });
   RETURN_IF_ERROR(s);

@@ -217,14 +217,9 @@ TEST(E2eJobsTest, ASearchStartsFromAFinishedOne) {
   const std::vector<pb::JobEvent> second_events = Watch(s, second->job_id());
   ASSERT_FALSE(second_events.empty());
   ASSERT_EQ(second_events.back().state_changed().to(), pb::SUCCEEDED) << s.process->Log();
-  std::string artifact, trailer;
-  for (const pb::JobEvent& e : second_events) {
-    if (e.has_artifact_ready()) artifact = e.artifact_ready().artifact_id();
-  }
-  auto bytes = Fetch(s, artifact, &trailer);
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
   const std::string dir = s.dir + "/warm-artifact";
-  ASSERT_TRUE(Untar(*bytes, dir));
+  const absl::Status fetched = testing::FetchInto(s, second_events, dir);
+  ASSERT_TRUE(fetched.ok()) << fetched;
   const nlohmann::json report = nlohmann::json::parse(ReadFile(dir + "/report.json"));
   EXPECT_EQ(report["search"]["warm_start_job_id"], first->job_id()) << report.dump();
   EXPECT_NE(s.process->Log().find("starts from"), std::string::npos);

@@ -38,18 +38,10 @@ namespace {
 // included — changes the evaluation key.
 const std::string& ExecutableSha256() {
   static const std::string* const hash = [] {
-    std::ifstream in("/proc/self/exe", std::ios::binary);
-    Sha256 h;
-    std::string buf(1 << 20, '\0');
-    while (in) {
-      in.read(buf.data(), std::streamsize(buf.size()));
-      h.Update(std::string_view(buf.data(), size_t(in.gcount())));
-    }
-    if (!in.eof()) {
-      spdlog::warn("cannot read /proc/self/exe: evaluations are not shared across jobs");
-      return new std::string();
-    }
-    return new std::string(DigestHex(h.Final()));
+    absl::StatusOr<std::string> hex = prune::Sha256OfFile("/proc/self/exe");
+    if (hex.ok()) return new std::string(*std::move(hex));
+    spdlog::warn("evaluations are not shared across jobs: {}", hex.status().message());
+    return new std::string();
   }();
   return *hash;
 }

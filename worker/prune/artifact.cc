@@ -78,18 +78,10 @@ std::vector<std::string> WeightFiles(const std::string& model_dir) {
   return out;
 }
 
-absl::StatusOr<std::pair<std::string, json>> ModelSha256(const std::string& model_dir) {
-  std::string lines;
-  json files = json::object();
-  for (const std::string& name : WeightFiles(model_dir)) {
-    ASSIGN_OR_RETURN(std::string hex, Sha256OfFile(model_dir + "/" + name));
-    absl::StrAppend(&lines, hex, "  ", name, "\n");
-    files[name] = hex;
-  }
-  return std::make_pair(Sha256Hex(lines), files);
-}
+namespace {
 
-absl::StatusOr<std::string> ModelSideFilesSha256(const std::string& model_dir) {
+// The regular, non-hidden, non-weight files of `model_dir` (config, tokenizer, processor), sorted.
+absl::StatusOr<std::vector<std::string>> SideFiles(const std::string& model_dir) {
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(model_dir, ec)) {
@@ -99,32 +91,49 @@ absl::StatusOr<std::string> ModelSideFilesSha256(const std::string& model_dir) {
   }
   if (ec) return absl::NotFoundError(absl::StrCat(model_dir, ": ", ec.message()));
   std::sort(names.begin(), names.end());
+  return names;
+}
+
+// sha256 over "HEX  NAME\n" lines (sha256sum's format) of `names` in `dir`, in that order; each
+// file's digest into `digests` when given.
+absl::StatusOr<std::string> ListedFilesSha256(const std::string& dir,
+                                              const std::vector<std::string>& names,
+                                              json* digests) {
   std::string lines;
   for (const std::string& name : names) {
-    ASSIGN_OR_RETURN(std::string hex, Sha256OfFile(model_dir + "/" + name));
+    ASSIGN_OR_RETURN(std::string hex, Sha256OfFile(dir + "/" + name));
     absl::StrAppend(&lines, hex, "  ", name, "\n");
+    if (digests != nullptr) (*digests)[name] = hex;
   }
   return Sha256Hex(lines);
 }
 
+}  // namespace
+
+absl::StatusOr<std::pair<std::string, json>> ModelSha256(const std::string& model_dir) {
+  json files = json::object();
+  ASSIGN_OR_RETURN(std::string hex, ListedFilesSha256(model_dir, WeightFiles(model_dir), &files));
+  return std::make_pair(std::move(hex), std::move(files));
+}
+
+absl::StatusOr<std::string> ModelSideFilesSha256(const std::string& model_dir) {
+  ASSIGN_OR_RETURN(std::vector<std::string> names, SideFiles(model_dir));
+  return ListedFilesSha256(model_dir, names, nullptr);
+}
+
 absl::StatusOr<json> CopyModelSideFiles(const std::string& model_dir,
                                         const std::string& model_out) {
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(model_dir)) {
-    const std::string name = e.path().filename().string();
-    if (!e.is_regular_file() || name.empty() || name[0] == '.' || IsWeightFile(name)) continue;
-    files.push_back(e.path());
-  }
-  std::sort(files.begin(), files.end());
+  ASSIGN_OR_RETURN(std::vector<std::string> names, SideFiles(model_dir));
   json copied = json::array();
-  for (const fs::path& f : files) {
+  for (const std::string& name : names) {
+    const fs::path from = fs::path(model_dir) / name;
     std::error_code ec;
-    fs::copy_file(f, fs::path(model_out) / f.filename(), ec);
+    fs::copy_file(from, fs::path(model_out) / name, ec);
     if (ec) {
       return absl::InternalError(
-          absl::StrCat("copying ", f.string(), " into the artifact: ", ec.message()));
+          absl::StrCat("copying ", from.string(), " into the artifact: ", ec.message()));
     }
-    copied.push_back(f.filename().string());
+    copied.push_back(name);
   }
   return copied;
 }
