@@ -18,8 +18,9 @@ absl::StatusOr<Estimator> ParseEstimator(absl::string_view given) {
   if (name == "UCB") return Estimator::kUcb;
   if (name == "SPLIT") return Estimator::kSplit;
   if (name == "CAPACITY") return Estimator::kCapacity;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown estimator \"", given, "\" (expected NORM, UCB, SPLIT or CAPACITY)"));
+  if (name == "PAIRED") return Estimator::kPaired;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown estimator \"", given, "\" (expected NORM, UCB, SPLIT, CAPACITY or PAIRED)"));
 }
 
 absl::string_view EstimatorName(Estimator estimator) {
@@ -32,12 +33,15 @@ absl::string_view EstimatorName(Estimator estimator) {
       return "SPLIT";
     case Estimator::kCapacity:
       return "CAPACITY";
+    case Estimator::kPaired:
+      return "PAIRED";
   }
   return "UNKNOWN";
 }
 
 bool EstimatorNeedsSampleLosses(Estimator estimator) {
-  return estimator == Estimator::kUcb || estimator == Estimator::kSplit;
+  return estimator == Estimator::kUcb || estimator == Estimator::kSplit ||
+         estimator == Estimator::kPaired;
 }
 
 absl::StatusOr<EtaRule> ParseEtaRule(absl::string_view given) {
@@ -85,6 +89,21 @@ double SplitGapOver(std::span<const double> losses, std::span<const int> indices
                   MeanOver(losses, indices.subspan(m / 2)));
 }
 
+double PairedStandardErrorOver(std::span<const double> losses, std::span<const double> reference,
+                               std::span<const int> indices) {
+  const size_t m = indices.size();
+  if (m < 2) return 0;
+  double mean = 0;
+  for (int i : indices) mean += losses[i] - reference[i];
+  mean /= m;
+  double ss = 0;
+  for (int i : indices) {
+    const double d = losses[i] - reference[i] - mean;
+    ss += d * d;
+  }
+  return std::sqrt(ss / (m - 1)) / std::sqrt(static_cast<double>(m));
+}
+
 double SquaredCapacity(std::span<const double> unit_ratios, std::span<const int64_t> params) {
   double weighted = 0, total = 0;
   for (size_t u = 0; u < unit_ratios.size() && u < params.size(); ++u) {
@@ -106,6 +125,11 @@ absl::StatusOr<double> EstimatorTerm(Estimator estimator, const TermInputs& in,
             absl::StrCat("estimator ", EstimatorName(estimator), ": sample index ", i, " but only ",
                          in.sample_losses.size(), " per-sample losses"));
       }
+      if (estimator == Estimator::kPaired && static_cast<size_t>(i) >= in.reference_losses.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("estimator PAIRED: sample index ", i, " but only ",
+                         in.reference_losses.size(), " per-sample losses of the reference policy"));
+      }
     }
   }
   switch (estimator) {
@@ -117,6 +141,8 @@ absl::StatusOr<double> EstimatorTerm(Estimator estimator, const TermInputs& in,
       return StandardErrorOver(in.sample_losses, indices);
     case Estimator::kSplit:
       return SplitGapOver(in.sample_losses, indices);
+    case Estimator::kPaired:
+      return PairedStandardErrorOver(in.sample_losses, in.reference_losses, indices);
   }
   return absl::InternalError("estimator term: unknown estimator");
 }

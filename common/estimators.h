@@ -17,6 +17,17 @@
 //    towards UNIFORM, the baseline that wins where pruning hurts little, while L̂ decides where
 //    the data wants a unit to deviate. It needs only the policy (PolicySpace terms) and is 0 for
 //    the dense policy; like Ω it lies in [0, 1] and is divided by √m so η has Ω's scale.
+//  - PAIRED: T = SE_D = sd(ℓ(π) − ℓ_ref)/√m, the standard error of the per-sample loss
+//    differences against a reference policy's losses ℓ_ref on the same samples (the search's
+//    reference is UNIFORM's policy: evolution.h). With η = z the fitness is
+//        J(π) = L̂_ref − (D̂ − z·SE_D),   D̂ = L̂_ref − L̂(π) the mean improvement,
+//    i.e. the search ranks policies by the lower confidence bound of their improvement over the
+//    reference, and the reference itself (T = 0) has J = L̂_ref: a policy outranks it only when
+//    its improvement is more than z paired standard errors above 0 — a one-sided paired z-test.
+//    Why paired: per-sample losses vary mostly with the sample's difficulty, which every policy
+//    shares; UCB's SE carries that variation and ranks almost as the loss does, the difference
+//    cancels it (docs/results/FINDINGS.md: search picks 0.0001–0.05 below UNIFORM's loss on 64
+//    samples, t = 0.3–1.7, that lose up to 1.7 held-out points).
 //
 // Cross-validated η (EtaRule CV): split the n samples into halves A and B (a seeded permutation's
 // first ⌊n/2⌋ and the rest); for each η of a grid, rank the evaluated policies by J_A = L̂_A + η·T_A
@@ -40,11 +51,11 @@
 
 namespace prunesvc::search {
 
-enum class Estimator { kNorm, kUcb, kSplit, kCapacity };
-// "NORM" | "UCB" | "SPLIT" | "CAPACITY".
+enum class Estimator { kNorm, kUcb, kSplit, kCapacity, kPaired };
+// "NORM" | "UCB" | "SPLIT" | "CAPACITY" | "PAIRED" (case-insensitive).
 absl::StatusOr<Estimator> ParseEstimator(absl::string_view name);
 absl::string_view EstimatorName(Estimator estimator);
-// UCB and SPLIT read per-sample losses; NORM and CAPACITY do not.
+// UCB, SPLIT and PAIRED read per-sample losses; NORM and CAPACITY do not.
 bool EstimatorNeedsSampleLosses(Estimator estimator);
 
 // How η is resolved when SearchConfig::eta is not given: AUTO = today's rule (std(η·T) = std(L̂)
@@ -71,18 +82,23 @@ double MeanOver(std::span<const double> losses, std::span<const int> indices);
 double StandardErrorOver(std::span<const double> losses, std::span<const int> indices);
 // |mean of the first ⌊m/2⌋ indices − mean of the rest|; 0 when m < 2.
 double SplitGapOver(std::span<const double> losses, std::span<const int> indices);
+// sd (÷ (m − 1)) of losses[i] − reference[i] over `indices`, / √m; 0 when m < 2.
+double PairedStandardErrorOver(std::span<const double> losses, std::span<const double> reference,
+                               std::span<const int> indices);
 // C(π) = Σ_u P_u·r_u² / Σ_u P_u (0 when Σ P_u = 0). Sizes must agree.
 double SquaredCapacity(std::span<const double> unit_ratios, std::span<const int64_t> params);
 
 // What an estimator needs about one evaluated policy.
 struct TermInputs {
-  double omega = 0;                       // Ω(π), NORM
-  double capacity = 0;                    // C(π), CAPACITY
-  std::span<const double> sample_losses;  // UCB, SPLIT (indices refer to these)
+  double omega = 0;                          // Ω(π), NORM
+  double capacity = 0;                       // C(π), CAPACITY
+  std::span<const double> sample_losses;     // UCB, SPLIT, PAIRED (indices refer to these)
+  std::span<const double> reference_losses;  // PAIRED: the reference policy's, same samples
 };
 
-// T(π) on the samples `indices` (m = indices.size() ≥ 1; for UCB/SPLIT every index must be
-// < sample_losses.size() — checked: INVALID_ARGUMENT otherwise).
+// T(π) on the samples `indices` (m = indices.size() ≥ 1; for UCB/SPLIT/PAIRED every index must
+// be < sample_losses.size(), and for PAIRED < reference_losses.size() — checked:
+// INVALID_ARGUMENT otherwise).
 absl::StatusOr<double> EstimatorTerm(Estimator estimator, const TermInputs& in,
                                      std::span<const int> indices);
 

@@ -94,6 +94,29 @@ TEST(EstimatorsTest, ClosedFormSmallCase) {
   EXPECT_EQ(SquaredCapacity(std::vector<double>{0.5}, std::vector<int64_t>{0}), 0);
 }
 
+// PAIRED: the standard error of the differences, not of the losses — a policy that is the
+// reference plus a constant has SE_D = 0 however spread its own losses are.
+TEST(EstimatorsTest, PairedStandardErrorClosedForm) {
+  const std::vector<double> reference = {1, 5, 2, 8, 3};
+  const std::vector<double> shifted = {0.5, 4.5, 1.5, 7.5, 2.5};
+  const std::vector<int> idx = {4, 0, 2, 1, 3};
+  EXPECT_EQ(PairedStandardErrorOver(shifted, reference, idx), 0);
+  EXPECT_GT(StandardErrorOver(shifted, idx), 1);  // UCB's term sees the samples' spread
+  // Differences 0, 1, −1, 2, 0 (mean 0.4): Σ(d − 0.4)² = 0.16 + 0.36 + 1.96 + 2.56 + 0.16 = 5.2,
+  // sample variance 1.3, SE = √(1.3 / 5).
+  const std::vector<double> other = {1, 6, 1, 10, 3};
+  EXPECT_NEAR(PairedStandardErrorOver(other, reference, idx), std::sqrt(0.26), 1e-15);
+  const TermInputs in{.sample_losses = other, .reference_losses = reference};
+  EXPECT_NEAR(*EstimatorTerm(Estimator::kPaired, in, idx), std::sqrt(0.26), 1e-15);
+  EXPECT_EQ(*EstimatorTerm(Estimator::kPaired,
+                           {.sample_losses = reference, .reference_losses = reference}, idx),
+            0);  // the reference itself
+  EXPECT_EQ(PairedStandardErrorOver(other, reference, std::vector<int>{3}), 0);
+  // Without the reference's losses there is no term.
+  EXPECT_THAT(EstimatorTerm(Estimator::kPaired, {.sample_losses = other}, idx).status().message(),
+              HasSubstr("reference policy"));
+}
+
 // The reason for CAPACITY: at a fixed parameter-weighted mean ratio (≈ a fixed budget), the even
 // spread has the smallest C and the corners the largest — the reverse of Ω's pull.
 TEST(EstimatorsTest, CapacityIsConvexAndPrefersEvenRatios) {
@@ -116,15 +139,18 @@ TEST(EstimatorsTest, CapacityIsConvexAndPrefersEvenRatios) {
 
 TEST(EstimatorsTest, TermsMatchIndependentPythonReference) {
   const auto lines = ReferenceLines("term");
-  ASSERT_EQ(lines.size(), 16u) << "search_test_ref.py estimators failed";
+  ASSERT_EQ(lines.size(), 20u) << "search_test_ref.py estimators failed";
   const std::vector<int> order = SamplePermutation(99, kSplitStream, 16);
+  const std::vector<double> reference = SyntheticLosses(5, 16);  // TERM_REFERENCE there
   for (const std::vector<std::string>& w : lines) {
     auto estimator = ParseEstimator(w[1]);
     ASSERT_TRUE(estimator.ok());
     const int p = std::stoi(w[2]);
     const std::vector<double> losses = SyntheticLosses(p, 16);
-    const TermInputs in{
-        .omega = SyntheticOmega(p), .capacity = SyntheticCapacity(p), .sample_losses = losses};
+    const TermInputs in{.omega = SyntheticOmega(p),
+                        .capacity = SyntheticCapacity(p),
+                        .sample_losses = losses,
+                        .reference_losses = reference};
     auto got = EstimatorTerm(*estimator, in, order);
     ASSERT_TRUE(got.ok()) << got.status();
     const double want = ParseDouble(w[3]);
@@ -146,7 +172,7 @@ TEST(EstimatorsTest, TermErrors) {
 
 TEST(EstimatorsTest, CrossValidatedEtaMatchesBruteForceReference) {
   const auto lines = ReferenceLines("cv");
-  ASSERT_EQ(lines.size(), 12u) << "search_test_ref.py estimators failed";
+  ASSERT_EQ(lines.size(), 15u) << "search_test_ref.py estimators failed";
   const std::vector<double> grid = DefaultEtaGrid();
   std::set<double> chosen;
   for (const std::vector<std::string>& w : lines) {
@@ -160,7 +186,8 @@ TEST(EstimatorsTest, CrossValidatedEtaMatchesBruteForceReference) {
     for (int p = 0; p < num_policies; ++p) {
       inputs.push_back({.omega = SyntheticOmega(p),
                         .capacity = SyntheticCapacity(p),
-                        .sample_losses = losses[p]});
+                        .sample_losses = losses[p],
+                        .reference_losses = losses[0]});  // CV_REFERENCE there
     }
     auto got = CrossValidateEta(*estimator, inputs, grid, SamplePermutation(99, kCvStream, n));
     ASSERT_TRUE(got.ok()) << got.status();
@@ -217,7 +244,8 @@ TEST(EstimatorsTest, CrossValidatedEtaTiesAndErrors) {
 }
 
 TEST(EstimatorsTest, NamesRoundTrip) {
-  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity,
+                      Estimator::kPaired}) {
     EXPECT_EQ(*ParseEstimator(EstimatorName(e)), e);
   }
   EXPECT_EQ(*ParseEstimator("ucb"), Estimator::kUcb);  // case-insensitive

@@ -100,22 +100,27 @@ absl::StatusOr<std::vector<double>> GetDoubles(const json& obj, const std::strin
   return AsDoubles(*v, absl::StrCat(path, ".", name));
 }
 
+// One policy: an array of ratio indices at `p`.
+absl::StatusOr<Policy> AsPolicy(const json& row, const std::string& p) {
+  if (!row.is_array()) return FieldError(p, "expected an array of ratio indices");
+  Policy policy;
+  for (size_t k = 0; k < row.size(); ++k) {
+    if (!row[k].is_number_integer() || row[k].get<int64_t>() < 0 ||
+        row[k].get<int64_t>() > std::numeric_limits<int>::max()) {
+      return FieldError(absl::StrCat(p, "[", k, "]"), "expected a non-negative integer");
+    }
+    policy.push_back(static_cast<int>(row[k].get<int64_t>()));
+  }
+  return policy;
+}
+
 absl::StatusOr<std::vector<Policy>> GetPolicies(const json& obj, const std::string& path,
                                                 const char* name) {
   ASSIGN_OR_RETURN(const json* arr, GetArray(obj, path, name));
   std::vector<Policy> out;
   for (size_t i = 0; i < arr->size(); ++i) {
-    const std::string p = absl::StrCat(path, ".", name, "[", i, "]");
-    const json& row = (*arr)[i];
-    if (!row.is_array()) return FieldError(p, "expected an array of ratio indices");
-    Policy policy;
-    for (size_t k = 0; k < row.size(); ++k) {
-      if (!row[k].is_number_integer() || row[k].get<int64_t>() < 0 ||
-          row[k].get<int64_t>() > std::numeric_limits<int>::max()) {
-        return FieldError(absl::StrCat(p, "[", k, "]"), "expected a non-negative integer");
-      }
-      policy.push_back(static_cast<int>(row[k].get<int64_t>()));
-    }
+    ASSIGN_OR_RETURN(Policy policy,
+                     AsPolicy((*arr)[i], absl::StrCat(path, ".", name, "[", i, "]")));
     out.push_back(std::move(policy));
   }
   return out;
@@ -245,9 +250,36 @@ std::vector<int> SampleOrder(const SearchConfig& c) {
   return SamplePermutation(c.seed, kSplitStream, c.num_samples);
 }
 
-TermInputs InputsOf(const PolicySpace& space, const SearchConfig& c, const Policy& p,
-                    const EvalResult& r) {
-  TermInputs in{.omega = r.omega, .capacity = 0, .sample_losses = r.sample_losses};
+// What the terms read beside a policy's own result: the sample order and, for PAIRED, the
+// reference policy's per-sample losses under the version being ranked.
+struct TermContext {
+  std::vector<int> order;
+  std::span<const double> reference;
+};
+
+// The reference's whole-set result under `version`, or nullptr (no reference, not scored yet, or
+// raced out).
+const EvalResult* ReferenceResult(const PolicySpace& space, const SearchState& s, int version) {
+  if (s.reference.empty()) return nullptr;
+  auto it = s.cache.find({HashOf(space, s.reference), version});
+  if (it == s.cache.end() || it->second.raced_out) return nullptr;
+  return &it->second;
+}
+
+TermContext ContextOf(const PolicySpace& space, const SearchState& s, int version) {
+  TermContext ctx{.order = SampleOrder(s.config), .reference = {}};
+  if (const EvalResult* ref = ReferenceResult(space, s, version)) {
+    ctx.reference = ref->sample_losses;
+  }
+  return ctx;
+}
+
+TermInputs InputsOf(const PolicySpace& space, const SearchConfig& c, const TermContext& ctx,
+                    const Policy& p, const EvalResult& r) {
+  TermInputs in{.omega = r.omega,
+                .capacity = 0,
+                .sample_losses = r.sample_losses,
+                .reference_losses = ctx.reference};
   if (c.estimator == Estimator::kCapacity) {
     // Policies inside the driver were validated against the space.
     in.capacity = SquaredCapacity(space.UnitRatios(p).value_or(std::vector<double>(p.size(), 0)),
@@ -257,21 +289,24 @@ TermInputs InputsOf(const PolicySpace& space, const SearchConfig& c, const Polic
 }
 
 // T(π) on all n samples. Per-sample losses were checked when the result entered the cache (and
-// on Resume), so an error here cannot happen; it ranks the policy last rather than crash.
-double Term(const PolicySpace& space, const SearchConfig& c, std::span<const int> order,
+// on Resume), and the reference is scored before anything is ranked against it, so an error here
+// cannot happen; it ranks the policy last rather than crash. PAIRED gives a raced-out result
+// T = 0: its fitness is the bound S_k/n, as racing.h says of every raced-out candidate.
+double Term(const PolicySpace& space, const SearchConfig& c, const TermContext& ctx,
             const Policy& p, const EvalResult& r) {
-  absl::StatusOr<double> t = EstimatorTerm(c.estimator, InputsOf(space, c, p, r), order);
+  if (c.estimator == Estimator::kPaired && r.raced_out) return 0;
+  absl::StatusOr<double> t = EstimatorTerm(c.estimator, InputsOf(space, c, ctx, p, r), ctx.order);
   return t.ok() ? *t : std::numeric_limits<double>::infinity();
 }
 
 // J = L̂ + η·T. NORM keeps the original expression (bit for bit); the others add nothing at η = 0.
-double Fitness(const PolicySpace& space, const SearchConfig& c, std::span<const int> order,
+double Fitness(const PolicySpace& space, const SearchConfig& c, const TermContext& ctx,
                const Policy& p, const EvalResult& r, double eta) {
   if (c.estimator == Estimator::kNorm) {
     return r.loss + eta * r.omega / std::sqrt(static_cast<double>(c.num_samples));
   }
   if (eta == 0) return r.loss;
-  return r.loss + eta * Term(space, c, order, p, r);
+  return r.loss + eta * Term(space, c, ctx, p, r);
 }
 
 // Population mean and standard deviation (÷ N), two-pass, in the given order.
@@ -299,7 +334,8 @@ absl::Status CheckResult(const EvalResult& r, const std::string& hash, const Sea
     }
   }
   const SearchConfig& c = s.config;
-  if (NeedsSampleLosses(c, s.eta.has_value()) &&
+  // A raced-out result holds the losses of the samples it scored (PAIRED ranks it by its bound).
+  if (NeedsSampleLosses(c, s.eta.has_value()) && !r.raced_out &&
       r.sample_losses.size() != static_cast<size_t>(c.num_samples)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "estimator ", EstimatorName(c.estimator), ", eta rule ", EtaRuleName(c.eta_rule),
@@ -338,9 +374,9 @@ absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& ev
   if (misses.empty()) return absl::OkStatus();
   if (race.active() && s.config.estimator == Estimator::kCapacity) {
     const double eta = KnownEta(s).value_or(0.0);  // racing runs only when it is known
-    const std::vector<int> order = SampleOrder(s.config);
+    const TermContext ctx{.order = SampleOrder(s.config), .reference = {}};
     for (const Policy& p : misses) {
-      race.extra.push_back(eta == 0 ? 0.0 : eta * Term(space, s.config, order, p, EvalResult{}));
+      race.extra.push_back(eta == 0 ? 0.0 : eta * Term(space, s.config, ctx, p, EvalResult{}));
     }
   }
   ASSIGN_OR_RETURN(std::vector<EvalResult> results,
@@ -371,7 +407,7 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
                                std::optional<double> eta_given = std::nullopt) {
   std::vector<ScoredPolicy> out;
   const double eta = eta_given.has_value() ? *eta_given : s.eta.value_or(0.0);
-  const std::vector<int> order = SampleOrder(s.config);
+  const TermContext ctx = ContextOf(space, s, version);
   for (const Policy& p : policies) {
     ScoredPolicy sp;
     sp.policy = p;
@@ -379,7 +415,7 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
     auto it = s.cache.find({sp.hash, version});
     if (it == s.cache.end()) continue;  // callers score first
     sp.result = it->second;
-    sp.fitness = Fitness(space, s.config, order, p, sp.result, eta);
+    sp.fitness = Fitness(space, s.config, ctx, p, sp.result, eta);
     sp.flops_ratio = space.FlopsRatio(p).value_or(0.0);
     out.push_back(std::move(sp));
   }
@@ -390,10 +426,12 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
   return out;
 }
 
-// Whether racing may run for the search at all (racing.h: a mean loss plus a policy-only term).
+// Whether racing may run for the search at all (racing.h: a mean loss plus a policy-only term;
+// PAIRED's term depends on the samples but is ≥ 0, so J ≥ S_k/n still bounds it, with t = 0).
 bool MayRace(const SearchState& s) {
   const SearchConfig& c = s.config;
-  const bool sound = c.estimator == Estimator::kNorm || c.estimator == Estimator::kCapacity;
+  const bool sound = c.estimator == Estimator::kNorm || c.estimator == Estimator::kCapacity ||
+                     c.estimator == Estimator::kPaired;
   return c.race && sound && c.parents >= 1 && KnownEta(s).has_value();
 }
 
@@ -426,12 +464,26 @@ RaceLimit RaceFor(const PolicySpace& space, const SearchState& s,
   return race;
 }
 
+// PAIRED: scores the reference policy whole under `version` unless it is (one evaluation, counted;
+// in the first generation it is the population's first policy, so nothing extra).
+absl::Status ScoreReference(const PolicySpace& space, SearchState& s, PolicyEvaluator& evaluator,
+                            int version, GenerationStats& stats) {
+  if (s.reference.empty() || ReferenceResult(space, s, version) != nullptr) return absl::OkStatus();
+  s.cache.erase({HashOf(space, s.reference), version});  // a raced-out bound, if any
+  return Score(space, s, evaluator, {s.reference}, version, stats);
+}
+
 // Scores the population: with racing, when fewer than `parents` of it are known (the first
 // population), its first uncached policies in population order are scored whole until `parents`
 // are, then the rest race against them; without racing, in one batch.
 absl::Status ScorePopulation(const PolicySpace& space, SearchState& s, PolicyEvaluator& evaluator,
                              GenerationStats& stats) {
   const int version = s.projector_version;
+  // The first population holds the reference first, so it is scored whole there (its first
+  // batch is never raced); only a population without it needs the extra evaluation.
+  if (std::find(s.population.begin(), s.population.end(), s.reference) == s.population.end()) {
+    RETURN_IF_ERROR(ScoreReference(space, s, evaluator, version, stats));
+  }
   RaceLimit race = RaceFor(space, s, s.population, version);
   if (!race.active() && MayRace(s)) {
     const size_t known = FullyScored(space, s, s.population, version).size();
@@ -449,16 +501,15 @@ absl::Status ScorePopulation(const PolicySpace& space, SearchState& s, PolicyEva
   return Score(space, s, evaluator, s.population, version, stats, race);
 }
 
-double AutoEta(const PolicySpace& space, const SearchConfig& c,
+double AutoEta(const PolicySpace& space, const SearchConfig& c, const TermContext& ctx,
                const std::vector<ScoredPolicy>& scored) {
   const int n = c.num_samples;
   std::vector<double> losses, omegas;
-  const std::vector<int> order = SampleOrder(c);
   for (const ScoredPolicy& sp : scored) {
     losses.push_back(sp.result.loss);
     // NORM: Ω itself (today's expression below); the others: their term T.
     omegas.push_back(c.estimator == Estimator::kNorm ? sp.result.omega
-                                                     : Term(space, c, order, sp.policy, sp.result));
+                                                     : Term(space, c, ctx, sp.policy, sp.result));
   }
   const double std_l = MeanStd(losses).second;
   const auto [mean_o, std_o] = MeanStd(omegas);
@@ -474,9 +525,10 @@ absl::Status CrossValidatedEta(const PolicySpace& space, SearchState& s, int ver
                                GenerationStats& stats) {
   const SearchConfig& c = s.config;
   std::vector<TermInputs> inputs;
+  const TermContext ctx = ContextOf(space, s, version);
   for (const Policy& p : s.population) {
     auto it = s.cache.find({HashOf(space, p), version});
-    if (it != s.cache.end()) inputs.push_back(InputsOf(space, c, p, it->second));
+    if (it != s.cache.end()) inputs.push_back(InputsOf(space, c, ctx, p, it->second));
   }
   const std::vector<int> perm = SamplePermutation(c.seed, kCvStream, c.num_samples);
   ASSIGN_OR_RETURN(CvChoice choice, CrossValidateEta(c.estimator, inputs, c.eta_grid, perm));
@@ -496,7 +548,8 @@ absl::Status ResolveEta(const PolicySpace& space, SearchState& s, GenerationStat
   } else if (c.eta_rule == EtaRule::kCrossValidated) {
     RETURN_IF_ERROR(CrossValidatedEta(space, s, s.projector_version, stats));
   } else {
-    s.eta = AutoEta(space, c, Rank(space, s, s.population, s.projector_version));
+    s.eta = AutoEta(space, c, ContextOf(space, s, s.projector_version),
+                    Rank(space, s, s.population, s.projector_version));
   }
   return absl::OkStatus();
 }
@@ -580,7 +633,7 @@ absl::StatusOr<std::vector<Policy>> SpendSlack(const PolicySpace& space, SearchS
                                                PolicyEvaluator& evaluator, const ScoredPolicy& best,
                                                GenerationStats& stats) {
   const SearchConfig& c = s.config;
-  const std::vector<int> order = SampleOrder(c);
+  const TermContext ctx = ContextOf(space, s, s.projector_version);
   Policy x = best.policy;
   double fx = best.fitness;
   std::vector<Policy> scored;
@@ -605,7 +658,7 @@ absl::StatusOr<std::vector<Policy>> SpendSlack(const PolicySpace& space, SearchS
       auto it = s.cache.find({n.hash, s.projector_version});
       if (it == s.cache.end()) continue;  // beyond the evaluation budget
       scored.push_back(n.policy);
-      const double f = Fitness(space, c, order, n.policy, it->second, *s.eta);
+      const double f = Fitness(space, c, ctx, n.policy, it->second, *s.eta);
       if (pick == nullptr || f < fpick || (f == fpick && n.hash < pick->hash)) {
         pick = &n;
         fpick = f;
@@ -688,6 +741,7 @@ absl::StatusOr<std::vector<ScoredPolicy>> TrainAndRescore(const PolicySpace& spa
   stats.projector_trained = true;
   stats.projector_loss_before = update.loss_before;
   stats.projector_loss_after = update.loss_after;
+  RETURN_IF_ERROR(ScoreReference(space, s, evaluator, s.projector_version, stats));
   RETURN_IF_ERROR(Score(space, s, evaluator, s.population, s.projector_version, stats));
   return Rank(space, s, s.population, s.projector_version);
 }
@@ -851,7 +905,7 @@ Policy CrossoverAndMutate(const Policy& a, const Policy& b, const SearchConfig& 
 
 absl::StatusOr<double> FitnessOfUnitRatios(const PolicySpace& space, const SearchConfig& c,
                                            std::span<const double> unit_ratios, const EvalResult& r,
-                                           double eta) {
+                                           double eta, std::span<const double> reference_losses) {
   if (unit_ratios.size() != static_cast<size_t>(space.num_units())) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected ", space.num_units(), " unit ratios, got ", unit_ratios.size()));
@@ -862,7 +916,8 @@ absl::StatusOr<double> FitnessOfUnitRatios(const PolicySpace& space, const Searc
   if (eta == 0) return r.loss;
   const TermInputs in{.omega = r.omega,
                       .capacity = SquaredCapacity(unit_ratios, space.units().params),
-                      .sample_losses = r.sample_losses};
+                      .sample_losses = r.sample_losses,
+                      .reference_losses = reference_losses};
   ASSIGN_OR_RETURN(double term, EstimatorTerm(c.estimator, in, SampleOrder(c)));
   return r.loss + eta * term;
 }
@@ -1009,22 +1064,24 @@ json SearchState::ToJson() const {
 json SearchState::ToJsonWithoutCache() const {
   json history_json = json::array();
   for (const GenerationStats& g : history) history_json.push_back(g.ToJson());
-  return json{{"format", kStateFormat},
-              {"version", kSearchStateVersion},
-              {"config", ConfigToJson(config)},
-              {"unit_kind", std::string(UnitKindName(unit_kind))},
-              {"num_units", num_units},
-              {"ratio_choices", ratio_choices},
-              {"generation", generation},
-              {"done", done},
-              {"prng_state", prng_state},
-              {"projector_version", projector_version},
-              {"eta", eta.has_value() ? json(*eta) : json(nullptr)},
-              {"population", population},
-              {"ranked", ranked},
-              {"cache", json::array()},
-              {"history", std::move(history_json)},
-              {"total_evaluations", total_evaluations}};
+  json j{{"format", kStateFormat},
+         {"version", kSearchStateVersion},
+         {"config", ConfigToJson(config)},
+         {"unit_kind", std::string(UnitKindName(unit_kind))},
+         {"num_units", num_units},
+         {"ratio_choices", ratio_choices},
+         {"generation", generation},
+         {"done", done},
+         {"prng_state", prng_state},
+         {"projector_version", projector_version},
+         {"eta", eta.has_value() ? json(*eta) : json(nullptr)},
+         {"population", population},
+         {"ranked", ranked},
+         {"cache", json::array()},
+         {"history", std::move(history_json)},
+         {"total_evaluations", total_evaluations}};
+  if (!reference.empty()) j["reference"] = reference;
+  return j;
 }
 
 namespace {
@@ -1100,6 +1157,13 @@ absl::StatusOr<SearchState> SearchState::FromJson(const json& j) {
   }
   ASSIGN_OR_RETURN(s.population, GetPolicies(j, root, "population"));
   ASSIGN_OR_RETURN(s.ranked, GetPolicies(j, root, "ranked"));
+  if (j.contains("reference")) {
+    ASSIGN_OR_RETURN(s.reference, AsPolicy(j["reference"], "state.reference"));
+  }
+  if (s.config.estimator == Estimator::kPaired && s.config.strategy == Strategy::kEfficientLlava &&
+      s.reference.empty()) {
+    return FieldError("state.reference", "estimator PAIRED needs its reference policy");
+  }
   RETURN_IF_ERROR(CacheFromJson(j, state_version, s));
   ASSIGN_OR_RETURN(const json* history, GetArray(j, root, "history"));
   for (size_t i = 0; i < history->size(); ++i) {
@@ -1152,6 +1216,7 @@ absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Create(
       ASSIGN_OR_RETURN(uniform, space->RepairToBudget(std::move(uniform), config.budget, prng));
     }
     taken.insert(HashOf(*space, uniform));
+    if (config.estimator == Estimator::kPaired) s.reference = uniform;
     s.population.push_back(std::move(uniform));
     for (size_t i = 0; i < config.seed_unit_ratios.size(); ++i) {
       absl::StatusOr<Policy> snapped = space->SnapToGrid(config.seed_unit_ratios[i]);
@@ -1196,7 +1261,7 @@ absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Resume(
   }
   if (NeedsSampleLosses(state.config, /*eta_resolved=*/true)) {
     for (const auto& [key, r] : state.cache) {
-      if (r.sample_losses.size() != static_cast<size_t>(state.config.num_samples)) {
+      if (!r.raced_out && r.sample_losses.size() != static_cast<size_t>(state.config.num_samples)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "search state: cache entry ", key.first, " v", key.second, " has ",
             r.sample_losses.size(), " per-sample losses; estimator ",
@@ -1204,6 +1269,7 @@ absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Resume(
       }
     }
   }
+  if (!state.reference.empty()) RETURN_IF_ERROR(space->Validate(state.reference));
   for (const Policy& p : state.ranked) {
     RETURN_IF_ERROR(space->Validate(p));
     if (state.cache.count({HashOf(*space, p), state.projector_version}) == 0) {
@@ -1252,6 +1318,11 @@ absl::Status EvolutionarySearch::Step(PolicyEvaluator& evaluator) {
 absl::Status EvolutionarySearch::Run(PolicyEvaluator& evaluator) {
   while (!state_.done) RETURN_IF_ERROR(Step(evaluator));
   return absl::OkStatus();
+}
+
+std::span<const double> EvolutionarySearch::ReferenceLosses() const {
+  const EvalResult* ref = ReferenceResult(*space_, state_, state_.projector_version);
+  return ref != nullptr ? std::span<const double>(ref->sample_losses) : std::span<const double>();
 }
 
 std::vector<ScoredPolicy> EvolutionarySearch::Ranking() const {

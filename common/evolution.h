@@ -36,10 +36,13 @@
 //    above bit for bit). CV chooses η once, on the first population (like AUTO): the first
 //    population is the most diverse set the search ever scores (random feasible policies), and a
 //    fixed η keeps J stationary, so an elite's fitness never changes between generations; later
-//    populations are concentrated around the elites and would rank a narrow band. UCB, SPLIT and
-//    CV need the evaluator's per-sample losses; a result without them fails the Step
-//    (FAILED_PRECONDITION). The permutations they use come from Prng(seed).Fork, never from the
-//    search's stream. GenerationStats records the estimator, the η method and CV's ρ.
+//    populations are concentrated around the elites and would rank a narrow band. UCB, SPLIT,
+//    PAIRED and CV need the evaluator's per-sample losses; a whole-set result without them fails
+//    the Step (FAILED_PRECONDITION). The permutations they use come from Prng(seed).Fork, never
+//    from the search's stream. GenerationStats records the estimator, the η method and CV's ρ.
+//    PAIRED compares every policy with SearchState::reference, the uniform seed below: scored
+//    whole as the first population's first policy, and again (one counted evaluation) under each
+//    new projector version before the population is re-scored.
 //  - seed_unit_ratios, repair_uniform_seed: the initial population is the uniform seed (repaired
 //    if asked: RepairToBudget, drawing from the search's Prng), then each continuous seed snapped
 //    to the grid and repaired, then random feasible policies; duplicates dropped.
@@ -97,7 +100,7 @@ struct EvalResult {
   double accuracy = 0;  // on the same samples
   double omega = 0;     // Ω(π): parameter-weighted kept norm mass, in [0, 1]
   // Per-sample answer losses in sample order (their mean is `loss`); empty = the evaluator did
-  // not provide them. The UCB and SPLIT estimators and cross-validated η need them (one per
+  // not provide them. The UCB, SPLIT and PAIRED estimators and cross-validated η need them (one per
   // search sample); the default NORM fitness does not read them.
   std::vector<double> sample_losses;
   // Racing (racing.h): the evaluator stopped after `samples_scored` samples because the policy
@@ -153,8 +156,9 @@ struct SearchConfig {
 
   // ---- Opt-in options (issue 14). Every default replays the search above bit for bit: same
   // draws, same evaluated sequence, same final policy. ----
-  // The generalization term T of J = L̂ + η·T (estimators.h). UCB and SPLIT need the evaluator's
-  // per-sample losses (num_samples of them) and num_samples ≥ 2. For UCB, η is the z of L̂ + z·SE.
+  // The generalization term T of J = L̂ + η·T (estimators.h). UCB, SPLIT and PAIRED need the
+  // evaluator's per-sample losses (num_samples of them) and num_samples ≥ 2. For UCB, η is the z of
+  // L̂ + z·SE.
   Estimator estimator = Estimator::kNorm;
   // How η is resolved when `eta` is not given (RANDOM_SEARCH: always 0). CV needs per-sample
   // losses and num_samples ≥ 4 (each half must have 2) and is chosen once, on the first
@@ -184,7 +188,8 @@ struct SearchConfig {
   // fully-scored policies, so candidates that cannot survive stop early. Same top `parents`, in
   // the same order, and the same final policy as exhaustive evaluation; only raced-out
   // candidates' results (lower bounds) and the generation's mean/std fitness differ. Applies to
-  // NORM and CAPACITY (a mean loss plus a policy-only term); off for UCB and SPLIT, the
+  // NORM and CAPACITY (a mean loss plus a policy-only term) and PAIRED (a term ≥ 0: the bound
+  // holds with t = 0, and a raced-out candidate's fitness is its bound); off for UCB and SPLIT, the
   // projector's re-scoring and the slack step.
   bool race = true;
 
@@ -209,10 +214,12 @@ Policy CrossoverAndMutate(const Policy& a, const Policy& b, const SearchConfig& 
 // is off the grid), computed as the search ranks its policies: the config's estimator, sample
 // order and num_samples, and `eta` (e.g. the state's resolved η). For a grid policy's ratios it
 // equals the ranking's fitness bit for bit. `unit_ratios` needs one ratio per unit (CAPACITY);
-// UCB and SPLIT need num_samples per-sample losses in `result` (INVALID_ARGUMENT otherwise).
+// UCB, SPLIT and PAIRED need num_samples per-sample losses in `result`, PAIRED the reference's
+// too (EvolutionarySearch::ReferenceLosses; INVALID_ARGUMENT otherwise).
 absl::StatusOr<double> FitnessOfUnitRatios(const PolicySpace& space, const SearchConfig& config,
                                            std::span<const double> unit_ratios,
-                                           const EvalResult& result, double eta);
+                                           const EvalResult& result, double eta,
+                                           std::span<const double> reference_losses = {});
 
 struct GenerationStats {
   int generation = 0;
@@ -234,7 +241,7 @@ struct GenerationStats {
   double projector_loss_after = 0;
   // Recorded only when an issue-14 option is in use (empty / unset otherwise, and then absent
   // from the JSON, which keeps default histories byte-identical):
-  std::string estimator;   // "NORM" | "UCB" | "SPLIT" | "CAPACITY"
+  std::string estimator;   // "NORM" | "UCB" | "SPLIT" | "CAPACITY" | "PAIRED"
   std::string eta_method;  // "explicit" | "zero" (RANDOM_SEARCH) | "auto" | "cv"
   // CV, in the generation that chose η: Spearman ρ of the chosen η and of every grid value
   // (nullopt = undefined), in SearchConfig::eta_grid order.
@@ -280,6 +287,10 @@ struct SearchState {
   std::optional<double> eta;       // resolved on the first population
   std::vector<Policy> population;  // to be scored by the next Step(); empty when done
   std::vector<Policy> ranked;      // the last scored population, best first
+  // Estimator PAIRED (EFFICIENTLLAVA): the policy every other is compared with, sample by sample —
+  // the initial population's uniform seed (UNIFORM's own policy when its ratio is in the grid);
+  // empty otherwise (and then absent from the JSON).
+  Policy reference;
   // Evaluations by (policy hash, projector version).
   std::map<std::pair<std::string, int>, EvalResult> cache;
   std::vector<GenerationStats> history;
@@ -320,6 +331,9 @@ class EvolutionarySearch {
   std::vector<ScoredPolicy> Ranking() const;
   // Its best policy: the search's result once done.
   absl::StatusOr<ScoredPolicy> Best() const;
+  // PAIRED: the reference policy's per-sample losses under the current projector version (what
+  // FitnessOfUnitRatios needs to score a policy as the ranking does); empty otherwise.
+  std::span<const double> ReferenceLosses() const;
 
  private:
   EvolutionarySearch(const PolicySpace* space, SearchState state)

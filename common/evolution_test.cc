@@ -260,7 +260,8 @@ RaceRun RunRacing(const PolicySpace& space, SearchConfig config, bool race) {
 // Racing keeps the top `parents` of every generation (same policies, same order, same fitness),
 // hence every later population, the evaluated policies and the final policy, of exhaustive
 // evaluation — and scores fewer samples. NORM with an explicit η (the first population races
-// too, after its first `parents` policies), CAPACITY, RANDOM_SEARCH and η = 0.
+// too, after its first `parents` policies), CAPACITY, PAIRED (whose reference is the first
+// population's first policy, scored whole), RANDOM_SEARCH and η = 0.
 TEST(EvolutionRacingTest, SameTopParentsEveryGenerationAndSameFinalPolicyAsExhaustive) {
   const PolicySpace space = MakeSpace(6, UnitKind::kLayer);
   struct Case {
@@ -279,6 +280,10 @@ TEST(EvolutionRacingTest, SameTopParentsEveryGenerationAndSameFinalPolicyAsExhau
   capacity.estimator = Estimator::kCapacity;
   capacity.eta = 0.3;
   cases.push_back({"CAPACITY", capacity});
+  SearchConfig paired = norm;
+  paired.estimator = Estimator::kPaired;
+  paired.eta = 2.0;
+  cases.push_back({"PAIRED", paired});
   SearchConfig random = norm;
   random.strategy = Strategy::kRandomSearch;
   random.eta.reset();
@@ -955,7 +960,8 @@ SearchConfig EstimatorConfig(const PolicySpace& space, Estimator estimator) {
 // numbers (the estimator functions are pinned to the Python reference in estimators_test).
 TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
   const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
-  for (Estimator e : {Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+  for (Estimator e :
+       {Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity, Estimator::kPaired}) {
     for (std::optional<double> eta : {std::optional<double>(0.7), std::optional<double>()}) {
       SearchConfig config = EstimatorConfig(space, e);
       config.eta = eta;
@@ -965,8 +971,18 @@ TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
       ASSERT_TRUE(search.ok()) << search.status();
       ASSERT_TRUE((*search)->Run(ev).ok());
       const std::vector<int> order = SamplePermutation(config.seed, kSplitStream, 16);
-      auto term = [&](const Policy& p, const EvalResult& r) {
+      // PAIRED's reference: the initial population's uniform seed, its first policy.
+      const Policy reference = (*EvolutionarySearch::Create(&space, config))->state().population[0];
+      EXPECT_EQ((*search)->state().reference, e == Estimator::kPaired ? reference : Policy());
+      auto term = [&](const Policy& p, const EvalResult& r, int version) {
         const std::vector<double>& l = r.sample_losses;
+        if (e == Estimator::kPaired) {
+          const std::vector<double> ref = ev.Compute(reference, version).sample_losses;
+          double mean = 0, ss = 0;
+          for (int i = 0; i < 16; ++i) mean += (l[i] - ref[i]) / 16;
+          for (int i = 0; i < 16; ++i) ss += (l[i] - ref[i] - mean) * (l[i] - ref[i] - mean);
+          return std::sqrt(ss / 15) / 4;
+        }
         if (e == Estimator::kUcb) {
           double mean = 0, ss = 0;
           for (double x : l) mean += x / l.size();
@@ -991,8 +1007,10 @@ TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
       const std::vector<ScoredPolicy> ranked = (*search)->Ranking();
       ASSERT_FALSE(ranked.empty());
       for (const ScoredPolicy& sp : ranked) {
-        const EvalResult r = ev.Compute(sp.policy, (*search)->state().projector_version);
-        EXPECT_NEAR(sp.fitness, r.loss + resolved * term(sp.policy, r), 1e-12) << EstimatorName(e);
+        const int version = (*search)->state().projector_version;
+        const EvalResult r = ev.Compute(sp.policy, version);
+        EXPECT_NEAR(sp.fitness, r.loss + resolved * term(sp.policy, r, version), 1e-12)
+            << EstimatorName(e);
       }
       for (size_t i = 1; i < ranked.size(); ++i) {
         EXPECT_LE(ranked[i - 1].fitness, ranked[i].fitness);
@@ -1009,7 +1027,7 @@ TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
         for (const Policy& p : (*first)->state().population) {
           const EvalResult r = fresh.Compute(p, 0);
           losses.push_back(r.loss);
-          terms.push_back(resolved * term(p, r));
+          terms.push_back(resolved * term(p, r, 0));
         }
         auto sd = [](const std::vector<double>& v) {
           double m = 0, ss = 0;
@@ -1027,7 +1045,8 @@ TEST(EstimatorSearchTest, EachEstimatorRanksByItsClosedForm) {
 // the ranking's fitness, bit for bit, on every ranked policy's ratios, for every estimator.
 TEST(EstimatorSearchTest, FitnessOfUnitRatiosEqualsTheRankingsFitness) {
   const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
-  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity,
+                      Estimator::kPaired}) {
     SearchConfig config = EstimatorConfig(space, e);
     SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
     ev.num_samples = 16;
@@ -1035,9 +1054,12 @@ TEST(EstimatorSearchTest, FitnessOfUnitRatiosEqualsTheRankingsFitness) {
     ASSERT_TRUE(search.ok()) << search.status();
     ASSERT_TRUE((*search)->Run(ev).ok());
     const double eta = *(*search)->state().eta;
+    EXPECT_EQ((*search)->ReferenceLosses().size(), e == Estimator::kPaired ? 16u : 0u);
     for (const ScoredPolicy& sp : (*search)->Ranking()) {
+      if (sp.result.raced_out) continue;  // its fitness is a bound
       const std::vector<double> ratios = *space.UnitRatios(sp.policy);
-      absl::StatusOr<double> j = FitnessOfUnitRatios(space, config, ratios, sp.result, eta);
+      absl::StatusOr<double> j =
+          FitnessOfUnitRatios(space, config, ratios, sp.result, eta, (*search)->ReferenceLosses());
       ASSERT_TRUE(j.ok()) << j.status();
       EXPECT_EQ(*j, sp.fitness) << EstimatorName(e);
     }
@@ -1057,7 +1079,8 @@ TEST(EstimatorSearchTest, FitnessOfUnitRatiosEqualsTheRankingsFitness) {
 // the first population, recorded with its ρ in generation 0 and kept for the rest.
 TEST(EstimatorSearchTest, CrossValidatedEtaOnTheFirstPopulation) {
   const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
-  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity,
+                      Estimator::kPaired}) {
     SearchConfig config = EstimatorConfig(space, e);
     config.eta_rule = EtaRule::kCrossValidated;
     SyntheticEvaluator ev(space, Sensitivities(space.num_units()));
@@ -1078,7 +1101,8 @@ TEST(EstimatorSearchTest, CrossValidatedEtaOnTheFirstPopulation) {
       }
       inputs.push_back({.omega = results[i].omega,
                         .capacity = num / den,
-                        .sample_losses = results[i].sample_losses});
+                        .sample_losses = results[i].sample_losses,
+                        .reference_losses = results[0].sample_losses});  // PAIRED's reference
     }
     auto want = CrossValidateEta(e, inputs, DefaultEtaGrid(),
                                  SamplePermutation(config.seed, kCvStream, 16));
@@ -1105,7 +1129,8 @@ TEST(EstimatorSearchTest, CrossValidatedEtaOnTheFirstPopulation) {
 // resuming from the JSON after any generation replays the uninterrupted run.
 TEST(EstimatorSearchTest, DeterministicAndResumableForEachEstimator) {
   const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
-  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity,
+                      Estimator::kPaired}) {
     for (EtaRule rule : {EtaRule::kAuto, EtaRule::kCrossValidated}) {
       if (e == Estimator::kNorm && rule == EtaRule::kAuto) continue;  // the default: pinned above
       SearchConfig config = EstimatorConfig(space, e);
@@ -1145,6 +1170,87 @@ TEST(EstimatorSearchTest, DeterministicAndResumableForEachEstimator) {
   ucb.eta_rule = EtaRule::kCrossValidated;
   EXPECT_EQ((*EvolutionarySearch::Create(&same, base))->state().ToJson()["population"],
             (*EvolutionarySearch::Create(&same, ucb))->state().ToJson()["population"]);
+}
+
+// PAIRED's evaluator: the reference (the uniform seed) loses base_i = 1 + 0.5·(i mod 3) on sample
+// i; every other policy loses base_i − gain + amp·(±1), the sign alternating over the samples
+// (offset by the policy's hash), so every policy's mean improvement is exactly `gain` and the
+// paired differences have standard deviation amp·√(n/(n − 1)).
+class PairedEvaluator : public PolicyEvaluator {
+ public:
+  PairedEvaluator(const PolicySpace& space, Policy reference, double gain, double amp)
+      : space_(space), reference_(std::move(reference)), gain_(gain), amp_(amp) {}
+
+  absl::StatusOr<std::vector<EvalResult>> Evaluate(const std::vector<Policy>& policies,
+                                                   int version) override {
+    (void)version;
+    std::vector<EvalResult> out;
+    for (const Policy& p : policies) {
+      const int offset = static_cast<int>((*space_.Hash(p))[0] % 2);
+      EvalResult r;
+      for (int i = 0; i < kSamples; ++i) {
+        double l = 1 + 0.5 * (i % 3);
+        if (p != reference_) l += -gain_ + amp_ * ((i + offset) % 2 == 0 ? 1 : -1);
+        r.sample_losses.push_back(l);
+        r.loss += l / kSamples;
+      }
+      r.accuracy = 0.5;
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+  absl::StatusOr<ProjectorUpdate> TrainProjector(const std::vector<Policy>&, int) override {
+    return absl::UnimplementedError("no projector here");
+  }
+
+  static constexpr int kSamples = 16;
+
+ private:
+  const PolicySpace& space_;
+  const Policy reference_;
+  const double gain_, amp_;
+};
+
+// A one-sided paired test: the search keeps the reference unless a policy's improvement is more
+// than z paired standard errors above 0. The same mean gain (0.02) wins when it is consistent
+// across the samples (SE 2.5e-4, t = 80) and loses at z = 2 when it is noise (SE 0.125, t = 0.16),
+// which the loss alone (η = 0) cannot tell apart.
+TEST(EstimatorSearchTest, PairedKeepsTheReferenceUnlessTheImprovementIsSignificant) {
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  SearchConfig config = EstimatorConfig(space, Estimator::kPaired);
+  config.num_samples = PairedEvaluator::kSamples;
+  config.projector_every = 0;
+  const Policy reference = (*EvolutionarySearch::Create(&space, config))->state().population[0];
+  auto best = [&](double eta, double amp) {
+    SearchConfig c = config;
+    c.eta = eta;
+    PairedEvaluator ev(space, reference, 0.02, amp);
+    auto search = EvolutionarySearch::Create(&space, c);
+    EXPECT_TRUE(search.ok()) << search.status();
+    EXPECT_TRUE((*search)->Run(ev).ok());
+    return *(*search)->Best();
+  };
+  const ScoredPolicy noisy = best(2.0, 0.5);
+  EXPECT_EQ(noisy.policy, reference);
+  EXPECT_EQ(noisy.fitness, noisy.result.loss);  // T(reference) = 0
+  EXPECT_NE(best(0.0, 0.5).policy, reference);  // the loss alone takes the noise
+  const ScoredPolicy consistent = best(2.0, 0.001);
+  EXPECT_NE(consistent.policy, reference);
+  // J = L + 2·SE_D with SE_D = 0.001·√(16/15)/√16.
+  EXPECT_NEAR(consistent.fitness, consistent.result.loss + 2 * 0.001 * std::sqrt(16.0 / 15) / 4,
+              1e-12);
+  // Just below and just above the threshold: t = 0.02 / (amp·√(16/15)/4) against z = 2.
+  const double at_threshold = 0.02 * 4 / 2 / std::sqrt(16.0 / 15);
+  EXPECT_NE(best(2.0, 0.99 * at_threshold).policy, reference);
+  EXPECT_EQ(best(2.0, 1.01 * at_threshold).policy, reference);
+  // The checkpoint carries the reference; without it (or with a malformed one) it is refused.
+  json j = (*EvolutionarySearch::Create(&space, config))->state().ToJson();
+  EXPECT_EQ(j["reference"], json(reference));
+  EXPECT_EQ(SearchState::FromJson(j)->reference, reference);
+  j.erase("reference");
+  EXPECT_THAT(SearchState::FromJson(j).status().message(), HasSubstr("state.reference"));
+  j["reference"] = json::array({0, -1});
+  EXPECT_THAT(SearchState::FromJson(j).status().message(), HasSubstr("state.reference[1]"));
 }
 
 TEST(EstimatorSearchTest, MissingSampleLossesFailTheStep) {

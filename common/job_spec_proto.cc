@@ -108,6 +108,8 @@ absl::StatusOr<Estimator> EstimatorFromProto(pb::Estimator e) {
       return Estimator::kUcb;
     case pb::CAPACITY:
       return Estimator::kCapacity;
+    case pb::PAIRED:
+      return Estimator::kPaired;
     default:
       return Invalid("estimator", absl::StrCat("has an unknown value ", int(e)));
   }
@@ -123,6 +125,8 @@ pb::Estimator EstimatorToProto(Estimator e) {
       return pb::UCB;
     case Estimator::kCapacity:
       return pb::CAPACITY;
+    case Estimator::kPaired:
+      return pb::PAIRED;
   }
   return pb::ESTIMATOR_UNSPECIFIED;
 }

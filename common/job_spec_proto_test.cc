@@ -111,7 +111,7 @@ TEST(JobSpecProtoTest, ToProtoFillsEveryFieldAndRoundTrips) {
 // Every issue-14 option, set to a non-default value, survives proto → JobSpec → proto → JobSpec;
 // absent, each is the default (covered by AbsentFieldsGetTheDocumentedDefaults).
 TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
-  for (pb::Estimator e : {pb::NORM, pb::UCB, pb::SPLIT, pb::CAPACITY}) {
+  for (pb::Estimator e : {pb::NORM, pb::UCB, pb::SPLIT, pb::CAPACITY, pb::PAIRED}) {
     pb::JobSpec p = Minimal();
     p.set_estimator(e);
     p.set_eta_rule(pb::CV);
@@ -149,7 +149,8 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
   const std::pair<pb::Estimator, Estimator> names[] = {{pb::NORM, Estimator::kNorm},
                                                        {pb::UCB, Estimator::kUcb},
                                                        {pb::SPLIT, Estimator::kSplit},
-                                                       {pb::CAPACITY, Estimator::kCapacity}};
+                                                       {pb::CAPACITY, Estimator::kCapacity},
+                                                       {pb::PAIRED, Estimator::kPaired}};
   for (const auto& [proto, native] : names) {
     pb::JobSpec p = Minimal();
     p.set_estimator(proto);

@@ -193,7 +193,8 @@ TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
   EXPECT_EQ(d.mutation_step, plain.mutation_step);
   EXPECT_EQ(d.slack_evaluations, plain.slack_evaluations);
   EXPECT_TRUE(d.seed_unit_ratios.empty());
-  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity}) {
+  for (Estimator e : {Estimator::kNorm, Estimator::kUcb, Estimator::kSplit, Estimator::kCapacity,
+                      Estimator::kPaired}) {
     JobSpec s = Valid();
     s.eta.reset();  // CV chooses η
     s.estimator = e;

@@ -176,7 +176,11 @@ CV_STREAM = 0x43562D455441  # "CV-ETA"
 ETA_GRID = [0, 0.1, 0.3, 1, 3, 10, 30, 100]
 PERM_CASES = [(0, SPLIT_STREAM, 10), (1234, CV_STREAM, 64), (7, SPLIT_STREAM, 1),
               (M64, CV_STREAM, 5)]
-ESTIMATORS = ["NORM", "UCB", "SPLIT", "CAPACITY"]
+ESTIMATORS = ["NORM", "UCB", "SPLIT", "CAPACITY", "PAIRED"]
+# PAIRED's reference policy: synthetic policy 5 for the terms (so no term is 0), policy 0 (one of
+# the ranked ones, as the search's reference is) for cross-validation.
+TERM_REFERENCE = 5
+CV_REFERENCE = 0
 
 
 def permutation(seed, stream, n):
@@ -203,7 +207,7 @@ def mean_over(losses, idx):
     return sum(losses[i] for i in idx) / len(idx) if idx else 0.0
 
 
-def term(estimator, p, losses, idx):
+def term(estimator, p, losses, idx, reference=None):
     m = len(idx)
     if estimator == "NORM":
         return synthetic_omega(p) / math.sqrt(m)
@@ -211,6 +215,11 @@ def term(estimator, p, losses, idx):
         return synthetic_capacity(p) / math.sqrt(m)
     if m < 2:
         return 0.0
+    if estimator == "PAIRED":
+        diffs = [losses[i] - reference[i] for i in idx]
+        mu = sum(diffs) / m
+        var = sum((d - mu) ** 2 for d in diffs) / (m - 1)
+        return math.sqrt(var) / math.sqrt(m)
     if estimator == "UCB":
         mu = mean_over(losses, idx)
         var = sum((losses[i] - mu) ** 2 for i in idx) / (m - 1)
@@ -249,12 +258,13 @@ def spearman(x, y):
 def cross_validate(estimator, num_policies, n, seed):
     perm = permutation(seed, CV_STREAM, n)
     a, b = perm[: n // 2], perm[n // 2:]
+    reference = synthetic_losses(CV_REFERENCE, n)
     rhos = []
     for eta in ETA_GRID:
         fit_a, loss_b = [], []
         for p in range(num_policies):
             losses = synthetic_losses(p, n)
-            fit_a.append(mean_over(losses, a) + eta * term(estimator, p, losses, a))
+            fit_a.append(mean_over(losses, a) + eta * term(estimator, p, losses, a, reference))
             loss_b.append(mean_over(losses, b))
         rhos.append(spearman(fit_a, loss_b))
     # Brute force: the best defined ρ, ties to the smaller η (the grid is ascending).
@@ -273,7 +283,8 @@ def estimators_transcript():
     order = permutation(99, SPLIT_STREAM, 16)
     for estimator in ESTIMATORS:
         for p in range(4):
-            out.append(f"term {estimator} {p} {term(estimator, p, synthetic_losses(p, 16), order)!r}")
+            t = term(estimator, p, synthetic_losses(p, 16), order, synthetic_losses(TERM_REFERENCE, 16))
+            out.append(f"term {estimator} {p} {t!r}")
     for estimator in ESTIMATORS:
         for num_policies, n in [(12, 16), (40, 64), (2, 8)]:
             eta, rhos = cross_validate(estimator, num_policies, n, 99)

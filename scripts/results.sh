@@ -314,6 +314,8 @@ SELECT_CONFIGS=(
   "eta0-grid:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
   "eta0-seed:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice=false --projector-every=0"
   "eta0-ratio:EFFICIENTLLAVA:--eta=0 --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice --projector-every=0"
+  "paired2:EFFICIENTLLAVA:--estimator=PAIRED --eta=2 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
+  "paired1:EFFICIENTLLAVA:--estimator=PAIRED --eta=1 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
 )
 # SELECT_ONLY="name ..." runs only those configurations (the others' runs stay as they are).
 SELECT_BUDGETS_UNSTRUCTURED="${SELECT_BUDGETS_UNSTRUCTURED:-0.35 0.5 0.7}"

@@ -143,8 +143,9 @@ absl::Status RunUniformGuard(const LocalJobSpec& spec, PreparedJob& job, StepCon
                                   .omega = r.omega,
                                   .sample_losses = std::move(r.sample_losses)};
   const double eta = search.state().eta.value_or(0.0);
-  ASSIGN_OR_RETURN(double fitness, search::FitnessOfUnitRatios(job.space(), search.state().config,
-                                                               ratios, result, eta));
+  ASSIGN_OR_RETURN(double fitness,
+                   search::FitnessOfUnitRatios(job.space(), search.state().config, ratios, result,
+                                               eta, search.ReferenceLosses()));
   ASSIGN_OR_RETURN(double flops, job.space().FlopsOfRatios(ratios));
   const double flops_ratio = flops / job.space().dense_flops();
   const bool fired = fitness < best.fitness;

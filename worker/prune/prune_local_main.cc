@@ -68,11 +68,14 @@ ABSL_FLAG(std::string, ratio_choices, "", "comma-separated ratios (default 0,0.1
 ABSL_FLAG(std::string, eta, EtaFlagDefault(),
           "weight of the generalization term: auto (chosen by --eta-rule) or a number >= 0; "
           "default: the strategy's");
-ABSL_FLAG(std::string, estimator, std::string(prunesvc::EstimatorName(kDefaults.estimator)),
-          "generalization term T of the fitness J = loss + eta*T: NORM (kept norm mass / sqrt(n), "
-          "the default) | UCB (standard error of the per-sample losses; eta is the z of an upper "
-          "confidence bound) | SPLIT (|loss on one half - loss on the other|) | CAPACITY "
-          "(parameter-weighted mean squared ratio / sqrt(n): convex, pulls towards UNIFORM)");
+ABSL_FLAG(
+    std::string, estimator, std::string(prunesvc::EstimatorName(kDefaults.estimator)),
+    "generalization term T of the fitness J = loss + eta*T: NORM (kept norm mass / sqrt(n), "
+    "the default) | UCB (standard error of the per-sample losses; eta is the z of an upper "
+    "confidence bound) | SPLIT (|loss on one half - loss on the other|) | CAPACITY "
+    "(parameter-weighted mean squared ratio / sqrt(n): convex, pulls towards UNIFORM) | PAIRED "
+    "(standard error of the per-sample loss differences against UNIFORM's policy; eta is "
+    "the z of a lower confidence bound on the improvement over UNIFORM)");
 ABSL_FLAG(std::string, eta_rule, std::string(prunesvc::search::EtaRuleName(kDefaults.eta_rule)),
           "how eta is chosen when --eta is auto: AUTO (std(eta*T) = std(loss) over the first "
           "population) | CV (cross-validated on two halves of the search samples over the grid "
@@ -375,7 +378,7 @@ int main(int argc, char** argv) {
       "[--final-mask-method ...] [--unit layer|linear] "
       "[--granularity UNSTRUCTURED|STRUCTURED|N_M] [--nm 2:4|4:8] [--seed N] [--generations N] "
       "[--population N] [--parents N] [--mutation P] [--ratio-choices LIST] [--eta auto|X] "
-      "[--estimator NORM|UCB|SPLIT|CAPACITY] [--eta-rule AUTO|CV] [--seed-with-uniform] "
+      "[--estimator NORM|UCB|SPLIT|CAPACITY|PAIRED] [--eta-rule AUTO|CV] [--seed-with-uniform] "
       "[--seed-with-owl] [--repair-uniform-seed] [--mutation-step P] [--slack-evaluations N] "
       "[--uniform-guard] [--uniform-ratio-choice] [--projector-every N] [--projector-steps N] "
       "[--threads N] [--device "
