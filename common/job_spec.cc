@@ -362,7 +362,7 @@ void SetStrategy(JobSpec& spec, search::Strategy strategy) {
   const bool evolution = strategy == search::Strategy::kEfficientLlava;
   const bool searching = spec.searching();
   spec.eta = evolution ? defaults.eta : std::nullopt;
-  spec.estimator = searching ? defaults.estimator : Estimator::kNorm;
+  spec.estimator = evolution ? defaults.estimator : Estimator::kNorm;
   spec.eta_rule = evolution ? defaults.eta_rule : search::EtaRule::kAuto;
   spec.seed_with_uniform = evolution && defaults.seed_with_uniform;
   spec.seed_with_owl = evolution && defaults.seed_with_owl;

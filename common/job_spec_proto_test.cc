@@ -156,10 +156,12 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
     p.set_estimator(proto);
     ASSERT_EQ(JobSpecFromProto(p)->estimator, native);
   }
-  // Defaults are written explicitly, as AUTO / false / 0 (the uniform options: true), and η = 0.
+  // Defaults are written explicitly, as AUTO / false / 0 (the uniform options: true), PAIRED and
+  // η = 1.
   const pb::JobSpec d = JobSpecToProto(*JobSpecFromProto(Minimal()));
   EXPECT_EQ(d.eta_rule(), pb::AUTO);
-  EXPECT_TRUE(d.has_eta() && d.eta() == 0 && !d.eta_auto());
+  EXPECT_EQ(d.estimator(), pb::PAIRED);
+  EXPECT_TRUE(d.has_eta() && d.eta() == 1 && !d.eta_auto());
   // An eta_rule or estimator without an eta: η is chosen by the rule.
   pb::JobSpec ucb = Minimal();
   ucb.set_estimator(pb::UCB);

@@ -168,10 +168,11 @@ TEST(JobSpecTest, DefaultsAreValidAndDocumented) {
   EXPECT_EQ(s.parents, 8);
   EXPECT_EQ(s.mask_method, MaskMethod::kWanda);
   EXPECT_EQ(s.final_mask_method, MaskMethod::kSparseGpt);
-  EXPECT_EQ(s.eta, 0.0);  // issue 14: the loss alone (docs/results/SELECTION.md)
+  // Issue 14: a policy must beat UNIFORM's by one paired standard error (SELECTION.md "paired1").
+  EXPECT_EQ(s.eta, 1.0);
   EXPECT_EQ(s.projector_every, 0);
   EXPECT_TRUE(s.searching());
-  EXPECT_EQ(s.estimator, Estimator::kNorm);
+  EXPECT_EQ(s.estimator, Estimator::kPaired);
   EXPECT_EQ(s.eta_rule, search::EtaRule::kAuto);
   // Issue 14: UNIFORM inside the search (docs/results/SELECTION.md "eta0-grid").
   EXPECT_TRUE(s.seed_with_uniform && s.repair_uniform_seed && s.uniform_ratio_choice);
@@ -181,12 +182,15 @@ TEST(JobSpecTest, DefaultsAreValidAndDocumented) {
 }
 
 // Every estimator is supported now (SPLIT included), and the options reach the search's config;
-// the defaults map to the search's defaults but for the uniform seed's repair (on by default
-// since issue 14; the seeds themselves are added by the caller, from the policy space).
+// the defaults map to the search's defaults but for the uniform seed's repair and the PAIRED
+// estimator (both issue 14's defaults; the seeds themselves are added by the caller, from the
+// policy space).
 TEST(JobSpecTest, SearchOptionsAreValidAndMapToTheSearchConfig) {
   const search::SearchConfig d = Valid().ToSearchConfig(16);
   const search::SearchConfig plain;
-  EXPECT_EQ(d.estimator, plain.estimator);
+  EXPECT_EQ(d.estimator, search::Estimator::kPaired);
+  EXPECT_EQ(plain.estimator, search::Estimator::kNorm);
+  EXPECT_EQ(d.eta, 1.0);
   EXPECT_EQ(d.eta_rule, plain.eta_rule);
   EXPECT_TRUE(d.repair_uniform_seed);
   EXPECT_FALSE(plain.repair_uniform_seed);
@@ -240,7 +244,7 @@ TEST(JobSpecTest, SetStrategyFillsEachStrategysSearchOptionDefaults) {
     const bool evolution = st == search::Strategy::kEfficientLlava;
     const bool searching = evolution || st == search::Strategy::kRandomSearch;
     EXPECT_EQ(s.eta, evolution ? d.eta : std::nullopt);
-    EXPECT_EQ(s.estimator, searching ? d.estimator : Estimator::kNorm);
+    EXPECT_EQ(s.estimator, evolution ? d.estimator : Estimator::kNorm);
     EXPECT_EQ(s.eta_rule, evolution ? d.eta_rule : search::EtaRule::kAuto);
     EXPECT_EQ(s.seed_with_uniform, evolution && d.seed_with_uniform);
     EXPECT_EQ(s.seed_with_owl, evolution && d.seed_with_owl);

@@ -69,8 +69,12 @@ render() {
     "$PY" "$ROOT/scripts/select_summary.py" "$RUNS" "$ROOT/docs/results/SELECTION.md"
   elif [[ "$PHASE" == study ]]; then
     "$PY" "$ROOT/scripts/select_summary.py" --study "$RUNS" "$ROOT/docs/results/STUDY.md"
+    # docs/RESULTS.md leads with the held-out study.
+    "$PY" "$ROOT/scripts/results_render.py" "$ROOT/results/runs" "$ROOT/docs/RESULTS.md" \
+      "$ROOT/docs/results" "$RUNS"
   else
-    "$PY" "$ROOT/scripts/results_render.py" "$RUNS" "$ROOT/docs/RESULTS.md" "$ROOT/docs/results"
+    "$PY" "$ROOT/scripts/results_render.py" "$RUNS" "$ROOT/docs/RESULTS.md" "$ROOT/docs/results" \
+      "$ROOT/results/study"
   fi
 }
 if ((RENDER_ONLY)); then render; exit 0; fi

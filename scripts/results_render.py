@@ -1,7 +1,12 @@
 #!/usr/bin/python3
 """Renders docs/RESULTS.md (+ SVG plots) from the run JSONs scripts/results.sh writes.
 
-Usage: results_render.py RUNS_DIR OUT_MD SVG_DIR
+Usage: results_render.py RUNS_DIR OUT_MD SVG_DIR [STUDY_RUNS_DIR]
+
+With STUDY_RUNS_DIR (results/study: issue 14's held-out study, 5 seeds at full size), the page
+leads with that study: accuracy-vs-budget plots of its main configurations and the tables of
+docs/results/STUDY.md (rendered by select_summary.py --study). The tables after it are the
+earlier, smaller study in RUNS_DIR.
 
 Every run JSON is a prune-local report.json plus a "study" object (id, group, granularity,
 budget, strategy, seed, command, wall_seconds). Numbers are aggregated over seeds as mean ± sd
@@ -169,11 +174,52 @@ def svg_plot(path, title, series, dense):
     return True
 
 
+# The held-out study's configurations drawn in its plots, as the plot's series names.
+STUDY_SERIES = {"uniform": "UNIFORM", "owl": "OWL", "random": "RANDOM_SEARCH",
+                "default": "EFFICIENTLLAVA"}
+
+
+def study_section(study_dir, svg_dir):
+    """Plots of the held-out study (unit layer, 64 search samples) and STUDY.md's tables."""
+    runs = [r for r in load(study_dir) if "failed" not in r["study"]]
+    lines = ["## The held-out study (issue 14: 5 seeds, full-size searches)", "",
+             "Accuracy on the 1,000 held-out samples against the FLOPs budget, mean ± sd over "
+             "seeds 0–4; EFFICIENTLLAVA is prune-local with no tuning flags (today's default). "
+             "The tables below it (docs/results/STUDY.md) give every configuration with paired "
+             "95 % confidence intervals.", ""]
+    dense = [r["dense"]["accuracy"] for r in runs if "dense" in r]
+    dense_acc = statistics.fmean(dense) if dense else None
+    for gran in GRAN_ORDER:
+        series = defaultdict(list)
+        for cfg, name in STUDY_SERIES.items():
+            by_budget = defaultdict(list)
+            for r in runs:
+                st = r["study"]
+                if st["granularity"] == gran and st["group"] == "study-" + cfg:
+                    by_budget[st["budget"]].append(heldout(r))
+            for b, accs in sorted(by_budget.items()):
+                m, sd, _ = mean_sd(accs)
+                series[name].append((b, m, sd))
+        svg = f"study-accuracy-{gran.lower()}.svg"
+        if svg_plot(os.path.join(svg_dir, svg), f"{gran}: held-out accuracy vs budget (5 seeds)",
+                    series, dense_acc):
+            lines += [f"![{gran}: held-out study](results/{svg})", ""]
+    table = os.path.join(svg_dir, "STUDY.md")
+    if os.path.exists(table):
+        body = open(table).read().split("\n")
+        body = [("#" + l if l.startswith("## ") else l) for l in body if not l.startswith("# ")]
+        lines += body
+    lines += ["## The earlier study (2026-11-30: 3 seeds, population 16, 8 generations, the "
+              "defaults of the time)", ""]
+    return lines
+
+
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         print(__doc__, file=sys.stderr)
         return 2
-    runs_dir, out_md, svg_dir = sys.argv[1:]
+    runs_dir, out_md, svg_dir = sys.argv[1:4]
+    study_dir = sys.argv[4] if len(sys.argv) == 5 else None
     runs = load(runs_dir)
     os.makedirs(svg_dir, exist_ok=True)
     ok = [r for r in runs if "failed" not in r["study"]]
@@ -184,6 +230,8 @@ def main():
     findings = os.path.join(svg_dir, "FINDINGS.md")
     if os.path.exists(findings):
         lines += [open(findings).read().rstrip(), ""]
+    if study_dir is not None and glob.glob(os.path.join(study_dir, "*.json")):
+        lines += study_section(study_dir, svg_dir)
 
     dense = [r["dense"]["accuracy"] for r in ok if "dense" in r]
     dense_acc = statistics.fmean(dense) if dense else None

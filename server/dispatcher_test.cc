@@ -615,6 +615,9 @@ TEST(DispatcherTest, AWarmStartedSearchBeginsWithTheFinishedJobsRankedPolicies) 
   Harness h(2);
   JobSpec spec = SmallSearch();
   spec.projector_every = 0;  // every evaluation under the model's own projector
+  // The fitness is the loss, comparable across jobs (PAIRED's is relative to each job's
+  // reference, which the repair may draw differently under another seed).
+  spec.eta = 0.0;
   auto first_generation = [&](const std::string& id) {
     std::set<std::string> hashes;
     const nlohmann::json evaluated = SearchReport(id).at("evaluated");
@@ -654,8 +657,7 @@ TEST(DispatcherTest, AWarmStartedSearchBeginsWithTheFinishedJobsRankedPolicies) 
 
   // A job with no search state to start from fails saying so.
   JobSpec uniform = spec;
-  uniform.strategy = search::Strategy::kUniform;
-  uniform.seed_with_uniform = uniform.repair_uniform_seed = uniform.uniform_ratio_choice = false;
+  SetStrategy(uniform, search::Strategy::kUniform);
   const std::string u = h.Submit(uniform);
   ASSERT_EQ(h.WaitTerminal(u).state(), pb::SUCCEEDED);
   JobSpec from_uniform = spec;

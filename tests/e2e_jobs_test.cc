@@ -157,11 +157,11 @@ void RunAndCompare(int workers, int population, const std::string& name, int bat
   ExpectSameAsPruneLocal(dir, spec, batch,
                          absl::StrCat("pop", population, "-batch", batch, options ? "-opts" : ""));
   EXPECT_GT(Metric(s.metrics_port, "prunesvc_steps_total"), 0);
-  // The events say how η was set: cross-validated with the options, auto without.
+  // The events say how η was set: cross-validated with the options, the default (explicit) without.
   for (const pb::JobEvent& e : events) {
     if (!e.has_generation_finished()) continue;
-    EXPECT_EQ(e.generation_finished().eta_method(), options ? "cv" : "explicit");  // η = 0
-    EXPECT_EQ(e.generation_finished().estimator(), options ? "UCB" : "NORM");
+    EXPECT_EQ(e.generation_finished().eta_method(), options ? "cv" : "explicit");  // η = 1
+    EXPECT_EQ(e.generation_finished().estimator(), options ? "UCB" : "PAIRED");
   }
   if (workers > population / 2) {  // more workers than a generation's misses
     EXPECT_GT(Metric(s.metrics_port, "prunesvc_split_evaluations_total"), 0);

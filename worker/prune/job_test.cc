@@ -235,8 +235,9 @@ TEST(PruneLocalTest, SameSeedGivesSameSearchAndPolicy) {
   EXPECT_NE(ra["evaluated"], rc["evaluated"]);
   // Projector training happened (generations 2 and 4) and is recorded.
   EXPECT_EQ(ra["projector"]["version"], 2);
-  EXPECT_EQ(ra["eta"]["mode"], "explicit");  // the default η = 0 (issue 14)
-  EXPECT_EQ(ra["eta"]["value"], 0.0);
+  EXPECT_EQ(ra["eta"]["mode"], "explicit");  // the default η = 1 with PAIRED (issue 14)
+  EXPECT_EQ(ra["eta"]["value"], 1.0);
+  EXPECT_EQ(ra["eta"]["estimator"], "PAIRED");
   std::printf("[determinism] %zu evaluations, final policy %s\n", ra["evaluated"].size(),
               ra["policy"]["hash"].get<std::string>().c_str());
 }
@@ -1487,8 +1488,8 @@ TEST(PruneLocalOptionsTest, EachOptionIsDeterministicAndRecorded) {
 }
 
 // Without the options, report.json has none of their keys (the goldens pin the bytes).
-// The default report names the options the default turns on (UNIFORM inside the search, issue
-// 14) and none of the others.
+// The default report names the options the default turns on (UNIFORM inside the search and the
+// PAIRED estimator, issue 14) and none of the others.
 TEST(PruneLocalOptionsTest, DefaultReportNamesOnlyTheDefaultOptions) {
   ASSERT_EQ(MainRun().code, 0) << MainRun().err;
   const json r = ReadJson(WorkDir() + "/main/report.json");
@@ -1498,11 +1499,13 @@ TEST(PruneLocalOptionsTest, DefaultReportNamesOnlyTheDefaultOptions) {
   }
   ASSERT_TRUE(r["search"].contains("seed_unit_ratios"));
   EXPECT_TRUE(r["search"]["seed_unit_ratios"].contains("UNIFORM"));
-  for (const char* k : {"estimator", "eta_rule", "seed_with_owl", "mutation_step",
-                        "slack_evaluations", "uniform_guard"}) {
+  EXPECT_EQ(r["search"]["estimator"], "PAIRED");
+  EXPECT_EQ(r["eta"]["estimator"], "PAIRED");
+  for (const char* k : {"eta_rule", "seed_with_owl", "mutation_step", "slack_evaluations",
+                        "uniform_guard"}) {
     EXPECT_FALSE(r["search"].contains(k)) << k;
   }
-  for (const char* k : {"estimator", "eta_rule", "cv_rho", "grid"}) {
+  for (const char* k : {"eta_rule", "cv_rho", "grid"}) {
     EXPECT_FALSE(r["eta"].contains(k)) << k;
   }
 }
