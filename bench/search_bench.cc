@@ -5,8 +5,9 @@
 // The dense forward: the model's batched scoring forward over the search samples with the
 // vision features cached (what a candidate evaluation would cost if nothing were shared; the
 // vision-feature cache is already there). The search: the default EFFICIENTLLAVA search of
-// prune-local (population 32, 8 parents, 12 generations, η = 0), run three times on the same
-// prepared job and seed:
+// prune-local (population 32, 8 parents, 12 generations), run three times on the same
+// prepared job and seed (the fitness is prune-local's default, PAIRED with η = 1; --estimator and
+// --eta set another, e.g. --estimator=NORM --eta=0 for the loss alone):
 //   exhaustive   every candidate through every layer and every sample (race off, no sharing);
 //   prefix       the generation's candidates share leading layers (CandidateEvaluator::
 //                EvaluateMany's prefix walk), every sample;
@@ -17,7 +18,7 @@
 //
 // Usage: search-bench --model=DIR --samples=DIR [--threads=N] [--budget=B]
 //                     [--granularity=UNSTRUCTURED|STRUCTURED] [--seed=S] [--repeats=K]
-//                     [--batch=N] [--dump=FILE]
+//                     [--batch=N] [--dump=FILE] [--estimator=E] [--eta=X]
 // --batch is the scoring batch of the search (prune-local --batch-size); the dense forward is
 // timed at batches 8, 16, 32 and 64 and the fastest is the denominator.
 #include <ATen/Parallel.h>
@@ -32,6 +33,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "common/evolution.h"
 #include "common/job_spec.h"
 #include "common/malloc_tuning.h"
@@ -133,7 +135,7 @@ int main(int argc, char** argv) {
       !absl::SimpleAtod(Flag(argc, argv, "budget", "0.35"), &budget)) {
     std::fprintf(stderr,
                  "usage: search-bench --model=DIR --samples=DIR [--threads=N] [--budget=B] "
-                 "[--granularity=G] [--seed=S] [--repeats=K]\n");
+                 "[--granularity=G] [--seed=S] [--repeats=K] [--estimator=E] [--eta=X]\n");
     return 2;
   }
   prune::PrepareOptions opt;
@@ -149,6 +151,21 @@ int main(int argc, char** argv) {
     return 2;
   }
   prunesvc::SetGranularity(opt.spec, *granularity);
+  auto estimator = search::ParseEstimator(Flag(
+      argc, argv, "estimator", std::string(search::EstimatorName(opt.spec.estimator)).c_str()));
+  const std::string eta_default = absl::StrCat(opt.spec.eta.value_or(0));
+  double eta = 0;
+  if (!estimator.ok() || !absl::SimpleAtod(Flag(argc, argv, "eta", eta_default.c_str()), &eta) ||
+      eta < 0) {
+    std::fprintf(stderr,
+                 "search-bench: --estimator must be NORM|UCB|SPLIT|CAPACITY|PAIRED and "
+                 "--eta a number >= 0\n");
+    return 2;
+  }
+  opt.spec.estimator = *estimator;
+  opt.spec.eta = eta;
+  std::printf("fitness: estimator %s, eta %g\n",
+              std::string(search::EstimatorName(opt.spec.estimator)).c_str(), eta);
   prune::StepContext ctx;
   auto job = prune::PreparedJob::Prepare(opt, ctx);
   if (!job.ok()) {
