@@ -486,7 +486,9 @@ absl::StatusOr<JobResult> RunLocalJobImpl(const LocalJobSpec& spec_in, ProgressS
   RETURN_IF_ERROR(ctx.CheckStop());
   ASSIGN_OR_RETURN(JobResult result, job->Finalize(std::move(fin), ctx));
   std::error_code ec;
-  std::filesystem::remove(ResumeStatePath(spec.out_dir), ec);  // done: nothing to resume
+  if (!spec.keep_search_state) {
+    std::filesystem::remove(ResumeStatePath(spec.out_dir), ec);  // done: nothing to resume
+  }
   ctx.Phase(JobPhase::kDone);
   return result;
 }

@@ -54,6 +54,10 @@ struct LocalJobSpec : JobSpec {
   // Continue the search saved in ResumeStatePath(out_dir) by an interrupted run with the same
   // flags (see job.cc); without a saved state the run starts from the beginning.
   bool resume = false;
+  // Keep ResumeStatePath(out_dir) after a successful run instead of removing it: the finished
+  // search's state, every evaluation's per-sample losses included (scripts/paired_pick.py reads
+  // it to compare the pick with UNIFORM's policy sample by sample).
+  bool keep_search_state = false;
   // A policy.json (an artifact's, or hand-written: {"format": "prunesvc.policy.v1", "units":
   // [{"name", "ratio"}, ...]} in the model's unit order) applied instead of a search: re-prune
   // with another final mask method, or port a policy. Its FLOPs must meet flops_budget.

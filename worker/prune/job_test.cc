@@ -171,9 +171,8 @@ int Wait(pid_t pid) {
   return -1;
 }
 
-RunResult RunBin(const std::string& binary, const std::vector<std::string>& flags) {
-  std::vector<std::string> args = {BinDir() + "/" + binary};
-  args.insert(args.end(), flags.begin(), flags.end());
+// Runs argv (args[0] an absolute path), capturing its output under WorkDir().
+RunResult RunArgs(const std::vector<std::string>& args) {
   static int counter = 0;
   const std::string base = absl::StrCat(WorkDir(), "/run", counter++);
   RunResult r;
@@ -181,6 +180,12 @@ RunResult RunBin(const std::string& binary, const std::vector<std::string>& flag
   r.out = ReadFile(base + ".out");
   r.err = ReadFile(base + ".err");
   return r;
+}
+
+RunResult RunBin(const std::string& binary, const std::vector<std::string>& flags) {
+  std::vector<std::string> args = {BinDir() + "/" + binary};
+  args.insert(args.end(), flags.begin(), flags.end());
+  return RunArgs(args);
 }
 
 // A short but real search: 14 units (unit = linear), projector training at generations 2 and 4.
@@ -1059,6 +1064,35 @@ TEST(PruneLocalTest, ResumeAfterSigintEqualsAnUninterruptedRun) {
   const RunResult a = RunBin("prune-local", flags(whole));
   ASSERT_EQ(a.code, 0) << a.err;
   EXPECT_FALSE(fs::exists(whole + ".search-state.json"));  // removed on success
+  // --keep-search-state keeps it: the finished search, with the per-sample losses of its whole
+  // evaluations and its PAIRED reference, which scripts/paired_pick.py reads.
+  const std::string kept = WorkDir() + "/resume-kept";
+  std::vector<std::string> keep_flags = flags(kept);
+  keep_flags.push_back("--keep-search-state");
+  const RunResult k = RunBin("prune-local", keep_flags);
+  ASSERT_EQ(k.code, 0) << k.err;
+  const json state = ReadJson(kept + ".search-state.json");
+  EXPECT_TRUE(state["search"]["done"].get<bool>());
+  EXPECT_FALSE(state["search"]["reference"].empty());
+  int whole_results = 0;
+  for (const json& e : state["search"]["cache"]) {
+    if (!e.contains("samples_scored")) {
+      EXPECT_EQ(e["sample_losses"].size(), state["search"]["config"]["num_samples"].get<size_t>());
+      ++whole_results;
+    }
+  }
+  EXPECT_GT(whole_results, 0);
+  const RunResult report =
+      RunArgs({Python(), Env("PRUNESVC_SOURCE", PRUNESVC_SOURCE_DIR) + "/scripts/paired_pick.py",
+               kept + ".search-state.json"});
+  EXPECT_EQ(report.code, 0) << report.err;
+  EXPECT_TRUE(absl::StrContains(report.out, "t =")) << report.out;
+  // Anything else is refused, naming the file.
+  const RunResult bad =
+      RunArgs({Python(), Env("PRUNESVC_SOURCE", PRUNESVC_SOURCE_DIR) + "/scripts/paired_pick.py",
+               kept + "/report.json"});
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_TRUE(absl::StrContains(bad.err, "not a finished prune-local search state")) << bad.err;
 
   std::vector<std::string> args = {BinDir() + "/prune-local"};
   for (const std::string& f : flags(cut)) args.push_back(f);
@@ -1501,8 +1535,8 @@ TEST(PruneLocalOptionsTest, DefaultReportNamesOnlyTheDefaultOptions) {
   EXPECT_TRUE(r["search"]["seed_unit_ratios"].contains("UNIFORM"));
   EXPECT_EQ(r["search"]["estimator"], "PAIRED");
   EXPECT_EQ(r["eta"]["estimator"], "PAIRED");
-  for (const char* k : {"eta_rule", "seed_with_owl", "mutation_step", "slack_evaluations",
-                        "uniform_guard"}) {
+  for (const char* k :
+       {"eta_rule", "seed_with_owl", "mutation_step", "slack_evaluations", "uniform_guard"}) {
     EXPECT_FALSE(r["search"].contains(k)) << k;
   }
   for (const char* k : {"eta_rule", "cv_rho", "grid"}) {

@@ -130,6 +130,10 @@ ABSL_FLAG(bool, resume, false,
           "continue the search an interrupted run with the same flags saved in "
           "OUT.search-state.json (written after every generation, removed on success); without "
           "one, start from the beginning. Needs --projector-every 0");
+ABSL_FLAG(bool, keep_search_state, false,
+          "keep OUT.search-state.json after success: the finished search with every "
+          "evaluation's per-sample losses (scripts/paired_pick.py compares the pick with "
+          "UNIFORM's policy from it)");
 ABSL_FLAG(bool, force, false,
           "replace an existing --out; the old directory stays until the new artifact is "
           "complete");
@@ -266,6 +270,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   spec.out_dir = absl::GetFlag(FLAGS_out);
   spec.force = absl::GetFlag(FLAGS_force);
   spec.resume = absl::GetFlag(FLAGS_resume);
+  spec.keep_search_state = absl::GetFlag(FLAGS_keep_search_state);
   spec.policy_path = absl::GetFlag(FLAGS_policy);
   spec.flops_budget = absl::GetFlag(FLAGS_flops_budget);
   if (spec.flops_budget == -1) return absl::InvalidArgumentError("--flops-budget is required");
