@@ -12,10 +12,12 @@
 // search — its continuous ratio in the ratio grid (uniform_ratio_choice) and its policy, repaired
 // into the budget band, in the initial population (seed_with_uniform, repair_uniform_seed; it is
 // PAIRED's reference). On the selection set ("paired1", 5 seeds) it is within 0.3 points of
-// UNIFORM at the easy budgets of both granularities and ahead of the loss alone with UNIFORM
+// UNIFORM at the easy budgets of both granularities and at or ahead of the loss alone with UNIFORM
 // inside ("eta0-grid", the default before it) at every budget; the loss alone picked policies
-// that beat UNIFORM on the 64 search samples by less than their noise and lost up to 1.6 held-out
-// points (STRUCTURED 0.7). The other search options are off. SetStrategy gives RANDOM_SEARCH,
+// that beat UNIFORM on the 64 search samples by less than their noise and lost up to 1.7 held-out
+// points (STRUCTURED 0.7). Held out (docs/results/STUDY.md, 5 seeds): no budget more than 0.5
+// points under UNIFORM, +6.9 at UNSTRUCTURED 0.35 — but 2.2 points under η = 0 with 16 search
+// samples, where the paired SE is too noisy to help. The other search options are off. SetStrategy gives RANDOM_SEARCH,
 // UNIFORM and OWL their own (the estimator is EFFICIENTLLAVA's: RANDOM_SEARCH ranks by the loss).
 //
 // Ranges (the ones proto/prune/v1/job.proto documents): flops_budget in (0, 1]; population in
