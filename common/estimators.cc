@@ -91,17 +91,9 @@ double SplitGapOver(std::span<const double> losses, std::span<const int> indices
 
 double PairedStandardErrorOver(std::span<const double> losses, std::span<const double> reference,
                                std::span<const int> indices) {
-  const size_t m = indices.size();
-  if (m < 2) return 0;
-  double mean = 0;
-  for (int i : indices) mean += losses[i] - reference[i];
-  mean /= m;
-  double ss = 0;
-  for (int i : indices) {
-    const double d = losses[i] - reference[i] - mean;
-    ss += d * d;
-  }
-  return std::sqrt(ss / (m - 1)) / std::sqrt(static_cast<double>(m));
+  std::vector<double> diffs(losses.size());
+  for (int i : indices) diffs[i] = losses[i] - reference[i];
+  return StandardErrorOver(diffs, indices);
 }
 
 double SquaredCapacity(std::span<const double> unit_ratios, std::span<const int64_t> params) {

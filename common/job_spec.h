@@ -17,8 +17,9 @@
 // that beat UNIFORM on the 64 search samples by less than their noise and lost up to 1.7 held-out
 // points (STRUCTURED 0.7). Held out (docs/results/STUDY.md, 5 seeds): no budget more than 0.5
 // points under UNIFORM, +6.9 at UNSTRUCTURED 0.35 — but 2.2 points under η = 0 with 16 search
-// samples, where the paired SE is too noisy to help. The other search options are off. SetStrategy gives RANDOM_SEARCH,
-// UNIFORM and OWL their own (the estimator is EFFICIENTLLAVA's: RANDOM_SEARCH ranks by the loss).
+// samples, where the paired SE is too noisy to help. The other search options are off. SetStrategy
+// gives RANDOM_SEARCH, UNIFORM and OWL their own (the estimator is EFFICIENTLLAVA's: RANDOM_SEARCH
+// ranks by the loss).
 //
 // Ranges (the ones proto/prune/v1/job.proto documents): flops_budget in (0, 1]; population in
 // [4, 1024]; generations in [1, 1000]; parents in [2, population); mutation in [0, 1]; each ratio
