@@ -291,10 +291,13 @@ TermInputs InputsOf(const PolicySpace& space, const SearchConfig& c, const TermC
 // T(π) on all n samples. Per-sample losses were checked when the result entered the cache (and
 // on Resume), and the reference is scored before anything is ranked against it, so an error here
 // cannot happen; it ranks the policy last rather than crash. PAIRED gives a raced-out result
-// T = 0: its fitness is the bound S_k/n, as racing.h says of every raced-out candidate.
+// the term's lower bound b_k over its k scored losses (racing.h): its fitness is then the bound
+// the evaluator cut it by, bit for bit, as racing.h says of every raced-out candidate.
 double Term(const PolicySpace& space, const SearchConfig& c, const TermContext& ctx,
             const Policy& p, const EvalResult& r) {
-  if (c.estimator == Estimator::kPaired && r.raced_out) return 0;
+  if (c.estimator == Estimator::kPaired && r.raced_out) {
+    return PairedTermLowerBound(r.sample_losses, ctx.reference, c.num_samples);
+  }
   absl::StatusOr<double> t = EstimatorTerm(c.estimator, InputsOf(space, c, ctx, p, r), ctx.order);
   return t.ok() ? *t : std::numeric_limits<double>::infinity();
 }
@@ -426,8 +429,8 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
   return out;
 }
 
-// Whether racing may run for the search at all (racing.h: a mean loss plus a policy-only term;
-// PAIRED's term depends on the samples but is ≥ 0, so J ≥ S_k/n still bounds it, with t = 0).
+// Whether racing may run for the search at all (racing.h: a mean loss plus a policy-only term,
+// or PAIRED's, whose lower bound after k samples racing.h derives).
 bool MayRace(const SearchState& s) {
   const SearchConfig& c = s.config;
   const bool sound = c.estimator == Estimator::kNorm || c.estimator == Estimator::kCapacity ||
@@ -461,6 +464,13 @@ RaceLimit RaceFor(const PolicySpace& space, const SearchState& s,
   race.threshold = ranked[c.parents - 1].fitness;
   race.num_samples = c.num_samples;
   if (c.estimator == Estimator::kNorm) race.norm_eta = eta;
+  if (c.estimator == Estimator::kPaired && eta != 0) {
+    // Without the reference's whole-set losses the bound keeps only S_k/n: sound, looser.
+    if (const EvalResult* ref = ReferenceResult(space, s, version)) {
+      race.paired_eta = eta;
+      race.reference_losses = ref->sample_losses;
+    }
+  }
   return race;
 }
 

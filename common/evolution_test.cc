@@ -192,8 +192,9 @@ class RacingEvaluator : public SyntheticEvaluator {
     ASSIGN_OR_RETURN(std::vector<EvalResult> out, Evaluate(policies, version));
     for (size_t i = 0; i < out.size(); ++i) {
       EvalResult& r = out[i];
-      const std::optional<int> k =
-          ReplayRace(r.sample_losses, batch, race.Term(i, r.omega), race.threshold);
+      RaceLimit used = race;
+      if (loose_paired) used.paired_eta = 0;  // a worker that ignores the PAIRED part
+      const std::optional<int> k = ReplayRace(r.sample_losses, batch, used, i, r.omega);
       if (!k) continue;
       r.sample_losses.resize(*k);
       double sum = 0;
@@ -207,6 +208,7 @@ class RacingEvaluator : public SyntheticEvaluator {
   }
 
   int batch = 4;
+  bool loose_paired = false;
   int raced_calls = 0;
   std::vector<double> thresholds;
 };
@@ -221,9 +223,11 @@ struct RaceRun {
   int64_t samples_scored = 0;
 };
 
-RaceRun RunRacing(const PolicySpace& space, SearchConfig config, bool race) {
+RaceRun RunRacing(const PolicySpace& space, SearchConfig config, bool race,
+                  bool loose_paired = false) {
   config.race = race;
   RacingEvaluator ev(space, config.num_samples);
+  ev.loose_paired = loose_paired;
   auto search = EvolutionarySearch::Create(&space, config);
   EXPECT_TRUE(search.ok()) << search.status();
   RaceRun out;
@@ -308,6 +312,32 @@ TEST(EvolutionRacingTest, SameTopParentsEveryGenerationAndSameFinalPolicyAsExhau
     std::printf("[racing %s] raced out %d, samples scored %lld of %lld\n", c.name, raced.raced_out,
                 (long long)raced.samples_scored, (long long)exhaustive.samples_scored);
   }
+}
+
+// PAIRED's part of the bound (racing.h: b_k, the paired standard error's lower bound from the
+// scored prefix) cuts more samples than the loss alone, and keeps every generation's top parents,
+// their fitness and the final policy: the same run with workers that ignore it (loose) and
+// exhaustive evaluation agree on all of them.
+TEST(EvolutionRacingTest, PairedBoundScoresFewerSamplesThanTheLossAloneWithTheSameTop) {
+  const PolicySpace space = MakeSpace(6, UnitKind::kLayer);
+  SearchConfig c = DefaultConfig(MidBudget(space));
+  c.num_samples = 24;
+  c.estimator = Estimator::kPaired;
+  c.eta = 1.0;
+  const RaceRun exhaustive = RunRacing(space, c, false);
+  const RaceRun tight = RunRacing(space, c, true);
+  const RaceRun loose = RunRacing(space, c, true, /*loose_paired=*/true);
+  EXPECT_LT(tight.samples_scored, loose.samples_scored);
+  EXPECT_GT(tight.raced_out, loose.raced_out);
+  for (const RaceRun* run : {&tight, &loose}) {
+    EXPECT_EQ(run->top, exhaustive.top);
+    EXPECT_EQ(run->top_fitness, exhaustive.top_fitness);
+    EXPECT_EQ(run->best, exhaustive.best);
+    EXPECT_EQ(run->evaluated, exhaustive.evaluated);
+  }
+  std::printf("[racing PAIRED] samples scored: tight %lld, loose %lld, exhaustive %lld\n",
+              (long long)tight.samples_scored, (long long)loose.samples_scored,
+              (long long)exhaustive.samples_scored);
 }
 
 // UCB and SPLIT rank with sample-dependent terms: racing is never asked for.

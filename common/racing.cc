@@ -12,25 +12,53 @@ double RaceLimit::Term(size_t i, double omega) const {
   return t;
 }
 
+double RaceLimit::BoundTerm(size_t i, double omega, std::span<const double> scored) const {
+  const double t = Term(i, omega);
+  if (paired_eta == 0) return t;
+  return t + paired_eta * PairedTermLowerBound(scored, reference_losses, num_samples);
+}
+
+double PairedTermLowerBound(std::span<const double> scored, std::span<const double> reference,
+                            int num_samples) {
+  const size_t k = scored.size();
+  if (k < 2 || num_samples < 2 || reference.size() < k) return 0;
+  double mean = 0;
+  for (size_t i = 0; i < k; ++i) mean += scored[i] - reference[i];
+  mean /= double(k);
+  double ss = 0;
+  for (size_t i = 0; i < k; ++i) {
+    const double e = (scored[i] - reference[i]) - mean;
+    ss += e * e;
+  }
+  const double n = num_samples;
+  // The margin keeps the bound under the search's own rounding of SE_D (its sums run in another
+  // order), so a cut candidate's computed fitness is above the threshold too.
+  const double b = std::sqrt(ss / (n - 1)) / std::sqrt(n) * (1 - 1e-9) - 1e-12;
+  return b > 0 ? b : 0;
+}
+
 bool RacedOut(double partial_sum, int scored, int num_samples, double term, double threshold) {
   if (scored >= num_samples || num_samples <= 0) return false;
   return partial_sum / num_samples + term > threshold;
 }
 
-std::optional<int> ReplayRace(std::span<const double> sample_losses, int batch, double term,
-                              double threshold) {
-  return ReplayRacePrefix(sample_losses, int(sample_losses.size()), batch, term, threshold);
+std::optional<int> ReplayRace(std::span<const double> sample_losses, int batch,
+                              const RaceLimit& race, size_t i, double omega) {
+  return ReplayRacePrefix(sample_losses, int(sample_losses.size()), batch, race, i, omega);
 }
 
 std::optional<int> ReplayRacePrefix(std::span<const double> sample_losses, int num_samples,
-                                    int batch, double term, double threshold) {
+                                    int batch, const RaceLimit& race, size_t i, double omega) {
+  if (!race.active()) return std::nullopt;
   const int m = std::min(int(sample_losses.size()), num_samples);
   const int step = batch > 0 ? batch : 1;
   double sum = 0;
   for (int k = 0; k < m; ++k) {
     sum += sample_losses[k];
     const int scored = k + 1;
-    if (scored % step == 0 && RacedOut(sum, scored, num_samples, term, threshold)) return scored;
+    if (scored % step != 0 || scored >= num_samples) continue;
+    const double term = race.BoundTerm(i, omega, sample_losses.first(size_t(scored)));
+    if (RacedOut(sum, scored, num_samples, term, race.threshold)) return scored;
   }
   return std::nullopt;
 }

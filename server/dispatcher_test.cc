@@ -173,7 +173,10 @@ class FakeClient : public WorkerClient {
         search::RaceLimit race{.threshold = req.race_threshold(),
                                .norm_eta = req.race_norm_eta(),
                                .num_samples = int(e.sample_losses.size()),
-                               .extra = {req.race_extra().begin(), req.race_extra().end()}};
+                               .extra = {req.race_extra().begin(), req.race_extra().end()},
+                               .paired_eta = req.race_paired_eta(),
+                               .reference_losses = {req.race_reference_losses().begin(),
+                                                    req.race_reference_losses().end()}};
         e = *RaceAsWorker(std::move(e), race.num_samples, 0, race, size_t(i));
       }
       pb::EvaluatePoliciesResponse r;

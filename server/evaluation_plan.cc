@@ -87,8 +87,8 @@ search::EvalResult RacedOutResult(search::EvalResult whole, int scored, int num_
 std::optional<search::EvalResult> RaceAsWorker(search::EvalResult r, int num_samples, int batch,
                                                const search::RaceLimit& race, size_t i) {
   if (race.active()) {
-    const std::optional<int> k = search::ReplayRacePrefix(r.sample_losses, num_samples, batch,
-                                                          race.Term(i, r.omega), race.threshold);
+    const std::optional<int> k =
+        search::ReplayRacePrefix(r.sample_losses, num_samples, batch, race, i, r.omega);
     if (k.has_value()) return RacedOutResult(std::move(r), *k, num_samples);
   }
   if (int(r.sample_losses.size()) != num_samples) return std::nullopt;  // the rest is unknown

@@ -140,7 +140,7 @@ TEST(EvaluationPlanTest, CachedEvaluationsAnswerAsARacingWorkerWouldOrNotAtAll) 
   for (double threshold : {0.05, 0.1, 0.2, 0.3, 0.45, 10.0}) {
     SCOPED_TRACE(threshold);
     const search::RaceLimit race = race_at(threshold);
-    const std::optional<int> k = search::ReplayRace(whole.sample_losses, kBatch, 0, threshold);
+    const std::optional<int> k = search::ReplayRace(whole.sample_losses, kBatch, race, 0, 0.0);
     const search::EvalResult worker = k ? RacedOutResult(whole, *k, kSamples) : whole;
     got = CachedEvaluationResult(value, kSamples, kBatch, race, 0);
     ASSERT_TRUE(got.has_value());
@@ -156,7 +156,8 @@ TEST(EvaluationPlanTest, CachedEvaluationsAnswerAsARacingWorkerWouldOrNotAtAll) 
     const std::string prefix = CachedEvaluationValue(worker);
     EXPECT_FALSE(CachedEvaluationResult(prefix, kSamples, kBatch, none, 0).has_value());
     for (double other : {threshold / 2, threshold, threshold * 1.5, 10.0}) {
-      const std::optional<int> cut = search::ReplayRace(whole.sample_losses, kBatch, 0, other);
+      const std::optional<int> cut =
+          search::ReplayRace(whole.sample_losses, kBatch, race_at(other), 0, 0.0);
       const std::optional<search::EvalResult> again =
           CachedEvaluationResult(prefix, kSamples, kBatch, race_at(other), 0);
       if (cut.has_value() && *cut <= worker.samples_scored) {

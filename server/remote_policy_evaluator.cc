@@ -45,6 +45,11 @@ absl::StatusOr<pb::EvaluatePoliciesRequest> ChunkRequest(SearchDriver& driver,
       req.mutable_race_extra()->Assign(race.extra.begin() + chunk.policy_begin,
                                        race.extra.begin() + chunk.policy_end);
     }
+    if (race.paired_eta != 0 && !race.reference_losses.empty()) {
+      req.set_race_paired_eta(race.paired_eta);
+      req.mutable_race_reference_losses()->Assign(race.reference_losses.begin(),
+                                                  race.reference_losses.end());
+    }
   }
   return req;
 }

@@ -15,10 +15,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -711,6 +713,42 @@ TEST(WorkerStepsTest, SampleSlicesOnBatchBoundariesMatchTheWholeSet) {
     EXPECT_TRUE(absl::StrContains(st.error_message(), "sample_begin/sample_end"))
         << st.error_message();
   }
+  // A PAIRED race needs a finite η ≥ 0 and one finite, non-negative reference loss per sample.
+  const std::vector<std::pair<std::function<void(pb::EvaluatePoliciesRequest&)>, std::string>>
+      bad_races = {
+          {[](auto& r) { r.set_race_paired_eta(1); }, "race_paired_eta"},
+          {[](auto& r) {
+             r.set_race_paired_eta(-1);
+             for (int i = 0; i < 12; ++i) r.add_race_reference_losses(0.5);
+           },
+           "race_paired_eta"},
+          {[](auto& r) {
+             r.set_race_paired_eta(1);
+             for (int i = 0; i < 11; ++i) r.add_race_reference_losses(0.5);
+           },
+           "12 search samples"},
+          {[](auto& r) {
+             r.set_race_paired_eta(1);
+             for (int i = 0; i < 12; ++i) r.add_race_reference_losses(i == 7 ? NAN : 0.5);
+           },
+           "race_reference_losses[7]"},
+      };
+  for (size_t c = 0; c < bad_races.size(); ++c) {
+    pb::EvaluatePoliciesRequest req = ManyPolicies(absl::StrCat("race-bad-", c), 1);
+    req.set_race_threshold(1.0);
+    bad_races[c].first(req);
+    EvaluateAll(w, req, &st);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c;
+    EXPECT_TRUE(absl::StrContains(st.error_message(), bad_races[c].second))
+        << c << ": " << st.error_message();
+  }
+  // A well-formed one races (or not) and answers.
+  pb::EvaluatePoliciesRequest req = ManyPolicies("race-paired-ok", 2);
+  req.set_race_threshold(1e9);
+  req.set_race_paired_eta(1);
+  for (int i = 0; i < 12; ++i) req.add_race_reference_losses(0.5);
+  EXPECT_EQ(EvaluateAll(w, req, &st).size(), 2u);
+  EXPECT_TRUE(st.ok()) << st.error_message();
 }
 
 TEST(WorkerStepsTest, OutOfMemoryIsRetryableAndBadInputIsNot) {

@@ -131,6 +131,26 @@ absl::StatusOr<search::RaceLimit> RequestedRace(const pb::EvaluatePoliciesReques
   race.norm_eta = req.race_norm_eta();
   race.num_samples = n;
   race.extra.assign(req.race_extra().begin(), req.race_extra().end());
+  if (req.race_paired_eta() != 0 || req.race_reference_losses_size() != 0) {
+    if (!(req.race_paired_eta() >= 0) || !std::isfinite(req.race_paired_eta()) ||
+        req.race_reference_losses_size() != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "race_paired_eta / race_reference_losses: a finite eta ≥ 0 and the reference's loss "
+          "on each of the job's ",
+          n, " search samples are required; got eta ", req.race_paired_eta(), " and ",
+          req.race_reference_losses_size(), " losses"));
+    }
+    for (int i = 0; i < n; ++i) {
+      const double x = req.race_reference_losses(i);
+      if (!(x >= 0) || !std::isfinite(x)) {
+        return absl::InvalidArgumentError(absl::StrCat("race_reference_losses[", i, "] = ", x,
+                                                       ": a per-sample loss is finite and ≥ 0"));
+      }
+    }
+    race.paired_eta = req.race_paired_eta();
+    race.reference_losses.assign(req.race_reference_losses().begin(),
+                                 req.race_reference_losses().end());
+  }
   return race;
 }
 

@@ -482,8 +482,10 @@ absl::StatusOr<std::vector<CandidateResult>> CandidateEvaluator::EvaluateMany(
         many_timing_.layer_runs_exhaustive += num_layers;
         continue;
       }
-      if (race.active() && search::RacedOut(partial[i], end, n, race.Term(size_t(i), out[i].omega),
-                                            race.threshold)) {
+      if (race.active() &&
+          search::RacedOut(partial[i], end, n,
+                           race.BoundTerm(size_t(i), out[i].omega, out[i].sample_losses),
+                           race.threshold)) {
         alive[i] = false;
         out[i].raced_out = true;
         out[i].samples_scored = end;

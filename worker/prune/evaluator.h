@@ -173,7 +173,8 @@ class CandidateEvaluator {
   //    candidate whose leading layers' ratios equal the previous one's starts where they differ
   //    (a depth-first walk of the candidates' prefix tree, one stack of activations per batch);
   //  - racing (common/racing.h): batch by batch, after every batch but the last, a candidate
-  //    with RacedOut(Σ scored losses, k, n, race.Term(i, Ω_i), race.threshold) stops.
+  //    with RacedOut(Σ scored losses, k, n, race.BoundTerm(i, Ω_i, scored losses),
+  //    race.threshold) stops.
   // Results are in `candidates` order; a whole-set result is bitwise Evaluate's (same batches,
   // same ops), a raced-out one is as CandidateResult describes. Errors as Evaluate's.
   // `poll` (may be empty) runs before each batch; its error stops the call (cancellation).

@@ -7,6 +7,8 @@
 #include <random>
 #include <vector>
 
+#include "absl/types/span.h"
+#include "common/estimators.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "worker/prune/calibration.h"
@@ -332,6 +334,7 @@ TEST_P(EvaluatorTest, EvaluateManyStructuredEqualsEvaluate) {
 // Racing against the exhaustive results: a candidate is raced out exactly when the replayed
 // bound (common/racing.h) says so — and then its exhaustive fitness is above the threshold —
 // its result is the bound over its scored prefix; every other result is bitwise exhaustive.
+// NORM's policy term, and PAIRED's sample-dependent one (against candidate 0 as the reference).
 TEST_P(EvaluatorTest, EvaluateManyRacesOutOnlyCandidatesAboveTheThreshold) {
   Problem p = MakeProblem(12);
   auto ev =
@@ -340,55 +343,74 @@ TEST_P(EvaluatorTest, EvaluateManyRacesOutOnlyCandidatesAboveTheThreshold) {
   std::vector<std::vector<double>> cands = PrefixCandidates(10, false, 3);
   for (int i = 0; i < 4; ++i) cands.push_back(std::vector<double>(21, 0.7 + 0.03 * i));
   const std::vector<CandidateResult> each = EvaluateEach(**ev, cands);
-  search::RaceLimit race;
-  race.norm_eta = 0.5;
-  race.num_samples = 12;
-  // Races with `threshold`; checks every result against the exhaustive one; the raced count.
-  auto race_with = [&](double threshold) -> int {
-    race.threshold = threshold;
-    auto many = (*ev)->EvaluateMany(cands, race);
-    EXPECT_TRUE(many.ok()) << many.status();
-    if (!many.ok()) return -1;
-    int raced = 0;
-    for (size_t i = 0; i < cands.size(); ++i) {
+  search::RaceLimit norm;
+  norm.norm_eta = 0.5;
+  norm.num_samples = 12;
+  search::RaceLimit paired;
+  paired.num_samples = 12;
+  paired.paired_eta = 1.5;
+  paired.reference_losses = each[0].sample_losses;
+  std::vector<int> order(12);
+  for (int i = 0; i < 12; ++i) order[i] = 11 - i;
+  for (search::RaceLimit* race : {&norm, &paired}) {
+    SCOPED_TRACE(race->paired_eta != 0 ? "PAIRED" : "NORM");
+    // The exhaustive fitness as the search computes it.
+    auto fitness_of = [&](size_t i) {
       const CandidateResult& w = each[i];
-      const double term = race.Term(i, w.omega);
-      const std::optional<int> k = search::ReplayRace(w.sample_losses, 4, term, threshold);
-      const CandidateResult& g = (*many)[i];
-      EXPECT_EQ(g.raced_out, k.has_value()) << i;
-      if (!k || !g.raced_out) {
-        ExpectSameResult(g, w, i);
-        continue;
+      double t = race->Term(i, w.omega);
+      if (race->paired_eta != 0) {
+        search::TermInputs in{.sample_losses = w.sample_losses,
+                              .reference_losses = race->reference_losses};
+        t += race->paired_eta * *search::EstimatorTerm(search::Estimator::kPaired, in, order);
       }
-      ++raced;
-      EXPECT_GT(w.loss + term, threshold) << i;  // truly worse than the threshold
-      EXPECT_EQ(g.samples_scored, *k) << i;
-      const std::vector<double> prefix(w.sample_losses.begin(), w.sample_losses.begin() + *k);
-      EXPECT_EQ(g.sample_losses, prefix) << i;
-      double sum = 0;
-      for (double x : prefix) sum += x;
-      EXPECT_EQ(g.loss, sum / 12) << i;
-      EXPECT_LE(g.loss, w.loss) << i;
-      EXPECT_EQ(g.accuracy, 0.0) << i;
-      EXPECT_EQ(g.omega, w.omega) << i;
+      return w.loss + t;
+    };
+    // Races with `threshold`; checks every result against the exhaustive one; the raced count.
+    auto race_with = [&](double threshold) -> int {
+      race->threshold = threshold;
+      auto many = (*ev)->EvaluateMany(cands, *race);
+      EXPECT_TRUE(many.ok()) << many.status();
+      if (!many.ok()) return -1;
+      int raced = 0;
+      for (size_t i = 0; i < cands.size(); ++i) {
+        const CandidateResult& w = each[i];
+        const std::optional<int> k = search::ReplayRace(w.sample_losses, 4, *race, i, w.omega);
+        const CandidateResult& g = (*many)[i];
+        EXPECT_EQ(g.raced_out, k.has_value()) << i;
+        if (!k || !g.raced_out) {
+          ExpectSameResult(g, w, i);
+          continue;
+        }
+        ++raced;
+        EXPECT_GT(fitness_of(i), threshold) << i;  // truly worse than the threshold
+        EXPECT_EQ(g.samples_scored, *k) << i;
+        const std::vector<double> prefix(w.sample_losses.begin(), w.sample_losses.begin() + *k);
+        EXPECT_EQ(g.sample_losses, prefix) << i;
+        double sum = 0;
+        for (double x : prefix) sum += x;
+        EXPECT_EQ(g.loss, sum / 12) << i;
+        EXPECT_LE(g.loss, w.loss) << i;
+        EXPECT_EQ(g.accuracy, 0.0) << i;
+        EXPECT_EQ(g.omega, w.omega) << i;
+      }
+      EXPECT_EQ(raced, (*ev)->last_many_timing().raced_out);
+      return raced;
+    };
+    // As the search sets it: the 4th best fitness ("parents = 4"): the best 4 are never raced out.
+    std::vector<double> fitness;
+    for (size_t i = 0; i < cands.size(); ++i) fitness.push_back(fitness_of(i));
+    std::sort(fitness.begin(), fitness.end());
+    EXPECT_LE(race_with(fitness[3]), int(cands.size()) - 4);
+    // The median of the bounds after the first batch: at least half go after it.
+    std::vector<double> first_bounds;
+    for (size_t i = 0; i < cands.size(); ++i) {
+      const auto& l = each[i].sample_losses;
+      first_bounds.push_back((l[0] + l[1] + l[2] + l[3]) / 12 +
+                             race->BoundTerm(i, each[i].omega, absl::MakeConstSpan(l).first(4)));
     }
-    EXPECT_EQ(raced, (*ev)->last_many_timing().raced_out);
-    return raced;
-  };
-  // As the search sets it: the 4th best fitness ("parents = 4"): the best 4 are never raced out.
-  std::vector<double> fitness;
-  for (size_t i = 0; i < cands.size(); ++i)
-    fitness.push_back(each[i].loss + race.Term(i, each[i].omega));
-  std::sort(fitness.begin(), fitness.end());
-  EXPECT_LE(race_with(fitness[3]), int(cands.size()) - 4);
-  // The median of the bounds after the first batch: at least half go after it.
-  std::vector<double> first_bounds;
-  for (size_t i = 0; i < cands.size(); ++i) {
-    const auto& l = each[i].sample_losses;
-    first_bounds.push_back((l[0] + l[1] + l[2] + l[3]) / 12 + race.Term(i, each[i].omega));
+    std::sort(first_bounds.begin(), first_bounds.end());
+    EXPECT_GE(race_with(first_bounds[first_bounds.size() / 2]), int(cands.size()) / 2 - 1);
   }
-  std::sort(first_bounds.begin(), first_bounds.end());
-  EXPECT_GE(race_with(first_bounds[first_bounds.size() / 2]), int(cands.size()) / 2 - 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, EvaluatorTest,
