@@ -375,28 +375,37 @@ int Main(int argc, char** argv) {
       return 1;
     }
     const bool done = *ran;
-    const double sum =
-        testing::Metric(svc.metrics_port, "prunesvc_step_seconds_sum{step=\"evaluate\"}");
-    const double count =
-        testing::Metric(svc.metrics_port, "prunesvc_step_seconds_count{step=\"evaluate\"}");
     const double hits = cache_metric("hit"), misses = cache_metric("miss");
-    // The round's row, from the counters as the round left them.
-    std::string row;
-    int64_t first_policies = 0;
-    {
+    // The round's row, from the counters as the round left them (the scheduler's step histogram
+    // less what earlier rounds put in it).
+    double sum_before = 0, count_before = 0;
+    auto round_row = [&](bool done) {
+      const double sum =
+          testing::Metric(svc.metrics_port, "prunesvc_step_seconds_sum{step=\"evaluate\"}") -
+          sum_before;
+      const double count =
+          testing::Metric(svc.metrics_port, "prunesvc_step_seconds_count{step=\"evaluate\"}") -
+          count_before;
+      sum_before += sum;
+      count_before += count;
       absl::MutexLock l(&shared.mu);
       const double span = std::chrono::duration<double>(shared.last - shared.first).count();
       const double mean_step = count > 0 ? sum / count : 0;
       const double mean_cost = shared.dispatches > 0 ? shared.work_seconds / shared.dispatches : 0;
-      row = absl::StrFormat("%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %.2f%s", w,
-                            (long long)shared.dispatches, double(shared.dispatches) / span,
-                            double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
-                            shared.work_seconds / w / span, span,
-                            done ? "" : "  (jobs did not finish)");
+      std::string row = absl::StrFormat(
+          "%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %.2f%s", w, (long long)shared.dispatches,
+          double(shared.dispatches) / span, double(shared.policies) / span,
+          (mean_step - mean_cost) * 1e3, shared.work_seconds / w / span, span,
+          done ? "" : "  (jobs did not finish)");
       if (shared.trace) row += "\n" + TraceText(shared.spans, shared.first);
+      return row;
+    };
+    std::printf("%s\n", round_row(done).c_str());
+    int64_t first_policies = 0;
+    {
+      absl::MutexLock l(&shared.mu);
       first_policies = shared.policies;
     }
-    std::printf("%s\n", row.c_str());
     if (hits + misses > 0) {
       std::printf("  evaluation cache across jobs%s: %.0f hits of %.0f lookups\n",
                   resubmit ? ", first round" : "", hits, hits + misses);
@@ -404,6 +413,9 @@ int Main(int argc, char** argv) {
     if (resubmit) {  // the same jobs again: what the evaluation cache across jobs saves
       shared.Reset();
       absl::StatusOr<bool> again = run_jobs();
+      if (shared.policies > 0) {  // the same round on warm channels (the cache off: a real one)
+        std::printf("%s  (resubmitted)\n", round_row(again.ok() && *again).c_str());
+      }
       absl::MutexLock l(&shared.mu);
       std::printf(
           "  resubmitted: %lld policies dispatched (first round %lld), cache hits %.0f of %.0f "

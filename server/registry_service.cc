@@ -210,6 +210,7 @@ grpc::ServerUnaryReactor* RegistryService::RegisterWorker(grpc::CallbackServerCo
   spdlog::info("worker registered worker_id={} address={} device={} pid={} metrics_port={}", *id,
                req->info().address(), req->info().device(), req->info().pid(),
                req->info().metrics_port());
+  if (WorkerConnector* c = connector_.load()) c->Dial(req->info().address());
   resp->set_worker_id(*id);
   resp->set_heartbeat_interval_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(table_->options().heartbeat_interval)));

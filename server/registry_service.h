@@ -29,6 +29,7 @@
 #include "server/job_store.h"
 #include "server/metrics.h"
 #include "server/thread_pool.h"
+#include "server/worker_client.h"
 #include "server/worker_table.h"
 
 namespace prunesvc::server {
@@ -55,6 +56,9 @@ class RegistryService final : public ::prune::v1::WorkerRegistry::CallbackServic
   // Who may fetch and put blobs (set once the dispatcher exists; until then, with worker
   // authentication on, no blob moves). `access` must outlive the service.
   void SetBlobAccess(const BlobAccess* access) { access_.store(access); }
+  // Who dials a worker that registers (WorkerConnector::Dial), set once the connector exists;
+  // until then nobody does. `connector` must outlive the service.
+  void SetConnector(WorkerConnector* connector) { connector_.store(connector); }
 
   grpc::ServerUnaryReactor* RegisterWorker(grpc::CallbackServerContext* ctx,
                                            const ::prune::v1::RegisterWorkerRequest* req,
@@ -75,6 +79,7 @@ class RegistryService final : public ::prune::v1::WorkerRegistry::CallbackServic
   ThreadPool* const pool_;
   const Authenticator* const auth_;
   std::atomic<const BlobAccess*> access_{nullptr};
+  std::atomic<WorkerConnector*> connector_{nullptr};
 
   bool secured() const { return auth_ != nullptr && auth_->workers_need_token(); }
   // The worker token (when secured), counted when refused.

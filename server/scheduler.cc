@@ -298,6 +298,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     ASSIGN_OR_RETURN(to_workers, MakeChannelCredentials(options.tls));
   }
   s->connector_ = NewGrpcWorkerConnector(to_workers, options.worker_identity);
+  s->registry_service_->SetConnector(s->connector_.get());
   DispatcherOptions dispatcher_options = options.dispatcher;
   Authenticator* auth_ptr = s->auth_.get();
   dispatcher_options.tenant_max_running = [auth_ptr](const std::string& tenant) {

@@ -51,7 +51,11 @@ class GrpcWorkerClient : public WorkerClient {
   GrpcWorkerClient(const std::string& address,
                    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
                    const std::string& identity)
-      : stub_(pb::PruningWorker::NewStub(Dial(address, credentials, identity))) {}
+      : channel_(Dial(address, credentials, identity)),
+        stub_(pb::PruningWorker::NewStub(channel_)) {}
+
+  // Starts the connection (TCP, HTTP/2 and TLS handshakes) without waiting for it.
+  void StartConnecting() { channel_->GetState(/*try_to_connect=*/true); }
 
   // With an identity, TLS checks the worker's certificate for that name, not the address's host.
   static std::shared_ptr<grpc::Channel> Dial(
@@ -108,6 +112,7 @@ class GrpcWorkerClient : public WorkerClient {
   }
 
  private:
+  const std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::PruningWorker::Stub> stub_;
 };
 
@@ -117,17 +122,23 @@ class GrpcWorkerConnector : public WorkerConnector {
       : credentials_(std::move(credentials)), identity_(std::move(identity)) {}
 
   std::shared_ptr<WorkerClient> Connect(const std::string& address) override {
+    return ClientOf(address);
+  }
+
+  void Dial(const std::string& address) override { ClientOf(address)->StartConnecting(); }
+
+ private:
+  std::shared_ptr<GrpcWorkerClient> ClientOf(const std::string& address) {
     absl::MutexLock lock(&mu_);
-    std::shared_ptr<WorkerClient>& c = clients_[address];
+    std::shared_ptr<GrpcWorkerClient>& c = clients_[address];
     if (c == nullptr) c = std::make_shared<GrpcWorkerClient>(address, credentials_, identity_);
     return c;
   }
 
- private:
   const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   const std::string identity_;
   absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<WorkerClient>> clients_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<GrpcWorkerClient>> clients_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace

@@ -69,6 +69,9 @@ class WorkerConnector {
   virtual ~WorkerConnector() = default;
   // A client for the worker at `address` (host:port); cached per address by implementations.
   virtual std::shared_ptr<WorkerClient> Connect(const std::string& address) = 0;
+  // A worker at `address` registered: start connecting to it now, in the background, so that
+  // its first step does not pay for the connection. Never blocks; the default does nothing.
+  virtual void Dial(const std::string& address) { (void)address; }
 };
 
 // Dials workers with `credentials` (nullptr = plain text): with TLS, the scheduler's client
