@@ -34,10 +34,13 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/calibration_estimate.h"
 #include "common/evolution.h"
 #include "common/job_spec.h"
 #include "common/malloc_tuning.h"
 #include "worker/model/scoring.h"
+#include "worker/prune/calibration.h"
 #include "worker/prune/progress.h"
 #include "worker/prune/steps.h"
 
@@ -226,6 +229,49 @@ int main(int argc, char** argv) {
     std::printf("dense at batch %d: ScoreSamples %.2f ms, pass API %.2f ms\n", b, via_score * 1e3,
                 via_pass * 1e3);
   }
+  // Figure 7: the bundled model's calibration per sample, measured (Calibrate, as Prepare runs
+  // it), beside the estimate built from its operations at the same shapes
+  // (bench/calibration_estimate.h, the method sparsegpt-bench applies to LLaVA-1.5-7B).
+  std::string calibration_line;
+  {
+    const int cb = ev.options().calibration_batch_size;
+    double measured[2] = {1e30, 1e30};
+    for (int gram = 0; gram < 2; ++gram) {
+      for (int k = 0; k < 3; ++k) {
+        const auto t0 = Clock::now();
+        if (!prune::Calibrate(ev.model(), ev.scoring_samples(),
+                              {.batch_size = cb, .collect_gram = gram == 1})
+                 .ok()) {
+          return 1;
+        }
+        measured[gram] = std::min(measured[gram], Since(t0) / n);
+      }
+    }
+    int64_t padded = 0;  // the rows Calibrate's batches run, padding included
+    for (int s = 0; s < n; s += cb) {
+      int64_t mx = 0;
+      const int e = std::min(n, s + cb);
+      for (int i = s; i < e; ++i) {
+        mx = std::max(mx, ev.model().ExpandedLength(ev.scoring_samples()[i].token_ids) - 1);
+      }
+      padded += mx * (e - s);
+    }
+    const auto& t = ev.model().config().text;
+    const prunesvc::bench::CalibrationShape shape{
+        .rows = padded / n,
+        .hidden = t.hidden_size,
+        .q_width = int64_t(t.num_attention_heads) * t.head_dim,
+        .kv_width = int64_t(t.num_key_value_heads) * t.head_dim,
+        .mlp = t.intermediate_size,
+        .layers = t.num_hidden_layers};
+    const prunesvc::bench::CalibrationEstimate est =
+        prunesvc::bench::EstimateCalibration(shape, 20);
+    calibration_line = absl::StrFormat(
+        "calibration per sample (batch %d, %lld rows): measured %.3f ms (‖X‖²) / %.3f ms (with "
+        "XᵀX); estimated from its operations %.3f / %.3f ms",
+        cb, (long long)shape.rows, measured[0] * 1e3, measured[1] * 1e3,
+        est.PerSample(false, shape.layers) * 1e3, est.PerSample(true, shape.layers) * 1e3);
+  }
   std::vector<Run> runs = {
       {"exhaustive", false, false}, {"prefix", true, false}, {"prefix+race", true, true}};
   for (int rep = 0; rep < repeats; ++rep) {
@@ -278,6 +324,7 @@ int main(int argc, char** argv) {
               dense_batch);
   std::printf("FLOPs of that forward (FLOPs model)     %.4g\n",
               (*job)->space().dense_flops() * double(n));
+  std::printf("%s\n", calibration_line.c_str());
   {  // Padding: token rows the batches run vs the samples' own.
     const int bs = ev.options().batch_size;
     int64_t real = 0, padded = 0;

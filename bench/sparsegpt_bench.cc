@@ -2,7 +2,9 @@
 // shapes, a least-squares fit of t = a·in³ + b·out·in² (the Hessian's Cholesky inverse and the
 // column sweep), and its extrapolation to LLaVA-1.5-7B's decoder linears (q/k/v/o 4096×4096,
 // gate/up 11008×4096, down 4096×11008; 32 layers) at 50 % UNSTRUCTURED. An estimate, labelled
-// as one: the fit's worst relative error on the measured shapes is printed beside it.
+// as one: the fit's worst relative error on the measured shapes is printed beside it. Then
+// calibration seconds per sample at 7B's shapes (CalibrationAt7B), from its operations timed at
+// their real shapes; search-bench prints the bundled model's measured calibration beside it.
 //
 // Usage: sparsegpt-bench [--threads=N]
 #include <ATen/ATen.h>
@@ -16,8 +18,32 @@
 #include <cstring>
 #include <vector>
 
+#include "bench/calibration_estimate.h"
 #include "common/malloc_tuning.h"
 #include "worker/prune/sparsegpt.h"
+
+namespace {
+
+// Calibration seconds per sample at LLaVA-1.5-7B's shapes (bench/calibration_estimate.h), T = 640
+// rows per sample: 576 image tokens + 64 text tokens. An estimate built from measured parts,
+// labelled as one.
+void CalibrationAt7B(int threads) {
+  const prunesvc::bench::CalibrationShape shape{
+      .rows = 640, .hidden = 4096, .q_width = 4096, .kv_width = 4096, .mlp = 11008, .layers = 32};
+  const prunesvc::bench::CalibrationEstimate e = prunesvc::bench::EstimateCalibration(shape, 2);
+  std::printf(
+      "calibration at LLaVA-1.5-7B's shapes (T = %lld rows per sample), per decoder layer: "
+      "linears %.2f s (%.0f GFLOP/s), attention %.3f s (charged at that rate), ‖X‖² %.3f s, "
+      "XᵀX %.2f s\n",
+      (long long)shape.rows, e.linears, e.linear_gflops, e.attention, e.norms, e.gram);
+  const double stats = e.PerSample(false, shape.layers), gram = e.PerSample(true, shape.layers);
+  std::printf(
+      "LLaVA-1.5-7B calibration, extrapolated: %.0f s per sample with ‖X‖² only (WANDA), %.0f s "
+      "with XᵀX (SPARSEGPT); 64 samples: %.0f / %.0f min (CPU, %d threads)\n",
+      stats, gram, 64 * stats / 60, 64 * gram / 60, threads);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
@@ -80,5 +106,6 @@ int main(int argc, char** argv) {
       "LLaVA-1.5-7B, extrapolated: q/k/v/o %.1f s, gate/up %.1f s, down %.1f s each; "
       "%.1f s per layer, %.1f min for 32 layers (CPU, %d threads)\n",
       qkvo, gate_up, down, layer, 32 * layer / 60, threads);
+  CalibrationAt7B(threads);
   return 0;
 }

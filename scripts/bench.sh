@@ -109,5 +109,8 @@ print(f\"{'$b':<7} {r['flops_ratio']:<10.3f} {r['latency_ratio']:<12.2f} \"
 done
 log "   UNSTRUCTURED and N:M artifacts are dense tensors with zeros: no speed-up (dense GEMMs)"
 
-log "7. SparseGPT per linear, extrapolated to LLaVA-1.5-7B (sparsegpt-bench; no GPU here)"
+log "7. SparseGPT per linear and calibration per sample, extrapolated to LLaVA-1.5-7B"
+log "   (sparsegpt-bench; no GPU here). The bundled model's calibration, measured against the"
+log "   same estimate at its own shapes (from figure 2's search-bench run):"
+grep '^calibration per sample' "$work/search.txt" || true
 "$BIN/sparsegpt-bench" --threads="$THREADS"
