@@ -170,10 +170,34 @@ int main(int argc, char** argv) {
   std::printf("fitness: estimator %s, eta %g\n",
               std::string(search::EstimatorName(opt.spec.estimator)).c_str(), eta);
   prune::StepContext ctx;
+  // Work done once across jobs: this job prepares alone and shares its preparation
+  // (preparation_cache.h) as a worker does; a second job of the same inputs (another seed and
+  // budget) then prepares from it. Timed side by side: what the second job on a worker pays.
+  prune::PreparationCache preparations(1);
+  opt.preparations = &preparations;
+  opt.preparation_context = "search-bench";
+  auto t_prepare = Clock::now();
   auto job = prune::PreparedJob::Prepare(opt, ctx);
   if (!job.ok()) {
     std::fprintf(stderr, "search-bench: %s\n", job.status().ToString().c_str());
     return 1;
+  }
+  const double prepare_alone = Since(t_prepare);
+  std::string prepare_line;
+  {
+    prune::PrepareOptions other = opt;
+    other.spec.seed = opt.spec.seed + 1;
+    other.spec.flops_budget = std::min(0.9, opt.spec.flops_budget + 0.1);
+    t_prepare = Clock::now();
+    auto second = prune::PreparedJob::Prepare(other, ctx);
+    if (!second.ok() || !(*second)->summary().shared_preparation) {
+      std::fprintf(stderr, "search-bench: the second job did not share the preparation\n");
+      return 1;
+    }
+    prepare_line = absl::StrFormat(
+        "prepare: %.2f s alone, %.2f s for a second job of the same inputs from the shared "
+        "preparation (%.2f)",
+        prepare_alone, Since(t_prepare), Since(t_prepare) / prepare_alone);
   }
   prune::CandidateEvaluator& ev = (*job)->candidate_evaluator();
   const int n = int(ev.scoring_samples().size());
@@ -325,6 +349,7 @@ int main(int argc, char** argv) {
   std::printf("FLOPs of that forward (FLOPs model)     %.4g\n",
               (*job)->space().dense_flops() * double(n));
   std::printf("%s\n", calibration_line.c_str());
+  std::printf("%s\n", prepare_line.c_str());
   {  // Padding: token rows the batches run vs the samples' own.
     const int bs = ev.options().batch_size;
     int64_t real = 0, padded = 0;

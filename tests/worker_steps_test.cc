@@ -805,6 +805,64 @@ TEST(WorkerStepsTest, OutOfMemoryIsRetryableAndBadInputIsNot) {
   }
 }
 
+// Jobs with the same model, samples and pruning choices share their preparation on a worker
+// (worker/prune/preparation_cache.h): the second job's Prepare says so, and a policy scores
+// bitwise the same under both jobs; another mask method prepares alone. With
+// --kept-preparations=0 and one prepared job at a time, a job whose predecessor was evicted
+// prepares alone again (nothing holds the shared state), and scores the same.
+TEST(WorkerStepsTest, JobsWithTheSameInputsShareTheirPreparation) {
+  ASSERT_NE(Env().server, nullptr);
+  for (const bool keep : {true, false}) {
+    SCOPED_TRACE(keep ? "kept" : "not kept");
+    Worker w = StartWorker(
+        absl::StrCat("shared-prep-", keep),
+        keep ? std::vector<std::string>{}
+             : std::vector<std::string>{"--kept-preparations=0", "--max-prepared-jobs=1"});
+    ASSERT_NE(w.stub, nullptr);
+    auto prepare = [&](const std::string& job, const JobSpec& spec) -> pb::PrepareResponse {
+      pb::PrepareRequest req;
+      *req.mutable_header() = Header("prepare-" + job);
+      req.mutable_header()->set_job_id(job);
+      *req.mutable_spec() = JobSpecToProto(spec);
+      pb::PrepareResponse resp;
+      grpc::ClientContext ctx;
+      SetContext(ctx);
+      const grpc::Status s = w.stub->Prepare(&ctx, req, &resp);
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      return resp;
+    };
+    auto losses = [&](const std::string& job, const JobSpec& spec) {
+      pb::EvaluatePoliciesRequest req = ManyPolicies("evaluate-" + job, 2);
+      req.mutable_header()->set_job_id(job);
+      *req.mutable_spec() = JobSpecToProto(spec);
+      grpc::Status st;
+      const auto got = EvaluateAll(w, req, &st);
+      EXPECT_TRUE(st.ok()) << st.error_message();
+      std::vector<double> out;
+      for (const auto& r : got) {
+        out.insert(out.end(), r.evaluation().sample_losses().begin(),
+                   r.evaluation().sample_losses().end());
+      }
+      return out;
+    };
+    const JobSpec a = SmallSpec();
+    JobSpec b = a;
+    b.seed = a.seed + 1;
+    b.flops_budget = 0.6;
+    const pb::PrepareResponse ra = prepare("job-share-a", a);
+    EXPECT_FALSE(ra.shared_preparation());
+    const std::vector<double> la = losses("job-share-a", a);
+    const pb::PrepareResponse rb = prepare("job-share-b", b);
+    EXPECT_EQ(rb.shared_preparation(), keep);
+    EXPECT_EQ(rb.dense().loss(), ra.dense().loss());
+    EXPECT_EQ(rb.evaluation_key(), ra.evaluation_key());
+    EXPECT_EQ(losses("job-share-b", b), la);  // bitwise
+    JobSpec magnitude = a;
+    magnitude.mask_method = MaskMethod::kMagnitude;
+    EXPECT_FALSE(prepare("job-share-c", magnitude).shared_preparation());
+  }
+}
+
 }  // namespace
 }  // namespace prunesvc
 

@@ -324,7 +324,7 @@ class StepRunner::StepScope {
 };
 
 StepRunner::StepRunner(StepRunnerOptions options, BlobCache* blobs, prometheus::Registry* registry)
-    : options_(std::move(options)), blobs_(blobs) {
+    : options_(std::move(options)), blobs_(blobs), preparations_(options_.kept_preparations) {
   cache_family_ = &prometheus::BuildCounter()
                        .Name("prunesvc_worker_cache_total")
                        .Help("Prepared-job cache lookups by result (hit, miss)")
@@ -474,6 +474,15 @@ absl::StatusOr<prune::PrepareOptions> StepRunner::ResolvePrepareOptions(const pb
   o.device = options_.device;
   o.threads = options_.threads;
   o.batch_size = options_.batch_size;
+  if (!ExecutableSha256().empty()) {  // without a build identity nothing is shared
+    ASSIGN_OR_RETURN(auto model_hash, prune::ModelSha256(o.model_dir));
+    ASSIGN_OR_RETURN(std::string side_files, prune::ModelSideFilesSha256(o.model_dir));
+    o.preparations = &preparations_;
+    o.preparation_context =
+        absl::StrCat("model_weights ", model_hash.first, "\nmodel_side_files ", side_files,
+                     "\ndevice_name ", options_.device_name, "\nbuild ", PRUNESVC_VERSION,
+                     " torch ", TORCH_VERSION, "\nexecutable ", ExecutableSha256());
+  }
   return o;
 }
 
@@ -547,6 +556,7 @@ absl::StatusOr<pb::PrepareResponse> StepRunner::Prepare(const pb::PrepareRequest
     resp.mutable_token_stats()->set_mean_answer_tokens(s.token_stats.mean_answer_tokens);
     for (double d : s.owl_outlier_ratios) resp.add_owl_outlier_ratios(d);
     resp.set_cache_hit(hit);
+    resp.set_shared_preparation(s.shared_preparation);
     resp.set_scoring_batch_size(options_.batch_size);
     ASSIGN_OR_RETURN(std::string key, EvaluationKey(*job, model_hash.first));
     resp.set_evaluation_key(key);

@@ -51,6 +51,9 @@ struct StepRunnerOptions {
   std::string cache_dir;                         // blobs and scratch space
   std::vector<std::string> allowed_model_roots;  // realpath'ed at Create
   size_t max_prepared_jobs = 2;
+  // Jobs with the same model, samples and pruning choices share their preparation
+  // (prune/preparation_cache.h); this many are kept when no prepared job holds them.
+  int kept_preparations = 1;
   std::string device = "cpu";
   std::string device_name;  // CPU model or GPU name (model::DeviceInfo), in the evaluation key
   int threads = 0;
@@ -124,6 +127,8 @@ class StepRunner : public StepExecutor {
   prometheus::Family<prometheus::Counter>* steps_family_;
   prometheus::Family<prometheus::Histogram>* step_seconds_family_;
   prometheus::Counter* evaluations_;
+
+  prune::PreparationCache preparations_;  // thread-safe itself
 
   // Held for the whole of a step: one step on the device at a time. Guards the cache.
   mutable absl::Mutex device_mu_;

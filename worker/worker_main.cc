@@ -36,6 +36,11 @@ ABSL_FLAG(std::vector<std::string>, allowed_model_roots, {},
 ABSL_FLAG(int, max_prepared_jobs, 2,
           "Prepared jobs (model + calibration + mask bank) kept in memory, least recently used "
           "evicted.");
+ABSL_FLAG(int, kept_preparations, 1,
+          "Preparations shared across jobs (dense scores, vision features, calibration, mask "
+          "bank under the model's own projector) kept after the last job using one is evicted, "
+          "for a re-submission; shared while any prepared job holds one regardless (0 = only "
+          "then).");
 ABSL_FLAG(int, batch, 16, "Samples per forward pass.");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate of this worker's PruningWorker server (with --tls-key: TLS), also its "
@@ -78,6 +83,7 @@ int main(int argc, char** argv) {
   options.cache_dir = absl::GetFlag(FLAGS_cache_dir);
   options.allowed_model_roots = absl::GetFlag(FLAGS_allowed_model_roots);
   options.max_prepared_jobs = size_t(std::max(1, absl::GetFlag(FLAGS_max_prepared_jobs)));
+  options.kept_preparations = std::max(0, absl::GetFlag(FLAGS_kept_preparations));
   options.batch_size = absl::GetFlag(FLAGS_batch);
   options.inject_fault = absl::GetFlag(FLAGS_inject_fault);
   options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),

@@ -49,6 +49,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
                    BlobCache::Create(ro.cache_dir + "/blobs", w->blob_client_.get()));
   ro.allowed_model_roots = options.allowed_model_roots;
   ro.max_prepared_jobs = options.max_prepared_jobs;
+  ro.kept_preparations = options.kept_preparations;
   ro.device = options.device;
   ro.device_name = w->device_.name;
   ro.threads = options.threads;

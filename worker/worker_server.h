@@ -35,6 +35,7 @@ struct WorkerOptions {
   std::string cache_dir;                         // default: $TMPDIR/prunesvc-worker-<port>
   std::vector<std::string> allowed_model_roots;  // none = every model refused
   size_t max_prepared_jobs = 2;
+  int kept_preparations = 1;  // StepRunnerOptions::kept_preparations
   int batch_size = 16;
   std::string inject_fault;  // testing only (StepRunnerOptions::inject_fault)
   // Security (docs/operations.md "TLS and tokens"): with tls.cert/key the PruningWorker server

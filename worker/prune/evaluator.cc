@@ -194,6 +194,15 @@ absl::Status CandidateEvaluator::Init(std::vector<EvalSample> samples) {
       dense_.push_back(w.detach().clone());
     }
     applied_k_.assign(n, 0);
+    if (options_.prepared != nullptr) {  // another job's, same inputs (preparation_cache.h)
+      if (options_.prepared->vision_features.size() != samples.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "evaluator: the shared preparation has vision features of ",
+            options_.prepared->vision_features.size(), " samples, not ", samples.size()));
+      }
+      vision_features_ = options_.prepared->vision_features;
+      return absl::OkStatus();
+    }
     // The vision tower output never changes (only the projector is trained): computed once.
     vision_features_.resize(samples.size());
     const int bs = options_.calibration_batch_size;
@@ -240,6 +249,21 @@ absl::Status CandidateEvaluator::SetProjector(int version, const ProjectorWeight
   return RebuildForProjector();
 }
 
+absl::StatusOr<std::shared_ptr<const Preparation>> CandidateEvaluator::SharedPreparation(
+    const ModelMetrics& dense_search) const {
+  if (projector_version_ != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "evaluator: only projector version 0 is shared; this one is at ", projector_version_));
+  }
+  auto p = std::make_shared<Preparation>();
+  p->dense_search = dense_search;
+  p->vision_features = vision_features_;
+  p->calibration = calibration_;
+  p->bank = bank_;
+  p->sbank = sbank_;
+  return std::shared_ptr<const Preparation>(std::move(p));
+}
+
 absl::Status CandidateEvaluator::RebuildForProjector() {
   // Image features of this version, from the cached vision features.
   RETURN_IF_ERROR(model::TorchGuarded("projecting image features", [&]() -> absl::Status {
@@ -263,6 +287,19 @@ absl::Status CandidateEvaluator::RebuildForProjector() {
     }
     return absl::OkStatus();
   }));
+  if (projector_version_ == 0 && options_.prepared != nullptr) {
+    const Preparation& p = *options_.prepared;
+    if (p.calibration.linears.size() != linears_.size() ||
+        (structured() ? p.sbank == nullptr : p.bank == nullptr)) {
+      return absl::InvalidArgumentError(
+          "evaluator: the shared preparation does not match this evaluator's linears and "
+          "granularity");
+    }
+    calibration_ = p.calibration;
+    bank_ = p.bank;
+    sbank_ = p.sbank;
+    return absl::OkStatus();
+  }
   const auto t0 = Clock::now();
   ASSIGN_OR_RETURN(calibration_, Calibrate(*model_, samples_,
                                            {.batch_size = options_.calibration_batch_size,

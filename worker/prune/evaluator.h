@@ -57,6 +57,7 @@
 #include "worker/model/scoring.h"
 #include "worker/prune/calibration.h"
 #include "worker/prune/mask_bank.h"
+#include "worker/prune/preparation_cache.h"
 #include "worker/prune/structured.h"
 
 namespace prunesvc::prune {
@@ -94,6 +95,10 @@ struct EvaluatorOptions {
   // N:M granularity: the mask bank holds N:M orders (mask_bank.h), so the ratio 1 − N/M applies
   // an N:M mask; unset = UNSTRUCTURED.
   std::optional<NmPattern> nm;
+  // Version 0's vision features, calibration and bank prepared by another job with the same
+  // inputs (preparation_cache.h): used instead of computing them. Must come from an evaluator
+  // of the same model content, samples and options (the caller's key says so).
+  std::shared_ptr<const Preparation> prepared;
 };
 
 // Search samples [begin, end); end < 0 means through the last one.
@@ -210,6 +215,10 @@ class CandidateEvaluator {
   const std::vector<model::ScoringSample>& scoring_samples() const { return samples_; }
   // Per sample, the vision tower output [num_images, S, vision hidden] (undefined: no image).
   const std::vector<at::Tensor>& vision_features() const { return vision_features_; }
+  // Version 0's shareable state (preparation_cache.h) with `dense_search` beside it; only while
+  // the projector is version 0 (FAILED_PRECONDITION otherwise).
+  absl::StatusOr<std::shared_ptr<const Preparation>> SharedPreparation(
+      const ModelMetrics& dense_search) const;
   const at::Tensor& dense_weight(int i) const { return dense_[i]; }
   // Pruned weights per row currently applied to linear i.
   int64_t applied_pruned_per_row(int i) const { return applied_k_[i]; }
@@ -245,10 +254,10 @@ class CandidateEvaluator {
   int projector_version_ = 0;
   ProjectorWeights projector_;
   CalibrationStats calibration_;
-  std::unique_ptr<MaskBank> bank_;
+  std::shared_ptr<const MaskBank> bank_;  // shared with other jobs at version 0
   // STRUCTURED.
   std::vector<DecoderLayerHeads> heads_;
-  std::unique_ptr<StructuredBank> sbank_;
+  std::shared_ptr<const StructuredBank> sbank_;
   std::vector<StructuredCut> applied_cut_;  // per layer
   EvalTiming timing_;
   ManyTiming many_timing_;

@@ -413,6 +413,49 @@ TEST_P(EvaluatorTest, EvaluateManyRacesOutOnlyCandidatesAboveTheThreshold) {
   }
 }
 
+// A second job's evaluator built from the first's shared preparation (preparation_cache.h), on
+// another copy of the same model and samples: the same bank object, the same calibration, and
+// bitwise the results of computing them itself (UNSTRUCTURED and STRUCTURED); a preparation of
+// the other granularity is refused.
+TEST_P(EvaluatorTest, ASharedPreparationGivesBitwiseTheSameResults) {
+  for (search::Granularity g :
+       {search::Granularity::kUnstructured, search::Granularity::kStructured}) {
+    SCOPED_TRACE(int(g));
+    const EvaluatorOptions opt{.method = GetParam(), .granularity = g, .batch_size = 4};
+    Problem first = MakeProblem(9, 5), second = MakeProblem(9, 5), alone = MakeProblem(9, 5);
+    auto a = CandidateEvaluator::Create(first.model.get(), first.samples, opt);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ModelMetrics dense;
+    dense.loss = 0.25;
+    absl::StatusOr<std::shared_ptr<const Preparation>> shared = (*a)->SharedPreparation(dense);
+    ASSERT_TRUE(shared.ok()) << shared.status();
+    EvaluatorOptions with = opt;
+    with.prepared = *shared;
+    auto b = CandidateEvaluator::Create(second.model.get(), second.samples, with);
+    ASSERT_TRUE(b.ok()) << b.status();
+    auto c = CandidateEvaluator::Create(alone.model.get(), alone.samples, opt);
+    ASSERT_TRUE(c.ok()) << c.status();
+    if (g == search::Granularity::kStructured) {
+      EXPECT_EQ(&(*b)->structured_bank(), &(*a)->structured_bank());
+    } else {
+      EXPECT_EQ(&(*b)->bank(), &(*a)->bank());
+    }
+    EXPECT_EQ((*b)->calibration().linears, (*a)->calibration().linears);
+    const auto cands = PrefixCandidates(6, g == search::Granularity::kStructured, 13);
+    auto rb = (*b)->EvaluateMany(cands);
+    auto rc = (*c)->EvaluateMany(cands);
+    ASSERT_TRUE(rb.ok() && rc.ok());
+    for (size_t i = 0; i < cands.size(); ++i) ExpectSameResult((*rb)[i], (*rc)[i], i);
+    // The other granularity's preparation does not fit.
+    EvaluatorOptions wrong = opt;
+    wrong.granularity = g == search::Granularity::kStructured ? search::Granularity::kUnstructured
+                                                              : search::Granularity::kStructured;
+    wrong.prepared = *shared;
+    Problem third = MakeProblem(9, 5);
+    EXPECT_FALSE(CandidateEvaluator::Create(third.model.get(), third.samples, wrong).ok());
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Methods, EvaluatorTest,
                          ::testing::Values(MaskMethod::kMagnitude, MaskMethod::kWanda),
                          [](const auto& info) { return std::string(MaskMethodName(info.param)); });

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/model/torch_guard.h"
@@ -47,12 +48,24 @@ absl::StatusOr<std::unique_ptr<PreparedJob>> PreparedJob::Prepare(const PrepareO
     RETURN_IF_ERROR(job->Load(ctx));
     RETURN_IF_ERROR(CheckBudget(job->spec(), *job->space_));
     RETURN_IF_ERROR(ctx.CheckStop());
+    const std::string key = job->PreparationKey();
+    std::shared_ptr<const Preparation> shared =
+        options.preparations != nullptr ? options.preparations->Find(key) : nullptr;
+    job->summary_.shared_preparation = shared != nullptr;
     ctx.Phase(JobPhase::kBaseline);
-    ASSIGN_OR_RETURN(job->summary_.dense_search,
-                     ScoreSampleSet(*job->bundle_, job->search_set_, options.batch_size));
+    if (shared != nullptr) {
+      job->summary_.dense_search = shared->dense_search;
+    } else {
+      ASSIGN_OR_RETURN(job->summary_.dense_search,
+                       ScoreSampleSet(*job->bundle_, job->search_set_, options.batch_size));
+    }
     RETURN_IF_ERROR(ctx.CheckStop());
     ctx.Phase(JobPhase::kCalibration);
-    RETURN_IF_ERROR(job->Calibrate(ctx));
+    RETURN_IF_ERROR(job->Calibrate(ctx, shared));
+    if (options.preparations != nullptr && shared == nullptr) {
+      ASSIGN_OR_RETURN(shared, job->evaluator_->SharedPreparation(job->summary_.dense_search));
+      options.preparations->Publish(key, std::move(shared));
+    }
     if (job->spec().strategy == search::Strategy::kOwl || job->spec().seed_with_owl) {
       RETURN_IF_ERROR(job->ComputeOwlOutliers());
     }
@@ -131,7 +144,21 @@ absl::Status PreparedJob::Load(StepContext& ctx) {
   return absl::OkStatus();
 }
 
-absl::Status PreparedJob::Calibrate(StepContext& ctx) {
+std::string PreparedJob::PreparationKey() const {
+  const JobSpec& spec = options_.spec;
+  // One field per line, named (preparation_cache.h says why each is there).
+  const std::string material = absl::StrCat(
+      "prunesvc preparation v1\n", options_.preparation_context, "\ndataset ",
+      summary_.dataset_sha256, "\nmask_method ", std::string(MaskMethodName(spec.mask_method)),
+      "\ngranularity ", int(spec.granularity), "\nnm ",
+      spec.granularity == search::Granularity::kNM ? absl::StrCat(spec.nm.n, ":", spec.nm.m) : "-",
+      "\ngram ", spec.final_mask_method == MaskMethod::kSparseGpt, "\nbatch ", options_.batch_size,
+      "\ncalibration_batch ", EvaluatorOptions().calibration_batch_size, "\nthreads ",
+      device_.threads, "\ndevice ", options_.device, "\n");
+  return Sha256Hex(material);
+}
+
+absl::Status PreparedJob::Calibrate(StepContext& ctx, std::shared_ptr<const Preparation> shared) {
   const JobSpec& spec = options_.spec;
   model::LlavaModel& m = *bundle_->model;
   ASSIGN_OR_RETURN(std::vector<EvalSample> eval_samples, ToEvalSamples(latency_batch_));
@@ -147,6 +174,7 @@ absl::Status PreparedJob::Calibrate(StepContext& ctx) {
   // SPARSEGPT's H = (2/N)·XᵀX at finalize.
   eopt.collect_gram = spec.final_mask_method == MaskMethod::kSparseGpt;
   if (spec.granularity == search::Granularity::kNM) eopt.nm = spec.nm;  // N:M orders
+  eopt.prepared = std::move(shared);
   ASSIGN_OR_RETURN(evaluator_, CandidateEvaluator::Create(&m, std::move(eval_samples), eopt));
   ProjectorTrainingOptions topt;
   topt.learning_rate = spec.projector_lr;

@@ -68,6 +68,11 @@ struct PrepareOptions {
   int threads = 0;                // torch intra-op threads; 0 = number of cores
   int batch_size = 16;            // samples per scoring forward
   int latency_batch = 8;          // search samples kept with pixels for Finalize's latency
+  // Preparation shared across jobs (preparation_cache.h); null = every job prepares alone. The
+  // context names what the key needs beyond what the job knows itself: the model's weights and
+  // side files (their SHA-256), the device's name and the build.
+  PreparationCache* preparations = nullptr;
+  std::string preparation_context;
 };
 
 // What Prepare learned that the caller (prune-local's strategies, the scheduler) needs.
@@ -81,6 +86,9 @@ struct PrepareSummary {
   int num_eval_samples = 0;  // 0 without an eval set
   std::string dataset_sha256, eval_dataset_sha256;
   int threads = 0;  // torch threads in effect
+  // The dense scores, vision features, calibration and bank came from another job's preparation
+  // (PrepareOptions::preparations), not computed here.
+  bool shared_preparation = false;
 };
 
 // What Finalize needs beyond the prepared state: the chosen ratios, the projector, and what the
@@ -200,7 +208,10 @@ class PreparedJob {
  private:
   explicit PreparedJob(PrepareOptions options) : options_(std::move(options)) {}
   absl::Status Load(StepContext& ctx);
-  absl::Status Calibrate(StepContext& ctx);
+  // The evaluator, from `shared` (another job's preparation) when given.
+  absl::Status Calibrate(StepContext& ctx, std::shared_ptr<const Preparation> shared);
+  // This job's key in PrepareOptions::preparations (after Load: it names the samples' content).
+  std::string PreparationKey() const;
   absl::Status ComputeOwlOutliers();
   absl::Status CheckUsable() const;
 
