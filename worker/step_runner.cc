@@ -477,6 +477,7 @@ absl::StatusOr<prune::PrepareOptions> StepRunner::ResolvePrepareOptions(const pb
   if (!ExecutableSha256().empty()) {  // without a build identity nothing is shared
     ASSIGN_OR_RETURN(auto model_hash, prune::ModelSha256(o.model_dir));
     ASSIGN_OR_RETURN(std::string side_files, prune::ModelSideFilesSha256(o.model_dir));
+    o.model_sha256 = model_hash.first;  // Prepare's response reuses it: hashed once per job
     o.preparations = &preparations_;
     o.preparation_context =
         absl::StrCat("model_weights ", model_hash.first, "\nmodel_side_files ", side_files,
@@ -547,8 +548,12 @@ absl::StatusOr<pb::PrepareResponse> StepRunner::Prepare(const pb::PrepareRequest
     dense->set_omega(1);
     dense->set_flops_ratio(1);
     resp.set_num_samples(s.num_samples);
-    ASSIGN_OR_RETURN(auto model_hash, prune::ModelSha256(job->options().model_dir));
-    resp.set_model_sha256(model_hash.first);
+    std::string model_sha256 = job->options().model_sha256;
+    if (model_sha256.empty()) {
+      ASSIGN_OR_RETURN(auto model_hash, prune::ModelSha256(job->options().model_dir));
+      model_sha256 = model_hash.first;
+    }
+    resp.set_model_sha256(model_sha256);
     resp.set_dataset_sha256(s.dataset_sha256);
     DimsToProto(s.dims, s.heads, resp.mutable_flops_dims());
     resp.mutable_token_stats()->set_mean_tokens(s.token_stats.mean_tokens);
@@ -558,7 +563,7 @@ absl::StatusOr<pb::PrepareResponse> StepRunner::Prepare(const pb::PrepareRequest
     resp.set_cache_hit(hit);
     resp.set_shared_preparation(s.shared_preparation);
     resp.set_scoring_batch_size(options_.batch_size);
-    ASSIGN_OR_RETURN(std::string key, EvaluationKey(*job, model_hash.first));
+    ASSIGN_OR_RETURN(std::string key, EvaluationKey(*job, model_sha256));
     resp.set_evaluation_key(key);
     return resp;
   };

@@ -73,6 +73,7 @@ struct PrepareOptions {
   // side files (their SHA-256), the device's name and the build.
   PreparationCache* preparations = nullptr;
   std::string preparation_context;
+  std::string model_sha256;  // of model_dir's weights when the caller computed it ("" = unknown)
 };
 
 // What Prepare learned that the caller (prune-local's strategies, the scheduler) needs.
