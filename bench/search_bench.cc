@@ -54,6 +54,27 @@ double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// Token rows of the samples (each one's expanded length less the last token) and the rows their
+// forwards run in batches of `batch`, every sample padded to its batch's longest.
+struct TokenRows {
+  int64_t real = 0, padded = 0;
+};
+TokenRows RowsInBatches(prune::CandidateEvaluator& ev, int batch) {
+  const int n = int(ev.scoring_samples().size());
+  TokenRows r;
+  for (int s = 0; s < n; s += batch) {
+    int64_t mx = 0;
+    const int e = std::min(n, s + batch);
+    for (int i = s; i < e; ++i) {
+      const int64_t len = ev.model().ExpandedLength(ev.scoring_samples()[i].token_ids) - 1;
+      r.real += len;
+      mx = std::max(mx, len);
+    }
+    r.padded += mx * (e - s);
+  }
+  return r;
+}
+
 // What the evaluator spent in one search.
 struct Counts {
   double seconds = 0, layer_seconds = 0, scoring_seconds = 0;
@@ -190,6 +211,7 @@ int main(int argc, char** argv) {
     other.spec.flops_budget = std::min(0.9, opt.spec.flops_budget + 0.1);
     t_prepare = Clock::now();
     auto second = prune::PreparedJob::Prepare(other, ctx);
+    const double prepare_shared = Since(t_prepare);
     if (!second.ok() || !(*second)->summary().shared_preparation) {
       std::fprintf(stderr, "search-bench: the second job did not share the preparation\n");
       return 1;
@@ -197,7 +219,7 @@ int main(int argc, char** argv) {
     prepare_line = absl::StrFormat(
         "prepare: %.2f s alone, %.2f s for a second job of the same inputs from the shared "
         "preparation (%.2f)",
-        prepare_alone, Since(t_prepare), Since(t_prepare) / prepare_alone);
+        prepare_alone, prepare_shared, prepare_shared / prepare_alone);
   }
   prune::CandidateEvaluator& ev = (*job)->candidate_evaluator();
   const int n = int(ev.scoring_samples().size());
@@ -271,18 +293,9 @@ int main(int argc, char** argv) {
         measured[gram] = std::min(measured[gram], Since(t0) / n);
       }
     }
-    int64_t padded = 0;  // the rows Calibrate's batches run, padding included
-    for (int s = 0; s < n; s += cb) {
-      int64_t mx = 0;
-      const int e = std::min(n, s + cb);
-      for (int i = s; i < e; ++i) {
-        mx = std::max(mx, ev.model().ExpandedLength(ev.scoring_samples()[i].token_ids) - 1);
-      }
-      padded += mx * (e - s);
-    }
     const auto& t = ev.model().config().text;
     const prunesvc::bench::CalibrationShape shape{
-        .rows = padded / n,
+        .rows = RowsInBatches(ev, cb).padded / n,  // the rows Calibrate's batches run
         .hidden = t.hidden_size,
         .q_width = int64_t(t.num_attention_heads) * t.head_dim,
         .kv_width = int64_t(t.num_key_value_heads) * t.head_dim,
@@ -351,20 +364,10 @@ int main(int argc, char** argv) {
   std::printf("%s\n", calibration_line.c_str());
   std::printf("%s\n", prepare_line.c_str());
   {  // Padding: token rows the batches run vs the samples' own.
-    const int bs = ev.options().batch_size;
-    int64_t real = 0, padded = 0;
-    for (int s = 0; s < n; s += bs) {
-      int64_t mx = 0;
-      const int e = std::min(n, s + bs);
-      for (int i = s; i < e; ++i) {
-        const int64_t len = ev.model().ExpandedLength(ev.scoring_samples()[i].token_ids) - 1;
-        real += len;
-        mx = std::max(mx, len);
-      }
-      padded += mx * (e - s);
-    }
-    std::printf("token rows %lld, padded to %lld (%.0f %% padding)\n", (long long)real,
-                (long long)padded, 100.0 * double(padded - real) / double(padded));
+    const TokenRows rows = RowsInBatches(ev, ev.options().batch_size);
+    std::printf("token rows %lld, padded to %lld (%.0f %% padding)\n", (long long)rows.real,
+                (long long)rows.padded,
+                100.0 * double(rows.padded - rows.real) / double(rows.padded));
   }
   for (const Run& r : runs) {
     const Counts& t = r.counts;

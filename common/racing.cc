@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "common/estimators.h"
 
 namespace prunesvc::search {
 
@@ -22,18 +26,15 @@ double PairedTermLowerBound(std::span<const double> scored, std::span<const doub
                             int num_samples) {
   const size_t k = scored.size();
   if (k < 2 || num_samples < 2 || reference.size() < k) return 0;
-  double mean = 0;
-  for (size_t i = 0; i < k; ++i) mean += scored[i] - reference[i];
-  mean /= double(k);
-  double ss = 0;
-  for (size_t i = 0; i < k; ++i) {
-    const double e = (scored[i] - reference[i]) - mean;
-    ss += e * e;
-  }
+  std::vector<int> prefix(k);
+  std::iota(prefix.begin(), prefix.end(), 0);
+  // The prefix's own paired SE, √(SS_k/(k−1))/√k, rescaled to the whole set's √(SS_k/(n−1))/√n.
+  const double se_k = PairedStandardErrorOver(scored, reference, prefix);
   const double n = num_samples;
+  const double b_k = se_k * std::sqrt(double(k) * double(k - 1) / (n * (n - 1)));
   // The margin keeps the bound under the search's own rounding of SE_D (its sums run in another
   // order), so a cut candidate's computed fitness is above the threshold too.
-  const double b = std::sqrt(ss / (n - 1)) / std::sqrt(n) * (1 - 1e-9) - 1e-12;
+  const double b = b_k * (1 - 1e-9) - 1e-12;
   return b > 0 ? b : 0;
 }
 

@@ -259,6 +259,18 @@ pb::StepHeader Header(const std::string& step) {
   return h;
 }
 
+// Prepare of `spec` as job `job_id` on `w`; the call's status.
+grpc::Status PrepareAs(Worker& w, const std::string& job_id, const JobSpec& spec,
+                       pb::PrepareResponse* resp) {
+  pb::PrepareRequest req;
+  *req.mutable_header() = Header("prepare-" + job_id);
+  req.mutable_header()->set_job_id(job_id);
+  *req.mutable_spec() = JobSpecToProto(spec);
+  grpc::ClientContext ctx;
+  SetContext(ctx);
+  return w.stub->Prepare(&ctx, req, resp);
+}
+
 pb::StepError ErrorOf(const grpc::Status& s) {
   pb::StepError e;
   e.ParseFromString(s.error_details());
@@ -530,14 +542,8 @@ TEST(WorkerStepsTest, EvaluationKeyNamesWhatDecidesAPolicysScores) {
   ASSERT_NE(w.stub, nullptr);
   int step = 0;
   auto key_of = [&](const JobSpec& spec) -> std::string {
-    pb::PrepareRequest req;
-    *req.mutable_header() = Header(absl::StrCat("evalkey-", ++step));
-    req.mutable_header()->set_job_id(absl::StrCat("job-evalkey-", step));
-    *req.mutable_spec() = JobSpecToProto(spec);
     pb::PrepareResponse resp;
-    grpc::ClientContext ctx;
-    SetContext(ctx);
-    const grpc::Status s = w.stub->Prepare(&ctx, req, &resp);
+    const grpc::Status s = PrepareAs(w, absl::StrCat("job-evalkey-", ++step), spec, &resp);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return resp.evaluation_key();
   };
@@ -820,14 +826,8 @@ TEST(WorkerStepsTest, JobsWithTheSameInputsShareTheirPreparation) {
              : std::vector<std::string>{"--kept-preparations=0", "--max-prepared-jobs=1"});
     ASSERT_NE(w.stub, nullptr);
     auto prepare = [&](const std::string& job, const JobSpec& spec) -> pb::PrepareResponse {
-      pb::PrepareRequest req;
-      *req.mutable_header() = Header("prepare-" + job);
-      req.mutable_header()->set_job_id(job);
-      *req.mutable_spec() = JobSpecToProto(spec);
       pb::PrepareResponse resp;
-      grpc::ClientContext ctx;
-      SetContext(ctx);
-      const grpc::Status s = w.stub->Prepare(&ctx, req, &resp);
+      const grpc::Status s = PrepareAs(w, job, spec, &resp);
       EXPECT_TRUE(s.ok()) << s.error_message();
       return resp;
     };
