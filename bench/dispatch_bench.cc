@@ -17,6 +17,10 @@
 //  latency/step  the scheduler's mean prunesvc_step_seconds{step="evaluate"} minus the simulated
 //                cost of the mean step: what the scheduler and the RPC add to each step;
 //  efficiency    (simulated work / W) / that span: 1.0 = every worker busy all the time.
+//  sched µs/disp the scheduler process's CPU time (user + system, /proc) over the round — job
+//                submissions, Prepare steps and commits included — per dispatch: on this machine
+//                the scheduler shares 2 cores with the W fake workers, so this, not the rate, says
+//                what one scheduler core could sustain with its workers elsewhere (1 / it).
 //
 // Under each row: how many policies the evaluation cache across jobs answered
 // (prunesvc_evaluation_cache_total; jobs differ in their seeds, so they meet some of the same
@@ -29,6 +33,8 @@
 // Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
 //                       [--cost-ms=0] [--samples=64] [--trace=false] [--budgets=0.5]
 //                       [--resubmit=false] [--evaluation-cache=true|false]
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -230,6 +236,27 @@ std::string TraceText(std::vector<std::pair<Clock::time_point, Clock::time_point
   return out;
 }
 
+// CPU seconds (user + system) the process `pid` has used so far; -1 when /proc cannot say.
+double ProcessCpuSeconds(pid_t pid) {
+  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
+  if (f == nullptr) return -1;
+  char buf[4096];
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // Fields after the command (which may hold spaces) start past its closing parenthesis; utime
+  // and stime are fields 14 and 15 of the line, the 12th and 13th after the parenthesis.
+  const char* p = std::strrchr(buf, ')');
+  if (p == nullptr) return -1;
+  std::vector<std::string> fields = absl::StrSplit(p + 1, ' ', absl::SkipEmpty());
+  double utime = 0, stime = 0;
+  if (fields.size() < 13 || !absl::SimpleAtod(fields[11], &utime) ||
+      !absl::SimpleAtod(fields[12], &stime)) {
+    return -1;
+  }
+  return (utime + stime) / double(sysconf(_SC_CLK_TCK));
+}
+
 std::string Flag(int argc, char** argv, const char* name, const char* def) {
   const std::string p = std::string("--") + name + "=";
   for (int i = 1; i < argc; ++i) {
@@ -290,8 +317,9 @@ int Main(int argc, char** argv) {
   std::printf(
       "jobs %d x population %d x %d generations, %d samples, step cost %.1f ms per policy\n", jobs,
       population, generations, samples, cost_ms);
-  std::printf("%-8s %-11s %-13s %-11s %-15s %-11s %s\n", "workers", "dispatches", "dispatches/s",
-              "policies/s", "latency/step ms", "efficiency", "span s");
+  std::printf("%-8s %-11s %-13s %-11s %-15s %-11s %-7s %s\n", "workers", "dispatches",
+              "dispatches/s", "policies/s", "latency/step ms", "efficiency", "span s",
+              "sched µs/disp");
   for (int w : worker_counts) {
     testing::ServiceOptions so;
     so.workers = 0;
@@ -368,6 +396,8 @@ int Main(int argc, char** argv) {
                                            absl::StrCat("prunesvc_evaluation_cache_total{result=\"",
                                                         result, "\"}")));
     };
+    const pid_t scheduler = svc.process->pid();
+    double cpu_before = ProcessCpuSeconds(scheduler);
     shared.Reset();
     absl::StatusOr<bool> ran = run_jobs();
     if (!ran.ok()) {
@@ -388,15 +418,22 @@ int Main(int argc, char** argv) {
           count_before;
       sum_before += sum;
       count_before += count;
+      const double cpu_now = ProcessCpuSeconds(scheduler);
+      const double cpu = cpu_before >= 0 && cpu_now >= 0 ? cpu_now - cpu_before : -1;
+      cpu_before = cpu_now;
       absl::MutexLock l(&shared.mu);
       const double span = std::chrono::duration<double>(shared.last - shared.first).count();
       const double mean_step = count > 0 ? sum / count : 0;
       const double mean_cost = shared.dispatches > 0 ? shared.work_seconds / shared.dispatches : 0;
-      std::string row = absl::StrFormat(
-          "%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %.2f%s", w, (long long)shared.dispatches,
-          double(shared.dispatches) / span, double(shared.policies) / span,
-          (mean_step - mean_cost) * 1e3, shared.work_seconds / w / span, span,
-          done ? "" : "  (jobs did not finish)");
+      const std::string cpu_per_dispatch =
+          cpu >= 0 && shared.dispatches > 0 ? absl::StrFormat("%.0f", cpu / shared.dispatches * 1e6)
+                                            : "?";
+      std::string row =
+          absl::StrFormat("%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %-7.2f %s%s", w,
+                          (long long)shared.dispatches, double(shared.dispatches) / span,
+                          double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
+                          shared.work_seconds / w / span, span, cpu_per_dispatch,
+                          done ? "" : "  (jobs did not finish)");
       if (shared.trace) row += "\n" + TraceText(shared.spans, shared.first);
       return row;
     };

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -54,41 +55,60 @@ absl::StatusOr<pb::EvaluatePoliciesRequest> ChunkRequest(SearchDriver& driver,
   return req;
 }
 
-// One chunk on one lease: one SliceResult per policy of the chunk into `out`, in request order
+// Collects one chunk's streamed results: one SliceResult per policy into `out`, in request order
 // (the worker streams them in any order, each with its index).
+class ChunkResults {
+ public:
+  ChunkResults(std::string worker_id, size_t want, std::vector<SliceResult>& out)
+      : worker_id_(std::move(worker_id)), want_(want), seen_(want, false), out_(out) {
+    out_.assign(want, SliceResult{});
+  }
+
+  void Add(const pb::EvaluatePoliciesResponse& r) {
+    if (r.index() < 0 || size_t(r.index()) >= want_ || seen_[r.index()]) {
+      order_ = absl::InternalError(absl::StrCat("worker ", worker_id_, " sent result ", r.index(),
+                                                " twice or outside the ", want_,
+                                                " policies of the request"));
+      return;
+    }
+    seen_[r.index()] = true;
+    ++got_;
+    out_[r.index()] = SliceResult{.result = EvalResultFromProto(r.evaluation()),
+                                  .num_correct = r.num_correct(),
+                                  .num_multiple_choice = r.num_multiple_choice()};
+    FaultPoint("scheduler.evaluate");  // a batch is half answered
+  }
+
+  // The chunk's status once the call ended with `call`.
+  absl::Status Finish(const absl::Status& call) const {
+    RETURN_IF_ERROR(call);
+    RETURN_IF_ERROR(order_);
+    if (got_ != want_) {
+      return WithRetryable(absl::UnavailableError(absl::StrCat("worker ", worker_id_, " returned ",
+                                                               got_, " of ", want_, " results")),
+                           true);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string worker_id_;
+  const size_t want_;
+  std::vector<bool> seen_;
+  size_t got_ = 0;
+  absl::Status order_ = absl::OkStatus();
+  std::vector<SliceResult>& out_;
+};
+
+// One chunk on one lease, waiting for it (a retry).
 absl::Status RunChunk(SearchDriver& driver, pb::EvaluatePoliciesRequest req,
                       const WorkerLease& lease, StepCancel* cancel, std::vector<SliceResult>& out) {
   req.mutable_header()->set_step_id(driver.NextStepId("evaluate"));
-  const size_t want = size_t(req.policies_size());
-  out.assign(want, SliceResult{});
-  std::vector<bool> seen(want, false);
-  size_t got = 0;
-  absl::Status order = absl::OkStatus();
-  absl::Status s = lease.client->EvaluatePolicies(
+  ChunkResults results(lease.worker_id, size_t(req.policies_size()), out);
+  const absl::Status s = lease.client->EvaluatePolicies(
       req, driver.dispatcher()->options().evaluate_deadline, cancel,
-      [&](const pb::EvaluatePoliciesResponse& r) {
-        if (r.index() < 0 || size_t(r.index()) >= want || seen[r.index()]) {
-          order = absl::InternalError(absl::StrCat("worker ", lease.worker_id, " sent result ",
-                                                   r.index(), " twice or outside the ", want,
-                                                   " policies of the request"));
-          return;
-        }
-        seen[r.index()] = true;
-        ++got;
-        out[r.index()] = SliceResult{.result = EvalResultFromProto(r.evaluation()),
-                                     .num_correct = r.num_correct(),
-                                     .num_multiple_choice = r.num_multiple_choice()};
-        FaultPoint("scheduler.evaluate");  // a batch is half answered
-      });
-  RETURN_IF_ERROR(s);
-  RETURN_IF_ERROR(order);
-  if (got != want) {
-    return WithRetryable(
-        absl::UnavailableError(
-            absl::StrCat("worker ", lease.worker_id, " returned ", got, " of ", want, " results")),
-        true);
-  }
-  return absl::OkStatus();
+      [&](const pb::EvaluatePoliciesResponse& r) { results.Add(r); });
+  return results.Finish(s);
 }
 
 }  // namespace
@@ -218,15 +238,15 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Dispatch(
   const size_t k = chunks.size();
   std::vector<std::vector<SliceResult>> parts(k);
   std::vector<absl::Status> results(k);
+  std::vector<std::unique_ptr<ChunkResults>> collected(k);
   absl::BlockingCounter running{static_cast<int>(k)};
+  // Every chunk's call is started from this thread (no thread per call); each ends on a transport
+  // thread, which records it and hands its worker back.
   for (size_t c = 0; c < k; ++c) {
-    d.step_threads().Run([&, c] {
-      StepCancel* cancel = driver_->NewCancel();
-      absl::StatusOr<pb::EvaluatePoliciesRequest> req =
-          ChunkRequest(*driver_, *space_, policies, chunks[c], version, race);
-      const auto t0 = std::chrono::steady_clock::now();
-      results[c] = req.ok() ? RunChunk(*driver_, *std::move(req), leases[c], cancel, parts[c])
-                            : req.status();
+    StepCancel* cancel = driver_->NewCancel();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto done = [&, c, cancel, t0](absl::Status s) {
+      results[c] = collected[c] != nullptr ? collected[c]->Finish(s) : s;
       driver_->RecordStep(
           "evaluate", results[c],
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -234,7 +254,20 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Dispatch(
       d.NoteAffinity(driver_->job_id(), leases[c].worker_id);
       d.Release(leases[c], IsRetryable(results[c]));
       running.DecrementCount();
-    });
+    };
+    absl::StatusOr<pb::EvaluatePoliciesRequest> req =
+        ChunkRequest(*driver_, *space_, policies, chunks[c], version, race);
+    if (!req.ok()) {
+      done(req.status());
+      continue;
+    }
+    req->mutable_header()->set_step_id(driver_->NextStepId("evaluate"));
+    collected[c] =
+        std::make_unique<ChunkResults>(leases[c].worker_id, size_t(req->policies_size()), parts[c]);
+    leases[c].client->StartEvaluatePolicies(
+        *req, d.options().evaluate_deadline, cancel,
+        [r = collected[c].get()](const pb::EvaluatePoliciesResponse& resp) { r->Add(resp); },
+        std::move(done), d.step_threads());
   }
   running.Wait();
   // A chunk lost with its worker runs again elsewhere (retries with backoff).

@@ -33,18 +33,73 @@ absl::Status Classify(const grpc::Status& g) {
   return WithRetryable(s, transport);
 }
 
+absl::Status Cancelled() { return WithRetryable(absl::CancelledError("cancelled"), false); }
+
 // Runs one call with a context that `cancel` can reach.
 template <typename Call>
 absl::Status WithContext(absl::Duration deadline, StepCancel* cancel, Call call) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline));
   if (cancel != nullptr && !cancel->Attach(&ctx)) {
-    return WithRetryable(absl::CancelledError("cancelled"), false);
+    return Cancelled();
   }
   grpc::Status g = call(ctx);
   if (cancel != nullptr) cancel->Detach();
   return Classify(g);
 }
+
+// One EvaluatePolicies call on gRPC's callback API: reads the stream into `on_result`, reports the
+// status to `on_done` and deletes itself (OnDone is the reactor's last callback).
+class EvaluateCall : public grpc::ClientReadReactor<pb::EvaluatePoliciesResponse> {
+ public:
+  static void Start(pb::PruningWorker::Stub* stub, const pb::EvaluatePoliciesRequest& req,
+                    absl::Duration deadline, StepCancel* cancel,
+                    std::function<void(const pb::EvaluatePoliciesResponse&)> on_result,
+                    std::function<void(absl::Status)> on_done) {
+    auto* call = new EvaluateCall(req, cancel, std::move(on_result), std::move(on_done));
+    call->ctx_.set_deadline(std::chrono::system_clock::now() +
+                            absl::ToChronoMilliseconds(deadline));
+    if (cancel != nullptr && !cancel->Attach(&call->ctx_)) {
+      std::function<void(absl::Status)> done = std::move(call->on_done_);
+      delete call;
+      done(Cancelled());
+      return;
+    }
+    stub->async()->EvaluatePolicies(&call->ctx_, &call->req_, call);
+    call->StartRead(&call->resp_);
+    call->StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended: OnDone follows
+    on_result_(resp_);
+    StartRead(&resp_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    if (cancel_ != nullptr) cancel_->Detach();
+    std::function<void(absl::Status)> done = std::move(on_done_);
+    const absl::Status s = Classify(status);
+    delete this;
+    done(s);
+  }
+
+ private:
+  EvaluateCall(const pb::EvaluatePoliciesRequest& req, StepCancel* cancel,
+               std::function<void(const pb::EvaluatePoliciesResponse&)> on_result,
+               std::function<void(absl::Status)> on_done)
+      : req_(req),
+        cancel_(cancel),
+        on_result_(std::move(on_result)),
+        on_done_(std::move(on_done)) {}
+
+  grpc::ClientContext ctx_;
+  const pb::EvaluatePoliciesRequest req_;
+  StepCancel* const cancel_;
+  pb::EvaluatePoliciesResponse resp_;
+  const std::function<void(const pb::EvaluatePoliciesResponse&)> on_result_;
+  std::function<void(absl::Status)> on_done_;
+};
 
 class GrpcWorkerClient : public WorkerClient {
  public:
@@ -87,6 +142,16 @@ class GrpcWorkerClient : public WorkerClient {
       while (reader->Read(&r)) on_result(r);
       return reader->Finish();
     });
+  }
+
+  void StartEvaluatePolicies(const pb::EvaluatePoliciesRequest& req, absl::Duration deadline,
+                             StepCancel* cancel,
+                             std::function<void(const pb::EvaluatePoliciesResponse&)> on_result,
+                             std::function<void(absl::Status)> on_done,
+                             ThreadCache& blocking_threads) override {
+    (void)blocking_threads;
+    EvaluateCall::Start(stub_.get(), req, deadline, cancel, std::move(on_result),
+                        std::move(on_done));
   }
 
   absl::StatusOr<pb::TrainProjectorResponse> TrainProjector(const pb::TrainProjectorRequest& req,

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/thread_cache.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
 #include "prune/v1/worker.pb.h"
@@ -57,6 +58,22 @@ class WorkerClient {
   virtual absl::Status EvaluatePolicies(
       const ::prune::v1::EvaluatePoliciesRequest& req, absl::Duration deadline, StepCancel* cancel,
       const std::function<void(const ::prune::v1::EvaluatePoliciesResponse&)>& on_result) = 0;
+  // The same call, started without waiting for it: `on_result` gets each result as it arrives,
+  // then `on_done` the call's status, once. `req` is copied. A scheduler fans a generation out to
+  // its workers from one thread this way, with no thread per call (issue 20, figure 5). The
+  // callbacks run on a transport thread and must not block; nothing runs after `on_done` returns.
+  // This default runs EvaluatePolicies on a thread of `blocking_threads` (transports without an
+  // asynchronous API: the tests' fakes); the gRPC client issues the call from the caller's thread
+  // and is called back by gRPC.
+  virtual void StartEvaluatePolicies(
+      const ::prune::v1::EvaluatePoliciesRequest& req, absl::Duration deadline, StepCancel* cancel,
+      std::function<void(const ::prune::v1::EvaluatePoliciesResponse&)> on_result,
+      std::function<void(absl::Status)> on_done, ThreadCache& blocking_threads) {
+    blocking_threads.Run([this, req, deadline, cancel, on_result = std::move(on_result),
+                          on_done = std::move(on_done)] {
+      on_done(EvaluatePolicies(req, deadline, cancel, on_result));
+    });
+  }
   virtual absl::StatusOr<::prune::v1::TrainProjectorResponse> TrainProjector(
       const ::prune::v1::TrainProjectorRequest& req, absl::Duration deadline,
       StepCancel* cancel) = 0;
