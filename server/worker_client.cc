@@ -116,9 +116,11 @@ class GrpcWorkerClient : public WorkerClient {
   static std::shared_ptr<grpc::Channel> Dial(
       const std::string& address, const std::shared_ptr<grpc::ChannelCredentials>& credentials,
       const std::string& identity) {
-    if (identity.empty()) return grpc::CreateChannel(address, credentials);
     grpc::ChannelArguments args;
-    args.SetSslTargetNameOverride(identity);
+    if (!identity.empty()) args.SetSslTargetNameOverride(identity);
+    // The dispatcher retries a failed step on another worker itself; gRPC's own retries would only
+    // buffer every request for a replay that never comes.
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
     return grpc::CreateCustomChannel(address, credentials, args);
   }
 
