@@ -47,8 +47,8 @@ def load(path):
     return top, s
 
 
-def paired_bound_term(d):
-    """b_k: sqrt(SS_k/(n-1))/sqrt(n) needs n; returns SS_k of the differences d."""
+def sum_of_squares(d):
+    """SS_k: the differences' sum of squares about their own mean (racing.h's b_k uses it)."""
     k = len(d)
     if k < 2:
         return 0.0
@@ -65,7 +65,7 @@ def cut_at(losses, ref, order, n, batch, eta, tau):
         diffs.append(losses[i] - ref[i])
         k = j + 1
         if k % batch == 0 and k < n:
-            b = math.sqrt(paired_bound_term(diffs) / (n - 1)) / math.sqrt(n)
+            b = math.sqrt(sum_of_squares(diffs) / (n - 1)) / math.sqrt(n)
             if s / n + eta * b > tau:
                 return k
     return n
@@ -84,7 +84,7 @@ def main():
     _, raced = load(a.raced)
     thresholds = [h.get("race_threshold") for h in raced["history"]]
     counts = [h.get("evaluations", 0) for h in s["history"]]
-    if [h.get("evaluations", 0) for h in raced["history"]] and len(thresholds) != len(counts):
+    if len(thresholds) != len(counts):
         fail("the two states have different numbers of generations: not the same search")
     cache = {}
     for e in s["cache"]:
