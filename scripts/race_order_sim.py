@@ -15,7 +15,10 @@ one with --race=false (every candidate's whole-set losses) and one with racing o
 each generation's race threshold, in its history). Only the default PAIRED fitness is replayed.
 
   /usr/bin/python3 scripts/race_order_sim.py EXHAUSTIVE.search-state.json RACED.search-state.json \
-      [--batch 16] [--eta 1]
+      [--batch 16] [--eta 1] [--order-from HASH ...]
+
+--order-from adds a row per named candidate (its policy hash, as in the state): the samples ordered
+by that candidate's losses, descending — what a fixed probe policy scored at Prepare would give.
 
 Prints the fraction of samples scored in each order, over the candidates a race could cut (the
 first generation's first `parents` candidates are always scored whole), and how many are cut.
@@ -77,6 +80,8 @@ def main():
     p.add_argument("raced")
     p.add_argument("--batch", type=int, default=16, help="scoring batch (the race's checkpoints)")
     p.add_argument("--eta", type=float, default=1.0, help="PAIRED's eta")
+    p.add_argument("--order-from", nargs="*", default=[], metavar="HASH",
+                   help="also order by these candidates' losses (hardest first)")
     a = p.parse_args()
     if a.batch < 1:
         fail("--batch must be >= 1")
@@ -100,10 +105,18 @@ def main():
         generation_of += [g] * c
     if len(generation_of) != len(evaluated):
         fail("history's evaluation counts do not add up to the evaluated list")
-    index_order = list(range(n))
-    hardest_first = sorted(range(n), key=lambda i: (-ref[i], i))
-    scored = {"index": 0, "hardest": 0}
-    cut = {"index": 0, "hardest": 0}
+    def hardest_first_by(losses):
+        return sorted(range(n), key=lambda i: (-losses[i], i))
+
+    orders = [("index", "sample index order (today)", list(range(n))),
+              ("hardest", "reference's losses descending", hardest_first_by(ref))]
+    for h in a.order_from:
+        probe = cache.get((h, 0))
+        if probe is None or len(probe.get("sample_losses", [])) != n:
+            fail(f"--order-from {h}: no whole-set losses of that candidate in {a.exhaustive}")
+        orders.append((h, f"candidate {h}'s losses descending", hardest_first_by(probe["sample_losses"])))
+    scored = {name: 0 for name, _, _ in orders}
+    cut = {name: 0 for name, _, _ in orders}
     candidates = 0
     for i, e in enumerate(evaluated):
         g = generation_of[i]
@@ -114,15 +127,14 @@ def main():
         if r is None or len(r.get("sample_losses", [])) != n or "samples_scored" in r:
             fail(f"candidate {e['hash']}: no whole-set losses (is the first state --race=false?)")
         candidates += 1
-        for name, order in (("index", index_order), ("hardest", hardest_first)):
+        for name, _, order in orders:
             k = cut_at(r["sample_losses"], ref, order, n, a.batch, a.eta, tau)
             scored[name] += k
             cut[name] += k < n
     if candidates == 0:
         fail("no candidate a race could cut")
     print(f"candidates a race could cut: {candidates} (n = {n}, batch {a.batch}, eta {a.eta})")
-    for name, label in (("index", "sample index order (today)"),
-                        ("hardest", "reference's losses descending")):
+    for name, label, _ in orders:
         print(f"  {label:32s} samples scored {scored[name] / (candidates * n):.3f}, "
               f"cut {cut[name]}")
 

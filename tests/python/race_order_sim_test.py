@@ -67,6 +67,14 @@ class RaceOrderSimTest(unittest.TestCase):
         r = self.run_sim(self.exhaustive, self.raced, "--batch", "2", "--eta", "0")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("samples scored 0.833, cut 1", r.stdout.splitlines()[2])
+        # Ordered by c1's losses [0, 0, 2, 4]: the same order as the reference's (3, 2, 0, 1),
+        # so the same row; by c2's (all equal: index order on ties), today's row.
+        r = self.run_sim(self.exhaustive, self.raced, "--batch", "2", "--order-from", "c1", "c2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertIn("candidate c1's losses descending", lines[3])
+        self.assertIn("samples scored 0.667, cut 2", lines[3])
+        self.assertIn("samples scored 1.000, cut 0", lines[4])
 
     def test_malformed_inputs_exit_2_and_say_why(self):
         cases = {
@@ -80,6 +88,7 @@ class RaceOrderSimTest(unittest.TestCase):
                 "evaluated": [], "search": {"cache": [], "config": {}, "history": [
                     {"evaluations": 4, "race_threshold": 1.0}]}})], "different numbers"),
             "bad batch": ([self.exhaustive, self.raced, "--batch", "0"], "--batch"),
+            "unknown probe": ([self.exhaustive, self.raced, "--order-from", "zz"], "--order-from zz"),
         }
         for name, (args, message) in cases.items():
             with self.subTest(name):
