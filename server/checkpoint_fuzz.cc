@@ -54,9 +54,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Check(back.ok(), "an accepted checkpoint, written again, does not parse");
   Check(prunesvc::server::SearchCheckpointToJson(*back) == written,
         "an accepted checkpoint, written again, reads back differently");
-  const prunesvc::server::CheckpointDelta delta =
-      prunesvc::server::CheckpointLog().Delta(checkpoint->state, checkpoint->projector_blobs,
-                                              checkpoint->evaluated, checkpoint->evaluations);
+  const prunesvc::server::CheckpointDelta delta = prunesvc::server::CheckpointLog().Delta(
+      checkpoint->state, checkpoint->projector_blobs, checkpoint->evaluated,
+      checkpoint->evaluations, checkpoint->sample_order);
   auto logged = prunesvc::server::ParseSearchCheckpoint(delta.head, delta.records);
   Check(logged.ok(), "an accepted checkpoint, written as head and log, does not parse");
   Check(prunesvc::server::SearchCheckpointToJson(*logged) == written,

@@ -17,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "common/evolution.h"
 #include "common/job_spec.h"
@@ -91,7 +92,10 @@ struct Cluster {
   std::function<bool()> shared;
   std::map<std::string, int> in_flight ABSL_GUARDED_BY(mu);
   std::map<std::string, int> max_in_flight_shared ABSL_GUARDED_BY(mu);
-  std::string evaluation_key;  // PrepareResponse.evaluation_key (empty: no cache across jobs)
+  std::string evaluation_key;      // PrepareResponse.evaluation_key (empty: no cache across jobs)
+  std::vector<int> prepare_order;  // PrepareResponse.sample_order
+  // The sample_order of every EvaluatePolicies request, joined ("" when the request had none).
+  std::set<std::string> evaluate_orders ABSL_GUARDED_BY(mu);
 };
 
 class FakeClient : public WorkerClient {
@@ -135,6 +139,7 @@ class FakeClient : public WorkerClient {
     r.mutable_token_stats()->set_mean_answer_tokens(kStats.mean_answer_tokens);
     r.set_num_samples(16);
     r.set_evaluation_key(c_->evaluation_key);
+    r.mutable_sample_order()->Assign(c_->prepare_order.begin(), c_->prepare_order.end());
     for (int l = 0; l < 4; ++l) r.add_owl_outlier_ratios(0.01 * (l + 1));
     return r;
   }
@@ -147,6 +152,7 @@ class FakeClient : public WorkerClient {
     {
       const bool shared = c_->shared && c_->shared();
       absl::MutexLock lock(&c_->mu);
+      c_->evaluate_orders.insert(absl::StrJoin(req.sample_order(), ","));
       int& fails = c_->fail_evaluate[address_];
       if (fails > 0) {
         --fails;
@@ -727,6 +733,12 @@ TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
   c.projector_blobs = {{1, "sha256:aa"}, {3, "sha256:bb"}};
   c.evaluated = nlohmann::json::array({{{"hash", "h"}, {"projector_version", 1}}});
   c.evaluations = 17;
+  {  // written before samples were ordered: no sample_order (its losses are in index order)
+    auto unordered = ParseSearchCheckpoint(SearchCheckpointToJson(c));
+    ASSERT_TRUE(unordered.ok()) << unordered.status();
+    EXPECT_FALSE(unordered->sample_order.has_value());
+  }
+  c.sample_order = std::vector<int>{2, 0, 1};
   const std::string text = SearchCheckpointToJson(c);
   auto back = ParseSearchCheckpoint(text);
   ASSERT_TRUE(back.ok()) << back.status();
@@ -734,6 +746,7 @@ TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
   EXPECT_EQ(back->projector_blobs, c.projector_blobs);
   EXPECT_EQ(back->evaluated, c.evaluated);
   EXPECT_EQ(back->evaluations, 17);
+  EXPECT_EQ(back->sample_order, c.sample_order);
   EXPECT_EQ(SearchCheckpointToJson(*back), text);
 
   const nlohmann::json good = nlohmann::json::parse(text);
@@ -756,6 +769,10 @@ TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
       {with("evaluated", {1, 2}), "evaluated holds a non-object"},
       {with("evaluations", -1), "evaluations"},
       {with("evaluations", 1.5), "evaluations"},
+      {with("sample_order", 3), "sample_order is not an array"},
+      {with("sample_order", {0, 5}), "sample_order holds 5"},
+      {with("sample_order", {0, -1}), "sample_order holds -1"},
+      {with("sample_order", {0.5, 1}), "sample_order holds 0.5"},
   };
   for (const auto& [input, needle] : bad) {
     auto r = ParseSearchCheckpoint(input);
@@ -865,9 +882,15 @@ TEST(DispatcherTest, ResumesFromTheCheckpointWithTheSamePolicy) {
   const std::string dir =
       (fs::temp_directory_path() / absl::StrCat("dispatcher_resume_", getpid())).string();
   std::string id;
+  // The job's workers score the samples in its Prepare's order; after the resume a new Prepare
+  // names another (a worker on another device), but the checkpoint's losses count the first
+  // one's positions, so that is the order every later request carries.
+  const std::vector<int> first_order = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
   {
     Harness h(1, dir);
     h.cluster.block_evaluate = false;
+    h.cluster.prepare_order = first_order;
+    h.cluster.evaluate_delay = absl::Milliseconds(20);  // generations left to run after the stop
     JobSpec spec = SmallSearch();
     spec.generations = 6;
     id = h.Submit(spec);
@@ -877,11 +900,18 @@ TEST(DispatcherTest, ResumesFromTheCheckpointWithTheSamePolicy) {
       return c.ok() && c->has_value() && (*c)->generation >= 2;
     }));
     h.dispatcher->Shutdown();
+    absl::MutexLock lock(&h.cluster.mu);
+    EXPECT_EQ(h.cluster.evaluate_orders, std::set<std::string>{absl::StrJoin(first_order, ",")});
   }
   Harness h(2, dir);
+  h.cluster.prepare_order = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   ASSERT_TRUE(h.dispatcher->ResumeAll().ok());
   const pb::Job job = h.WaitTerminal(id);
   ASSERT_EQ(job.state(), pb::SUCCEEDED) << job.error();
+  {
+    absl::MutexLock lock(&h.cluster.mu);
+    EXPECT_EQ(h.cluster.evaluate_orders, std::set<std::string>{absl::StrJoin(first_order, ",")});
+  }
   JobSpec spec = SmallSearch();
   spec.generations = 6;
   EXPECT_EQ(FakeClient::final_ratios_[id], ExpectedFinalRatios(spec));

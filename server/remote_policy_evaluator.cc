@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "common/fault.h"
 #include "common/logging.h"
@@ -39,6 +40,7 @@ absl::StatusOr<pb::EvaluatePoliciesRequest> ChunkRequest(SearchDriver& driver,
   }
   req.set_sample_begin(chunk.sample_begin);
   req.set_sample_end(chunk.sample_end);
+  req.mutable_sample_order()->Assign(driver.sample_order().begin(), driver.sample_order().end());
   if (race.active() && chunk.whole()) {  // slices are raced after CombineSlices
     req.set_race_threshold(race.threshold);
     req.set_race_norm_eta(race.norm_eta);
@@ -201,6 +203,8 @@ std::vector<std::string> RemotePolicyEvaluator::CacheKeys(
     if (blob == driver_->projector_blobs().end() || blob->second.empty()) return {};
     projector = blob->second;
   }
+  // The per-sample losses count positions of the job's sample order (in v1 keys: index order).
+  const std::string order = absl::StrJoin(driver_->sample_order(), ",");
   std::vector<std::string> keys;
   for (const search::Policy& p : policies) {
     absl::StatusOr<std::vector<double>> ratios = space_->UnitRatios(p);
@@ -208,9 +212,9 @@ std::vector<std::string> RemotePolicyEvaluator::CacheKeys(
     // The exact doubles the worker is sent (their bits, not a decimal rendering).
     std::string bits(ratios->size() * sizeof(double), '\0');
     std::memcpy(bits.data(), ratios->data(), bits.size());
-    keys.push_back(Sha256Hex(absl::StrCat("prunesvc cached evaluation v1\ntenant ",
-                                          driver_->tenant(), "\nworker ", evaluation_key,
-                                          "\nprojector ", projector, "\nratios ", bits)));
+    keys.push_back(Sha256Hex(absl::StrCat(
+        "prunesvc cached evaluation v2\ntenant ", driver_->tenant(), "\nworker ", evaluation_key,
+        "\nsample order ", order, "\nprojector ", projector, "\nratios ", bits)));
   }
   return keys;
 }
@@ -321,6 +325,8 @@ absl::StatusOr<search::ProjectorUpdate> RemotePolicyEvaluator::TrainProjector(
   if (blob != driver_->projector_blobs().end()) req.set_projector_blob_id(blob->second);
   const int version = latest_ + 1;
   req.set_new_projector_version(version);
+  req.mutable_sample_order()->Assign(driver_->sample_order().begin(),
+                                     driver_->sample_order().end());
   for (const search::Policy& p : top_k) {
     ASSIGN_OR_RETURN(std::vector<double> ratios, space_->UnitRatios(p));
     req.add_top_policies()->mutable_ratios()->Assign(ratios.begin(), ratios.end());

@@ -14,13 +14,15 @@ absl::Status Corrupt(const std::string& what) {
 }
 
 json HeadJson(json state, const std::map<int, std::string>& projector_blobs, json evaluated,
-              int64_t evaluations) {
+              int64_t evaluations, const std::optional<std::vector<int>>& sample_order) {
   json blobs = json::object();
   for (const auto& [v, id] : projector_blobs) blobs[std::to_string(v)] = id;
-  return json{{"search_state", std::move(state)},
-              {"projector_blobs", blobs},
-              {"evaluated", std::move(evaluated)},
-              {"evaluations", evaluations}};
+  json head{{"search_state", std::move(state)},
+            {"projector_blobs", blobs},
+            {"evaluated", std::move(evaluated)},
+            {"evaluations", evaluations}};
+  if (sample_order.has_value()) head["sample_order"] = *sample_order;
+  return head;
 }
 
 absl::StatusOr<SearchCheckpoint> FromJson(const json& j) {
@@ -57,13 +59,26 @@ absl::StatusOr<SearchCheckpoint> FromJson(const json& j) {
     }
     c.evaluations = n->get<int64_t>();
   }
+  if (auto order = j.find("sample_order"); order != j.end()) {
+    if (!order->is_array()) return Corrupt("sample_order is not an array");
+    std::vector<int>& o = c.sample_order.emplace();
+    for (const json& i : *order) {
+      if (!i.is_number_integer() || i.get<int64_t>() < 0 ||
+          i.get<int64_t>() >= int64_t(order->size())) {
+        return Corrupt(absl::StrCat("sample_order holds ", i.dump(), ", not a position in [0, ",
+                                    order->size(), ")"));
+      }
+      o.push_back(i.get<int>());
+    }
+  }
   return c;
 }
 
 }  // namespace
 
 std::string SearchCheckpointToJson(const SearchCheckpoint& c) {
-  return HeadJson(c.state.ToJson(), c.projector_blobs, c.evaluated, c.evaluations).dump();
+  return HeadJson(c.state.ToJson(), c.projector_blobs, c.evaluated, c.evaluations, c.sample_order)
+      .dump();
 }
 
 absl::StatusOr<SearchCheckpoint> ParseSearchCheckpoint(const std::string& text) {
@@ -110,11 +125,13 @@ CheckpointLog CheckpointLog::Resumed(const SearchCheckpoint& c,
   return l;
 }
 
-CheckpointSnapshot CheckpointLog::Snapshot(const search::SearchState& state,
-                                           const std::map<int, std::string>& projector_blobs,
-                                           const json& evaluated, int64_t evaluations) const {
+CheckpointSnapshot CheckpointLog::Snapshot(
+    const search::SearchState& state, const std::map<int, std::string>& projector_blobs,
+    const json& evaluated, int64_t evaluations,
+    const std::optional<std::vector<int>>& sample_order) const {
   CheckpointSnapshot s;
-  s.head = HeadJson(state.ToJsonWithoutCache(), projector_blobs, json::array(), evaluations);
+  s.head = HeadJson(state.ToJsonWithoutCache(), projector_blobs, json::array(), evaluations,
+                    sample_order);
   for (const auto& entry : state.cache) {
     if (cache_.count(entry.first) == 0) s.cache.push_back(entry);
   }

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -35,6 +36,10 @@ struct SearchCheckpoint {
   std::map<int, std::string> projector_blobs;          // version (≥ 1) → blob id
   nlohmann::json evaluated = nlohmann::json::array();  // [{hash, projector_version}, …]
   int64_t evaluations = 0;
+  // The order the job's workers score the samples in (PrepareResponse.sample_order; the cached
+  // per-sample losses count its positions); empty = each worker's own. Unset in checkpoints
+  // written before samples were ordered: those were scored in index order.
+  std::optional<std::vector<int>> sample_order;
 };
 
 // The whole checkpoint as one text (cache and evaluated records inside the head).
@@ -80,13 +85,15 @@ class CheckpointLog {
   // The head of the state and the records not logged yet. `evaluated` only grows between calls.
   CheckpointDelta Delta(const search::SearchState& state,
                         const std::map<int, std::string>& projector_blobs,
-                        const nlohmann::json& evaluated, int64_t evaluations) const {
-    return Snapshot(state, projector_blobs, evaluated, evaluations).Serialize();
+                        const nlohmann::json& evaluated, int64_t evaluations,
+                        const std::optional<std::vector<int>>& sample_order = std::nullopt) const {
+    return Snapshot(state, projector_blobs, evaluated, evaluations, sample_order).Serialize();
   }
   // The same, not serialized yet.
-  CheckpointSnapshot Snapshot(const search::SearchState& state,
-                              const std::map<int, std::string>& projector_blobs,
-                              const nlohmann::json& evaluated, int64_t evaluations) const;
+  CheckpointSnapshot Snapshot(
+      const search::SearchState& state, const std::map<int, std::string>& projector_blobs,
+      const nlohmann::json& evaluated, int64_t evaluations,
+      const std::optional<std::vector<int>>& sample_order = std::nullopt) const;
   // The delta's commit succeeded: its records are logged.
   void Committed(const CheckpointDelta& delta);
 

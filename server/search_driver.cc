@@ -232,6 +232,7 @@ absl::Status SearchDriver::Prepare() {
       }));
   ASSIGN_OR_RETURN(search::PolicySpace space, PolicySpaceFromPrepare(spec_, prepared_));
   space_ = std::make_unique<search::PolicySpace>(std::move(space));
+  sample_order_.assign(prepared_.sample_order().begin(), prepared_.sample_order().end());
   if (absl::Status b = space_->CheckBudget(spec_.flops_budget); !b.ok()) {
     return absl::FailedPreconditionError(absl::StrCat("flops_budget: ", b.message()));
   }
@@ -291,7 +292,8 @@ absl::StatusOr<SearchDriver::GenerationCommit> SearchDriver::PrepareGenerationCo
   m.best = f->best();
   m.progress = 0.05 + 0.85 * double(g.generation + 1) / double(spec_.generations + 1);
   // Incremental: the head and what this generation added (server/search_checkpoint.h).
-  gc.snapshot = checkpoint_log_.Snapshot(search.state(), projector_blobs_, evaluated, evaluations_);
+  gc.snapshot = checkpoint_log_.Snapshot(search.state(), projector_blobs_, evaluated, evaluations_,
+                                         sample_order_);
   gc.generation = g.generation;
   return gc;
 }
@@ -412,6 +414,14 @@ absl::Status SearchDriver::SearchGenerations() {
                      ParseSearchCheckpoint(checkpoint->search_state_json, checkpoint->log));
     checkpoint_log_ = CheckpointLog::Resumed(sc, checkpoint->log);
     projector_blobs_ = sc.projector_blobs;
+    // Its cached losses count positions of the order they were scored in: the workers score in
+    // it again (a checkpoint without one was scored in index order).
+    if (sc.sample_order.has_value()) {
+      sample_order_ = *sc.sample_order;
+    } else {
+      sample_order_.resize(size_t(prepared_.num_samples()));
+      for (size_t i = 0; i < sample_order_.size(); ++i) sample_order_[i] = int(i);
+    }
     if (!projector_blobs_.empty()) latest = projector_blobs_.rbegin()->first;
     report_["evaluated"] = std::move(sc.evaluated);
     evaluations_ = sc.evaluations;

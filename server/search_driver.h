@@ -82,6 +82,10 @@ class SearchDriver {
   const ::prune::v1::PrepareResponse& prepared() const { return prepared_; }
   // Projector blobs by version (0 = the model's own: no blob).
   std::map<int, std::string>& projector_blobs() { return projector_blobs_; }
+  // The order the job's workers score the samples in (PrepareResponse.sample_order, or a
+  // resumed checkpoint's): sent with every EvaluatePolicies and TrainProjector; empty = each
+  // worker's own.
+  const std::vector<int>& sample_order() const { return sample_order_; }
 
  private:
   absl::Status RunJob();
@@ -151,6 +155,7 @@ class SearchDriver {
   ::prune::v1::PrepareResponse prepared_;
   std::unique_ptr<search::PolicySpace> space_;
   std::map<int, std::string> projector_blobs_;
+  std::vector<int> sample_order_;
   // What of the search's checkpoint the store holds already (the log's records).
   // Written by the commit in flight (StartCommit), read only after AwaitCommit.
   CheckpointLog checkpoint_log_;

@@ -757,6 +757,64 @@ TEST(WorkerStepsTest, SampleSlicesOnBatchBoundariesMatchTheWholeSet) {
   EXPECT_TRUE(st.ok()) << st.error_message();
 }
 
+// The sample order (docs/PERFORMANCE.md §2): Prepare names the order the worker scores the
+// samples in — a permutation, hardest first by the probe policy's losses — and a request's
+// sample_order is the one scored: with batches of one sample, position j's loss is bitwise the
+// loss of sample order[j] under the identity order. A malformed order is bad input.
+TEST(WorkerStepsTest, TheRequestsSampleOrderIsTheOneScored) {
+  ASSERT_NE(Env().server, nullptr);
+  Worker w = StartWorker("order", {"--batch=1"});
+  ASSERT_NE(w.stub, nullptr);
+  pb::PrepareResponse prepared;
+  const grpc::Status ps = PrepareAs(w, "job-order", SmallSpec(), &prepared);
+  ASSERT_TRUE(ps.ok()) << ps.error_message();
+  std::vector<int> order(prepared.sample_order().begin(), prepared.sample_order().end());
+  ASSERT_EQ(order.size(), 12u);
+  std::vector<int> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(sorted[size_t(i)], i);
+  auto evaluate = [&](const std::string& step, const std::vector<int>& o, grpc::Status* st) {
+    pb::EvaluatePoliciesRequest req = ManyPolicies(step, 1);
+    req.mutable_header()->set_job_id("job-order");
+    req.mutable_sample_order()->Assign(o.begin(), o.end());
+    return EvaluateAll(w, req, st);
+  };
+  std::vector<int> identity(12);
+  for (int i = 0; i < 12; ++i) identity[size_t(i)] = i;
+  grpc::Status st;
+  const auto by_index = evaluate("order-identity", identity, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const auto by_order = evaluate("order-prepared", order, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(by_index.size(), 1u);
+  ASSERT_EQ(by_order.size(), 1u);
+  const auto& a = by_index[0].evaluation().sample_losses();
+  const auto& b = by_order[0].evaluation().sample_losses();
+  ASSERT_EQ(a.size(), 12);
+  ASSERT_EQ(b.size(), 12);
+  for (int j = 0; j < 12; ++j) EXPECT_EQ(b[j], a[order[size_t(j)]]) << j;
+  EXPECT_NE(order, identity);  // the probe's losses are not already in index order here
+  // Hardest first: the probe policy (every unit at 0.5) scored in that order has non-increasing
+  // per-sample losses (batches of one sample: the bits Prepare sorted).
+  pb::EvaluatePoliciesRequest probe = ManyPolicies("order-probe", 1);
+  probe.mutable_header()->set_job_id("job-order");
+  for (int u = 0; u < 6; ++u) probe.mutable_policies(0)->set_ratios(u, 0.5);
+  const auto probed = EvaluateAll(w, probe, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(probed.size(), 1u);
+  const auto& pl = probed[0].evaluation().sample_losses();
+  for (int j = 1; j < pl.size(); ++j) EXPECT_GE(pl[j - 1], pl[j]) << j;
+  for (const auto& [bad, why] : std::vector<std::pair<std::vector<int>, std::string>>{
+           {{0, 1, 2}, "3 positions for 12"},
+           {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10}, "position 11 holds 10"},
+           {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12}, "position 11 holds 12"}}) {
+    evaluate("order-bad", bad, &st);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << why;
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "sample_order")) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), why)) << st.error_message();
+  }
+}
+
 TEST(WorkerStepsTest, OutOfMemoryIsRetryableAndBadInputIsNot) {
   ASSERT_NE(Env().server, nullptr);
   Worker w = StartWorker("oom", {"--inject-fault=evaluate:oom"});

@@ -116,6 +116,13 @@ absl::StatusOr<pb::PolicyEvaluation> EvaluationProto(const search::PolicySpace& 
   return e;
 }
 
+// The job's sample order as the scheduler sends it (empty: the worker's own, from Prepare).
+absl::Status UseRequestedOrder(prune::PreparedJob& job,
+                               const google::protobuf::RepeatedField<int32_t>& order) {
+  if (order.empty()) return absl::OkStatus();
+  return job.UseSampleOrder(std::vector<int>(order.begin(), order.end()));
+}
+
 // The request's racing limit (inactive without race_threshold).
 absl::StatusOr<search::RaceLimit> RequestedRace(const pb::EvaluatePoliciesRequest& req, int n) {
   search::RaceLimit race;
@@ -562,6 +569,7 @@ absl::StatusOr<pb::PrepareResponse> StepRunner::Prepare(const pb::PrepareRequest
     for (double d : s.owl_outlier_ratios) resp.add_owl_outlier_ratios(d);
     resp.set_cache_hit(hit);
     resp.set_shared_preparation(s.shared_preparation);
+    resp.mutable_sample_order()->Assign(s.sample_order.begin(), s.sample_order.end());
     resp.set_scoring_batch_size(options_.batch_size);
     ASSIGN_OR_RETURN(std::string key, EvaluationKey(*job, model_sha256));
     resp.set_evaluation_key(key);
@@ -637,6 +645,7 @@ absl::Status StepRunner::EvaluatePolicies(
     bool hit = false;
     ASSIGN_OR_RETURN(prune::PreparedJob * job,
                      GetOrPrepare(req.header(), req.spec(), scope.ctx(), &hit));
+    RETURN_IF_ERROR(UseRequestedOrder(*job, req.sample_order()));
     RETURN_IF_ERROR(EnsureProjector(*job, req.projector_version(), req.projector_blob_id()));
     std::vector<search::Policy> policies;
     for (int i = 0; i < req.policies_size(); ++i) {
@@ -679,6 +688,7 @@ absl::StatusOr<pb::TrainProjectorResponse> StepRunner::TrainProjector(
     bool hit = false;
     ASSIGN_OR_RETURN(prune::PreparedJob * job,
                      GetOrPrepare(req.header(), req.spec(), scope.ctx(), &hit));
+    RETURN_IF_ERROR(UseRequestedOrder(*job, req.sample_order()));
     RETURN_IF_ERROR(EnsureProjector(*job, req.projector_version(), req.projector_blob_id()));
     std::vector<search::Policy> top;
     for (int i = 0; i < req.top_policies_size(); ++i) {

@@ -229,6 +229,8 @@ absl::Status CandidateEvaluator::Init(std::vector<EvalSample> samples) {
   }));
   samples_.reserve(samples.size());
   for (EvalSample& s : samples) samples_.push_back(std::move(s.scoring));
+  order_.resize(samples_.size());
+  for (size_t i = 0; i < order_.size(); ++i) order_[i] = int(i);
   ASSIGN_OR_RETURN(projector_, CopyProjector(*model_));
   projector_version_ = 0;
   return RebuildForProjector();
@@ -250,7 +252,7 @@ absl::Status CandidateEvaluator::SetProjector(int version, const ProjectorWeight
 }
 
 absl::StatusOr<std::shared_ptr<const Preparation>> CandidateEvaluator::SharedPreparation(
-    const ModelMetrics& dense_search) const {
+    const ModelMetrics& dense_search, std::vector<int> sample_order) const {
   if (projector_version_ != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "evaluator: only projector version 0 is shared; this one is at ", projector_version_));
@@ -261,10 +263,42 @@ absl::StatusOr<std::shared_ptr<const Preparation>> CandidateEvaluator::SharedPre
   p->calibration = calibration_;
   p->bank = bank_;
   p->sbank = sbank_;
+  p->sample_order = std::move(sample_order);
   return std::shared_ptr<const Preparation>(std::move(p));
 }
 
+absl::Status CandidateEvaluator::SetSampleOrder(std::vector<int> order) {
+  const size_t n = samples_.size();
+  if (order.size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sample order: ", order.size(), " positions for ", n, " search samples"));
+  }
+  std::vector<bool> seen(n, false);
+  for (size_t j = 0; j < n; ++j) {
+    if (order[j] < 0 || size_t(order[j]) >= n || seen[order[j]]) {
+      return absl::InvalidArgumentError(absl::StrCat("sample order: position ", j, " holds ",
+                                                     order[j], ", not a permutation of [0, ", n,
+                                                     ")"));
+    }
+    seen[order[j]] = true;
+  }
+  order_ = std::move(order);
+  RebuildScoringOrder();
+  return absl::OkStatus();
+}
+
+void CandidateEvaluator::RebuildScoringOrder() {
+  scoring_.clear();
+  scoring_.reserve(order_.size());
+  for (int i : order_) scoring_.push_back(samples_[i]);
+}
+
 absl::Status CandidateEvaluator::RebuildForProjector() {
+  // The scoring view follows the image features rebuilt below, whatever path returns.
+  struct Reorder {
+    CandidateEvaluator* e;
+    ~Reorder() { e->RebuildScoringOrder(); }
+  } reorder{this};
   // Image features of this version, from the cached vision features.
   RETURN_IF_ERROR(model::TorchGuarded("projecting image features", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
@@ -410,7 +444,7 @@ absl::StatusOr<CandidateResult> CandidateEvaluator::Evaluate(absl::Span<const do
   ASSIGN_OR_RETURN(
       std::vector<model::SampleScore> scores,
       model::ScoreSamples(
-          *model_, absl::MakeConstSpan(samples_).subspan(range.begin, range.end - range.begin),
+          *model_, absl::MakeConstSpan(scoring_).subspan(range.begin, range.end - range.begin),
           {.batch_size = options_.batch_size}));
   timing_.forward_seconds = Seconds(t0);
   const model::ScoreSummary sum = model::Summarize(scores);
@@ -478,7 +512,7 @@ absl::StatusOr<std::vector<CandidateResult>> CandidateEvaluator::EvaluateMany(
   for (int start = 0; start < n; start += bs) {
     const int end = std::min(n, start + bs);
     if (poll) RETURN_IF_ERROR(poll());
-    const auto part = absl::MakeConstSpan(samples_).subspan(start, end - start);
+    const auto part = absl::MakeConstSpan(scoring_).subspan(start, end - start);
     ASSIGN_OR_RETURN(model::DecoderPass pass, model_->StartPass(model::ScoringInputs(part)));
     std::vector<at::Tensor> after(num_layers + 1);  // after[l]: the input of layer l
     after[0] = pass.input();

@@ -211,14 +211,23 @@ class CandidateEvaluator {
   int num_linears() const { return int(linears_.size()); }
   int num_units() const { return num_units_; }
   const std::vector<int>& unit_of_linear() const { return unit_of_linear_; }
-  // The samples with the current version's image features.
+  // The samples with the current version's image features, in their set's order (calibration,
+  // projector training and the shared preparation use this order).
   const std::vector<model::ScoringSample>& scoring_samples() const { return samples_; }
+  // The order in which Evaluate and EvaluateMany score the samples: position j is the set's
+  // sample order[j], and ranges, per-sample losses and racing's checkpoints count positions.
+  // Racing cuts a candidate sooner when the samples that carry most of the loss come first
+  // (docs/PERFORMANCE.md §2). Identity until SetSampleOrder; the bits of a sample's loss depend
+  // on the batch it is scored in, so every evaluator of a job must score in the same order.
+  const std::vector<int>& sample_order() const { return order_; }
+  // INVALID_ARGUMENT unless `order` is a permutation of [0, n).
+  absl::Status SetSampleOrder(std::vector<int> order);
   // Per sample, the vision tower output [num_images, S, vision hidden] (undefined: no image).
   const std::vector<at::Tensor>& vision_features() const { return vision_features_; }
   // Version 0's shareable state (preparation_cache.h) with `dense_search` beside it; only while
   // the projector is version 0 (FAILED_PRECONDITION otherwise).
   absl::StatusOr<std::shared_ptr<const Preparation>> SharedPreparation(
-      const ModelMetrics& dense_search) const;
+      const ModelMetrics& dense_search, std::vector<int> sample_order = {}) const;
   const at::Tensor& dense_weight(int i) const { return dense_[i]; }
   // Pruned weights per row currently applied to linear i.
   int64_t applied_pruned_per_row(int i) const { return applied_k_[i]; }
@@ -230,6 +239,7 @@ class CandidateEvaluator {
       : model_(model), options_(options) {}
   absl::Status Init(std::vector<EvalSample> samples);
   absl::Status RebuildForProjector();
+  void RebuildScoringOrder();
   absl::Status ValidateRatios(absl::Span<const double> ratios) const;
   // Moves linear i's mask from k = applied_k_[i] to `k`.
   void MoveMask(int i, int64_t k);
@@ -251,6 +261,8 @@ class CandidateEvaluator {
   std::vector<double> unit_params_;  // P_u
   std::vector<at::Tensor> vision_features_;
   std::vector<model::ScoringSample> samples_;
+  std::vector<int> order_;                     // position → index in samples_
+  std::vector<model::ScoringSample> scoring_;  // samples_ in order_ (shares their tensors)
   int projector_version_ = 0;
   ProjectorWeights projector_;
   CalibrationStats calibration_;

@@ -317,6 +317,63 @@ TEST_P(EvaluatorTest, EvaluateManyEqualsEvaluateBitwiseWithFewerLayers) {
               (long long)t.layer_runs_exhaustive);
 }
 
+// A sample order (docs/PERFORMANCE.md §2): position j scores sample order[j]. With batches of
+// one sample the batch composition does not change, so each sample's loss is bitwise the one it
+// had at its index; with larger batches it is scored beside other samples (padding), so equal
+// within float tolerance; EvaluateMany and Evaluate agree bitwise under the order, ranges count
+// positions, and calibration (the set's order) is untouched. A bad order is INVALID_ARGUMENT.
+TEST_P(EvaluatorTest, ASampleOrderScoresPositionJAsSampleOrderJ) {
+  Problem p = MakeProblem(9);
+  const std::vector<int> order = {8, 3, 0, 5, 1, 7, 2, 6, 4};
+  for (int batch : {1, 4}) {
+    SCOPED_TRACE(batch);
+    auto ev = CandidateEvaluator::Create(p.model.get(), p.samples,
+                                         {.method = GetParam(), .batch_size = batch});
+    ASSERT_TRUE(ev.ok()) << ev.status();
+    const std::vector<double> ratios = RandomRatios((*ev)->num_linears(), 5);
+    auto before = (*ev)->Evaluate(ratios);
+    ASSERT_TRUE(before.ok()) << before.status();
+    const at::Tensor norms = (*ev)->calibration().linears[0]->col_sq_norms.clone();
+    ASSERT_TRUE((*ev)->SetSampleOrder(order).ok());
+    EXPECT_EQ((*ev)->sample_order(), order);
+    EXPECT_TRUE(at::equal((*ev)->calibration().linears[0]->col_sq_norms, norms));
+    auto after = (*ev)->Evaluate(ratios);
+    ASSERT_TRUE(after.ok()) << after.status();
+    ASSERT_EQ(after->sample_losses.size(), order.size());
+    for (size_t j = 0; j < order.size(); ++j) {
+      const double want = before->sample_losses[size_t(order[j])];
+      if (batch == 1) {
+        EXPECT_EQ(after->sample_losses[j], want) << j;
+      } else {
+        EXPECT_NEAR(after->sample_losses[j], want, 1e-4 * (1 + std::fabs(want))) << j;
+      }
+    }
+    EXPECT_NEAR(after->loss, before->loss, 1e-4 * (1 + before->loss));
+    EXPECT_EQ(after->num_correct, before->num_correct);
+    auto many = (*ev)->EvaluateMany({ratios});
+    ASSERT_TRUE(many.ok()) << many.status();
+    ExpectSameResult((*many)[0], *after, 0);
+    auto slice = (*ev)->Evaluate(ratios, {.begin = 4, .end = 8});  // positions 4..7
+    ASSERT_TRUE(slice.ok()) << slice.status();
+    for (size_t j = 0; j < 4; ++j) {
+      EXPECT_EQ(slice->sample_losses[j], after->sample_losses[4 + j]) << j;
+    }
+  }
+  auto ev = CandidateEvaluator::Create(p.model.get(), p.samples, {.method = GetParam()});
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  for (const std::vector<int>& bad : std::vector<std::vector<int>>{{0, 1, 2},
+                                                                   {0, 1, 2, 3, 4, 5, 6, 7, 7},
+                                                                   {0, 1, 2, 3, 4, 5, 6, 7, 9},
+                                                                   {-1, 1, 2, 3, 4, 5, 6, 7, 8}}) {
+    const absl::Status s = (*ev)->SetSampleOrder(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(s.message(), HasSubstr("sample order"));
+  }
+  std::vector<int> identity(9);
+  for (int i = 0; i < 9; ++i) identity[size_t(i)] = i;
+  EXPECT_EQ((*ev)->sample_order(), identity);  // unchanged by the refused orders
+}
+
 // STRUCTURED evaluation through the same walk: bitwise Evaluate's results.
 TEST_P(EvaluatorTest, EvaluateManyStructuredEqualsEvaluate) {
   Problem p = MakeProblem(9);

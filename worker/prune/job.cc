@@ -204,6 +204,7 @@ absl::Status WriteResumeFile(const LocalJobSpec& spec, const PreparedJob& job,
   const json file = {{"format", kResumeFormat},
                      {"model_dir", spec.model_dir},
                      {"dataset_sha256", job.summary().dataset_sha256},
+                     {"sample_order", job.summary().sample_order},
                      {"search", search.state().ToJson()},
                      {"evaluated", tracker.evaluated()},
                      {"distinct", std::move(distinct)}};
@@ -249,6 +250,21 @@ absl::StatusOr<std::unique_ptr<search::EvolutionarySearch>> StartOrResume(
       StringField(file, "dataset_sha256") != job.summary().dataset_sha256) {
     return refuse("saved for another --model or --samples");
   }
+  // The saved losses count positions of the order they were scored in: this run scores in it too
+  // (a file without one was written when the samples were scored in index order).
+  std::vector<int> order(size_t(job.summary().num_samples));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+  if (file.contains("sample_order")) {
+    const json& o = file["sample_order"];
+    if (!o.is_array() || o.size() != order.size()) {
+      return refuse(absl::StrCat("sample_order is not a list of ", order.size(), " positions"));
+    }
+    for (size_t j = 0; j < order.size(); ++j) {
+      if (!o[j].is_number_integer()) return refuse("sample_order holds a non-integer");
+      order[j] = o[j].get<int>();
+    }
+  }
+  if (absl::Status s = job.UseSampleOrder(order); !s.ok()) return refuse(std::string(s.message()));
   const json& saved = file["search"];
   if (!saved.is_object() || !saved.contains("config") ||
       saved["config"] != fresh->state().ToJson()["config"]) {

@@ -50,6 +50,7 @@ struct Preparation {
   CalibrationStats calibration;                 // under projector version 0
   std::shared_ptr<const MaskBank> bank;         // UNSTRUCTURED / N:M, else null
   std::shared_ptr<const StructuredBank> sbank;  // STRUCTURED, else null
+  std::vector<int> sample_order;                // the probe's order (PreparedJob::OrderSamples)
 };
 
 class PreparationCache {

@@ -1,6 +1,7 @@
 #include "worker/prune/steps.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -62,8 +63,11 @@ absl::StatusOr<std::unique_ptr<PreparedJob>> PreparedJob::Prepare(const PrepareO
     RETURN_IF_ERROR(ctx.CheckStop());
     ctx.Phase(JobPhase::kCalibration);
     RETURN_IF_ERROR(job->Calibrate(ctx, shared));
+    RETURN_IF_ERROR(ctx.CheckStop());
+    RETURN_IF_ERROR(job->OrderSamples(shared));
     if (options.preparations != nullptr && shared == nullptr) {
-      ASSIGN_OR_RETURN(shared, job->evaluator_->SharedPreparation(job->summary_.dense_search));
+      ASSIGN_OR_RETURN(shared, job->evaluator_->SharedPreparation(job->summary_.dense_search,
+                                                                  job->summary_.sample_order));
       options.preparations->Publish(key, std::move(shared));
     }
     if (job->spec().strategy == search::Strategy::kOwl || job->spec().seed_with_owl) {
@@ -183,6 +187,46 @@ absl::Status PreparedJob::Calibrate(StepContext& ctx, std::shared_ptr<const Prep
   topt.seed = spec.seed;
   ASSIGN_OR_RETURN(local_, LocalPolicyEvaluator::Create(evaluator_.get(), space_.get(), topt));
   return ctx.CheckStop();
+}
+
+absl::Status PreparedJob::OrderSamples(const std::shared_ptr<const Preparation>& shared) {
+  const int n = summary_.num_samples;
+  std::vector<int> order;
+  if (shared != nullptr && shared->sample_order.size() == size_t(n)) {
+    order = shared->sample_order;
+  } else {
+    const std::vector<double>& choices = space_->ratio_choices();
+    size_t probe_choice = 0;
+    for (size_t c = 1; c < choices.size(); ++c) {
+      if (std::abs(choices[c] - 0.5) < std::abs(choices[probe_choice] - 0.5)) probe_choice = c;
+    }
+    const std::vector<double> unit_ratios(size_t(space_->num_units()), choices[probe_choice]);
+    ASSIGN_OR_RETURN(std::vector<double> ratios, local_->LinearRatios(unit_ratios));
+    ASSIGN_OR_RETURN(std::vector<CandidateResult> probe, evaluator_->EvaluateMany({ratios}));
+    RETURN_IF_ERROR(evaluator_->RestoreDense());
+    const std::vector<double>& losses = probe.at(0).sample_losses;
+    if (losses.size() != size_t(n)) {
+      return absl::InternalError(
+          absl::StrCat("the probe policy scored ", losses.size(), " of ", n, " samples"));
+    }
+    order.resize(size_t(n));
+    for (int i = 0; i < n; ++i) order[size_t(i)] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return losses[size_t(a)] > losses[size_t(b)]; });
+  }
+  RETURN_IF_ERROR(evaluator_->SetSampleOrder(order));
+  summary_.sample_order = std::move(order);
+  return absl::OkStatus();
+}
+
+absl::Status PreparedJob::UseSampleOrder(const std::vector<int>& order) {
+  RETURN_IF_ERROR(CheckUsable());
+  if (order == summary_.sample_order) return absl::OkStatus();
+  if (absl::Status s = evaluator_->SetSampleOrder(order); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sample_order: ", s.message()));
+  }
+  summary_.sample_order = order;
+  return absl::OkStatus();
 }
 
 absl::Status PreparedJob::ComputeOwlOutliers() {

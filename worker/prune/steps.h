@@ -7,7 +7,8 @@
 //  - PreparedJob::Prepare loads the model and sample sets (pre-flight: supported architecture,
 //    every sample and held-out sample valid, FLOPs model, the policy space, the budget), scores
 //    the dense model on the search samples, then calibrates and builds the mask bank
-//    (CandidateEvaluator) and, for OWL or seed_with_owl, the dense model's outlier ratios. Its
+//    (CandidateEvaluator), orders the samples hardest first by a probe policy's losses (racing
+//    cuts sooner) and, for OWL or seed_with_owl, computes the dense model's outlier ratios. Its
 //    Summary is what PrepareResponse carries: everything the torch-free scheduler needs to build
 //    the same PolicySpace (common/job_spec.h BuildPolicySpace) and to solve UNIFORM / OWL.
 //  - Evaluate scores discrete policies under a projector version: on the whole sample set in
@@ -90,6 +91,9 @@ struct PrepareSummary {
   // The dense scores, vision features, calibration and bank came from another job's preparation
   // (PrepareOptions::preparations), not computed here.
   bool shared_preparation = false;
+  // The order the samples are scored in (PreparedJob::OrderSamples; position j is sample
+  // sample_order[j]): every per-sample loss, range and racing checkpoint counts positions.
+  std::vector<int> sample_order;
 };
 
 // What Finalize needs beyond the prepared state: the chosen ratios, the projector, and what the
@@ -179,6 +183,10 @@ class PreparedJob {
   absl::StatusOr<search::ProjectorUpdate> TrainProjector(const std::vector<search::Policy>& top_k,
                                                          int from_version, int new_version,
                                                          StepContext& ctx);
+  // Scores the search samples in `order` from now on (a permutation of [0, n): position j is
+  // sample order[j]) — the order the scheduler names for every worker of a job, since a sample's
+  // loss depends on the batch it is scored in. INVALID_ARGUMENT (naming sample_order) otherwise.
+  absl::Status UseSampleOrder(const std::vector<int>& order);
   // Installs a projector trained elsewhere; a version already registered must be identical.
   absl::Status RegisterProjector(int version, const ProjectorWeights& weights);
   bool HasProjector(int version) const;
@@ -214,6 +222,11 @@ class PreparedJob {
   // This job's key in PrepareOptions::preparations (after Load: it names the samples' content).
   std::string PreparationKey() const;
   absl::Status ComputeOwlOutliers();
+  // Orders the search samples hardest first: by the losses of the probe policy (every unit at
+  // the ratio choice nearest 0.5: independent of the budget and the seed), descending, ties by
+  // index — or takes the order of `shared`. Racing cuts a candidate sooner when the samples that
+  // carry most of its loss come first (docs/PERFORMANCE.md §2).
+  absl::Status OrderSamples(const std::shared_ptr<const Preparation>& shared);
   absl::Status CheckUsable() const;
 
   const PrepareOptions options_;
