@@ -209,6 +209,12 @@ absl::Status PreparedJob::OrderSamples(const std::shared_ptr<const Preparation>&
       return absl::InternalError(
           absl::StrCat("the probe policy scored ", losses.size(), " of ", n, " samples"));
     }
+    for (int i = 0; i < n; ++i) {
+      if (!std::isfinite(losses[size_t(i)])) {
+        return absl::InternalError(
+            absl::StrCat("the probe policy's loss on sample ", i, " is ", losses[size_t(i)]));
+      }
+    }
     order.resize(size_t(n));
     for (int i = 0; i < n; ++i) order[size_t(i)] = i;
     std::stable_sort(order.begin(), order.end(),
