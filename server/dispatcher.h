@@ -134,7 +134,9 @@ class Dispatcher : public JobRunner, public BlobAccess {
   JobStore* store() { return store_; }
   BlobStore* blobs() { return blobs_; }
   EventHub* hub() { return hub_; }
-  // Threads for the drivers' parallel step calls (a generation's chunks), reused across steps.
+  // Threads for blocking work beside the drivers, reused: each generation's commit, and the step
+  // calls of transports without an asynchronous API (WorkerClient::StartEvaluatePolicies' default;
+  // the gRPC transport starts a generation's calls from the driver's thread).
   ThreadCache& step_threads() { return step_threads_; }
   // Steps waiting for a worker (tests wait on it).
   int waiting() const;
