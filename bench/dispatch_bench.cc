@@ -17,7 +17,7 @@
 //  latency/step  the scheduler's mean prunesvc_step_seconds{step="evaluate"} minus the simulated
 //                cost of the mean step: what the scheduler and the RPC add to each step;
 //  efficiency    (simulated work / W) / that span: 1.0 = every worker busy all the time.
-//  sched µs/disp the scheduler process's CPU time (user + system, /proc) over the round — job
+//  sched µs/disp the scheduler's CPU time (its process_cpu_seconds_total) over the round — job
 //                submissions, Prepare steps and commits included — per dispatch: on this machine
 //                the scheduler shares 2 cores with the W fake workers, so this, not the rate, says
 //                what one scheduler core could sustain with its workers elsewhere (1 / it).
@@ -33,8 +33,6 @@
 // Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
 //                       [--cost-ms=0] [--samples=64] [--trace=false] [--budgets=0.5]
 //                       [--resubmit=false] [--evaluation-cache=true|false]
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -236,27 +234,6 @@ std::string TraceText(std::vector<std::pair<Clock::time_point, Clock::time_point
   return out;
 }
 
-// CPU seconds (user + system) the process `pid` has used so far; -1 when /proc cannot say.
-double ProcessCpuSeconds(pid_t pid) {
-  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
-  if (f == nullptr) return -1;
-  char buf[4096];
-  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
-  std::fclose(f);
-  buf[n] = '\0';
-  // Fields after the command (which may hold spaces) start past its closing parenthesis; utime
-  // and stime are fields 14 and 15 of the line, the 12th and 13th after the parenthesis.
-  const char* p = std::strrchr(buf, ')');
-  if (p == nullptr) return -1;
-  std::vector<std::string> fields = absl::StrSplit(p + 1, ' ', absl::SkipEmpty());
-  double utime = 0, stime = 0;
-  if (fields.size() < 13 || !absl::SimpleAtod(fields[11], &utime) ||
-      !absl::SimpleAtod(fields[12], &stime)) {
-    return -1;
-  }
-  return (utime + stime) / double(sysconf(_SC_CLK_TCK));
-}
-
 std::string Flag(int argc, char** argv, const char* name, const char* def) {
   const std::string p = std::string("--") + name + "=";
   for (int i = 1; i < argc; ++i) {
@@ -396,8 +373,11 @@ int Main(int argc, char** argv) {
                                            absl::StrCat("prunesvc_evaluation_cache_total{result=\"",
                                                         result, "\"}")));
     };
-    const pid_t scheduler = svc.process->pid();
-    double cpu_before = ProcessCpuSeconds(scheduler);
+    // The scheduler's process_cpu_seconds_total (common/process_metrics.h), -1 when absent.
+    auto scheduler_cpu = [&] {
+      return testing::Metric(svc.metrics_port, "process_cpu_seconds_total");
+    };
+    double cpu_before = scheduler_cpu();
     shared.Reset();
     absl::StatusOr<bool> ran = run_jobs();
     if (!ran.ok()) {
@@ -418,7 +398,7 @@ int Main(int argc, char** argv) {
           count_before;
       sum_before += sum;
       count_before += count;
-      const double cpu_now = ProcessCpuSeconds(scheduler);
+      const double cpu_now = scheduler_cpu();
       const double cpu = cpu_before >= 0 && cpu_now >= 0 ? cpu_now - cpu_before : -1;
       cpu_before = cpu_now;
       absl::MutexLock l(&shared.mu);

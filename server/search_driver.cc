@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <thread>
 #include <utility>
 
@@ -420,7 +421,7 @@ absl::Status SearchDriver::SearchGenerations() {
       sample_order_ = *sc.sample_order;
     } else {
       sample_order_.resize(size_t(prepared_.num_samples()));
-      for (size_t i = 0; i < sample_order_.size(); ++i) sample_order_[i] = int(i);
+      std::iota(sample_order_.begin(), sample_order_.end(), 0);
     }
     if (!projector_blobs_.empty()) latest = projector_blobs_.rbegin()->first;
     report_["evaluated"] = std::move(sc.evaluated);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -230,7 +231,7 @@ absl::Status CandidateEvaluator::Init(std::vector<EvalSample> samples) {
   samples_.reserve(samples.size());
   for (EvalSample& s : samples) samples_.push_back(std::move(s.scoring));
   order_.resize(samples_.size());
-  for (size_t i = 0; i < order_.size(); ++i) order_[i] = int(i);
+  std::iota(order_.begin(), order_.end(), 0);
   ASSIGN_OR_RETURN(projector_, CopyProjector(*model_));
   projector_version_ = 0;
   return RebuildForProjector();
@@ -294,11 +295,6 @@ void CandidateEvaluator::RebuildScoringOrder() {
 }
 
 absl::Status CandidateEvaluator::RebuildForProjector() {
-  // The scoring view follows the image features rebuilt below, whatever path returns.
-  struct Reorder {
-    CandidateEvaluator* e;
-    ~Reorder() { e->RebuildScoringOrder(); }
-  } reorder{this};
   // Image features of this version, from the cached vision features.
   RETURN_IF_ERROR(model::TorchGuarded("projecting image features", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
@@ -321,6 +317,7 @@ absl::Status CandidateEvaluator::RebuildForProjector() {
     }
     return absl::OkStatus();
   }));
+  RebuildScoringOrder();  // the scoring view holds the new image features
   if (projector_version_ == 0 && options_.prepared != nullptr) {
     const Preparation& p = *options_.prepared;
     if (p.calibration.linears.size() != linears_.size() ||

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -253,7 +254,7 @@ absl::StatusOr<std::unique_ptr<search::EvolutionarySearch>> StartOrResume(
   // The saved losses count positions of the order they were scored in: this run scores in it too
   // (a file without one was written when the samples were scored in index order).
   std::vector<int> order(size_t(job.summary().num_samples));
-  for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+  std::iota(order.begin(), order.end(), 0);
   if (file.contains("sample_order")) {
     const json& o = file["sample_order"];
     if (!o.is_array() || o.size() != order.size()) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -202,9 +203,9 @@ absl::Status PreparedJob::OrderSamples(const std::shared_ptr<const Preparation>&
     }
     const std::vector<double> unit_ratios(size_t(space_->num_units()), choices[probe_choice]);
     ASSIGN_OR_RETURN(std::vector<double> ratios, local_->LinearRatios(unit_ratios));
-    ASSIGN_OR_RETURN(std::vector<CandidateResult> probe, evaluator_->EvaluateMany({ratios}));
+    ASSIGN_OR_RETURN(CandidateResult probe, evaluator_->Evaluate(ratios));
     RETURN_IF_ERROR(evaluator_->RestoreDense());
-    const std::vector<double>& losses = probe.at(0).sample_losses;
+    const std::vector<double>& losses = probe.sample_losses;
     if (losses.size() != size_t(n)) {
       return absl::InternalError(
           absl::StrCat("the probe policy scored ", losses.size(), " of ", n, " samples"));
@@ -216,7 +217,7 @@ absl::Status PreparedJob::OrderSamples(const std::shared_ptr<const Preparation>&
       }
     }
     order.resize(size_t(n));
-    for (int i = 0; i < n; ++i) order[size_t(i)] = i;
+    std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
                      [&](int a, int b) { return losses[size_t(a)] > losses[size_t(b)]; });
   }
