@@ -66,6 +66,12 @@ namespace {
 namespace pb = ::prune::v1;
 using Clock = std::chrono::steady_clock;
 
+struct TraceSpan {
+  Clock::time_point in, out;
+  double work_seconds = 0;
+  bool operator<(const TraceSpan& o) const { return in < o.in; }
+};
+
 // What every simulated worker of the process shares: the jobs' sample counts and the timings.
 struct Shared {
   absl::Mutex mu;
@@ -78,9 +84,9 @@ struct Shared {
   bool any ABSL_GUARDED_BY(mu) = false;
   double cost_ms = 0;
   std::string cache_root;
-  // --trace: every dispatch's (arrival, answer) times, printed after the round.
+  // --trace: every dispatch's arrival and answer times and simulated work, printed after the round.
   bool trace = false;
-  std::vector<std::pair<Clock::time_point, Clock::time_point>> spans ABSL_GUARDED_BY(mu);
+  std::vector<TraceSpan> spans ABSL_GUARDED_BY(mu);
   absl::Mutex real_mu;  // one real Prepare at a time
   // The real worker's StepRunner (blob cache and registry of the worker that created it; they
   // outlive the round's Prepares).
@@ -183,7 +189,7 @@ class SimulatedExecutor : public worker::StepExecutor {
     ++shared_->dispatches;
     shared_->policies += req.policies_size();
     shared_->work_seconds += seconds;
-    if (shared_->trace) shared_->spans.emplace_back(arrived, done);
+    if (shared_->trace) shared_->spans.push_back({arrived, done, seconds});
     return absl::OkStatus();
   }
 
@@ -207,28 +213,32 @@ class SimulatedExecutor : public worker::StepExecutor {
 };
 
 // --trace: the dispatches in arrival order, cut into waves wherever no dispatch is in flight;
-// per wave its first and last arrival and answer (ms from the round's first arrival).
-std::string TraceText(std::vector<std::pair<Clock::time_point, Clock::time_point>> spans,
-                      Clock::time_point t0) {
+// per wave its first and last arrival and answer (ms from the round's first arrival), its
+// simulated work per worker (the wave's share of the ideal) and the most one dispatch carried.
+std::string TraceText(std::vector<TraceSpan> spans, Clock::time_point t0, int workers) {
   std::sort(spans.begin(), spans.end());
   auto ms = [&](Clock::time_point t) {
     return std::chrono::duration<double, std::milli>(t - t0).count();
   };
-  std::string out = "  wave  dispatches  first-in  last-in  first-out  last-out (ms)";
+  std::string out =
+      "  wave  dispatches  first-in  last-in  first-out  last-out  work/worker  max work (ms)";
   size_t i = 0;
   int wave = 0;
   while (i < spans.size()) {
     size_t j = i;
-    Clock::time_point last_in = spans[i].first, first_out = spans[i].second,
-                      last_out = spans[i].second;
-    while (j + 1 < spans.size() && spans[j + 1].first < last_out) {
+    Clock::time_point last_in = spans[i].in, first_out = spans[i].out, last_out = spans[i].out;
+    double work = spans[i].work_seconds, max_work = spans[i].work_seconds;
+    while (j + 1 < spans.size() && spans[j + 1].in < last_out) {
       ++j;
-      last_in = spans[j].first;
-      first_out = std::min(first_out, spans[j].second);
-      last_out = std::max(last_out, spans[j].second);
+      last_in = spans[j].in;
+      first_out = std::min(first_out, spans[j].out);
+      last_out = std::max(last_out, spans[j].out);
+      work += spans[j].work_seconds;
+      max_work = std::max(max_work, spans[j].work_seconds);
     }
-    absl::StrAppendFormat(&out, "\n  %-5d %-11zu %-9.1f %-8.1f %-10.1f %.1f", wave++, j - i + 1,
-                          ms(spans[i].first), ms(last_in), ms(first_out), ms(last_out));
+    absl::StrAppendFormat(&out, "\n  %-5d %-11zu %-9.1f %-8.1f %-10.1f %-9.1f %-12.1f %.1f", wave++,
+                          j - i + 1, ms(spans[i].in), ms(last_in), ms(first_out), ms(last_out),
+                          work / workers * 1e3, max_work * 1e3);
     i = j + 1;
   }
   return out;
@@ -414,7 +424,7 @@ int Main(int argc, char** argv) {
                           double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
                           shared.work_seconds / w / span, span, cpu_per_dispatch,
                           done ? "" : "  (jobs did not finish)");
-      if (shared.trace) row += "\n" + TraceText(shared.spans, shared.first);
+      if (shared.trace) row += "\n" + TraceText(shared.spans, shared.first, w);
       return row;
     };
     std::printf("%s\n", round_row(done).c_str());

@@ -48,15 +48,26 @@ absl::StatusOr<EtaRule> ParseEtaRule(absl::string_view given) {
   const std::string name = absl::AsciiStrToUpper(given);  // case-insensitive
   if (name == "AUTO") return EtaRule::kAuto;
   if (name == "CV") return EtaRule::kCrossValidated;
+  if (name == "SAMPLES") return EtaRule::kSamples;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown eta rule \"", given, "\" (expected AUTO or CV)"));
+      absl::StrCat("unknown eta rule \"", given, "\" (expected AUTO, CV or SAMPLES)"));
 }
 
 absl::string_view EtaRuleName(EtaRule rule) {
-  return rule == EtaRule::kCrossValidated ? "CV" : "AUTO";
+  switch (rule) {
+    case EtaRule::kAuto:
+      return "AUTO";
+    case EtaRule::kCrossValidated:
+      return "CV";
+    case EtaRule::kSamples:
+      return "SAMPLES";
+  }
+  return "AUTO";
 }
 
 std::vector<double> DefaultEtaGrid() { return {0, 0.1, 0.3, 1, 3, 10, 30, 100}; }
+
+double SamplesEta(int num_samples) { return num_samples >= kSamplesEtaMinSamples ? 1.0 : 0.0; }
 
 std::vector<int> SamplePermutation(uint64_t seed, uint64_t stream, int n) {
   std::vector<int> perm(std::max(n, 0));

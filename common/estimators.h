@@ -59,14 +59,24 @@ absl::string_view EstimatorName(Estimator estimator);
 bool EstimatorNeedsSampleLosses(Estimator estimator);
 
 // How η is resolved when SearchConfig::eta is not given: AUTO = today's rule (std(η·T) = std(L̂)
-// over the first population), CV = cross-validated on the search samples (above).
-enum class EtaRule { kAuto, kCrossValidated };
-// "AUTO" | "CV".
+// over the first population), CV = cross-validated on the search samples (above), SAMPLES = by
+// the number of search samples alone (SamplesEta; known before any evaluation, like an explicit
+// η: the default, issue 14).
+enum class EtaRule { kAuto, kCrossValidated, kSamples };
+// "AUTO" | "CV" | "SAMPLES".
 absl::StatusOr<EtaRule> ParseEtaRule(absl::string_view name);
 absl::string_view EtaRuleName(EtaRule rule);
 
 // {0, 0.1, 0.3, 1, 3, 10, 30, 100}.
 std::vector<double> DefaultEtaGrid();
+
+// The SAMPLES rule: η = 1 with at least kSamplesEtaMinSamples search samples, 0 below. Chosen on
+// the selection set (docs/results/SELECTION.md, "few samples"): at the hard budget PAIRED with
+// z = 1 beat the loss alone at 64 samples and tied it at 32, but with 16 samples its paired
+// standard error is too noisy to rank by and z = 0 scored best (z = 0 / 0.5 / 1: 88.5 / 87.0 /
+// 86.6 %).
+inline constexpr int kSamplesEtaMinSamples = 32;
+double SamplesEta(int num_samples);
 
 // Fork stream ids of the two seeded permutations (distinct so SPLIT's halves and CV's halves are
 // unrelated draws).

@@ -254,6 +254,8 @@ TEST(EstimatorsTest, NamesRoundTrip) {
   EXPECT_EQ(*ParseEtaRule("CV"), EtaRule::kCrossValidated);
   EXPECT_EQ(*ParseEtaRule(EtaRuleName(EtaRule::kAuto)), EtaRule::kAuto);
   EXPECT_EQ(*ParseEtaRule("cv"), EtaRule::kCrossValidated);
+  EXPECT_EQ(*ParseEtaRule(EtaRuleName(EtaRule::kSamples)), EtaRule::kSamples);
+  EXPECT_EQ(*ParseEtaRule("samples"), EtaRule::kSamples);
   EXPECT_FALSE(ParseEtaRule("holdout").ok());
   EXPECT_TRUE(EstimatorNeedsSampleLosses(Estimator::kUcb));
   EXPECT_TRUE(EstimatorNeedsSampleLosses(Estimator::kSplit));

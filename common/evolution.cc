@@ -241,7 +241,15 @@ bool UsesOptions(const SearchConfig& c) {
 std::string EtaMethod(const SearchConfig& c) {
   if (c.strategy == Strategy::kRandomSearch) return "zero";
   if (c.eta.has_value()) return "explicit";
-  return c.eta_rule == EtaRule::kCrossValidated ? "cv" : "auto";
+  switch (c.eta_rule) {
+    case EtaRule::kCrossValidated:
+      return "cv";
+    case EtaRule::kSamples:
+      return "samples";
+    case EtaRule::kAuto:
+      break;
+  }
+  return "auto";
 }
 
 // The order the estimators sum the samples in; SPLIT's halves are its two halves.
@@ -349,11 +357,13 @@ absl::Status CheckResult(const EvalResult& r, const std::string& hash, const Sea
 }
 
 // The η the fitness will use, when it is known before the generation is scored: resolved, or
-// explicit, or RANDOM_SEARCH's 0 (AUTO and CV resolve it from the first population's results).
+// explicit, or RANDOM_SEARCH's 0, or the SAMPLES rule's (AUTO and CV resolve it from the first
+// population's results).
 std::optional<double> KnownEta(const SearchState& s) {
   if (s.eta.has_value()) return s.eta;
   if (s.config.strategy == Strategy::kRandomSearch) return 0.0;
   if (s.config.eta.has_value()) return s.config.eta;
+  if (s.config.eta_rule == EtaRule::kSamples) return SamplesEta(s.config.num_samples);
   return std::nullopt;
 }
 
@@ -557,6 +567,8 @@ absl::Status ResolveEta(const PolicySpace& space, SearchState& s, GenerationStat
     s.eta = *c.eta;
   } else if (c.eta_rule == EtaRule::kCrossValidated) {
     RETURN_IF_ERROR(CrossValidatedEta(space, s, s.projector_version, stats));
+  } else if (c.eta_rule == EtaRule::kSamples) {
+    s.eta = SamplesEta(c.num_samples);
   } else {
     s.eta = AutoEta(space, c, ContextOf(space, s, s.projector_version),
                     Rank(space, s, s.population, s.projector_version));
@@ -997,8 +1009,8 @@ absl::Status OptionalStatsFromJson(const json& j, const std::string& path, Gener
   if (j.contains("eta_method")) {
     ASSIGN_OR_RETURN(g.eta_method, GetString(j, path, "eta_method"));
     if (g.eta_method != "explicit" && g.eta_method != "zero" && g.eta_method != "auto" &&
-        g.eta_method != "cv") {
-      return FieldError(path + ".eta_method", "expected explicit, zero, auto or cv");
+        g.eta_method != "cv" && g.eta_method != "samples") {
+      return FieldError(path + ".eta_method", "expected explicit, zero, auto, cv or samples");
     }
   }
   if (j.contains("eta_cv_rho")) {

@@ -36,7 +36,8 @@
 //    above bit for bit). CV chooses η once, on the first population (like AUTO): the first
 //    population is the most diverse set the search ever scores (random feasible policies), and a
 //    fixed η keeps J stationary, so an elite's fitness never changes between generations; later
-//    populations are concentrated around the elites and would rank a narrow band. UCB, SPLIT,
+//    populations are concentrated around the elites and would rank a narrow band. SAMPLES sets η
+//    from num_samples alone (estimators.h SamplesEta), before the first population. UCB, SPLIT,
 //    PAIRED and CV need the evaluator's per-sample losses; a whole-set result without them fails
 //    the Step (FAILED_PRECONDITION). The permutations they use come from Prng(seed).Fork, never
 //    from the search's stream. GenerationStats records the estimator, the η method and CV's ρ.
@@ -149,7 +150,7 @@ struct SearchConfig {
   int generations = 12;       // after the initial population (generation 0)
   int parents = 8;            // survivors per generation; also the projector's top-k
   double mutation = 0.2;      // per unit
-  std::optional<double> eta;  // nullopt = auto
+  std::optional<double> eta;  // nullopt = chosen by eta_rule
   int projector_every = 4;    // 0 = never
   int num_samples = 0;        // n of Ω/√n
   uint64_t seed = 0;
@@ -162,7 +163,8 @@ struct SearchConfig {
   Estimator estimator = Estimator::kNorm;
   // How η is resolved when `eta` is not given (RANDOM_SEARCH: always 0). CV needs per-sample
   // losses and num_samples ≥ 4 (each half must have 2) and is chosen once, on the first
-  // population (see the file comment).
+  // population (see the file comment); SAMPLES (SamplesEta) is known from the start and then
+  // searches exactly as that η given explicitly.
   EtaRule eta_rule = EtaRule::kAuto;
   std::vector<double> eta_grid = DefaultEtaGrid();  // CV's candidates: finite, ≥ 0, non-empty
   // EFFICIENTLLAVA: extra initial policies as continuous per-unit ratios (e.g. UNIFORM's and
@@ -242,7 +244,7 @@ struct GenerationStats {
   // Recorded only when an issue-14 option is in use (empty / unset otherwise, and then absent
   // from the JSON, which keeps default histories byte-identical):
   std::string estimator;   // "NORM" | "UCB" | "SPLIT" | "CAPACITY" | "PAIRED"
-  std::string eta_method;  // "explicit" | "zero" (RANDOM_SEARCH) | "auto" | "cv"
+  std::string eta_method;  // "explicit" | "zero" (RANDOM_SEARCH) | "auto" | "cv" | "samples"
   // CV, in the generation that chose η: Spearman ρ of the chosen η and of every grid value
   // (nullopt = undefined), in SearchConfig::eta_grid order.
   std::optional<double> eta_cv_rho;

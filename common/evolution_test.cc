@@ -1202,6 +1202,65 @@ TEST(EstimatorSearchTest, DeterministicAndResumableForEachEstimator) {
             (*EvolutionarySearch::Create(&same, ucb))->state().ToJson()["population"]);
 }
 
+// The SAMPLES rule (the default's, issue 14) searches exactly as the η it names given explicitly —
+// 0 below kSamplesEtaMinSamples search samples, 1 from there — racing from the first population
+// as an explicit η does; only the history's eta_method says how η was set. Its state resumes.
+TEST(EstimatorSearchTest, TheSamplesRuleSearchesAsTheEtaItNames) {
+  EXPECT_EQ(SamplesEta(1), 0);
+  EXPECT_EQ(SamplesEta(16), 0);
+  EXPECT_EQ(SamplesEta(kSamplesEtaMinSamples - 1), 0);
+  EXPECT_EQ(SamplesEta(kSamplesEtaMinSamples), 1);
+  EXPECT_EQ(SamplesEta(64), 1);
+  const PolicySpace space = MakeSpace(4, UnitKind::kLinear);
+  for (int n : {16, kSamplesEtaMinSamples}) {
+    SearchConfig rule = EstimatorConfig(space, Estimator::kPaired);
+    rule.num_samples = n;
+    rule.eta.reset();
+    rule.eta_rule = EtaRule::kSamples;
+    SearchConfig given = rule;
+    given.eta = n < kSamplesEtaMinSamples ? 0.0 : 1.0;
+    given.eta_rule = EtaRule::kAuto;
+    const RunResult a = RunAll(space, rule, n);
+    const RunResult b = RunAll(space, given, n);
+    EXPECT_EQ(a.log, b.log) << n;
+    EXPECT_EQ(a.best, b.best) << n;
+    ASSERT_EQ(a.history.size(), b.history.size());
+    for (size_t g = 0; g < a.history.size(); ++g) {
+      EXPECT_EQ(a.history[g].eta, *given.eta) << n;
+      EXPECT_EQ(a.history[g].eta_method, "samples");
+      EXPECT_EQ(b.history[g].eta_method, "explicit");
+      GenerationStats same = a.history[g];
+      same.eta_method = "explicit";
+      EXPECT_EQ(same, b.history[g]) << n << " generation " << g;
+      EXPECT_EQ(*GenerationStats::FromJson(a.history[g].ToJson()), a.history[g]);
+    }
+    // It races as the explicit η does: the same calls, thresholds and cuts.
+    RacingEvaluator raced_rule(space, n), raced_given(space, n);
+    auto r = EvolutionarySearch::Create(&space, rule);
+    auto e = EvolutionarySearch::Create(&space, given);
+    ASSERT_TRUE(r.ok() && e.ok());
+    for (int g = 0; g < 2; ++g) {
+      ASSERT_TRUE((*r)->Step(raced_rule).ok());
+      ASSERT_TRUE((*e)->Step(raced_given).ok());
+      EXPECT_EQ((*r)->history()[g].raced_out, (*e)->history()[g].raced_out) << n;
+    }
+    EXPECT_GT(raced_rule.raced_calls, 0) << n;
+    EXPECT_EQ(raced_rule.raced_calls, raced_given.raced_calls) << n;
+    EXPECT_EQ(raced_rule.thresholds, raced_given.thresholds) << n;
+    EXPECT_EQ(raced_rule.log, raced_given.log) << n;
+    // The rule's state reads back and resumes to the same end.
+    auto state = SearchState::FromJson(json::parse((*r)->state().ToJson().dump()));
+    ASSERT_TRUE(state.ok()) << state.status();
+    EXPECT_EQ(state->config.eta_rule, EtaRule::kSamples);
+    auto resumed = EvolutionarySearch::Resume(&space, *std::move(state));
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    SyntheticEvaluator rest(space, Sensitivities(space.num_units()));
+    rest.num_samples = n;
+    ASSERT_TRUE((*resumed)->Run(rest).ok());
+    EXPECT_EQ((*resumed)->Best()->policy, a.best) << n;
+  }
+}
+
 // PAIRED's evaluator: the reference (the uniform seed) loses base_i = 1 + 0.5·(i mod 3) on sample
 // i; every other policy loses base_i − gain + amp·(±1), the sign alternating over the samples
 // (offset by the policy's hash), so every policy's mean improvement is exactly `gain` and the

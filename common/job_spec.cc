@@ -283,9 +283,18 @@ absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
 }
 
 nlohmann::json EtaReportJson(const JobSpec& spec, double eta) {
+  const bool samples = spec.strategy != search::Strategy::kRandomSearch && !spec.eta.has_value() &&
+                       spec.eta_rule == search::EtaRule::kSamples;
   const char* how = spec.strategy == search::Strategy::kRandomSearch ? "zero (RANDOM_SEARCH)"
                     : spec.eta.has_value()                           ? "explicit"
+                    : samples                                        ? "samples"
                                                                      : "auto";
+  if (samples) {
+    return {{"value", eta},
+            {"mode", how},
+            {"rule", absl::StrCat("samples: 1 with at least ", search::kSamplesEtaMinSamples,
+                                  " search samples, 0 below (docs/results/SELECTION.md)")}};
+  }
   return {{"value", eta},
           {"mode", how},
           {"rule",
@@ -298,9 +307,11 @@ nlohmann::json SearchEtaJson(const JobSpec& spec, double eta,
   nlohmann::json j = EtaReportJson(spec, eta);
   if (spec.estimator != search::Estimator::kNorm) {
     j["estimator"] = std::string(search::EstimatorName(spec.estimator));
-    j["rule"] =
-        "auto: chosen on the first population so that std(eta*T) = std(loss), T the "
-        "estimator's term (population standard deviations)";
+    if (j["mode"] != "samples") {
+      j["rule"] =
+          "auto: chosen on the first population so that std(eta*T) = std(loss), T the "
+          "estimator's term (population standard deviations)";
+    }
   }
   const bool cv = spec.eta_rule == search::EtaRule::kCrossValidated && !spec.eta.has_value() &&
                   spec.strategy == search::Strategy::kEfficientLlava;

@@ -8,7 +8,8 @@
 //
 // The search's defaults (issue 14; docs/results/SELECTION.md, docs/results/FINDINGS.md): the PAIRED
 // estimator with η = 1 (a policy outranks UNIFORM's only when its per-sample improvement over it
-// is more than one paired standard error above 0), no projector training, and UNIFORM inside the
+// is more than one paired standard error above 0) from 32 search samples up and η = 0 (the loss
+// alone) below (eta_rule SAMPLES), no projector training, and UNIFORM inside the
 // search — its continuous ratio in the ratio grid (uniform_ratio_choice) and its policy, repaired
 // into the budget band, in the initial population (seed_with_uniform, repair_uniform_seed; it is
 // PAIRED's reference). On the selection set ("paired1", 5 seeds) it is within 0.3 points of
@@ -16,8 +17,10 @@
 // inside ("eta0-grid", the default before it) at every budget; the loss alone picked policies
 // that beat UNIFORM on the 64 search samples by less than their noise and lost up to 1.7 held-out
 // points (STRUCTURED 0.7). Held out (docs/results/STUDY.md, 5 seeds): no budget more than 0.5
-// points under UNIFORM, +6.9 at UNSTRUCTURED 0.35 — but 2.2 points under η = 0 with 16 search
-// samples, where the paired SE is too noisy to help. The other search options are off. SetStrategy
+// points under UNIFORM, +6.9 at UNSTRUCTURED 0.35 — but η = 1 was 2.2 points under η = 0 with 16
+// search samples, where the paired SE is too noisy to help; there the selection set also chose
+// η = 0 (88.5 % against 87.0 / 86.6 at η = 0.5 / 1), hence the SAMPLES rule. The other search
+// options are off. SetStrategy
 // gives RANDOM_SEARCH, UNIFORM and OWL their own (the estimator is EFFICIENTLLAVA's: RANDOM_SEARCH
 // ranks by the loss).
 //
@@ -113,15 +116,18 @@ struct JobSpec {
   int parents = 8;
   double mutation = 0.2;
   std::vector<double> ratio_choices = search::DefaultRatioChoices();
-  // Default 1 with the PAIRED estimator (the file comment): the z of the paired lower confidence
-  // bound. docs/results/SELECTION.md measured the other terms (auto, CV, UCB) at or below η = 0.
-  // nullopt = resolved by eta_rule.
-  std::optional<double> eta = 1.0;
+  // With the PAIRED estimator, the z of the paired lower confidence bound. nullopt = resolved by
+  // eta_rule: by default SAMPLES, i.e. 1 from 32 search samples up and 0 below (the file
+  // comment). docs/results/SELECTION.md measured the other terms (auto, CV, UCB) at or below
+  // η = 0.
+  std::optional<double> eta;
   // The generalization term of the fitness J = L̂ + η·T (common/estimators.h).
   Estimator estimator = Estimator::kPaired;
-  // How η is resolved when `eta` is unset: AUTO (std(η·T) = std(L̂) over the first population)
-  // or CV (cross-validated on the search samples over search::DefaultEtaGrid()).
-  search::EtaRule eta_rule = search::EtaRule::kAuto;
+  // How η is resolved when `eta` is unset: SAMPLES (search::SamplesEta, the default), AUTO
+  // (std(η·T) = std(L̂) over the first population) or CV (cross-validated on the search samples
+  // over search::DefaultEtaGrid()). An η asked for as "auto" (prune-local --eta=auto, the
+  // proto's eta_auto) or implied by an estimator without an η is AUTO's unless a rule is given.
+  search::EtaRule eta_rule = search::EtaRule::kSamples;
   // EFFICIENTLLAVA's initial population also holds UNIFORM's / OWL's continuous solution, snapped
   // to the ratio grid and repaired into the budget band (SearchConfig::seed_unit_ratios).
   // UNIFORM's is in by default (see the file comment).
@@ -189,8 +195,9 @@ absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
                                                      const TokenStats& stats,
                                                      const std::vector<DecoderLayerHeads>& heads);
 
-// report.json's "eta" object for a search: the η in use and how it was set (explicit, auto, or
-// zero for RANDOM_SEARCH). prune-local and the scheduler's search driver both write it.
+// report.json's "eta" object for a search: the η in use and how it was set (explicit, auto,
+// samples, or zero for RANDOM_SEARCH). prune-local and the scheduler's search driver both write
+// it.
 nlohmann::json EtaReportJson(const JobSpec& spec, double eta);
 // EtaReportJson with the issue-14 options: the estimator (non-NORM), the eta_rule (non-AUTO) and,
 // when CV chose η, how (its ρ and every grid value's, from generation 0 of `history`). The

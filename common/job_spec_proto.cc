@@ -138,13 +138,23 @@ absl::StatusOr<search::EtaRule> EtaRuleFromProto(pb::EtaRule r) {
       return search::EtaRule::kAuto;
     case pb::CV:
       return search::EtaRule::kCrossValidated;
+    case pb::SAMPLES:
+      return search::EtaRule::kSamples;
     default:
       return Invalid("eta_rule", absl::StrCat("has an unknown value ", int(r)));
   }
 }
 
 pb::EtaRule EtaRuleToProto(search::EtaRule r) {
-  return r == search::EtaRule::kCrossValidated ? pb::CV : pb::AUTO;
+  switch (r) {
+    case search::EtaRule::kCrossValidated:
+      return pb::CV;
+    case search::EtaRule::kSamples:
+      return pb::SAMPLES;
+    case search::EtaRule::kAuto:
+      break;
+  }
+  return pb::AUTO;
 }
 
 // The enum-valued fields and the granularity-dependent defaults.
@@ -201,7 +211,7 @@ absl::Status EnumsFromProto(const pb::JobSpec& p, JobSpec& s) {
   if (p.has_estimator()) {
     ASSIGN_OR_RETURN(s.estimator, EstimatorFromProto(p.estimator()));
   }
-  if (p.has_eta_rule()) {
+  if (p.has_eta_rule() && p.eta_rule() != pb::ETA_RULE_UNSPECIFIED) {  // else EtaFromProto's
     ASSIGN_OR_RETURN(s.eta_rule, EtaRuleFromProto(p.eta_rule()));
   }
   return absl::OkStatus();
@@ -215,11 +225,15 @@ absl::Status EtaFromProto(const pb::JobSpec& p, JobSpec& s) {
     return Invalid("eta_auto", "= false needs an explicit eta");
   }
   if (p.has_eta()) s.eta = p.eta();
-  // eta_auto, or an eta_rule / estimator without an eta: η is chosen by the rule, over the
-  // strategy's default η.
-  const bool rule_given = (p.has_eta_rule() && p.eta_rule() != pb::ETA_RULE_UNSPECIFIED) ||
-                          (p.has_estimator() && p.estimator() != pb::ESTIMATOR_UNSPECIFIED);
-  if ((p.has_eta_auto() && p.eta_auto()) || (rule_given && !p.has_eta())) s.eta.reset();
+  // eta_auto, or an eta_rule / estimator without an eta: η is chosen by the rule — AUTO's unless
+  // one is given (the default SAMPLES rule is for a spec that says nothing of η).
+  const bool named_rule = p.has_eta_rule() && p.eta_rule() != pb::ETA_RULE_UNSPECIFIED;
+  const bool rule_given =
+      named_rule || (p.has_estimator() && p.estimator() != pb::ESTIMATOR_UNSPECIFIED);
+  if ((p.has_eta_auto() && p.eta_auto()) || (rule_given && !p.has_eta())) {
+    s.eta.reset();
+    if (!named_rule) s.eta_rule = search::EtaRule::kAuto;
+  }
   return absl::OkStatus();
 }
 

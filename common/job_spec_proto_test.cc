@@ -156,18 +156,32 @@ TEST(JobSpecProtoTest, SearchOptionsRoundTrip) {
     p.set_estimator(proto);
     ASSERT_EQ(JobSpecFromProto(p)->estimator, native);
   }
-  // Defaults are written explicitly, as AUTO / false / 0 (the uniform options: true), PAIRED and
-  // η = 1.
+  // Defaults are written explicitly, as false / 0 (the uniform options: true), PAIRED and η
+  // chosen by the SAMPLES rule (eta_auto with eta_rule SAMPLES), which reads back the same.
   const pb::JobSpec d = JobSpecToProto(*JobSpecFromProto(Minimal()));
-  EXPECT_EQ(d.eta_rule(), pb::AUTO);
+  EXPECT_EQ(d.eta_rule(), pb::SAMPLES);
   EXPECT_EQ(d.estimator(), pb::PAIRED);
-  EXPECT_TRUE(d.has_eta() && d.eta() == 1 && !d.eta_auto());
-  // An eta_rule or estimator without an eta: η is chosen by the rule.
+  EXPECT_TRUE(!d.has_eta() && d.eta_auto());
+  EXPECT_EQ(*JobSpecFromProto(d), *JobSpecFromProto(Minimal()));
+  // An eta_rule or estimator without an eta: η is chosen by the rule, AUTO's unless one is named
+  // (the SAMPLES default is for a spec that says nothing of η); eta_auto alone is AUTO too.
   pb::JobSpec ucb = Minimal();
   ucb.set_estimator(pb::UCB);
   EXPECT_FALSE(JobSpecFromProto(ucb)->eta.has_value());
+  EXPECT_EQ(JobSpecFromProto(ucb)->eta_rule, search::EtaRule::kAuto);
+  ucb.set_eta_rule(pb::SAMPLES);
+  EXPECT_EQ(JobSpecFromProto(ucb)->eta_rule, search::EtaRule::kSamples);
+  ucb.clear_eta_rule();
   ucb.set_eta(1.5);
   EXPECT_EQ(JobSpecFromProto(ucb)->eta, 1.5);
+  pb::JobSpec autoeta = Minimal();
+  autoeta.set_eta_auto(true);
+  EXPECT_FALSE(JobSpecFromProto(autoeta)->eta.has_value());
+  EXPECT_EQ(JobSpecFromProto(autoeta)->eta_rule, search::EtaRule::kAuto);
+  autoeta.set_eta_rule(pb::ETA_RULE_UNSPECIFIED);  // unspecified = not named
+  EXPECT_EQ(JobSpecFromProto(autoeta)->eta_rule, search::EtaRule::kAuto);
+  autoeta.set_eta_rule(pb::CV);
+  EXPECT_EQ(JobSpecFromProto(autoeta)->eta_rule, search::EtaRule::kCrossValidated);
   // UNIFORM inside the search by default (issue 14), written explicitly like every default.
   EXPECT_TRUE(d.has_seed_with_uniform() && d.seed_with_uniform() && d.repair_uniform_seed() &&
               d.uniform_ratio_choice());

@@ -324,7 +324,31 @@ SELECT_CONFIGS=(
 # SELECT_ONLY="name ..." runs only those configurations (the others' runs stay as they are).
 SELECT_BUDGETS_UNSTRUCTURED="${SELECT_BUDGETS_UNSTRUCTURED:-0.35 0.5 0.7}"
 SELECT_BUDGETS_STRUCTURED="${SELECT_BUDGETS_STRUCTURED:-0.6 0.7}"
-select_runs() { ONLY="${SELECT_ONLY:-}" config_runs select SELECT_CONFIGS SELECT_BUDGETS "$1"; }
+# Few samples (issue 14's 16-sample item): PAIRED's z at 16 and 32 search samples, the hard
+# budget, with the default's other options; eta0 (no UNIFORM seed) is the η = 0 search the item
+# compares with.
+# shellcheck disable=SC2034  # read through config_runs' ${!arr}
+SELECT_FEW=(
+  "uniform:UNIFORM:"
+  "eta0:EFFICIENTLLAVA:--eta=0 --projector-every=0 --seed-with-uniform=false --repair-uniform-seed=false --uniform-ratio-choice=false"
+  "eta0-grid:EFFICIENTLLAVA:--eta=0 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
+  "paired-half:EFFICIENTLLAVA:--estimator=PAIRED --eta=0.5 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
+  "paired1:EFFICIENTLLAVA:--estimator=PAIRED --eta=1 --seed-with-uniform --repair-uniform-seed --uniform-ratio-choice --projector-every=0"
+)
+# SELECT_STAGES: "main" (SELECT_CONFIGS at SELECT_BUDGETS, 64 samples), "n16" and/or "n32".
+SELECT_STAGES="${SELECT_STAGES:-main}"
+select_runs() {
+  local stage
+  for stage in $SELECT_STAGES; do
+    case "$stage" in
+      main) ONLY="${SELECT_ONLY:-}" config_runs select SELECT_CONFIGS SELECT_BUDGETS "$1" ;;
+      n16) SEARCH_N=16 ONLY="${SELECT_ONLY:-}" config_runs select SELECT_FEW FEW "$1" n16 ;;
+      n32) SEARCH_N=32 ONLY="${SELECT_ONLY:-uniform eta0-grid paired-half paired1}" \
+        config_runs select SELECT_FEW FEW "$1" n32 ;;
+      *) echo "results.sh: unknown select stage '$stage'" >&2; exit 2 ;;
+    esac
+  done
+}
 
 # The held-out study of issue 14 at full size (prune-local's defaults: population 32, 8 parents,
 # 12 generations, η = 0, projector off), in stages of falling priority; each stage runs every

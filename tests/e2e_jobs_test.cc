@@ -157,10 +157,12 @@ void RunAndCompare(int workers, int population, const std::string& name, int bat
   ExpectSameAsPruneLocal(dir, spec, batch,
                          absl::StrCat("pop", population, "-batch", batch, options ? "-opts" : ""));
   EXPECT_GT(Metric(s.metrics_port, "prunesvc_steps_total"), 0);
-  // The events say how η was set: cross-validated with the options, the default (explicit) without.
+  // The events say how η was set: cross-validated with the options, the default (the SAMPLES
+  // rule: η = 0 with these 12 search samples) without.
   for (const pb::JobEvent& e : events) {
     if (!e.has_generation_finished()) continue;
-    EXPECT_EQ(e.generation_finished().eta_method(), options ? "cv" : "explicit");  // η = 1
+    EXPECT_EQ(e.generation_finished().eta_method(), options ? "cv" : "samples");
+    if (!options) EXPECT_EQ(e.generation_finished().eta(), 0.0);
     EXPECT_EQ(e.generation_finished().estimator(), options ? "UCB" : "PAIRED");
   }
   if (workers > population / 2) {  // more workers than a generation's misses

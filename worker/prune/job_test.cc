@@ -240,9 +240,12 @@ TEST(PruneLocalTest, SameSeedGivesSameSearchAndPolicy) {
   EXPECT_NE(ra["evaluated"], rc["evaluated"]);
   // Projector training happened (generations 2 and 4) and is recorded.
   EXPECT_EQ(ra["projector"]["version"], 2);
-  EXPECT_EQ(ra["eta"]["mode"], "explicit");  // the default η = 1 with PAIRED (issue 14)
-  EXPECT_EQ(ra["eta"]["value"], 1.0);
+  // The default η with PAIRED (issue 14): the SAMPLES rule, 0 with these 16 search samples.
+  EXPECT_EQ(ra["eta"]["mode"], "samples");
+  EXPECT_EQ(ra["eta"]["value"], 0.0);
+  EXPECT_EQ(ra["eta"]["eta_rule"], "SAMPLES");
   EXPECT_EQ(ra["eta"]["estimator"], "PAIRED");
+  EXPECT_EQ(ra["history"][0]["eta_method"], "samples");
   std::printf("[determinism] %zu evaluations, final policy %s\n", ra["evaluated"].size(),
               ra["policy"]["hash"].get<std::string>().c_str());
 }
@@ -1522,8 +1525,8 @@ TEST(PruneLocalOptionsTest, EachOptionIsDeterministicAndRecorded) {
 }
 
 // Without the options, report.json has none of their keys (the goldens pin the bytes).
-// The default report names the options the default turns on (UNIFORM inside the search and the
-// PAIRED estimator, issue 14) and none of the others.
+// The default report names the options the default turns on (UNIFORM inside the search, the
+// PAIRED estimator and η by the SAMPLES rule, issue 14) and none of the others.
 TEST(PruneLocalOptionsTest, DefaultReportNamesOnlyTheDefaultOptions) {
   ASSERT_EQ(MainRun().code, 0) << MainRun().err;
   const json r = ReadJson(WorkDir() + "/main/report.json");
@@ -1535,11 +1538,13 @@ TEST(PruneLocalOptionsTest, DefaultReportNamesOnlyTheDefaultOptions) {
   EXPECT_TRUE(r["search"]["seed_unit_ratios"].contains("UNIFORM"));
   EXPECT_EQ(r["search"]["estimator"], "PAIRED");
   EXPECT_EQ(r["eta"]["estimator"], "PAIRED");
-  for (const char* k :
-       {"eta_rule", "seed_with_owl", "mutation_step", "slack_evaluations", "uniform_guard"}) {
+  EXPECT_EQ(r["search"]["eta_rule"], "SAMPLES");
+  EXPECT_EQ(r["eta"]["eta_rule"], "SAMPLES");
+  EXPECT_EQ(r["eta"]["mode"], "samples");
+  for (const char* k : {"seed_with_owl", "mutation_step", "slack_evaluations", "uniform_guard"}) {
     EXPECT_FALSE(r["search"].contains(k)) << k;
   }
-  for (const char* k : {"eta_rule", "cv_rho", "grid"}) {
+  for (const char* k : {"cv_rho", "grid"}) {
     EXPECT_FALSE(r["eta"].contains(k)) << k;
   }
 }

@@ -33,9 +33,7 @@
 namespace {
 // The search options' flag defaults are EFFICIENTLLAVA's (JobSpec's member defaults).
 const prunesvc::JobSpec kDefaults;
-std::string EtaFlagDefault() {
-  return kDefaults.eta ? absl::StrCat(*kDefaults.eta) : std::string("auto");
-}
+std::string EtaFlagDefault() { return kDefaults.eta ? absl::StrCat(*kDefaults.eta) : ""; }
 }  // namespace
 
 ABSL_FLAG(std::string, model, "", "LLaVA model directory (HF layout)");
@@ -66,8 +64,9 @@ ABSL_FLAG(int, parents, 8,
 ABSL_FLAG(double, mutation, 0.2, "mutation probability per unit");
 ABSL_FLAG(std::string, ratio_choices, "", "comma-separated ratios (default 0,0.1,...,0.8)");
 ABSL_FLAG(std::string, eta, EtaFlagDefault(),
-          "weight of the generalization term: auto (chosen by --eta-rule) or a number >= 0; "
-          "default: the strategy's");
+          "weight of the generalization term (PAIRED: the z): auto (chosen by --eta-rule, AUTO "
+          "unless given) or a number >= 0; default: the strategy's (EFFICIENTLLAVA: --eta-rule "
+          "SAMPLES, 1 from 32 search samples up and 0 below)");
 ABSL_FLAG(
     std::string, estimator, std::string(prunesvc::EstimatorName(kDefaults.estimator)),
     "generalization term T of the fitness J = loss + eta*T: NORM (kept norm mass / sqrt(n), "
@@ -77,9 +76,10 @@ ABSL_FLAG(
     "(standard error of the per-sample loss differences against UNIFORM's policy; eta is "
     "the z of a lower confidence bound on the improvement over UNIFORM)");
 ABSL_FLAG(std::string, eta_rule, std::string(prunesvc::search::EtaRuleName(kDefaults.eta_rule)),
-          "how eta is chosen when --eta is auto: AUTO (std(eta*T) = std(loss) over the first "
-          "population) | CV (cross-validated on two halves of the search samples over the grid "
-          "0,0.1,0.3,1,3,10,30,100)");
+          "how eta is chosen when --eta is not a number: SAMPLES (1 with at least 32 search "
+          "samples, 0 below; the default) | AUTO (std(eta*T) = std(loss) over the first "
+          "population; what --eta=auto or --estimator alone means) | CV (cross-validated on two "
+          "halves of the search samples over the grid 0,0.1,0.3,1,3,10,30,100)");
 ABSL_FLAG(bool, seed_with_uniform, kDefaults.seed_with_uniform,
           "EFFICIENTLLAVA: start the population with UNIFORM's continuous solution, snapped to "
           "the ratio grid and repaired into the budget band (default on; "
@@ -329,10 +329,12 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
     spec.ratio_choices = *r;
   }
   const std::string eta = absl::GetFlag(FLAGS_eta);
-  // --eta auto, or --eta-rule / --estimator without --eta: η is chosen by the rule.
+  // --eta auto, or --eta-rule / --estimator without --eta: η is chosen by the rule, AUTO's unless
+  // --eta-rule names one (the default SAMPLES rule is for a command that says nothing of η).
   if ((Given(FLAGS_eta) && eta == "auto") ||
       (!Given(FLAGS_eta) && (Given(FLAGS_eta_rule) || Given(FLAGS_estimator)))) {
     spec.eta.reset();
+    if (!Given(FLAGS_eta_rule)) spec.eta_rule = search::EtaRule::kAuto;
   }
   if (Given(FLAGS_eta) && eta != "auto") {
     double v = 0;
