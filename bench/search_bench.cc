@@ -177,19 +177,22 @@ int main(int argc, char** argv) {
   prunesvc::SetGranularity(opt.spec, *granularity);
   auto estimator = search::ParseEstimator(Flag(
       argc, argv, "estimator", std::string(search::EstimatorName(opt.spec.estimator)).c_str()));
-  const std::string eta_default = absl::StrCat(opt.spec.eta.value_or(0));
+  // Without --eta, η is the spec's default: its rule (SAMPLES: 1 with these 64 samples).
+  const std::string eta_flag = Flag(argc, argv, "eta", "");
   double eta = 0;
-  if (!estimator.ok() || !absl::SimpleAtod(Flag(argc, argv, "eta", eta_default.c_str()), &eta) ||
-      eta < 0) {
+  if (!estimator.ok() || (!eta_flag.empty() && (!absl::SimpleAtod(eta_flag, &eta) || eta < 0))) {
     std::fprintf(stderr,
                  "search-bench: --estimator must be NORM|UCB|SPLIT|CAPACITY|PAIRED and "
                  "--eta a number >= 0\n");
     return 2;
   }
   opt.spec.estimator = *estimator;
-  opt.spec.eta = eta;
-  std::printf("fitness: estimator %s, eta %g\n",
-              std::string(search::EstimatorName(opt.spec.estimator)).c_str(), eta);
+  if (!eta_flag.empty()) opt.spec.eta = eta;
+  const std::string eta_text =
+      opt.spec.eta.has_value() ? absl::StrCat(*opt.spec.eta)
+                               : absl::StrCat("by rule ", search::EtaRuleName(opt.spec.eta_rule));
+  std::printf("fitness: estimator %s, eta %s\n",
+              std::string(search::EstimatorName(opt.spec.estimator)).c_str(), eta_text.c_str());
   prune::StepContext ctx;
   // Work done once across jobs: this job prepares alone and shares its preparation
   // (preparation_cache.h) as a worker does; a second job of the same inputs (another seed and

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -794,11 +795,19 @@ TEST(WorkerStepsTest, TheRequestsSampleOrderIsTheOneScored) {
   ASSERT_EQ(b.size(), 12);
   for (int j = 0; j < 12; ++j) EXPECT_EQ(b[j], a[order[size_t(j)]]) << j;
   EXPECT_NE(order, identity);  // the probe's losses are not already in index order here
-  // Hardest first: the probe policy (every unit at 0.5) scored in that order has non-increasing
-  // per-sample losses (batches of one sample: the bits Prepare sorted).
+  // Hardest first: the probe policy — every unit at UNIFORM's ratio at the budget (a ratio choice
+  // by default: the search's own reference), from the space the scheduler builds — scored in that
+  // order has non-increasing per-sample losses (batches of one sample: the bits Prepare sorted).
+  const absl::StatusOr<search::PolicySpace> space = PolicySpaceFromPrepare(SmallSpec(), prepared);
+  ASSERT_TRUE(space.ok()) << space.status();
+  const absl::StatusOr<double> uniform = space->UniformContinuousRatio(SmallSpec().flops_budget);
+  ASSERT_TRUE(uniform.ok()) << uniform.status();
+  const std::vector<double>& choices = space->ratio_choices();
+  ASSERT_NE(std::find(choices.begin(), choices.end(), *uniform), choices.end());
+  EXPECT_NE(*uniform, 0.5);  // not the probe before the budget chose it
   pb::EvaluatePoliciesRequest probe = ManyPolicies("order-probe", 1);
   probe.mutable_header()->set_job_id("job-order");
-  for (int u = 0; u < 6; ++u) probe.mutable_policies(0)->set_ratios(u, 0.5);
+  for (int u = 0; u < 6; ++u) probe.mutable_policies(0)->set_ratios(u, *uniform);
   const auto probed = EvaluateAll(w, probe, &st);
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(probed.size(), 1u);
@@ -871,7 +880,8 @@ TEST(WorkerStepsTest, OutOfMemoryIsRetryableAndBadInputIsNot) {
 
 // Jobs with the same model, samples and pruning choices share their preparation on a worker
 // (worker/prune/preparation_cache.h): the second job's Prepare says so, and a policy scores
-// bitwise the same under both jobs; another mask method prepares alone. With
+// bitwise the same under both jobs; a job of another budget shares it too but orders the samples
+// with its own probe (PreparedJob::ProbeRatio); another mask method prepares alone. With
 // --kept-preparations=0 and one prepared job at a time, a job whose predecessor was evicted
 // prepares alone again (nothing holds the shared state), and scores the same.
 TEST(WorkerStepsTest, JobsWithTheSameInputsShareTheirPreparation) {
@@ -906,7 +916,6 @@ TEST(WorkerStepsTest, JobsWithTheSameInputsShareTheirPreparation) {
     const JobSpec a = SmallSpec();
     JobSpec b = a;
     b.seed = a.seed + 1;
-    b.flops_budget = 0.6;
     const pb::PrepareResponse ra = prepare("job-share-a", a);
     EXPECT_FALSE(ra.shared_preparation());
     const std::vector<double> la = losses("job-share-a", a);
@@ -914,7 +923,18 @@ TEST(WorkerStepsTest, JobsWithTheSameInputsShareTheirPreparation) {
     EXPECT_EQ(rb.shared_preparation(), keep);
     EXPECT_EQ(rb.dense().loss(), ra.dense().loss());
     EXPECT_EQ(rb.evaluation_key(), ra.evaluation_key());
+    EXPECT_EQ(std::vector<int>(rb.sample_order().begin(), rb.sample_order().end()),
+              std::vector<int>(ra.sample_order().begin(), ra.sample_order().end()));
     EXPECT_EQ(losses("job-share-b", b), la);  // bitwise
+    JobSpec other_budget = a;
+    other_budget.flops_budget = 0.3;
+    const pb::PrepareResponse rc = prepare("job-share-budget", other_budget);
+    EXPECT_EQ(rc.shared_preparation(), keep);
+    EXPECT_EQ(rc.dense().loss(), ra.dense().loss());
+    std::vector<int> sorted(rc.sample_order().begin(), rc.sample_order().end());
+    std::sort(sorted.begin(), sorted.end());
+    ASSERT_EQ(sorted.size(), 12u);
+    for (int i = 0; i < 12; ++i) EXPECT_EQ(sorted[size_t(i)], i);
     JobSpec magnitude = a;
     magnitude.mask_method = MaskMethod::kMagnitude;
     EXPECT_FALSE(prepare("job-share-c", magnitude).shared_preparation());

@@ -253,7 +253,7 @@ absl::Status CandidateEvaluator::SetProjector(int version, const ProjectorWeight
 }
 
 absl::StatusOr<std::shared_ptr<const Preparation>> CandidateEvaluator::SharedPreparation(
-    const ModelMetrics& dense_search, std::vector<int> sample_order) const {
+    const ModelMetrics& dense_search, std::vector<int> sample_order, double probe_ratio) const {
   if (projector_version_ != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "evaluator: only projector version 0 is shared; this one is at ", projector_version_));
@@ -265,6 +265,7 @@ absl::StatusOr<std::shared_ptr<const Preparation>> CandidateEvaluator::SharedPre
   p->bank = bank_;
   p->sbank = sbank_;
   p->sample_order = std::move(sample_order);
+  p->sample_order_probe = probe_ratio;
   return std::shared_ptr<const Preparation>(std::move(p));
 }
 

@@ -224,10 +224,12 @@ class CandidateEvaluator {
   absl::Status SetSampleOrder(std::vector<int> order);
   // Per sample, the vision tower output [num_images, S, vision hidden] (undefined: no image).
   const std::vector<at::Tensor>& vision_features() const { return vision_features_; }
-  // Version 0's shareable state (preparation_cache.h) with `dense_search` beside it; only while
-  // the projector is version 0 (FAILED_PRECONDITION otherwise).
+  // Version 0's shareable state (preparation_cache.h) with `dense_search` beside it, and the
+  // sample order the probe at `probe_ratio` gave; only while the projector is version 0
+  // (FAILED_PRECONDITION otherwise).
   absl::StatusOr<std::shared_ptr<const Preparation>> SharedPreparation(
-      const ModelMetrics& dense_search, std::vector<int> sample_order = {}) const;
+      const ModelMetrics& dense_search, std::vector<int> sample_order = {},
+      double probe_ratio = -1) const;
   const at::Tensor& dense_weight(int i) const { return dense_[i]; }
   // Pruned weights per row currently applied to linear i.
   int64_t applied_pruned_per_row(int i) const { return applied_k_[i]; }

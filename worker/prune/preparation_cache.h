@@ -11,7 +11,9 @@
 // kept (a SPARSEGPT finalize), the scoring and calibration batch sizes, the thread count in
 // effect, the device and the build: everything that changes a bit of the shared values. Not in
 // it: the seed, the budget, the unit and every search option (they read the shared values; they
-// do not change them). A job's later projector versions are its own and never shared.
+// do not change them). A job's later projector versions are its own and never shared. The sample
+// order is shared with the probe ratio it came from (it depends on the budget): a job of another
+// budget orders the samples itself, one evaluation.
 //
 // Lifetime: an entry lives while a job holds it (the jobs' evaluators keep shared pointers) and,
 // beyond that, the `keep` most recently published or found entries are held by the cache itself
@@ -50,7 +52,10 @@ struct Preparation {
   CalibrationStats calibration;                 // under projector version 0
   std::shared_ptr<const MaskBank> bank;         // UNSTRUCTURED / N:M, else null
   std::shared_ptr<const StructuredBank> sbank;  // STRUCTURED, else null
-  std::vector<int> sample_order;                // the probe's order (PreparedJob::OrderSamples)
+  // The probe's order (PreparedJob::OrderSamples) and the probe's ratio: a job whose probe is
+  // another (another budget) orders the samples itself.
+  std::vector<int> sample_order;
+  double sample_order_probe = -1;
 };
 
 class PreparationCache {

@@ -67,8 +67,9 @@ absl::StatusOr<std::unique_ptr<PreparedJob>> PreparedJob::Prepare(const PrepareO
     RETURN_IF_ERROR(ctx.CheckStop());
     RETURN_IF_ERROR(job->OrderSamples(shared));
     if (options.preparations != nullptr && shared == nullptr) {
-      ASSIGN_OR_RETURN(shared, job->evaluator_->SharedPreparation(job->summary_.dense_search,
-                                                                  job->summary_.sample_order));
+      ASSIGN_OR_RETURN(shared, job->evaluator_->SharedPreparation(
+                                   job->summary_.dense_search, job->summary_.sample_order,
+                                   job->summary_.sample_order_probe));
       options.preparations->Publish(key, std::move(shared));
     }
     if (job->spec().strategy == search::Strategy::kOwl || job->spec().seed_with_owl) {
@@ -190,18 +191,27 @@ absl::Status PreparedJob::Calibrate(StepContext& ctx, std::shared_ptr<const Prep
   return ctx.CheckStop();
 }
 
+double PreparedJob::ProbeRatio() const {
+  const absl::StatusOr<double> uniform = space_->UniformContinuousRatio(spec().flops_budget);
+  const double want = uniform.ok() ? *uniform : 0.5;
+  const std::vector<double>& choices = space_->ratio_choices();
+  size_t probe_choice = 0;
+  for (size_t c = 1; c < choices.size(); ++c) {
+    if (std::abs(choices[c] - want) < std::abs(choices[probe_choice] - want)) probe_choice = c;
+  }
+  return choices[probe_choice];
+}
+
 absl::Status PreparedJob::OrderSamples(const std::shared_ptr<const Preparation>& shared) {
   const int n = summary_.num_samples;
+  const double probe_ratio = ProbeRatio();
+  summary_.sample_order_probe = probe_ratio;
   std::vector<int> order;
-  if (shared != nullptr && shared->sample_order.size() == size_t(n)) {
+  if (shared != nullptr && shared->sample_order.size() == size_t(n) &&
+      shared->sample_order_probe == probe_ratio) {
     order = shared->sample_order;
   } else {
-    const std::vector<double>& choices = space_->ratio_choices();
-    size_t probe_choice = 0;
-    for (size_t c = 1; c < choices.size(); ++c) {
-      if (std::abs(choices[c] - 0.5) < std::abs(choices[probe_choice] - 0.5)) probe_choice = c;
-    }
-    const std::vector<double> unit_ratios(size_t(space_->num_units()), choices[probe_choice]);
+    const std::vector<double> unit_ratios(size_t(space_->num_units()), probe_ratio);
     ASSIGN_OR_RETURN(std::vector<double> ratios, local_->LinearRatios(unit_ratios));
     ASSIGN_OR_RETURN(CandidateResult probe, evaluator_->Evaluate(ratios));
     RETURN_IF_ERROR(evaluator_->RestoreDense());

@@ -94,6 +94,7 @@ struct PrepareSummary {
   // The order the samples are scored in (PreparedJob::OrderSamples; position j is sample
   // sample_order[j]): every per-sample loss, range and racing checkpoint counts positions.
   std::vector<int> sample_order;
+  double sample_order_probe = -1;  // the probe's ratio (PreparedJob::ProbeRatio)
 };
 
 // What Finalize needs beyond the prepared state: the chosen ratios, the projector, and what the
@@ -223,10 +224,14 @@ class PreparedJob {
   std::string PreparationKey() const;
   absl::Status ComputeOwlOutliers();
   // Orders the search samples hardest first: by the losses of the probe policy (every unit at
-  // the ratio choice nearest 0.5: independent of the budget and the seed), descending, ties by
-  // index — or takes the order of `shared`. Racing cuts a candidate sooner when the samples that
-  // carry most of its loss come first (docs/PERFORMANCE.md §2).
+  // ProbeRatio(): independent of the seed), descending, ties by index — or takes the order of
+  // `shared` when it came from the same probe. Racing cuts a candidate sooner when the samples
+  // that carry most of its loss come first (docs/PERFORMANCE.md §2).
   absl::Status OrderSamples(const std::shared_ptr<const Preparation>& shared);
+  // The ratio choice nearest UNIFORM's continuous ratio at the job's budget — with the default
+  // uniform_ratio_choice that ratio itself, so the probe is the search's own reference policy
+  // (PAIRED's) — or nearest 0.5 where UNIFORM has no continuous ratio.
+  double ProbeRatio() const;
   absl::Status CheckUsable() const;
 
   const PrepareOptions options_;
