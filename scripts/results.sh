@@ -15,7 +15,8 @@
 #   below; docs/pruning-engine.md "Search options"); `all` does not include it.
 #   --phase select chooses defaults (issue 14): SELECT_CONFIGS below, judged on the SELECTION
 #   set (shapes-vqa seed 3000, split eval, 1,000 samples), never on the held-out set; RUNS
-#   defaults to results/select and the summary goes to docs/results/SELECTION.md.
+#   defaults to results/select and the summary goes to docs/results/SELECTION.md;
+#   SELECT_STAGES="n16 n32" compares PAIRED's z with 16 and 32 search samples instead.
 #   --phase study is issue 14's held-out study at full size: the prune-local defaults
 #   (population 32, 8 parents, 12 generations, projector off) judged on the held-out set, seeds
 #   0-4, in stages of falling priority (STUDY_STAGES below); RUNS defaults to results/study and
@@ -47,7 +48,7 @@ while (($#)); do
     --phase) PHASE="$2"; shift 2 ;;
     --seeds) SEEDS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "results.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
