@@ -282,24 +282,26 @@ absl::StatusOr<search::PolicySpace> BuildPolicySpace(const JobSpec& spec,
   return build(choices);
 }
 
+namespace {
+// η comes from the SAMPLES rule (the default), not from the population.
+bool EtaBySamples(const JobSpec& spec) {
+  return spec.strategy != search::Strategy::kRandomSearch && !spec.eta.has_value() &&
+         spec.eta_rule == search::EtaRule::kSamples;
+}
+}  // namespace
+
 nlohmann::json EtaReportJson(const JobSpec& spec, double eta) {
-  const bool samples = spec.strategy != search::Strategy::kRandomSearch && !spec.eta.has_value() &&
-                       spec.eta_rule == search::EtaRule::kSamples;
+  const bool samples = EtaBySamples(spec);
   const char* how = spec.strategy == search::Strategy::kRandomSearch ? "zero (RANDOM_SEARCH)"
                     : spec.eta.has_value()                           ? "explicit"
                     : samples                                        ? "samples"
                                                                      : "auto";
-  if (samples) {
-    return {{"value", eta},
-            {"mode", how},
-            {"rule", absl::StrCat("samples: 1 with at least ", search::kSamplesEtaMinSamples,
-                                  " search samples, 0 below (docs/results/SELECTION.md)")}};
-  }
-  return {{"value", eta},
-          {"mode", how},
-          {"rule",
-           "auto: chosen on the first population so that std(eta*omega/sqrt(n)) = "
-           "std(loss) (population standard deviations)"}};
+  const std::string rule =
+      samples ? absl::StrCat("samples: 1 with at least ", search::kSamplesEtaMinSamples,
+                             " search samples, 0 below (docs/results/SELECTION.md)")
+              : "auto: chosen on the first population so that std(eta*omega/sqrt(n)) = "
+                "std(loss) (population standard deviations)";
+  return {{"value", eta}, {"mode", how}, {"rule", rule}};
 }
 
 nlohmann::json SearchEtaJson(const JobSpec& spec, double eta,
@@ -307,7 +309,7 @@ nlohmann::json SearchEtaJson(const JobSpec& spec, double eta,
   nlohmann::json j = EtaReportJson(spec, eta);
   if (spec.estimator != search::Estimator::kNorm) {
     j["estimator"] = std::string(search::EstimatorName(spec.estimator));
-    if (j["mode"] != "samples") {
+    if (!EtaBySamples(spec)) {
       j["rule"] =
           "auto: chosen on the first population so that std(eta*T) = std(loss), T the "
           "estimator's term (population standard deviations)";

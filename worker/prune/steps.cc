@@ -191,20 +191,16 @@ absl::Status PreparedJob::Calibrate(StepContext& ctx, std::shared_ptr<const Prep
   return ctx.CheckStop();
 }
 
-double PreparedJob::ProbeRatio() const {
+absl::StatusOr<double> PreparedJob::ProbeRatio() const {
   const absl::StatusOr<double> uniform = space_->UniformContinuousRatio(spec().flops_budget);
-  const double want = uniform.ok() ? *uniform : 0.5;
-  const std::vector<double>& choices = space_->ratio_choices();
-  size_t probe_choice = 0;
-  for (size_t c = 1; c < choices.size(); ++c) {
-    if (std::abs(choices[c] - want) < std::abs(choices[probe_choice] - want)) probe_choice = c;
-  }
-  return choices[probe_choice];
+  const std::vector<double> want(size_t(space_->num_units()), uniform.ok() ? *uniform : 0.5);
+  ASSIGN_OR_RETURN(search::Policy probe, space_->SnapToGrid(want));
+  return space_->ratio_choices()[size_t(probe.at(0))];
 }
 
 absl::Status PreparedJob::OrderSamples(const std::shared_ptr<const Preparation>& shared) {
   const int n = summary_.num_samples;
-  const double probe_ratio = ProbeRatio();
+  ASSIGN_OR_RETURN(const double probe_ratio, ProbeRatio());
   summary_.sample_order_probe = probe_ratio;
   std::vector<int> order;
   if (shared != nullptr && shared->sample_order.size() == size_t(n) &&

@@ -230,8 +230,8 @@ class PreparedJob {
   absl::Status OrderSamples(const std::shared_ptr<const Preparation>& shared);
   // The ratio choice nearest UNIFORM's continuous ratio at the job's budget — with the default
   // uniform_ratio_choice that ratio itself, so the probe is the search's own reference policy
-  // (PAIRED's) — or nearest 0.5 where UNIFORM has no continuous ratio.
-  double ProbeRatio() const;
+  // (PAIRED's) — or nearest 0.5 where UNIFORM has no continuous ratio (PolicySpace::SnapToGrid).
+  absl::StatusOr<double> ProbeRatio() const;
   absl::Status CheckUsable() const;
 
   const PrepareOptions options_;
