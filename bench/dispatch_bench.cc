@@ -9,7 +9,11 @@
 //    deterministic losses (a function of its ratios; per-sample losses included, so slices
 //    combine) — cost 0 = at once;
 //  - Finalize is not simulated (the job ends FAILED after its search; only the search is timed).
-// Per round: W workers, J jobs of population P and G generations submitted at once.
+// Per round: W workers, J jobs of population P and G generations submitted at once. Each W first
+// runs the same jobs once on another sample set, unmeasured (--warmup=false skips it): the
+// figures are a warm scheduler's — a service runs for days — not those of its first seconds
+// (first touches of a growing heap, each channel's first call); the warm-up's other samples keep
+// its evaluations out of the measured round's cache lookups.
 //  dispatches/s  EvaluatePolicies RPCs answered / the span from the first request's arrival to
 //                the last answer, over all workers;
 //  policies/s    policies those RPCs answered / the same span (a dispatch carries a chunk of a
@@ -32,7 +36,7 @@
 //
 // Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
 //                       [--cost-ms=0] [--samples=64] [--trace=false] [--budgets=0.5]
-//                       [--resubmit=false] [--evaluation-cache=true|false]
+//                       [--resubmit=false] [--evaluation-cache=true|false] [--warmup=true]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -69,6 +73,7 @@ using Clock = std::chrono::steady_clock;
 struct TraceSpan {
   Clock::time_point in, out;
   double work_seconds = 0;
+  double emit_seconds = 0;  // streaming the answers back, after the simulated work
   bool operator<(const TraceSpan& o) const { return in < o.in; }
 };
 
@@ -159,6 +164,7 @@ class SimulatedExecutor : public worker::StepExecutor {
         shared_->cost_ms / 1e3 * req.policies_size() * double(end - begin) / double(n);
     if (seconds > 0) std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
     if (stop()) return absl::CancelledError("stopped");
+    const Clock::time_point worked = Clock::now();
     for (int i = 0; i < req.policies_size(); ++i) {
       const auto& ratios = req.policies(i).ratios();
       double loss = 0.3, mean_r = 0;
@@ -189,7 +195,10 @@ class SimulatedExecutor : public worker::StepExecutor {
     ++shared_->dispatches;
     shared_->policies += req.policies_size();
     shared_->work_seconds += seconds;
-    if (shared_->trace) shared_->spans.push_back({arrived, done, seconds});
+    if (shared_->trace) {
+      shared_->spans.push_back(
+          {arrived, done, seconds, std::chrono::duration<double>(done - worked).count()});
+    }
     return absl::OkStatus();
   }
 
@@ -214,20 +223,26 @@ class SimulatedExecutor : public worker::StepExecutor {
 
 // --trace: the dispatches in arrival order, cut into waves wherever no dispatch is in flight;
 // per wave its first and last arrival and answer (ms from the round's first arrival), its
-// simulated work per worker (the wave's share of the ideal) and the most one dispatch carried.
+// simulated work per worker (the wave's share of the ideal), the most one dispatch carried, the
+// most a dispatch ran over its work (a late wake-up or a slow answer) and the longest answer.
 std::string TraceText(std::vector<TraceSpan> spans, Clock::time_point t0, int workers) {
   std::sort(spans.begin(), spans.end());
   auto ms = [&](Clock::time_point t) {
     return std::chrono::duration<double, std::milli>(t - t0).count();
   };
   std::string out =
-      "  wave  dispatches  first-in  last-in  first-out  last-out  work/worker  max work (ms)";
+      "  wave  dispatches  first-in  last-in  first-out  last-out  work/worker  max work  "
+      "max over  max answer (ms)";
   size_t i = 0;
   int wave = 0;
   while (i < spans.size()) {
     size_t j = i;
     Clock::time_point last_in = spans[i].in, first_out = spans[i].out, last_out = spans[i].out;
     double work = spans[i].work_seconds, max_work = spans[i].work_seconds;
+    auto over = [&](const TraceSpan& s) {
+      return std::chrono::duration<double>(s.out - s.in).count() - s.work_seconds;
+    };
+    double max_over = over(spans[i]), max_emit = spans[i].emit_seconds;
     while (j + 1 < spans.size() && spans[j + 1].in < last_out) {
       ++j;
       last_in = spans[j].in;
@@ -235,10 +250,13 @@ std::string TraceText(std::vector<TraceSpan> spans, Clock::time_point t0, int wo
       last_out = std::max(last_out, spans[j].out);
       work += spans[j].work_seconds;
       max_work = std::max(max_work, spans[j].work_seconds);
+      max_over = std::max(max_over, over(spans[j]));
+      max_emit = std::max(max_emit, spans[j].emit_seconds);
     }
-    absl::StrAppendFormat(&out, "\n  %-5d %-11zu %-9.1f %-8.1f %-10.1f %-9.1f %-12.1f %.1f", wave++,
-                          j - i + 1, ms(spans[i].in), ms(last_in), ms(first_out), ms(last_out),
-                          work / workers * 1e3, max_work * 1e3);
+    absl::StrAppendFormat(
+        &out, "\n  %-5d %-11zu %-9.1f %-8.1f %-10.1f %-9.1f %-12.1f %-9.1f %-9.1f %.1f", wave++,
+        j - i + 1, ms(spans[i].in), ms(last_in), ms(first_out), ms(last_out), work / workers * 1e3,
+        max_work * 1e3, max_over * 1e3, max_emit * 1e3);
     i = j + 1;
   }
   return out;
@@ -273,13 +291,15 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] "
                  "[--generations=4] [--cost-ms=0] [--samples=64] [--trace=false] "
-                 "[--budgets=0.5] [--resubmit=false] [--evaluation-cache=true|false]\n");
+                 "[--budgets=0.5] [--resubmit=false] [--evaluation-cache=true|false] "
+                 "[--warmup=true]\n");
     return 2;
   }
   Shared shared;
   shared.cost_ms = cost_ms;
   shared.trace = Flag(argc, argv, "trace", "false") == "true";
   const bool resubmit = Flag(argc, argv, "resubmit", "false") == "true";
+  const bool warmup = Flag(argc, argv, "warmup", "true") == "true";
   // The scheduler's --evaluation-cache when given (its default: on).
   const std::string evaluation_cache = Flag(argc, argv, "evaluation-cache", "");
   std::vector<double> budgets;
@@ -295,11 +315,16 @@ int Main(int argc, char** argv) {
   const std::string work = testing::TheData().work + "/dispatch";
   shared.cache_root = work + "/cache";
   const std::string search = work + "/search";
-  if (testing::RunShell(absl::StrCat(testing::BinDir(), "/shapes-vqa --seed=1000 --split=search ",
-                                     "--count=", samples, " --out=", search, " >/dev/null 2>&1")) !=
-      0) {
-    std::fprintf(stderr, "dispatch-bench: shapes-vqa failed\n");
-    return 1;
+  // The warm-up round's samples: another set, so that the measured round finds nothing of it in
+  // the evaluation cache.
+  const std::string warm_search = work + "/warm-search";
+  for (const auto& [seed, dir] : {std::pair{1000, search}, std::pair{1001, warm_search}}) {
+    if (testing::RunShell(absl::StrCat(testing::BinDir(), "/shapes-vqa --seed=", seed,
+                                       " --split=search --count=", samples, " --out=", dir,
+                                       " >/dev/null 2>&1")) != 0) {
+      std::fprintf(stderr, "dispatch-bench: shapes-vqa failed\n");
+      return 1;
+    }
   }
   std::printf(
       "jobs %d x population %d x %d generations, %d samples, step cost %.1f ms per policy\n", jobs,
@@ -347,17 +372,18 @@ int Main(int argc, char** argv) {
         },
         absl::Seconds(120));
     absl::StatusOr<std::string> dataset = testing::Upload(svc, search);
-    if (!registered || !dataset.ok()) {
+    absl::StatusOr<std::string> warm_dataset = testing::Upload(svc, warm_search);
+    if (!registered || !dataset.ok() || !warm_dataset.ok()) {
       std::fprintf(stderr, "dispatch-bench: workers did not register or the upload failed\n");
       return 1;
     }
     // Submits every job (job j: seed j, budget budgets[j mod |budgets|]) and waits for them.
-    auto run_jobs = [&]() -> absl::StatusOr<bool> {
+    auto run_jobs = [&](const std::string& dataset_id) -> absl::StatusOr<bool> {
       std::vector<std::string> ids;
       for (int j = 0; j < jobs; ++j) {
         JobSpec s;
         s.model_uri = "file://" + testing::SourceDir() + "/models/tiny-llava-shapes";
-        s.dataset_id = *dataset;
+        s.dataset_id = dataset_id;
         s.flops_budget = budgets[size_t(j) % budgets.size()];
         s.population = population;
         s.parents = std::max(1, population / 4);
@@ -387,18 +413,36 @@ int Main(int argc, char** argv) {
     auto scheduler_cpu = [&] {
       return testing::Metric(svc.metrics_port, "process_cpu_seconds_total");
     };
+    // A warm-up round first, the same jobs on other samples, not measured: a scheduler serves
+    // jobs for days, so the figures are those of a warm process (its heap grown, its channels'
+    // first calls made), not of its first seconds.
+    if (warmup) {
+      absl::StatusOr<bool> warm = run_jobs(*warm_dataset);
+      if (!warm.ok() || !*warm) {
+        std::fprintf(stderr, "dispatch-bench: the warm-up round failed: %s\n",
+                     warm.ok() ? "its jobs did not finish" : warm.status().ToString().c_str());
+        return 1;
+      }
+    }
+    double sum_before =
+               testing::Metric(svc.metrics_port, "prunesvc_step_seconds_sum{step=\"evaluate\"}"),
+           count_before =
+               testing::Metric(svc.metrics_port, "prunesvc_step_seconds_count{step=\"evaluate\"}");
+    sum_before = std::max(0.0, sum_before);
+    count_before = std::max(0.0, count_before);
+    const double hits_before = cache_metric("hit"), misses_before = cache_metric("miss");
     double cpu_before = scheduler_cpu();
     shared.Reset();
-    absl::StatusOr<bool> ran = run_jobs();
+    absl::StatusOr<bool> ran = run_jobs(*dataset);
     if (!ran.ok()) {
       std::fprintf(stderr, "dispatch-bench: %s\n", ran.status().ToString().c_str());
       return 1;
     }
     const bool done = *ran;
-    const double hits = cache_metric("hit"), misses = cache_metric("miss");
+    const double hits = cache_metric("hit") - hits_before,
+                 misses = cache_metric("miss") - misses_before;
     // The round's row, from the counters as the round left them (the scheduler's step histogram
     // less what earlier rounds put in it).
-    double sum_before = 0, count_before = 0;
     auto round_row = [&](bool done) {
       const double sum =
           testing::Metric(svc.metrics_port, "prunesvc_step_seconds_sum{step=\"evaluate\"}") -
@@ -439,7 +483,7 @@ int Main(int argc, char** argv) {
     }
     if (resubmit) {  // the same jobs again: what the evaluation cache across jobs saves
       shared.Reset();
-      absl::StatusOr<bool> again = run_jobs();
+      absl::StatusOr<bool> again = run_jobs(*dataset);
       if (shared.policies > 0) {  // the same round on warm channels (the cache off: a real one)
         std::printf("%s  (resubmitted)\n", round_row(again.ok() && *again).c_str());
       }
@@ -447,8 +491,9 @@ int Main(int argc, char** argv) {
       std::printf(
           "  resubmitted: %lld policies dispatched (first round %lld), cache hits %.0f of %.0f "
           "lookups%s\n",
-          (long long)shared.policies, (long long)first_policies, cache_metric("hit") - hits,
-          cache_metric("hit") + cache_metric("miss") - hits - misses,
+          (long long)shared.policies, (long long)first_policies,
+          cache_metric("hit") - hits_before - hits,
+          cache_metric("hit") + cache_metric("miss") - hits_before - misses_before - hits - misses,
           again.ok() && *again ? "" : " (jobs did not finish)");
     }
     std::fflush(stdout);

@@ -273,6 +273,7 @@ absl::StatusOr<std::vector<search::EvalResult>> RemotePolicyEvaluator::Dispatch(
         [r = collected[c].get()](const pb::EvaluatePoliciesResponse& resp) { r->Add(resp); },
         std::move(done), d.step_threads());
   }
+  if (after_dispatch_) std::exchange(after_dispatch_, nullptr)();
   running.Wait();
   // A chunk lost with its worker runs again elsewhere (retries with backoff).
   for (size_t c = 0; c < k; ++c) {

@@ -23,6 +23,7 @@
 #ifndef PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_
 #define PRUNESVC_SERVER_REMOTE_POLICY_EVALUATOR_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -69,6 +70,10 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   // them with the generation's commit (Checkpoint::cache_entries), off the search's critical path
   // and without a transaction of their own. Empty when the job does not use the cache.
   CacheEntries TakeCacheEntries();
+  // Runs `f` once, on the calling thread, right after the next dispatch has started its workers'
+  // calls (before it waits for them); nullptr clears it. The driver starts a generation's write
+  // there, so that the write's CPU does not delay the call starts.
+  void set_after_dispatch(std::function<void()> f) { after_dispatch_ = std::move(f); }
 
  private:
   // Runs `policies` on workers (no cache): chunks, retries, reassembly.
@@ -93,6 +98,7 @@ class RemotePolicyEvaluator : public search::PolicyEvaluator {
   // New cache entries not yet taken. This job never looks them up itself (its SearchState cache
   // answers a policy it evaluated first), so they need not be stored before the next Evaluate.
   CacheEntries pending_cache_;
+  std::function<void()> after_dispatch_;
 };
 
 }  // namespace prunesvc::server

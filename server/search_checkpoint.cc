@@ -1,5 +1,7 @@
 #include "server/search_checkpoint.h"
 
+#include <algorithm>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -125,18 +127,19 @@ CheckpointLog CheckpointLog::Resumed(const SearchCheckpoint& c,
   return l;
 }
 
-CheckpointSnapshot CheckpointLog::Snapshot(
-    const search::SearchState& state, const std::map<int, std::string>& projector_blobs,
-    const json& evaluated, int64_t evaluations,
-    const std::optional<std::vector<int>>& sample_order) const {
+CheckpointSnapshot CheckpointLog::Snapshot(const search::SearchState& state,
+                                           const std::map<int, std::string>& projector_blobs,
+                                           const json& evaluated, int64_t evaluations,
+                                           const std::optional<std::vector<int>>& sample_order,
+                                           size_t evaluated_end) const {
   CheckpointSnapshot s;
   s.head = HeadJson(state.ToJsonWithoutCache(), projector_blobs, json::array(), evaluations,
                     sample_order);
   for (const auto& entry : state.cache) {
     if (cache_.count(entry.first) == 0) s.cache.push_back(entry);
   }
-  s.evaluated_size = evaluated.size();
-  for (size_t i = evaluated_; i < evaluated.size(); ++i) s.evaluated.push_back(evaluated[i]);
+  s.evaluated_size = std::min(evaluated.size(), evaluated_end);
+  for (size_t i = evaluated_; i < s.evaluated_size; ++i) s.evaluated.push_back(evaluated[i]);
   return s;
 }
 

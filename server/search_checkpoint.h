@@ -17,6 +17,7 @@
 #ifndef PRUNESVC_SERVER_SEARCH_CHECKPOINT_H_
 #define PRUNESVC_SERVER_SEARCH_CHECKPOINT_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -89,11 +90,13 @@ class CheckpointLog {
                         const std::optional<std::vector<int>>& sample_order = std::nullopt) const {
     return Snapshot(state, projector_blobs, evaluated, evaluations, sample_order).Serialize();
   }
-  // The same, not serialized yet.
-  CheckpointSnapshot Snapshot(
-      const search::SearchState& state, const std::map<int, std::string>& projector_blobs,
-      const nlohmann::json& evaluated, int64_t evaluations,
-      const std::optional<std::vector<int>>& sample_order = std::nullopt) const;
+  // The same, not serialized yet. Only evaluated's first `evaluated_end` records count (all of
+  // them by default): a snapshot taken after more were appended still describes the state.
+  CheckpointSnapshot Snapshot(const search::SearchState& state,
+                              const std::map<int, std::string>& projector_blobs,
+                              const nlohmann::json& evaluated, int64_t evaluations,
+                              const std::optional<std::vector<int>>& sample_order = std::nullopt,
+                              size_t evaluated_end = SIZE_MAX) const;
   // The delta's commit succeeded: its records are logged.
   void Committed(const CheckpointDelta& delta);
 

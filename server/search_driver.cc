@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/fault.h"
@@ -292,9 +293,13 @@ absl::StatusOr<SearchDriver::GenerationCommit> SearchDriver::PrepareGenerationCo
   m.projector_version = g.projector_version;
   m.best = f->best();
   m.progress = 0.05 + 0.85 * double(g.generation + 1) / double(spec_.generations + 1);
-  // Incremental: the head and what this generation added (server/search_checkpoint.h).
-  gc.snapshot = checkpoint_log_.Snapshot(search.state(), projector_blobs_, evaluated, evaluations_,
-                                         sample_order_);
+  // Incremental: the head and what this generation added (server/search_checkpoint.h), taken
+  // when the write starts — after the next generation's calls are out — from what is true now.
+  gc.take_snapshot = [this, &search, &evaluated, evaluated_end = evaluated.size(),
+                      evaluations = evaluations_, blobs = projector_blobs_] {
+    return checkpoint_log_.Snapshot(search.state(), blobs, evaluated, evaluations, sample_order_,
+                                    evaluated_end);
+  };
   gc.generation = g.generation;
   return gc;
 }
@@ -319,7 +324,16 @@ void SearchDriver::StartCommit(GenerationCommit gc) {
   });
 }
 
+void SearchDriver::StartDeferredCommit() {
+  if (!deferred_commit_.has_value()) return;
+  GenerationCommit gc = *std::move(deferred_commit_);
+  deferred_commit_.reset();
+  gc.snapshot = std::exchange(gc.take_snapshot, nullptr)();
+  StartCommit(std::move(gc));
+}
+
 absl::Status SearchDriver::AwaitCommit() {
+  StartDeferredCommit();
   if (pending_commit_ == nullptr) return absl::OkStatus();
   pending_commit_->done.WaitForNotification();
   absl::Status s = std::move(pending_commit_->status);
@@ -440,6 +454,9 @@ absl::Status SearchDriver::SearchGenerations() {
   }
   owned = std::make_unique<RemotePolicyEvaluator>(this, space_.get(), latest);
   evaluator = owned.get();
+  // A generation's write reads the search and the evaluator when it starts: whatever way this
+  // returns, it starts while both are alive.
+  absl::Cleanup start_write = [this] { StartDeferredCommit(); };
   evaluator->evaluated() = report_.value("evaluated", json::array());
   evaluator->set_evaluations(evaluations_);
   json history = json::array();
@@ -455,8 +472,11 @@ absl::Status SearchDriver::SearchGenerations() {
                      PrepareGenerationCommit(*search, evaluator->evaluated(),
                                              evaluator->latest_version() != before));
     gc.cache_entries = evaluator->TakeCacheEntries();
-    StartCommit(std::move(gc));
+    deferred_commit_ = std::move(gc);
+    evaluator->set_after_dispatch([this] { StartDeferredCommit(); });
   }
+  evaluator->set_after_dispatch(nullptr);
+  StartDeferredCommit();  // the last generation's: nothing is dispatched after it
   report_["evaluated"] = evaluator->evaluated();
   // Of those, answered from the evaluation cache across jobs (this run of the driver; the
   // scheduler's record: the worker's report.json keeps prune-local's fields only).

@@ -29,6 +29,7 @@
 #define PRUNESVC_SERVER_SEARCH_DRIVER_H_
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -111,11 +112,18 @@ class SearchDriver {
   // evaluated: at most one write in flight (pending_commit_), awaited before the next is
   // prepared and before Search returns. A crash therefore resumes at most one generation earlier
   // than with a write on the critical path; nothing the search decides depends on the write.
+  // The write starts once the next generation's calls are out (RemotePolicyEvaluator's
+  // after-dispatch hook), so its serialization and SQLite work do not compete with the call starts
+  // for the scheduler's CPU; a generation that dispatches nothing starts it when the driver next
+  // awaits it.
   absl::Status SearchGenerations();
   struct GenerationCommit {
     JobMutation mutation;
     std::vector<::prune::v1::JobEvent> events;
     int generation = 0;
+    // Takes the snapshot when the write starts (the search's state is the generation's until the
+    // next Step returns); cleared once taken.
+    std::function<CheckpointSnapshot()> take_snapshot;
     CheckpointSnapshot snapshot;  // serialized on the commit's thread
     CacheEntries cache_entries;   // the generation's new evaluations, for the cache across jobs
   };
@@ -124,13 +132,16 @@ class SearchDriver {
     absl::Status status;  // written before done is notified
   };
   // What the generation just stepped writes. `evaluated`: report.json's record of evaluations so
-  // far (RemotePolicyEvaluator::evaluated).
+  // far (RemotePolicyEvaluator::evaluated). Both must outlive the write's start (take_snapshot
+  // reads them, the evaluated records as they are now).
   absl::StatusOr<GenerationCommit> PrepareGenerationCommit(const search::EvolutionarySearch& search,
                                                            const nlohmann::json& evaluated,
                                                            bool trained);
   // Writes `gc` on one of the dispatcher's step threads (pending_commit_).
   void StartCommit(GenerationCommit gc);
-  // Waits for the write in flight, if any: its status.
+  // Starts deferred_commit_, if any (StartCommit).
+  void StartDeferredCommit();
+  // Starts the deferred write, if any, and waits for the write in flight, if any: its status.
   absl::Status AwaitCommit();
   ::prune::v1::PolicyEvaluation BestProto(const search::ScoredPolicy& best) const;
   // What a worker running one of the job's steps may fetch: its datasets, projectors and (a
@@ -160,6 +171,9 @@ class SearchDriver {
   // Written by the commit in flight (StartCommit), read only after AwaitCommit.
   CheckpointLog checkpoint_log_;
   std::unique_ptr<PendingCommit> pending_commit_;
+  // Prepared, not started yet (SearchGenerations, which starts it before it returns): at most
+  // one, and only while no write is in flight. Driver thread only.
+  std::optional<GenerationCommit> deferred_commit_;
   // A blob:// model's manifest and files (empty for file:// models).
   std::set<std::string> model_blobs_;
   std::atomic<int64_t> step_counter_{0};
