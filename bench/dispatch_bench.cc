@@ -31,12 +31,17 @@
 // policies). --evaluation-cache=false turns it off. --budgets=0.7,0.5,0.35 gives job j the budget
 // budgets[j mod 3] (a budget grid); --resubmit=true then submits the same jobs again on the same
 // scheduler and says how many policies were dispatched in the first round and in the second.
+// --direct=true (the default with --cost-ms=0) then calls the same workers straight from this
+// process with the scheduler's own gRPC client, one caller per worker and no scheduler between
+// (DirectCalls below): the rate and round-trip latency gRPC and the workers' servers alone reach
+// on this machine, and the scheduler's rate as a fraction of it.
 // --trace=true also prints each wave of dispatches (cut wherever none is in flight): its first and
 // last arrival at the workers and first and last answer, in ms from the round's first arrival.
 //
 // Usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] [--generations=4]
 //                       [--cost-ms=0] [--samples=64] [--trace=false] [--budgets=0.5]
 //                       [--resubmit=false] [--evaluation-cache=true|false] [--warmup=true]
+//                       [--direct=true|false]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -46,6 +51,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,9 +61,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "common/job_spec.h"
 #include "common/malloc_tuning.h"
 #include "common/status_macros.h"
+#include "common/thread_cache.h"
+#include "server/worker_client.h"
 #include "spdlog/spdlog.h"
 #include "tests/e2e_service.h"
 #include "tests/process_harness.h"
@@ -92,6 +101,8 @@ struct Shared {
   // --trace: every dispatch's arrival and answer times and simulated work, printed after the round.
   bool trace = false;
   std::vector<TraceSpan> spans ABSL_GUARDED_BY(mu);
+  // The round's requests, in arrival order (the first 4,096), for the direct calls (--direct).
+  std::vector<pb::EvaluatePoliciesRequest> requests ABSL_GUARDED_BY(mu);
   absl::Mutex real_mu;  // one real Prepare at a time
   // The real worker's StepRunner (blob cache and registry of the worker that created it; they
   // outlive the round's Prepares).
@@ -102,6 +113,7 @@ struct Shared {
     dispatches = 0;
     policies = 0;
     spans.clear();
+    requests.clear();
     work_seconds = 0;
     any = false;
   }
@@ -195,6 +207,7 @@ class SimulatedExecutor : public worker::StepExecutor {
     ++shared_->dispatches;
     shared_->policies += req.policies_size();
     shared_->work_seconds += seconds;
+    if (shared_->requests.size() < 4096) shared_->requests.push_back(req);
     if (shared_->trace) {
       shared_->spans.push_back(
           {arrived, done, seconds, std::chrono::duration<double>(done - worked).count()});
@@ -220,6 +233,61 @@ class SimulatedExecutor : public worker::StepExecutor {
   prometheus::Registry* const registry_;
   const int id_;
 };
+
+// --direct: the same workers called straight from this process, with the scheduler's own gRPC
+// client (server::NewGrpcWorkerConnector, StartEvaluatePolicies), no scheduler in between: one
+// caller per worker, each starting its next call as soon as the last one answered, `calls` calls in
+// all, replaying the round's requests in turn (so the same mix of sizes as the scheduler sent).
+// What gRPC and the workers' servers alone
+// sustain on this machine at this many workers — the ceiling the scheduler's row is measured
+// against — and the round-trip latency of a call with nothing else in the way.
+struct DirectResult {
+  int64_t calls = 0;
+  double seconds = 0;
+  double mean_latency = 0;
+  int64_t failed = 0;
+};
+DirectResult DirectCalls(const std::vector<int>& ports,
+                         const std::vector<pb::EvaluatePoliciesRequest>& requests, int calls) {
+  std::unique_ptr<server::WorkerConnector> connector = server::NewGrpcWorkerConnector();
+  std::vector<std::shared_ptr<server::WorkerClient>> clients;
+  for (int port : ports) clients.push_back(connector->Connect(absl::StrCat("127.0.0.1:", port)));
+  ThreadCache unused;  // the gRPC client never falls back to a blocking thread
+  std::atomic<int64_t> next{0}, failed{0};
+  std::atomic<double> latency_sum{0};
+  std::vector<std::thread> callers;
+  const Clock::time_point t0 = Clock::now();
+  for (size_t k = 0; k < clients.size(); ++k) {
+    callers.emplace_back([&, k] {
+      for (int64_t i = next++; i < calls; i = next++) {
+        pb::EvaluatePoliciesRequest req = requests[size_t(i) % requests.size()];
+        req.mutable_header()->set_step_id(absl::StrCat("direct-", k, "-", i));
+        absl::Notification done;
+        absl::Status status;
+        const Clock::time_point start = Clock::now();
+        clients[k]->StartEvaluatePolicies(
+            req, absl::Seconds(30), nullptr, [](const pb::EvaluatePoliciesResponse&) {},
+            [&](absl::Status s) {
+              status = std::move(s);
+              done.Notify();
+            },
+            unused);
+        done.WaitForNotification();
+        const double l = std::chrono::duration<double>(Clock::now() - start).count();
+        for (double v = latency_sum.load(); !latency_sum.compare_exchange_weak(v, v + l);) {
+        }
+        if (!status.ok()) ++failed;
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  DirectResult r;
+  r.calls = calls;
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.mean_latency = latency_sum.load() / double(calls);
+  r.failed = failed.load();
+  return r;
+}
 
 // --trace: the dispatches in arrival order, cut into waves wherever no dispatch is in flight;
 // per wave its first and last arrival and answer (ms from the round's first arrival), its
@@ -292,7 +360,7 @@ int Main(int argc, char** argv) {
                  "usage: dispatch-bench [--workers=1,8,64] [--jobs=8] [--population=32] "
                  "[--generations=4] [--cost-ms=0] [--samples=64] [--trace=false] "
                  "[--budgets=0.5] [--resubmit=false] [--evaluation-cache=true|false] "
-                 "[--warmup=true]\n");
+                 "[--warmup=true] [--direct=true when --cost-ms=0]\n");
     return 2;
   }
   Shared shared;
@@ -300,6 +368,8 @@ int Main(int argc, char** argv) {
   shared.trace = Flag(argc, argv, "trace", "false") == "true";
   const bool resubmit = Flag(argc, argv, "resubmit", "false") == "true";
   const bool warmup = Flag(argc, argv, "warmup", "true") == "true";
+  // Direct calls beside the scheduler's round: by default only with workers answering at once.
+  const bool direct = Flag(argc, argv, "direct", cost_ms == 0 ? "true" : "false") == "true";
   // The scheduler's --evaluation-cache when given (its default: on).
   const std::string evaluation_cache = Flag(argc, argv, "evaluation-cache", "");
   std::vector<double> budgets;
@@ -472,6 +542,27 @@ int Main(int argc, char** argv) {
       return row;
     };
     std::printf("%s\n", round_row(done).c_str());
+    if (direct) {
+      std::vector<pb::EvaluatePoliciesRequest> requests;
+      double rate = 0;  // the scheduler's round
+      {
+        absl::MutexLock l(&shared.mu);
+        requests = shared.requests;
+        rate = double(shared.dispatches) /
+               std::chrono::duration<double>(shared.last - shared.first).count();
+      }
+      if (!requests.empty()) {
+        std::vector<int> ports;
+        for (const auto& server : servers) ports.push_back(server->port());
+        const DirectResult d = DirectCalls(ports, requests, std::max(1000, 20 * w));
+        std::printf(
+            "  direct calls, no scheduler (the round's %zu requests again): %.0f/s, %.2f ms per "
+            "call%s; the scheduler's rate is %.2f of it\n",
+            requests.size(), double(d.calls) / d.seconds, d.mean_latency * 1e3,
+            d.failed > 0 ? absl::StrFormat(" (%lld failed)", (long long)d.failed).c_str() : "",
+            rate / (double(d.calls) / d.seconds));
+      }
+    }
     int64_t first_policies = 0;
     {
       absl::MutexLock l(&shared.mu);

@@ -49,7 +49,9 @@ print(f'at the GEMM rate it could be     {could:.2f}  (the same work, {flops * f
 print(f'ratio measured / GEMM-bound      {1000 / per_ms / could:.3f}')
 "
 
-log "4. scheduler overhead: workers answering at once over gRPC (dispatch-bench)"
+log "4. scheduler overhead: workers answering at once over gRPC (dispatch-bench; each row after"
+log "   an unmeasured warm-up round; under it, the same workers called directly with the"
+log "   scheduler's gRPC client and no scheduler: what this machine allows)"
 "$BIN/dispatch-bench" --workers=1,8,64 --jobs=8 --population=32 --generations=4 --cost-ms=0 \
   2>/dev/null
 
