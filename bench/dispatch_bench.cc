@@ -25,6 +25,9 @@
 //                submissions, Prepare steps and commits included — per dispatch: on this machine
 //                the scheduler shares 2 cores with the W fake workers, so this, not the rate, says
 //                what one scheduler core could sustain with its workers elsewhere (1 / it).
+//  workers µs/disp  this process's CPU time from the round's first arrival to its last answer —
+//                the W workers' gRPC servers and simulated executors (and the bench's polling of
+//                the jobs) — per dispatch: the other side of each call, on the same 2 cores.
 //
 // Under each row: how many policies the evaluation cache across jobs answered
 // (prunesvc_evaluation_cache_total; jobs differ in their seeds, so they meet some of the same
@@ -48,6 +51,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -86,6 +90,13 @@ struct TraceSpan {
   bool operator<(const TraceSpan& o) const { return in < o.in; }
 };
 
+// User + system CPU seconds of this process so far.
+double ProcessCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
 // What every simulated worker of the process shares: the jobs' sample counts and the timings.
 struct Shared {
   absl::Mutex mu;
@@ -96,6 +107,10 @@ struct Shared {
   double work_seconds ABSL_GUARDED_BY(mu) = 0;  // simulated
   Clock::time_point first, last;
   bool any ABSL_GUARDED_BY(mu) = false;
+  // This process's CPU time (the W workers' servers and executors, and the bench's polling) at
+  // the round's first arrival and at its last answer; -1 before.
+  double first_cpu ABSL_GUARDED_BY(mu) = -1;
+  double last_cpu ABSL_GUARDED_BY(mu) = -1;
   double cost_ms = 0;
   std::string cache_root;
   // --trace: every dispatch's arrival and answer times and simulated work, printed after the round.
@@ -114,6 +129,7 @@ struct Shared {
     policies = 0;
     spans.clear();
     requests.clear();
+    first_cpu = last_cpu = -1;
     work_seconds = 0;
     any = false;
   }
@@ -161,6 +177,10 @@ class SimulatedExecutor : public worker::StepExecutor {
   absl::Status EvaluatePolicies(const pb::EvaluatePoliciesRequest& req, const StopFn& stop,
                                 const EmitFn& emit) override {
     const Clock::time_point arrived = Clock::now();
+    {
+      absl::MutexLock l(&shared_->mu);
+      if (shared_->first_cpu < 0) shared_->first_cpu = ProcessCpuSeconds();
+    }
     int n = 0;
     {
       absl::MutexLock l(&shared_->mu);
@@ -202,7 +222,10 @@ class SimulatedExecutor : public worker::StepExecutor {
     const Clock::time_point done = Clock::now();
     absl::MutexLock l(&shared_->mu);
     if (!shared_->any || arrived < shared_->first) shared_->first = arrived;
-    if (!shared_->any || done > shared_->last) shared_->last = done;
+    if (!shared_->any || done > shared_->last) {
+      shared_->last = done;
+      shared_->last_cpu = ProcessCpuSeconds();
+    }
     shared_->any = true;
     ++shared_->dispatches;
     shared_->policies += req.policies_size();
@@ -399,9 +422,9 @@ int Main(int argc, char** argv) {
   std::printf(
       "jobs %d x population %d x %d generations, %d samples, step cost %.1f ms per policy\n", jobs,
       population, generations, samples, cost_ms);
-  std::printf("%-8s %-11s %-13s %-11s %-15s %-11s %-7s %s\n", "workers", "dispatches",
+  std::printf("%-8s %-11s %-13s %-11s %-15s %-11s %-7s %-15s %s\n", "workers", "dispatches",
               "dispatches/s", "policies/s", "latency/step ms", "efficiency", "span s",
-              "sched µs/disp");
+              "sched µs/disp", "workers µs/disp");
   for (int w : worker_counts) {
     testing::ServiceOptions so;
     so.workers = 0;
@@ -532,12 +555,17 @@ int Main(int argc, char** argv) {
       const std::string cpu_per_dispatch =
           cpu >= 0 && shared.dispatches > 0 ? absl::StrFormat("%.0f", cpu / shared.dispatches * 1e6)
                                             : "?";
+      const std::string workers_per_dispatch =
+          shared.first_cpu >= 0 && shared.last_cpu >= 0 && shared.dispatches > 0
+              ? absl::StrFormat("%.0f",
+                                (shared.last_cpu - shared.first_cpu) / shared.dispatches * 1e6)
+              : "?";
       std::string row =
-          absl::StrFormat("%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %-7.2f %s%s", w,
+          absl::StrFormat("%-8d %-11lld %-13.0f %-11.0f %-15.2f %-11.3f %-7.2f %-14s %s%s", w,
                           (long long)shared.dispatches, double(shared.dispatches) / span,
                           double(shared.policies) / span, (mean_step - mean_cost) * 1e3,
                           shared.work_seconds / w / span, span, cpu_per_dispatch,
-                          done ? "" : "  (jobs did not finish)");
+                          workers_per_dispatch, done ? "" : "  (jobs did not finish)");
       if (shared.trace) row += "\n" + TraceText(shared.spans, shared.first, w);
       return row;
     };

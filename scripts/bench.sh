@@ -80,7 +80,7 @@ log "   what the cache costs the scheduler: 64 jobs (seeds 0-63) of population 3
 log "   generations on 64 instant workers, the cache off, then on (the default):"
 for cache in false true; do
   "$BIN/dispatch-bench" --workers=64 --jobs=64 --population=32 --generations=12 \
-    --evaluation-cache=$cache 2>/dev/null | tail -n +3
+    --evaluation-cache=$cache --direct=false 2>/dev/null | tail -n +3
 done
 
 log "6. STRUCTURED artifacts: measured latency against dense, held-out accuracy (256 samples)"
