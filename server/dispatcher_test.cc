@@ -773,6 +773,7 @@ TEST(SearchCheckpointTest, RoundTripsAndNamesEachMalformedField) {
       {with("sample_order", {0, 5}), "sample_order holds 5"},
       {with("sample_order", {0, -1}), "sample_order holds -1"},
       {with("sample_order", {0.5, 1}), "sample_order holds 0.5"},
+      {with("sample_order", {1, 2, 1}), "sample_order holds 1 twice (entry 2)"},
   };
   for (const auto& [input, needle] : bad) {
     auto r = ParseSearchCheckpoint(input);

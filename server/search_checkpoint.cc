@@ -64,13 +64,22 @@ absl::StatusOr<SearchCheckpoint> FromJson(const json& j) {
   if (auto order = j.find("sample_order"); order != j.end()) {
     if (!order->is_array()) return Corrupt("sample_order is not an array");
     std::vector<int>& o = c.sample_order.emplace();
+    // A permutation: each position once (a repeated one would score a sample twice and skip
+    // another, and the cached losses would no longer be the search samples').
+    std::vector<bool> seen(order->size(), false);
     for (const json& i : *order) {
       if (!i.is_number_integer() || i.get<int64_t>() < 0 ||
           i.get<int64_t>() >= int64_t(order->size())) {
         return Corrupt(absl::StrCat("sample_order holds ", i.dump(), ", not a position in [0, ",
                                     order->size(), ")"));
       }
-      o.push_back(i.get<int>());
+      const size_t at = i.get<size_t>();
+      if (seen[at]) {
+        return Corrupt(absl::StrCat("sample_order holds ", at, " twice (entry ", o.size(),
+                                    "): it must be a permutation of [0, ", order->size(), ")"));
+      }
+      seen[at] = true;
+      o.push_back(int(at));
     }
   }
   return c;
