@@ -1302,7 +1302,8 @@ absl::StatusOr<std::unique_ptr<EvolutionarySearch>> EvolutionarySearch::Resume(
   return std::unique_ptr<EvolutionarySearch>(new EvolutionarySearch(space, std::move(state)));
 }
 
-absl::Status EvolutionarySearch::Step(PolicyEvaluator& evaluator) {
+absl::Status EvolutionarySearch::Step(PolicyEvaluator& evaluator,
+                                      const std::function<void()>& before_update) {
   if (state_.done) return absl::FailedPreconditionError("search: already done");
   // Work on a copy so that a failing evaluator leaves the state as it was (retry-safe).
   SearchState s = state_;
@@ -1333,6 +1334,7 @@ absl::Status EvolutionarySearch::Step(PolicyEvaluator& evaluator) {
     s.prng_state = prng.StateHex();
     ++s.generation;
   }
+  if (before_update) before_update();
   state_ = std::move(s);
   return absl::OkStatus();
 }

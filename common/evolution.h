@@ -70,6 +70,7 @@
 #define PRUNESVC_COMMON_EVOLUTION_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -321,8 +322,12 @@ class EvolutionarySearch {
   static absl::StatusOr<std::unique_ptr<EvolutionarySearch>> Resume(const PolicySpace* space,
                                                                     SearchState state);
 
-  // Runs one generation (see the file comment). FAILED_PRECONDITION once done.
-  absl::Status Step(PolicyEvaluator& evaluator);
+  // Runs one generation (see the file comment). FAILED_PRECONDITION once done. The state changes
+  // only when the generation succeeds, at its very end: `before_update`, when given, runs then,
+  // once, just before the change, on the calling thread — state() still shows the previous
+  // generation (the scheduler starts that generation's checkpoint write there at the latest).
+  absl::Status Step(PolicyEvaluator& evaluator,
+                    const std::function<void()>& before_update = nullptr);
   // Steps until done.
   absl::Status Run(PolicyEvaluator& evaluator);
 

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <numeric>
 #include <set>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/evolution.h"
 #include "common/job_spec.h"
@@ -255,7 +257,8 @@ class FakeConnector : public WorkerConnector {
   Cluster* const c_;
 };
 
-// The real store behind a switch that makes Commit fail as a full disk does (SQLITE_FULL).
+// The real store behind a switch that makes Commit fail as a full disk does (SQLITE_FULL); it
+// also keeps every checkpoint committed.
 class FullDiskStore : public JobStore {
  public:
   explicit FullDiskStore(JobStore* real) : real_(real) {}
@@ -263,6 +266,15 @@ class FullDiskStore : public JobStore {
   std::atomic<int> pass_first{0};
   std::atomic<int> fail_commits{0};
   std::atomic<int> failed{0};
+  struct Committed {
+    std::string job_id;
+    int generation = 0;
+    std::string head;  // Checkpoint::search_state_json
+  };
+  std::vector<Committed> checkpoints() {
+    absl::MutexLock l(&mu_);
+    return checkpoints_;
+  }
 
   absl::StatusOr<CreateJobResult> CreateJob(absl::string_view t, const pb::JobSpec& s,
                                             const std::vector<pb::JobEvent>& e) override {
@@ -282,7 +294,12 @@ class FullDiskStore : public JobStore {
       failed.fetch_add(1);
       return absl::ResourceExhaustedError("commit: database or disk is full");
     }
-    return real_->Commit(id, m, e, c);
+    absl::StatusOr<CommitResult> r = real_->Commit(id, m, e, c);
+    if (r.ok() && c.has_value()) {
+      absl::MutexLock l(&mu_);
+      checkpoints_.push_back({std::string(id), c->generation, c->search_state_json});
+    }
+    return r;
   }
   absl::StatusOr<std::vector<pb::JobEvent>> ReadEvents(absl::string_view id, int64_t after,
                                                        int32_t limit) override {
@@ -328,6 +345,8 @@ class FullDiskStore : public JobStore {
 
  private:
   JobStore* const real_;
+  absl::Mutex mu_;
+  std::vector<Committed> checkpoints_ ABSL_GUARDED_BY(mu_);
 };
 
 struct Harness {
@@ -615,6 +634,38 @@ TEST(DispatcherTest, ASecondJobReusesTheFirstJobsEvaluations) {
   Harness disabled(2);  // --evaluation-cache=false, whatever the workers report
   disabled.cluster.evaluation_key = h.cluster.evaluation_key;
   expect_no_reuse(disabled);
+}
+
+// Each generation's checkpoint holds that generation's state, written while the next one runs:
+// after its calls are out, or — when the next generation dispatches nothing (a resubmitted job,
+// every result cached) — before the next state replaces it. One write per generation, in order.
+TEST(DispatcherTest, EachGenerationsCheckpointHoldsThatGenerationsState) {
+  Harness h(2, "", /*evaluation_cache=*/true);
+  h.cluster.evaluation_key = "sha256:" + std::string(64, 'e');
+  const JobSpec spec = SmallSearch();
+  const std::string a = h.Submit(spec);
+  ASSERT_EQ(h.WaitTerminal(a).state(), pb::SUCCEEDED);
+  const int after_a = h.cluster.evaluations.load();
+  const std::string b = h.Submit(spec);  // every policy from the cache: nothing dispatched
+  ASSERT_EQ(h.WaitTerminal(b).state(), pb::SUCCEEDED);
+  ASSERT_EQ(h.cluster.evaluations.load(), after_a);
+  for (const std::string& id : {a, b}) {
+    std::vector<int> generations;
+    for (const FullDiskStore::Committed& c : h.full_disk->checkpoints()) {
+      if (c.job_id != id) continue;
+      generations.push_back(c.generation);
+      const nlohmann::json head = nlohmann::json::parse(c.head);
+      const nlohmann::json& history = head.at("search_state").at("history");
+      ASSERT_FALSE(history.empty()) << id;
+      EXPECT_EQ(history.back().at("generation").get<int>(), c.generation)
+          << "job " << id << ": the checkpoint of generation " << c.generation
+          << " holds the state after generation " << history.back().at("generation");
+      EXPECT_EQ(int(history.size()), c.generation + 1) << id;
+    }
+    std::vector<int> expected(size_t(spec.generations + 1));
+    std::iota(expected.begin(), expected.end(), 0);
+    EXPECT_EQ(generations, expected) << id;
+  }
 }
 
 // warm_start_job_id: the second search's initial population holds the first one's ranked

@@ -328,17 +328,27 @@ void SearchDriver::StartDeferredCommit() {
   if (!deferred_commit_.has_value()) return;
   GenerationCommit gc = *std::move(deferred_commit_);
   deferred_commit_.reset();
+  // One write in flight: the previous generation's must be done, since its records are what this
+  // snapshot leaves out (SearchGenerations awaits it before it prepares the next; this keeps the
+  // invariant whoever calls).
+  write_status_.Update(AwaitWrite());
+  if (!write_status_.ok()) return;  // the search stops at its next check; this write is moot
   gc.snapshot = std::exchange(gc.take_snapshot, nullptr)();
   StartCommit(std::move(gc));
 }
 
-absl::Status SearchDriver::AwaitCommit() {
-  StartDeferredCommit();
+absl::Status SearchDriver::AwaitWrite() {
   if (pending_commit_ == nullptr) return absl::OkStatus();
   pending_commit_->done.WaitForNotification();
   absl::Status s = std::move(pending_commit_->status);
   pending_commit_.reset();
   return s;
+}
+
+absl::Status SearchDriver::AwaitCommit() {
+  StartDeferredCommit();
+  write_status_.Update(AwaitWrite());
+  return write_status_;
 }
 
 absl::StatusOr<std::vector<double>> SearchDriver::UniformRatios() const {
@@ -462,11 +472,15 @@ absl::Status SearchDriver::SearchGenerations() {
   json history = json::array();
   while (!search->done()) {
     if (stopped()) return absl::CancelledError("the job was cancelled");
+    RETURN_IF_ERROR(write_status_);  // a generation's write failed (e.g. the job turned terminal)
     const int before = evaluator->latest_version();
-    RETURN_IF_ERROR(search->Step(*evaluator));
+    // Generation g - 1's write starts once g's calls are out (the evaluator's hook) or, when g
+    // dispatches nothing, just before g's state replaces g - 1's (Step's hook), never later: its
+    // snapshot is of g - 1's state.
+    RETURN_IF_ERROR(search->Step(*evaluator, [this] { StartDeferredCommit(); }));
     evaluations_ = evaluator->evaluations();
-    // Generation g is written while g + 1 is evaluated; g - 1's write must be done first (its
-    // records are what g's delta leaves out).
+    // g - 1's write must be done before g's is prepared: a crash resumes at most one generation
+    // earlier than with the write on the critical path.
     RETURN_IF_ERROR(AwaitCommit());
     ASSIGN_OR_RETURN(GenerationCommit gc,
                      PrepareGenerationCommit(*search, evaluator->evaluated(),
@@ -477,6 +491,7 @@ absl::Status SearchDriver::SearchGenerations() {
   }
   evaluator->set_after_dispatch(nullptr);
   StartDeferredCommit();  // the last generation's: nothing is dispatched after it
+  RETURN_IF_ERROR(write_status_);
   report_["evaluated"] = evaluator->evaluated();
   // Of those, answered from the evaluation cache across jobs (this run of the driver; the
   // scheduler's record: the worker's report.json keeps prune-local's fields only).
