@@ -41,6 +41,21 @@ TEST(Sha256Test, IncrementalMatchesOneShot) {
   }
 }
 
+// A copy of a hasher that has seen a prefix continues from it on its own: each copy finishing a
+// different suffix gives the one-shot digest of prefix + suffix, and the original is untouched
+// (the evaluation cache's keys hash their shared prefix once this way).
+TEST(Sha256Test, CopiedPrefixStateMatchesOneShot) {
+  const std::string prefix(150, 'p');  // more than two blocks, a partial one buffered
+  Sha256 after_prefix;
+  after_prefix.Update(std::string_view(prefix));
+  for (const std::string suffix : {std::string(""), std::string("x"), std::string(200, 's')}) {
+    Sha256 h = after_prefix;
+    h.Update(std::string_view(suffix));
+    EXPECT_EQ(DigestHex(h.Final()), Sha256Hex(std::string_view(prefix + suffix))) << suffix.size();
+  }
+  EXPECT_EQ(DigestHex(after_prefix.Final()), Sha256Hex(std::string_view(prefix)));
+}
+
 TEST(Sha256Test, FinalResetsForReuse) {
   Sha256 h;
   h.Update(std::string_view("garbage"));

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
@@ -205,16 +204,22 @@ std::vector<std::string> RemotePolicyEvaluator::CacheKeys(
   }
   // The per-sample losses count positions of the job's sample order (in v1 keys: index order).
   const std::string order = absl::StrJoin(driver_->sample_order(), ",");
+  // Every key hashes the same prefix, then the policy's ratios: the prefix is hashed once and its
+  // state copied (the same bytes, so the same digests as hashing each whole text).
+  Sha256 prefix;
+  prefix.Update(absl::StrCat("prunesvc cached evaluation v2\ntenant ", driver_->tenant(),
+                             "\nworker ", evaluation_key, "\nsample order ", order, "\nprojector ",
+                             projector, "\nratios "));
   std::vector<std::string> keys;
+  keys.reserve(policies.size());
   for (const search::Policy& p : policies) {
     absl::StatusOr<std::vector<double>> ratios = space_->UnitRatios(p);
     if (!ratios.ok()) return {};
     // The exact doubles the worker is sent (their bits, not a decimal rendering).
-    std::string bits(ratios->size() * sizeof(double), '\0');
-    std::memcpy(bits.data(), ratios->data(), bits.size());
-    keys.push_back(Sha256Hex(absl::StrCat(
-        "prunesvc cached evaluation v2\ntenant ", driver_->tenant(), "\nworker ", evaluation_key,
-        "\nsample order ", order, "\nprojector ", projector, "\nratios ", bits)));
+    Sha256 h = prefix;
+    h.Update(absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(ratios->data()),
+                                       ratios->size() * sizeof(double)));
+    keys.push_back(DigestHex(h.Final()));
   }
   return keys;
 }
