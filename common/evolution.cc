@@ -415,6 +415,27 @@ absl::Status Score(const PolicySpace& space, SearchState& s, PolicyEvaluator& ev
 
 // Ranks policies already in the cache under `version`: fitness ascending, ties by hash. η is the
 // state's (0 before it is resolved) unless `eta` is given.
+// The ranking's order: fitness ascending, ties by policy hash.
+bool RanksBefore(const ScoredPolicy& a, const ScoredPolicy& b) {
+  if (a.fitness != b.fitness) return a.fitness < b.fitness;
+  return a.hash < b.hash;
+}
+
+// `p` scored from the cache under `version`; nullopt when it is not there (callers score first).
+std::optional<ScoredPolicy> ScoreCached(const PolicySpace& space, const SearchState& s,
+                                        const TermContext& ctx, const Policy& p, int version,
+                                        double eta) {
+  ScoredPolicy sp;
+  sp.hash = HashOf(space, p);
+  auto it = s.cache.find({sp.hash, version});
+  if (it == s.cache.end()) return std::nullopt;
+  sp.policy = p;
+  sp.result = it->second;
+  sp.fitness = Fitness(space, s.config, ctx, p, sp.result, eta);
+  sp.flops_ratio = space.FlopsRatio(p).value_or(0.0);
+  return sp;
+}
+
 std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
                                const std::vector<Policy>& policies, int version,
                                std::optional<double> eta_given = std::nullopt) {
@@ -422,21 +443,25 @@ std::vector<ScoredPolicy> Rank(const PolicySpace& space, const SearchState& s,
   const double eta = eta_given.has_value() ? *eta_given : s.eta.value_or(0.0);
   const TermContext ctx = ContextOf(space, s, version);
   for (const Policy& p : policies) {
-    ScoredPolicy sp;
-    sp.policy = p;
-    sp.hash = HashOf(space, p);
-    auto it = s.cache.find({sp.hash, version});
-    if (it == s.cache.end()) continue;  // callers score first
-    sp.result = it->second;
-    sp.fitness = Fitness(space, s.config, ctx, p, sp.result, eta);
-    sp.flops_ratio = space.FlopsRatio(p).value_or(0.0);
-    out.push_back(std::move(sp));
+    std::optional<ScoredPolicy> sp = ScoreCached(space, s, ctx, p, version, eta);
+    if (sp.has_value()) out.push_back(*std::move(sp));
   }
-  std::stable_sort(out.begin(), out.end(), [](const ScoredPolicy& a, const ScoredPolicy& b) {
-    if (a.fitness != b.fitness) return a.fitness < b.fitness;
-    return a.hash < b.hash;
-  });
+  std::stable_sort(out.begin(), out.end(), RanksBefore);
   return out;
+}
+
+// Rank(...).front() without sorting: the first policy the ranking would put first. Hashes are
+// unique, so the least by RanksBefore is the same whatever the order it is met in.
+std::optional<ScoredPolicy> First(const PolicySpace& space, const SearchState& s,
+                                  const std::vector<Policy>& policies, int version) {
+  std::optional<ScoredPolicy> best;
+  const double eta = s.eta.value_or(0.0);
+  const TermContext ctx = ContextOf(space, s, version);
+  for (const Policy& p : policies) {
+    std::optional<ScoredPolicy> sp = ScoreCached(space, s, ctx, p, version, eta);
+    if (sp.has_value() && (!best.has_value() || RanksBefore(*sp, *best))) best = std::move(sp);
+  }
+  return best;
 }
 
 // Whether racing may run for the search at all (racing.h: a mean loss plus a policy-only term,
@@ -1354,9 +1379,10 @@ std::vector<ScoredPolicy> EvolutionarySearch::Ranking() const {
 }
 
 absl::StatusOr<ScoredPolicy> EvolutionarySearch::Best() const {
-  std::vector<ScoredPolicy> r = Ranking();
-  if (r.empty()) return absl::FailedPreconditionError("search: no generation scored yet");
-  return r.front();
+  std::optional<ScoredPolicy> best =
+      First(*space_, state_, state_.ranked, state_.projector_version);
+  if (!best.has_value()) return absl::FailedPreconditionError("search: no generation scored yet");
+  return *std::move(best);
 }
 
 }  // namespace prunesvc::search

@@ -446,6 +446,53 @@ TEST(EvolutionTest, FailedStepLeavesStateUnchangedAndRetryReplays) {
   EXPECT_EQ((*search)->Best()->policy, full.best);
 }
 
+// Step's before_update hook runs once per successful generation, just before the state changes
+// (state() still shows the previous generation), and not when the generation fails; Best() is
+// the ranking's first policy after every generation, under NORM and PAIRED alike.
+TEST(EvolutionTest, BeforeUpdateSeesThePreviousStateAndBestIsTheRankingsFirst) {
+  const PolicySpace space = MakeSpace(6);
+  SearchConfig norm = DefaultConfig(MidBudget(space));
+  SearchConfig paired = norm;
+  paired.estimator = Estimator::kPaired;
+  paired.eta = 2.0;
+  for (const SearchConfig& config : {norm, paired}) {
+    SCOPED_TRACE(EstimatorName(config.estimator));
+    SyntheticEvaluator ev(space, Sensitivities(6));
+    ev.num_samples = config.num_samples;  // PAIRED needs per-sample losses
+    ev.fail_on_call = 3;
+    auto search = EvolutionarySearch::Create(&space, config);
+    ASSERT_TRUE(search.ok());
+    int calls = 0, failures = 0;
+    while (!(*search)->done()) {
+      const std::string before = (*search)->state().ToJson().dump();
+      std::string seen;
+      const absl::Status st = (*search)->Step(ev, [&] {
+        ++calls;
+        seen = (*search)->state().ToJson().dump();
+      });
+      if (!st.ok()) {
+        ASSERT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;  // the injected one only
+        ASSERT_EQ(++failures, 1);
+        EXPECT_TRUE(seen.empty());  // a failed generation changes nothing and calls nothing
+        EXPECT_EQ((*search)->state().ToJson().dump(), before);
+        continue;
+      }
+      EXPECT_EQ(seen, before);
+      const std::vector<ScoredPolicy> ranking = (*search)->Ranking();
+      ASSERT_FALSE(ranking.empty());
+      absl::StatusOr<ScoredPolicy> best = (*search)->Best();
+      ASSERT_TRUE(best.ok()) << best.status();
+      EXPECT_EQ(best->hash, ranking.front().hash);
+      EXPECT_EQ(best->policy, ranking.front().policy);
+      EXPECT_EQ(best->fitness, ranking.front().fitness);
+      EXPECT_EQ(best->result.loss, ranking.front().result.loss);
+      EXPECT_EQ(best->flops_ratio, ranking.front().flops_ratio);
+    }
+    EXPECT_EQ(failures, 1);
+    EXPECT_EQ(calls, int((*search)->history().size()));
+  }
+}
+
 TEST(EvolutionTest, PopulationsAreDeduplicatedAndFeasibleAndCached) {
   const PolicySpace space = MakeSpace(6, UnitKind::kLinear);
   const SearchConfig config = DefaultConfig(MidBudget(space));
