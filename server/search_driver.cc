@@ -328,27 +328,17 @@ void SearchDriver::StartDeferredCommit() {
   if (!deferred_commit_.has_value()) return;
   GenerationCommit gc = *std::move(deferred_commit_);
   deferred_commit_.reset();
-  // One write in flight: the previous generation's must be done, since its records are what this
-  // snapshot leaves out (SearchGenerations awaits it before it prepares the next; this keeps the
-  // invariant whoever calls).
-  write_status_.Update(AwaitWrite());
-  if (!write_status_.ok()) return;  // the search stops at its next check; this write is moot
   gc.snapshot = std::exchange(gc.take_snapshot, nullptr)();
   StartCommit(std::move(gc));
 }
 
-absl::Status SearchDriver::AwaitWrite() {
+absl::Status SearchDriver::AwaitCommit() {
+  StartDeferredCommit();
   if (pending_commit_ == nullptr) return absl::OkStatus();
   pending_commit_->done.WaitForNotification();
   absl::Status s = std::move(pending_commit_->status);
   pending_commit_.reset();
   return s;
-}
-
-absl::Status SearchDriver::AwaitCommit() {
-  StartDeferredCommit();
-  write_status_.Update(AwaitWrite());
-  return write_status_;
 }
 
 absl::StatusOr<std::vector<double>> SearchDriver::UniformRatios() const {
@@ -472,7 +462,6 @@ absl::Status SearchDriver::SearchGenerations() {
   json history = json::array();
   while (!search->done()) {
     if (stopped()) return absl::CancelledError("the job was cancelled");
-    RETURN_IF_ERROR(write_status_);  // a generation's write failed (e.g. the job turned terminal)
     const int before = evaluator->latest_version();
     // Generation g - 1's write starts once g's calls are out (the evaluator's hook) or, when g
     // dispatches nothing, just before g's state replaces g - 1's (Step's hook), never later: its
@@ -491,7 +480,6 @@ absl::Status SearchDriver::SearchGenerations() {
   }
   evaluator->set_after_dispatch(nullptr);
   StartDeferredCommit();  // the last generation's: nothing is dispatched after it
-  RETURN_IF_ERROR(write_status_);
   report_["evaluated"] = evaluator->evaluated();
   // Of those, answered from the evaluation cache across jobs (this run of the driver; the
   // scheduler's record: the worker's report.json keeps prune-local's fields only).

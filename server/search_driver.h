@@ -115,8 +115,7 @@ class SearchDriver {
   // Generation g's write starts once g + 1's calls are out (RemotePolicyEvaluator's after-dispatch
   // hook), so its serialization and SQLite work do not compete with the call starts for the
   // scheduler's CPU, or, when g + 1 dispatches nothing, just before g + 1's state replaces g's
-  // (EvolutionarySearch::Step's hook): its snapshot is always of g's state. A failed write stops
-  // the search (write_status_).
+  // (EvolutionarySearch::Step's hook): its snapshot is always of g's state.
   absl::Status SearchGenerations();
   struct GenerationCommit {
     JobMutation mutation;
@@ -140,12 +139,9 @@ class SearchDriver {
                                                            bool trained);
   // Writes `gc` on one of the dispatcher's step threads (pending_commit_).
   void StartCommit(GenerationCommit gc);
-  // Starts deferred_commit_, if any (StartCommit), once the write in flight is done; nothing when
-  // a write failed (write_status_).
+  // Starts deferred_commit_, if any (StartCommit); only while no write is in flight.
   void StartDeferredCommit();
-  // Waits for the write in flight, if any: its status.
-  absl::Status AwaitWrite();
-  // Starts the deferred write, if any, and waits for it: the first failed write's status.
+  // Starts the deferred write, if any, and waits for the write in flight, if any: its status.
   absl::Status AwaitCommit();
   ::prune::v1::PolicyEvaluation BestProto(const search::ScoredPolicy& best) const;
   // What a worker running one of the job's steps may fetch: its datasets, projectors and (a
@@ -178,8 +174,6 @@ class SearchDriver {
   // Prepared, not started yet (SearchGenerations, which starts it before it returns): at most
   // one, and only while no write is in flight. Driver thread only.
   std::optional<GenerationCommit> deferred_commit_;
-  // The first failed generation write (OK while none failed). Driver thread only.
-  absl::Status write_status_;
   // A blob:// model's manifest and files (empty for file:// models).
   std::set<std::string> model_blobs_;
   std::atomic<int64_t> step_counter_{0};
