@@ -16,6 +16,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/cli_exit.h"
+#include "common/mutex_mode.h"
 
 #ifndef PRUNESVC_VERSION
 #define PRUNESVC_VERSION "unknown"
@@ -178,6 +179,10 @@ std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& us
       std::exit(kExitOk);
     case ParsedCommandLine::Action::kRun:
       break;
+  }
+  if (absl::Status s = ConfigureMutexDeadlockDetection(); !s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program.c_str(), std::string(s.message()).c_str());
+    std::exit(kExitUsage);
   }
   return parsed->positional;
 }
