@@ -317,6 +317,7 @@ int main(int argc, char** argv) {
   for (int rep = 0; rep < repeats; ++rep) {
     for (Run& r : runs) {
       ev.set_prefix_sharing(r.prefix);
+      ev.ClearActivationCache();  // each search starts cold: it must not find the last one's
       search::SearchConfig c = (*job)->spec().ToSearchConfig(n);
       c.race = r.race;
       auto s = search::EvolutionarySearch::Create(&(*job)->space(), c);

@@ -481,6 +481,7 @@ absl::StatusOr<prune::PrepareOptions> StepRunner::ResolvePrepareOptions(const pb
   o.device = options_.device;
   o.threads = options_.threads;
   o.batch_size = options_.batch_size;
+  o.activation_cache_bytes = options_.activation_cache_bytes;
   if (!ExecutableSha256().empty()) {  // without a build identity nothing is shared
     ASSIGN_OR_RETURN(auto model_hash, prune::ModelSha256(o.model_dir));
     ASSIGN_OR_RETURN(std::string side_files, prune::ModelSideFilesSha256(o.model_dir));

@@ -58,6 +58,8 @@ struct StepRunnerOptions {
   std::string device_name;  // CPU model or GPU name (model::DeviceInfo), in the evaluation key
   int threads = 0;
   int batch_size = 16;
+  // Per prepared job: EvaluateMany's activations kept across generations (0 = none).
+  int64_t activation_cache_bytes = int64_t(256) << 20;
   // Testing only: "STEP:oom" throws std::bad_alloc inside step STEP ("prepare", "evaluate",
   // "train", "finalize") at the model boundary, as a real out-of-memory fault would.
   std::string inject_fault;

@@ -42,6 +42,10 @@ ABSL_FLAG(int, kept_preparations, 1,
           "for a re-submission; shared while any prepared job holds one regardless (0 = only "
           "then).");
 ABSL_FLAG(int, batch, 16, "Samples per forward pass.");
+ABSL_FLAG(int, activation_cache_mb, 256,
+          "MiB of decoder activations each prepared job keeps across generations, so a candidate "
+          "that agrees on its leading layers with one this worker evaluated before starts after "
+          "them (0 = none; results are the same either way).");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate of this worker's PruningWorker server (with --tls-key: TLS), also its "
           "client certificate towards the scheduler's --worker-port.");
@@ -85,6 +89,12 @@ int main(int argc, char** argv) {
   options.max_prepared_jobs = size_t(std::max(1, absl::GetFlag(FLAGS_max_prepared_jobs)));
   options.kept_preparations = std::max(0, absl::GetFlag(FLAGS_kept_preparations));
   options.batch_size = absl::GetFlag(FLAGS_batch);
+  if (absl::GetFlag(FLAGS_activation_cache_mb) < 0) {
+    spdlog::critical("--activation-cache-mb must be ≥ 0 (0 = keep none), got {}",
+                     absl::GetFlag(FLAGS_activation_cache_mb));
+    return 2;
+  }
+  options.activation_cache_bytes = int64_t(absl::GetFlag(FLAGS_activation_cache_mb)) << 20;
   options.inject_fault = absl::GetFlag(FLAGS_inject_fault);
   options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
                  absl::GetFlag(FLAGS_tls_ca)};

@@ -54,6 +54,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(const WorkerO
   ro.device_name = w->device_.name;
   ro.threads = options.threads;
   ro.batch_size = options.batch_size;
+  ro.activation_cache_bytes = options.activation_cache_bytes;
   ro.inject_fault = options.inject_fault;
   if (options.executor_factory) {
     ASSIGN_OR_RETURN(w->runner_,

@@ -37,6 +37,7 @@ struct WorkerOptions {
   size_t max_prepared_jobs = 2;
   int kept_preparations = 1;  // StepRunnerOptions::kept_preparations
   int batch_size = 16;
+  int64_t activation_cache_bytes = int64_t(256) << 20;  // StepRunnerOptions'
   std::string inject_fault;  // testing only (StepRunnerOptions::inject_fault)
   // Security (docs/operations.md "TLS and tokens"): with tls.cert/key the PruningWorker server
   // speaks TLS; with tls.ca it requires a client certificate the CA signed whose common name is

@@ -290,6 +290,7 @@ absl::Status CandidateEvaluator::SetSampleOrder(std::vector<int> order) {
 }
 
 void CandidateEvaluator::RebuildScoringOrder() {
+  activations_.Clear();  // they were computed from the old batches' inputs
   scoring_.clear();
   scoring_.reserve(order_.size());
   for (int i : order_) scoring_.push_back(samples_[i]);
@@ -513,18 +514,37 @@ absl::StatusOr<std::vector<CandidateResult>> CandidateEvaluator::EvaluateMany(
     const auto part = absl::MakeConstSpan(scoring_).subspan(start, end - start);
     ASSIGN_OR_RETURN(model::DecoderPass pass, model_->StartPass(model::ScoringInputs(part)));
     std::vector<at::Tensor> after(num_layers + 1);  // after[l]: the input of layer l
+    // valid[l]: after[l] is the previous candidate's (a cache hit leaves gaps below it).
+    std::vector<bool> valid(num_layers + 1, false);
     after[0] = pass.input();
+    valid[0] = true;
     int prev = -1;
     for (int i : order) {
       if (!alive[i]) continue;
-      const int shared = prev < 0 || !prefix_sharing_
-                             ? 0
-                             : CommonLayers(candidates[i], candidates[prev], num_layers);
+      int shared = prev < 0 || !prefix_sharing_
+                       ? 0
+                       : CommonLayers(candidates[i], candidates[prev], num_layers);
+      while (!valid[shared]) --shared;
+      for (int l = shared + 1; l <= num_layers; ++l) valid[l] = false;  // not this candidate's
+      if (prefix_sharing_) {
+        // A deeper prefix an earlier call ran (same batch, same projector and order).
+        auto [kept, input] = activations_.Deepest(start, candidates[i], num_layers - 1);
+        if (kept > shared) {
+          many_timing_.layers_from_cache += kept - shared;
+          after[kept] = std::move(input);
+          valid[kept] = true;
+          shared = kept;
+        }
+      }
       RETURN_IF_ERROR(ApplyRatios(candidates[i]));
       const auto tl = Clock::now();
       for (int l = shared; l < num_layers; ++l) {
         ASSIGN_OR_RETURN(after[l + 1], model_->RunLayer(pass, l, after[l]));
+        valid[l + 1] = true;
         ++many_timing_.layer_runs;
+        if (prefix_sharing_ && l + 1 < num_layers) {
+          activations_.Insert(start, candidates[i], l + 1, after[l + 1]);
+        }
       }
       const auto ts = Clock::now();
       many_timing_.layer_seconds += std::chrono::duration<double>(ts - tl).count();
@@ -575,6 +595,7 @@ absl::StatusOr<std::vector<CandidateResult>> CandidateEvaluator::EvaluateMany(
   many_timing_.seconds = Seconds(t0);
   ManyTiming& t = total_many_timing_;
   t.layer_runs += many_timing_.layer_runs;
+  t.layers_from_cache += many_timing_.layers_from_cache;
   t.layer_runs_exhaustive += many_timing_.layer_runs_exhaustive;
   t.raced_out += many_timing_.raced_out;
   t.seconds += many_timing_.seconds;

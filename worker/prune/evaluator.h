@@ -55,6 +55,7 @@
 #include "worker/model/llava_bundle.h"
 #include "worker/model/llava_model.h"
 #include "worker/model/scoring.h"
+#include "worker/prune/activation_cache.h"
 #include "worker/prune/calibration.h"
 #include "worker/prune/mask_bank.h"
 #include "worker/prune/preparation_cache.h"
@@ -99,6 +100,11 @@ struct EvaluatorOptions {
   // inputs (preparation_cache.h): used instead of computing them. Must come from an evaluator
   // of the same model content, samples and options (the caller's key says so).
   std::shared_ptr<const Preparation> prepared;
+  // EvaluateMany's activations kept across calls (activation_cache.h), in bytes of tensors:
+  // 256 MiB keeps ~460 batch activations of the bundled model (batch 16); LLaVA-1.5-7B's are
+  // ~80 MB each in bf16 at batch 16 and ~600 tokens, so a GPU worker wants several GiB for the
+  // same effect. 0 = keep none. Per evaluator (one per prepared job).
+  int64_t activation_cache_bytes = int64_t(256) << 20;
 };
 
 // Search samples [begin, end); end < 0 means through the last one.
@@ -129,6 +135,7 @@ search::EvalResult ToEvalResult(CandidateResult r);
 // num_layers per batch) and candidates raced out.
 struct ManyTiming {
   int64_t layer_runs = 0;
+  int64_t layers_from_cache = 0;      // skipped because an earlier call's activations were kept
   int64_t layer_runs_exhaustive = 0;  // candidates × batches × layers
   int raced_out = 0;
   double seconds = 0;
@@ -177,6 +184,10 @@ class CandidateEvaluator {
   //    their ratios (layer-major), and the decoder activations after each layer are kept, so a
   //    candidate whose leading layers' ratios equal the previous one's starts where they differ
   //    (a depth-first walk of the candidates' prefix tree, one stack of activations per batch);
+  //  - across calls (activation_cache.h): the walk's activations are kept, up to
+  //    EvaluatorOptions::activation_cache_bytes, under their batch and policy prefix, so a
+  //    candidate that agrees on its leading layers with one an earlier call ran (its parents,
+  //    often) starts after them too; cleared when the projector or the sample order changes;
   //  - racing (common/racing.h): batch by batch, after every batch but the last, a candidate
   //    with RacedOut(Σ scored losses, k, n, race.BoundTerm(i, Ω_i, scored losses),
   //    race.threshold) stops.
@@ -189,8 +200,12 @@ class CandidateEvaluator {
   const ManyTiming& last_many_timing() const { return many_timing_; }
   // Summed over every EvaluateMany call so far.
   const ManyTiming& total_many_timing() const { return total_many_timing_; }
-  // Off: EvaluateMany runs every candidate through every layer (benchmarks compare).
+  // Off: EvaluateMany runs every candidate through every layer, and keeps no activations across
+  // calls (benchmarks compare).
   void set_prefix_sharing(bool on) { prefix_sharing_ = on; }
+  // The activations kept across EvaluateMany calls; Clear lets a benchmark start cold.
+  const ActivationCache& activation_cache() const { return activations_; }
+  void ClearActivationCache() { activations_.Clear(); }
 
   // Back to the dense weights (all k = 0).
   absl::Status RestoreDense();
@@ -238,7 +253,9 @@ class CandidateEvaluator {
 
  private:
   CandidateEvaluator(model::LlavaModel* model, const EvaluatorOptions& options)
-      : model_(model), options_(options) {}
+      : model_(model),
+        options_(options),
+        activations_(options.activation_cache_bytes, kNumDecoderLinears) {}
   absl::Status Init(std::vector<EvalSample> samples);
   absl::Status RebuildForProjector();
   void RebuildScoringOrder();
@@ -277,6 +294,7 @@ class CandidateEvaluator {
   ManyTiming many_timing_;
   ManyTiming total_many_timing_;
   bool prefix_sharing_ = true;
+  ActivationCache activations_;
 };
 
 }  // namespace prunesvc::prune

@@ -317,6 +317,75 @@ TEST_P(EvaluatorTest, EvaluateManyEqualsEvaluateBitwiseWithFewerLayers) {
               (long long)t.layer_runs_exhaustive);
 }
 
+// Activations kept across EvaluateMany calls (activation_cache.h): a second call whose
+// candidates share leading layers with the first call's runs fewer layers and still returns
+// bitwise one Evaluate per candidate — with the default budget, with a budget of three
+// activations (evicting), and with none (nothing kept). A new sample order or projector empties
+// the cache, and the results stay Evaluate's under them.
+TEST_P(EvaluatorTest, ActivationsKeptAcrossCallsGiveEvaluatesResultsWithFewerLayers) {
+  Problem p = MakeProblem(12);
+  const auto first = PrefixCandidates(8, false, 7);
+  auto second = PrefixCandidates(8, false, 8);
+  second.push_back(first[3]);  // a candidate evaluated before: every kept layer reused
+  auto run = [&](std::optional<int64_t> budget, int64_t* layer_runs, int64_t* from_cache,
+                 int64_t* entry_bytes) {
+    EvaluatorOptions o{.method = GetParam(), .batch_size = 5};
+    if (budget.has_value()) o.activation_cache_bytes = *budget;
+    auto ev = CandidateEvaluator::Create(p.model.get(), p.samples, o);
+    ASSERT_TRUE(ev.ok()) << ev.status();
+    ASSERT_TRUE((*ev)->EvaluateMany(first).ok());
+    if (entry_bytes != nullptr && (*ev)->activation_cache().size() > 0) {
+      *entry_bytes = (*ev)->activation_cache().bytes() / int64_t((*ev)->activation_cache().size());
+    }
+    auto many = (*ev)->EvaluateMany(second);
+    ASSERT_TRUE(many.ok()) << many.status();
+    *layer_runs = (*ev)->last_many_timing().layer_runs;
+    *from_cache = (*ev)->last_many_timing().layers_from_cache;
+    EXPECT_LE((*ev)->activation_cache().bytes(), o.activation_cache_bytes);
+    const std::vector<CandidateResult> each = EvaluateEach(**ev, second);
+    for (size_t i = 0; i < second.size(); ++i) ExpectSameResult((*many)[i], each[i], i);
+    if (!budget.has_value()) {
+      // A new order: nothing kept survives, and the walk matches Evaluate under it.
+      ASSERT_GT((*ev)->activation_cache().size(), 0u);
+      std::vector<int> reversed(12);
+      for (int i = 0; i < 12; ++i) reversed[size_t(i)] = 11 - i;
+      ASSERT_TRUE((*ev)->SetSampleOrder(reversed).ok());
+      EXPECT_EQ((*ev)->activation_cache().size(), 0u);
+      auto again = (*ev)->EvaluateMany(second);
+      ASSERT_TRUE(again.ok()) << again.status();
+      EXPECT_EQ((*ev)->last_many_timing().layers_from_cache, 0);
+      const std::vector<CandidateResult> each2 = EvaluateEach(**ev, second);
+      for (size_t i = 0; i < second.size(); ++i) ExpectSameResult((*again)[i], each2[i], i);
+      // A new projector: the same.
+      ASSERT_GT((*ev)->activation_cache().size(), 0u);
+      ProjectorWeights theta = (*ev)->projector();
+      theta.linear_2_weight = theta.linear_2_weight * 1.5;
+      ASSERT_TRUE((*ev)->SetProjector(1, theta).ok());
+      EXPECT_EQ((*ev)->activation_cache().size(), 0u);
+      auto v1 = (*ev)->EvaluateMany(second);
+      ASSERT_TRUE(v1.ok()) << v1.status();
+      EXPECT_EQ((*ev)->last_many_timing().layers_from_cache, 0);
+      const std::vector<CandidateResult> each3 = EvaluateEach(**ev, second);
+      for (size_t i = 0; i < second.size(); ++i) ExpectSameResult((*v1)[i], each3[i], i);
+    }
+  };
+  int64_t runs_none = 0, from_none = 0, runs_kept = 0, from_kept = 0, entry = 0;
+  run(0, &runs_none, &from_none, nullptr);
+  EXPECT_EQ(from_none, 0);
+  run(std::nullopt, &runs_kept, &from_kept, &entry);
+  EXPECT_GT(from_kept, 0);
+  EXPECT_LT(runs_kept, runs_none);
+  ASSERT_GT(entry, 0);
+  int64_t runs_small = 0, from_small = 0;
+  run(3 * entry, &runs_small, &from_small, nullptr);  // evicts; still exact
+  EXPECT_LE(runs_kept, runs_small);
+  std::printf(
+      "[activation cache %s] second call's layer runs: %lld kept none, %lld kept three, "
+      "%lld kept all (%lld from the cache)\n",
+      std::string(MaskMethodName(GetParam())).c_str(), (long long)runs_none, (long long)runs_small,
+      (long long)runs_kept, (long long)from_kept);
+}
+
 // A sample order (docs/PERFORMANCE.md §2): position j scores sample order[j]. With batches of
 // one sample the batch composition does not change, so each sample's loss is bitwise the one it
 // had at its index; with larger batches it is scored beside other samples (padding), so equal

@@ -547,6 +547,12 @@ absl::Status LocalJobSpec::Validate(bool dry_run) const {
   if (batch_size < 1 || eval_batch_size < 1 || latency_batch < 1 || latency_repeats < 1) {
     return absl::InvalidArgumentError("batch sizes and latency repeats must be ≥ 1");
   }
+  if (activation_cache_mb < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--activation-cache-mb must be ≥ 0 (0 = keep no "
+                     "activations across generations), got ",
+                     activation_cache_mb));
+  }
   return absl::OkStatus();
 }
 
@@ -559,6 +565,7 @@ PrepareOptions LocalJobSpec::ToPrepareOptions() const {
   o.device = device;
   o.threads = threads;
   o.batch_size = batch_size;
+  o.activation_cache_bytes = int64_t(activation_cache_mb) << 20;
   o.latency_batch = latency_batch;
   return o;
 }

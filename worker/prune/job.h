@@ -69,10 +69,11 @@ struct LocalJobSpec : JobSpec {
   // strategy.
   int audit = 0;
 
-  int batch_size = 16;      // samples per scoring forward
-  int eval_batch_size = 8;  // the reload check's batch (llava-eval's default, so they agree)
-  int latency_repeats = 5;  // timed forwards per model (median reported), after one warm-up
-  int latency_batch = 8;    // samples in the timed batch (capped by the search set)
+  int batch_size = 16;            // samples per scoring forward
+  int activation_cache_mb = 256;  // activations kept across generations (evaluator.h); 0 = none
+  int eval_batch_size = 8;        // the reload check's batch (llava-eval's default, so they agree)
+  int latency_repeats = 5;        // timed forwards per model (median reported), after one warm-up
+  int latency_batch = 8;          // samples in the timed batch (capped by the search set)
 
   // JobSpec::Validate (errors name flags) plus the local fields (no files touched).
   absl::Status Validate(bool dry_run) const;

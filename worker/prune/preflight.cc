@@ -1,6 +1,7 @@
 #include "worker/prune/preflight.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -35,9 +36,16 @@ int64_t EstimatePeakBytes(const LocalJobSpec& spec, const PreparedJob& job,
                               c.text.num_attention_heads * mean_t * mean_t);
   const double features =
       4.0 * n * c.image_seq_length * (c.vision.hidden_size + c.text.hidden_size);
+  // Decoder activations kept across generations (evaluator.h): the budget, or one layer input
+  // per layer boundary, batch and planned evaluation if that is less.
+  const double one_input = 4.0 * spec.batch_size * mean_t * c.text.hidden_size;
+  const double kept = std::min(double(spec.activation_cache_mb) * double(1 << 20),
+                               one_input * std::max(0, c.text.num_hidden_layers - 1) *
+                                   std::ceil(n / spec.batch_size) *
+                                   double(std::max<int64_t>(1, r.planned_evaluations)));
   const double search_peak = 4.0 * r.parameters + 4.0 * decoder_weights +
                              double(bank_bytes_per) * decoder_weights + 8.0 * max_linear +
-                             features + activations;
+                             features + activations + kept;
   const double finalize_peak = 4.0 * r.parameters + 1.0 * decoder_weights +
                                double(model::DTypeSize(job.bundle().source_dtype)) * r.parameters;
   return int64_t(std::max(search_peak, finalize_peak));

@@ -119,6 +119,10 @@ ABSL_FLAG(int, audit, 0,
           "after the search, score up to N of its evaluated policies on --eval-samples too "
           "(report.json audit: fitness vs held-out rank correlation); 0 = off");
 ABSL_FLAG(int, batch, 16, "samples per forward pass during the search");
+ABSL_FLAG(int, activation_cache_mb, 256,
+          "MiB of decoder activations the search keeps across generations, so a candidate that "
+          "agrees on its leading layers with one evaluated before starts after them (0 = none; "
+          "the results are the same either way)");
 ABSL_FLAG(bool, dry_run, false,
           "pre-flight only: reachable budget range, units, FLOPs, memory and time estimates");
 ABSL_FLAG(std::string, out, "", "output directory (must not exist or be empty, unless --force)");
@@ -352,6 +356,7 @@ absl::StatusOr<prunesvc::prune::LocalJobSpec> SpecFromFlags() {
   spec.threads = absl::GetFlag(FLAGS_threads);
   spec.device = absl::GetFlag(FLAGS_device);
   spec.batch_size = absl::GetFlag(FLAGS_batch);
+  spec.activation_cache_mb = absl::GetFlag(FLAGS_activation_cache_mb);
   spec.audit = absl::GetFlag(FLAGS_audit);
   return spec;
 }

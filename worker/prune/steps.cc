@@ -176,6 +176,7 @@ absl::Status PreparedJob::Calibrate(StepContext& ctx, std::shared_ptr<const Prep
   eopt.method = spec.mask_method;
   eopt.granularity = spec.granularity;
   eopt.batch_size = options_.batch_size;
+  eopt.activation_cache_bytes = options_.activation_cache_bytes;
   eopt.unit_of_linear = unit_of_linear_;
   // SPARSEGPT's H = (2/N)·XᵀX at finalize.
   eopt.collect_gram = spec.final_mask_method == MaskMethod::kSparseGpt;

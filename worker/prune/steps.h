@@ -68,7 +68,9 @@ struct PrepareOptions {
   std::string device = "cpu";     // cpu, cuda or cuda:N
   int threads = 0;                // torch intra-op threads; 0 = number of cores
   int batch_size = 16;            // samples per scoring forward
-  int latency_batch = 8;          // search samples kept with pixels for Finalize's latency
+  // EvaluateMany's activations kept across generations (EvaluatorOptions; 0 = none).
+  int64_t activation_cache_bytes = int64_t(256) << 20;
+  int latency_batch = 8;  // search samples kept with pixels for Finalize's latency
   // Preparation shared across jobs (preparation_cache.h); null = every job prepares alone. The
   // context names what the key needs beyond what the job knows itself: the model's weights and
   // side files (their SHA-256), the device's name and the build.
