@@ -10,7 +10,9 @@
 // --eta set another, e.g. --estimator=NORM --eta=0 for the loss alone):
 //   exhaustive   every candidate through every layer and every sample (race off, no sharing);
 //   prefix       the generation's candidates share leading layers (CandidateEvaluator::
-//                EvaluateMany's prefix walk), every sample;
+//                EvaluateMany's prefix walk), and with the activations kept across
+//                generations (--activation-cache-mb, prune-local's default 256; 0 = none) with
+//                earlier generations' candidates too, every sample;
 //   prefix+race  the default: shared prefixes and racing (common/racing.h).
 // Amortised cost = seconds inside the evaluator / candidates it scored (cache hits are free and
 // not counted). The three runs must end on the same policy with the same top parents in every
@@ -19,6 +21,7 @@
 // Usage: search-bench --model=DIR --samples=DIR [--threads=N] [--budget=B]
 //                     [--granularity=UNSTRUCTURED|STRUCTURED] [--seed=S] [--repeats=K]
 //                     [--batch=N] [--dump=FILE] [--estimator=E] [--eta=X]
+//                     [--activation-cache-mb=MB]
 // --batch is the scoring batch of the search (prune-local --batch-size); the dense forward is
 // timed at batches 8, 16, 32 and 64 and the fastest is the denominator.
 #include <ATen/Parallel.h>
@@ -149,17 +152,19 @@ int main(int argc, char** argv) {
   prunesvc::TuneMallocForTensors();  // before any thread (common/malloc_tuning.h)
   const std::string model = Flag(argc, argv, "model", "");
   const std::string samples = Flag(argc, argv, "samples", "");
-  int threads = 0, seed = 0, repeats = 1, batch = 16;
+  int threads = 0, seed = 0, repeats = 1, batch = 16, cache_mb = 256;
   double budget = 0;
   if (model.empty() || samples.empty() ||
       !absl::SimpleAtoi(Flag(argc, argv, "threads", "2"), &threads) ||
       !absl::SimpleAtoi(Flag(argc, argv, "seed", "0"), &seed) ||
       !absl::SimpleAtoi(Flag(argc, argv, "repeats", "1"), &repeats) ||
       !absl::SimpleAtoi(Flag(argc, argv, "batch", "16"), &batch) ||
-      !absl::SimpleAtod(Flag(argc, argv, "budget", "0.35"), &budget)) {
+      !absl::SimpleAtoi(Flag(argc, argv, "activation-cache-mb", "256"), &cache_mb) ||
+      cache_mb < 0 || !absl::SimpleAtod(Flag(argc, argv, "budget", "0.35"), &budget)) {
     std::fprintf(stderr,
                  "usage: search-bench --model=DIR --samples=DIR [--threads=N] [--budget=B] "
-                 "[--granularity=G] [--seed=S] [--repeats=K] [--estimator=E] [--eta=X]\n");
+                 "[--granularity=G] [--seed=S] [--repeats=K] [--estimator=E] [--eta=X] "
+                 "[--activation-cache-mb=MB]\n");
     return 2;
   }
   prune::PrepareOptions opt;
@@ -167,6 +172,7 @@ int main(int argc, char** argv) {
   opt.samples_path = samples;
   opt.threads = threads;
   opt.batch_size = batch;
+  opt.activation_cache_bytes = int64_t(cache_mb) << 20;
   opt.spec.flops_budget = budget;
   opt.spec.seed = uint64_t(seed);
   auto granularity = search::ParseGranularity(Flag(argc, argv, "granularity", "UNSTRUCTURED"));
