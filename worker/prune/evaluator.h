@@ -101,7 +101,7 @@ struct EvaluatorOptions {
   // of the same model content, samples and options (the caller's key says so).
   std::shared_ptr<const Preparation> prepared;
   // EvaluateMany's activations kept across calls (activation_cache.h), in bytes of tensors:
-  // 256 MiB keeps ~460 batch activations of the bundled model (batch 16); LLaVA-1.5-7B's are
+  // 256 MiB keeps ~490 batch activations of the bundled model (batch 16); LLaVA-1.5-7B's are
   // ~80 MB each in bf16 at batch 16 and ~600 tokens, so a GPU worker wants several GiB for the
   // same effect. 0 = keep none. Per evaluator (one per prepared job).
   int64_t activation_cache_bytes = int64_t(256) << 20;
