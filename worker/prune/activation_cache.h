@@ -50,7 +50,6 @@ class ActivationCache {
   void Clear();
   int64_t bytes() const { return bytes_; }
   size_t size() const { return lru_.size(); }
-  int64_t max_bytes() const { return max_bytes_; }
 
  private:
   using Key = std::pair<int, std::vector<double>>;  // batch, ratios of the first layers

@@ -294,6 +294,21 @@ void ExpectSameResult(const CandidateResult& got, const CandidateResult& want, s
   EXPECT_EQ(got.num_multiple_choice, want.num_multiple_choice) << i;
 }
 
+// EvaluateMany on `cands`, checked bitwise against one Evaluate per candidate; its timing.
+ManyTiming ExpectManyEqualsEach(CandidateEvaluator& ev,
+                                const std::vector<std::vector<double>>& cands) {
+  auto many = ev.EvaluateMany(cands);
+  EXPECT_TRUE(many.ok()) << many.status();
+  if (!many.ok()) return {};
+  const ManyTiming t = ev.last_many_timing();
+  const std::vector<CandidateResult> each = EvaluateEach(ev, cands);
+  EXPECT_EQ(many->size(), cands.size());
+  for (size_t i = 0; i < std::min(many->size(), cands.size()); ++i) {
+    ExpectSameResult((*many)[i], each[i], i);
+  }
+  return t;
+}
+
 // EvaluateMany (prefix sharing) returns bitwise what one Evaluate per candidate returns, in the
 // candidates' order, while running fewer decoder layers.
 TEST_P(EvaluatorTest, EvaluateManyEqualsEvaluateBitwiseWithFewerLayers) {
@@ -301,13 +316,7 @@ TEST_P(EvaluatorTest, EvaluateManyEqualsEvaluateBitwiseWithFewerLayers) {
   auto ev =
       CandidateEvaluator::Create(p.model.get(), p.samples, {.method = GetParam(), .batch_size = 5});
   ASSERT_TRUE(ev.ok()) << ev.status();
-  const auto cands = PrefixCandidates(14, false, 7);
-  auto many = (*ev)->EvaluateMany(cands);
-  ASSERT_TRUE(many.ok()) << many.status();
-  const ManyTiming t = (*ev)->last_many_timing();
-  const std::vector<CandidateResult> each = EvaluateEach(**ev, cands);
-  ASSERT_EQ(many->size(), cands.size());
-  for (size_t i = 0; i < cands.size(); ++i) ExpectSameResult((*many)[i], each[i], i);
+  const ManyTiming t = ExpectManyEqualsEach(**ev, PrefixCandidates(14, false, 7));
   // 3 batches (5, 5, 2 samples) × 3 layers × 14 candidates without sharing.
   EXPECT_EQ(t.layer_runs_exhaustive, 3 * 3 * 14);
   EXPECT_LT(t.layer_runs, t.layer_runs_exhaustive);
@@ -337,13 +346,10 @@ TEST_P(EvaluatorTest, ActivationsKeptAcrossCallsGiveEvaluatesResultsWithFewerLay
     if (entry_bytes != nullptr && (*ev)->activation_cache().size() > 0) {
       *entry_bytes = (*ev)->activation_cache().bytes() / int64_t((*ev)->activation_cache().size());
     }
-    auto many = (*ev)->EvaluateMany(second);
-    ASSERT_TRUE(many.ok()) << many.status();
-    *layer_runs = (*ev)->last_many_timing().layer_runs;
-    *from_cache = (*ev)->last_many_timing().layers_from_cache;
+    const ManyTiming t = ExpectManyEqualsEach(**ev, second);
+    *layer_runs = t.layer_runs;
+    *from_cache = t.layers_from_cache;
     EXPECT_LE((*ev)->activation_cache().bytes(), o.activation_cache_bytes);
-    const std::vector<CandidateResult> each = EvaluateEach(**ev, second);
-    for (size_t i = 0; i < second.size(); ++i) ExpectSameResult((*many)[i], each[i], i);
     if (!budget.has_value()) {
       // A new order: nothing kept survives, and the walk matches Evaluate under it.
       ASSERT_GT((*ev)->activation_cache().size(), 0u);
@@ -351,22 +357,14 @@ TEST_P(EvaluatorTest, ActivationsKeptAcrossCallsGiveEvaluatesResultsWithFewerLay
       for (int i = 0; i < 12; ++i) reversed[size_t(i)] = 11 - i;
       ASSERT_TRUE((*ev)->SetSampleOrder(reversed).ok());
       EXPECT_EQ((*ev)->activation_cache().size(), 0u);
-      auto again = (*ev)->EvaluateMany(second);
-      ASSERT_TRUE(again.ok()) << again.status();
-      EXPECT_EQ((*ev)->last_many_timing().layers_from_cache, 0);
-      const std::vector<CandidateResult> each2 = EvaluateEach(**ev, second);
-      for (size_t i = 0; i < second.size(); ++i) ExpectSameResult((*again)[i], each2[i], i);
+      EXPECT_EQ(ExpectManyEqualsEach(**ev, second).layers_from_cache, 0);
       // A new projector: the same.
       ASSERT_GT((*ev)->activation_cache().size(), 0u);
       ProjectorWeights theta = (*ev)->projector();
       theta.linear_2_weight = theta.linear_2_weight * 1.5;
       ASSERT_TRUE((*ev)->SetProjector(1, theta).ok());
       EXPECT_EQ((*ev)->activation_cache().size(), 0u);
-      auto v1 = (*ev)->EvaluateMany(second);
-      ASSERT_TRUE(v1.ok()) << v1.status();
-      EXPECT_EQ((*ev)->last_many_timing().layers_from_cache, 0);
-      const std::vector<CandidateResult> each3 = EvaluateEach(**ev, second);
-      for (size_t i = 0; i < second.size(); ++i) ExpectSameResult((*v1)[i], each3[i], i);
+      EXPECT_EQ(ExpectManyEqualsEach(**ev, second).layers_from_cache, 0);
     }
   };
   int64_t runs_none = 0, from_none = 0, runs_kept = 0, from_kept = 0, entry = 0;
@@ -450,11 +448,7 @@ TEST_P(EvaluatorTest, EvaluateManyStructuredEqualsEvaluate) {
       p.model.get(), p.samples,
       {.method = GetParam(), .granularity = search::Granularity::kStructured, .batch_size = 4});
   ASSERT_TRUE(ev.ok()) << ev.status();
-  const auto cands = PrefixCandidates(8, true, 11);
-  auto many = (*ev)->EvaluateMany(cands);
-  ASSERT_TRUE(many.ok()) << many.status();
-  const std::vector<CandidateResult> each = EvaluateEach(**ev, cands);
-  for (size_t i = 0; i < cands.size(); ++i) ExpectSameResult((*many)[i], each[i], i);
+  ExpectManyEqualsEach(**ev, PrefixCandidates(8, true, 11));
 }
 
 // Racing against the exhaustive results: a candidate is raced out exactly when the replayed
